@@ -1,0 +1,38 @@
+// Small text helpers shared by every module.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace machine::text {
+
+// Levenshtein distance, for did-you-mean suggestions.
+std::size_t edit_distance(std::string_view a, std::string_view b);
+
+// The candidate closest to `word`, or "" when none is close enough to be a plausible typo.
+std::string closest_match(std::string_view word, const std::vector<std::string>& candidates);
+
+// Project names are Lima instance names and SSH host aliases: ^[a-z0-9][a-z0-9-]*$.
+bool is_valid_project_name(std::string_view name);
+
+// Throws usage_error("invalid project name '<name>' (use a-z, 0-9, hyphen; start with a letter or digit)").
+void require_valid_project_name(std::string_view name);
+
+// Makes text safe for a terminal: drops ANSI/OSC escape sequences and other control
+// characters except '\n' and '\t'; invalid UTF-8 becomes U+FFFD. Used on everything a VM or a
+// child process sends back before it reaches the user's terminal.
+std::string sanitize_for_terminal(std::string_view in);
+
+// Quotes `s` for a POSIX shell, only where a shell cannot be avoided (remote commands).
+std::string shell_quote(std::string_view s);
+
+// Splits on '\n', dropping a trailing empty piece; tolerates "\r\n".
+std::vector<std::string> split_lines(std::string_view s);
+
+// Keeps at most the last `max_bytes` of `s` (at a line boundary when possible).
+std::string tail(std::string_view s, std::size_t max_bytes);
+
+std::string trim(std::string_view s);
+
+} // namespace machine::text

@@ -1,0 +1,162 @@
+#include "machine/text.hpp"
+
+#include <algorithm>
+#include <cctype>
+
+#include "machine/error.hpp"
+
+namespace machine::text {
+
+std::size_t edit_distance(std::string_view a, std::string_view b) {
+    std::vector<std::size_t> row(b.size() + 1);
+    for (std::size_t j = 0; j <= b.size(); ++j) row[j] = j;
+    for (std::size_t i = 1; i <= a.size(); ++i) {
+        std::size_t diagonal = row[0];
+        row[0] = i;
+        for (std::size_t j = 1; j <= b.size(); ++j) {
+            const std::size_t above = row[j];
+            const std::size_t substitution = diagonal + (a[i - 1] == b[j - 1] ? 0 : 1);
+            row[j] = std::min({above + 1, row[j - 1] + 1, substitution});
+            diagonal = above;
+        }
+    }
+    return row[b.size()];
+}
+
+std::string closest_match(std::string_view word, const std::vector<std::string>& candidates) {
+    std::string best;
+    std::size_t best_distance = std::string::npos;
+    for (const auto& candidate : candidates) {
+        const std::size_t d = edit_distance(word, candidate);
+        if (d < best_distance) {
+            best_distance = d;
+            best = candidate;
+        }
+    }
+    // Accept roughly one typo per three characters, at least one.
+    const std::size_t limit = std::max<std::size_t>(1, word.size() / 3);
+    return best_distance <= limit ? best : std::string{};
+}
+
+bool is_valid_project_name(std::string_view name) {
+    if (name.empty() || name.size() > 63) return false;
+    auto ok_first = [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); };
+    if (!ok_first(name.front())) return false;
+    return std::all_of(name.begin(), name.end(), [&](char c) { return ok_first(c) || c == '-'; });
+}
+
+void require_valid_project_name(std::string_view name) {
+    if (!is_valid_project_name(name)) {
+        throw usage_error("invalid project name '" + sanitize_for_terminal(name) +
+                          "' (use a-z, 0-9 and hyphens, starting with a letter or digit, at "
+                          "most 63 characters)");
+    }
+}
+
+namespace {
+
+// Length of the UTF-8 sequence starting at s[i], or 0 when it is invalid.
+std::size_t utf8_sequence_length(std::string_view s, std::size_t i) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    std::size_t n = 0;
+    if (c >= 0xC2 && c <= 0xDF) n = 2;
+    else if (c >= 0xE0 && c <= 0xEF) n = 3;
+    else if (c >= 0xF0 && c <= 0xF4) n = 4;
+    else return 0;
+    if (i + n > s.size()) return 0;
+    for (std::size_t k = 1; k < n; ++k) {
+        if ((static_cast<unsigned char>(s[i + k]) & 0xC0) != 0x80) return 0;
+    }
+    return n;
+}
+
+} // namespace
+
+std::string sanitize_for_terminal(std::string_view in) {
+    std::string out;
+    out.reserve(in.size());
+    for (std::size_t i = 0; i < in.size();) {
+        const auto c = static_cast<unsigned char>(in[i]);
+        if (c == 0x1B) {  // ESC: skip the whole sequence
+            ++i;
+            if (i < in.size() && in[i] == '[') {  // CSI: parameters then a final byte 0x40-0x7E
+                ++i;
+                while (i < in.size() && !(in[i] >= 0x40 && in[i] <= 0x7E)) ++i;
+                if (i < in.size()) ++i;
+            } else if (i < in.size() && (in[i] == ']' || in[i] == 'P' || in[i] == '_' ||
+                                         in[i] == '^')) {  // OSC/DCS/APC/PM: until BEL or ST
+                ++i;
+                while (i < in.size() && in[i] != '\a' &&
+                       !(in[i] == 0x1B && i + 1 < in.size() && in[i + 1] == '\\'))
+                    ++i;
+                if (i < in.size()) i += (in[i] == '\a') ? 1 : 2;
+            } else if (i < in.size()) {
+                ++i;  // two-byte escape
+            }
+            continue;
+        }
+        if (c == '\n' || c == '\t') {
+            out += static_cast<char>(c);
+            ++i;
+        } else if (c < 0x20 || c == 0x7F) {
+            ++i;  // other C0 controls (including CR, BEL, BS) are dropped
+        } else if (c < 0x80) {
+            out += static_cast<char>(c);
+            ++i;
+        } else if (const std::size_t n = utf8_sequence_length(in, i); n > 0) {
+            // C1 controls (U+0080..U+009F) are encoded as C2 80..C2 9F: drop them too.
+            if (!(n == 2 && c == 0xC2 && static_cast<unsigned char>(in[i + 1]) < 0xA0))
+                out.append(in.substr(i, n));
+            i += n;
+        } else {
+            out += "\xEF\xBF\xBD";
+            ++i;
+        }
+    }
+    return out;
+}
+
+std::string shell_quote(std::string_view s) {
+    if (!s.empty() && std::all_of(s.begin(), s.end(), [](char c) {
+            return std::isalnum(static_cast<unsigned char>(c)) || std::string_view("@%_+=:,./-").find(c) != std::string_view::npos;
+        }))
+        return std::string(s);
+    std::string out = "'";
+    for (char c : s) {
+        if (c == '\'') out += "'\\''";
+        else out += c;
+    }
+    out += "'";
+    return out;
+}
+
+std::vector<std::string> split_lines(std::string_view s) {
+    std::vector<std::string> lines;
+    std::size_t start = 0;
+    while (start < s.size()) {
+        std::size_t end = s.find('\n', start);
+        if (end == std::string_view::npos) end = s.size();
+        std::string_view line = s.substr(start, end - start);
+        if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+        lines.emplace_back(line);
+        start = end + 1;
+    }
+    return lines;
+}
+
+std::string tail(std::string_view s, std::size_t max_bytes) {
+    if (s.size() <= max_bytes) return std::string(s);
+    std::string_view t = s.substr(s.size() - max_bytes);
+    if (const auto nl = t.find('\n'); nl != std::string_view::npos && nl + 1 < t.size())
+        t.remove_prefix(nl + 1);
+    return std::string(t);
+}
+
+std::string trim(std::string_view s) {
+    const auto first = s.find_first_not_of(" \t\r\n");
+    if (first == std::string_view::npos) return {};
+    const auto last = s.find_last_not_of(" \t\r\n");
+    return std::string(s.substr(first, last - first + 1));
+}
+
+} // namespace machine::text
