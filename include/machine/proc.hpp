@@ -1,0 +1,91 @@
+// Child processes on the event loop: posix_spawn, pidfd, pipes.
+//
+// Guarantees: the child inherits only fds 0-2 (everything else is closed in the child, so
+// concurrent children never hold each other's pipes); stdout and stderr are read
+// concurrently; the exit is observed through a pidfd and every child is reaped; a timeout or
+// a cancel_signal stops the child's process group with SIGINT, then SIGTERM, then SIGKILL.
+#pragma once
+
+#include <chrono>
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include <asio/any_io_executor.hpp>
+#include <asio/awaitable.hpp>
+
+#include "machine/error.hpp"
+
+namespace machine {
+class cancel_signal;
+}
+
+namespace machine::proc {
+
+enum class stdio { pipe, inherit, null };
+
+struct command {
+    std::vector<std::string> argv;             // argv[0] is looked up in PATH
+    std::optional<std::filesystem::path> cwd;
+    std::vector<std::pair<std::string, std::string>> env_set;  // added or replaced
+    std::vector<std::string> env_unset;
+    stdio in = stdio::null;
+    stdio out = stdio::pipe;
+    stdio err = stdio::pipe;
+    std::string stdin_data;                    // written when in == pipe, then closed
+    // A new process group keeps the terminal's Ctrl-C away from the child, so the parent
+    // decides how to stop it. Interactive children (inheriting the terminal) must stay in
+    // the foreground group: set this to false for them.
+    bool new_process_group = true;
+};
+
+struct limits {
+    std::optional<std::chrono::milliseconds> timeout;  // then stop the child
+    std::chrono::milliseconds grace{3000};             // between SIGINT, SIGTERM and SIGKILL
+    std::size_t max_output = 16 << 20;                 // per stream; the rest is discarded
+};
+
+// Called with each complete line (without '\n') as it arrives; the captured text is kept too.
+using line_callback = std::function<void(std::string_view line)>;
+
+struct result {
+    int exit_code = -1;   // when the child exited normally
+    int signal = 0;       // when it was killed by a signal
+    std::string out;
+    std::string err;
+    bool timed_out = false;
+    bool cancelled = false;
+
+    bool ok() const { return signal == 0 && exit_code == 0; }
+    // Shell convention: the exit code, or 128 + signal.
+    int status() const { return signal ? 128 + signal : exit_code; }
+};
+
+// The child could not be started (no such program, not executable...).
+class spawn_error : public error {
+public:
+    using error::error;
+};
+
+struct run_options {
+    limits limit;
+    cancel_signal* cancel = nullptr;  // optional: graceful -> SIGINT..., forceful -> SIGKILL
+    line_callback on_stdout_line;
+    line_callback on_stderr_line;
+};
+
+// Runs a command to completion. Never throws for a non-zero exit: inspect the result.
+// Throws spawn_error when the program cannot be started.
+asio::awaitable<result> run(command cmd, run_options options = {});
+
+// How many children this process has spawned and not yet reaped (tests: no zombies).
+std::size_t live_children();
+
+// Finds `program` in $PATH (or returns it when it contains '/'); nullopt when absent.
+std::optional<std::filesystem::path> find_program(std::string_view program);
+
+} // namespace machine::proc

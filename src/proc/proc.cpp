@@ -1,0 +1,418 @@
+#include "machine/proc.hpp"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <atomic>
+#include <cerrno>
+#include <csignal>
+#include <cstring>
+#include <map>
+
+#include <asio/experimental/as_tuple.hpp>
+#include <asio/experimental/awaitable_operators.hpp>
+#include <asio/posix/stream_descriptor.hpp>
+#include <asio/steady_timer.hpp>
+#include <asio/this_coro.hpp>
+#include <asio/use_awaitable.hpp>
+#include <asio/write.hpp>
+
+#include "machine/cancel.hpp"
+#include "machine/paths.hpp"
+
+extern char** environ;
+
+namespace machine::proc {
+
+namespace {
+
+using asio::awaitable;
+using asio::use_awaitable;
+using asio::experimental::as_tuple;
+using namespace asio::experimental::awaitable_operators;
+using namespace std::chrono_literals;
+
+std::atomic<std::size_t> g_live_children{0};
+
+// After the child exits, its pipes normally reach EOF at once. A grandchild that inherited
+// them can keep them open forever; give it this long, then stop reading.
+constexpr auto pipe_linger = 500ms;
+
+struct fd_guard {
+    int fd = -1;
+    fd_guard() = default;
+    explicit fd_guard(int f) : fd(f) {}
+    fd_guard(fd_guard&& o) noexcept : fd(std::exchange(o.fd, -1)) {}
+    fd_guard& operator=(fd_guard&& o) noexcept {
+        reset();
+        fd = std::exchange(o.fd, -1);
+        return *this;
+    }
+    ~fd_guard() { reset(); }
+    void reset() {
+        if (fd >= 0) ::close(fd);
+        fd = -1;
+    }
+    int release() { return std::exchange(fd, -1); }
+};
+
+struct pipe_pair {
+    fd_guard read, write;
+};
+
+pipe_pair make_pipe() {
+    int fds[2];
+    // O_CLOEXEC: a sibling spawned concurrently must never inherit these (see house style §3.9).
+    if (::pipe2(fds, O_CLOEXEC) != 0) throw error(std::string("pipe2: ") + std::strerror(errno));
+    return {fd_guard(fds[0]), fd_guard(fds[1])};
+}
+
+std::vector<std::string> build_environment(const command& cmd) {
+    std::map<std::string, std::string> vars;
+    for (char** e = environ; e && *e; ++e) {
+        std::string_view kv(*e);
+        const auto eq = kv.find('=');
+        if (eq == std::string_view::npos) continue;
+        vars[std::string(kv.substr(0, eq))] = std::string(kv.substr(eq + 1));
+    }
+    for (const auto& name : cmd.env_unset) vars.erase(name);
+    for (const auto& [name, value] : cmd.env_set) vars[name] = value;
+    std::vector<std::string> out;
+    out.reserve(vars.size());
+    for (const auto& [name, value] : vars) out.push_back(name + "=" + value);
+    return out;
+}
+
+struct spawned {
+    pid_t pid = -1;
+    fd_guard in, out, err;  // parent ends
+    fd_guard pidfd;
+};
+
+class spawn_attributes {
+public:
+    spawn_attributes() {
+        posix_spawn_file_actions_init(&actions);
+        posix_spawnattr_init(&attr);
+    }
+    ~spawn_attributes() {
+        posix_spawn_file_actions_destroy(&actions);
+        posix_spawnattr_destroy(&attr);
+    }
+    posix_spawn_file_actions_t actions;
+    posix_spawnattr_t attr;
+};
+
+spawned spawn_child(const command& cmd) {
+    if (cmd.argv.empty()) throw spawn_error("cannot run an empty command");
+    spawn_attributes sa;
+    spawned child;
+    pipe_pair in_pipe, out_pipe, err_pipe;
+
+    auto wire = [&](stdio mode, int target, pipe_pair& p, bool child_reads) {
+        switch (mode) {
+        case stdio::inherit:
+            break;
+        case stdio::null:
+            posix_spawn_file_actions_addopen(&sa.actions, target, "/dev/null",
+                                             child_reads ? O_RDONLY : O_WRONLY, 0);
+            break;
+        case stdio::pipe:
+            p = make_pipe();
+            posix_spawn_file_actions_adddup2(&sa.actions,
+                                             child_reads ? p.read.fd : p.write.fd, target);
+            break;
+        }
+    };
+    wire(cmd.in, 0, in_pipe, true);
+    wire(cmd.out, 1, out_pipe, false);
+    wire(cmd.err, 2, err_pipe, false);
+    // Only fds 0-2 reach the child, whatever this process has open (Asio's sockets and
+    // pipes are not CLOEXEC).
+    posix_spawn_file_actions_addclosefrom_np(&sa.actions, 3);
+    if (cmd.cwd) posix_spawn_file_actions_addchdir_np(&sa.actions, cmd.cwd->c_str());
+
+    // Start the child with default dispositions and an empty mask, whatever this process
+    // ignores or blocks.
+    sigset_t defaults;
+    sigemptyset(&defaults);
+    for (int s : {SIGINT, SIGTERM, SIGQUIT, SIGHUP, SIGPIPE, SIGCHLD, SIGTSTP, SIGTTIN, SIGTTOU})
+        sigaddset(&defaults, s);
+    sigset_t empty;
+    sigemptyset(&empty);
+    posix_spawnattr_setsigdefault(&sa.attr, &defaults);
+    posix_spawnattr_setsigmask(&sa.attr, &empty);
+    short flags = POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK;
+    if (cmd.new_process_group) {
+        flags |= POSIX_SPAWN_SETPGROUP;
+        posix_spawnattr_setpgroup(&sa.attr, 0);
+    }
+    posix_spawnattr_setflags(&sa.attr, flags);
+
+    std::vector<char*> argv;
+    for (const auto& a : cmd.argv) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    std::vector<std::string> env_strings = build_environment(cmd);
+    std::vector<char*> envp;
+    for (auto& e : env_strings) envp.push_back(e.data());
+    envp.push_back(nullptr);
+
+    const int rc = ::posix_spawnp(&child.pid, argv[0], &sa.actions, &sa.attr, argv.data(),
+                                  envp.data());
+    if (rc != 0) {
+        throw spawn_error("cannot run " + cmd.argv[0] + ": " + std::strerror(rc));
+    }
+    ++g_live_children;
+    // The parent keeps only its own ends; dropping the write ends is what makes EOF possible.
+    child.in = std::move(in_pipe.write);
+    child.out = std::move(out_pipe.read);
+    child.err = std::move(err_pipe.read);
+    const long pidfd = ::syscall(SYS_pidfd_open, child.pid, 0);
+    if (pidfd >= 0) {
+        child.pidfd = fd_guard(static_cast<int>(pidfd));
+        ::fcntl(child.pidfd.fd, F_SETFD, FD_CLOEXEC);
+    }
+    return child;
+}
+
+// Shared by the coroutines that make up one run().
+struct run_state {
+    run_state(asio::any_io_executor ex, pid_t p, bool own_group)
+        : out(ex), err(ex), in(ex), pidfd(ex), linger(ex), watchdog_timer(ex), pid(p),
+          own_group(own_group) {}
+    asio::posix::stream_descriptor out, err, in, pidfd;
+    asio::steady_timer linger, watchdog_timer;
+    pid_t pid;
+    bool own_group;
+    int open_streams = 0;
+    int wait_status = 0;
+    bool reaped = false;
+
+    void signal_child(int sig) const {
+        if (reaped) return;
+        if (own_group) ::kill(-pid, sig);
+        else ::kill(pid, sig);
+    }
+};
+
+void append_capped(std::string& sink, std::string_view data, std::size_t cap) {
+    if (sink.size() < cap) sink.append(data.substr(0, cap - sink.size()));
+}
+
+awaitable<void> drain(run_state& st, asio::posix::stream_descriptor& stream, std::string& sink,
+                      std::size_t cap, const line_callback& on_line) {
+    std::array<char, 16384> buffer;
+    std::string partial;
+    for (;;) {
+        auto [ec, n] = co_await stream.async_read_some(asio::buffer(buffer), as_tuple(use_awaitable));
+        if (ec) break;  // EOF, or closed after the linger period
+        const std::string_view chunk(buffer.data(), n);
+        append_capped(sink, chunk, cap);
+        if (on_line) {
+            partial.append(chunk);
+            std::size_t start = 0;
+            for (auto nl = partial.find('\n'); nl != std::string::npos;
+                 nl = partial.find('\n', start)) {
+                on_line(std::string_view(partial).substr(start, nl - start));
+                start = nl + 1;
+            }
+            partial.erase(0, start);
+            if (partial.size() > cap) partial.clear();  // a "line" with no end in sight
+        }
+    }
+    if (on_line && !partial.empty()) on_line(partial);
+    stream.close();
+    if (--st.open_streams == 0) st.linger.cancel();
+}
+
+awaitable<void> feed_stdin(asio::posix::stream_descriptor& stream, const std::string& data) {
+    if (!data.empty()) {
+        // EPIPE when the child does not read its stdin is fine: it is the child's choice.
+        co_await asio::async_write(stream, asio::buffer(data), as_tuple(use_awaitable));
+    }
+    stream.close();
+}
+
+awaitable<void> wait_and_reap(run_state& st) {
+    if (st.pidfd.is_open()) {
+        co_await st.pidfd.async_wait(asio::posix::stream_descriptor::wait_read,
+                                     as_tuple(use_awaitable));
+    } else {
+        // No pidfd (Linux < 5.3): poll.
+        asio::steady_timer poll(co_await asio::this_coro::executor);
+        while (::waitpid(st.pid, &st.wait_status, WNOHANG) == 0) {
+            poll.expires_after(20ms);
+            co_await poll.async_wait(as_tuple(use_awaitable));
+        }
+        st.reaped = true;
+    }
+    if (!st.reaped) {
+        while (::waitpid(st.pid, &st.wait_status, 0) < 0 && errno == EINTR) {
+        }
+        st.reaped = true;
+    }
+    --g_live_children;
+    if (st.open_streams > 0) {
+        st.linger.expires_after(pipe_linger);
+        co_await st.linger.async_wait(as_tuple(use_awaitable));
+        // Whatever still holds the pipes open is not our child any more.
+        if (st.out.is_open()) st.out.cancel();
+        if (st.err.is_open()) st.err.cancel();
+    }
+}
+
+awaitable<void> wait_forever(asio::steady_timer& timer) {
+    timer.expires_at(asio::steady_timer::time_point::max());
+    co_await timer.async_wait(use_awaitable);  // throws when the other side of `||` wins
+}
+
+awaitable<void> sleep_for(asio::steady_timer& timer, std::chrono::milliseconds d) {
+    timer.expires_after(d);
+    co_await timer.async_wait(use_awaitable);
+}
+
+awaitable<void> wait_cancel(cancel_signal& cancel, cancel_signal::level above) {
+    co_await cancel.wait_above(above);
+}
+
+enum class stop_reason { none, timeout, cancelled };
+
+// Waits for a reason to stop the child, then escalates: SIGINT, SIGTERM, SIGKILL with a grace
+// period between them (straight to SIGKILL when a forceful cancel arrives). Never completes on
+// its own: the `||` in run() ends it when the child has been reaped.
+awaitable<void> watchdog(run_state& st, const run_options& opt, stop_reason& reason) {
+    if (opt.cancel && opt.cancel->current() != cancel_signal::none) {
+        reason = stop_reason::cancelled;
+    } else if (opt.limit.timeout && opt.cancel) {
+        auto v = co_await (sleep_for(st.watchdog_timer, *opt.limit.timeout) ||
+                           wait_cancel(*opt.cancel, cancel_signal::none));
+        reason = v.index() == 0 ? stop_reason::timeout : stop_reason::cancelled;
+    } else if (opt.limit.timeout) {
+        co_await sleep_for(st.watchdog_timer, *opt.limit.timeout);
+        reason = stop_reason::timeout;
+    } else if (opt.cancel) {
+        co_await wait_cancel(*opt.cancel, cancel_signal::none);
+        reason = stop_reason::cancelled;
+    } else {
+        co_await wait_forever(st.watchdog_timer);
+    }
+
+    // An interactive child shares our terminal: it got the Ctrl-C itself.
+    const bool child_saw_sigint = reason == stop_reason::cancelled && !st.own_group;
+    const std::array<int, 3> ladder{SIGINT, SIGTERM, SIGKILL};
+    for (std::size_t i = child_saw_sigint ? 1 : 0; i < ladder.size(); ++i) {
+        const bool forceful = opt.cancel && opt.cancel->current() == cancel_signal::forceful;
+        const int sig = forceful ? SIGKILL : ladder[i];
+        st.signal_child(sig);
+        if (sig == SIGKILL) break;
+        if (opt.cancel) {
+            co_await (sleep_for(st.watchdog_timer, opt.limit.grace) ||
+                      wait_cancel(*opt.cancel, cancel_signal::graceful));
+        } else {
+            co_await sleep_for(st.watchdog_timer, opt.limit.grace);
+        }
+    }
+    co_await wait_forever(st.watchdog_timer);
+}
+
+awaitable<void> supervise(run_state& st, result& res, const run_options& opt, const command& cmd) {
+    const std::size_t cap = opt.limit.max_output;
+    if (st.out.is_open() && st.err.is_open()) {
+        co_await (drain(st, st.out, res.out, cap, opt.on_stdout_line) &&
+                  drain(st, st.err, res.err, cap, opt.on_stderr_line) && wait_and_reap(st));
+    } else if (st.out.is_open()) {
+        co_await (drain(st, st.out, res.out, cap, opt.on_stdout_line) && wait_and_reap(st));
+    } else if (st.err.is_open()) {
+        co_await (drain(st, st.err, res.err, cap, opt.on_stderr_line) && wait_and_reap(st));
+    } else {
+        co_await wait_and_reap(st);
+    }
+    (void)cmd;
+}
+
+awaitable<void> supervise_with_stdin(run_state& st, result& res, const run_options& opt,
+                                     const command& cmd) {
+    co_await (feed_stdin(st.in, cmd.stdin_data) && supervise(st, res, opt, cmd));
+}
+
+} // namespace
+
+std::size_t live_children() { return g_live_children.load(); }
+
+std::optional<std::filesystem::path> find_program(std::string_view program) {
+    if (program.empty()) return std::nullopt;
+    if (program.find('/') != std::string_view::npos) {
+        if (::access(std::string(program).c_str(), X_OK) == 0) return std::filesystem::path(program);
+        return std::nullopt;
+    }
+    std::string path = paths::env("PATH");
+    if (path.empty()) path = "/usr/local/bin:/usr/bin:/bin";
+    std::size_t start = 0;
+    while (start <= path.size()) {
+        auto end = path.find(':', start);
+        if (end == std::string::npos) end = path.size();
+        std::filesystem::path dir = path.substr(start, end - start);
+        if (dir.empty()) dir = ".";
+        const auto candidate = dir / program;
+        std::error_code ec;
+        if (::access(candidate.c_str(), X_OK) == 0 && !std::filesystem::is_directory(candidate, ec))
+            return candidate;
+        start = end + 1;
+    }
+    return std::nullopt;
+}
+
+awaitable<result> run(command cmd, run_options options) {
+    // A child that exits before reading its stdin must not kill us with SIGPIPE.
+    static const bool sigpipe_ignored = [] { return std::signal(SIGPIPE, SIG_IGN) != SIG_ERR; }();
+    (void)sigpipe_ignored;
+
+    auto ex = co_await asio::this_coro::executor;
+    spawned child = spawn_child(cmd);
+    run_state st(ex, child.pid, cmd.new_process_group);
+    if (child.out.fd >= 0) {
+        st.out.assign(child.out.release());
+        ++st.open_streams;
+    }
+    if (child.err.fd >= 0) {
+        st.err.assign(child.err.release());
+        ++st.open_streams;
+    }
+    if (child.in.fd >= 0) st.in.assign(child.in.release());
+    if (child.pidfd.fd >= 0) st.pidfd.assign(child.pidfd.release());
+
+    result res;
+    stop_reason reason = stop_reason::none;
+    try {
+        if (st.in.is_open()) {
+            co_await (supervise_with_stdin(st, res, options, cmd) || watchdog(st, options, reason));
+        } else {
+            co_await (supervise(st, res, options, cmd) || watchdog(st, options, reason));
+        }
+    } catch (...) {
+        // Only reachable if the loop itself is being torn down: never leave a zombie.
+        if (!st.reaped) {
+            st.signal_child(SIGKILL);
+            while (::waitpid(st.pid, &st.wait_status, 0) < 0 && errno == EINTR) {
+            }
+            st.reaped = true;
+            --g_live_children;
+        }
+        throw;
+    }
+    if (reason != stop_reason::none && st.own_group) {
+        ::kill(-st.pid, SIGKILL);  // stragglers left in the child's group
+    }
+    res.timed_out = reason == stop_reason::timeout;
+    res.cancelled = reason == stop_reason::cancelled;
+    if (WIFEXITED(st.wait_status)) res.exit_code = WEXITSTATUS(st.wait_status);
+    else if (WIFSIGNALED(st.wait_status)) res.signal = WTERMSIG(st.wait_status);
+    co_return res;
+}
+
+} // namespace machine::proc

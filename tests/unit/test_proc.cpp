@@ -1,0 +1,264 @@
+// proc against real /bin/sh children: exit codes, signals, timeouts, cancellation, pipes, fds.
+#include <boost/test/unit_test.hpp>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <csignal>
+
+#include <asio/co_spawn.hpp>
+#include <asio/detached.hpp>
+#include <asio/experimental/as_tuple.hpp>
+#include <asio/this_coro.hpp>
+#include <asio/experimental/awaitable_operators.hpp>
+#include <asio/io_context.hpp>
+#include <asio/steady_timer.hpp>
+#include <asio/use_awaitable.hpp>
+
+#include "machine/cancel.hpp"
+#include "machine/proc.hpp"
+#include "machine/text.hpp"
+#include "test_support.hpp"
+
+using namespace machine;
+using machine::test::co_run;
+using machine::test::seconds_since;
+using namespace std::chrono_literals;
+
+namespace {
+
+proc::command sh(const std::string& script) {
+    proc::command c;
+    c.argv = {"/bin/sh", "-c", script};
+    return c;
+}
+
+proc::result run_sh(const std::string& script, proc::run_options opt = {}) {
+    asio::io_context ctx;
+    return co_run(ctx, proc::run(sh(script), std::move(opt)));
+}
+
+// Every test in this file must leave no child behind.
+struct no_zombies {
+    ~no_zombies() {
+        BOOST_TEST(proc::live_children() == 0u);
+        int status = 0;
+        BOOST_TEST(::waitpid(-1, &status, WNOHANG) == -1);
+        BOOST_TEST(errno == ECHILD);
+    }
+};
+
+} // namespace
+
+BOOST_AUTO_TEST_SUITE(proc_run)
+
+BOOST_FIXTURE_TEST_CASE(exit_codes_pass_through, no_zombies) {
+    BOOST_TEST(run_sh("exit 0").exit_code == 0);
+    BOOST_TEST(run_sh("exit 3").exit_code == 3);
+    const auto r = run_sh("exit 255");
+    BOOST_TEST(r.exit_code == 255);
+    BOOST_TEST(!r.ok());
+}
+
+BOOST_FIXTURE_TEST_CASE(death_by_signal_is_reported, no_zombies) {
+    const auto r = run_sh("kill -TERM $$");
+    BOOST_TEST(r.signal == SIGTERM);
+    BOOST_TEST(r.status() == 128 + SIGTERM);
+}
+
+BOOST_FIXTURE_TEST_CASE(stdout_and_stderr_are_read_concurrently, no_zombies) {
+    // 1 MiB on stderr before anything on stdout: a sequential reader would deadlock once the
+    // stderr pipe (64 KiB) is full.
+    const auto r = run_sh("head -c 1048576 /dev/zero | tr '\\0' e >&2; echo out");
+    BOOST_TEST(r.exit_code == 0);
+    BOOST_TEST(r.err.size() == 1048576u);
+    BOOST_TEST(r.out == "out\n");
+}
+
+BOOST_FIXTURE_TEST_CASE(stdin_data_reaches_the_child, no_zombies) {
+    proc::command c;
+    c.argv = {"cat"};
+    c.in = proc::stdio::pipe;
+    c.stdin_data = std::string("line one\nline \"two\" $HOME\n") + std::string(200000, 'x');
+    asio::io_context ctx;
+    const auto r = co_run(ctx, proc::run(c));
+    BOOST_TEST(r.out == c.stdin_data);
+}
+
+BOOST_FIXTURE_TEST_CASE(a_child_ignoring_stdin_does_not_kill_us, no_zombies) {
+    proc::command c = sh("exit 0");
+    c.in = proc::stdio::pipe;
+    c.stdin_data = std::string(1 << 20, 'x');  // larger than the pipe buffer
+    asio::io_context ctx;
+    BOOST_TEST(co_run(ctx, proc::run(c)).exit_code == 0);
+}
+
+BOOST_FIXTURE_TEST_CASE(lines_are_delivered_as_they_arrive, no_zombies) {
+    std::vector<std::string> lines;
+    proc::run_options opt;
+    opt.on_stderr_line = [&](std::string_view l) { lines.emplace_back(l); };
+    const auto r = run_sh("printf 'a\\nb\\n' >&2; printf 'partial' >&2", opt);
+    BOOST_TEST(r.err == "a\nb\npartial");
+    BOOST_TEST(lines == (std::vector<std::string>{"a", "b", "partial"}));
+}
+
+BOOST_FIXTURE_TEST_CASE(output_is_capped, no_zombies) {
+    proc::run_options opt;
+    opt.limit.max_output = 1000;
+    const auto r = run_sh("head -c 100000 /dev/zero", opt);
+    BOOST_TEST(r.exit_code == 0);
+    BOOST_TEST(r.out.size() == 1000u);
+}
+
+BOOST_FIXTURE_TEST_CASE(only_stdio_is_inherited, no_zombies) {
+    // A descriptor this process opened without CLOEXEC (as Asio 1.22 does for its pipes and
+    // sockets) must not reach the child.
+    int leaky[2];
+    BOOST_REQUIRE(::pipe(leaky) == 0);
+    const auto r = run_sh("ls /proc/$$/fd");
+    ::close(leaky[0]);
+    ::close(leaky[1]);
+    BOOST_TEST(r.out == "0\n1\n2\n");
+}
+
+BOOST_FIXTURE_TEST_CASE(env_and_cwd_are_applied, no_zombies) {
+    machine::test::temp_dir dir;
+    proc::command c = sh("printf '%s|%s|%s' \"$MACHINE_T1\" \"${MACHINE_T2-unset}\" \"$PWD\"");
+    c.env_set = {{"MACHINE_T1", "a b'c"}};
+    c.env_unset = {"MACHINE_T2"};
+    c.cwd = dir.path;
+    ::setenv("MACHINE_T2", "present", 1);
+    asio::io_context ctx;
+    const auto r = co_run(ctx, proc::run(c));
+    ::unsetenv("MACHINE_T2");
+    BOOST_TEST(r.out == "a b'c|unset|" + dir.path.string());
+}
+
+BOOST_FIXTURE_TEST_CASE(missing_program_is_a_spawn_error, no_zombies) {
+    proc::command c;
+    c.argv = {"/nonexistent/limactl", "list"};
+    asio::io_context ctx;
+    BOOST_CHECK_THROW(co_run(ctx, proc::run(c)), proc::spawn_error);
+}
+
+BOOST_FIXTURE_TEST_CASE(a_grandchild_holding_the_pipes_does_not_hang_us, no_zombies) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto r = run_sh("sleep 5 & echo started");
+    BOOST_TEST(r.out == "started\n");
+    BOOST_TEST(seconds_since(t0) < 3.0);
+    // kill the orphan (it is in the same process group as the shell was)
+    std::system("pkill -f '^sleep 5$' >/dev/null 2>&1");
+}
+
+BOOST_FIXTURE_TEST_CASE(timeout_interrupts_the_child, no_zombies) {
+    proc::run_options opt;
+    opt.limit.timeout = 200ms;
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto r = run_sh("sleep 30", opt);
+    BOOST_TEST(r.timed_out);
+    BOOST_TEST(r.signal == SIGINT);
+    BOOST_TEST(seconds_since(t0) < 3.0);
+}
+
+BOOST_FIXTURE_TEST_CASE(timeout_escalates_to_sigterm_then_sigkill, no_zombies) {
+    proc::run_options opt;
+    opt.limit.timeout = 100ms;
+    opt.limit.grace = 200ms;
+    // Ignores SIGINT, then SIGTERM once it is installed: only SIGKILL ends it.
+    const auto r = run_sh("trap '' INT TERM; while :; do sleep 0.05; done", opt);
+    BOOST_TEST(r.timed_out);
+    BOOST_TEST(r.signal == SIGKILL);
+}
+
+BOOST_FIXTURE_TEST_CASE(sigterm_is_the_second_step, no_zombies) {
+    proc::run_options opt;
+    opt.limit.timeout = 100ms;
+    opt.limit.grace = 300ms;
+    const auto r = run_sh("trap '' INT; trap 'exit 143' TERM; while :; do sleep 0.05; done", opt);
+    BOOST_TEST(r.timed_out);
+    BOOST_TEST(r.exit_code == 143);
+}
+
+BOOST_FIXTURE_TEST_CASE(graceful_cancel_sends_sigint_to_the_group, no_zombies) {
+    asio::io_context ctx;
+    cancel_signal cancel(ctx.get_executor());
+    asio::steady_timer t(ctx, 150ms);
+    t.async_wait([&](std::error_code) { cancel.trigger(cancel_signal::graceful); });
+    proc::run_options opt;
+    opt.cancel = &cancel;
+    const auto t0 = std::chrono::steady_clock::now();
+    // The INT trap proves the child (not just us) received SIGINT.
+    const auto r = co_run(ctx, proc::run(sh("trap 'echo got-int; exit 7' INT; sleep 30 & wait"), opt));
+    BOOST_TEST(r.cancelled);
+    BOOST_TEST(r.exit_code == 7);
+    BOOST_TEST(r.out == "got-int\n");
+    BOOST_TEST(seconds_since(t0) < 3.0);
+}
+
+BOOST_FIXTURE_TEST_CASE(forceful_cancel_kills_at_once, no_zombies) {
+    asio::io_context ctx;
+    cancel_signal cancel(ctx.get_executor());
+    asio::steady_timer t1(ctx, 100ms), t2(ctx, 200ms);
+    t1.async_wait([&](std::error_code) { cancel.trigger(cancel_signal::graceful); });
+    t2.async_wait([&](std::error_code) { cancel.trigger(cancel_signal::forceful); });
+    proc::run_options opt;
+    opt.cancel = &cancel;
+    opt.limit.grace = 10s;  // without the forceful step this test would take 20 s
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto r = co_run(ctx, proc::run(sh("trap '' INT TERM; while :; do sleep 0.05; done"), opt));
+    BOOST_TEST(r.cancelled);
+    BOOST_TEST(r.signal == SIGKILL);
+    BOOST_TEST(seconds_since(t0) < 3.0);
+}
+
+BOOST_FIXTURE_TEST_CASE(already_cancelled_stops_immediately, no_zombies) {
+    asio::io_context ctx;
+    cancel_signal cancel(ctx.get_executor());
+    cancel.trigger(cancel_signal::graceful);
+    proc::run_options opt;
+    opt.cancel = &cancel;
+    const auto r = co_run(ctx, proc::run(sh("sleep 30"), opt));
+    BOOST_TEST(r.cancelled);
+}
+
+namespace {
+asio::awaitable<std::vector<double>> run_many(int n) {
+    using namespace asio::experimental::awaitable_operators;
+    std::vector<double> finish_times(n);
+    const auto t0 = std::chrono::steady_clock::now();
+    auto ex = co_await asio::this_coro::executor;
+    int remaining = n;
+    asio::steady_timer done(ex, asio::steady_timer::time_point::max());
+    for (int i = 0; i < n; ++i) {
+        // Even children are slow, odd ones quick; all run at once.
+        auto task = [i, t0, &finish_times, &remaining, &done]() -> asio::awaitable<void> {
+            const std::string script = (i % 2 == 0) ? "sleep 2; echo slow" : "echo quick";
+            co_await proc::run(sh(script));
+            finish_times[i] = seconds_since(t0);
+            if (--remaining == 0) done.cancel();
+        };
+        asio::co_spawn(ex, std::move(task), asio::detached);
+    }
+    co_await done.async_wait(asio::experimental::as_tuple(asio::use_awaitable));
+    co_return finish_times;
+}
+} // namespace
+
+BOOST_FIXTURE_TEST_CASE(concurrent_children_do_not_hold_each_others_pipes, no_zombies) {
+    asio::io_context ctx;
+    const auto times = co_run(ctx, run_many(16));
+    for (std::size_t i = 1; i < times.size(); i += 2) {
+        BOOST_TEST_CONTEXT("quick child " << i) { BOOST_TEST(times[i] < 1.5); }
+    }
+    for (std::size_t i = 0; i < times.size(); i += 2) {
+        BOOST_TEST_CONTEXT("slow child " << i) { BOOST_TEST(times[i] < 4.0); }
+    }
+}
+
+BOOST_AUTO_TEST_CASE(find_program_searches_path) {
+    BOOST_TEST(proc::find_program("sh").has_value());
+    BOOST_TEST(!proc::find_program("machine-no-such-program").has_value());
+    BOOST_TEST(proc::find_program("/bin/sh").value() == "/bin/sh");
+}
+
+BOOST_AUTO_TEST_SUITE_END()

@@ -1,0 +1,59 @@
+// Helpers shared by the unit tests.
+#pragma once
+
+#include <chrono>
+#include <exception>
+#include <filesystem>
+#include <optional>
+#include <random>
+#include <string>
+
+#include <asio/co_spawn.hpp>
+#include <asio/io_context.hpp>
+
+namespace machine::test {
+
+// Runs an awaitable to completion on `ctx` and returns its value (or rethrows).
+template <class T>
+T co_run(asio::io_context& ctx, asio::awaitable<T> task) {
+    std::optional<T> value;
+    std::exception_ptr failure;
+    asio::co_spawn(ctx, std::move(task), [&](std::exception_ptr e, T v) {
+        failure = e;
+        if (!e) value = std::move(v);
+    });
+    ctx.run();
+    ctx.restart();
+    if (failure) std::rethrow_exception(failure);
+    return std::move(*value);
+}
+
+inline void co_run(asio::io_context& ctx, asio::awaitable<void> task) {
+    std::exception_ptr failure;
+    asio::co_spawn(ctx, std::move(task), [&](std::exception_ptr e) { failure = e; });
+    ctx.run();
+    ctx.restart();
+    if (failure) std::rethrow_exception(failure);
+}
+
+// A fresh directory under the system temp dir, removed at scope exit.
+struct temp_dir {
+    std::filesystem::path path;
+    temp_dir() {
+        std::random_device rd;
+        path = std::filesystem::temp_directory_path() / ("machine-test-" + std::to_string(rd()));
+        std::filesystem::create_directories(path);
+    }
+    ~temp_dir() {
+        std::error_code ec;
+        std::filesystem::remove_all(path, ec);
+    }
+    temp_dir(const temp_dir&) = delete;
+    temp_dir& operator=(const temp_dir&) = delete;
+};
+
+inline double seconds_since(std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+} // namespace machine::test

@@ -1,0 +1,62 @@
+#include <boost/test/unit_test.hpp>
+
+#include "machine/error.hpp"
+#include "machine/text.hpp"
+
+using namespace machine;
+
+BOOST_AUTO_TEST_SUITE(core_text)
+
+BOOST_AUTO_TEST_CASE(project_names) {
+    for (const char* ok : {"default", "web", "web-2", "0day", "a"})
+        BOOST_TEST(text::is_valid_project_name(ok), ok);
+    for (const char* bad : {"", "../x", "a;rm -rf ~", "Web", "-lead", "a_b", "a.b", "a b", "é"})
+        BOOST_TEST(!text::is_valid_project_name(bad), bad);
+    BOOST_TEST(!text::is_valid_project_name(std::string(64, 'a')));
+}
+
+BOOST_AUTO_TEST_CASE(invalid_name_message) {
+    try {
+        text::require_valid_project_name("a;rm -rf ~");
+        BOOST_FAIL("accepted");
+    } catch (const usage_error& e) {
+        BOOST_TEST(std::string(e.what()) ==
+                   "invalid project name 'a;rm -rf ~' (use a-z, 0-9 and hyphens, starting with "
+                   "a letter or digit, at most 63 characters)");
+        BOOST_TEST(static_cast<int>(e.code()) == 2);
+    }
+}
+
+BOOST_AUTO_TEST_CASE(did_you_mean) {
+    const std::vector<std::string> keys{"repos", "profiles", "cpus", "memory", "disk", "shell"};
+    BOOST_TEST(text::closest_match("cpu", keys) == "cpus");
+    BOOST_TEST(text::closest_match("memroy", keys) == "memory");
+    BOOST_TEST(text::closest_match("banana", keys) == "");
+}
+
+BOOST_AUTO_TEST_CASE(terminal_sanitizing) {
+    BOOST_TEST(text::sanitize_for_terminal("plain\ttext\n") == "plain\ttext\n");
+    BOOST_TEST(text::sanitize_for_terminal("\x1b[31mred\x1b[0m") == "red");
+    BOOST_TEST(text::sanitize_for_terminal("a\x1b]0;title\x07" "b") == "ab");
+    BOOST_TEST(text::sanitize_for_terminal("a\x1b]52;c;ZXZpbA==\x1b\\b") == "ab");
+    BOOST_TEST(text::sanitize_for_terminal("over\rwrite\b") == "overwrite");
+    BOOST_TEST(text::sanitize_for_terminal("caf\xc3\xa9") == "caf\xc3\xa9");
+    BOOST_TEST(text::sanitize_for_terminal("bad\xff") == "bad\xef\xbf\xbd");
+    BOOST_TEST(text::sanitize_for_terminal("c1\xc2\x9b" "31m") == "c131m");
+}
+
+BOOST_AUTO_TEST_CASE(shell_quoting) {
+    BOOST_TEST(text::shell_quote("simple/path-1.2") == "simple/path-1.2");
+    BOOST_TEST(text::shell_quote("") == "''");
+    BOOST_TEST(text::shell_quote("a b") == "'a b'");
+    BOOST_TEST(text::shell_quote("it's $(rm -rf ~)") == "'it'\\''s $(rm -rf ~)'");
+}
+
+BOOST_AUTO_TEST_CASE(lines_and_tails) {
+    BOOST_TEST(text::split_lines("a\r\nb\n\nc") == (std::vector<std::string>{"a", "b", "", "c"}));
+    BOOST_TEST(text::split_lines("a\n") == (std::vector<std::string>{"a"}));
+    BOOST_TEST(text::tail("one\ntwo\nthree\n", 8) == "three\n");
+    BOOST_TEST(text::trim("  x y \n") == "x y");
+}
+
+BOOST_AUTO_TEST_SUITE_END()
