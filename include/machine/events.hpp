@@ -1,0 +1,101 @@
+// Typed events and where they go.
+//
+// Every event travels in one envelope, `{"v":1,"seq":N,"ts":"...","vm":"name","type":"...",...}`:
+// a terminal sink renders it for people, a JSON-lines sink for programs (`--json`). Results and
+// events go to stdout; logs go to stderr through spdlog.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <utility>
+#include <variant>
+#include <vector>
+
+namespace machine::events {
+
+inline constexpr int envelope_version = 1;
+
+using value = std::variant<std::string, std::int64_t, bool, std::vector<std::string>>;
+
+struct event {
+    std::string vm;
+    std::string type;
+    std::vector<std::pair<std::string, value>> fields;  // in emission order
+    std::uint64_t seq = 0;                              // set by the bus
+    std::chrono::system_clock::time_point ts{};         // set by the bus
+
+    const value* find(std::string_view key) const;
+    std::string text(std::string_view key) const;  // a string field, or ""
+};
+
+// Event types. Constructors keep their names and field sets in one place.
+namespace type {
+inline constexpr const char* vm_state = "vm.state";        // state, [detail]
+inline constexpr const char* lima_status = "lima.status";  // from ha.stdout.log
+inline constexpr const char* step_started = "step.started";    // step
+inline constexpr const char* step_finished = "step.finished";  // step, ok, duration_ms, [detail]
+inline constexpr const char* message = "message";          // level, text
+inline constexpr const char* error = "error";              // message, [diagnostics]
+inline constexpr const char* vm_done = "vm.done";          // outcome, duration_ms
+} // namespace type
+
+// VM lifecycle states as machine reports them.
+event vm_state(std::string vm, std::string state, std::string detail = {});
+event step_started(std::string vm, std::string step);
+event step_finished(std::string vm, std::string step, bool ok, std::chrono::milliseconds took,
+                    std::string detail = {});
+event message(std::string vm, std::string level, std::string text);
+event error(std::string vm, std::string message, std::string diagnostics = {});
+event vm_done(std::string vm, std::string outcome, std::chrono::milliseconds took);
+
+// The envelope as one JSON line (without the newline).
+std::string to_json_line(const event& e);
+// RFC 3339 UTC with milliseconds: 2026-11-27T12:00:01.234Z
+std::string format_timestamp(std::chrono::system_clock::time_point t);
+
+class sink {
+public:
+    virtual ~sink() = default;
+    virtual void write(const event& e) = 0;
+};
+
+// One JSON object per line, flushed after each.
+class json_lines_sink : public sink {
+public:
+    explicit json_lines_sink(std::FILE* out) : out_(out) {}
+    void write(const event& e) override;
+
+private:
+    std::FILE* out_;
+};
+
+// Short human lines: `12:00:01 default  starting VM`. Everything is sanitized for the
+// terminal, since VM-provided text passes through here.
+class terminal_sink : public sink {
+public:
+    terminal_sink(std::FILE* out, bool show_time) : out_(out), show_time_(show_time) {}
+    void write(const event& e) override;
+    // The human line for an event, or "" when the event is not shown to people.
+    static std::string render(const event& e);
+
+private:
+    std::FILE* out_;
+    bool show_time_;
+};
+
+// Numbers events and hands them to every sink.
+class bus {
+public:
+    void add(std::shared_ptr<sink> s) { sinks_.push_back(std::move(s)); }
+    void emit(event e);
+    std::uint64_t last_seq() const { return seq_; }
+
+private:
+    std::vector<std::shared_ptr<sink>> sinks_;
+    std::uint64_t seq_ = 0;
+};
+
+} // namespace machine::events

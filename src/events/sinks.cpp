@@ -1,0 +1,71 @@
+#include <ctime>
+
+#include "machine/events.hpp"
+#include "machine/text.hpp"
+
+namespace machine::events {
+
+void json_lines_sink::write(const event& e) {
+    const std::string line = to_json_line(e);
+    std::fwrite(line.data(), 1, line.size(), out_);
+    std::fputc('\n', out_);
+    std::fflush(out_);
+}
+
+namespace {
+
+std::string describe_state(const event& e) {
+    const std::string state = e.text("state");
+    const std::string detail = e.text("detail");
+    return detail.empty() ? state : state + ": " + detail;
+}
+
+std::string seconds(const event& e) {
+    const value* v = e.find("duration_ms");
+    if (!v) return {};
+    const auto ms = std::get<std::int64_t>(*v);
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.1fs", static_cast<double>(ms) / 1000.0);
+    return buf;
+}
+
+} // namespace
+
+std::string terminal_sink::render(const event& e) {
+    const std::string_view t = e.type;
+    if (t == type::vm_state) return describe_state(e);
+    if (t == type::step_started) return e.text("step") + "...";
+    if (t == type::step_finished) {
+        const value* ok = e.find("ok");
+        const bool success = ok && std::get<bool>(*ok);
+        std::string line = (success ? "done: " : "failed: ") + e.text("step") + " (" + seconds(e) + ")";
+        if (const auto d = e.text("detail"); !d.empty()) line += " — " + d;
+        return line;
+    }
+    if (t == type::message) return e.text("text");
+    if (t == type::error) return "error: " + e.text("message");
+    if (t == type::vm_done) return e.text("outcome") + " in " + seconds(e);
+    return {};  // lima.status and other machine-oriented events stay out of the human view
+}
+
+void terminal_sink::write(const event& e) {
+    const std::string body = render(e);
+    if (body.empty()) return;
+    std::string line;
+    if (show_time_) {
+        const std::time_t secs = std::chrono::system_clock::to_time_t(e.ts);
+        std::tm tm{};
+        ::localtime_r(&secs, &tm);
+        char buf[16];
+        std::strftime(buf, sizeof buf, "%H:%M:%S ", &tm);
+        line += buf;
+    }
+    if (!e.vm.empty()) line += "[" + e.vm + "] ";
+    line += body;
+    line = text::sanitize_for_terminal(line);
+    line += '\n';
+    std::fwrite(line.data(), 1, line.size(), out_);
+    std::fflush(out_);
+}
+
+} // namespace machine::events
