@@ -1,0 +1,191 @@
+// Lima through limactl's CLI: parsers for what it prints (pure) and a client that runs it.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <asio/any_io_executor.hpp>
+#include <asio/awaitable.hpp>
+
+#include "machine/error.hpp"
+
+namespace machine {
+class cancel_signal;
+}
+
+namespace machine::lima {
+
+// ---- What limactl prints -------------------------------------------------------------------
+
+enum class status { running, stopped, broken, unknown };
+std::string_view to_string(status s);
+
+struct instance {
+    std::string name;
+    std::string hostname;
+    status state = status::unknown;
+    std::string status_text;   // as limactl printed it
+    std::string dir;
+    std::string vm_type;
+    std::string arch;
+    int cpus = 0;
+    std::int64_t memory_bytes = 0;
+    std::int64_t disk_bytes = 0;
+    int ssh_local_port = 0;     // 0: unknown (never started)
+    std::string ssh_config_file;
+    int host_agent_pid = 0;
+    int driver_pid = 0;
+    bool is_protected = false;
+    std::string lima_version;   // normalized: "2.2.0" for both "2.2.0" and "v2.2.0"
+    std::vector<std::string> errors;  // strings, or a description of error objects
+};
+
+// limactl printed something we cannot understand.
+class protocol_error : public error {
+public:
+    using error::error;
+};
+
+// `limactl list --json` output: JSON lines (or, defensively, pretty-printed values or one
+// array). Throws protocol_error naming the value that failed.
+std::vector<instance> parse_list(std::string_view text);
+
+// One logrus line from limactl's stderr, text (`time=... level=... msg=...`) or JSON format.
+struct log_line {
+    std::string time;
+    std::string level;
+    std::string msg;
+    std::map<std::string, std::string> fields;
+};
+std::optional<log_line> parse_log_line(std::string_view line);
+
+// The message of the last `level=fatal` line (else the last `level=error`), "" if none.
+std::string fatal_message(std::string_view stderr_text);
+
+// Names quoted in a Lima message, in either style: `x` (v2.2+) or "x" (older).
+std::vector<std::string> quoted_names(std::string_view msg);
+
+// "limactl version 2.2.0" / "v2.2.0" / "2.2.0-153-g183a60d7" -> "2.2.0..." without the "v".
+std::string normalize_version(std::string_view text);
+
+// One event of the host agent's `ha.stdout.log`.
+struct port_forward {
+    std::string type;  // forwarding | not-forwarding | stopping | failed
+    std::string protocol;
+    std::string guest_addr;
+    std::string host_addr;
+    std::string error;
+};
+struct ha_event {
+    std::string time;
+    bool running = false;
+    bool degraded = false;
+    bool exiting = false;
+    int ssh_local_port = 0;
+    std::vector<std::string> errors;
+    std::optional<port_forward> forward;
+};
+std::optional<ha_event> parse_ha_event(std::string_view line);
+
+// ---- Running limactl ------------------------------------------------------------------------
+
+// limactl failed: the message is limactl's own fatal line (or a summary); the diagnostics keep
+// the tail of its stderr.
+class command_error : public error {
+public:
+    command_error(std::string message, int exit_status, std::string diagnostics)
+        : error(std::move(message), exit_code::failure, std::move(diagnostics)),
+          exit_status_(exit_status) {}
+    int exit_status() const noexcept { return exit_status_; }
+
+private:
+    int exit_status_;
+};
+
+// limactl did not finish in time; it was stopped.
+class timeout_error : public error {
+public:
+    using error::error;
+};
+
+// $MACHINE_LIMACTL, else `limactl` in PATH; throws error with how to install Lima otherwise.
+std::filesystem::path find_limactl();
+
+struct timeouts {
+    std::chrono::seconds query{60};    // list, --version
+    std::chrono::seconds change{300};  // create, stop, delete, clone
+    std::chrono::seconds start{1800};  // a first boot under software emulation is slow
+};
+
+// argv builders (pure, tested): always argv vectors, never a shell string.
+struct argv_builder {
+    std::string limactl;
+    std::vector<std::string> list_json(const std::vector<std::string>& names) const;
+    std::vector<std::string> create(const std::string& name, const std::filesystem::path& tmpl,
+                                    const std::vector<std::string>& sets) const;
+    std::vector<std::string> start(const std::string& name, std::chrono::seconds timeout) const;
+    std::vector<std::string> stop(const std::string& name, bool force) const;
+    std::vector<std::string> remove(const std::string& name, bool force) const;
+    std::vector<std::string> clone(const std::string& from, const std::string& to) const;
+    std::vector<std::string> shell(const std::string& name, const std::vector<std::string>& cmd,
+                                   const std::string& workdir) const;
+    std::vector<std::string> version() const;
+};
+
+using line_handler = std::function<void(std::string_view)>;
+
+class client {
+public:
+    client(std::filesystem::path limactl, cancel_signal* cancel, timeouts t = {});
+
+    const std::filesystem::path& limactl() const { return limactl_; }
+    const argv_builder& argv() const { return argv_; }
+
+    asio::awaitable<std::string> version();
+    asio::awaitable<std::vector<instance>> list();
+    // nullopt when no such instance exists.
+    asio::awaitable<std::optional<instance>> find(std::string name);
+    asio::awaitable<void> create(std::string name, std::filesystem::path tmpl,
+                                 std::vector<std::string> sets);
+    // `on_log` receives each parsed stderr line as it arrives (progress).
+    asio::awaitable<void> start(std::string name, std::function<void(const log_line&)> on_log = {});
+    asio::awaitable<void> stop(std::string name, bool force);
+    asio::awaitable<void> remove(std::string name, bool force);
+    asio::awaitable<void> clone(std::string from, std::string to);
+    // Runs a command in the guest with captured output; returns the remote exit status.
+    struct shell_result {
+        int status;
+        std::string out;
+        std::string err;
+    };
+    asio::awaitable<shell_result> shell(std::string name, std::vector<std::string> cmd,
+                                        std::string workdir = {});
+
+private:
+    std::filesystem::path limactl_;
+    cancel_signal* cancel_;
+    timeouts timeouts_;
+    argv_builder argv_;
+};
+
+// Follows an instance's `ha.stdout.log` (written by the host agent) and hands each event to
+// `on_event` until `on_event` returns false, the cancel signal fires, or `deadline` passes.
+// Copes with the file appearing late and with truncation (every `limactl start` truncates it).
+// Events older than `since` are skipped, as limactl itself does.
+asio::awaitable<void> follow_events(std::filesystem::path log_file,
+                                    std::function<bool(const ha_event&)> on_event,
+                                    cancel_signal* cancel,
+                                    std::chrono::system_clock::time_point since = {},
+                                    std::chrono::milliseconds poll = std::chrono::milliseconds(200));
+
+// Parses an RFC 3339 timestamp with optional fraction and zone; nullopt when malformed.
+std::optional<std::chrono::system_clock::time_point> parse_rfc3339(std::string_view text);
+
+} // namespace machine::lima

@@ -1,0 +1,65 @@
+// Internal interface of the CLI module (not a public header).
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <asio/awaitable.hpp>
+#include <asio/io_context.hpp>
+
+#include "machine/cancel.hpp"
+#include "machine/config.hpp"
+#include "machine/events.hpp"
+#include "machine/lima.hpp"
+
+namespace machine::cli {
+
+// What every command gets: the loop, the Ctrl-C signal, the event bus, and lazily loaded
+// configuration and Lima client (so `--help` and bad names cost nothing).
+class context {
+public:
+    context(asio::io_context& io, bool json);
+
+    asio::io_context& io;
+    cancel_signal cancel;
+    events::bus bus;
+    bool json;
+
+    const config::config& cfg();
+    lima::client& lima();
+
+    // Emits an event for `vm` through the bus.
+    void emit(events::event e) { bus.emit(std::move(e)); }
+    void say(const std::string& vm, const std::string& text) { emit(events::message(vm, "info", text)); }
+
+private:
+    std::optional<config::config> cfg_;
+    std::unique_ptr<lima::client> lima_;
+};
+
+struct up_options {
+    std::optional<std::string> name;
+    std::chrono::seconds start_timeout{1800};
+};
+
+asio::awaitable<int> cmd_up(context& ctx, up_options opt);
+asio::awaitable<int> cmd_down(context& ctx, std::optional<std::string> name);
+asio::awaitable<int> cmd_destroy(context& ctx, std::optional<std::string> name, bool yes);
+asio::awaitable<int> cmd_list(context& ctx);
+// `run` and `ssh` end by replacing this process with `limactl shell` (execv), so the terminal,
+// signals and the remote exit status behave exactly as limactl's.
+asio::awaitable<int> cmd_run(context& ctx, std::string name, std::vector<std::string> command);
+asio::awaitable<int> cmd_ssh(context& ctx, std::optional<std::string> name);
+
+// Terminal helpers.
+bool stdin_is_terminal();
+bool stdout_is_terminal();
+// Asks on stderr; true only for an explicit yes. EOF means no.
+bool confirm(const std::string& question);
+std::string human_bytes(std::int64_t bytes);
+
+int main(int argc, char** argv);
+
+} // namespace machine::cli

@@ -1,0 +1,226 @@
+#include <unistd.h>
+
+#include <asio/this_coro.hpp>
+#include <asio/use_awaitable.hpp>
+
+#include "machine/cancel.hpp"
+#include "machine/lima.hpp"
+#include "machine/paths.hpp"
+#include "machine/proc.hpp"
+#include "machine/text.hpp"
+
+namespace machine::lima {
+
+namespace fs = std::filesystem;
+using asio::awaitable;
+
+namespace {
+// How much of limactl's stderr an error keeps as diagnostics.
+constexpr std::size_t diagnostics_bytes = 4096;
+
+std::string go_duration(std::chrono::seconds s) { return std::to_string(s.count()) + "s"; }
+} // namespace
+
+fs::path find_limactl() {
+    if (const auto configured = paths::env("MACHINE_LIMACTL"); !configured.empty()) {
+        if (::access(configured.c_str(), X_OK) != 0 || fs::is_directory(configured))
+            throw error("MACHINE_LIMACTL=" + configured + " is not an executable file");
+        return configured;
+    }
+    if (auto found = proc::find_program("limactl")) return *found;
+    throw error(
+        "limactl not found: install Lima (https://lima-vm.io; `brew install lima` on macOS), "
+        "or on Linux without Lima set MACHINE_LIMACTL to the stand-in (tools/limactl in machine's "
+        "source tree)");
+}
+
+// ---- argv ------------------------------------------------------------------------------------
+// `--tty=false` everywhere: no prompts, no editor, no colors, whatever our stdout is.
+
+std::vector<std::string> argv_builder::list_json(const std::vector<std::string>& names) const {
+    std::vector<std::string> argv{limactl, "--tty=false", "list", "--json"};
+    argv.insert(argv.end(), names.begin(), names.end());
+    return argv;
+}
+
+std::vector<std::string> argv_builder::create(const std::string& name, const fs::path& tmpl,
+                                              const std::vector<std::string>& sets) const {
+    std::vector<std::string> argv{limactl, "--tty=false", "create", "--name=" + name};
+    for (const auto& s : sets) argv.push_back("--set=" + s);
+    argv.push_back(tmpl.string());
+    return argv;
+}
+
+std::vector<std::string> argv_builder::start(const std::string& name, std::chrono::seconds timeout) const {
+    return {limactl, "--tty=false", "start", "--timeout=" + go_duration(timeout), name};
+}
+
+std::vector<std::string> argv_builder::stop(const std::string& name, bool force) const {
+    std::vector<std::string> argv{limactl, "--tty=false", "stop"};
+    if (force) argv.push_back("-f");
+    argv.push_back(name);
+    return argv;
+}
+
+std::vector<std::string> argv_builder::remove(const std::string& name, bool force) const {
+    std::vector<std::string> argv{limactl, "--tty=false", "delete"};
+    if (force) argv.push_back("-f");
+    argv.push_back(name);
+    return argv;
+}
+
+std::vector<std::string> argv_builder::clone(const std::string& from, const std::string& to) const {
+    return {limactl, "--tty=false", "clone", from, to};
+}
+
+std::vector<std::string> argv_builder::shell(const std::string& name, const std::vector<std::string>& cmd,
+                                             const std::string& workdir) const {
+    std::vector<std::string> argv{limactl, "--tty=false", "shell"};
+    if (!workdir.empty()) {
+        argv.push_back("--workdir");
+        argv.push_back(workdir);
+    }
+    argv.push_back(name);
+    if (!cmd.empty()) {
+        argv.push_back("--");
+        argv.insert(argv.end(), cmd.begin(), cmd.end());
+    }
+    return argv;
+}
+
+std::vector<std::string> argv_builder::version() const { return {limactl, "--version"}; }
+
+// ---- client ----------------------------------------------------------------------------------
+
+client::client(fs::path limactl, cancel_signal* cancel, timeouts t)
+    : limactl_(std::move(limactl)), cancel_(cancel), timeouts_(t), argv_{limactl_.string()} {}
+
+namespace {
+
+// What to call the invocation in messages: "limactl start web".
+std::string describe(const std::vector<std::string>& argv) {
+    std::string out = "limactl";
+    for (std::size_t i = 1; i < argv.size(); ++i) {
+        if (argv[i].rfind("--", 0) == 0 || argv[i] == "-f") continue;
+        out += " " + argv[i];
+        if (argv[i] != "list" && argv[i] != "create" && argv[i] != "start" && argv[i] != "stop" &&
+            argv[i] != "delete" && argv[i] != "clone" && argv[i] != "shell")
+            break;  // the verb and its first operand are enough
+    }
+    return out;
+}
+
+awaitable<proc::result> invoke(std::vector<std::string> argv, std::chrono::seconds timeout,
+                               cancel_signal* cancel, proc::line_callback on_stderr_line = {}) {
+    const std::string what = describe(argv);
+    proc::command cmd;
+    cmd.argv = std::move(argv);
+    cmd.env_unset = {"_LIMA_OUTPUT_IS_TTY"};  // it would make `list --json` pretty-print
+    proc::run_options opt;
+    opt.limit.timeout = std::chrono::duration_cast<std::chrono::milliseconds>(timeout);
+    opt.cancel = cancel;
+    opt.on_stderr_line = std::move(on_stderr_line);
+    proc::result r;
+    try {
+        r = co_await proc::run(std::move(cmd), std::move(opt));
+    } catch (const proc::spawn_error& e) {
+        throw error(std::string(e.what()) + " (set MACHINE_LIMACTL or install Lima)");
+    }
+    if (r.cancelled) throw interrupted_error();
+    if (r.timed_out) {
+        throw timeout_error(what + " did not finish within " + std::to_string(timeout.count()) +
+                                "s and was stopped",
+                            exit_code::failure, text::tail(r.err, diagnostics_bytes));
+    }
+    co_return r;
+}
+
+[[noreturn]] void fail(const std::string& what, const proc::result& r) {
+    std::string reason = fatal_message(r.err);
+    if (reason.empty()) {
+        reason = r.signal ? "killed by signal " + std::to_string(r.signal)
+                          : "exit status " + std::to_string(r.exit_code);
+    }
+    throw command_error(what + ": " + reason, r.status(), text::tail(r.err, diagnostics_bytes));
+}
+
+awaitable<void> invoke_checked(std::vector<std::string> argv, std::chrono::seconds timeout,
+                               cancel_signal* cancel, proc::line_callback on_stderr_line = {}) {
+    const std::string what = describe(argv);
+    const auto r = co_await invoke(std::move(argv), timeout, cancel, std::move(on_stderr_line));
+    if (!r.ok()) fail(what, r);
+}
+
+} // namespace
+
+awaitable<std::string> client::version() {
+    auto argv = argv_.version();
+    const auto r = co_await invoke(std::move(argv), timeouts_.query, cancel_);
+    if (!r.ok()) fail("limactl --version", r);
+    co_return normalize_version(text::trim(r.out));
+}
+
+awaitable<std::vector<instance>> client::list() {
+    auto argv = argv_.list_json({});
+    const auto r = co_await invoke(std::move(argv), timeouts_.query, cancel_);
+    if (!r.ok()) fail("limactl list", r);
+    co_return parse_list(r.out);
+}
+
+awaitable<std::optional<instance>> client::find(std::string name) {
+    std::vector<std::string> names{name};
+    auto argv = argv_.list_json(names);
+    const auto r = co_await invoke(std::move(argv), timeouts_.query, cancel_);
+    if (!r.ok()) {
+        if (fatal_message(r.err) == "unmatched instances") co_return std::nullopt;
+        fail("limactl list " + name, r);
+    }
+    for (auto& i : parse_list(r.out))
+        if (i.name == name) co_return std::move(i);
+    co_return std::nullopt;
+}
+
+awaitable<void> client::create(std::string name, fs::path tmpl, std::vector<std::string> sets) {
+    auto argv = argv_.create(name, tmpl, sets);
+    co_await invoke_checked(std::move(argv), timeouts_.change, cancel_);
+}
+
+awaitable<void> client::start(std::string name, std::function<void(const log_line&)> on_log) {
+    auto argv = argv_.start(name, timeouts_.start);
+    proc::line_callback on_line;
+    if (on_log) {
+        on_line = [on_log = std::move(on_log)](std::string_view raw) {
+            if (auto line = parse_log_line(raw)) on_log(*line);
+        };
+    }
+    // limactl's own --timeout governs the boot; ours only catches a wedged limactl.
+    co_await invoke_checked(std::move(argv), timeouts_.start + std::chrono::seconds(60), cancel_,
+                            std::move(on_line));
+}
+
+awaitable<void> client::stop(std::string name, bool force) {
+    auto argv = argv_.stop(name, force);
+    co_await invoke_checked(std::move(argv), timeouts_.change, cancel_);
+}
+
+awaitable<void> client::remove(std::string name, bool force) {
+    auto argv = argv_.remove(name, force);
+    co_await invoke_checked(std::move(argv), timeouts_.change, cancel_);
+}
+
+awaitable<void> client::clone(std::string from, std::string to) {
+    auto argv = argv_.clone(from, to);
+    co_await invoke_checked(std::move(argv), timeouts_.change, cancel_);
+}
+
+awaitable<client::shell_result> client::shell(std::string name, std::vector<std::string> cmd,
+                                              std::string workdir) {
+    auto argv = argv_.shell(name, cmd, workdir);
+    const auto r = co_await invoke(std::move(argv), timeouts_.change, cancel_);
+    // `limactl shell` passes the remote status through silently; its own failures (no such
+    // instance, stopped) are fatal lines with status 1.
+    if (r.exit_code == 1 && !fatal_message(r.err).empty()) fail("limactl shell " + name, r);
+    co_return shell_result{r.status(), r.out, r.err};
+}
+
+} // namespace machine::lima

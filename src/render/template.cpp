@@ -1,0 +1,167 @@
+#include <sys/utsname.h>
+
+#include <algorithm>
+
+#include <nlohmann/json.hpp>
+
+#include "machine/paths.hpp"
+#include "machine/render.hpp"
+#include "machine/text.hpp"
+
+namespace machine::render {
+
+namespace fs = std::filesystem;
+using json = nlohmann::ordered_json;
+
+namespace {
+#include "lima_template.inc"  // defines kTemplate, generated from templates/lima.yaml
+
+// Debian 12 cloud images for a real Lima (macOS, or Linux with Lima installed).
+const char* debian_image_url(const std::string& arch) {
+    return arch == "aarch64"
+               ? "https://cloud.debian.org/images/cloud/bookworm/latest/debian-12-genericcloud-arm64.qcow2"
+               : "https://cloud.debian.org/images/cloud/bookworm/latest/debian-12-genericcloud-amd64.qcow2";
+}
+
+std::string lima_arch(const std::string& machine) {
+    if (machine == "arm64" || machine == "aarch64") return "aarch64";
+    return machine;
+}
+
+json images(const host_facts& host) {
+    json list = json::array();
+    if (host.image) {
+        json local{{"location", host.image->disk.string()}, {"arch", host.arch}};
+        if (!host.image->kernel.empty()) {
+            local["kernel"] = {{"location", host.image->kernel.string()},
+                               {"cmdline", host.image->cmdline}};
+            if (!host.image->initrd.empty()) local["initrd"] = {{"location", host.image->initrd.string()}};
+        }
+        list.push_back(local);
+    }
+    for (const std::string arch : {"x86_64", "aarch64"})
+        list.push_back({{"location", debian_image_url(arch)}, {"arch", arch}});
+    return list;
+}
+
+json port_forwards(const config::port_forwarding& ports) {
+    // guestIPMustBeZero:false makes a 0.0.0.0 rule match listeners on any address; without it
+    // the rule only matches listeners bound exactly to 0.0.0.0 (contract §5).
+    const json ignore_rest{{"guestIP", "0.0.0.0"}, {"guestIPMustBeZero", false}, {"proto", "any"},
+                           {"ignore", true}};
+    json rules = json::array();
+    switch (ports.mode) {
+    case config::port_forwarding::policy::all:
+        rules.push_back({{"guestIP", "0.0.0.0"}, {"guestIPMustBeZero", false},
+                         {"guestPortRange", {1, 65535}}, {"hostIP", "127.0.0.1"},
+                         {"hostPortRange", {1, 65535}}, {"proto", "any"}});
+        break;
+    case config::port_forwarding::policy::listed:
+        for (int port : ports.ports)
+            rules.push_back({{"guestIP", "0.0.0.0"}, {"guestIPMustBeZero", false},
+                             {"guestPort", port}, {"hostIP", "127.0.0.1"}, {"hostPort", port},
+                             {"proto", "tcp"}});
+        rules.push_back(ignore_rest);
+        break;
+    case config::port_forwarding::policy::none:
+        rules.push_back(ignore_rest);
+        break;
+    }
+    return rules;
+}
+
+bool looks_like_pem_certificate(const std::string& text) {
+    return text.find("-----BEGIN CERTIFICATE-----") != std::string::npos &&
+           text.find("-----END CERTIFICATE-----") != std::string::npos;
+}
+
+[[noreturn]] void ca_error(const config::project& p, const std::string& entry, const std::string& why) {
+    std::string where = p.source.empty() ? std::string("projects.toml") : p.source.string();
+    throw config::config_error(where + ": " + p.name + ".ca_certs: " + text::sanitize_for_terminal(entry) + ": " + why);
+}
+
+} // namespace
+
+std::string_view base_template() { return kTemplate; }
+
+host_facts detect_host() {
+    host_facts host;
+    utsname u{};
+    if (::uname(&u) == 0) {
+        host.os = std::string(u.sysname) == "Darwin" ? "darwin" : "linux";
+        host.arch = lima_arch(u.machine);
+    }
+    const fs::path current = paths::cache_dir() / "guest" / "current";
+    std::error_code ec;
+    if (fs::exists(current / "disk.qcow2", ec)) {
+        local_image image;
+        const fs::path dir = fs::canonical(current, ec);
+        image.disk = dir / "disk.qcow2";
+        if (fs::exists(dir / "vmlinuz", ec)) {
+            image.kernel = dir / "vmlinuz";
+            image.initrd = dir / "initrd.img";
+            image.cmdline = "root=/dev/vda rw console=ttyS0";
+        }
+        host.image = image;
+    }
+    return host;
+}
+
+std::vector<std::string> resolve_ca_certs(const config::project& p, const host_facts& host) {
+    std::vector<std::string> pems;
+    const fs::path base = p.source.empty() ? fs::current_path() : p.source.parent_path();
+    for (const auto& entry : p.ca_certs) {
+        if (entry == "host") {
+            std::error_code ec;
+            if (!fs::is_directory(host.host_ca_dir, ec)) continue;  // nothing added locally
+            std::vector<fs::path> files;
+            for (auto it = fs::recursive_directory_iterator(host.host_ca_dir, ec);
+                 !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+                if (it->is_regular_file(ec) && it->path().extension() == ".crt") files.push_back(it->path());
+            }
+            std::sort(files.begin(), files.end());
+            for (const auto& f : files) {
+                std::string pem = paths::read_file(f);
+                if (looks_like_pem_certificate(pem)) pems.push_back(std::move(pem));
+            }
+            continue;
+        }
+        fs::path file = entry;
+        if (entry.rfind("~/", 0) == 0) file = paths::home_dir() / entry.substr(2);
+        else if (file.is_relative()) file = base / file;
+        std::string pem;
+        try {
+            pem = paths::read_file(file);
+        } catch (const error& e) {
+            ca_error(p, entry, "cannot read " + file.string());
+        }
+        if (!looks_like_pem_certificate(pem)) ca_error(p, entry, "not a PEM certificate");
+        pems.push_back(std::move(pem));
+    }
+    return pems;
+}
+
+std::string lima_yaml(const config::project& p, const host_facts& host) {
+    const std::vector<std::pair<std::string, json>> values{
+        {"vm_type", host.os == "darwin" ? "vz" : "qemu"},
+        {"arch", host.arch},
+        {"images", images(host)},
+        {"cpus", p.cpus},
+        {"memory", p.memory},
+        {"disk", p.disk},
+        {"forward_agent", p.forward_agent},
+        {"port_forwards", port_forwards(p.ports)},
+        {"ca_certs", resolve_ca_certs(p, host)},
+    };
+    std::string out(kTemplate);
+    for (const auto& [key, value] : values) {
+        const std::string placeholder = "{{" + key + "}}";
+        const std::string rendered = value.dump();
+        for (auto pos = out.find(placeholder); pos != std::string::npos;
+             pos = out.find(placeholder, pos + rendered.size()))
+            out.replace(pos, placeholder.size(), rendered);
+    }
+    return "# Generated by `machine up` for project \"" + p.name + "\"; do not edit.\n" + out;
+}
+
+} // namespace machine::render
