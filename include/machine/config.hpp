@@ -4,100 +4,128 @@
 //   top-level settings (default_profile, default_shell, ca_certs), then one table per project,
 //   `[web]`, as users of the reference tool already write them.
 // .machine.toml (found by searching upward from the working directory): the same keys as one
-//   project table, flat at top level, plus `name`. It wins over a table of the same name.
+//   project table, flat at top level, plus `name`. It replaces a table of the same name.
+//
+// Every problem in a file is a config_error naming the file, line, column and key path of the
+// first problem in file order: `projects.toml:7:1: web.cpus: expected an integer, got "four"`.
 #pragma once
 
 #include <filesystem>
 #include <map>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "machine/error.hpp"
 
 namespace machine::config {
 
-// A configuration error: `file:line:column: key.path: problem`. Exit code 2.
+/// A configuration error: `file:line:column: key.path: problem`. Exit code 2.
 class config_error : public usage_error {
 public:
     using usage_error::usage_error;
 };
 
-// Guest ports forwarded to the host's 127.0.0.1.
+/// Guest ports forwarded to the host's 127.0.0.1.
 struct port_forwarding {
     enum class policy { all, none, listed };
-    policy mode = policy::all;   // `ports = true` (default), `ports = false`, `ports = [3000, 8080]`
-    std::vector<int> ports;      // when mode == listed; each 1..65535
+    policy mode = policy::all;   ///< `ports = true` (default), `ports = false`, `ports = [3000, 8080]`
+    std::vector<int> ports;      ///< when mode == listed; each 1..65535, in file order
 };
 
 struct project {
     std::string name;
-    std::vector<std::string> repos;      // git URLs; the first is the primary repo
-    std::vector<std::string> profiles;   // tool profiles, in order
-    std::string shell = "zsh";           // "zsh" or "bash"
+    std::vector<std::string> repos;      ///< git URLs; the first is the primary repo
+    std::vector<std::string> profiles;   ///< tool profiles, in order
+    std::string shell = "zsh";           ///< "zsh" or "bash"
     bool forward_agent = true;
     int cpus = 4;
-    std::string memory = "8GiB";         // normalized "<number><KiB|MiB|GiB|TiB>"
+    std::string memory = "8GiB";         ///< normalized "<number><KiB|MiB|GiB|TiB>"
     std::string disk = "30GiB";
     port_forwarding ports;
-    // CA certificates for the guest's trust store: file paths, or "host" for the host's
-    // locally added CAs (/usr/local/share/ca-certificates). Default ["host"].
+    /// CA certificates for the guest's trust store: file paths, or "host" for the host's
+    /// locally added CAs (/usr/local/share/ca-certificates). Default ["host"].
     std::vector<std::string> ca_certs{"host"};
-    // Key fingerprints ("SHA256:...") the forwarded agent is limited to; empty = whole agent.
+    /// Key fingerprints ("SHA256:...") the forwarded agent is limited to; empty = whole agent.
     std::vector<std::string> agent_keys;
 
-    // Where the project was defined: the projects.toml or .machine.toml path; empty for a
-    // project that exists only by its name (zero-config `default`, or a VM without a table).
+    /// Where the project was defined: the projects.toml or .machine.toml path; empty for a
+    /// project that exists only by its name (zero-config `default`, or a VM without a table).
     std::filesystem::path source;
-    bool configured = false;  // true when a table or .machine.toml defines it
+    bool configured = false;  ///< true when a table or .machine.toml defines it
 };
 
+/// What the host has; the default cpus and memory of a project are capped by it.
+struct host_resources {
+    int cpus = 4;
+    long long memory_bytes = 16LL << 30;
+
+    /// The running host: online CPUs and physical memory.
+    static host_resources detect();
+};
+
+/// The top-level settings of projects.toml, and the defaults they give every project.
 struct settings {
-    std::vector<std::string> default_profile;  // string or list in the file
+    std::vector<std::string> default_profile;  ///< a string or a list in the file
     std::string default_shell = "zsh";
     std::vector<std::string> ca_certs{"host"};
+    host_resources host;
+
+    /// A project called `name` with every key at its default: cpus = min(4, host CPUs), memory
+    /// = 8GiB capped at half the host's RAM (whole GiB, at least 1GiB), disk = 30GiB, shell and
+    /// profiles and ca_certs from the settings above. Not `configured`, no `source`.
+    project defaults_for(const std::string& name) const;
 };
 
 struct config {
     settings defaults;
-    std::map<std::string, project> projects;   // by name, .machine.toml overlay applied
-    std::filesystem::path projects_file;       // the path looked at (may not exist)
+    std::map<std::string, project> projects;   ///< by name, .machine.toml overlay applied
+    std::filesystem::path projects_file;       ///< the path looked at (may not exist)
     bool projects_file_exists = false;
-    std::optional<std::filesystem::path> local_file;  // the .machine.toml found, if any
-    std::optional<std::string> local_project;         // its project name
+    std::optional<std::filesystem::path> local_file;  ///< the .machine.toml found, if any
+    std::optional<std::string> local_project;         ///< its project name
+    bool local_shadows_table = false;  ///< .machine.toml replaced a projects.toml table
 
-    // The project the user means when no NAME is given: the .machine.toml project, else
-    // "default".
+    /// The project the user means when no NAME is given: the .machine.toml project, else
+    /// "default".
     std::string ambient_project() const;
 
-    // The project `name`: its table if configured, else one built from the defaults.
-    // Validates the name first (usage_error when invalid).
+    /// The project `name`: its table if configured, else one built from the defaults.
+    /// Validates the name first (usage_error when invalid).
     project resolve(const std::string& name) const;
 };
 
 struct load_options {
-    std::filesystem::path config_dir;    // where projects.toml lives (paths::config_dir())
-    std::filesystem::path working_dir;   // where the upward search for .machine.toml starts
-    std::optional<std::filesystem::path> search_stop;  // stop searching above this (tests)
+    std::filesystem::path config_dir;    ///< where projects.toml lives (paths::config_dir())
+    std::filesystem::path working_dir;   ///< where the search for .machine.toml starts ("" = cwd)
+    std::optional<std::filesystem::path> search_stop;  ///< last directory searched (tests)
+    std::optional<host_resources> host;  ///< the host's resources; detected when unset
 };
 
-// Parses a projects.toml document. `file_label` names the file in error messages.
-config parse_projects(std::string_view text, const std::filesystem::path& file_label);
+/// Parses a projects.toml document. `file_label` names the file in error messages.
+config parse_projects(std::string_view text, const std::filesystem::path& file_label,
+                      const host_resources& host = host_resources::detect());
 
-// Parses a .machine.toml document found in `dir` (the name and origin remote default from
-// there) and overlays it onto `into`.
+/// Parses the .machine.toml document at `file_path` (its directory gives the default name and
+/// the default repo, the `origin` remote) and puts its project into `into`, replacing a table
+/// of the same name.
 void overlay_local(config& into, std::string_view text, const std::filesystem::path& file_path);
 
-// Loads everything: projects.toml (absent means no projects), then the nearest .machine.toml.
+/// The nearest .machine.toml in `start` or above it, up to `stop` (inclusive) or the root.
+std::optional<std::filesystem::path> find_local_file(
+    const std::filesystem::path& start, const std::optional<std::filesystem::path>& stop = {});
+
+/// Loads everything: projects.toml (absent means no projects), then the nearest .machine.toml.
 config load(const load_options& options);
 
-// Loads with the default locations: paths::config_dir() and the current directory.
+/// Loads with the default locations: paths::config_dir() and the current directory.
 config load_default();
 
-// Normalizes a memory/disk size: integer N -> "NGiB"; "<num>(.<num>)?(KiB|MiB|GiB|TiB)" kept.
-// Returns nullopt when invalid.
+/// Normalizes a memory/disk size: integer N >= 1 -> "NGiB"; "<num>(.<num>)?(KiB|MiB|GiB|TiB)"
+/// kept as written. Returns nullopt when invalid, zero, or too large for 63-bit bytes.
 std::optional<std::string> normalize_size(std::string_view text);
-// Bytes in a normalized size ("4GiB" -> 4294967296).
+/// Bytes in a normalized size ("4GiB" -> 4294967296), rounded down; 0 when it is not one.
 long long size_bytes(std::string_view normalized);
 
 } // namespace machine::config

@@ -1,0 +1,361 @@
+// The schema of projects.toml and .machine.toml, and turning their documents into structs.
+#include "machine/config.hpp"
+
+#include "git_origin.hpp"
+#include "toml_fields.hpp"
+
+#include "machine/text.hpp"
+
+#include <algorithm>
+#include <span>
+
+namespace machine::config {
+
+namespace fs = std::filesystem;
+using detail::describe;
+using detail::field;
+using detail::key_rule;
+using detail::toml_string;
+
+namespace {
+
+constexpr int max_cpus = 1024;
+constexpr long long gib = 1LL << 30;
+
+// ---- Checks on single strings (detail::string_rule: "" when fine, else the problem) ----
+
+bool has_space_or_control(std::string_view s) {
+    return std::any_of(s.begin(), s.end(), [](char c) {
+        return static_cast<unsigned char>(c) <= 0x20 || c == 0x7F;
+    });
+}
+
+bool has_control(std::string_view s) {
+    return std::any_of(s.begin(), s.end(), [](char c) {
+        return static_cast<unsigned char>(c) < 0x20 || c == 0x7F;
+    });
+}
+
+// Repos end up as `git clone` arguments: a leading '-' would be read as an option.
+std::string repo_problem(std::string_view url) {
+    if (url.empty()) return "must not be empty";
+    if (url.front() == '-') return "must not start with \"-\", got " + toml_string(url);
+    if (has_space_or_control(url))
+        return "must not contain whitespace or control characters, got " + toml_string(url);
+    return {};
+}
+
+bool is_lower_alnum(char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); }
+
+// Profiles name files (templates/<profile>.yaml), so they cannot be paths.
+std::string profile_problem(std::string_view name) {
+    const bool ok = !name.empty() && is_lower_alnum(name.front()) &&
+                    std::all_of(name.begin(), name.end(),
+                                [](char c) { return is_lower_alnum(c) || c == '-' || c == '_'; });
+    if (ok) return {};
+    return "invalid profile name " + toml_string(name) +
+           " (use a-z, 0-9, \"-\" and \"_\", starting with a letter or digit)";
+}
+
+std::string shell_problem(std::string_view shell) {
+    if (shell == "zsh" || shell == "bash") return {};
+    return "expected \"zsh\" or \"bash\", got " + toml_string(shell);
+}
+
+std::string ca_cert_problem(std::string_view cert) {
+    if (cert.empty()) return "must not be empty";
+    if (has_control(cert)) return "must not contain control characters, got " + toml_string(cert);
+    return {};
+}
+
+std::string fingerprint_problem(std::string_view key) {
+    constexpr std::string_view prefix = "SHA256:";
+    if (key.starts_with(prefix) && key.size() > prefix.size() && !has_space_or_control(key))
+        return {};
+    return "expected a key fingerprint like \"SHA256:...\", got " + toml_string(key);
+}
+
+// The one wording of the project name rule lives in text::require_valid_project_name.
+std::string project_name_problem(std::string_view name) {
+    try {
+        text::require_valid_project_name(name);
+        return {};
+    } catch (const usage_error& e) {
+        return e.what();
+    }
+}
+
+// ---- Values that are more than one string ----
+
+std::optional<std::string> read_size(const field& f) {
+    std::optional<std::string> size;
+    if (const auto* i = f.value.as_integer())
+        size = normalize_size(std::to_string(i->get()));
+    else if (const auto* s = f.value.as_string())
+        size = normalize_size(s->get());
+    if (!size)
+        f.report(R"(expected a size like 8 or "8GiB" (KiB, MiB, GiB, TiB), got )" + describe(f.value));
+    return size;
+}
+
+std::optional<int> read_port(const field& f) {
+    const auto n = detail::read_integer(f);
+    if (!n) return std::nullopt;
+    if (*n < 1 || *n > 65535) {
+        f.report("expected a port from 1 to 65535, got " + std::to_string(*n));
+        return std::nullopt;
+    }
+    return static_cast<int>(*n);
+}
+
+std::optional<port_forwarding> read_ports(const field& f) {
+    using policy = port_forwarding::policy;
+    if (const auto* b = f.value.as_boolean())
+        return port_forwarding{b->get() ? policy::all : policy::none, {}};
+    const auto* array = f.value.as_array();
+    if (!array) {
+        f.report("expected true, false or an array of port numbers, got " + describe(f.value));
+        return std::nullopt;
+    }
+    // `ports = []` forwards nothing: the same as `ports = false`, so consumers see one form.
+    port_forwarding listed{array->empty() ? policy::none : policy::listed, {}};
+    bool ok = true;
+    for (std::size_t i = 0; i < array->size(); ++i) {
+        const auto port = read_port(detail::element_field(f, *array, i));
+        if (port) listed.ports.push_back(*port);
+        ok = ok && port;
+    }
+    if (!ok) return std::nullopt;
+    return listed;
+}
+
+// ---- projects.toml top-level settings ----
+
+void apply_default_profile(const field& f, settings& s) {
+    if (f.value.is_string()) {
+        if (auto v = detail::read_string(f, profile_problem)) s.default_profile = {*v};
+    } else if (f.value.is_array()) {
+        if (auto v = detail::read_strings(f, profile_problem)) s.default_profile = std::move(*v);
+    } else {
+        f.report("expected a string or an array of strings, got " + describe(f.value));
+    }
+}
+
+void apply_default_shell(const field& f, settings& s) {
+    if (auto v = detail::read_string(f, shell_problem)) s.default_shell = *v;
+}
+
+void apply_default_ca_certs(const field& f, settings& s) {
+    if (auto v = detail::read_strings(f, ca_cert_problem)) s.ca_certs = std::move(*v);
+}
+
+constexpr key_rule<settings> settings_keys[] = {
+    {"default_profile", apply_default_profile},
+    {"default_shell", apply_default_shell},
+    {"ca_certs", apply_default_ca_certs},
+};
+
+// ---- One project: a projects.toml table, or .machine.toml at top level ----
+
+void apply_repos(const field& f, project& p) {
+    if (auto v = detail::read_strings(f, repo_problem)) p.repos = std::move(*v);
+}
+void apply_profiles(const field& f, project& p) {
+    if (auto v = detail::read_strings(f, profile_problem)) p.profiles = std::move(*v);
+}
+void apply_shell(const field& f, project& p) {
+    if (auto v = detail::read_string(f, shell_problem)) p.shell = *v;
+}
+void apply_forward_agent(const field& f, project& p) {
+    if (auto v = detail::read_bool(f)) p.forward_agent = *v;
+}
+void apply_cpus(const field& f, project& p) {
+    const auto n = detail::read_integer(f);
+    if (!n) return;
+    if (*n < 1)
+        f.report("must be at least 1, got " + std::to_string(*n));
+    else if (*n > max_cpus)
+        f.report("must be at most " + std::to_string(max_cpus) + ", got " + std::to_string(*n));
+    else
+        p.cpus = static_cast<int>(*n);
+}
+void apply_memory(const field& f, project& p) {
+    if (auto v = read_size(f)) p.memory = *v;
+}
+void apply_disk(const field& f, project& p) {
+    if (auto v = read_size(f)) p.disk = *v;
+}
+void apply_ports(const field& f, project& p) {
+    if (auto v = read_ports(f)) p.ports = std::move(*v);
+}
+void apply_ca_certs(const field& f, project& p) {
+    if (auto v = detail::read_strings(f, ca_cert_problem)) p.ca_certs = std::move(*v);
+}
+void apply_agent_keys(const field& f, project& p) {
+    if (auto v = detail::read_strings(f, fingerprint_problem)) p.agent_keys = std::move(*v);
+}
+void apply_name(const field& f, project& p) {
+    if (auto v = detail::read_string(f, project_name_problem)) p.name = *v;
+}
+
+// In this order in "valid keys: ..." messages.
+constexpr key_rule<project> project_keys[] = {
+    {"repos", apply_repos},
+    {"profiles", apply_profiles},
+    {"shell", apply_shell},
+    {"forward_agent", apply_forward_agent},
+    {"cpus", apply_cpus},
+    {"memory", apply_memory},
+    {"disk", apply_disk},
+    {"ports", apply_ports},
+    {"ca_certs", apply_ca_certs},
+    {"agent_keys", apply_agent_keys},
+};
+
+// .machine.toml: `name`, then the keys of a project table.
+std::span<const key_rule<project>> local_keys() {
+    static const std::vector<key_rule<project>> keys = [] {
+        std::vector<key_rule<project>> all{{"name", apply_name}};
+        all.insert(all.end(), std::begin(project_keys), std::end(project_keys));
+        return all;
+    }();
+    return keys;
+}
+
+// A top-level key that is neither a setting nor a table.
+std::string top_level_unknown_key(std::string_view key) {
+    std::string message =
+        detail::unknown_key_message(key, detail::rule_names<settings>(settings_keys));
+    if (detail::find_rule<project>(project_keys, key))
+        message += " (project keys belong in a project's table, such as [web])";
+    return message;
+}
+
+project read_project(const toml::key& key, const toml::table& table, const settings& defaults,
+                     const fs::path& file, detail::problems& out) {
+    const std::string name(key.str());
+    // Reported without a key path: the problem is the name itself, shown in the message.
+    if (const std::string problem = project_name_problem(name); !problem.empty())
+        out.add(key.source(), "", problem);
+    project p = defaults.defaults_for(name);
+    detail::apply_table<project>(table, detail::join_key_path("", name), project_keys, p, out);
+    p.source = file;
+    p.configured = true;
+    return p;
+}
+
+// `~/Sites/My App` -> `my-app`: lowercase, runs of other characters become one '-', no '-'
+// at either end, at most 63 characters (the project name limit).
+std::string slug(std::string_view s) {
+    std::string out;
+    bool gap = false;
+    for (const char raw : s) {
+        const char c = (raw >= 'A' && raw <= 'Z') ? static_cast<char>(raw - 'A' + 'a') : raw;
+        if (is_lower_alnum(c)) {
+            if (gap && !out.empty()) out += '-';
+            out += c;
+            gap = false;
+        } else {
+            gap = true;
+        }
+    }
+    out.resize(std::min<std::size_t>(out.size(), 63));
+    while (!out.empty() && out.back() == '-') out.pop_back();
+    return out;
+}
+
+std::string name_from_directory(const fs::path& dir, const fs::path& file) {
+    std::string name = slug(dir.filename().string());
+    if (name.empty()) {
+        throw config_error(text::sanitize_for_terminal(
+            file.string() + ": cannot derive a project name from directory \"" + dir.string() +
+            "\"; set name in .machine.toml"));
+    }
+    return name;
+}
+
+// The default repo of a .machine.toml project: its checkout's origin remote, if any.
+std::vector<std::string> origin_repos(const fs::path& dir) {
+    const auto origin = detail::find_origin(dir);
+    if (!origin) return {};
+    if (const std::string problem = repo_problem(origin->url); !problem.empty()) {
+        throw config_error(text::sanitize_for_terminal(origin->config_file.string() +
+                                                       ": remote.origin.url: " + problem));
+    }
+    return {origin->url};
+}
+
+} // namespace
+
+project settings::defaults_for(const std::string& name) const {
+    project p;
+    p.name = name;
+    p.profiles = default_profile;
+    p.shell = default_shell;
+    p.ca_certs = ca_certs;
+    p.cpus = std::clamp(host.cpus, 1, 4);
+    // Half the host's RAM keeps the host usable with one VM running.
+    p.memory = std::to_string(std::clamp(host.memory_bytes / 2 / gib, 1LL, 8LL)) + "GiB";
+    p.disk = "30GiB";
+    return p;
+}
+
+std::string config::ambient_project() const { return local_project.value_or("default"); }
+
+project config::resolve(const std::string& name) const {
+    text::require_valid_project_name(name);
+    if (const auto it = projects.find(name); it != projects.end()) return it->second;
+    return defaults.defaults_for(name);
+}
+
+config parse_projects(std::string_view text, const fs::path& file_label, const host_resources& host) {
+    const toml::table doc = detail::parse_toml(text, file_label);
+    detail::problems out(file_label);
+    config result;
+    result.defaults.host = host;
+    result.projects_file = file_label;
+    result.projects_file_exists = true;
+
+    // Settings first, wherever they are in the (unordered) table: projects default from them.
+    std::vector<std::pair<const toml::key*, const toml::table*>> tables;
+    for (auto&& [key, value] : doc) {
+        const field f{value, detail::join_key_path("", key.str()), key.source(), out};
+        if (const auto* rule = detail::find_rule<settings>(settings_keys, key.str()))
+            rule->apply(f, result.defaults);
+        else if (const auto* table = value.as_table())
+            tables.emplace_back(&key, table);
+        else if (value.is_array_of_tables())
+            f.report("expected a table ([name]), got an array of tables ([[name]])");
+        else
+            f.report(top_level_unknown_key(key.str()));
+    }
+    for (const auto& [key, table] : tables) {
+        project p = read_project(*key, *table, result.defaults, file_label, out);
+        result.projects.emplace(p.name, std::move(p));
+    }
+    out.raise_first();
+    return result;
+}
+
+void overlay_local(config& into, std::string_view text, const fs::path& file_path) {
+    const toml::table doc = detail::parse_toml(text, file_path);
+    detail::problems out(file_path);
+    project p = into.defaults.defaults_for("");
+    detail::apply_table<project>(doc, "", local_keys(), p, out);
+    out.raise_first();
+
+    const fs::path dir = fs::absolute(file_path).lexically_normal().parent_path();
+    if (p.name.empty()) p.name = name_from_directory(dir, file_path);
+    if (!doc.contains("repos")) p.repos = origin_repos(dir);
+    p.source = file_path;
+    p.configured = true;
+
+    // The committed file describes the whole project: it replaces a table of the same name
+    // rather than merging with it, as in the reference tool.
+    into.local_shadows_table = into.projects.count(p.name) > 0;
+    into.local_file = file_path;
+    into.local_project = p.name;
+    into.projects.insert_or_assign(p.name, std::move(p));
+}
+
+} // namespace machine::config

@@ -1,0 +1,745 @@
+// The config module: projects.toml and .machine.toml into structs, with exact error messages.
+#include "machine/config.hpp"
+
+#include <boost/test/unit_test.hpp>
+
+#include <algorithm>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <sstream>
+#include <string>
+
+namespace fs = std::filesystem;
+using machine::usage_error;
+using namespace machine::config;
+
+namespace {
+
+// A host big enough that the resource defaults are not capped, so results do not depend on
+// the machine running the tests.
+const host_resources big_host{.cpus = 8, .memory_bytes = 32LL << 30};
+
+const std::string name_rule =
+    " (use a-z, 0-9 and hyphens, starting with a letter or digit, at most 63 characters)";
+const std::string project_keys_list =
+    "repos, profiles, shell, forward_agent, cpus, memory, disk, ports, ca_certs, agent_keys";
+
+config parse(std::string_view text, const host_resources& host = big_host) {
+    return parse_projects(text, "projects.toml", host);
+}
+
+// The message parse() fails with, or "(no error)".
+std::string parse_error(std::string_view text) {
+    try {
+        parse(text);
+    } catch (const config_error& e) {
+        return e.what();
+    }
+    return "(no error)";
+}
+
+std::string resolve_error(const config& c, const std::string& name) {
+    try {
+        c.resolve(name);
+    } catch (const usage_error& e) {
+        return e.what();
+    }
+    return "(no error)";
+}
+
+bool has_raw_control(std::string_view s) {
+    return std::any_of(s.begin(), s.end(), [](char c) {
+        return static_cast<unsigned char>(c) < 0x20 || c == 0x7F;
+    });
+}
+
+// A fresh directory under the system temp directory, removed afterwards.
+struct temp_dir {
+    fs::path path;
+    temp_dir() {
+        std::string pattern = (fs::temp_directory_path() / "machine-config-test-XXXXXX").string();
+        path = ::mkdtemp(pattern.data());
+    }
+    ~temp_dir() {
+        std::error_code ec;
+        fs::remove_all(path, ec);
+    }
+};
+
+void write(const fs::path& path, std::string_view content) {
+    fs::create_directories(path.parent_path());
+    std::ofstream(path, std::ios::binary) << content;
+}
+
+void run(const std::string& command) { BOOST_REQUIRE_EQUAL(std::system(command.c_str()), 0); }
+
+load_options options_in(const temp_dir& tmp, const fs::path& working_dir) {
+    return {.config_dir = tmp.path / "config",
+            .working_dir = working_dir,
+            .search_stop = tmp.path,
+            .host = big_host};
+}
+
+std::string load_error(const load_options& options) {
+    try {
+        load(options);
+    } catch (const config_error& e) {
+        return e.what();
+    }
+    return "(no error)";
+}
+
+} // namespace
+
+BOOST_AUTO_TEST_SUITE(config_projects)
+
+BOOST_AUTO_TEST_CASE(reads_every_project_key) {
+    const config c = parse(R"(
+[web]
+repos = ["git@github.com:acme/web.git", "https://github.com/acme/api"]
+profiles = ["cypress", "supabase-fly"]
+shell = "bash"
+forward_agent = false
+cpus = 6
+memory = "12GiB"
+disk = 60
+ports = [3000, 8080]
+ca_certs = ["/etc/corp-ca.pem", "host"]
+agent_keys = ["SHA256:abcDEF123+/="]
+)");
+    const project& web = c.projects.at("web");
+    BOOST_TEST(web.name == "web");
+    BOOST_TEST(web.repos == (std::vector<std::string>{"git@github.com:acme/web.git",
+                                                      "https://github.com/acme/api"}),
+               boost::test_tools::per_element());
+    BOOST_TEST(web.profiles == (std::vector<std::string>{"cypress", "supabase-fly"}),
+               boost::test_tools::per_element());
+    BOOST_TEST(web.shell == "bash");
+    BOOST_TEST(!web.forward_agent);
+    BOOST_TEST(web.cpus == 6);
+    BOOST_TEST(web.memory == "12GiB");
+    BOOST_TEST(web.disk == "60GiB");
+    BOOST_TEST((web.ports.mode == port_forwarding::policy::listed));
+    BOOST_TEST(web.ports.ports == (std::vector<int>{3000, 8080}), boost::test_tools::per_element());
+    BOOST_TEST(web.ca_certs == (std::vector<std::string>{"/etc/corp-ca.pem", "host"}),
+               boost::test_tools::per_element());
+    BOOST_TEST(web.agent_keys == (std::vector<std::string>{"SHA256:abcDEF123+/="}),
+               boost::test_tools::per_element());
+    BOOST_TEST(web.configured);
+    BOOST_TEST(web.source == fs::path("projects.toml"));
+    BOOST_TEST(c.projects_file_exists);
+}
+
+BOOST_AUTO_TEST_CASE(an_empty_table_takes_the_defaults) {
+    const config c = parse(R"(
+default_profile = "cypress"
+default_shell = "bash"
+ca_certs = ["/etc/corp-ca.pem"]
+
+[blog]
+)");
+    const project& blog = c.projects.at("blog");
+    BOOST_TEST(blog.repos.empty());
+    BOOST_TEST(blog.profiles == (std::vector<std::string>{"cypress"}), boost::test_tools::per_element());
+    BOOST_TEST(blog.shell == "bash");
+    BOOST_TEST(blog.forward_agent);
+    BOOST_TEST(blog.cpus == 4);
+    BOOST_TEST(blog.memory == "8GiB");
+    BOOST_TEST(blog.disk == "30GiB");
+    BOOST_TEST((blog.ports.mode == port_forwarding::policy::all));
+    BOOST_TEST(blog.ca_certs == (std::vector<std::string>{"/etc/corp-ca.pem"}),
+               boost::test_tools::per_element());
+    BOOST_TEST(blog.agent_keys.empty());
+}
+
+BOOST_AUTO_TEST_CASE(default_profile_may_be_a_list_and_an_explicit_empty_list_means_none) {
+    const config c = parse(R"(
+default_profile = ["cypress", "supabase-fly"]
+[inherits]
+[none]
+profiles = []
+)");
+    BOOST_TEST(c.projects.at("inherits").profiles ==
+                   (std::vector<std::string>{"cypress", "supabase-fly"}),
+               boost::test_tools::per_element());
+    BOOST_TEST(c.projects.at("none").profiles.empty());
+}
+
+BOOST_AUTO_TEST_CASE(project_tables_may_come_before_settings_in_the_map) {
+    // toml++ keeps keys sorted, so "a" is visited before "default_shell".
+    const config c = parse("default_shell = \"bash\"\n[a]\n");
+    BOOST_TEST(c.projects.at("a").shell == "bash");
+}
+
+BOOST_AUTO_TEST_CASE(resource_defaults_are_capped_by_the_host) {
+    const config small = parse("[web]\n", {.cpus = 2, .memory_bytes = 7LL << 30});
+    BOOST_TEST(small.projects.at("web").cpus == 2);
+    BOOST_TEST(small.projects.at("web").memory == "3GiB");  // half of 7GiB, rounded down
+
+    const config tiny = parse("[web]\n", {.cpus = 1, .memory_bytes = 1LL << 30});
+    BOOST_TEST(tiny.projects.at("web").cpus == 1);
+    BOOST_TEST(tiny.projects.at("web").memory == "1GiB");  // never below 1GiB
+
+    const config huge = parse("[web]\n", {.cpus = 64, .memory_bytes = 256LL << 30});
+    BOOST_TEST(huge.projects.at("web").cpus == 4);
+    BOOST_TEST(huge.projects.at("web").memory == "8GiB");
+}
+
+BOOST_AUTO_TEST_CASE(malformed_toml_names_file_line_and_column) {
+    BOOST_TEST(parse_error("[web]\ncpus = 4\nmemory = \n") ==
+               "projects.toml:3:10: invalid TOML: Error while parsing key-value pair: expected "
+               "value, saw '\\n'");
+    BOOST_TEST(parse_error("[web\n") ==
+               "projects.toml:1:5: invalid TOML: Error while parsing table header: expected ']', "
+               "saw '\\n'");
+}
+
+BOOST_AUTO_TEST_CASE(wrong_types_name_the_key_path_and_show_the_value) {
+    const std::pair<std::string, std::string> cases[] = {
+        {"[web]\ncpus = \"four\"", "projects.toml:2:1: web.cpus: expected an integer, got \"four\""},
+        {"[web]\ncpus = true", "projects.toml:2:1: web.cpus: expected an integer, got true"},
+        {"[web]\ncpus = 2.5", "projects.toml:2:1: web.cpus: expected an integer, got 2.5"},
+        {"[web]\nshell = 1", "projects.toml:2:1: web.shell: expected a string, got 1"},
+        {"[web]\nforward_agent = \"yes\"",
+         "projects.toml:2:1: web.forward_agent: expected a boolean, got \"yes\""},
+        {"[web]\nrepos = \"git@github.com:acme/web.git\"",
+         "projects.toml:2:1: web.repos: expected an array of strings, got "
+         "\"git@github.com:acme/web.git\""},
+        {"[web]\nrepos = [\"a\", 3]", "projects.toml:2:15: web.repos[1]: expected a string, got 3"},
+        {"[web]\nprofiles = { a = 1 }",
+         "projects.toml:2:1: web.profiles: expected an array of strings, got a table"},
+        {"[web]\nca_certs = [[\"x\"]]",
+         "projects.toml:2:13: web.ca_certs[0]: expected a string, got [\"x\"]"},
+        {"[web]\nagent_keys = \"SHA256:abc\"",
+         "projects.toml:2:1: web.agent_keys: expected an array of strings, got \"SHA256:abc\""},
+        {"[web]\nmemory = true",
+         "projects.toml:2:1: web.memory: expected a size like 8 or \"8GiB\" (KiB, MiB, GiB, TiB), "
+         "got true"},
+        {"[web]\nports = \"3000\"",
+         "projects.toml:2:1: web.ports: expected true, false or an array of port numbers, got "
+         "\"3000\""},
+        {"default_shell = [\"zsh\"]",
+         "projects.toml:1:1: default_shell: expected a string, got [\"zsh\"]"},
+        {"default_profile = 3",
+         "projects.toml:1:1: default_profile: expected a string or an array of strings, got 3"},
+        {"ca_certs = \"host\"", "projects.toml:1:1: ca_certs: expected an array of strings, got \"host\""},
+        {"[default_shell]", "projects.toml:1:2: default_shell: expected a string, got a table"},
+    };
+    for (const auto& [text, expected] : cases) {
+        BOOST_TEST_CONTEXT(text) { BOOST_TEST(parse_error(text) == expected); }
+    }
+}
+
+BOOST_AUTO_TEST_CASE(wrong_values_say_what_is_expected) {
+    const std::pair<std::string, std::string> cases[] = {
+        {"[web]\nshell = \"fish\"",
+         "projects.toml:2:1: web.shell: expected \"zsh\" or \"bash\", got \"fish\""},
+        {"default_shell = \"fish\"",
+         "projects.toml:1:1: default_shell: expected \"zsh\" or \"bash\", got \"fish\""},
+        {"[web]\ncpus = 0", "projects.toml:2:1: web.cpus: must be at least 1, got 0"},
+        {"[web]\ncpus = -3", "projects.toml:2:1: web.cpus: must be at least 1, got -3"},
+        {"[web]\ncpus = 100000", "projects.toml:2:1: web.cpus: must be at most 1024, got 100000"},
+        {"[web]\nrepos = [\"\"]", "projects.toml:2:10: web.repos[0]: must not be empty"},
+        {"[web]\nrepos = [\"-uhttps://evil\"]",
+         "projects.toml:2:10: web.repos[0]: must not start with \"-\", got \"-uhttps://evil\""},
+        {"[web]\nrepos = [\"git@x:a b.git\"]",
+         "projects.toml:2:10: web.repos[0]: must not contain whitespace or control characters, "
+         "got \"git@x:a b.git\""},
+        {"[web]\nprofiles = [\"../x\"]",
+         "projects.toml:2:13: web.profiles[0]: invalid profile name \"../x\" (use a-z, 0-9, \"-\" "
+         "and \"_\", starting with a letter or digit)"},
+        {"default_profile = \"Cypress\"",
+         "projects.toml:1:1: default_profile: invalid profile name \"Cypress\" (use a-z, 0-9, \"-\" "
+         "and \"_\", starting with a letter or digit)"},
+        {"[web]\nca_certs = [\"\"]", "projects.toml:2:13: web.ca_certs[0]: must not be empty"},
+        {"[web]\nagent_keys = [\"SHA256:abc\", \"MD5:aa:bb\"]",
+         "projects.toml:2:29: web.agent_keys[1]: expected a key fingerprint like \"SHA256:...\", got "
+         "\"MD5:aa:bb\""},
+    };
+    for (const auto& [text, expected] : cases) {
+        BOOST_TEST_CONTEXT(text) { BOOST_TEST(parse_error(text) == expected); }
+    }
+}
+
+BOOST_AUTO_TEST_CASE(unknown_project_key_suggests_the_closest) {
+    BOOST_TEST(parse_error("default_shell = \"zsh\"\n\n[web]\ncpu = 4\n") ==
+               "projects.toml:4:1: web.cpu: unknown key (did you mean \"cpus\"?)");
+    BOOST_TEST(parse_error("[web]\nforward_agnet = true\n") ==
+               "projects.toml:2:1: web.forward_agnet: unknown key (did you mean \"forward_agent\"?)");
+}
+
+BOOST_AUTO_TEST_CASE(unknown_project_key_without_a_close_match_lists_the_valid_keys) {
+    BOOST_TEST(parse_error("[web]\nbanana = 1\n") ==
+               "projects.toml:2:1: web.banana: unknown key; valid keys: " + project_keys_list);
+    // A sub-table is an unknown key of its project, at the sub-table's key.
+    BOOST_TEST(parse_error("[web]\n[web.extra]\nx = 1\n") ==
+               "projects.toml:2:6: web.extra: unknown key; valid keys: " + project_keys_list);
+}
+
+BOOST_AUTO_TEST_CASE(unknown_top_level_keys) {
+    BOOST_TEST(parse_error("default_shel = \"zsh\"\n") ==
+               "projects.toml:1:1: default_shel: unknown key (did you mean \"default_shell\"?)");
+    BOOST_TEST(parse_error("web = 3\n") ==
+               "projects.toml:1:1: web: unknown key; valid keys: default_profile, default_shell, "
+               "ca_certs");
+    BOOST_TEST(parse_error("[[web]]\ncpus = 2\n") ==
+               "projects.toml:1:3: web: expected a table ([name]), got an array of tables ([[name]])");
+    BOOST_TEST(parse_error("cpus = 4\n") ==
+               "projects.toml:1:1: cpus: unknown key; valid keys: default_profile, default_shell, "
+               "ca_certs (project keys belong in a project's table, such as [web])");
+}
+
+BOOST_AUTO_TEST_CASE(invalid_project_names_point_at_the_table) {
+    BOOST_TEST(parse_error("[Web]\n") == "projects.toml:1:2: invalid project name 'Web'" + name_rule);
+    BOOST_TEST(parse_error("[\"../x\"]\ncpus = 2\n") ==
+               "projects.toml:1:2: invalid project name '../x'" + name_rule);
+    BOOST_TEST(parse_error("[ok]\n[\"a;rm -rf ~\"]\n") ==
+               "projects.toml:2:2: invalid project name 'a;rm -rf ~'" + name_rule);
+    // Key paths of a project with a name that is not a bare key are quoted.
+    BOOST_TEST(parse_error("[\"a b\".x]\n").find("projects.toml:1:2: invalid project name 'a b'") == 0);
+}
+
+BOOST_AUTO_TEST_CASE(the_first_problem_in_file_order_is_reported) {
+    // toml++ iterates keys sorted by name: alpha before zeta, cpus before shell.
+    BOOST_TEST(parse_error("[zeta]\ncpus = \"x\"\n[alpha]\nmemory = \"bad\"\n") ==
+               "projects.toml:2:1: zeta.cpus: expected an integer, got \"x\"");
+    BOOST_TEST(parse_error("[web]\nshell = \"fish\"\ncpus = 0\n") ==
+               "projects.toml:2:1: web.shell: expected \"zsh\" or \"bash\", got \"fish\"");
+    BOOST_TEST(parse_error("[web]\nrepos = [\"-a\", 3]\n[web.x]\n") ==
+               "projects.toml:2:10: web.repos[0]: must not start with \"-\", got \"-a\"");
+}
+
+BOOST_AUTO_TEST_CASE(messages_never_carry_raw_control_characters) {
+    // TOML escapes put real control characters into values and keys.
+    const std::string value_error = parse_error("[web]\nshell = \"\\u001b[31mred\\u0007\"\n");
+    BOOST_TEST(value_error ==
+               "projects.toml:2:1: web.shell: expected \"zsh\" or \"bash\", got "
+               "\"\\u001B[31mred\\u0007\"");
+    const std::string inputs[] = {
+        "[web]\n\"\\u001b]0;owned\\u0007\" = 1\n",          // unknown key
+        "[\"\\u001b[2Jx\"]\n",                               // project name
+        "\"a\\u001bb\" = 1\n\"a\\u001bb\" = 2\n",            // toml++'s own description
+        "[web]\nrepos = [\"x\\ny\"]\n",                      // newline in a value
+        "[web]\nshell = \"\\u009b31m\"\n",                   // C1 control
+    };
+    for (const auto& input : inputs) {
+        BOOST_TEST_CONTEXT(input) {
+            const std::string message = parse_error(input);
+            BOOST_TEST(message != "(no error)");
+            BOOST_TEST(!has_raw_control(message));
+            BOOST_TEST(message.find("\xC2\x9B") == std::string::npos);
+        }
+    }
+    BOOST_TEST(parse_error("[web]\nrepos = [\"x\\ny\"]\n") ==
+               "projects.toml:2:10: web.repos[0]: must not contain whitespace or control "
+               "characters, got \"x\\ny\"");
+}
+
+BOOST_AUTO_TEST_CASE(long_values_are_shortened_in_messages) {
+    const std::string long_value(500, 'x');
+    const std::string message = parse_error("[web]\nshell = \"" + long_value + "\"\n");
+    BOOST_TEST(message == "projects.toml:2:1: web.shell: expected \"zsh\" or \"bash\", got \"" +
+                              std::string(60, 'x') + "...\"");
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(config_sizes)
+
+BOOST_AUTO_TEST_CASE(memory_and_disk_are_normalized) {
+    const config c = parse(R"(
+[a]
+memory = 8
+disk = "1.5GiB"
+[b]
+memory = "512MiB"
+disk = "2TiB"
+)");
+    BOOST_TEST(c.projects.at("a").memory == "8GiB");
+    BOOST_TEST(c.projects.at("a").disk == "1.5GiB");
+    BOOST_TEST(c.projects.at("b").memory == "512MiB");
+    BOOST_TEST(c.projects.at("b").disk == "2TiB");
+}
+
+BOOST_AUTO_TEST_CASE(bad_sizes_are_refused_with_the_accepted_forms) {
+    const std::string hint = "expected a size like 8 or \"8GiB\" (KiB, MiB, GiB, TiB), got ";
+    const std::pair<std::string, std::string> cases[] = {
+        {"memory = \"8GB\"", "web.memory: " + hint + "\"8GB\""},
+        {"memory = \"8 gigs\"", "web.memory: " + hint + "\"8 gigs\""},
+        {"memory = -1", "web.memory: " + hint + "-1"},
+        {"memory = true", "web.memory: " + hint + "true"},
+        {"disk = 0", "web.disk: " + hint + "0"},
+        {"disk = \"1.GiB\"", "web.disk: " + hint + "\"1.GiB\""},
+        {"disk = 8.5", "web.disk: " + hint + "8.5"},
+    };
+    for (const auto& [line, expected] : cases) {
+        BOOST_TEST_CONTEXT(line) {
+            BOOST_TEST(parse_error("[web]\n" + line) == "projects.toml:2:1: " + expected);
+        }
+    }
+}
+
+BOOST_AUTO_TEST_CASE(normalize_size_accepts_only_lima_sizes) {
+    BOOST_TEST(normalize_size("8").value_or("-") == "8GiB");
+    BOOST_TEST(normalize_size("08").value_or("-") == "8GiB");
+    BOOST_TEST(normalize_size("1.5GiB").value_or("-") == "1.5GiB");
+    BOOST_TEST(normalize_size("512MiB").value_or("-") == "512MiB");
+    BOOST_TEST(normalize_size("64KiB").value_or("-") == "64KiB");
+    BOOST_TEST(normalize_size("8388607TiB").value_or("-") == "8388607TiB");  // 2^63 - 2^40 bytes
+    for (const char* bad : {"", "0", "0GiB", "0.0MiB", "8GB", "8gib", "8 GiB", "-1", "1.GiB",
+                            ".5GiB", "GiB", "8388608TiB", "99999999999999999999"}) {
+        BOOST_TEST_CONTEXT(bad) { BOOST_TEST(!normalize_size(bad).has_value()); }
+    }
+}
+
+BOOST_AUTO_TEST_CASE(size_bytes_counts_bytes) {
+    BOOST_TEST(size_bytes("4GiB") == 4294967296LL);
+    BOOST_TEST(size_bytes("1.5GiB") == 1610612736LL);
+    BOOST_TEST(size_bytes("512MiB") == 536870912LL);
+    BOOST_TEST(size_bytes("2TiB") == 2199023255552LL);
+    BOOST_TEST(size_bytes("nonsense") == 0);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(config_ports)
+
+BOOST_AUTO_TEST_CASE(ports_forms) {
+    using policy = port_forwarding::policy;
+    const config c = parse(R"(
+[unset]
+[all]
+ports = true
+[none]
+ports = false
+[listed]
+ports = [3000, 8080, 65535, 1]
+[empty]
+ports = []
+)");
+    BOOST_TEST((c.projects.at("unset").ports.mode == policy::all));
+    BOOST_TEST((c.projects.at("all").ports.mode == policy::all));
+    BOOST_TEST((c.projects.at("none").ports.mode == policy::none));
+    BOOST_TEST((c.projects.at("listed").ports.mode == policy::listed));
+    BOOST_TEST(c.projects.at("listed").ports.ports == (std::vector<int>{3000, 8080, 65535, 1}),
+               boost::test_tools::per_element());
+    BOOST_TEST((c.projects.at("empty").ports.mode == policy::none));
+}
+
+BOOST_AUTO_TEST_CASE(bad_ports_point_at_the_element) {
+    BOOST_TEST(parse_error("[web]\nports = [80, 0]\n") ==
+               "projects.toml:2:14: web.ports[1]: expected a port from 1 to 65535, got 0");
+    BOOST_TEST(parse_error("[web]\nports = [70000]\n") ==
+               "projects.toml:2:10: web.ports[0]: expected a port from 1 to 65535, got 70000");
+    BOOST_TEST(parse_error("[web]\nports = [\"80\"]\n") ==
+               "projects.toml:2:10: web.ports[0]: expected an integer, got \"80\"");
+    BOOST_TEST(parse_error("[web]\nports = 8080\n") ==
+               "projects.toml:2:1: web.ports: expected true, false or an array of port numbers, got "
+               "8080");
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(config_resolve)
+
+BOOST_AUTO_TEST_CASE(invalid_names_are_refused_with_the_name_rule) {
+    const config c = parse("[web-2]\ncpus = 2\n");
+    for (const char* bad : {"../x", "a;rm -rf ~", "UPPER", "-lead", ""}) {
+        BOOST_TEST_CONTEXT(bad) {
+            BOOST_TEST(resolve_error(c, bad) ==
+                       "invalid project name '" + std::string(bad) + "'" + name_rule);
+        }
+    }
+    BOOST_CHECK_THROW(c.resolve("UPPER"), usage_error);
+    BOOST_TEST(c.resolve("web-2").cpus == 2);
+    BOOST_TEST(c.resolve("web-2").configured);
+}
+
+BOOST_AUTO_TEST_CASE(an_unconfigured_name_resolves_to_the_defaults) {
+    const config c = parse("default_shell = \"bash\"\ndefault_profile = \"cypress\"\n[web]\n");
+    const project p = c.resolve("scratch");
+    BOOST_TEST(p.name == "scratch");
+    BOOST_TEST(!p.configured);
+    BOOST_TEST(p.source.empty());
+    BOOST_TEST(p.shell == "bash");
+    BOOST_TEST(p.profiles == (std::vector<std::string>{"cypress"}), boost::test_tools::per_element());
+    BOOST_TEST(p.cpus == 4);
+    BOOST_TEST(p.memory == "8GiB");
+    BOOST_TEST(p.disk == "30GiB");
+}
+
+BOOST_AUTO_TEST_CASE(missing_projects_toml_gives_the_ambient_default_project) {
+    temp_dir tmp;
+    const config c = load(options_in(tmp, tmp.path));
+    BOOST_TEST(!c.projects_file_exists);
+    BOOST_TEST(c.projects_file == tmp.path / "config" / "projects.toml");
+    BOOST_TEST(c.projects.empty());
+    BOOST_TEST(!c.local_file.has_value());
+    BOOST_TEST(c.ambient_project() == "default");
+    const project p = c.resolve(c.ambient_project());
+    BOOST_TEST(p.name == "default");
+    BOOST_TEST(!p.configured);
+    BOOST_TEST(p.shell == "zsh");
+    BOOST_TEST(p.profiles.empty());
+    BOOST_TEST(p.cpus == 4);
+    BOOST_TEST(p.memory == "8GiB");
+    BOOST_TEST(p.ca_certs == (std::vector<std::string>{"host"}), boost::test_tools::per_element());
+}
+
+BOOST_AUTO_TEST_CASE(projects_toml_is_read_from_the_config_dir) {
+    temp_dir tmp;
+    write(tmp.path / "config" / "projects.toml", "[default]\ncpus = 2\n");
+    const config c = load(options_in(tmp, tmp.path));
+    BOOST_TEST(c.projects_file_exists);
+    BOOST_TEST(c.resolve("default").cpus == 2);
+    BOOST_TEST(c.resolve("default").source == tmp.path / "config" / "projects.toml");
+}
+
+BOOST_AUTO_TEST_CASE(errors_name_the_projects_file_path) {
+    temp_dir tmp;
+    const fs::path file = tmp.path / "config" / "projects.toml";
+    write(file, "[web]\ncpus = \"four\"\n");
+    BOOST_TEST(load_error(options_in(tmp, tmp.path)) ==
+               file.string() + ":2:1: web.cpus: expected an integer, got \"four\"");
+}
+
+BOOST_AUTO_TEST_CASE(an_unreadable_projects_toml_is_an_error) {
+    temp_dir tmp;
+    const fs::path file = tmp.path / "config" / "projects.toml";
+    fs::create_directories(file);  // readable by anyone, root included, yet not a file
+    BOOST_TEST(load_error(options_in(tmp, tmp.path)) == "cannot read " + file.string() + ": Is a directory");
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(config_local)
+
+BOOST_AUTO_TEST_CASE(found_by_searching_upward_and_named_after_its_directory) {
+    temp_dir tmp;
+    const fs::path project_dir = tmp.path / "Sites" / "My App";
+    write(project_dir / ".machine.toml", "");
+    fs::create_directories(project_dir / "src" / "deep");
+    const config c = load(options_in(tmp, project_dir / "src" / "deep"));
+    BOOST_TEST(c.local_file.value_or("") == project_dir / ".machine.toml");
+    BOOST_TEST(c.local_project.value_or("") == "my-app");
+    BOOST_TEST(c.ambient_project() == "my-app");
+    const project p = c.resolve("my-app");
+    BOOST_TEST(p.configured);
+    BOOST_TEST(p.source == project_dir / ".machine.toml");
+    BOOST_TEST(p.repos.empty());  // not a git checkout
+    BOOST_TEST(p.cpus == 4);
+    BOOST_TEST(!c.local_shadows_table);
+}
+
+BOOST_AUTO_TEST_CASE(the_search_stops_at_search_stop) {
+    temp_dir tmp;
+    write(tmp.path / "outer" / ".machine.toml", "name = \"outer\"\n");
+    fs::create_directories(tmp.path / "outer" / "inner" / "x");
+    load_options options = options_in(tmp, tmp.path / "outer" / "inner" / "x");
+    options.search_stop = tmp.path / "outer" / "inner";
+    BOOST_TEST(!load(options).local_file.has_value());
+    options.search_stop = tmp.path / "outer/";  // a trailing separator is the same directory
+    BOOST_TEST(load(options).local_project.value_or("") == "outer");
+    BOOST_TEST(find_local_file(tmp.path / "outer" / "inner", tmp.path).value_or("") ==
+               tmp.path / "outer" / ".machine.toml");
+}
+
+BOOST_AUTO_TEST_CASE(keys_and_an_explicit_name) {
+    temp_dir tmp;
+    write(tmp.path / "checkout" / ".machine.toml", R"(
+name = "api"
+repos = ["git@github.com:acme/api.git"]
+shell = "bash"
+forward_agent = false
+cpus = 8
+memory = "16GiB"
+disk = 60
+ports = [8080]
+)");
+    const config c = load(options_in(tmp, tmp.path / "checkout"));
+    BOOST_TEST(c.ambient_project() == "api");
+    const project p = c.resolve("api");
+    BOOST_TEST(p.repos == (std::vector<std::string>{"git@github.com:acme/api.git"}),
+               boost::test_tools::per_element());
+    BOOST_TEST(p.shell == "bash");
+    BOOST_TEST(!p.forward_agent);
+    BOOST_TEST(p.cpus == 8);
+    BOOST_TEST(p.memory == "16GiB");
+    BOOST_TEST(p.disk == "60GiB");
+    BOOST_TEST(p.ports.ports == (std::vector<int>{8080}), boost::test_tools::per_element());
+}
+
+BOOST_AUTO_TEST_CASE(errors_use_flat_key_paths) {
+    temp_dir tmp;
+    const fs::path file = tmp.path / "app" / ".machine.toml";
+    const load_options options = options_in(tmp, tmp.path / "app");
+    write(file, "cpus = \"four\"\n");
+    BOOST_TEST(load_error(options) == file.string() + ":1:1: cpus: expected an integer, got \"four\"");
+    write(file, "\ncpu = 2\n");
+    BOOST_TEST(load_error(options) == file.string() + ":2:1: cpu: unknown key (did you mean \"cpus\"?)");
+    write(file, "default_shell = \"bash\"\n");
+    BOOST_TEST(load_error(options) == file.string() +
+                                          ":1:1: default_shell: unknown key; valid keys: name, " +
+                                          project_keys_list);
+    write(file, "name = \"UPPER\"\n");
+    BOOST_TEST(load_error(options) == file.string() + ":1:1: name: invalid project name 'UPPER'" + name_rule);
+    write(file, "[web]\n");
+    BOOST_TEST(load_error(options) == file.string() + ":1:2: web: unknown key; valid keys: name, " +
+                                          project_keys_list);
+    write(file, "name = \n");
+    BOOST_TEST(load_error(options) == file.string() +
+                                          ":1:8: invalid TOML: Error while parsing key-value pair: "
+                                          "expected value, saw '\\n'");
+}
+
+BOOST_AUTO_TEST_CASE(a_directory_without_a_usable_name_needs_name_set) {
+    temp_dir tmp;
+    const fs::path dir = tmp.path / "___";
+    write(dir / ".machine.toml", "cpus = 2\n");
+    BOOST_TEST(load_error(options_in(tmp, dir)) ==
+               (dir / ".machine.toml").string() + ": cannot derive a project name from directory \"" +
+                   dir.string() + "\"; set name in .machine.toml");
+    write(dir / ".machine.toml", "name = \"fine\"\n");
+    BOOST_TEST(load(options_in(tmp, dir)).local_project.value_or("") == "fine");
+}
+
+BOOST_AUTO_TEST_CASE(slugs_squash_runs_and_trim_hyphens) {
+    temp_dir tmp;
+    const std::pair<std::string, std::string> cases[] = {
+        {"--Hello,  World!--", "hello-world"}, {"web_2.0", "web-2-0"}, {"caf\xC3\xA9 app", "caf-app"},
+        {std::string(70, 'a'), std::string(63, 'a')},
+    };
+    for (const auto& [dir_name, expected] : cases) {
+        BOOST_TEST_CONTEXT(dir_name) {
+            write(tmp.path / dir_name / ".machine.toml", "");
+            BOOST_TEST(load(options_in(tmp, tmp.path / dir_name)).local_project.value_or("") == expected);
+        }
+    }
+}
+
+BOOST_AUTO_TEST_CASE(repos_default_to_the_origin_remote) {
+    temp_dir tmp;
+    const fs::path repo = tmp.path / "shop";
+    run("git init -q " + repo.string());
+    run("git -C " + repo.string() + " remote add origin git@github.com:acme/shop.git");
+    write(repo / ".machine.toml", "");
+    fs::create_directories(repo / "src");
+    const config c = load(options_in(tmp, repo / "src"));
+    BOOST_TEST(c.resolve("shop").repos == (std::vector<std::string>{"git@github.com:acme/shop.git"}),
+               boost::test_tools::per_element());
+
+    // Explicit repos win, and an explicit empty list means none.
+    write(repo / ".machine.toml", "repos = []\n");
+    BOOST_TEST(load(options_in(tmp, repo)).resolve("shop").repos.empty());
+    write(repo / ".machine.toml", "repos = [\"https://example.com/other.git\"]\n");
+    BOOST_TEST(load(options_in(tmp, repo)).resolve("shop").repos ==
+                   (std::vector<std::string>{"https://example.com/other.git"}),
+               boost::test_tools::per_element());
+}
+
+BOOST_AUTO_TEST_CASE(origin_is_read_from_worktrees_and_quoted_config_values) {
+    // A linked worktree: `.git` is a file pointing into the main repository's .git, whose
+    // `commondir` leads back to the shared config.
+    temp_dir tmp;
+    write(tmp.path / "main" / ".git" / "config", R"([core]
+	bare = false
+[remote "upstream"]
+	url = https://example.com/upstream.git
+[Remote "origin"]
+	fetch = +refs/heads/*:refs/remotes/origin/*
+	URL = "https://example.com/first.git"
+	url = "https://example.com/with;semicolon.git" ; the last one wins
+[remote "Origin"]
+	url = https://example.com/wrong-case.git
+)");
+    write(tmp.path / "main" / ".git" / "worktrees" / "feature" / "commondir", "../..\n");
+    write(tmp.path / "feature" / ".git", "gitdir: ../main/.git/worktrees/feature\n");
+    write(tmp.path / "feature" / ".machine.toml", "");
+    const config c = load(options_in(tmp, tmp.path / "feature"));
+    BOOST_TEST(c.resolve("feature").repos ==
+                   (std::vector<std::string>{"https://example.com/with;semicolon.git"}),
+               boost::test_tools::per_element());
+}
+
+BOOST_AUTO_TEST_CASE(an_unusable_origin_url_is_an_error) {
+    temp_dir tmp;
+    write(tmp.path / "app" / ".git" / "config", "[remote \"origin\"]\n\turl = -oProxyCommand=x\n");
+    write(tmp.path / "app" / ".machine.toml", "");
+    BOOST_TEST(load_error(options_in(tmp, tmp.path / "app")) ==
+               (tmp.path / "app" / ".git" / "config").string() +
+                   ": remote.origin.url: must not start with \"-\", got \"-oProxyCommand=x\"");
+}
+
+BOOST_AUTO_TEST_CASE(the_local_file_replaces_a_table_of_the_same_name) {
+    temp_dir tmp;
+    write(tmp.path / "config" / "projects.toml", R"(
+default_shell = "bash"
+[web]
+cpus = 2
+repos = ["git@github.com:acme/web.git"]
+[api]
+cpus = 3
+)");
+    write(tmp.path / "web" / ".machine.toml", "memory = \"4GiB\"\n");
+    const config c = load(options_in(tmp, tmp.path / "web"));
+    BOOST_TEST(c.local_shadows_table);
+    BOOST_TEST(c.ambient_project() == "web");
+    const project web = c.resolve("web");
+    BOOST_TEST(web.source == tmp.path / "web" / ".machine.toml");
+    BOOST_TEST(web.memory == "4GiB");
+    BOOST_TEST(web.cpus == 4);          // the table's cpus is not merged in
+    BOOST_TEST(web.repos.empty());      // nor its repos
+    BOOST_TEST(web.shell == "bash");    // settings still give the defaults
+    BOOST_TEST(c.resolve("api").cpus == 3);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(config_examples)
+
+// The shipped examples: valid as they are (all comments), and valid with every example line
+// (`#` directly followed by TOML, unlike prose comments `# ...`) uncommented.
+std::string read_example(const char* name) {
+    std::ifstream in(fs::path(MACHINE_SOURCE_DIR) / "templates" / name, std::ios::binary);
+    BOOST_REQUIRE(in);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+std::string uncomment_examples(const std::string& text) {
+    std::string out;
+    std::istringstream lines(text);
+    for (std::string line; std::getline(lines, line);) {
+        if (line.size() > 1 && line[0] == '#' && line[1] != ' ') line.erase(0, 1);
+        out += line + "\n";
+    }
+    return out;
+}
+
+BOOST_AUTO_TEST_CASE(projects_example_parses_with_and_without_its_examples) {
+    const std::string text = read_example("projects.toml.example");
+    BOOST_TEST(parse(text).projects.empty());
+    const config c = parse(uncomment_examples(text));
+    BOOST_TEST(c.projects.size() == 3u);
+    BOOST_TEST(c.projects.at("wallet").repos.size() == 3u);
+    BOOST_TEST(c.projects.at("wallet").memory == "16GiB");
+    BOOST_TEST(c.projects.at("blog").profiles == (std::vector<std::string>{"cypress"}),
+               boost::test_tools::per_element());
+    BOOST_TEST(c.projects.at("playground").shell == "bash");
+}
+
+BOOST_AUTO_TEST_CASE(machine_example_parses_with_and_without_its_examples) {
+    const std::string text = read_example("machine.toml.example");
+    temp_dir tmp;
+    const fs::path file = tmp.path / "Example Repo" / ".machine.toml";
+    write(file, text);
+    BOOST_TEST(load(options_in(tmp, file.parent_path())).local_project.value_or("") == "example-repo");
+    write(file, uncomment_examples(text));
+    const config c = load(options_in(tmp, file.parent_path()));
+    BOOST_TEST(c.local_project.value_or("") == "my-app");
+    BOOST_TEST(c.resolve("my-app").cpus == 8);
+    BOOST_TEST(c.resolve("my-app").disk == "60GiB");
+}
+
+BOOST_AUTO_TEST_SUITE_END()
