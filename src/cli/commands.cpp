@@ -107,10 +107,12 @@ awaitable<std::exception_ptr> capture(awaitable<void> task) {
 // Runs `limactl start` while following the host agent's events, which become vm.state events.
 awaitable<void> boot(context& ctx, std::string name, fs::path ha_log) {
     using namespace asio::experimental::awaitable_operators;
-    auto on_event = [&ctx, name](const lima::ha_event& e) {
+    bool saw_running = false;
+    auto on_event = [&ctx, &saw_running, name](const lima::ha_event& e) {
         if (e.exiting) {
             ctx.emit(events::vm_state(name, "stopped", "the VM exited"));
         } else if (e.running) {
+            saw_running = true;
             ctx.emit(events::vm_state(name, e.degraded ? "degraded" : "running",
                                       e.degraded ? text::sanitize_for_terminal(e.errors.empty() ? "" : e.errors[0]) : ""));
         } else if (e.ssh_local_port && !e.forward) {
@@ -124,8 +126,9 @@ awaitable<void> boot(context& ctx, std::string name, fs::path ha_log) {
         else if (l.level == "warning" || l.level == "error")
             ctx.emit(events::message(name, l.level, l.msg));
     };
-    // limactl truncates ha.stdout.log at every start; events from before now are old news.
-    const auto started_at = std::chrono::system_clock::now() - 1s;
+    // limactl truncates ha.stdout.log at every start, but we may read the previous boot's
+    // events before it does: anything stamped before now is old news (same host, same clock).
+    const auto started_at = std::chrono::system_clock::now();
     // `||` ends with the first *successful* side, so a failing start must not throw: capture()
     // turns it into a value. The follower never succeeds on its own; it is cancelled.
     auto outcome = co_await (capture(ctx.lima().start(name, on_log)) ||
@@ -133,6 +136,8 @@ awaitable<void> boot(context& ctx, std::string name, fs::path ha_log) {
     if (outcome.index() == 0) {
         if (auto failure = std::get<0>(outcome)) std::rethrow_exception(failure);
     }
+    // `limactl start` succeeded: the VM is running even if we were too quick to see the event.
+    if (!saw_running) ctx.emit(events::vm_state(name, "running"));
 }
 
 } // namespace

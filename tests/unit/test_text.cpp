@@ -32,6 +32,8 @@ BOOST_AUTO_TEST_CASE(did_you_mean) {
     BOOST_TEST(text::closest_match("cpu", keys) == "cpus");
     BOOST_TEST(text::closest_match("memroy", keys) == "memory");
     BOOST_TEST(text::closest_match("banana", keys) == "");
+    BOOST_TEST(text::closest_match("wbe", {"web", "api"}) == "web");
+    BOOST_TEST(text::edit_distance("ab", "ba") == 1u);
 }
 
 BOOST_AUTO_TEST_CASE(terminal_sanitizing) {

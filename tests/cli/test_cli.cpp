@@ -1,0 +1,420 @@
+// The real `machine` binary end to end against the fake limactl (tests/fixtures/fake-limactl),
+// which reproduces Lima's CLI contract and can be scripted to fail, hang or be slow.
+#include <boost/test/unit_test.hpp>
+
+#include <signal.h>
+#include <sys/stat.h>
+
+#include <fstream>
+#include <random>
+#include <sstream>
+
+#include <asio/io_context.hpp>
+#include <asio/co_spawn.hpp>
+#include <nlohmann/json.hpp>
+
+#include "machine/proc.hpp"
+
+namespace fs = std::filesystem;
+namespace proc = machine::proc;
+using json = nlohmann::json;
+using namespace std::chrono_literals;
+
+namespace {
+
+std::string read(const fs::path& p) {
+    std::ifstream in(p);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+bool contains(const std::string& haystack, const std::string& needle) {
+    return haystack.find(needle) != std::string::npos;
+}
+
+// A private world per test: LIMA_HOME, config dir, state dir, and the fake's invocation log.
+struct world {
+    fs::path root;
+    std::vector<std::pair<std::string, std::string>> env;
+
+    world() {
+        std::random_device rd;
+        root = fs::temp_directory_path() / ("machine-cli-" + std::to_string(rd()));
+        fs::create_directories(root / "cwd");
+        env = {{"LIMA_HOME", (root / "lima").string()},
+               {"MACHINE_CONFIG_DIR", (root / "config").string()},
+               {"MACHINE_STATE_DIR", (root / "state").string()},
+               {"MACHINE_LIMACTL", std::string(MACHINE_FIXTURES_DIR) + "/fake-limactl"},
+               {"FAKE_LIMACTL_LOG", (root / "fake.log").string()},
+               {"XDG_CACHE_HOME", (root / "cache").string()}};
+    }
+    ~world() {
+        std::error_code ec;
+        fs::remove_all(root, ec);
+    }
+
+    void set(const std::string& k, const std::string& v) { env.emplace_back(k, v); }
+    void config(const std::string& toml) {
+        fs::create_directories(root / "config");
+        std::ofstream(root / "config" / "projects.toml") << toml;
+    }
+
+    proc::result machine(std::vector<std::string> args, std::string stdin_data = {},
+                         proc::line_callback on_line = {}) {
+        proc::command c;
+        c.argv = {MACHINE_BINARY};
+        c.argv.insert(c.argv.end(), args.begin(), args.end());
+        c.env_set = env;
+        c.env_unset = {"MACHINE_LIMACTL_TIMEOUT"};
+        c.cwd = root / "cwd";
+        c.in = stdin_data.empty() ? proc::stdio::null : proc::stdio::pipe;
+        c.stdin_data = std::move(stdin_data);
+        proc::run_options opt;
+        opt.limit.timeout = 60s;
+        opt.on_stdout_line = std::move(on_line);
+        asio::io_context io;
+        proc::result r;
+        auto task = [&]() -> asio::awaitable<void> { r = co_await proc::run(c, opt); };
+        asio::co_spawn(io, std::move(task), [](std::exception_ptr e) { if (e) std::rethrow_exception(e); });
+        io.run();
+        BOOST_TEST_MESSAGE("machine " << (args.empty() ? "" : args[0]) << " -> " << r.status() << "\n" << r.out << r.err);
+        return r;
+    }
+
+    std::vector<json> fake_log() const {
+        std::vector<json> records;
+        std::ifstream in(root / "fake.log");
+        for (std::string line; std::getline(in, line);) records.push_back(json::parse(line));
+        return records;
+    }
+    // argv (without argv[0]) of every limactl invocation, in order.
+    std::vector<std::vector<std::string>> invocations() const {
+        std::vector<std::vector<std::string>> out;
+        for (const auto& r : fake_log()) {
+            if (r.value("event", "") != "invoke") continue;
+            auto argv = r["argv"].get<std::vector<std::string>>();
+            if (!argv.empty() && argv[0].find("fake-limactl") != std::string::npos) argv.erase(argv.begin());
+            out.push_back(argv);
+        }
+        return out;
+    }
+    bool invoked(const std::string& verb) const {
+        for (const auto& argv : invocations())
+            for (const auto& a : argv)
+                if (a == verb) return true;
+        return false;
+    }
+    fs::path state(const std::string& name) const { return root / "state" / name; }
+    fs::path instance(const std::string& name) const { return root / "lima" / name; }
+};
+
+} // namespace
+
+BOOST_AUTO_TEST_SUITE(cli_end_to_end)
+
+BOOST_AUTO_TEST_CASE(version_help_and_usage_errors) {
+    world w;
+    auto r = w.machine({"--version"});
+    BOOST_TEST(r.exit_code == 0);
+    BOOST_TEST(contains(r.out, "machine 0."));
+    r = w.machine({"--help"});
+    BOOST_TEST(r.exit_code == 0);
+    BOOST_TEST(contains(r.out, "130  interrupted"));
+    BOOST_TEST(contains(r.out, "MACHINE_LIMACTL"));
+    BOOST_TEST(w.machine({}).exit_code == 2);
+    BOOST_TEST(w.machine({"frobnicate"}).exit_code == 2);
+    BOOST_TEST(w.machine({"up", "--bogus"}).exit_code == 2);
+    BOOST_TEST(w.machine({"run", "default"}).exit_code == 2);
+    BOOST_TEST(w.fake_log().empty());
+}
+
+BOOST_AUTO_TEST_CASE(zero_config_up_creates_and_starts_default) {
+    world w;
+    auto r = w.machine({"up"});
+    BOOST_TEST(r.exit_code == 0);
+    BOOST_TEST(contains(r.out, "[default] ready in"));
+    const auto calls = w.invocations();
+    bool created = false, started = false;
+    for (const auto& argv : calls) {
+        if (std::find(argv.begin(), argv.end(), "create") != argv.end()) {
+            created = true;
+            BOOST_TEST(argv[0] == "--tty=false");
+            BOOST_TEST((std::find(argv.begin(), argv.end(), "--name=default") != argv.end()));
+            BOOST_TEST(argv.back() == (w.state("default") / "lima.yaml").string());
+        }
+        if (std::find(argv.begin(), argv.end(), "start") != argv.end()) started = true;
+    }
+    BOOST_TEST(created);
+    BOOST_TEST(started);
+    const std::string tmpl = read(w.state("default") / "lima.yaml");
+    BOOST_TEST(contains(tmpl, "\nmounts: []\n"));
+    BOOST_TEST(contains(tmpl, "forwardAgent: true"));
+    struct stat st {};
+    BOOST_REQUIRE(::stat((w.state("default") / "lima.yaml").c_str(), &st) == 0);
+    BOOST_TEST((st.st_mode & 0777) == 0600u);
+
+    r = w.machine({"list", "--json"});
+    BOOST_TEST(r.exit_code == 0);
+    const auto row = json::parse(r.out);
+    BOOST_TEST(row["name"] == "default");
+    BOOST_TEST(row["status"] == "Running");
+}
+
+BOOST_AUTO_TEST_CASE(up_on_a_running_vm_is_a_fast_no_op) {
+    world w;
+    BOOST_REQUIRE(w.machine({"up"}).exit_code == 0);
+    const auto before = w.invocations().size();
+    const auto r = w.machine({"up", "--json"});
+    BOOST_TEST(r.exit_code == 0);
+    BOOST_TEST(contains(r.out, "\"state\":\"running\""));
+    BOOST_TEST(contains(r.out, "already running"));
+    const auto calls = w.invocations();
+    BOOST_TEST(calls.size() == before + 1);  // a single `list`, no create or start
+    BOOST_TEST((std::find(calls.back().begin(), calls.back().end(), "list") != calls.back().end()));
+}
+
+BOOST_AUTO_TEST_CASE(json_events_have_the_envelope) {
+    world w;
+    const auto r = w.machine({"up", "--json"});
+    BOOST_TEST(r.exit_code == 0);
+    std::uint64_t last_seq = 0;
+    std::istringstream lines(r.out);
+    int count = 0;
+    std::string last_type;
+    for (std::string line; std::getline(lines, line); ++count) {
+        const auto e = json::parse(line);
+        BOOST_TEST(e["v"] == 1);
+        BOOST_TEST(e["seq"].get<std::uint64_t>() == last_seq + 1);
+        last_seq = e["seq"];
+        BOOST_TEST(e["vm"] == "default");
+        BOOST_TEST(e["ts"].get<std::string>().size() == 24u);
+        last_type = e["type"];
+    }
+    BOOST_TEST(count > 3);
+    BOOST_TEST(last_type == "vm.done");
+}
+
+BOOST_AUTO_TEST_CASE(down_destroy_lifecycle) {
+    world w;
+    BOOST_REQUIRE(w.machine({"up"}).exit_code == 0);
+    auto r = w.machine({"down"});
+    BOOST_TEST(r.exit_code == 0);
+    r = w.machine({"down"});
+    BOOST_TEST(r.exit_code == 0);
+    BOOST_TEST(contains(r.out, "already stopped"));
+    r = w.machine({"up"});  // restart keeps the instance
+    BOOST_TEST(r.exit_code == 0);
+    BOOST_TEST(!contains(r.out, "[default] create"));
+
+    // No confirmation (stdin at EOF): nothing happens.
+    r = w.machine({"destroy"});
+    BOOST_TEST(r.exit_code == 1);
+    BOOST_TEST(contains(r.err, "aborted"));
+    BOOST_TEST(fs::exists(w.instance("default")));
+    r = w.machine({"destroy"}, "n\n");
+    BOOST_TEST(r.exit_code == 1);
+    BOOST_TEST(fs::exists(w.instance("default")));
+
+    r = w.machine({"destroy"}, "y\n");
+    BOOST_TEST(r.exit_code == 0);
+    BOOST_TEST(!fs::exists(w.instance("default")));
+    BOOST_TEST(!fs::exists(w.state("default")));
+    r = w.machine({"destroy", "-y"});
+    BOOST_TEST(r.exit_code == 0);
+    BOOST_TEST(contains(r.out, "nothing to destroy"));
+    r = w.machine({"down"});
+    BOOST_TEST(r.exit_code == 1);
+    BOOST_TEST(contains(r.err, "VM 'default' does not exist"));
+}
+
+BOOST_AUTO_TEST_CASE(run_passes_the_exit_code_through) {
+    world w;
+    BOOST_REQUIRE(w.machine({"up"}).exit_code == 0);
+    auto r = w.machine({"run", "default", "--", "sh", "-c", "echo out; echo err >&2; exit 42"});
+    BOOST_TEST(r.exit_code == 42);
+    BOOST_TEST(r.out == "out\n");
+    BOOST_TEST(r.err == "err\n");
+    // Options after NAME belong to the remote command, with or without `--`.
+    r = w.machine({"run", "default", "ls", "-d", "/"});
+    BOOST_TEST(r.exit_code == 0);
+    BOOST_TEST(r.out == "/\n");
+    // The command reaches limactl as separate argv entries, never as one shell string.
+    const auto calls = w.invocations();
+    const auto& last = calls.back();
+    BOOST_TEST((std::vector<std::string>(last.end() - 4, last.end()) == std::vector<std::string>{"--", "ls", "-d", "/"}));
+
+    BOOST_REQUIRE(w.machine({"down"}).exit_code == 0);
+    r = w.machine({"run", "default", "--", "true"});
+    BOOST_TEST(r.exit_code == 1);
+    BOOST_TEST(contains(r.err, "VM 'default' is not running (run 'machine up default')"));
+}
+
+BOOST_AUTO_TEST_CASE(bad_names_are_refused_before_anything_runs) {
+    world w;
+    for (const std::string bad : {"../x", "a;rm -rf ~", "UPPER", "-x", "a b"}) {
+        for (const std::string cmd : {"up", "down", "destroy", "ssh"}) {
+            std::vector<std::string> args{cmd};
+            if (bad[0] == '-') args.push_back("--");
+            args.push_back(bad);
+            const auto r = w.machine(args);
+            BOOST_TEST(r.exit_code == 2, cmd << " " << bad);
+        }
+        const auto r = w.machine({"run", bad, "--", "true"});
+        BOOST_TEST(r.exit_code == 2, "run " << bad);
+    }
+    BOOST_TEST(w.fake_log().empty());
+    const auto r = w.machine({"up", "a;rm -rf ~"});
+    BOOST_TEST(r.err == "machine: invalid project name 'a;rm -rf ~' (use a-z, 0-9 and hyphens, starting "
+                        "with a letter or digit, at most 63 characters)\n");
+}
+
+BOOST_AUTO_TEST_CASE(unknown_projects_get_a_suggestion) {
+    world w;
+    w.config("[web]\nrepos = []\n");
+    const auto r = w.machine({"up", "wbe"});
+    BOOST_TEST(r.exit_code == 2);
+    BOOST_TEST(contains(r.err, "no project 'wbe' in"));
+    BOOST_TEST(contains(r.err, "(did you mean 'web'?)"));
+    BOOST_TEST(!w.invoked("create"));
+}
+
+BOOST_AUTO_TEST_CASE(config_errors_exit_2_with_position) {
+    world w;
+    w.config("[web]\ncpus = \"four\"\n");
+    const auto r = w.machine({"up", "web"});
+    BOOST_TEST(r.exit_code == 2);
+    BOOST_TEST(contains(r.err, "projects.toml:2:1: web.cpus: expected an integer, got \"four\""));
+    BOOST_TEST(w.fake_log().empty());
+}
+
+BOOST_AUTO_TEST_CASE(configured_resources_reach_the_template) {
+    world w;
+    w.config("[web]\ncpus = 2\nmemory = 3\ndisk = \"12GiB\"\nforward_agent = false\nports = [3000]\nca_certs = []\n");
+    BOOST_REQUIRE(w.machine({"up", "web"}).exit_code == 0);
+    const std::string tmpl = read(w.state("web") / "lima.yaml");
+    BOOST_TEST(contains(tmpl, "\ncpus: 2\n"));
+    BOOST_TEST(contains(tmpl, "\nmemory: \"3GiB\"\n"));
+    BOOST_TEST(contains(tmpl, "\ndisk: \"12GiB\"\n"));
+    BOOST_TEST(contains(tmpl, "forwardAgent: false"));
+    BOOST_TEST(contains(tmpl, "\"guestPort\":3000"));
+    const auto r = w.machine({"list"});
+    BOOST_TEST(contains(r.out, "web"));
+}
+
+BOOST_AUTO_TEST_CASE(limactl_missing_is_one_clear_line) {
+    world w;
+    w.env.erase(std::remove_if(w.env.begin(), w.env.end(), [](auto& kv) { return kv.first == "MACHINE_LIMACTL"; }), w.env.end());
+    w.set("PATH", "/nonexistent");
+    auto r = w.machine({"up"});
+    BOOST_TEST(r.exit_code == 1);
+    BOOST_TEST(std::count(r.err.begin(), r.err.end(), '\n') == 1);
+    BOOST_TEST(contains(r.err, "limactl not found: install Lima"));
+    BOOST_TEST(contains(r.err, "MACHINE_LIMACTL"));
+    w.set("MACHINE_LIMACTL", (w.root / "nope").string());
+    r = w.machine({"list"});
+    BOOST_TEST(r.exit_code == 1);
+    BOOST_TEST(contains(r.err, "is not an executable file"));
+}
+
+BOOST_AUTO_TEST_CASE(limactl_fatal_lines_become_errors_with_diagnostics) {
+    world w;
+    w.set("FAKE_LIMACTL_FAIL_START", "failed to start `default`: no space left on device");
+    const auto r = w.machine({"up"});
+    BOOST_TEST(r.exit_code == 1);
+    BOOST_TEST(contains(r.err, "machine: limactl start default: failed to start `default`: no space left on device"));
+    BOOST_TEST(contains(r.err, "last lines from limactl"));
+}
+
+BOOST_AUTO_TEST_CASE(malformed_json_from_limactl) {
+    world w;
+    BOOST_REQUIRE(w.machine({"up"}).exit_code == 0);
+    w.set("FAKE_LIMACTL_MALFORMED_LIST", "1");
+    const auto r = w.machine({"list"});
+    BOOST_TEST(r.exit_code == 1);
+    BOOST_TEST(contains(r.err, "limactl list printed malformed JSON"));
+}
+
+BOOST_AUTO_TEST_CASE(a_hanging_limactl_times_out) {
+    world w;
+    w.set("FAKE_LIMACTL_HANG", "list");
+    w.set("MACHINE_LIMACTL_TIMEOUT", "1");
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto r = w.machine({"list"});
+    BOOST_TEST(r.exit_code == 1);
+    BOOST_TEST(contains(r.err, "limactl list did not finish within 1s and was stopped"));
+    BOOST_TEST(seconds_since(t0) < 10.0);
+    bool signalled = false;
+    for (const auto& rec : w.fake_log()) signalled |= rec.value("event", "") == "signal" && rec["signal"] == "SIGINT";
+    BOOST_TEST(signalled);
+}
+
+BOOST_AUTO_TEST_CASE(ctrl_c_during_a_long_start) {
+    world w;
+    w.set("FAKE_LIMACTL_DELAY_START", "60");
+    int start_pid = 0;
+    const auto t0 = std::chrono::steady_clock::now();
+    std::chrono::steady_clock::time_point interrupted_at;
+    auto on_line = [&](std::string_view line) {
+        if (line.find("booting") == std::string_view::npos || start_pid) return;
+        for (const auto& rec : w.fake_log()) {
+            if (rec.value("event", "") != "invoke") continue;
+            const auto argv = rec["argv"].get<std::vector<std::string>>();
+            if (std::find(argv.begin(), argv.end(), "start") == argv.end()) continue;
+            start_pid = rec["pid"];
+            interrupted_at = std::chrono::steady_clock::now();
+            ::kill(rec["ppid"].get<int>(), SIGINT);  // the Ctrl-C, delivered to machine
+        }
+    };
+    const auto r = w.machine({"up"}, {}, on_line);
+    BOOST_REQUIRE(start_pid != 0);
+    BOOST_TEST(r.exit_code == 130);
+    BOOST_TEST(contains(r.err, "machine: interrupted"));
+    BOOST_TEST(seconds_since(interrupted_at) < 5.0);
+    BOOST_TEST(seconds_since(t0) < 30.0);
+    bool signalled = false;
+    for (const auto& rec : w.fake_log())
+        signalled |= rec.value("event", "") == "signal" && rec["pid"] == start_pid && rec["signal"] == "SIGINT";
+    BOOST_TEST(signalled);
+    BOOST_TEST(::kill(start_pid, 0) == -1);  // reaped, gone
+    // The state dir holds the complete template and nothing half-written.
+    std::vector<std::string> files;
+    for (const auto& e : fs::directory_iterator(w.state("default"))) files.push_back(e.path().filename());
+    std::sort(files.begin(), files.end());
+    BOOST_TEST(files == (std::vector<std::string>{".lock", "lima.yaml"}));
+    BOOST_TEST(contains(read(w.state("default") / "lima.yaml"), "display: \"none\""));
+    // The next `up` picks up where it stopped.
+    w.env.pop_back();
+    BOOST_TEST(w.machine({"up"}).exit_code == 0);
+}
+
+BOOST_AUTO_TEST_CASE(lima_2_1_quoting_and_versions) {
+    world w;
+    w.set("FAKE_LIMACTL_LIST_STYLE", "v2.1");
+    BOOST_REQUIRE(w.machine({"up"}).exit_code == 0);
+    w.set("FAKE_LIMACTL_FAIL_STOP", "expected status \"Running\", got \"Stopped\"");
+    const auto r = w.machine({"down"});
+    BOOST_TEST(r.exit_code == 1);
+    BOOST_TEST(contains(r.err, "limactl stop default: expected status \"Running\", got \"Stopped\""));
+}
+
+BOOST_AUTO_TEST_CASE(list_merges_configured_projects) {
+    world w;
+    w.config("[web]\n[api]\n");
+    BOOST_REQUIRE(w.machine({"up", "web"}).exit_code == 0);
+    const auto r = w.machine({"list", "--json"});
+    BOOST_TEST(r.exit_code == 0);
+    std::istringstream lines(r.out);
+    std::vector<std::string> rows;
+    for (std::string line; std::getline(lines, line);) {
+        const auto j = json::parse(line);
+        rows.push_back(j["name"].get<std::string>() + ":" + j["status"].get<std::string>());
+    }
+    BOOST_TEST(rows == (std::vector<std::string>{"api:NotCreated", "web:Running"}));
+}
+
+BOOST_AUTO_TEST_SUITE_END()
