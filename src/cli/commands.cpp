@@ -147,9 +147,23 @@ awaitable<int> cmd_up(context& ctx, up_options opt) {
     const std::string name = resolve_name(ctx, opt.name);
     const config::config& cfg = ctx.cfg();
     const config::project project = cfg.resolve(name);
+    if (!project.agent_keys.empty() && project.forward_agent) {
+        // Fail closed: forwarding the whole agent when the user asked for a subset would grant
+        // more than they meant.
+        throw config::config_error(project.source.string() + ": " + name +
+                                   ".agent_keys: limiting the forwarded agent to some keys is not "
+                                   "available yet; remove agent_keys or set forward_agent = false");
+    }
     auto& lima = ctx.lima();
     auto existing = co_await lima.find(name);
     if (!existing && !project.configured && name != "default") unknown_project(cfg, name);
+    if (cfg.local_project == name && cfg.local_shadows_table)
+        ctx.say(name, ".machine.toml shadows [" + name + "] in " + cfg.projects_file.string() + "; using the local file");
+    if (!project.profiles.empty()) {
+        std::string list;
+        for (const auto& prof : project.profiles) list += (list.empty() ? "" : ", ") + prof;
+        ctx.emit(events::message(name, "warning", "profiles are not applied yet (" + list + "): provisioning comes with the guest agent"));
+    }
 
     if (existing && existing->state == lima::status::running) {
         ctx.emit(events::vm_state(name, "running", "already running; nothing to do"));

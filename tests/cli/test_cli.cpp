@@ -306,6 +306,17 @@ BOOST_AUTO_TEST_CASE(configured_resources_reach_the_template) {
     BOOST_TEST(contains(r.out, "web"));
 }
 
+BOOST_AUTO_TEST_CASE(agent_keys_fail_closed_until_the_filter_exists) {
+    world w;
+    w.config("[web]\nagent_keys = [\"SHA256:abc\"]\n");
+    const auto r = w.machine({"up", "web"});
+    BOOST_TEST(r.exit_code == 2);
+    BOOST_TEST(contains(r.err, "web.agent_keys: limiting the forwarded agent to some keys is not available yet"));
+    BOOST_TEST(!w.invoked("create"));
+    w.config("[web]\nagent_keys = [\"SHA256:abc\"]\nforward_agent = false\n");
+    BOOST_TEST(w.machine({"up", "web"}).exit_code == 0);
+}
+
 BOOST_AUTO_TEST_CASE(limactl_missing_is_one_clear_line) {
     world w;
     w.env.erase(std::remove_if(w.env.begin(), w.env.end(), [](auto& kv) { return kv.first == "MACHINE_LIMACTL"; }), w.env.end());
