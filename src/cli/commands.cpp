@@ -9,7 +9,9 @@
 #include <set>
 
 #include <asio/experimental/awaitable_operators.hpp>
+#include <asio/steady_timer.hpp>
 #include <asio/this_coro.hpp>
+#include <asio/use_awaitable.hpp>
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
@@ -52,7 +54,8 @@ std::chrono::milliseconds since(std::chrono::steady_clock::time_point t0) {
 fs::path project_state_dir(const std::string& name) { return paths::state_dir() / name; }
 
 // One machine command at a time per project: two `up`s racing on one VM would each call
-// `limactl create` or `start`. The lock is released when the process exits, however it exits.
+// `limactl create` or `start`. A second command waits for the first, then sees its result.
+// The lock is released when the process exits, however it exits.
 class project_lock {
 public:
     explicit project_lock(const std::string& name) {
@@ -60,18 +63,28 @@ public:
         fs::create_directories(dir);
         fd_ = ::open((dir / ".lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
         if (fd_ < 0) throw error("cannot open " + (dir / ".lock").string() + ": " + std::strerror(errno));
-        if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
-            ::close(fd_);
-            throw error("another machine command is working on '" + name + "'; try again when it has finished");
-        }
     }
     ~project_lock() { ::close(fd_); }
     project_lock(const project_lock&) = delete;
     project_lock& operator=(const project_lock&) = delete;
+    bool try_lock() { return ::flock(fd_, LOCK_EX | LOCK_NB) == 0; }
 
 private:
     int fd_ = -1;
 };
+
+awaitable<std::unique_ptr<project_lock>> lock_project(context& ctx, std::string name) {
+    auto lock = std::make_unique<project_lock>(name);
+    if (lock->try_lock()) co_return lock;
+    ctx.say(name, "waiting for another machine command working on '" + name + "'");
+    asio::steady_timer retry(co_await asio::this_coro::executor);
+    while (!lock->try_lock()) {
+        if (ctx.cancel.current() != cancel_signal::none) throw interrupted_error();
+        retry.expires_after(100ms);
+        co_await retry.async_wait(asio::use_awaitable);
+    }
+    co_return lock;
+}
 
 std::vector<std::string> configured_names(const config::config& cfg) {
     std::vector<std::string> names;
@@ -155,6 +168,7 @@ awaitable<int> cmd_up(context& ctx, up_options opt) {
                                    "available yet; remove agent_keys or set forward_agent = false");
     }
     auto& lima = ctx.lima();
+    const auto lock = co_await lock_project(ctx, name);
     auto existing = co_await lima.find(name);
     if (!existing && !project.configured && name != "default") unknown_project(cfg, name);
     if (cfg.local_project == name && cfg.local_shadows_table)
@@ -171,7 +185,6 @@ awaitable<int> cmd_up(context& ctx, up_options opt) {
         co_return 0;
     }
 
-    project_lock lock(name);
     if (!existing) {
         const fs::path tmpl = project_state_dir(name) / "lima.yaml";
         paths::write_file_atomic(tmpl, render::lima_yaml(project, render::detect_host()), 0600);
@@ -199,13 +212,13 @@ awaitable<int> cmd_up(context& ctx, up_options opt) {
 awaitable<int> cmd_down(context& ctx, std::optional<std::string> name_opt) {
     const std::string name = resolve_name(ctx, name_opt);
     auto& lima = ctx.lima();
+    const auto lock = co_await lock_project(ctx, name);
     const auto existing = co_await lima.find(name);
     if (!existing) throw error("VM '" + name + "' does not exist");
     if (existing->state == lima::status::stopped) {
         ctx.emit(events::vm_state(name, "stopped", "already stopped; nothing to do"));
         co_return 0;
     }
-    project_lock lock(name);
     const auto t0 = std::chrono::steady_clock::now();
     ctx.emit(events::step_started(name, "stop"));
     // A broken VM (one of its processes gone) cannot stop gracefully: force it.
@@ -228,7 +241,7 @@ awaitable<int> cmd_destroy(context& ctx, std::optional<std::string> name_opt, bo
     if (!yes && !confirm("Destroy VM '" + name + "' and everything in it?")) {
         throw error("aborted; VM '" + name + "' was not destroyed");
     }
-    project_lock lock(name);
+    const auto lock = co_await lock_project(ctx, name);
     const auto t0 = std::chrono::steady_clock::now();
     ctx.emit(events::step_started(name, "delete"));
     if (existing->is_protected) throw error("VM '" + name + "' is protected (limactl unprotect " + name + ")");

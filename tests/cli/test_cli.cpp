@@ -86,6 +86,27 @@ struct world {
         return r;
     }
 
+    // Runs several machine commands at the same time; results in the same order.
+    std::vector<proc::result> machines_at_once(const std::vector<std::vector<std::string>>& commands) {
+        asio::io_context io;
+        std::vector<proc::result> results(commands.size());
+        for (std::size_t i = 0; i < commands.size(); ++i) {
+            proc::command c;
+            c.argv = {MACHINE_BINARY};
+            c.argv.insert(c.argv.end(), commands[i].begin(), commands[i].end());
+            c.env_set = env;
+            c.cwd = root / "cwd";
+            auto task = [c, &results, i]() -> asio::awaitable<void> {
+                proc::run_options opt;
+                opt.limit.timeout = 60s;
+                results[i] = co_await proc::run(c, opt);
+            };
+            asio::co_spawn(io, std::move(task), [](std::exception_ptr e) { if (e) std::rethrow_exception(e); });
+        }
+        io.run();
+        return results;
+    }
+
     std::vector<json> fake_log() const {
         std::vector<json> records;
         std::ifstream in(root / "fake.log");
@@ -401,6 +422,23 @@ BOOST_AUTO_TEST_CASE(ctrl_c_during_a_long_start) {
     // The next `up` picks up where it stopped.
     w.env.pop_back();
     BOOST_TEST(w.machine({"up"}).exit_code == 0);
+}
+
+BOOST_AUTO_TEST_CASE(two_ups_at_once_make_one_vm) {
+    world w;
+    w.set("FAKE_LIMACTL_DELAY_START", "1");
+    const auto results = w.machines_at_once({{"up"}, {"up"}});
+    BOOST_TEST(results[0].exit_code == 0);
+    BOOST_TEST(results[1].exit_code == 0);
+    BOOST_TEST((contains(results[0].out + results[1].out, "waiting for another machine command working on 'default'")));
+    BOOST_TEST((contains(results[0].out + results[1].out, "already running")));
+    int creates = 0, starts = 0;
+    for (const auto& argv : w.invocations()) {
+        creates += std::count(argv.begin(), argv.end(), "create");
+        starts += std::count(argv.begin(), argv.end(), "start");
+    }
+    BOOST_TEST(creates == 1);
+    BOOST_TEST(starts == 1);
 }
 
 BOOST_AUTO_TEST_CASE(lima_2_1_quoting_and_versions) {
