@@ -1,0 +1,150 @@
+"""Choosing the guest image for an instance and creating its disk (Lima's instance.Prepare).
+
+The stand-in cannot download cloud images (only Debian's mirror and npm are reachable here),
+so `images[]` entries are used when they are local files (a path or file:// URL); when none
+is, the instance boots the image that tools/build-guest-image cached, with a logged notice.
+"""
+import json
+import os
+import shutil
+import subprocess
+import urllib.parse
+
+from . import logrus, store, units
+
+
+class ImageError(Exception):
+    pass
+
+
+def guest_cache_root():
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "machine", "guest")
+
+
+def local_path(location):
+    """A local file path for an image location, or None for anything remote."""
+    if not location:
+        return None
+    loc = str(location)
+    if loc.startswith("file://"):
+        return urllib.parse.unquote(urllib.parse.urlparse(loc).path)
+    if "://" in loc:
+        return None
+    return os.path.abspath(os.path.expanduser(loc))
+
+
+def builder_image():
+    """The `current` image of tools/build-guest-image, resolved to its hash directory."""
+    current = os.path.join(guest_cache_root(), "current")
+    if not os.path.islink(current) and not os.path.isdir(current):
+        return None
+    d = os.path.realpath(current)
+    files = {"disk": os.path.join(d, "disk.qcow2"), "kernel": os.path.join(d, "vmlinuz"),
+             "initrd": os.path.join(d, "initrd.img")}
+    if not all(os.path.isfile(p) for p in files.values()):
+        return None
+    return dict(files, dir=d)
+
+
+def _sibling_kernel(disk_path):
+    """Our builder's layout: disk.qcow2 next to vmlinuz and initrd.img."""
+    d = os.path.dirname(disk_path)
+    k, i = os.path.join(d, "vmlinuz"), os.path.join(d, "initrd.img")
+    if os.path.isfile(k) and os.path.isfile(i):
+        return k, i
+    return None, None
+
+
+def resolve(cfg):
+    """Pick the image: the first entry for this arch whose file exists, else the builder's.
+
+    Returns a dict: location, disk, kernel, initrd, cmdline, digest, arch, fallback (bool).
+    """
+    arch = cfg["arch"]
+    first = None
+    for img in cfg.get("images") or []:
+        if img.get("arch") and img["arch"] != arch:
+            continue
+        first = first or img
+        path = local_path(img.get("location"))
+        if not path or not os.path.isfile(path):
+            continue
+        kernel = initrd = None
+        cmdline = ""
+        if isinstance(img.get("kernel"), dict):
+            kernel = local_path(img["kernel"].get("location"))
+            cmdline = img["kernel"].get("cmdline") or ""
+            if not kernel or not os.path.isfile(kernel):
+                continue
+        if isinstance(img.get("initrd"), dict):
+            initrd = local_path(img["initrd"].get("location"))
+            if not initrd or not os.path.isfile(initrd):
+                continue
+        if kernel is None:
+            kernel, initrd = _sibling_kernel(path)
+        return {"location": img["location"], "disk": path, "kernel": kernel, "initrd": initrd,
+                "cmdline": cmdline, "digest": img.get("digest", ""), "arch": img.get("arch", arch),
+                "fallback": False}
+    built = builder_image()
+    if built is None:
+        where = first.get("location") if first else "(none)"
+        raise ImageError(f"failed to find a usable image for arch `{arch}`: `{where}` is not a local file "
+                         f"and there is no stand-in guest image in `{guest_cache_root()}` "
+                         f"(hint: run tools/build-guest-image)")
+    return {"location": (first or {}).get("location", built["disk"]), "disk": built["disk"],
+            "kernel": built["kernel"], "initrd": built["initrd"], "cmdline": "",
+            "digest": (first or {}).get("digest", ""), "arch": arch, "fallback": True}
+
+
+def image_info(path):
+    out = subprocess.run(["qemu-img", "info", "--output=json", "-U", path], capture_output=True,
+                         text=True, check=False)
+    if out.returncode != 0:
+        raise ImageError(f"failed to inspect image `{path}`: {out.stderr.strip()}")
+    return json.loads(out.stdout)
+
+
+def prepare_disk(name, inst_dir, cfg):
+    """Create `<dir>/disk` (qcow2 overlay on the chosen image, grown to `disk`) and copy the
+    kernel and initrd next to it. Logs like Lima's create/start. No-op if the disk exists."""
+    disk = os.path.join(inst_dir, "disk")
+    if os.path.exists(disk):
+        return
+    img = resolve(cfg)
+    logrus.info("Attempting to download the image", arch=img["arch"], digest=img["digest"],
+                location=str(img["location"]))
+    if img["fallback"]:
+        logrus.warning(f"The stand-in cannot download `{img['location']}`; using the stand-in guest image "
+                       f"`{img['disk']}` (built by tools/build-guest-image) instead")
+    else:
+        logrus.info(f"Downloaded the image from `{img['location']}`")
+    info = image_info(img["disk"])
+    base_size = int(info["virtual-size"])
+    want = units.ram_in_bytes(cfg["disk"])
+    size = max(base_size, want)
+    if want > base_size:
+        logrus.info(f"Resize instance {name}'s disk from {units.bytes_size(base_size)} to {units.bytes_size(want)}")
+    elif want < base_size:
+        logrus.warning(f"Ignoring `disk: {cfg['disk']}`: smaller than the image ({units.bytes_size(base_size)})")
+    for src, dest in ((img["kernel"], "kernel"), (img["initrd"], "initrd")):
+        if src:
+            shutil.copyfile(src, os.path.join(inst_dir, dest + ".tmp"))
+            os.replace(os.path.join(inst_dir, dest + ".tmp"), os.path.join(inst_dir, dest))
+    if img["cmdline"]:
+        with open(os.path.join(inst_dir, "kernel.cmdline"), "w") as f:
+            f.write(img["cmdline"])
+    tmp = disk + ".tmp"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", info["format"], "-b",
+                    os.path.abspath(img["disk"]), tmp, str(size)], check=True, capture_output=True)
+    os.replace(tmp, disk)
+
+
+def disk_chain(path):
+    """Backing files of a qcow2 (absolute paths), nearest first."""
+    out = subprocess.run(["qemu-img", "info", "--output=json", "--backing-chain", "-U", path],
+                         capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        return []
+    chain = json.loads(out.stdout)
+    return [os.path.realpath(c["filename"]) for c in chain[1:]]

@@ -1,0 +1,154 @@
+"""Log lines in the formats of Go's logrus, as limactl prints them.
+
+Text (default, stderr not a TTY):
+    time="2026-08-20T12:14:58+02:00" level=info msg="..." key=value
+JSON (--log-format json), keys sorted:
+    {"level":"info","msg":"...","time":"2026-08-20T12:14:58+02:00"}
+`fatal` exits with status 1, as logrus.Fatal does.
+"""
+import datetime
+import json
+import re
+import sys
+import time
+
+LEVELS = ["trace", "debug", "info", "warning", "error", "fatal", "panic"]
+
+_state = {"format": "text", "level": "info", "stream": sys.stderr}
+
+
+def configure(fmt=None, level=None, stream=None):
+    if fmt is not None:
+        _state["format"] = fmt
+    if level is not None:
+        _state["level"] = level
+    if stream is not None:
+        _state["stream"] = stream
+
+
+def rfc3339(ts=None):
+    """Go's time.RFC3339 in the local zone: seconds resolution, 'Z' for UTC."""
+    dt = datetime.datetime.fromtimestamp(time.time() if ts is None else ts).astimezone()
+    s = dt.isoformat(timespec="seconds")
+    return s[:-6] + "Z" if s.endswith("+00:00") else s
+
+
+def rfc3339nano(ns=None):
+    """Go's time.RFC3339Nano: up to 9 fraction digits, trailing zeros trimmed."""
+    ns = time.time_ns() if ns is None else ns
+    sec, frac = divmod(ns, 1_000_000_000)
+    base = rfc3339(sec)
+    if base.endswith("Z"):
+        head, zone = base[:-1], "Z"
+    else:
+        head, zone = base[:-6], base[-6:]
+    digits = f"{frac:09d}".rstrip("0")
+    return f"{head}.{digits}{zone}" if digits else f"{head}{zone}"
+
+
+def go_quote(s):
+    """Go's %q: a double-quoted string with Go escapes."""
+    out = ['"']
+    for ch in s:
+        o = ord(ch)
+        if ch == '"':
+            out.append('\\"')
+        elif ch == "\\":
+            out.append("\\\\")
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\r":
+            out.append("\\r")
+        elif ch == "\t":
+            out.append("\\t")
+        elif o < 0x20 or o == 0x7F:
+            out.append(f"\\x{o:02x}")
+        elif not ch.isprintable() and o > 0x7F:
+            out.append(f"\\u{o:04x}" if o <= 0xFFFF else f"\\U{o:08x}")
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+_BARE = re.compile(r"^[A-Za-z0-9\-._/@^+]*$")
+
+
+def _text_value(v):
+    s = v if isinstance(v, str) else _go_str(v)
+    return s if _BARE.match(s) else go_quote(s)
+
+
+def _go_str(v):
+    if v is True:
+        return "true"
+    if v is False:
+        return "false"
+    if v is None:
+        return "<nil>"
+    if isinstance(v, (list, tuple)):
+        return "[" + " ".join(_go_str(x) for x in v) + "]"
+    return str(v)
+
+
+def go_json(obj):
+    """encoding/json output: compact, HTML-escaped, keys in the given order."""
+    s = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    return (s.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+            .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
+
+
+def format_line(level, msg, fields=None, fmt=None, ts=None):
+    fields = fields or {}
+    fmt = fmt or _state["format"]
+    t = ts if isinstance(ts, str) else rfc3339(ts)
+    if fmt == "json":
+        obj = {k: (v if isinstance(v, (str, int, float, bool)) or v is None else _go_str(v))
+               for k, v in fields.items()}
+        obj.update({"level": level, "msg": msg, "time": t})
+        return go_json(dict(sorted(obj.items())))
+    parts = [f"time={go_quote(t)}", f"level={level}", f"msg={_text_value(msg)}"]
+    parts += [f"{k}={_text_value(v)}" for k, v in sorted(fields.items())]
+    return " ".join(parts)
+
+
+def enabled(level):
+    return LEVELS.index(level) >= LEVELS.index(_state["level"])
+
+
+def log(level, msg, fields=None, ts=None):
+    if not enabled(level):
+        return
+    stream = _state["stream"]
+    stream.write(format_line(level, msg, fields, ts=ts) + "\n")
+    stream.flush()
+
+
+def debug(msg, **fields):
+    log("debug", msg, fields)
+
+
+def info(msg, **fields):
+    log("info", msg, fields)
+
+
+def warning(msg, **fields):
+    log("warning", msg, fields)
+
+
+def error(msg, **fields):
+    log("error", msg, fields)
+
+
+class Fatal(Exception):
+    """Raised instead of exiting, so the CLI prints `level=fatal` and exits 1 in one place."""
+
+    def __init__(self, msg, fmt=None):
+        super().__init__(msg)
+        self.msg = msg
+        self.fmt = fmt
+
+
+def fatal(msg, **fields):
+    log("fatal", msg, fields)
+    sys.exit(1)

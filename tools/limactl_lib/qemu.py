@@ -1,0 +1,174 @@
+"""QEMU: acceleration probe, command line, QMP."""
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+
+from . import units
+
+
+def qemu_binary():
+    return os.environ.get("QEMU_SYSTEM_X86_64") or shutil.which("qemu-system-x86_64") or "qemu-system-x86_64"
+
+
+def _accel_cache_path():
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "machine", "accel.json")
+
+
+def _probe_key(binary):
+    """Cache key: host boot, QEMU binary and /dev/kvm node; a reboot or upgrade re-probes."""
+    parts = []
+    with contextlib.suppress(OSError):
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            parts.append(f.read().strip())
+    with contextlib.suppress(OSError):
+        st = os.stat(shutil.which(binary) or binary)
+        parts.append(f"{st.st_size}:{st.st_mtime_ns}")
+    with contextlib.suppress(OSError):
+        st = os.stat("/dev/kvm")
+        parts.append(f"{st.st_rdev}:{st.st_ctime_ns}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def _probe_kvm(binary, kernel):
+    """Boot the guest kernel under KVM with -cpu host, no root fs: a working KVM reaches the
+    'Kernel panic' (and QEMU exits thanks to -no-reboot) within seconds. Here KVM aborts on an
+    MSR write or hangs, so failure, exit status or timeout all mean: no KVM."""
+    if not kernel:
+        return False, "no kernel to probe with"
+    with tempfile.TemporaryDirectory(prefix="limactl-kvm-probe") as tmp:
+        log = os.path.join(tmp, "serial.log")
+        argv = [binary, "-accel", "kvm", "-cpu", "host", "-machine", "q35", "-m", "256", "-smp", "1",
+                "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+                "-serial", f"file:{log}", "-kernel", kernel, "-append", "console=ttyS0 panic=-1 loglevel=4"]
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            return False, "KVM probe timed out"
+        try:
+            with open(log, errors="replace") as f:
+                serial = f.read()
+        except OSError:
+            serial = ""
+        if out.returncode == 0 and "Kernel panic" in serial:
+            return True, "ok"
+        err = (out.stderr.strip().splitlines() or [f"exit status {out.returncode}"])[0]
+        return False, err
+
+
+def choose_accel(kernel):
+    """('kvm'|'tcg', reason). LIMACTL_ACCEL=kvm|tcg forces a choice (stand-in specific)."""
+    forced = os.environ.get("LIMACTL_ACCEL")
+    if forced in ("kvm", "tcg"):
+        return forced, "forced by LIMACTL_ACCEL"
+    if not os.path.exists("/dev/kvm") or not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "tcg", "/dev/kvm is not available"
+    binary = qemu_binary()
+    key = _probe_key(binary)
+    path = _accel_cache_path()
+    with contextlib.suppress(OSError, ValueError):
+        with open(path) as f:
+            cached = json.load(f)
+        if cached.get("key") == key:
+            return ("kvm" if cached["kvm"] else "tcg"), cached.get("reason", "cached")
+    ok, reason = _probe_kvm(binary, kernel)
+    with contextlib.suppress(OSError):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump({"key": key, "kvm": ok, "reason": reason, "probed_at": time.time()}, f)
+        os.replace(tmp, path)
+    return ("kvm" if ok else "tcg"), reason
+
+
+def mac_address(name):
+    """Stable per instance, like Lima's (52:55:55 prefix)."""
+    h = hashlib.sha256(name.encode()).digest()
+    return "52:55:55:" + ":".join(f"{b:02x}" for b in h[:3])
+
+
+def msize_bytes(v):
+    with contextlib.suppress(ValueError):
+        return units.ram_in_bytes(v)
+    return 131072
+
+
+def build_argv(name, inst_dir, cfg, accel, ssh_port, kernel_cmdline, mounts):
+    """The QEMU command line of one instance (the host agent runs it as a child)."""
+    p = lambda *a: os.path.join(inst_dir, *a)  # noqa: E731
+    mem_mib = units.ram_in_bytes(cfg["memory"]) // (1 << 20)
+    cpus = cfg["cpus"]
+    argv = [qemu_binary(), "-name", f"lima-{name}"]
+    if accel == "kvm":
+        argv += ["-machine", "q35,accel=kvm", "-cpu", "host"]
+    else:
+        argv += ["-machine", "q35", "-accel", "tcg,thread=multi,tb-size=512",
+                 "-cpu", os.environ.get("LIMACTL_TCG_CPU", "max")]
+    argv += ["-smp", f"{cpus},sockets=1,cores={cpus},threads=1", "-m", str(mem_mib)]
+    if os.path.exists(p("kernel")):
+        argv += ["-kernel", p("kernel"), "-append", kernel_cmdline]
+        if os.path.exists(p("initrd")):
+            argv += ["-initrd", p("initrd")]
+    argv += ["-drive", f"file={p('disk')},if=none,id=rootdisk,format=qcow2,discard=unmap,cache=writeback",
+             "-device", "virtio-blk-pci,drive=rootdisk",
+             "-drive", f"file={p('cidata.img')},if=none,id=cidata,format=raw,readonly=on",
+             "-device", "virtio-blk-pci,drive=cidata,serial=cidata",
+             "-netdev", f"user,id=net0,net=192.168.5.0/24,dhcpstart=192.168.5.15,"
+                        f"hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
+             "-device", f"virtio-net-pci,netdev=net0,mac={mac_address(name)}",
+             "-device", "virtio-rng-pci"]
+    for i, m in enumerate(mounts):
+        opt = f"local,path={m['location']},mount_tag={m['tag']},security_model={m['9p']['securityModel']},id={m['tag']}"
+        if not m["writable"]:
+            opt += ",readonly=on"
+        argv += ["-virtfs", opt]
+    argv += ["-chardev", f"socket,id=char-serial,path={p('serial.sock')},server=on,wait=off,logfile={p('serial.log')}",
+             "-serial", "chardev:char-serial",
+             "-qmp", f"unix:{p('qmp.sock')},server=on,wait=off",
+             "-pidfile", p("qemu.pid"),
+             "-rtc", "base=utc",
+             "-nodefaults", "-no-user-config", "-display", "none"]
+    return argv
+
+
+class QMP:
+    """Minimal QMP client over qmp.sock."""
+
+    def __init__(self, path, timeout=5):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(path)
+        self.buf = b""
+        self._read()  # greeting
+        self.execute("qmp_capabilities")
+
+    def _read(self):
+        while b"\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("QMP connection closed")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def execute(self, cmd, **args):
+        msg = {"execute": cmd}
+        if args:
+            msg["arguments"] = args
+        self.sock.sendall(json.dumps(msg).encode() + b"\n")
+        while True:
+            resp = self._read()
+            if "return" in resp or "error" in resp:
+                if "error" in resp:
+                    raise RuntimeError(resp["error"].get("desc", str(resp["error"])))
+                return resp["return"]
+
+    def close(self):
+        with contextlib.suppress(OSError):
+            self.sock.close()
