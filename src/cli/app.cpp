@@ -34,6 +34,7 @@ Environment:
 struct parsed {
     std::string command;
     std::optional<std::string> name;
+    std::vector<std::string> names;  // watch
     std::vector<std::string> run_command;
     bool json = false;
     bool yes = false;
@@ -88,6 +89,7 @@ asio::awaitable<int> dispatch(context& ctx, parsed p) {
     if (p.command == "list") co_return co_await cmd_list(ctx);
     if (p.command == "run") co_return co_await cmd_run(ctx, p.name.value_or(""), p.run_command);
     if (p.command == "ssh") co_return co_await cmd_ssh(ctx, p.name);
+    if (p.command == "watch") co_return co_await cmd_watch(ctx, p.names);
     throw usage_error("unknown command " + p.command);
 }
 
@@ -139,6 +141,10 @@ int main(int argc, char** argv) {
     auto* run = app.add_subcommand("run", "run a command in a project's VM: machine run NAME -- CMD...");
     run->add_option("name", p.name, "project")->required();
 
+    auto* watch = app.add_subcommand("watch", "stream what every VM is doing until Ctrl-C");
+    watch->add_option("names", p.names, "VMs to watch (default: all)");
+    watch->add_flag("--json", p.json, "one JSON envelope per line");
+
     auto* ssh = app.add_subcommand("ssh", "open a login shell in a project's VM");
     ssh->alias("shell");
     ssh->add_option("name", p.name, "project");
@@ -167,7 +173,7 @@ int main(int argc, char** argv) {
     asio::io_context io;
     context ctx(io, p.json);
     if (p.json) ctx.bus.add(std::make_shared<events::json_lines_sink>(stdout));
-    else ctx.bus.add(std::make_shared<events::terminal_sink>(stdout, false));
+    else ctx.bus.add(std::make_shared<events::terminal_sink>(stdout, p.command == "watch"));
 
     // First Ctrl-C: stop gracefully (children get SIGINT, then SIGTERM); second: SIGKILL.
     asio::signal_set signals(io, SIGINT, SIGTERM);

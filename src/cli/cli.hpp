@@ -48,6 +48,8 @@ asio::awaitable<int> cmd_up(context& ctx, up_options opt);
 asio::awaitable<int> cmd_down(context& ctx, std::optional<std::string> name);
 asio::awaitable<int> cmd_destroy(context& ctx, std::optional<std::string> name, bool yes);
 asio::awaitable<int> cmd_list(context& ctx);
+// Runs until interrupted (then exits 130): VM states from Lima for NAMES (all VMs when empty).
+asio::awaitable<int> cmd_watch(context& ctx, std::vector<std::string> names);
 // `run` and `ssh` end by replacing this process with `limactl shell` (execv), so the terminal,
 // signals and the remote exit status behave exactly as limactl's.
 asio::awaitable<int> cmd_run(context& ctx, std::string name, std::vector<std::string> command);

@@ -11,8 +11,11 @@
 
 #include <asio/io_context.hpp>
 #include <asio/co_spawn.hpp>
+#include <asio/steady_timer.hpp>
+#include <asio/use_awaitable.hpp>
 #include <nlohmann/json.hpp>
 
+#include "machine/cancel.hpp"
 #include "machine/proc.hpp"
 
 namespace fs = std::filesystem;
@@ -439,6 +442,77 @@ BOOST_AUTO_TEST_CASE(two_ups_at_once_make_one_vm) {
     }
     BOOST_TEST(creates == 1);
     BOOST_TEST(starts == 1);
+}
+
+BOOST_AUTO_TEST_CASE(watch_follows_vms_appearing_changing_and_disappearing) {
+    world w;
+    w.set("MACHINE_WATCH_POLL_MS", "200");
+    w.set("FAKE_LIMACTL_DELAY_START", "1");  // long enough for watch to see the boot events
+    asio::io_context io;
+    machine::cancel_signal stop_watch(io.get_executor());
+    std::vector<json> seen;
+    auto has = [&](const std::string& state) {
+        for (const auto& e : seen)
+            if (e.value("state", "") == state) return true;
+        return false;
+    };
+    proc::result watch_result, up_result, destroy_result;
+    auto command = [&](std::vector<std::string> args) {
+        proc::command c;
+        c.argv = {MACHINE_BINARY};
+        c.argv.insert(c.argv.end(), args.begin(), args.end());
+        c.env_set = w.env;
+        c.cwd = w.root / "cwd";
+        return c;
+    };
+    auto watch_task = [&]() -> asio::awaitable<void> {
+        proc::run_options opt;
+        opt.cancel = &stop_watch;  // SIGINT to watch, as Ctrl-C would
+        opt.limit.timeout = 60s;
+        opt.on_stdout_line = [&](std::string_view line) { seen.push_back(json::parse(line)); };
+        auto c = command({"watch", "--json"});
+        watch_result = co_await proc::run(c, opt);
+    };
+    auto driver = [&]() -> asio::awaitable<void> {
+        asio::steady_timer t(io);
+        auto wait_for = [&](const std::string& state) -> asio::awaitable<bool> {
+            for (int i = 0; i < 100 && !has(state); ++i) {
+                t.expires_after(100ms);
+                co_await t.async_wait(asio::use_awaitable);
+            }
+            co_return has(state);
+        };
+        t.expires_after(500ms);
+        co_await t.async_wait(asio::use_awaitable);
+        auto up = command({"up"});
+        up_result = co_await proc::run(up);
+        const bool ready = co_await wait_for("ready");
+        BOOST_TEST(ready);
+        auto destroy = command({"destroy", "-y"});
+        destroy_result = co_await proc::run(destroy);
+        const bool deleted = co_await wait_for("deleted");
+        BOOST_TEST(deleted);
+        stop_watch.trigger(machine::cancel_signal::graceful);
+    };
+    asio::co_spawn(io, std::move(watch_task), [](std::exception_ptr e) { if (e) std::rethrow_exception(e); });
+    asio::co_spawn(io, std::move(driver), [](std::exception_ptr e) { if (e) std::rethrow_exception(e); });
+    const auto t0 = std::chrono::steady_clock::now();
+    io.run();
+    BOOST_TEST(up_result.exit_code == 0);
+    BOOST_TEST(destroy_result.exit_code == 0);
+    BOOST_TEST(watch_result.exit_code == 130);
+    BOOST_TEST(seconds_since(t0) < 30.0);
+    BOOST_TEST(has("booting"));
+    BOOST_TEST(has("ready"));
+    for (std::size_t i = 0; i < seen.size(); ++i) {
+        BOOST_TEST(seen[i]["seq"] == i + 1);
+        BOOST_TEST((seen[i]["vm"] == "default" || seen[i]["type"] == "error"));
+    }
+    // Nothing left behind: no limactl still running for this world.
+    bool stray = false;
+    for (const auto& rec : w.fake_log())
+        if (rec.value("event", "") == "invoke") stray |= ::kill(rec["pid"].get<int>(), 0) == 0;
+    BOOST_TEST(!stray);
 }
 
 BOOST_AUTO_TEST_CASE(lima_2_1_quoting_and_versions) {
