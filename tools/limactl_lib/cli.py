@@ -265,6 +265,14 @@ def _edit_values(v):
             "shell": v.get("shell")}
 
 
+def _check_name_flag(name):
+    """Lima validates --name before it reads the template."""
+    if name:
+        err = store.validate_name(name)
+        if err:
+            raise Fatal(err)
+
+
 def _load_template(arg, name_flag):
     if arg == "-" and not name_flag:
         raise Fatal("must pass instance name with --name when reading template from stdin")
@@ -292,6 +300,7 @@ def cmd_create(args, g):
     if len(pos) > 1:
         raise Fatal(f"accepts at most 1 arg(s), received {len(pos)}")
     arg = pos[0] if pos else "template:default"
+    _check_name_flag(v.get("name"))
     if not template.is_locator(arg):
         name = v.get("name") or arg
         tmpl = _load_template("template:default", True)
@@ -334,6 +343,7 @@ def cmd_start(args, g):
         raise Fatal(f"accepts at most 1 arg(s), received {len(pos)}")
     arg = pos[0] if pos else None
     name_flag = v.get("name")
+    _check_name_flag(name_flag)
     if arg is not None and template.is_locator(arg):
         tmpl = _load_template(arg, name_flag)
         name = name_flag or tmpl.name_hint or "default"

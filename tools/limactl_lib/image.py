@@ -136,7 +136,7 @@ def prepare_disk(name, inst_dir, cfg):
             f.write(img["cmdline"])
     tmp = disk + ".tmp"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", info["format"], "-b",
-                    os.path.abspath(img["disk"]), tmp, str(size)], check=True, capture_output=True)
+                    os.path.realpath(img["disk"]), tmp, str(size)], check=True, capture_output=True)
     os.replace(tmp, disk)
 
 
