@@ -90,6 +90,11 @@ private:
 class bus {
 public:
     void add(std::shared_ptr<sink> s) { sinks_.push_back(std::move(s)); }
+    // Sends everything from now on to `s` alone (a live view taking over the terminal).
+    void replace_sinks(std::shared_ptr<sink> s) {
+        sinks_.clear();
+        sinks_.push_back(std::move(s));
+    }
     void emit(event e);
     std::uint64_t last_seq() const { return seq_; }
 

@@ -34,7 +34,10 @@ Environment:
 struct parsed {
     std::string command;
     std::optional<std::string> name;
-    std::vector<std::string> names;  // watch
+    std::vector<std::string> names;  // up, watch
+    bool all = false;
+    bool fail_fast = false;
+    int parallel = 0;
     std::vector<std::string> run_command;
     bool json = false;
     bool yes = false;
@@ -80,7 +83,10 @@ void setup_logging(const std::string& level) {
 asio::awaitable<int> dispatch(context& ctx, parsed p) {
     if (p.command == "up") {
         up_options opt;
-        opt.name = p.name;
+        opt.names = p.names;
+        opt.all = p.all;
+        opt.parallel = p.parallel;
+        opt.fail_fast = p.fail_fast;
         opt.start_timeout = std::chrono::minutes(p.start_timeout_minutes);
         co_return co_await cmd_up(ctx, opt);
     }
@@ -120,8 +126,12 @@ int main(int argc, char** argv) {
         ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
     app.require_subcommand(1);
 
-    auto* up = app.add_subcommand("up", "create and start a project's VM (a fast no-op when it runs)");
-    up->add_option("name", p.name, "project (default: the .machine.toml project, else 'default')");
+    auto* up = app.add_subcommand("up", "create and start projects' VMs (a fast no-op when they run)");
+    up->add_option("names", p.names, "projects (default: the .machine.toml project, else 'default')");
+    up->add_flag("--all", p.all, "every configured project");
+    up->add_option("--parallel", p.parallel, "VMs booting at once (default: as many as fit in free memory)")
+        ->check(CLI::PositiveNumber);
+    up->add_flag("--fail-fast", p.fail_fast, "cancel the others when one VM fails");
     up->add_flag("--json", p.json, "events as JSON lines on stdout");
     up->add_option("--timeout", p.start_timeout_minutes, "minutes to wait for the VM to boot")->check(CLI::PositiveNumber);
 
@@ -199,7 +209,7 @@ int main(int argc, char** argv) {
     });
     io.run();
 
-    const std::string vm = p.name.value_or("");
+    const std::string vm = p.name.value_or(p.names.size() == 1 ? p.names[0] : "");
     if (!failure) return code;
     try {
         std::rethrow_exception(failure);

@@ -26,6 +26,7 @@ public:
     cancel_signal cancel;
     events::bus bus;
     bool json;
+    lima::timeouts timeouts;  // from $MACHINE_LIMACTL_TIMEOUT and `up --timeout`
 
     const config::config& cfg();
     lima::client& lima();
@@ -40,7 +41,10 @@ private:
 };
 
 struct up_options {
-    std::optional<std::string> name;
+    std::vector<std::string> names;  // none: the ambient project
+    bool all = false;                // every configured project
+    int parallel = 0;                // 0: as many as fit the host's available memory
+    bool fail_fast = false;          // the first failure cancels the rest
     std::chrono::seconds start_timeout{1800};
 };
 

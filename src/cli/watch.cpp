@@ -15,6 +15,7 @@
 #include <spdlog/spdlog.h>
 
 #include "cli.hpp"
+#include "common.hpp"
 #include "machine/paths.hpp"
 #include "machine/text.hpp"
 
@@ -25,36 +26,6 @@ using asio::awaitable;
 using namespace std::chrono_literals;
 
 namespace {
-
-// Spawned tasks that must all finish before their owner returns (no orphans).
-class task_group {
-public:
-    explicit task_group(asio::any_io_executor ex) : ex_(ex), idle_(ex, asio::steady_timer::time_point::max()) {}
-
-    template <class MakeTask>
-    void spawn(MakeTask make_task) {
-        ++running_;
-        asio::co_spawn(ex_, std::move(make_task), [this](std::exception_ptr e) {
-            if (e) {
-                try {
-                    std::rethrow_exception(e);
-                } catch (const std::exception& x) {
-                    spdlog::debug("watch task ended: {}", x.what());
-                }
-            }
-            if (--running_ == 0) idle_.cancel();
-        });
-    }
-
-    awaitable<void> join() {
-        while (running_ > 0) co_await idle_.async_wait(asio::experimental::as_tuple(asio::use_awaitable));
-    }
-
-private:
-    asio::any_io_executor ex_;
-    asio::steady_timer idle_;
-    int running_ = 0;
-};
 
 struct watched_vm {
     std::string status;
@@ -67,7 +38,8 @@ std::string lowercase(std::string s) {
     return s;
 }
 
-awaitable<void> follow_vm(context& ctx, std::string name, fs::path ha_log, std::shared_ptr<cancel_signal> stop) {
+awaitable<void> follow_vm(context& ctx, std::string name, fs::path ha_log, std::shared_ptr<cancel_signal> stop,
+                          std::chrono::system_clock::time_point since) {
     auto on_event = [&ctx, name](const lima::ha_event& e) {
         if (e.exiting) ctx.emit(events::vm_state(name, "exiting"));
         else if (e.running && e.forward)
@@ -81,7 +53,7 @@ awaitable<void> follow_vm(context& ctx, std::string name, fs::path ha_log, std::
         return true;
     };
     try {
-        co_await lima::follow_events(ha_log, on_event, stop.get(), std::chrono::system_clock::now());
+        co_await lima::follow_events(ha_log, on_event, stop.get(), since);
     } catch (const interrupted_error&) {
         // stopped: the VM went away or watch is ending
     }
@@ -113,7 +85,13 @@ awaitable<int> cmd_watch(context& ctx, std::vector<std::string> names) {
     std::string last_error;
     const auto poll = std::chrono::milliseconds(std::max(100, std::atoi(poll_ms_setting().c_str())));
 
+    // A VM that appears between two polls may have logged events before we saw it: follow it
+    // from the previous poll on. VMs there from the start are followed from now.
+    auto previous_poll = std::chrono::system_clock::now();
+    bool first_poll = true;
     while (ctx.cancel.current() == cancel_signal::none) {
+        const auto this_poll = std::chrono::system_clock::now();
+        const auto follow_since = first_poll ? this_poll : previous_poll;
         std::vector<lima::instance> instances;
         bool listed = false;
         try {
@@ -146,9 +124,8 @@ awaitable<int> cmd_watch(context& ctx, std::vector<std::string> names) {
                 if (known == vms.end()) {
                     watched_vm vm{status, std::make_shared<cancel_signal>(ex)};
                     ctx.emit(events::vm_state(name, status, "watching"));
-                    auto follow = [&ctx, name, log = fs::path(inst->dir) / "ha.stdout.log", stop = vm.stop]() {
-                        return follow_vm(ctx, name, log, stop);
-                    };
+                    auto follow = [&ctx, name, log = fs::path(inst->dir) / "ha.stdout.log", stop = vm.stop,
+                                   follow_since]() { return follow_vm(ctx, name, log, stop, follow_since); };
                     followers.spawn(std::move(follow));
                     vms.emplace(name, std::move(vm));
                 } else if (known->second.status != status) {
@@ -156,6 +133,10 @@ awaitable<int> cmd_watch(context& ctx, std::vector<std::string> names) {
                     ctx.emit(events::vm_state(name, status));
                 }
             }
+        }
+        if (listed) {
+            previous_poll = this_poll;
+            first_poll = false;
         }
         co_await (sleep_for(tick, poll) || until_cancelled(ctx.cancel));
     }

@@ -6,6 +6,8 @@
 #include <sys/stat.h>
 
 #include <fstream>
+#include <map>
+#include <set>
 #include <random>
 #include <sstream>
 
@@ -513,6 +515,139 @@ BOOST_AUTO_TEST_CASE(watch_follows_vms_appearing_changing_and_disappearing) {
     for (const auto& rec : w.fake_log())
         if (rec.value("event", "") == "invoke") stray |= ::kill(rec["pid"].get<int>(), 0) == 0;
     BOOST_TEST(!stray);
+}
+
+namespace {
+
+// The most `limactl start` processes that ran at the same time, from the fake's log.
+int max_concurrent_starts(const world& w) {
+    std::map<int, double> started;
+    std::vector<std::pair<double, int>> edges;
+    for (const auto& rec : w.fake_log()) {
+        const std::string ev = rec.value("event", "");
+        if (ev == "invoke") {
+            const auto argv = rec["argv"].get<std::vector<std::string>>();
+            if (std::find(argv.begin(), argv.end(), "start") != argv.end()) {
+                started[rec["pid"].get<int>()] = rec["time"].get<double>();
+                edges.emplace_back(rec["time"].get<double>(), +1);
+            }
+        } else if ((ev == "exit" || ev == "signal") && started.count(rec["pid"].get<int>())) {
+            edges.emplace_back(rec["time"].get<double>(), -1);
+            started.erase(rec["pid"].get<int>());
+        }
+    }
+    std::sort(edges.begin(), edges.end());
+    int now = 0, most = 0;
+    for (const auto& [t, d] : edges) most = std::max(most, now += d);
+    return most;
+}
+
+std::map<std::string, std::vector<std::string>> outcomes_by_vm(const std::string& json_lines) {
+    std::map<std::string, std::vector<std::string>> out;
+    std::istringstream in(json_lines);
+    for (std::string line; std::getline(in, line);) {
+        const auto e = json::parse(line);
+        if (e["type"] == "vm.done") out[e["vm"]].push_back(e["outcome"]);
+    }
+    return out;
+}
+
+const char* kFiveProjects = "[a]\n[b]\n[c]\n[d]\n[e]\n";
+
+} // namespace
+
+BOOST_AUTO_TEST_CASE(up_all_stays_within_the_window) {
+    world w;
+    w.config(kFiveProjects);
+    w.set("FAKE_LIMACTL_DELAY_START", "1");
+    const auto r = w.machine({"up", "--all", "--parallel", "2", "--json"});
+    BOOST_TEST(r.exit_code == 0);
+    const auto outcomes = outcomes_by_vm(r.out);
+    BOOST_TEST(outcomes.size() == 5u);
+    for (const auto& [vm, list] : outcomes) {
+        BOOST_TEST_CONTEXT(vm) { BOOST_TEST(list == std::vector<std::string>{"ready"}); }
+    }
+    BOOST_TEST(max_concurrent_starts(w) == 2);
+}
+
+BOOST_AUTO_TEST_CASE(up_several_names_and_one_failure) {
+    world w;
+    w.config(kFiveProjects);
+    w.set("FAKE_LIMACTL_FAIL_START", "qemu-system-x86_64: cannot allocate memory");
+    w.set("FAKE_LIMACTL_FAIL_START_ONLY", "b");
+    const auto r = w.machine({"up", "a", "b", "c"});
+    BOOST_TEST(r.exit_code == 1);
+    BOOST_TEST(contains(r.out, "2 of 3 VMs ready"));
+    BOOST_TEST(contains(r.out, "  b  failed"));
+    BOOST_TEST(contains(r.out, "cannot allocate memory"));
+    const auto list = w.machine({"list", "--json"});
+    std::istringstream lines(list.out);
+    std::map<std::string, std::string> status;
+    for (std::string line; std::getline(lines, line);) {
+        const auto j = json::parse(line);
+        status[j["name"]] = j["status"];
+    }
+    BOOST_TEST(status["a"] == "Running");
+    BOOST_TEST(status["c"] == "Running");
+    BOOST_TEST(status["d"] == "NotCreated");
+}
+
+BOOST_AUTO_TEST_CASE(fail_fast_cancels_the_rest) {
+    world w;
+    w.config(kFiveProjects);
+    w.set("FAKE_LIMACTL_FAIL_START", "boom");
+    w.set("FAKE_LIMACTL_FAIL_START_ONLY", "a");
+    const auto r = w.machine({"up", "--all", "--parallel", "1", "--fail-fast", "--json"});
+    BOOST_TEST(r.exit_code == 1);
+    const auto outcomes = outcomes_by_vm(r.out);
+    BOOST_TEST(outcomes.at("a") == std::vector<std::string>{"failed"});
+    int starts = 0;
+    for (const auto& argv : w.invocations()) starts += std::count(argv.begin(), argv.end(), "start");
+    BOOST_TEST(starts == 1);  // nobody else started
+    // Exactly one final outcome per VM, even for the ones that never started.
+    for (const char* vm : {"b", "c", "d", "e"}) BOOST_TEST(outcomes.count(vm) == 0u, vm);
+    BOOST_TEST(contains(r.out, "\"type\":\"error\""));
+}
+
+BOOST_AUTO_TEST_CASE(ctrl_c_during_up_all_leaves_no_child_and_stopped_vms) {
+    world w;
+    w.config("[a]\n[b]\n[c]\n");
+    w.set("FAKE_LIMACTL_DELAY_START", "60");
+    int machine_pid = 0;
+    std::set<std::string> booting;
+    auto on_line = [&](std::string_view line) {
+        const auto e = json::parse(line);
+        if (e.value("state", "") == "booting") booting.insert(e["vm"]);
+        if (booting.size() < 3 || machine_pid) return;
+        for (const auto& rec : w.fake_log())
+            if (rec.value("event", "") == "invoke") machine_pid = rec["ppid"];
+        ::kill(machine_pid, SIGINT);
+    };
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto r = w.machine({"up", "--all", "--parallel", "3", "--json"}, {}, on_line);
+    BOOST_REQUIRE(machine_pid != 0);
+    BOOST_TEST(r.exit_code == 130);
+    BOOST_TEST(seconds_since(t0) < 30.0);
+    std::set<int> start_pids, signalled;
+    for (const auto& rec : w.fake_log()) {
+        if (rec.value("event", "") == "invoke") {
+            const auto argv = rec["argv"].get<std::vector<std::string>>();
+            if (std::find(argv.begin(), argv.end(), "start") != argv.end()) start_pids.insert(rec["pid"].get<int>());
+        }
+        if (rec.value("event", "") == "signal") signalled.insert(rec["pid"].get<int>());
+    }
+    BOOST_TEST(start_pids.size() == 3u);
+    for (int pid : start_pids) {
+        BOOST_TEST(signalled.count(pid) == 1u, "start " << pid << " got SIGINT");
+        BOOST_TEST(::kill(pid, 0) == -1, "start " << pid << " is gone");
+    }
+    // The half-booted VMs were stopped: nothing keeps running behind the user's back.
+    w.env.erase(std::remove_if(w.env.begin(), w.env.end(), [](auto& kv) { return kv.first == "FAKE_LIMACTL_DELAY_START"; }), w.env.end());
+    const auto list = w.machine({"list", "--json"});
+    std::istringstream lines(list.out);
+    int stopped = 0;
+    for (std::string line; std::getline(lines, line);) stopped += json::parse(line)["status"] == "Stopped";
+    BOOST_TEST(stopped == 3);
 }
 
 BOOST_AUTO_TEST_CASE(lima_2_1_quoting_and_versions) {

@@ -1,0 +1,93 @@
+#include "common.hpp"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include <asio/experimental/as_tuple.hpp>
+#include <asio/this_coro.hpp>
+#include <asio/use_awaitable.hpp>
+#include <spdlog/spdlog.h>
+
+#include "machine/paths.hpp"
+#include "machine/text.hpp"
+
+namespace machine::cli {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+std::chrono::milliseconds since(std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0);
+}
+
+fs::path project_state_dir(const std::string& name) { return paths::state_dir() / name; }
+
+project_lock::project_lock(const std::string& name) {
+    const fs::path dir = project_state_dir(name);
+    fs::create_directories(dir);
+    fd_ = ::open((dir / ".lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd_ < 0) throw error("cannot open " + (dir / ".lock").string() + ": " + std::strerror(errno));
+}
+
+project_lock::~project_lock() { ::close(fd_); }
+
+bool project_lock::try_lock() { return ::flock(fd_, LOCK_EX | LOCK_NB) == 0; }
+
+asio::awaitable<std::unique_ptr<project_lock>> lock_project(context& ctx, std::string name,
+                                                            cancel_signal* cancel) {
+    auto lock = std::make_unique<project_lock>(name);
+    if (lock->try_lock()) co_return lock;
+    ctx.say(name, "waiting for another machine command working on '" + name + "'");
+    asio::steady_timer retry(co_await asio::this_coro::executor);
+    while (!lock->try_lock()) {
+        if (cancel && cancel->current() != cancel_signal::none) throw interrupted_error();
+        retry.expires_after(100ms);
+        co_await retry.async_wait(asio::use_awaitable);
+    }
+    co_return lock;
+}
+
+std::string resolve_name(context& ctx, const std::optional<std::string>& name) {
+    if (name) {
+        text::require_valid_project_name(*name);
+        return *name;
+    }
+    return ctx.cfg().ambient_project();
+}
+
+void unknown_project(const config::config& cfg, const std::string& name) {
+    std::vector<std::string> names;
+    for (const auto& [n, p] : cfg.projects) names.push_back(n);
+    std::string msg = "no project '" + name + "' in " + cfg.projects_file.string();
+    if (const auto near = text::closest_match(name, names); !near.empty())
+        msg += " (did you mean '" + near + "'?)";
+    msg += "; add a [" + name + "] table there, or run machine in a repository with a .machine.toml";
+    throw usage_error(msg);
+}
+
+asio::awaitable<std::exception_ptr> capture(asio::awaitable<void> task) {
+    try {
+        co_await std::move(task);
+    } catch (...) {
+        co_return std::current_exception();
+    }
+    co_return nullptr;
+}
+
+asio::awaitable<void> task_group::join() {
+    while (running_ > 0) co_await idle_.async_wait(asio::experimental::as_tuple(asio::use_awaitable));
+}
+
+void task_group::log_task_failure(std::exception_ptr e) {
+    try {
+        std::rethrow_exception(e);
+    } catch (const std::exception& x) {
+        spdlog::debug("task ended: {}", x.what());
+    }
+}
+
+} // namespace machine::cli

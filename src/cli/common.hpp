@@ -1,0 +1,80 @@
+// Pieces shared by the commands (internal to the CLI module).
+#pragma once
+
+#include <chrono>
+#include <exception>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <asio/awaitable.hpp>
+#include <asio/co_spawn.hpp>
+#include <asio/steady_timer.hpp>
+
+#include "cli.hpp"
+
+namespace machine::cli {
+
+std::chrono::milliseconds since(std::chrono::steady_clock::time_point t0);
+
+// $MACHINE_STATE_DIR/<name>: the rendered template, the host-key pin, the lock.
+std::filesystem::path project_state_dir(const std::string& name);
+
+// One machine command at a time per project: two `up`s racing on one VM would each call
+// `limactl create` or `start`. A second command waits for the first, then sees its result.
+// The lock is released when the process exits, however it exits.
+class project_lock {
+public:
+    explicit project_lock(const std::string& name);
+    ~project_lock();
+    project_lock(const project_lock&) = delete;
+    project_lock& operator=(const project_lock&) = delete;
+    bool try_lock();
+
+private:
+    int fd_ = -1;
+};
+
+// Waits (cancellably, saying so) until no other machine command works on `name`.
+asio::awaitable<std::unique_ptr<project_lock>> lock_project(context& ctx, std::string name,
+                                                            cancel_signal* cancel);
+
+// The name given (validated), else the ambient project (.machine.toml, else "default").
+std::string resolve_name(context& ctx, const std::optional<std::string>& name);
+
+// usage_error: no such project, with a did-you-mean among the configured ones.
+[[noreturn]] void unknown_project(const config::config& cfg, const std::string& name);
+
+// Runs `task` and returns its exception instead of throwing it. `a || b` ends with the first
+// *successful* side, so a side that may fail must not throw.
+asio::awaitable<std::exception_ptr> capture(asio::awaitable<void> task);
+
+// Spawned tasks that must all finish before their owner returns (no orphans).
+class task_group {
+public:
+    explicit task_group(asio::any_io_executor ex)
+        : ex_(ex), idle_(ex, asio::steady_timer::time_point::max()) {}
+
+    // `make_task` is a callable returning asio::awaitable<void>; it is kept alive by co_spawn.
+    template <class MakeTask>
+    void spawn(MakeTask make_task) {
+        ++running_;
+        asio::co_spawn(ex_, std::move(make_task), [this](std::exception_ptr e) {
+            if (e) log_task_failure(e);
+            if (--running_ == 0) idle_.cancel();
+        });
+    }
+
+    asio::awaitable<void> join();
+    int running() const { return running_; }
+
+private:
+    static void log_task_failure(std::exception_ptr e);
+    asio::any_io_executor ex_;
+    asio::steady_timer idle_;
+    int running_ = 0;
+};
+
+} // namespace machine::cli
