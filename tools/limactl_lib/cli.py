@@ -380,6 +380,11 @@ def start_instance(inst, timeout, print_ready):
     logrus.info(f"Starting the instance `{name}` with internal VM driver `qemu`")
     if not os.path.exists(inst.path("disk")):
         _prepare(inst)
+    else:
+        try:
+            image.grow_disk(name, inst.dir, inst.config)
+        except (image.ImageError, subprocess.CalledProcessError) as e:
+            raise Fatal(f"failed to resize the disk of `{name}`: {e}") from e
     sshutil.ensure_user_key()
     return _launch_and_follow(inst, timeout, print_ready)
 

@@ -22,9 +22,14 @@ import uuid
 from . import cidata, image, logrus, portfwd, qemu, sshutil, store
 
 REQUIREMENT_RETRIES = int(os.environ.get("LIMACTL_REQUIREMENT_RETRIES", "200"))
-REQUIREMENT_INTERVAL = 3.0
+# Lima retries every 3 s; 1 s gets the `running` event out sooner (checks are cheap ssh logins)
+REQUIREMENT_INTERVAL = 1.0
 SHUTDOWN_GRACE = float(os.environ.get("LIMACTL_SHUTDOWN_TIMEOUT", "180"))
 EVENT_MARK = "event written to ha.stdout.log"
+
+
+class PortTaken(RuntimeError):
+    pass
 
 
 def instance_id(inst_dir):
@@ -158,7 +163,7 @@ class HostAgent:
         if self.stop_event.is_set():
             self.emit(exiting=True, sshLocalPort=None)
             return 0
-        self._start_qemu(accel)
+        self._start_qemu_with_retries(accel)
         self.emit(sshLocalPort=self.port)
         boot = threading.Thread(target=self._boot, daemon=True, name="boot")
         boot.start()
@@ -187,6 +192,18 @@ class HostAgent:
                 parts.append(f.read().strip())
         return " ".join(parts)
 
+    def _start_qemu_with_retries(self, accel):
+        """A random free port can be taken by someone else before QEMU binds it: retry."""
+        for attempt in range(3):
+            try:
+                return self._start_qemu(accel)
+            except PortTaken:
+                if attempt == 2 or int(self.cfg["ssh"]["localPort"]):
+                    raise
+                self.log("warning", f"SSH port {self.port} was taken before QEMU could use it; retrying")
+                self.port = free_port()
+                sshutil.write_ssh_config(self.name, self.dir, self.cfg, self.port)
+
     def _start_qemu(self, accel):
         mounts = cidata.guest_mounts(self.cfg)
         for m in mounts:
@@ -206,6 +223,8 @@ class HostAgent:
             if self.qemu.poll() is not None:
                 with open(os.path.join(self.dir, "qemu.stderr.log")) as f:
                     err = f.read().strip()
+                if "hostfwd" in err or "host forwarding rule" in err:
+                    raise PortTaken(err)
                 raise RuntimeError(f"QEMU failed to start: exit status {self.qemu.returncode}: {err}")
             if os.path.exists(os.path.join(self.dir, "qemu.pid")) and os.path.exists(os.path.join(self.dir, "qmp.sock")):
                 break
@@ -323,6 +342,13 @@ class HostAgent:
         return f"{prefix}: {hint}: {last}" if hint else f"{prefix}: {last}"
 
     def _boot(self):
+        try:
+            self._wait_ready()
+        except Exception as e:  # a bug here must not leave `limactl start` waiting silently
+            self.log("error", f"readiness checks failed: {e!r}")
+            self.emit(running=True, degraded=True, errors=[f"host agent error: {e!r}"])
+
+    def _wait_ready(self):
         errors = []
         for label, reqs in self._requirements():
             for i, req in enumerate(reqs, 1):

@@ -148,3 +148,16 @@ def disk_chain(path):
         return []
     chain = json.loads(out.stdout)
     return [os.path.realpath(c["filename"]) for c in chain[1:]]
+
+
+def grow_disk(name, inst_dir, cfg):
+    """`disk:` raised after creation (limactl edit): grow the qcow2; the guest's lima-init
+    then grows the filesystem at boot. Shrinking is never done."""
+    disk = os.path.join(inst_dir, "disk")
+    if not os.path.exists(disk):
+        return
+    have = int(image_info(disk)["virtual-size"])
+    want = units.ram_in_bytes(cfg["disk"])
+    if want > have:
+        logrus.info(f"Resize instance {name}'s disk from {units.bytes_size(have)} to {units.bytes_size(want)}")
+        subprocess.run(["qemu-img", "resize", "-q", disk, str(want)], check=True, capture_output=True)

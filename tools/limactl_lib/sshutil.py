@@ -1,4 +1,5 @@
 """The Lima user key, `<dir>/ssh.config` and the ssh argument lists built from them."""
+import fcntl
 import glob
 import os
 import subprocess
@@ -12,6 +13,15 @@ def ensure_user_key():
     if os.path.exists(key) and os.path.exists(key + ".pub"):
         return key
     os.makedirs(os.path.dirname(key), exist_ok=True)
+    # parallel `limactl start`s must not mix the halves of two different key pairs
+    with open(os.path.join(os.path.dirname(key), ".user.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (os.path.exists(key) and os.path.exists(key + ".pub")):
+            _generate_key(key)
+    return key
+
+
+def _generate_key(key):
     tmp = key + f".tmp{os.getpid()}"
     for p in (tmp, tmp + ".pub"):
         if os.path.exists(p):
@@ -20,7 +30,6 @@ def ensure_user_key():
                    check=True, stdin=subprocess.DEVNULL)
     os.replace(tmp + ".pub", key + ".pub")
     os.replace(tmp, key)
-    return key
 
 
 def dot_ssh_keys():
