@@ -232,19 +232,30 @@ class HostAgent:
 
     def _shutdown_guest(self):
         self.log("info", "Shutting down QEMU with the power button")
-        self.log("info", "Sending QMP system_powerdown command")
-        try:
-            q = qemu.QMP(os.path.join(self.dir, "qmp.sock"))
-            q.execute("system_powerdown")
-            q.close()
-        except (OSError, RuntimeError, ValueError) as e:
-            self.log("warning", f"failed to send system_powerdown: {e}")
-        try:
-            self.qemu.wait(timeout=SHUTDOWN_GRACE)
-        except subprocess.TimeoutExpired:
-            self.log("warning", f"QEMU did not exit in {SHUTDOWN_GRACE:g}s after ACPI shutdown, sending SIGKILL")
-            self.qemu.kill()
-            self.qemu.wait()
+        deadline = time.monotonic() + SHUTDOWN_GRACE
+        presses = 0
+        while time.monotonic() < deadline:
+            # A press before systemd-logind runs (stop during boot) is lost: press again
+            # every 10 s until the guest powers off or the grace period is over.
+            if presses == 0:
+                self.log("info", "Sending QMP system_powerdown command")
+            else:
+                self.log("debug", "Sending QMP system_powerdown command again")
+            presses += 1
+            try:
+                q = qemu.QMP(os.path.join(self.dir, "qmp.sock"))
+                q.execute("system_powerdown")
+                q.close()
+            except (OSError, RuntimeError, ValueError) as e:
+                self.log("warning", f"failed to send system_powerdown: {e}")
+            try:
+                self.qemu.wait(timeout=max(0.1, min(10.0, deadline - time.monotonic())))
+                return
+            except subprocess.TimeoutExpired:
+                continue
+        self.log("warning", f"QEMU did not exit in {SHUTDOWN_GRACE:g}s after ACPI shutdown, sending SIGKILL")
+        self.qemu.kill()
+        self.qemu.wait()
 
     def _stop_ssh_master(self):
         if self.forwarder:
