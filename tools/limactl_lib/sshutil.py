@@ -127,6 +127,6 @@ def direct_ssh_argv(port, user, extra=()):
             "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
             "-o", "NoHostAuthenticationForLocalhost=yes", "-o", "PreferredAuthentications=publickey",
             "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "GSSAPIAuthentication=no",
-            "-o", "ConnectTimeout=10", "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3",
+            "-o", "ConnectTimeout=5", "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3",
             "-o", "LogLevel=ERROR", "-o", "ControlMaster=no", "-o", "ControlPath=none",
             *extra, "-p", str(port), "-l", user, "127.0.0.1"]

@@ -62,6 +62,25 @@ _DQ_ESCAPES = {"0": "\0", "a": "\a", "b": "\b", "t": "\t", "\t": "\t", "n": "\n"
                "N": "\x85", "_": "\xa0", "L": "\u2028", "P": "\u2029"}
 
 
+def _fold_line_break(s, i, out):
+    """At a raw line break inside a quoted scalar: trailing blanks dropped, the break folds
+    into a space, or into n newlines after n empty lines. Returns the next index."""
+    while out and out[-1] in (" ", "\t"):
+        out.pop()
+    i += 1
+    blanks = 0
+    while True:
+        while i < len(s) and s[i] in " \t":
+            i += 1
+        if i < len(s) and s[i] == "\n":
+            blanks += 1
+            i += 1
+            continue
+        break
+    out.append("\n" * blanks if blanks else " ")
+    return i
+
+
 def _read_double_quoted(s, i):
     """Parse a double-quoted scalar starting at s[i] == '"'; return (value, next index)."""
     out = []
@@ -70,6 +89,9 @@ def _read_double_quoted(s, i):
         c = s[i]
         if c == '"':
             return "".join(out), i + 1
+        if c == "\n":
+            i = _fold_line_break(s, i, out)
+            continue
         if c == "\\":
             i += 1
             if i >= len(s):
@@ -81,8 +103,11 @@ def _read_double_quoted(s, i):
                 n = {"x": 2, "u": 4, "U": 8}[e]
                 out.append(chr(int(s[i + 1:i + 1 + n], 16)))
                 i += n
-            elif e == "\n":
-                pass
+            elif e == "\n":  # escaped line break: joined without a space
+                i += 1
+                while i < len(s) and s[i] in " \t":
+                    i += 1
+                continue
             else:
                 raise YAMLError(f"bad escape \\{e} in double-quoted string")
             i += 1
@@ -103,27 +128,12 @@ def _read_single_quoted(s, i):
                 i += 2
                 continue
             return "".join(out), i + 1
+        if c == "\n":
+            i = _fold_line_break(s, i, out)
+            continue
         out.append(c)
         i += 1
     raise YAMLError("unterminated single-quoted string")
-
-
-def _fold_quoted_lines(text):
-    """Multi-line quoted scalars: line breaks fold into spaces, blank lines into newlines."""
-    if "\n" not in text:
-        return text
-    lines = text.split("\n")
-    out = lines[0].rstrip()
-    pending_blank = 0
-    for line in lines[1:]:
-        line = line.strip()
-        if not line:
-            pending_blank += 1
-            continue
-        out += ("\n" * pending_blank) if pending_blank else " "
-        out += line
-        pending_blank = 0
-    return out + "\n" * pending_blank
 
 
 class _Flow:
@@ -149,10 +159,10 @@ class _Flow:
             return self.mapping()
         if c == '"':
             v, self.i = _read_double_quoted(self.s, self.i)
-            return _fold_quoted_lines(v)
+            return v
         if c == "'":
             v, self.i = _read_single_quoted(self.s, self.i)
-            return _fold_quoted_lines(v)
+            return v
         return self.plain(in_flow)
 
     def plain(self, in_flow):
