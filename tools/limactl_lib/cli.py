@@ -403,7 +403,7 @@ def _launch_and_follow(inst, timeout, print_ready):
         if proc.poll() is not None or time.monotonic() > deadline:
             _drain(Tail(inst.path("ha.stderr.log")))
             if proc.poll() is not None:
-                raise Fatal(f"host agent process has exited: exit status {proc.returncode}")
+                raise Fatal(f"host agent process has exited: {exit_status(proc.returncode)}")
             raise Fatal(f"hostagent (`{pidfile}`) did not start up in 5s (hint: see `{inst.path('ha.stderr.log')}`)")
         time.sleep(0.05)
     err_tail, ev_tail = Tail(inst.path("ha.stderr.log")), Tail(inst.path("ha.stdout.log"))
@@ -442,10 +442,19 @@ def _launch_and_follow(inst, timeout, print_ready):
             return rc
         if proc.poll() is not None:
             _drain(err_tail)
-            raise Fatal(f"host agent process has exited: exit status {proc.returncode}")
+            raise Fatal(f"host agent process has exited: {exit_status(proc.returncode)}")
         if time.monotonic() > deadline:
             raise Fatal("did not receive an event with the `running` status")
         time.sleep(0.2)
+
+
+def exit_status(rc):
+    """Go's exec.ExitError text: `exit status 1`, `signal: killed`..."""
+    names = {signal.SIGKILL: "killed", signal.SIGTERM: "terminated", signal.SIGINT: "interrupt",
+             signal.SIGSEGV: "segmentation fault", signal.SIGABRT: "aborted"}
+    if rc is not None and rc < 0:
+        return "signal: " + names.get(-rc, signal.Signals(-rc).name.lower())
+    return f"exit status {rc}"
 
 
 def _drain(tail):

@@ -6,6 +6,7 @@ over SSH, emits the `running` event, forwards guest ports, and on SIGINT/SIGTERM
 guest down (QMP system_powerdown, SIGKILL after a grace period) and emits `exiting`.
 """
 import contextlib
+import ctypes
 import http.server
 import json
 import os
@@ -44,6 +45,13 @@ def instance_id(inst_dir):
     with open(path, "w") as f:
         f.write(iid + "\n")
     return iid
+
+
+def _die_with_parent():
+    """In the QEMU child: get SIGKILL when the host agent dies (even by SIGKILL), so a crashed
+    host agent cannot leave a VM running that nothing manages any more."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def free_port():
@@ -216,7 +224,8 @@ class HostAgent:
         self.log("info", f"Starting QEMU (hint: to watch the boot progress, see `{os.path.join(self.dir, 'serial*.log')}`)")
         self.log("debug", "qemu argv: " + " ".join(argv))
         qemu_log = open(os.path.join(self.dir, "qemu.stderr.log"), "w")
-        self.qemu = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=qemu_log, stderr=qemu_log)
+        self.qemu = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=qemu_log, stderr=qemu_log,
+                                     preexec_fn=_die_with_parent)
         qemu_log.close()
         # wait for QEMU's pidfile and QMP socket (or its early death, e.g. a taken port)
         for _ in range(100):
