@@ -316,19 +316,19 @@ class HostAgent:
         threading.Thread(target=server.serve_forever, daemon=True, name="ha.sock").start()
 
     # -- readiness -------------------------------------------------------------------------
-    def _direct_ssh(self):
-        return sshutil.direct_ssh_argv(self.port, self.cfg["user"]["name"])
-
     def _master_ssh(self):
+        """ssh through the instance's ControlMaster (ControlMaster=auto in ssh.config): the
+        first successful check starts the master, later checks only open a channel on it,
+        which under emulation is much cheaper than a full login each time."""
         argv, host = sshutil.ssh_base_argv(self.dir, self.name)
-        return argv + [host, "--"]
+        return argv + ["-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR", host, "--"]
 
     def _requirements(self):
         iid = self.iid
         essential = [
-            ("ssh", "#!/bin/bash\ntrue\n", self._direct_ssh, ""),
+            ("ssh", "#!/bin/bash\ntrue\n", self._master_ssh, ""),
             ("user session is ready for ssh",
-             f'#!/bin/bash\ntest "$(cat /run/lima-ssh-ready 2>/dev/null)" = "{iid}"\n', self._direct_ssh, ""),
+             f'#!/bin/bash\ntest "$(cat /run/lima-ssh-ready 2>/dev/null)" = "{iid}"\n', self._master_ssh, ""),
             ("Explicitly start ssh ControlMaster", "#!/bin/bash\ntrue\n", self._master_ssh, ""),
         ]
         optional = []

@@ -118,15 +118,3 @@ def write_ssh_config(name, inst_dir, cfg, port):
 def ssh_base_argv(inst_dir, name):
     """`ssh -F <dir>/ssh.config` ... `lima-<name>`: uses the instance's ControlMaster."""
     return ["ssh", "-F", os.path.join(inst_dir, "ssh.config")], store.hostname_for(name)
-
-
-def direct_ssh_argv(port, user, extra=()):
-    """An ssh that bypasses the ControlMaster (readiness checks before the master exists)."""
-    return ["ssh", "-F", "/dev/null",
-            "-o", f"IdentityFile={store.identity_file()}",
-            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-            "-o", "NoHostAuthenticationForLocalhost=yes", "-o", "PreferredAuthentications=publickey",
-            "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "GSSAPIAuthentication=no",
-            "-o", "ConnectTimeout=5", "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3",
-            "-o", "LogLevel=ERROR", "-o", "ControlMaster=no", "-o", "ControlPath=none",
-            *extra, "-p", str(port), "-l", user, "127.0.0.1"]
