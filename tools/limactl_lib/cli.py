@@ -12,7 +12,7 @@ import sys
 import time
 import uuid
 
-from . import hostagent, image, logrus, sshutil, store, template, units, yamlmini
+from . import image, logrus, sshutil, store, template, units, yamlmini
 from .logrus import Fatal
 
 TOOLS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -431,7 +431,7 @@ def _launch_and_follow(inst, timeout, print_ready):
     while True:
         # log lines up to each event marker, then the events: the order the host agent saw
         for line in err_tail.lines():
-            if hostagent.EVENT_MARK in line:
+            if logrus.EVENT_MARK in line:
                 rc = handle_events()
                 if rc is not None:
                     return rc
@@ -459,7 +459,7 @@ def exit_status(rc):
 
 def _drain(tail):
     for line in tail.lines():
-        if hostagent.EVENT_MARK not in line:
+        if logrus.EVENT_MARK not in line:
             propagate_hostagent_line(line)
 
 
@@ -1117,6 +1117,7 @@ def main(argv):
     # sbin tools (mke2fs) must be found even from a non-login root shell
     os.environ["PATH"] = os.environ.get("PATH", "/usr/bin:/bin") + ":/usr/local/sbin:/usr/sbin:/sbin"
     if argv and argv[0] == "hostagent":
+        from . import hostagent  # only the host agent needs its HTTP server and QEMU code
         return hostagent.main(argv[1:])
     g = Globals()
     try:

@@ -26,7 +26,6 @@ REQUIREMENT_RETRIES = int(os.environ.get("LIMACTL_REQUIREMENT_RETRIES", "200"))
 # Lima retries every 3 s; 1 s gets the `running` event out sooner (checks are cheap ssh logins)
 REQUIREMENT_INTERVAL = 1.0
 SHUTDOWN_GRACE = float(os.environ.get("LIMACTL_SHUTDOWN_TIMEOUT", "180"))
-EVENT_MARK = "event written to ha.stdout.log"
 
 
 class PortTaken(RuntimeError):
@@ -122,9 +121,8 @@ class HostAgent:
                 st["portForward"] = pf
             sys.stdout.write(logrus.go_json({"time": logrus.rfc3339nano(), "status": st}) + "\n")
             sys.stdout.flush()
-            # Marks the event's place among the log lines, so `limactl start` can print
-            # "SSH Local Port" etc. in the order things happened.
-            sys.stderr.write(logrus.format_line("debug", EVENT_MARK, fmt="json") + "\n")
+            # marks the event's place among the log lines (see logrus.EVENT_MARK)
+            sys.stderr.write(logrus.format_line("debug", logrus.EVENT_MARK, fmt="json") + "\n")
             sys.stderr.flush()
 
     # -- lifecycle -----------------------------------------------------------------------

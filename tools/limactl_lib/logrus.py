@@ -14,6 +14,10 @@ import time
 
 LEVELS = ["trace", "debug", "info", "warning", "error", "fatal", "panic"]
 
+# The host agent logs this (at debug) right after each event it writes to ha.stdout.log, so
+# `limactl start` can interleave events and log lines in the order they happened.
+EVENT_MARK = "event written to ha.stdout.log"
+
 _state = {"format": "text", "level": "info", "stream": sys.stderr}
 
 

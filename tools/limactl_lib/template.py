@@ -3,7 +3,6 @@ import os
 import re
 import sys
 import urllib.parse
-import urllib.request
 
 from . import store, yamlmini
 
@@ -84,6 +83,7 @@ def load(arg, warn):
     if arg.startswith("file://"):
         path = urllib.parse.unquote(urllib.parse.urlparse(arg).path)
     elif arg.startswith(("http://", "https://")):
+        import urllib.request  # slow to import; rarely needed
         try:
             with urllib.request.urlopen(arg, timeout=30) as r:
                 text = r.read().decode()
