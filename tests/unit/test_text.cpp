@@ -1,7 +1,11 @@
 #include <boost/test/unit_test.hpp>
 
 #include "machine/error.hpp"
+#include "machine/sha256.hpp"
 #include "machine/text.hpp"
+#include "test_support.hpp"
+
+#include <fstream>
 
 using namespace machine;
 
@@ -59,6 +63,20 @@ BOOST_AUTO_TEST_CASE(lines_and_tails) {
     BOOST_TEST(text::split_lines("a\n") == (std::vector<std::string>{"a"}));
     BOOST_TEST(text::tail("one\ntwo\nthree\n", 8) == "three\n");
     BOOST_TEST(text::trim("  x y \n") == "x y");
+}
+
+BOOST_AUTO_TEST_CASE(sha256_known_answers) {
+    BOOST_TEST(sha256::hex("") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    BOOST_TEST(sha256::hex("abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    BOOST_TEST(sha256::hex("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq") ==
+               "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+    BOOST_TEST(sha256::hex(std::string(1000000, 'a')) ==
+               "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+    machine::test::temp_dir dir;
+    std::ofstream(dir.path / "f", std::ios::binary) << std::string(100000, 'x');
+    sha256 streamed;
+    for (int i = 0; i < 1000; ++i) streamed.update(std::string(100, 'x'));
+    BOOST_TEST(sha256::hex_of_file(dir.path / "f") == streamed.hex_digest());
 }
 
 BOOST_AUTO_TEST_SUITE_END()
