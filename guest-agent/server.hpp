@@ -1,0 +1,34 @@
+// The agent's server: one io_context on one thread, a Unix socket listener, a coroutine per
+// connection, a coroutine per running command or subscription, and the journal.
+#pragma once
+
+#include <chrono>
+#include <string>
+
+#include "journal.hpp"
+
+namespace machine::agent {
+
+inline constexpr const char* default_socket = "/run/machine-agent/agent.sock";
+inline constexpr const char* default_journal = "/var/lib/machine-agent/journal.jsonl";
+
+struct server_options {
+    std::string socket_path = default_socket;
+    std::string journal_path = default_journal;
+    std::string user;   ///< the VM user: user.ready, and the socket's group by default
+    std::string group;  ///< the socket's group (name or number); default: the user's primary group
+    bool systemd = true;  ///< false: no boot.finished, no sd_notify
+    std::string systemctl = "systemctl";
+    std::string runtime_dir_root = "/run/user";
+    std::string boot_id_file = "/proc/sys/kernel/random/boot_id";
+    journal::limits journal_limits;
+    std::size_t max_clients = 64;
+    std::chrono::milliseconds sync_interval{200};
+    std::chrono::milliseconds user_poll{500};
+};
+
+/// Runs the agent until SIGTERM or SIGINT. Returns the process exit status; start-up failures
+/// (socket in use, journal unreadable) are logged and give 1.
+int serve(const server_options& options);
+
+} // namespace machine::agent

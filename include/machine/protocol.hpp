@@ -1,0 +1,329 @@
+// The guest agent protocol (guest-agent/PROTOCOL.md): framing, envelope and message shapes.
+//
+// Pure and sans-io: nothing here reads or writes a socket. The agent and the host both feed the
+// bytes they receive to a `decoder` and send what `encode` returns, so the two sides cannot
+// disagree about framing. Typical host use:
+//
+//     protocol::decoder dec({.require_id = false});           // agent messages may carry id null
+//     std::vector<protocol::decoded> items;
+//     dec.feed(chunk, items);                                  // any chunk size, even one byte
+//     for (auto& item : items) {
+//         if (auto* e = std::get_if<protocol::decode_error>(&item)) { ... e->code ... }
+//         auto& m = std::get<protocol::message>(item);
+//         if (m.type == protocol::type::output) {
+//             auto out = protocol::parse_output(m.body);      // parsed<output_chunk>
+//             ...
+//         }
+//     }
+//     send(protocol::encode(protocol::make_run_request(7, req)));
+//
+// Errors are values here (a `decode_error`, a `parsed<T>` holding a message); nothing throws
+// except `encode` on a message that cannot fit in one line.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace machine::protocol {
+
+// Messages keep their keys in insertion order, so lines read "v, id, type, ..." on the wire.
+using json = nlohmann::ordered_json;
+
+inline constexpr int version = 1;
+inline constexpr std::size_t max_line_bytes = 1 << 20;      // before the '\n', both directions
+inline constexpr std::size_t output_chunk_bytes = 32 << 10; // raw bytes per `output` message
+inline constexpr std::size_t max_event_bytes = 64 << 10;    // an emitted event, encoded
+inline constexpr std::size_t max_nesting = 64;              // JSON depth accepted by the decoder
+inline constexpr std::uint64_t max_id = (std::uint64_t{1} << 53) - 1;
+
+// Message types (the `type` field).
+namespace type {
+// requests
+inline constexpr std::string_view hello = "hello";
+inline constexpr std::string_view run = "run";
+inline constexpr std::string_view cancel = "cancel";
+inline constexpr std::string_view health = "health";
+inline constexpr std::string_view subscribe = "subscribe";
+inline constexpr std::string_view emit = "emit";
+// agent messages: final
+inline constexpr std::string_view result = "result";
+inline constexpr std::string_view error = "error";
+// agent messages: streaming
+inline constexpr std::string_view output = "output";
+inline constexpr std::string_view event = "event";
+inline constexpr std::string_view gap = "gap";
+inline constexpr std::string_view live = "live";
+} // namespace type
+
+/// True for `result` and `error`: the one message that ends a request.
+bool is_final(std::string_view type);
+
+// Error codes carried by `error` messages (PROTOCOL.md §3). The wire carries the string form.
+enum class errc {
+    // framing and envelope
+    line_too_long,
+    invalid_json,
+    not_an_object,
+    bad_version,
+    missing_type,
+    bad_id,
+    truncated,
+    // requests
+    unknown_type,
+    bad_request,
+    duplicate_id,
+    too_many_requests,
+    not_found,
+    bad_seq,
+    no_such_user,
+    spawn_failed,
+    too_large,
+    too_many_clients,
+    shutting_down,
+    internal,
+};
+
+/// The wire spelling: errc::line_too_long -> "line_too_long".
+std::string_view to_string(errc code);
+/// The code for a wire spelling; nullopt for codes this build does not know (treat as internal).
+std::optional<errc> errc_from_string(std::string_view code);
+
+// ---------------------------------------------------------------------------------------------
+// Decoding
+
+/// One decoded line: a message whose envelope (v, id, type) has been validated.
+struct message {
+    std::optional<std::uint64_t> id;  ///< nullopt only when the line had no id or id null
+    std::string type;                 ///< never empty
+    json body;                        ///< the whole object, v/id/type included
+};
+
+/// A line that could not be decoded into a message.
+struct decode_error {
+    errc code;
+    std::string message;              ///< one line, for people
+    std::optional<std::uint64_t> id;  ///< the line's id when it had a usable one (to reply to)
+};
+
+using decoded = std::variant<message, decode_error>;
+
+struct decoder_options {
+    std::size_t max_line = max_line_bytes;  ///< longer lines give errc::line_too_long
+    /// Requests must carry an id (the agent's side). Agent messages may carry `id: null`
+    /// (errors about undecodable lines), so the host decodes with require_id = false.
+    bool require_id = true;
+};
+
+/// Incremental line decoder: feed it byte chunks of any size, it hands back every complete
+/// line as a `decoded`. The result sequence does not depend on how the input was chunked.
+/// Memory: it keeps at most `max_line` bytes of an unfinished line between calls; an overlong
+/// line is reported once, as soon as it passes the limit, and discarded up to its '\n'.
+class decoder {
+public:
+    explicit decoder(decoder_options options = {});
+
+    /// Decodes `bytes`, appending one item per complete line (or overlong line) to `out`.
+    void feed(std::string_view bytes, std::vector<decoded>& out);
+    /// Convenience form of feed().
+    std::vector<decoded> feed(std::string_view bytes);
+    /// The stream has ended: reports an unfinished line as errc::truncated, then resets.
+    void finish(std::vector<decoded>& out);
+
+    /// Bytes of the unfinished line currently held (≤ max_line).
+    std::size_t buffered() const noexcept { return partial_.size(); }
+    /// True while skipping the rest of an overlong line.
+    bool discarding() const noexcept { return discarding_; }
+    /// Lines seen so far (complete, overlong or truncated), counting ignored blank lines.
+    std::uint64_t lines() const noexcept { return lines_; }
+
+private:
+    void line_done(std::string_view line, std::vector<decoded>& out);
+
+    decoder_options options_;
+    std::string partial_;
+    bool discarding_ = false;
+    std::uint64_t lines_ = 0;
+};
+
+/// Decodes one complete line (without its '\n'). Blank lines give nullopt.
+std::optional<decoded> decode_line(std::string_view line, const decoder_options& options = {});
+
+// ---------------------------------------------------------------------------------------------
+// Encoding
+
+/// One message as one line, '\n' included. Strings that are not valid UTF-8 are repaired
+/// (U+FFFD), never a throw. Throws std::length_error when the line would exceed
+/// max_line_bytes: the message shapes below keep every agent message far under it.
+std::string encode(const json& message);
+
+/// {"v":1,"id":id,"type":type}: the start of any message.
+json make_envelope(std::optional<std::uint64_t> id, std::string_view type);
+/// A request with no fields yet (hello, health...).
+inline json make_request(std::uint64_t id, std::string_view type) { return make_envelope(id, type); }
+/// A `result` with `fields` (an object) after the envelope.
+json make_result(std::optional<std::uint64_t> id, const json& fields = json::object());
+/// An `error`.
+json make_error(std::optional<std::uint64_t> id, errc code, std::string_view message);
+json make_error(const decode_error& e);
+
+// ---------------------------------------------------------------------------------------------
+// Typed messages. parse_* check a decoded message's fields; on failure `error` says which
+// field is wrong (the agent sends it as errc::bad_request).
+
+template <class T>
+struct parsed {
+    std::optional<T> value;
+    std::string error;               ///< what is wrong, naming the field
+    errc code = errc::bad_request;   ///< the code to reply with
+
+    static parsed fail(std::string why, errc c = errc::bad_request) {
+        return parsed{std::nullopt, std::move(why), c};
+    }
+    explicit operator bool() const noexcept { return value.has_value(); }
+    T& operator*() { return *value; }
+    const T& operator*() const { return *value; }
+    T* operator->() { return &*value; }
+    const T* operator->() const { return &*value; }
+};
+
+struct hello_request {
+    std::string client;  ///< free text for the agent's log
+};
+json make_hello_request(std::uint64_t id, const hello_request& r);
+parsed<hello_request> parse_hello_request(const json& body);
+
+struct journal_info {
+    std::string id;
+    std::uint64_t first_seq = 0;  ///< 0 when empty
+    std::uint64_t last_seq = 0;
+};
+
+struct hello_result {
+    int protocol = version;
+    std::string agent_version;
+    std::vector<std::string> capabilities;
+    std::string boot_id;
+    journal_info journal;
+    std::size_t max_line = max_line_bytes;
+    std::size_t output_chunk = output_chunk_bytes;
+    std::size_t max_event_bytes = protocol::max_event_bytes;
+};
+json make_hello_result(std::uint64_t id, const hello_result& r);
+parsed<hello_result> parse_hello_result(const json& body);
+
+struct run_request {
+    std::vector<std::string> argv;  ///< never a shell string; argv[0] is found in PATH
+    std::string user;
+    std::optional<std::string> cwd;                          ///< default: the user's home
+    std::vector<std::pair<std::string, std::string>> env;    ///< added to the base environment
+    std::optional<std::string> stdin_data;                   ///< raw bytes; absent: /dev/null
+    std::optional<std::uint32_t> grace_ms;                   ///< SIGTERM..SIGKILL on cancel
+};
+inline constexpr std::size_t max_argv = 4096;
+json make_run_request(std::uint64_t id, const run_request& r);
+parsed<run_request> parse_run_request(const json& body);
+
+struct output_chunk {
+    std::string stream;  ///< "stdout" or "stderr"
+    std::string data;    ///< raw bytes, decoded from data_b64
+};
+json make_output(std::uint64_t id, std::string_view stream, std::string_view data);
+parsed<output_chunk> parse_output(const json& body);
+
+struct run_result {
+    std::optional<int> exit_code;  ///< exactly one of exit_code and signal is set
+    std::optional<int> signal;
+    bool cancelled = false;
+    std::uint64_t duration_ms = 0;
+};
+json make_run_result(std::uint64_t id, const run_result& r);
+parsed<run_result> parse_run_result(const json& body);
+
+struct cancel_request {
+    std::uint64_t target = 0;
+};
+json make_cancel_request(std::uint64_t id, const cancel_request& r);
+parsed<cancel_request> parse_cancel_request(const json& body);
+
+struct health_result {
+    std::uint64_t uptime_ms = 0;
+    std::uint64_t rss_kib = 0;
+    std::uint64_t clients = 0;
+    std::uint64_t running = 0;
+    std::uint64_t subscribers = 0;
+    std::uint64_t journal_first_seq = 0;
+    std::uint64_t journal_last_seq = 0;
+    std::uint64_t journal_events = 0;
+    std::uint64_t journal_bytes = 0;
+};
+json make_health_result(std::uint64_t id, const health_result& r);
+parsed<health_result> parse_health_result(const json& body);
+
+struct subscribe_request {
+    std::uint64_t from_seq = 0;  ///< the last seq already seen; 0: everything retained
+};
+json make_subscribe_request(std::uint64_t id, const subscribe_request& r);
+parsed<subscribe_request> parse_subscribe_request(const json& body);
+
+/// An event as stored in the journal and streamed to subscribers.
+struct event_record {
+    std::uint64_t seq = 0;
+    std::string ts;      ///< RFC 3339 UTC with milliseconds
+    std::string event;   ///< the event's name, e.g. "boot.finished"
+    json fields = json::object();  ///< the event's own fields, in order
+};
+/// The streamed form: {"v":1,"id":id,"type":"event","seq":...,"ts":...,"event":...,fields...}.
+json make_event(std::uint64_t id, const event_record& e);
+parsed<event_record> parse_event(const json& body);
+/// The journal line: the streamed form without v, id and type (no '\n').
+std::string journal_line(const event_record& e);
+/// Turns a journal line into the streamed form for request `id` without re-parsing it
+/// (the line must come from journal_line()). Returns the line with its '\n'.
+std::string event_message_from_journal_line(std::uint64_t id, std::string_view line);
+
+struct gap_notice {
+    std::uint64_t from_seq = 0;  ///< first missing seq
+    std::uint64_t to_seq = 0;    ///< last missing seq
+};
+json make_gap(std::uint64_t id, const gap_notice& g);
+parsed<gap_notice> parse_gap(const json& body);
+
+json make_live(std::uint64_t id, std::uint64_t seq);
+
+struct emit_request {
+    std::string event;
+    json fields = json::object();
+};
+json make_emit_request(std::uint64_t id, const emit_request& r);
+/// Checks the name, the reserved keys and the encoded size (errc::too_large above
+/// max_event_bytes).
+parsed<emit_request> parse_emit_request(const json& body);
+
+/// Event names: 1-64 of [a-z0-9._-], starting with a letter or digit.
+bool is_valid_event_name(std::string_view name);
+/// Keys an event's fields may not use: v, id, type, seq, ts, event.
+bool is_reserved_field(std::string_view key);
+
+/// The error fields of an `error` message (code as sent, so unknown codes survive).
+struct error_reply {
+    std::string code;
+    std::string message;
+};
+parsed<error_reply> parse_error(const json& body);
+
+// ---------------------------------------------------------------------------------------------
+// base64 (RFC 4648 §4, with padding)
+
+std::string base64_encode(std::string_view bytes);
+/// nullopt for anything but canonical padded base64 (no whitespace, no missing padding).
+std::optional<std::string> base64_decode(std::string_view text);
+
+} // namespace machine::protocol
