@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import urllib.parse
 
-from . import logrus, store, units
+from . import logrus, units
 
 
 class ImageError(Exception):
