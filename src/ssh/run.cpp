@@ -1,0 +1,178 @@
+// session::run(): a remote command to completion, with timeout and cancellation.
+#include <array>
+
+#include <asio/experimental/awaitable_operators.hpp>
+#include <asio/steady_timer.hpp>
+#include <asio/this_coro.hpp>
+#include <asio/use_awaitable.hpp>
+
+#include "core.hpp"
+#include "machine/cancel.hpp"
+
+namespace machine::ssh {
+
+namespace {
+
+using asio::awaitable;
+using asio::use_awaitable;
+using namespace asio::experimental::awaitable_operators;
+using clock = std::chrono::steady_clock;
+
+enum class stop_reason { none, timeout, cancelled };
+
+awaitable<void> sleep_until(asio::steady_timer& timer, clock::time_point t) {
+    timer.expires_at(t);
+    co_await timer.async_wait(use_awaitable);  // throws when cancelled (it lost a race)
+}
+
+awaitable<void> sleep_for(asio::steady_timer& timer, std::chrono::milliseconds d) {
+    timer.expires_after(d);
+    co_await timer.async_wait(use_awaitable);
+}
+
+awaitable<void> wait_cancel(cancel_signal& cancel, cancel_signal::level above) {
+    co_await cancel.wait_above(above);
+}
+
+// Completes when the deadline passes or the cancel signal fires (never, without either).
+awaitable<stop_reason> wait_stop(asio::steady_timer& timer, clock::time_point deadline,
+                                 cancel_signal* cancel) {
+    if (cancel && cancel->current() != cancel_signal::none) co_return stop_reason::cancelled;
+    if (cancel) {
+        auto r = co_await (sleep_until(timer, deadline) || wait_cancel(*cancel, cancel_signal::none));
+        co_return r.index() == 0 ? stop_reason::timeout : stop_reason::cancelled;
+    }
+    co_await sleep_until(timer, deadline);
+    co_return stop_reason::timeout;
+}
+
+struct opened {
+    std::shared_ptr<channel> ch;
+    std::exception_ptr failure;
+};
+
+awaitable<opened> open_nothrow(std::shared_ptr<session> s, std::string command) {
+    // A failure must count as a completion for `||` (which waits for the first success).
+    opened o;
+    try {
+        o.ch = co_await s->exec(std::move(command));
+    } catch (...) {
+        o.failure = std::current_exception();
+    }
+    co_return o;
+}
+
+awaitable<void> feed(std::shared_ptr<channel> ch, std::string data) {
+    // A command that does not read its stdin (and exits) is its own business, as with pipes;
+    // only a dead connection is an error.
+    try {
+        if (!data.empty()) co_await ch->write(std::move(data));
+        co_await ch->send_eof();
+    } catch (const connection_lost&) {
+        throw;
+    } catch (const error&) {
+    }
+}
+
+awaitable<void> collect_stream(std::shared_ptr<channel> ch, bool is_stderr, std::string& into,
+                               std::size_t cap) {
+    for (;;) {
+        std::optional<std::string> chunk;
+        if (is_stderr) chunk = co_await ch->read_stderr();
+        else chunk = co_await ch->read();
+        if (!chunk) co_return;
+        if (into.size() < cap) into.append(*chunk, 0, std::min(chunk->size(), cap - into.size()));
+    }
+}
+
+awaitable<void> collect_status(std::shared_ptr<channel> ch, exec_result& res) {
+    const int status = co_await ch->exit_status();
+    res.exit_signal = ch->exit_signal();
+    if (res.exit_signal.empty()) res.exit_code = status;
+}
+
+// Never throws: the failure is kept for after the race with the watchdog.
+awaitable<void> collect(std::shared_ptr<channel> ch, std::string stdin_data, std::size_t cap,
+                        exec_result& res, std::exception_ptr& failure) {
+    try {
+        co_await (feed(ch, std::move(stdin_data)) && collect_stream(ch, false, res.out, cap) &&
+                  collect_stream(ch, true, res.err, cap) && collect_status(ch, res));
+    } catch (...) {
+        failure = std::current_exception();
+    }
+}
+
+// Waits for a reason to stop, then escalates like proc: INT, TERM, KILL with a grace period in
+// between (KILL at once on a forceful cancel), then closes the channel. Ends the race in run()
+// only if the command outlives all of that.
+awaitable<void> watchdog(std::shared_ptr<channel> ch, asio::steady_timer& timer,
+                         clock::time_point deadline, const run_options& opt, stop_reason& reason) {
+    reason = co_await wait_stop(timer, deadline, opt.cancel);
+    static constexpr std::array<const char*, 3> ladder{"INT", "TERM", "KILL"};
+    for (const char* sig : ladder) {
+        const bool forceful = opt.cancel && opt.cancel->current() == cancel_signal::forceful;
+        const std::string name = forceful ? "KILL" : sig;
+        ch->send_signal(name);
+        if (opt.cancel && name != "KILL") {
+            co_await (sleep_for(timer, opt.grace) || wait_cancel(*opt.cancel, cancel_signal::graceful));
+        } else {
+            co_await sleep_for(timer, opt.grace);
+        }
+        if (name == "KILL") break;
+    }
+    ch->close();  // the server ignores signals: stop waiting for it
+}
+
+} // namespace
+
+awaitable<exec_result> session::run(std::string command) {
+    return run(std::move(command), run_options());
+}
+
+awaitable<exec_result> session::run(std::string command, run_options options) {
+    auto self = shared_from_this();
+    exec_result res;
+    if (options.cancel && options.cancel->current() != cancel_signal::none) {
+        res.cancelled = true;
+        co_return res;
+    }
+    auto ex = co_await asio::this_coro::executor;
+    asio::steady_timer timer(ex);
+    const auto deadline = options.timeout ? clock::now() + *options.timeout : clock::time_point::max();
+
+    // 1. Open the channel and start the command; a stuck server must not outlast the deadline.
+    auto first = co_await (open_nothrow(self, std::move(command)) ||
+                           wait_stop(timer, deadline, options.cancel));
+    if (first.index() == 1) {
+        const stop_reason why = std::get<1>(first);
+        res.timed_out = why == stop_reason::timeout;
+        res.cancelled = why == stop_reason::cancelled;
+        co_return res;
+    }
+    opened o = std::get<0>(std::move(first));
+    if (o.failure) std::rethrow_exception(o.failure);
+    std::shared_ptr<channel> ch = o.ch;
+
+    // 2. Collect everything until the channel closes, unless the watchdog fires first.
+    stop_reason reason = stop_reason::none;
+    std::exception_ptr failure;
+    co_await (collect(ch, std::move(options.stdin_data), options.max_output, res, failure) ||
+              watchdog(ch, timer, deadline, options, reason));
+    ch->close();
+    res.timed_out = reason == stop_reason::timeout;
+    res.cancelled = reason == stop_reason::cancelled;
+    if (failure) {
+        // After a timeout or a cancellation the channel was closed under the collectors: only
+        // a dead connection is still worth reporting.
+        try {
+            std::rethrow_exception(failure);
+        } catch (const connection_lost&) {
+            throw;
+        } catch (...) {
+            if (reason == stop_reason::none) throw;
+        }
+    }
+    co_return res;
+}
+
+} // namespace machine::ssh
