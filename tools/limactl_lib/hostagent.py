@@ -216,6 +216,9 @@ class HostAgent:
             if not os.path.isdir(m["location"]):
                 self.log("warning", f"mount location `{m['location']}` does not exist; creating it")
                 os.makedirs(m["location"], exist_ok=True)
+        if not os.path.exists(os.path.join(self.dir, "kernel")):
+            self.log("warning", "no kernel for this image (images[].kernel, or vmlinuz next to the disk): "
+                                "booting the disk through the BIOS, which the stand-in's images cannot do")
         argv = qemu.build_argv(self.name, self.dir, self.cfg, accel, self.port, self._kernel_cmdline(), mounts)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(self.dir, "serial.log"))
