@@ -40,6 +40,7 @@ inline constexpr const char* step_finished = "step.finished";  // step, ok, dura
 inline constexpr const char* message = "message";          // level, text
 inline constexpr const char* error = "error";              // message, [diagnostics]
 inline constexpr const char* vm_done = "vm.done";          // outcome, duration_ms
+inline constexpr const char* guest = "guest.event";        // event, seq, then the agent's fields
 } // namespace type
 
 // VM lifecycle states as machine reports them.
@@ -50,6 +51,9 @@ event step_finished(std::string vm, std::string step, bool ok, std::chrono::mill
 event message(std::string vm, std::string level, std::string text);
 event error(std::string vm, std::string message, std::string diagnostics = {});
 event vm_done(std::string vm, std::string outcome, std::chrono::milliseconds took);
+// An event from the VM's guest agent (its journal), with the agent's own fields after ours.
+event guest_event(std::string vm, std::string name, std::uint64_t seq,
+                  std::vector<std::pair<std::string, value>> fields);
 
 // The envelope as one JSON line (without the newline).
 std::string to_json_line(const event& e);

@@ -63,6 +63,14 @@ event vm_done(std::string vm, std::string outcome, std::chrono::milliseconds too
                 {{"outcome", std::move(outcome)}, {"duration_ms", std::int64_t(took.count())}});
 }
 
+event guest_event(std::string vm, std::string name, std::uint64_t seq,
+                  std::vector<std::pair<std::string, value>> fields) {
+    std::vector<std::pair<std::string, value>> f{{"event", std::move(name)},
+                                                 {"seq", static_cast<std::int64_t>(seq)}};
+    for (auto& kv : fields) f.push_back(std::move(kv));
+    return make(std::move(vm), type::guest, std::move(f));
+}
+
 std::string format_timestamp(std::chrono::system_clock::time_point t) {
     const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch());
     const std::time_t secs = static_cast<std::time_t>(ms.count() / 1000);

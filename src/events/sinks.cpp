@@ -45,6 +45,17 @@ std::string terminal_sink::render(const event& e) {
     if (t == type::message) return e.text("text");
     if (t == type::error) return "error: " + e.text("message");
     if (t == type::vm_done) return e.text("outcome") + " in " + seconds(e);
+    if (t == type::guest) {
+        std::string line = "agent: " + e.text("event");
+        for (const auto& [k, v] : e.fields) {
+            if (k == "event" || k == "seq") continue;
+            line += " " + k + "=";
+            if (const auto* s = std::get_if<std::string>(&v)) line += *s;
+            else if (const auto* i = std::get_if<std::int64_t>(&v)) line += std::to_string(*i);
+            else if (const auto* b = std::get_if<bool>(&v)) line += *b ? "true" : "false";
+        }
+        return line;
+    }
     return {};  // lima.status and other machine-oriented events stay out of the human view
 }
 

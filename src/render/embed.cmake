@@ -1,3 +1,7 @@
-# Turns templates/lima.yaml into a C++ raw string literal, so the binary needs no data files.
+# Turns a text file into a C++ raw string literal named ${NAME} (default kTemplate), so the
+# binary needs no data files at run time.
+if(NOT NAME)
+  set(NAME kTemplate)
+endif()
 file(READ "${INPUT}" content)
-file(WRITE "${OUTPUT}" "constexpr const char* kTemplate = R\"MACHINE_TEMPLATE(${content})MACHINE_TEMPLATE\";\n")
+file(WRITE "${OUTPUT}" "constexpr const char* ${NAME} = R\"MACHINE_EMBED(${content})MACHINE_EMBED\";\n")

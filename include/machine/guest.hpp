@@ -1,0 +1,110 @@
+// The host's side of the guest agent (guest-agent/PROTOCOL.md): deploying it into a VM and
+// talking to it over an SSH channel to its Unix socket.
+//
+// Everything the agent sends is untrusted: lines are capped by the protocol decoder, malformed
+// lines are reported (through `on_problem`) and skipped, and nothing in a message is ever used
+// as a host path or a host command. Text reaches the user's terminal only through the
+// sanitizing terminal sink.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include <asio/awaitable.hpp>
+
+#include "machine/error.hpp"
+#include "machine/protocol.hpp"
+
+namespace machine::ssh {
+class session;
+class channel;
+} // namespace machine::ssh
+
+namespace machine::guest {
+
+inline constexpr const char* agent_socket = "/run/machine-agent/agent.sock";
+inline constexpr const char* agent_install_path = "/usr/local/bin/machine-agent";
+
+// The agent answered a request with an `error` message.
+class agent_error : public error {
+public:
+    agent_error(std::string code, const std::string& message)
+        : error("the guest agent refused: " + message + " (" + code + ")"), code_(std::move(code)) {}
+    const std::string& code() const noexcept { return code_; }
+
+private:
+    std::string code_;
+};
+
+// One channel to the agent. Requests are sequential on a connection; open several for
+// concurrent work (channels are cheap).
+class connection {
+public:
+    // `on_problem` hears about every line from the agent that could not be decoded or did not
+    // belong to the request in flight; such lines are skipped.
+    static asio::awaitable<std::unique_ptr<connection>> open(
+        std::shared_ptr<ssh::session> session, std::function<void(const std::string&)> on_problem = {},
+        std::string socket = agent_socket);
+    ~connection();
+
+    asio::awaitable<protocol::hello_result> hello(std::string client);
+
+    // Runs a command as `request.user`; output chunks go to `on_output` as they arrive.
+    asio::awaitable<protocol::run_result> run(protocol::run_request request,
+                                              std::function<void(const protocol::output_chunk&)> on_output);
+
+    // Streams every event with seq > from_seq, then live ones, to `on_event` until it returns
+    // false (the subscription is then cancelled and drained). Returns the last seq delivered.
+    // Throws ssh::connection_lost when the VM or the connection goes away.
+    asio::awaitable<std::uint64_t> subscribe(std::uint64_t from_seq,
+                                             std::function<bool(const protocol::event_record&)> on_event,
+                                             std::function<void(const protocol::gap_notice&)> on_gap = {});
+
+    // Appends an event to the agent's journal; returns its seq.
+    asio::awaitable<std::uint64_t> emit(protocol::emit_request request);
+
+    connection(std::shared_ptr<ssh::channel> ch, std::function<void(const std::string&)> on_problem);
+
+private:
+    asio::awaitable<protocol::message> next_for(std::uint64_t id, std::uint64_t also = 0);
+    asio::awaitable<protocol::message> final_for(std::uint64_t id);
+    asio::awaitable<void> send(const protocol::json& message);
+    std::shared_ptr<ssh::channel> channel_;
+    std::function<void(const std::string&)> on_problem_;
+    protocol::decoder decoder_;
+    std::vector<protocol::decoded> pending_;
+    std::size_t next_pending_ = 0;
+    std::uint64_t next_id_ = 1;
+};
+
+// The agent binary and unit this host ships.
+struct agent_files {
+    std::filesystem::path binary;
+    std::string sha256;  // hex
+};
+
+// $MACHINE_AGENT, else `machine-agent` next to this executable, else the build tree's
+// guest-agent/machine-agent. Throws machine::error saying where it looked.
+agent_files find_agent();
+
+// The systemd unit (guest-agent/machine-agent.service, compiled in).
+std::string_view agent_unit();
+
+// What ensure_agent() did.
+enum class deployment { already_current, installed, upgraded };
+
+// Makes sure the VM runs exactly `files` as its `machine-agent` service for `vm_user`:
+// compares SHA-256, uploads and installs when missing or different, (re)starts the service.
+asio::awaitable<deployment> ensure_agent(std::shared_ptr<ssh::session> session, const agent_files& files,
+                                         std::string vm_user);
+
+// Opens a connection to the agent, retrying for up to `patience` while it starts.
+asio::awaitable<std::unique_ptr<connection>> connect_agent(
+    std::shared_ptr<ssh::session> session, std::chrono::milliseconds patience,
+    std::function<void(const std::string&)> on_problem = {});
+
+} // namespace machine::guest

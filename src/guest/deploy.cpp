@@ -1,0 +1,129 @@
+// Putting the agent into a VM: compare by SHA-256, upload when missing or different, install
+// the systemd unit, (re)start the service.
+#include <unistd.h>
+
+#include "machine/guest.hpp"
+#include "machine/paths.hpp"
+#include "machine/sha256.hpp"
+#include "machine/ssh.hpp"
+#include "machine/text.hpp"
+
+namespace machine::guest {
+
+namespace fs = std::filesystem;
+using asio::awaitable;
+
+namespace {
+#include "agent_unit.inc"  // defines kAgentUnit, generated from guest-agent/machine-agent.service
+
+constexpr const char* unit_path = "/etc/systemd/system/machine-agent.service";
+constexpr const char* defaults_path = "/etc/default/machine-agent";
+
+fs::path this_executable() {
+    std::error_code ec;
+    return fs::read_symlink("/proc/self/exe", ec);
+}
+
+// The VM user goes into a config file and a command line: refuse anything but a plain name.
+void require_plain_user_name(const std::string& user) {
+    const bool ok = !user.empty() && user.size() <= 32 &&
+                    std::all_of(user.begin(), user.end(), [](char c) {
+                        return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
+                    }) &&
+                    user[0] != '-';
+    if (!ok) throw error("invalid VM user name '" + text::sanitize_for_terminal(user) + "'");
+}
+
+std::string defaults_text(const std::string& user) { return "MACHINE_AGENT_OPTS=--user " + user + "\n"; }
+
+// Writes `content` to `path` in the VM as root, atomically (a temporary file, then rename).
+// The command is a constant; the path is one of ours; the content travels on stdin.
+awaitable<void> install_file(std::shared_ptr<ssh::session> session, std::string path, std::string content,
+                             std::string mode) {
+    const std::string q = text::shell_quote(path);
+    const std::string tmp = text::shell_quote(path + ".machine-new");
+    ssh::run_options opt;
+    opt.stdin_data = std::move(content);
+    opt.timeout = std::chrono::seconds(120);
+    const std::string command = "sudo -n sh -c " +
+                                text::shell_quote("umask 022 && mkdir -p \"$(dirname " + q + ")\" && cat > " + tmp +
+                                                  " && chmod " + mode + " " + tmp + " && mv -f " + tmp + " " + q);
+    const auto r = co_await session->run(command, std::move(opt));
+    if (!r.ok())
+        throw error("cannot install " + path + " in the VM: " + text::trim(text::tail(r.err, 500)) +
+                    " (exit status " + std::to_string(r.status()) + ")");
+}
+
+} // namespace
+
+std::string_view agent_unit() { return kAgentUnit; }
+
+agent_files find_agent() {
+    std::vector<fs::path> candidates;
+    if (const auto v = paths::env("MACHINE_AGENT"); !v.empty()) candidates.emplace_back(v);
+    const fs::path exe_dir = this_executable().parent_path();
+    if (!exe_dir.empty()) {
+        candidates.push_back(exe_dir / "machine-agent");
+        candidates.push_back(exe_dir / "guest-agent" / "machine-agent");  // the build tree
+    }
+    std::string looked;
+    for (const auto& c : candidates) {
+        if (::access(c.c_str(), R_OK) == 0) return agent_files{c, sha256::hex_of_file(c)};
+        looked += (looked.empty() ? "" : ", ") + c.string();
+    }
+    throw error("the guest agent binary (machine-agent) is missing; looked in: " + looked +
+                " (build it, or set MACHINE_AGENT)");
+}
+
+awaitable<deployment> ensure_agent(std::shared_ptr<ssh::session> session, const agent_files& files,
+                                   std::string vm_user) {
+    require_plain_user_name(vm_user);
+    const std::string want_unit = sha256::hex(kAgentUnit);
+    const std::string want_defaults = sha256::hex(defaults_text(vm_user));
+    // What is installed: three hashes (missing files print nothing) and whether it runs.
+    const std::string probe = std::string("sha256sum ") + agent_install_path + " " + unit_path + " " +
+                              defaults_path + " 2>/dev/null; systemctl is-active machine-agent 2>/dev/null; true";
+    const auto r = co_await session->run(probe);
+    std::string have_binary, have_unit, have_defaults;
+    bool active = false;
+    for (const auto& line : text::split_lines(r.out)) {
+        const auto space = line.find(' ');
+        const std::string hash = line.substr(0, space);
+        if (line.size() > 66 && line.find(agent_install_path) != std::string::npos) have_binary = hash;
+        else if (line.find(unit_path) != std::string::npos) have_unit = hash;
+        else if (line.find(defaults_path) != std::string::npos) have_defaults = hash;
+        else if (text::trim(line) == "active") active = true;
+    }
+    const bool binary_ok = have_binary == files.sha256;
+    const bool config_ok = have_unit == want_unit && have_defaults == want_defaults;
+    if (binary_ok && config_ok && active) co_return deployment::already_current;
+
+    // Arguments are named before each co_await (house style §4: g++ 12 mishandles temporaries
+    // built inside a co_await expression).
+    if (!binary_ok) {
+        std::string binary = paths::read_file(files.binary);
+        co_await install_file(session, agent_install_path, std::move(binary), "0755");
+    }
+    if (have_unit != want_unit) {
+        std::string unit(kAgentUnit);
+        co_await install_file(session, unit_path, std::move(unit), "0644");
+    }
+    if (have_defaults != want_defaults) {
+        std::string defaults = defaults_text(vm_user);
+        co_await install_file(session, defaults_path, std::move(defaults), "0644");
+    }
+    // Lingering starts the user's systemd manager at boot: that is what `user.ready` waits for.
+    const std::string start =
+        "sudo -n sh -c " + text::shell_quote("systemctl daemon-reload && systemctl enable --quiet machine-agent && "
+                                             "systemctl restart machine-agent && { loginctl enable-linger " +
+                                             vm_user + " 2>/dev/null || true; }");
+    ssh::run_options opt;
+    opt.timeout = std::chrono::seconds(120);
+    const auto s = co_await session->run(start, std::move(opt));
+    if (!s.ok())
+        throw error("cannot start the guest agent: " + text::trim(text::tail(s.err, 500)) + " (exit status " +
+                    std::to_string(s.status()) + ")");
+    co_return have_binary.empty() ? deployment::installed : deployment::upgraded;
+}
+
+} // namespace machine::guest

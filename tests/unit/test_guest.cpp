@@ -1,0 +1,277 @@
+// The host's side of the guest agent, with real parts: a real OpenSSH sshd on 127.0.0.1 with
+// throwaway keys (tests/support/sshd.hpp) and the real machine-agent running on this host
+// behind it, reached through an SSH direct-streamlocal channel as `machine` reaches a VM's.
+#include <boost/test/unit_test.hpp>
+
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <asio/co_spawn.hpp>
+#include <asio/detached.hpp>
+#include <asio/io_context.hpp>
+#include <asio/local/stream_protocol.hpp>
+#include <asio/steady_timer.hpp>
+#include <asio/use_awaitable.hpp>
+#include <asio/write.hpp>
+
+#include "machine/guest.hpp"
+#include "machine/ssh.hpp"
+#include "../support/sshd.hpp"
+#include "test_support.hpp"
+
+using namespace machine;
+namespace fs = std::filesystem;
+namespace pr = machine::protocol;
+using namespace std::chrono_literals;
+
+namespace {
+
+// The real agent, on a private socket and journal, as the current user.
+struct host_agent {
+    machine::test::temp_dir dir;
+    pid_t pid = -1;
+    fs::path socket() const { return dir.path / "agent.sock"; }
+
+    host_agent() { start(); }
+    ~host_agent() { stop(); }
+
+    void start() {
+        const std::string user = machine::test::run_sync({"id", "-un"});
+        const std::string group = machine::test::run_sync({"id", "-gn"});
+        pid = ::fork();
+        if (pid == 0) {
+            for (int fd = 3; fd < 1024; ++fd) ::close(fd);
+            ::execl(MACHINE_AGENT_BINARY, "machine-agent", "--socket", socket().c_str(), "--journal",
+                    (dir.path / "journal.jsonl").c_str(), "--user", user.substr(0, user.find('\n')).c_str(),
+                    "--group", group.substr(0, group.find('\n')).c_str(), "--no-systemd", nullptr);
+            ::_exit(127);
+        }
+        for (int i = 0; i < 200 && !fs::exists(socket()); ++i) ::usleep(10000);
+        BOOST_REQUIRE_MESSAGE(fs::exists(socket()), "the agent did not create its socket");
+    }
+    void stop() {
+        if (pid <= 0) return;
+        ::kill(pid, SIGKILL);
+        ::waitpid(pid, nullptr, 0);
+        pid = -1;
+    }
+};
+
+// Emits events through the agent's socket directly (no SSH), one request at a time.
+class local_emitter {
+public:
+    explicit local_emitter(const fs::path& socket) {
+        fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        sockaddr_un addr{};
+        addr.sun_family = AF_UNIX;
+        std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", socket.c_str());
+        BOOST_REQUIRE(::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+    }
+    ~local_emitter() { ::close(fd_); }
+    void emit(std::int64_t i) {
+        pr::emit_request r;
+        r.event = "test.n";
+        r.fields = pr::json::object({{"i", i}});
+        const std::string line = pr::encode(pr::make_emit_request(static_cast<std::uint64_t>(i) + 1, r));
+        BOOST_REQUIRE(::write(fd_, line.data(), line.size()) == static_cast<ssize_t>(line.size()));
+        for (char c = 0; c != '\n';) BOOST_REQUIRE(::read(fd_, &c, 1) == 1);  // its result
+    }
+
+private:
+    int fd_ = -1;
+};
+
+struct fixture {
+    machine::test::sshd_server sshd;
+    host_agent agent;
+    asio::io_context io;
+    std::vector<std::string> problems;
+
+    std::function<void(const std::string&)> on_problem() {
+        return [this](const std::string& p) { problems.push_back(p); };
+    }
+};
+
+asio::awaitable<std::shared_ptr<ssh::session>> connect(const machine::test::sshd_server& sshd) {
+    auto s = co_await ssh::session::connect(sshd.endpoint(), sshd.pin("vm", true));
+    co_return s;
+}
+
+} // namespace
+
+BOOST_AUTO_TEST_SUITE(guest_over_ssh)
+
+BOOST_FIXTURE_TEST_CASE(hello_and_run_through_the_channel, fixture) {
+    auto task = [&]() -> asio::awaitable<void> {
+        auto session = co_await connect(sshd);
+        auto conn = co_await guest::connection::open(session, on_problem(), agent.socket().string());
+        const auto hello = co_await conn->hello("machine tests");
+        BOOST_TEST(hello.protocol == pr::version);
+        BOOST_TEST(!hello.boot_id.empty());
+        pr::run_request run;
+        run.argv = {"sh", "-c", "printf '%s' \"$1\"; echo err >&2; exit 3", "sh", "a;b $(c) 'd'"};
+        run.user = sshd.user();
+        std::string out, err;
+        auto on_output = [&](const pr::output_chunk& c) { (c.stream == "stdout" ? out : err) += c.data; };
+        const auto result = co_await conn->run(run, on_output);
+        BOOST_TEST(result.exit_code.value_or(-1) == 3);
+        BOOST_TEST(out == "a;b $(c) 'd'");
+        BOOST_TEST(err == "err\n");
+        session->close();
+    };
+    machine::test::co_run(io, task());
+    BOOST_TEST(problems.empty());
+}
+
+BOOST_FIXTURE_TEST_CASE(ten_thousand_events_arrive_in_order, fixture) {
+    constexpr std::int64_t count = 10000;
+    std::vector<std::uint64_t> seqs;
+    std::vector<std::int64_t> payloads;
+    bool done = false;
+    auto on_event = [&](const pr::event_record& e) {
+        if (e.event == "test.n") {
+            seqs.push_back(e.seq);
+            payloads.push_back(e.fields.value("i", -1));
+        }
+        return payloads.size() < static_cast<std::size_t>(count);
+    };
+    auto subscriber = [&]() -> asio::awaitable<void> {
+        auto session = co_await connect(sshd);
+        auto conn = co_await guest::connection::open(session, on_problem(), agent.socket().string());
+        const auto hello = co_await conn->hello("subscriber");
+        co_await conn->subscribe(hello.journal.last_seq, on_event);
+        session->close();
+        done = true;
+    };
+    asio::co_spawn(io, std::move(subscriber), asio::detached);
+    io.run_for(3s);  // subscribed, live
+    local_emitter emitter(agent.socket());
+    const auto t0 = std::chrono::steady_clock::now();
+    for (std::int64_t i = 0; i < count; ++i) {
+        emitter.emit(i);
+        if (i % 500 == 0) io.poll();  // the subscriber reads while events keep coming
+    }
+    for (int i = 0; i < 600 && !done; ++i) io.run_for(100ms);
+    BOOST_TEST_MESSAGE("10,000 events emitted and received over ssh in " << machine::test::seconds_since(t0) << " s");
+    BOOST_REQUIRE(done);
+    BOOST_REQUIRE(payloads.size() == static_cast<std::size_t>(count));
+    for (std::int64_t i = 0; i < count; ++i) {
+        if (payloads[i] != i || (i > 0 && seqs[i] != seqs[i - 1] + 1))
+            BOOST_FAIL("event " << i << " out of order: payload " << payloads[i] << " seq " << seqs[i]);
+    }
+    BOOST_TEST(problems.empty());
+}
+
+BOOST_FIXTURE_TEST_CASE(a_killed_connection_resumes_without_loss_or_duplicates, fixture) {
+    // Events keep coming (from a local client, as provisioning scripts in a VM emit them) while
+    // the SSH connection of the subscriber dies and comes back.
+    std::vector<std::int64_t> seen;
+    std::uint64_t last_seq = 0;
+    local_emitter emitter(agent.socket());
+    bool lost = false, first_done = false;
+    auto on_event = [&](const pr::event_record& e) {
+        last_seq = e.seq;
+        if (e.event == "test.n") seen.push_back(e.fields.value("i", -1));
+        if (seen.size() == 1000 && !lost) sshd.stop();  // the connection dies mid-stream
+        return seen.size() < 3000;
+    };
+    auto first = [&]() -> asio::awaitable<void> {
+        auto session = co_await connect(sshd);
+        auto conn = co_await guest::connection::open(session, on_problem(), agent.socket().string());
+        last_seq = (co_await conn->hello("first")).journal.last_seq;
+        try {
+            co_await conn->subscribe(last_seq, on_event);
+        } catch (const ssh::connection_lost&) {
+            lost = true;
+        }
+        first_done = true;
+    };
+    asio::co_spawn(io, std::move(first), asio::detached);
+    io.run_for(3s);  // connected and subscribed
+    for (std::int64_t i = 0; i < 1000; ++i) emitter.emit(i);
+    for (int i = 0; i < 100 && !first_done; ++i) io.run_for(100ms);
+    BOOST_REQUIRE(first_done);
+    BOOST_TEST(lost);
+    BOOST_TEST(seen.size() == 1000u);
+    for (std::int64_t i = 1000; i < 3000; ++i) emitter.emit(i);  // while the connection is down
+    sshd.start();
+    io.restart();
+    auto resume = [&]() -> asio::awaitable<void> {
+        auto session = co_await connect(sshd);
+        auto conn = co_await guest::connection::open(session, on_problem(), agent.socket().string());
+        co_await conn->subscribe(last_seq, on_event);
+        session->close();
+    };
+    machine::test::co_run(io, resume());
+    BOOST_REQUIRE(seen.size() == 3000u);
+    for (std::int64_t i = 0; i < 3000; ++i) BOOST_REQUIRE_EQUAL(seen[i], i);
+}
+
+BOOST_FIXTURE_TEST_CASE(a_changed_host_key_is_refused, fixture) {
+    auto first = [&]() -> asio::awaitable<void> { (co_await connect(sshd))->close(); };
+    machine::test::co_run(io, first());
+    const std::string old_fp = sshd.host_fingerprint();
+    sshd.restart_with_new_host_key();
+    auto second = [&]() -> asio::awaitable<void> {
+        co_await ssh::session::connect(sshd.endpoint(), sshd.pin("vm", false));
+    };
+    try {
+        machine::test::co_run(io, second());
+        BOOST_FAIL("connected despite a changed host key");
+    } catch (const ssh::host_key_mismatch& e) {
+        const std::string msg = e.what();
+        BOOST_TEST(msg.find("'vm'") != std::string::npos);
+        BOOST_TEST(msg.find(old_fp) != std::string::npos);
+        BOOST_TEST(msg.find(sshd.host_fingerprint()) != std::string::npos);
+    }
+}
+
+// A hostile or broken "agent": a Unix socket server on this host, reached through sshd like
+// the real one, that answers hello with garbage around a valid result, then cuts a line.
+BOOST_FIXTURE_TEST_CASE(garbage_from_the_guest_is_reported_and_skipped, fixture) {
+    const fs::path evil = agent.dir.path / "evil.sock";
+    asio::local::stream_protocol::acceptor acceptor(io, asio::local::stream_protocol::endpoint(evil.string()));
+    auto serve = [&]() -> asio::awaitable<void> {
+        auto peer = co_await acceptor.async_accept(asio::use_awaitable);
+        std::string request(4096, '\0');
+        co_await peer.async_read_some(asio::buffer(request), asio::use_awaitable);  // the hello
+        std::string reply = std::string(pr::max_line_bytes + 10, 'x') + "\n";  // oversized
+        reply += "{not json\n";
+        reply += R"({"v":1,"id":1,"type":"surprise"})" "\n";                 // unknown type
+        reply += R"({"v":1,"id":99,"type":"result"})" "\n";                  // not ours
+        reply += pr::encode(pr::make_hello_result(1, pr::hello_result{}));
+        co_await asio::async_write(peer, asio::buffer(reply), asio::use_awaitable);
+        co_await peer.async_read_some(asio::buffer(request), asio::use_awaitable);  // subscribe
+        const std::string cut = R"({"v":1,"id":2,"type":"event","seq":1,"ts":"2026-)";
+        co_await asio::async_write(peer, asio::buffer(cut), asio::use_awaitable);
+        peer.close();  // abrupt EOF in the middle of a line
+    };
+    asio::co_spawn(io, std::move(serve), asio::detached);
+    bool lost = false;
+    auto task = [&]() -> asio::awaitable<void> {
+        auto session = co_await connect(sshd);
+        auto conn = co_await guest::connection::open(session, on_problem(), evil.string());
+        const auto hello = co_await conn->hello("victim");
+        BOOST_TEST(hello.protocol == pr::version);
+        auto on_event = [](const pr::event_record&) { return true; };
+        try {
+            co_await conn->subscribe(0, on_event);
+        } catch (const ssh::connection_lost&) {
+            lost = true;
+        }
+        session->close();
+    };
+    machine::test::co_run(io, task());
+    BOOST_TEST(lost);
+    BOOST_REQUIRE(problems.size() == 5u);
+    BOOST_TEST(problems[0].find("line_too_long") != std::string::npos);
+    BOOST_TEST(problems[1].find("invalid_json") != std::string::npos);
+    BOOST_TEST(problems[2].find("unexpected 'surprise'") != std::string::npos);
+    BOOST_TEST(problems[3].find("unexpected 'result'") != std::string::npos);
+    BOOST_TEST(problems[4].find("cut off") != std::string::npos);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
