@@ -78,6 +78,19 @@ asio::awaitable<std::exception_ptr> capture(asio::awaitable<void> task) {
     co_return nullptr;
 }
 
+events::event from_guest(const std::string& vm, const protocol::event_record& e) {
+    constexpr std::size_t max_fields = 32, max_value = 1024;
+    std::vector<std::pair<std::string, events::value>> fields;
+    for (const auto& [key, v] : e.fields.items()) {
+        if (fields.size() == max_fields) break;
+        if (v.is_string()) fields.emplace_back(key, v.get<std::string>().substr(0, max_value));
+        else if (v.is_boolean()) fields.emplace_back(key, v.get<bool>());
+        else if (v.is_number_integer()) fields.emplace_back(key, v.get<std::int64_t>());
+        else fields.emplace_back(key, v.dump(-1, ' ', false, protocol::json::error_handler_t::replace).substr(0, max_value));
+    }
+    return events::guest_event(vm, e.event, e.seq, std::move(fields));
+}
+
 asio::awaitable<void> task_group::join() {
     while (running_ > 0) co_await idle_.async_wait(asio::experimental::as_tuple(asio::use_awaitable));
 }

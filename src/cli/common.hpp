@@ -14,6 +14,7 @@
 #include <asio/steady_timer.hpp>
 
 #include "cli.hpp"
+#include "machine/protocol.hpp"
 
 namespace machine::cli {
 
@@ -50,6 +51,10 @@ std::string resolve_name(context& ctx, const std::optional<std::string>& name);
 // Runs `task` and returns its exception instead of throwing it. `a || b` ends with the first
 // *successful* side, so a side that may fail must not throw.
 asio::awaitable<std::exception_ptr> capture(asio::awaitable<void> task);
+
+// An agent event as one of ours. The guest is untrusted: at most 32 fields, values cut at 1 KiB,
+// nested values flattened to JSON text (the terminal sink sanitizes what it prints).
+events::event from_guest(const std::string& vm, const protocol::event_record& e);
 
 // Spawned tasks that must all finish before their owner returns (no orphans).
 class task_group {

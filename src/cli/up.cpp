@@ -10,8 +10,10 @@
 
 #include "cli.hpp"
 #include "common.hpp"
+#include "machine/guest.hpp"
 #include "machine/paths.hpp"
 #include "machine/render.hpp"
+#include "machine/ssh.hpp"
 #include "machine/text.hpp"
 #include "progress.hpp"
 
@@ -71,9 +73,71 @@ awaitable<void> stop_after_interrupt(context& ctx, std::string name) {
     }
 }
 
-struct target {
-    config::project project;
-};
+awaitable<void> sleep_for(asio::steady_timer& timer, std::chrono::milliseconds d) {
+    timer.expires_after(d);
+    co_await timer.async_wait(asio::use_awaitable);
+}
+
+awaitable<void> subscribe_until(guest::connection& conn, std::uint64_t from,
+                                std::function<bool(const protocol::event_record&)> on_event) {
+    co_await conn.subscribe(from, std::move(on_event));
+}
+
+// After boot: the VM runs exactly our agent, and the agent says the VM is ready (systemd
+// reached its default target, the user's session exists), instead of us polling for it.
+awaitable<void> agent_ready(context& ctx, std::string name, lima::instance inst, cancel_signal* cancel) {
+    using namespace asio::experimental::awaitable_operators;
+    if (paths::env("MACHINE_AGENT") == "off") co_return;  // documented escape hatch
+    const guest::agent_files files = guest::find_agent();
+    const fs::path ssh_config = inst.ssh_config_file.empty() ? fs::path(inst.dir) / "ssh.config"
+                                                             : fs::path(inst.ssh_config_file);
+    const ssh::endpoint ep = ssh::endpoint_from_lima_ssh_config(ssh_config);
+    // The host key is recorded at the first connection after the VM was created, and must match
+    // on every later one.
+    const ssh::host_key_pin pin{project_state_dir(name) / "host_key", name, true};
+
+    ctx.emit(events::step_started(name, "agent"));
+    auto t0 = std::chrono::steady_clock::now();
+    auto session = co_await ssh::session::connect(ep, pin, cancel);
+    const guest::deployment deployed = co_await guest::ensure_agent(session, files, ep.user);
+    ctx.emit(events::step_finished(name, "agent", true, since(t0),
+                                   deployed == guest::deployment::installed  ? "installed"
+                                   : deployed == guest::deployment::upgraded ? "upgraded"
+                                                                             : "up to date"));
+
+    ctx.emit(events::step_started(name, "ready"));
+    t0 = std::chrono::steady_clock::now();
+    auto on_problem = [&ctx, name](const std::string& p) { ctx.emit(events::message(name, "warning", p)); };
+    auto conn = co_await guest::connect_agent(session, 20s, on_problem);
+    const protocol::hello_result hello = co_await conn->hello("machine " MACHINE_VERSION);
+    bool booted = false, user_ready = false;
+    auto on_event = [&](const protocol::event_record& e) {
+        // Earlier boots' events are history: show this boot's, and anything new.
+        const auto boot = e.fields.find("boot_id");
+        const bool this_boot = boot != e.fields.end() && boot->is_string() && boot->get<std::string>() == hello.boot_id;
+        if (this_boot || e.seq > hello.journal.last_seq) ctx.emit(from_guest(name, e));
+        if (this_boot) {
+            booted |= e.event == "boot.finished";
+            user_ready |= e.event == "user.ready";
+        }
+        return !(booted && user_ready);
+    };
+    // This boot's readiness events are among the newest; no need to replay a long journal.
+    const std::uint64_t from = hello.journal.last_seq > 200 ? hello.journal.last_seq - 200 : 0;
+    asio::steady_timer patience(co_await asio::this_coro::executor);
+    auto outcome = co_await (capture(subscribe_until(*conn, from, on_event)) ||
+                             sleep_for(patience, std::chrono::seconds(180)));
+    session->close();
+    if (outcome.index() == 0 && std::get<0>(outcome) && !(booted && user_ready))
+        std::rethrow_exception(std::get<0>(outcome));  // the connection failed
+    if (!booted || !user_ready) {
+        std::string missing = !booted ? "boot.finished" : "";
+        if (!user_ready) missing += std::string(missing.empty() ? "" : " and ") + "user.ready";
+        ctx.emit(events::step_finished(name, "ready", false, since(t0), "no " + missing + " from the guest agent"));
+        throw error("VM '" + name + "' booted, but its guest agent did not report " + missing + " within 180s");
+    }
+    ctx.emit(events::step_finished(name, "ready", true, since(t0)));
+}
 
 // Brings one VM up. Throws on failure; `cancel` interrupts it.
 awaitable<void> up_one(context& ctx, config::project project, cancel_signal* cancel) {
@@ -93,7 +157,8 @@ awaitable<void> up_one(context& ctx, config::project project, cancel_signal* can
         spdlog::debug("vm={} rendered {}", name, tmpl.string());
         ctx.emit(events::step_started(name, "create"));
         const auto tc = std::chrono::steady_clock::now();
-        co_await lima.create(name, tmpl, {});
+        const std::vector<std::string> no_sets;
+        co_await lima.create(name, tmpl, no_sets);
         ctx.emit(events::step_finished(name, "create", true, since(tc)));
         existing = co_await lima.find(name);
         if (!existing) throw error("limactl create succeeded but instance '" + name + "' is not listed");
@@ -111,6 +176,7 @@ awaitable<void> up_one(context& ctx, config::project project, cancel_signal* can
         std::rethrow_exception(failure);
     }
     ctx.emit(events::step_finished(name, "boot", true, since(tb)));
+    co_await agent_ready(ctx, name, *existing, cancel);
     ctx.emit(events::vm_done(name, "ready", since(t0)));
 }
 

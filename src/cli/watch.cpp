@@ -1,9 +1,11 @@
 // `machine watch`: a long-running stream of what every VM is doing.
 //
 // Lima's view comes from polling `limactl list` (VMs appearing, disappearing, changing status)
-// and from following each VM's `ha.stdout.log` (booting, ready, degraded, exiting). Each VM's
-// follower is a task of its own, stopped when the VM disappears; Ctrl-C stops them all and
-// watch leaves nothing running behind it.
+// and from following each VM's `ha.stdout.log` (booting, ready, degraded, exiting). The guest
+// agent's view comes from subscribing to its event journal while the VM runs, resuming after
+// the last event seen whenever the connection drops or the VM restarts. Each follower is a task
+// of its own, stopped when its VM stops or disappears; Ctrl-C stops them all and watch leaves
+// nothing running behind it.
 #include <map>
 
 #include <asio/co_spawn.hpp>
@@ -16,7 +18,9 @@
 
 #include "cli.hpp"
 #include "common.hpp"
+#include "machine/guest.hpp"
 #include "machine/paths.hpp"
+#include "machine/ssh.hpp"
 #include "machine/text.hpp"
 
 namespace machine::cli {
@@ -27,10 +31,19 @@ using namespace std::chrono_literals;
 
 namespace {
 
+// Where a VM's agent stream stands, kept across reconnections and restarts of the VM.
+struct agent_cursor {
+    std::string journal_id;
+    std::uint64_t last_seq = 0;
+};
+
 struct watched_vm {
     std::string status;
     // Ends this VM's follower; shared with the follower task, which may outlive this entry.
     std::shared_ptr<cancel_signal> stop;
+    // Ends the agent subscriber (running only while the VM runs).
+    std::shared_ptr<cancel_signal> agent_stop;
+    std::shared_ptr<agent_cursor> cursor = std::make_shared<agent_cursor>();
 };
 
 std::string lowercase(std::string s) {
@@ -42,6 +55,8 @@ awaitable<void> follow_vm(context& ctx, std::string name, fs::path ha_log, std::
                           std::chrono::system_clock::time_point since) {
     auto on_event = [&ctx, name](const lima::ha_event& e) {
         if (e.exiting) ctx.emit(events::vm_state(name, "exiting"));
+        else if (e.forward && e.forward->type == "not-forwarding")
+            return true;  // a listener the rules leave alone (sshd, the resolver): not news
         else if (e.running && e.forward)
             ctx.emit(events::message(name, "info", "port " + e.forward->type + " " + e.forward->guest_addr +
                                                        (e.forward->host_addr.empty() ? "" : " -> " + e.forward->host_addr)));
@@ -66,6 +81,73 @@ awaitable<void> sleep_for(asio::steady_timer& timer, std::chrono::milliseconds d
 
 awaitable<void> until_cancelled(cancel_signal& cancel) { co_await cancel.wait_above(cancel_signal::none); }
 
+awaitable<void> subscribe_all(guest::connection& conn, std::uint64_t from,
+                              std::function<bool(const protocol::event_record&)> on_event,
+                              std::function<void(const protocol::gap_notice&)> on_gap) {
+    co_await conn.subscribe(from, std::move(on_event), std::move(on_gap));
+}
+
+// One connection's worth of agent events: connect, say hello, subscribe from the cursor.
+awaitable<void> stream_agent_once(context& ctx, std::string name, fs::path ssh_config,
+                                  std::shared_ptr<agent_cursor> cursor, bool& connected) {
+    const ssh::endpoint ep = ssh::endpoint_from_lima_ssh_config(ssh_config);
+    // watch never records a host key: only `machine up` pins it when it creates the VM.
+    const ssh::host_key_pin pin{project_state_dir(name) / "host_key", name, false};
+    auto session = co_await ssh::session::connect(ep, pin, nullptr, 10s);
+    auto on_problem = [&ctx, name](const std::string& p) { ctx.emit(events::message(name, "warning", p)); };
+    auto conn = co_await guest::connect_agent(session, 5s, on_problem);
+    const protocol::hello_result hello = co_await conn->hello("machine watch " MACHINE_VERSION);
+    if (cursor->journal_id != hello.journal.id) {
+        // First contact: live from now. A different journal is a different VM: from its start.
+        cursor->last_seq = cursor->journal_id.empty() ? hello.journal.last_seq : 0;
+        cursor->journal_id = hello.journal.id;
+    }
+    connected = true;
+    auto on_event = [&ctx, name, cursor](const protocol::event_record& e) {
+        cursor->last_seq = e.seq;
+        ctx.emit(from_guest(name, e));
+        return true;
+    };
+    auto on_gap = [&ctx, name](const protocol::gap_notice& g) {
+        ctx.emit(events::message(name, "warning", "agent events " + std::to_string(g.from_seq) + " to " +
+                                                      std::to_string(g.to_seq) + " were dropped from its journal"));
+    };
+    co_await subscribe_all(*conn, cursor->last_seq, on_event, on_gap);
+}
+
+// Follows a running VM's agent until `stop`: reconnects with backoff (1 s doubling to 30 s)
+// whenever the VM restarts or the connection drops, resuming after the last event seen.
+awaitable<void> follow_agent(context& ctx, std::string name, fs::path ssh_config, std::shared_ptr<cancel_signal> stop,
+                             std::shared_ptr<agent_cursor> cursor) {
+    using namespace asio::experimental::awaitable_operators;
+    asio::steady_timer backoff_timer(co_await asio::this_coro::executor);
+    auto backoff = 1000ms;
+    std::string last_problem;
+    while (stop->current() == cancel_signal::none) {
+        bool connected = false;
+        auto attempt = co_await (capture(stream_agent_once(ctx, name, ssh_config, cursor, connected)) ||
+                                 until_cancelled(*stop));
+        if (attempt.index() == 1) break;  // stopped
+        if (connected) backoff = 1000ms;
+        std::string problem = "the agent stream ended";
+        if (auto failure = std::get<0>(attempt)) {
+            try {
+                std::rethrow_exception(failure);
+            } catch (const ssh::host_key_mismatch& e) {
+                ctx.emit(events::error(name, e.what()));
+                break;  // never retry against a changed key
+            } catch (const std::exception& e) {
+                problem = e.what();
+            }
+        }
+        if (problem != last_problem)
+            ctx.emit(events::message(name, "info", "agent: " + problem + "; reconnecting"));
+        last_problem = problem;
+        co_await (sleep_for(backoff_timer, backoff) || until_cancelled(*stop));
+        backoff = std::min<std::chrono::milliseconds>(backoff * 2, 30s);
+    }
+}
+
 // How often `limactl list` is polled; a debugging and testing knob.
 std::string poll_ms_setting() {
     const std::string v = paths::env("MACHINE_WATCH_POLL_MS");
@@ -87,6 +169,7 @@ awaitable<int> cmd_watch(context& ctx, std::vector<std::string> names) {
 
     // A VM that appears between two polls may have logged events before we saw it: follow it
     // from the previous poll on. VMs there from the start are followed from now.
+    const bool agents_wanted = paths::env("MACHINE_AGENT") != "off";
     auto previous_poll = std::chrono::system_clock::now();
     bool first_poll = true;
     while (ctx.cancel.current() == cancel_signal::none) {
@@ -116,6 +199,7 @@ awaitable<int> cmd_watch(context& ctx, std::vector<std::string> names) {
                 }
                 ctx.emit(events::vm_state(it->first, "deleted"));
                 it->second.stop->trigger(cancel_signal::graceful);
+                if (it->second.agent_stop) it->second.agent_stop->trigger(cancel_signal::graceful);
                 it = vms.erase(it);
             }
             for (const auto& [name, inst] : current) {
@@ -127,10 +211,24 @@ awaitable<int> cmd_watch(context& ctx, std::vector<std::string> names) {
                     auto follow = [&ctx, name, log = fs::path(inst->dir) / "ha.stdout.log", stop = vm.stop,
                                    follow_since]() { return follow_vm(ctx, name, log, stop, follow_since); };
                     followers.spawn(std::move(follow));
-                    vms.emplace(name, std::move(vm));
+                    known = vms.emplace(name, std::move(vm)).first;
                 } else if (known->second.status != status) {
                     known->second.status = status;
                     ctx.emit(events::vm_state(name, status));
+                }
+                // The agent can only be reached while the VM runs.
+                watched_vm& vm = known->second;
+                if (status == "running" && !vm.agent_stop && agents_wanted) {
+                    vm.agent_stop = std::make_shared<cancel_signal>(ex);
+                    const fs::path ssh_config = inst->ssh_config_file.empty() ? fs::path(inst->dir) / "ssh.config"
+                                                                              : fs::path(inst->ssh_config_file);
+                    auto agent = [&ctx, name, ssh_config, stop = vm.agent_stop, cursor = vm.cursor]() {
+                        return follow_agent(ctx, name, ssh_config, stop, cursor);
+                    };
+                    followers.spawn(std::move(agent));
+                } else if (status != "running" && vm.agent_stop) {
+                    vm.agent_stop->trigger(cancel_signal::graceful);
+                    vm.agent_stop.reset();
                 }
             }
         }
@@ -140,7 +238,10 @@ awaitable<int> cmd_watch(context& ctx, std::vector<std::string> names) {
         }
         co_await (sleep_for(tick, poll) || until_cancelled(ctx.cancel));
     }
-    for (auto& [name, vm] : vms) vm.stop->trigger(cancel_signal::graceful);
+    for (auto& [name, vm] : vms) {
+        vm.stop->trigger(cancel_signal::graceful);
+        if (vm.agent_stop) vm.agent_stop->trigger(cancel_signal::graceful);
+    }
     co_await followers.join();
     throw interrupted_error();
 }

@@ -56,7 +56,9 @@ struct world {
                {"MACHINE_STATE_DIR", (root / "state").string()},
                {"MACHINE_LIMACTL", std::string(MACHINE_FIXTURES_DIR) + "/fake-limactl"},
                {"FAKE_LIMACTL_LOG", (root / "fake.log").string()},
-               {"XDG_CACHE_HOME", (root / "cache").string()}};
+               {"XDG_CACHE_HOME", (root / "cache").string()},
+               // The fake's VMs have no SSH: nothing to deploy the guest agent into.
+               {"MACHINE_AGENT", "off"}};
     }
     ~world() {
         std::error_code ec;
