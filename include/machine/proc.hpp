@@ -80,7 +80,10 @@ struct run_options {
 
 // Runs a command to completion. Never throws for a non-zero exit: inspect the result.
 // Throws spawn_error when the program cannot be started.
-asio::awaitable<result> run(command cmd, run_options options = {});
+asio::awaitable<result> run(command cmd, run_options options);
+// run() with default options. (An overload, not a `= {}` default argument: g++ 12 corrupts a
+// brace-initialized aggregate default argument of a coroutine called inside co_await.)
+asio::awaitable<result> run(command cmd);
 
 // How many children this process has spawned and not yet reaped (tests: no zombies).
 std::size_t live_children();

@@ -367,6 +367,11 @@ std::optional<std::filesystem::path> find_program(std::string_view program) {
     return std::nullopt;
 }
 
+awaitable<result> run(command cmd) {
+    run_options defaults;
+    co_return co_await run(std::move(cmd), std::move(defaults));
+}
+
 awaitable<result> run(command cmd, run_options options) {
     // A child that exits before reading its stdin must not kill us with SIGPIPE.
     static const bool sigpipe_ignored = [] { return std::signal(SIGPIPE, SIG_IGN) != SIG_ERR; }();
