@@ -63,12 +63,18 @@ def resolve(cfg):
     """
     arch = cfg["arch"]
     first = None
+    remote_seen = False
+    missing = []
     for img in cfg.get("images") or []:
         if img.get("arch") and img["arch"] != arch:
             continue
         first = first or img
         path = local_path(img.get("location"))
-        if not path or not os.path.isfile(path):
+        if not path:
+            remote_seen = True
+            continue
+        if not os.path.isfile(path):
+            missing.append(path)
             continue
         kernel = initrd = None
         cmdline = ""
@@ -86,6 +92,11 @@ def resolve(cfg):
         return {"location": img["location"], "disk": path, "kernel": kernel, "initrd": initrd,
                 "cmdline": cmdline, "digest": img.get("digest", ""), "arch": img.get("arch", arch),
                 "fallback": False}
+    if not remote_seen:
+        # Only local files were asked for, and none exists: Lima fails to "download" them too.
+        where = missing[0] if missing else "(no image for this arch)"
+        raise ImageError(f"failed to download `{where}`: open {where}: no such file or directory")
+    # The stand-in cannot download: remote images are replaced by the one tools/ built.
     built = builder_image()
     if built is None:
         where = first.get("location") if first else "(none)"
