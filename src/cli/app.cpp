@@ -215,7 +215,8 @@ int main(int argc, char** argv) {
         std::rethrow_exception(failure);
     } catch (const interrupted_error& e) {
         std::fprintf(stderr, "machine: interrupted\n");
-        if (ctx.json) ctx.emit(events::error(vm, "interrupted"));
+        // For watch, Ctrl-C is the normal way out, not an error worth an event.
+        if (ctx.json && p.command != "watch") ctx.emit(events::error(vm, "interrupted"));
         return static_cast<int>(exit_code::interrupted);
     } catch (const error& e) {
         report(&ctx, vm, e);
