@@ -40,7 +40,7 @@ inline constexpr const char* step_finished = "step.finished";  // step, ok, dura
 inline constexpr const char* message = "message";          // level, text
 inline constexpr const char* error = "error";              // message, [diagnostics]
 inline constexpr const char* vm_done = "vm.done";          // outcome, duration_ms
-inline constexpr const char* guest = "guest.event";        // event, seq, then the agent's fields
+inline constexpr const char* guest = "guest.event";        // event, agent_seq, then the agent's fields
 } // namespace type
 
 // VM lifecycle states as machine reports them.

@@ -33,8 +33,17 @@ namespace {
 
 // Where a VM's agent stream stands, kept across reconnections and restarts of the VM.
 struct agent_cursor {
+    explicit agent_cursor(asio::any_io_executor ex) : retry(std::make_unique<asio::steady_timer>(ex)) {}
     std::string journal_id;
     std::uint64_t last_seq = 0;
+    // At first contact the journal's recent past is replayed, but only events stamped after
+    // watch started are shown: a VM that booted while watch could not reach it yet still
+    // shows its readiness events, and older history stays out.
+    std::uint64_t history_until_seq = 0;
+    std::chrono::system_clock::time_point not_before = std::chrono::system_clock::now() - 2s;
+    // The agent follower's backoff; cancelled (a kick) when Lima says the VM is ready, so the
+    // agent is reached as soon as it can be rather than after the backoff.
+    std::unique_ptr<asio::steady_timer> retry;
 };
 
 struct watched_vm {
@@ -43,7 +52,7 @@ struct watched_vm {
     std::shared_ptr<cancel_signal> stop;
     // Ends the agent subscriber (running only while the VM runs).
     std::shared_ptr<cancel_signal> agent_stop;
-    std::shared_ptr<agent_cursor> cursor = std::make_shared<agent_cursor>();
+    std::shared_ptr<agent_cursor> cursor;
 };
 
 std::string lowercase(std::string s) {
@@ -52,8 +61,9 @@ std::string lowercase(std::string s) {
 }
 
 awaitable<void> follow_vm(context& ctx, std::string name, fs::path ha_log, std::shared_ptr<cancel_signal> stop,
-                          std::chrono::system_clock::time_point since) {
-    auto on_event = [&ctx, name](const lima::ha_event& e) {
+                          std::chrono::system_clock::time_point since, std::shared_ptr<agent_cursor> cursor) {
+    auto on_event = [&ctx, name, cursor](const lima::ha_event& e) {
+        if (e.running && !e.forward) cursor->retry->cancel();  // the VM is up: try its agent now
         if (e.exiting) ctx.emit(events::vm_state(name, "exiting"));
         else if (e.forward && e.forward->type == "not-forwarding")
             return true;  // a listener the rules leave alone (sshd, the resolver): not news
@@ -90,21 +100,39 @@ awaitable<void> subscribe_all(guest::connection& conn, std::uint64_t from,
 // One connection's worth of agent events: connect, say hello, subscribe from the cursor.
 awaitable<void> stream_agent_once(context& ctx, std::string name, fs::path ssh_config,
                                   std::shared_ptr<agent_cursor> cursor, bool& connected) {
+    using namespace asio::experimental::awaitable_operators;
     const ssh::endpoint ep = ssh::endpoint_from_lima_ssh_config(ssh_config);
     // watch never records a host key: only `machine up` pins it when it creates the VM.
     const ssh::host_key_pin pin{project_state_dir(name) / "host_key", name, false};
     auto session = co_await ssh::session::connect(ep, pin, nullptr, 10s);
     auto on_problem = [&ctx, name](const std::string& p) { ctx.emit(events::message(name, "warning", p)); };
-    auto conn = co_await guest::connect_agent(session, 5s, on_problem);
-    const protocol::hello_result hello = co_await conn->hello("machine watch " MACHINE_VERSION);
+    // An agent (or an sshd) that accepts but never answers must not stall this VM's stream
+    // forever: opening the channel and the hello each get a deadline.
+    asio::steady_timer deadline(co_await asio::this_coro::executor);
+    auto opened = co_await (guest::connect_agent(session, 5s, on_problem) || sleep_for(deadline, 15s));
+    if (opened.index() != 0) throw error("no channel to the guest agent within 15 s");
+    auto conn = std::get<0>(std::move(opened));
+    spdlog::debug("vm={} agent channel open", name);
+    auto greeted = co_await (conn->hello("machine watch " MACHINE_VERSION) || sleep_for(deadline, 10s));
+    if (greeted.index() != 0) throw error("the guest agent did not answer hello within 10 s");
+    const protocol::hello_result hello = std::get<0>(std::move(greeted));
+    spdlog::debug("vm={} agent hello: journal {} last seq {}; subscribing after {}", name, hello.journal.id,
+                  hello.journal.last_seq, cursor->last_seq);
     if (cursor->journal_id != hello.journal.id) {
-        // First contact: live from now. A different journal is a different VM: from its start.
-        cursor->last_seq = cursor->journal_id.empty() ? hello.journal.last_seq : 0;
+        // First contact: the recent past, filtered by time. A different journal is a different
+        // VM: everything from its start.
+        const bool first = cursor->journal_id.empty();
+        cursor->last_seq = first && hello.journal.last_seq > 200 ? hello.journal.last_seq - 200 : 0;
+        cursor->history_until_seq = first ? hello.journal.last_seq : 0;
         cursor->journal_id = hello.journal.id;
     }
     connected = true;
     auto on_event = [&ctx, name, cursor](const protocol::event_record& e) {
         cursor->last_seq = e.seq;
+        if (e.seq <= cursor->history_until_seq) {
+            const auto ts = lima::parse_rfc3339(e.ts);
+            if (!ts || *ts < cursor->not_before) return true;  // from before watch started
+        }
         ctx.emit(from_guest(name, e));
         return true;
     };
@@ -117,10 +145,16 @@ awaitable<void> stream_agent_once(context& ctx, std::string name, fs::path ssh_c
 
 // Follows a running VM's agent until `stop`: reconnects with backoff (1 s doubling to 30 s)
 // whenever the VM restarts or the connection drops, resuming after the last event seen.
+// Sleeps for `d`, or less when the timer is cancelled (a kick); never throws for that.
+awaitable<void> sleep_unless_kicked(asio::steady_timer& timer, std::chrono::milliseconds d) {
+    timer.expires_after(d);
+    co_await timer.async_wait(asio::experimental::as_tuple(asio::use_awaitable));
+}
+
 awaitable<void> follow_agent(context& ctx, std::string name, fs::path ssh_config, std::shared_ptr<cancel_signal> stop,
                              std::shared_ptr<agent_cursor> cursor) {
     using namespace asio::experimental::awaitable_operators;
-    asio::steady_timer backoff_timer(co_await asio::this_coro::executor);
+    asio::steady_timer& backoff_timer = *cursor->retry;
     auto backoff = 1000ms;
     std::string last_problem;
     while (stop->current() == cancel_signal::none) {
@@ -142,8 +176,9 @@ awaitable<void> follow_agent(context& ctx, std::string name, fs::path ssh_config
         }
         if (problem != last_problem)
             ctx.emit(events::message(name, "info", "agent: " + problem + "; reconnecting"));
+        spdlog::debug("vm={} agent stream: {}; retrying in {} ms", name, problem, backoff.count());
         last_problem = problem;
-        co_await (sleep_for(backoff_timer, backoff) || until_cancelled(*stop));
+        co_await (sleep_unless_kicked(backoff_timer, backoff) || until_cancelled(*stop));
         backoff = std::min<std::chrono::milliseconds>(backoff * 2, 30s);
     }
 }
@@ -206,10 +241,13 @@ awaitable<int> cmd_watch(context& ctx, std::vector<std::string> names) {
                 const std::string status = lowercase(inst->status_text.empty() ? std::string(lima::to_string(inst->state)) : inst->status_text);
                 auto known = vms.find(name);
                 if (known == vms.end()) {
-                    watched_vm vm{status, std::make_shared<cancel_signal>(ex)};
+                    watched_vm vm{status, std::make_shared<cancel_signal>(ex), nullptr,
+                                  std::make_shared<agent_cursor>(ex)};
                     ctx.emit(events::vm_state(name, status, "watching"));
                     auto follow = [&ctx, name, log = fs::path(inst->dir) / "ha.stdout.log", stop = vm.stop,
-                                   follow_since]() { return follow_vm(ctx, name, log, stop, follow_since); };
+                                   follow_since, cursor = vm.cursor]() {
+                        return follow_vm(ctx, name, log, stop, follow_since, cursor);
+                    };
                     followers.spawn(std::move(follow));
                     known = vms.emplace(name, std::move(vm)).first;
                 } else if (known->second.status != status) {

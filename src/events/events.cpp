@@ -65,9 +65,16 @@ event vm_done(std::string vm, std::string outcome, std::chrono::milliseconds too
 
 event guest_event(std::string vm, std::string name, std::uint64_t seq,
                   std::vector<std::pair<std::string, value>> fields) {
+    // The agent's own seq is `agent_seq`: `seq` is the envelope's. Fields may not shadow
+    // the envelope either.
     std::vector<std::pair<std::string, value>> f{{"event", std::move(name)},
-                                                 {"seq", static_cast<std::int64_t>(seq)}};
-    for (auto& kv : fields) f.push_back(std::move(kv));
+                                                 {"agent_seq", static_cast<std::int64_t>(seq)}};
+    for (auto& kv : fields) {
+        const std::string& k = kv.first;
+        if (k == "v" || k == "seq" || k == "ts" || k == "vm" || k == "type" || k == "event" || k == "agent_seq")
+            continue;
+        f.push_back(std::move(kv));
+    }
     return make(std::move(vm), type::guest, std::move(f));
 }
 

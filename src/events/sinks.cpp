@@ -48,7 +48,7 @@ std::string terminal_sink::render(const event& e) {
     if (t == type::guest) {
         std::string line = "agent: " + e.text("event");
         for (const auto& [k, v] : e.fields) {
-            if (k == "event" || k == "seq") continue;
+            if (k == "event" || k == "agent_seq") continue;
             line += " " + k + "=";
             if (const auto* s = std::get_if<std::string>(&v)) line += *s;
             else if (const auto* i = std::get_if<std::int64_t>(&v)) line += std::to_string(*i);

@@ -66,12 +66,18 @@ BOOST_AUTO_TEST_SUITE_END()
 BOOST_AUTO_TEST_SUITE(events_guest)
 
 BOOST_AUTO_TEST_CASE(guest_events_render_and_serialize) {
-    auto e = events::guest_event("web", "boot.finished", 42, {{"state", std::string("running")}, {"pid", std::int64_t(7)}});
+    // A hostile agent's fields cannot shadow the envelope.
+    auto e = events::guest_event("web", "boot.finished", 42,
+                                 {{"state", std::string("running")}, {"pid", std::int64_t(7)},
+                                  {"seq", std::int64_t(1)}, {"vm", std::string("other")}, {"type", std::string("x")}});
+    e.seq = 9;
     BOOST_TEST(events::terminal_sink::render(e) == "agent: boot.finished state=running pid=7");
     const auto j = nlohmann::json::parse(events::to_json_line(e));
     BOOST_TEST(j["type"] == "guest.event");
     BOOST_TEST(j["event"] == "boot.finished");
-    BOOST_TEST(j["seq"] == 42);
+    BOOST_TEST(j["seq"] == 9);
+    BOOST_TEST(j["agent_seq"] == 42);
+    BOOST_TEST(j["vm"] == "web");
     BOOST_TEST(j["state"] == "running");
 }
 
