@@ -1,0 +1,78 @@
+#!/usr/bin/env python3
+"""Time from `machine up` to the first successful command in the guest, for a new VM from the
+cached guest image and for a restart, split into:
+
+  create   image/overlay preparation (`limactl create`)
+  boot     QEMU boot until SSH and Lima's readiness (`limactl start`)
+  agent    deploying or checking the guest agent
+  ready    waiting for the agent's boot.finished / user.ready events
+  machine  our own overhead: the wall time not spent in any step above
+  command  `machine run NAME -- true` afterwards
+
+Uses the Lima stand-in (tools/limactl) unless MACHINE_LIMACTL is set, in a private LIMA_HOME.
+Names the accelerator the VM got. Usage: tests/bench/up_bench.py [--machine build/machine]
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def up(machine, name, env):
+    t0 = time.monotonic()
+    p = subprocess.run([machine, "up", name, "--json"], env=env, capture_output=True, text=True)
+    wall = time.monotonic() - t0
+    if p.returncode != 0:
+        raise SystemExit("machine up failed:\n" + p.stdout[-2000:] + p.stderr[-2000:])
+    steps = {}
+    for line in p.stdout.splitlines():
+        e = json.loads(line)
+        if e["type"] == "step.finished":
+            steps[e["step"]] = e["duration_ms"] / 1000.0
+    t0 = time.monotonic()
+    r = subprocess.run([machine, "run", name, "--", "true"], env=env, capture_output=True)
+    command = time.monotonic() - t0
+    if r.returncode != 0:
+        raise SystemExit("machine run failed")
+    return wall, steps, command
+
+
+def report(label, wall, steps, command):
+    parts = ["%s %.1fs" % (k, steps[k]) for k in ("create", "boot", "agent", "ready") if k in steps]
+    overhead = wall - sum(steps.values())
+    print("%-8s up %.1fs = %s + machine %.2fs; first command %.2fs; up-to-first-command %.1fs"
+          % (label, wall, " + ".join(parts), overhead, command, wall + command))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--machine", default=os.path.join(ROOT, "build", "machine"))
+    args = ap.parse_args()
+    work = tempfile.mkdtemp(prefix="mub.", dir="/tmp")
+    env = dict(os.environ, LIMA_HOME=os.path.join(work, "lima"), MACHINE_STATE_DIR=os.path.join(work, "state"),
+               MACHINE_CONFIG_DIR=os.path.join(work, "config"))
+    env.setdefault("MACHINE_LIMACTL", os.path.join(ROOT, "tools", "limactl"))
+    os.makedirs(env["MACHINE_CONFIG_DIR"])
+    with open(os.path.join(env["MACHINE_CONFIG_DIR"], "projects.toml"), "w") as f:
+        f.write('[bench]\ncpus = 2\nmemory = "2GiB"\ndisk = "8GiB"\n')
+    try:
+        subprocess.run([os.path.join(ROOT, "tools", "build-guest-image")], check=True, stdout=subprocess.DEVNULL)
+        report("new", *up(args.machine, "bench", env))
+        subprocess.run([args.machine, "down", "bench"], env=env, check=True, stdout=subprocess.DEVNULL)
+        report("restart", *up(args.machine, "bench", env))
+        log = open(os.path.join(env["LIMA_HOME"], "bench", "ha.stderr.log")).read()
+        accel = "KVM" if "accel=kvm" in log or "Using KVM" in log else \
+            "TCG (software emulation)" if "TCG" in log or "Disabling KVM" in log else "unknown"
+        print("accelerator: %s" % accel)
+    finally:
+        subprocess.run([args.machine, "destroy", "-y", "bench"], env=env, capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
