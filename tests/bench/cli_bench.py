@@ -55,6 +55,7 @@ def main():
                     "MACHINE_STATE_DIR": os.path.join(tmp, "state"), "MACHINE_LIMACTL": FAKE,
                     "XDG_CACHE_HOME": os.path.join(tmp, "cache")})
         env.pop("FAKE_LIMACTL_LOG", None)
+        env["MACHINE_AGENT"] = "off"  # the fake's VMs have no SSH
         subprocess.run([FAKE, "_seed", str(args.instances), "--running", str(args.instances // 2)],
                        env=env, check=True, stdout=subprocess.DEVNULL)
         # `default` must exist and run for the `up` no-op.
