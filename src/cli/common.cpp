@@ -69,6 +69,15 @@ void unknown_project(const config::config& cfg, const std::string& name) {
     throw usage_error(msg);
 }
 
+asio::awaitable<void> sleep_for(asio::steady_timer& timer, std::chrono::milliseconds d) {
+    timer.expires_after(d);
+    co_await timer.async_wait(asio::use_awaitable);
+}
+
+fs::path ssh_config_of(const lima::instance& inst) {
+    return inst.ssh_config_file.empty() ? fs::path(inst.dir) / "ssh.config" : fs::path(inst.ssh_config_file);
+}
+
 asio::awaitable<std::exception_ptr> capture(asio::awaitable<void> task) {
     try {
         co_await std::move(task);

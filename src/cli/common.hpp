@@ -48,6 +48,12 @@ std::string resolve_name(context& ctx, const std::optional<std::string>& name);
 // usage_error: no such project, with a did-you-mean among the configured ones.
 [[noreturn]] void unknown_project(const config::config& cfg, const std::string& name);
 
+// Sleeps on `timer`; throws when cancelled (so it can lose an `a || b` race).
+asio::awaitable<void> sleep_for(asio::steady_timer& timer, std::chrono::milliseconds d);
+
+// The instance's ssh.config (as `limactl list` names it, else in its directory).
+std::filesystem::path ssh_config_of(const lima::instance& inst);
+
 // Runs `task` and returns its exception instead of throwing it. `a || b` ends with the first
 // *successful* side, so a side that may fail must not throw.
 asio::awaitable<std::exception_ptr> capture(asio::awaitable<void> task);

@@ -73,10 +73,6 @@ awaitable<void> stop_after_interrupt(context& ctx, std::string name) {
     }
 }
 
-awaitable<void> sleep_for(asio::steady_timer& timer, std::chrono::milliseconds d) {
-    timer.expires_after(d);
-    co_await timer.async_wait(asio::use_awaitable);
-}
 
 awaitable<void> subscribe_until(guest::connection& conn, std::uint64_t from,
                                 std::function<bool(const protocol::event_record&)> on_event) {
@@ -89,8 +85,7 @@ awaitable<void> agent_ready(context& ctx, std::string name, lima::instance inst,
     using namespace asio::experimental::awaitable_operators;
     if (paths::env("MACHINE_AGENT") == "off") co_return;  // documented escape hatch
     const guest::agent_files files = guest::find_agent();
-    const fs::path ssh_config = inst.ssh_config_file.empty() ? fs::path(inst.dir) / "ssh.config"
-                                                             : fs::path(inst.ssh_config_file);
+    const fs::path ssh_config = ssh_config_of(inst);
     const ssh::endpoint ep = ssh::endpoint_from_lima_ssh_config(ssh_config);
     // The host key is recorded at the first connection after the VM was created, and must match
     // on every later one.

@@ -84,10 +84,6 @@ awaitable<void> follow_vm(context& ctx, std::string name, fs::path ha_log, std::
     }
 }
 
-awaitable<void> sleep_for(asio::steady_timer& timer, std::chrono::milliseconds d) {
-    timer.expires_after(d);
-    co_await timer.async_wait(asio::use_awaitable);
-}
 
 awaitable<void> until_cancelled(cancel_signal& cancel) { co_await cancel.wait_above(cancel_signal::none); }
 
@@ -258,8 +254,7 @@ awaitable<int> cmd_watch(context& ctx, std::vector<std::string> names) {
                 watched_vm& vm = known->second;
                 if (status == "running" && !vm.agent_stop && agents_wanted) {
                     vm.agent_stop = std::make_shared<cancel_signal>(ex);
-                    const fs::path ssh_config = inst->ssh_config_file.empty() ? fs::path(inst->dir) / "ssh.config"
-                                                                              : fs::path(inst->ssh_config_file);
+                    const fs::path ssh_config = ssh_config_of(*inst);
                     auto agent = [&ctx, name, ssh_config, stop = vm.agent_stop, cursor = vm.cursor]() {
                         return follow_agent(ctx, name, ssh_config, stop, cursor);
                     };
