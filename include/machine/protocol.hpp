@@ -53,6 +53,7 @@ inline constexpr std::string_view cancel = "cancel";
 inline constexpr std::string_view health = "health";
 inline constexpr std::string_view subscribe = "subscribe";
 inline constexpr std::string_view emit = "emit";
+inline constexpr std::string_view provision = "provision";
 // agent messages: final
 inline constexpr std::string_view result = "result";
 inline constexpr std::string_view error = "error";
@@ -88,6 +89,7 @@ enum class errc {
     too_large,
     too_many_clients,
     shutting_down,
+    busy,        ///< provision: another provision is running (new codes go before `internal`)
     internal,
 };
 
@@ -311,6 +313,52 @@ parsed<emit_request> parse_emit_request(const json& body);
 bool is_valid_event_name(std::string_view name);
 /// Keys an event's fields may not use: v, id, type, seq, ts, event.
 bool is_reserved_field(std::string_view key);
+
+// provision (PROTOCOL.md §4 `provision`): an ordered list of idempotent steps.
+
+inline constexpr std::size_t max_provision_steps = 512;
+inline constexpr std::uint64_t default_step_timeout_ms = 600'000;
+inline constexpr std::uint64_t max_step_timeout_ms = 86'400'000;
+
+struct provision_step {
+    std::string name;   ///< 1-64 of [a-z0-9._-], starting with a letter or digit; unique
+    std::string user;   ///< a user from /etc/passwd
+    std::vector<std::pair<std::string, std::string>> env;  ///< added to the base environment
+    std::vector<std::string> check;   ///< empty: no check
+    std::vector<std::string> run;
+    std::uint64_t timeout_ms = default_step_timeout_ms;
+    std::string hash;   ///< 1-128 of [0-9a-f], computed by the client; opaque to the agent
+};
+struct provision_request {
+    std::string plan;   ///< 1-64 characters, a label echoed in events
+    bool force = false; ///< ignore recorded hashes
+    std::vector<provision_step> steps;
+};
+json make_provision_request(std::uint64_t id, const provision_request& r);
+/// Every rule of PROTOCOL.md; errors name the step and field ("steps[2].name: ...").
+parsed<provision_request> parse_provision_request(const json& body);
+
+struct step_outcome {
+    std::string name;
+    std::string outcome;          ///< unchanged, satisfied, ran, failed, not_run
+    std::uint64_t duration_ms = 0;
+    std::string reason;           ///< failed only
+    std::optional<int> exit_code;
+    std::optional<int> signal;
+    std::vector<std::string> tail;
+    std::string error;
+};
+struct provision_result {
+    bool ok = false;
+    bool cancelled = false;
+    std::uint64_t duration_ms = 0;
+    std::vector<step_outcome> steps;
+};
+json make_provision_result(std::uint64_t id, const provision_result& r);
+parsed<provision_result> parse_provision_result(const json& body);
+
+/// Step names follow the event-name rule: 1-64 of [a-z0-9._-], starting with a letter or digit.
+inline bool is_valid_step_name(std::string_view name) { return is_valid_event_name(name); }
 
 /// The error fields of an `error` message (code as sent, so unknown codes survive).
 struct error_reply {

@@ -100,6 +100,59 @@ parsed<T> done(field_reader& r, T value) {
 
 bool is_envelope_key(std::string_view k) { return k == "v" || k == "id" || k == "type"; }
 
+// An argv array (`field` names it in errors): 1..max_argv strings without NUL, argv[0] not empty.
+void read_argv(field_reader& r, const json& argv, const std::string& field, std::vector<std::string>& out) {
+    if (argv.empty()) r.fail("'" + field + "' must not be empty");
+    else if (argv.size() > max_argv) r.fail("'" + field + "' has more than " + std::to_string(max_argv) + " items");
+    std::size_t i = 0;
+    for (const auto& a : argv) {
+        if (!a.is_string()) {
+            r.fail(field + "[" + std::to_string(i) + "] must be a string");
+            return;
+        }
+        const auto& s = a.get_ref<const std::string&>();
+        if (s.find('\0') != std::string::npos) {
+            r.fail(field + "[" + std::to_string(i) + "] contains a NUL character");
+            return;
+        }
+        out.push_back(s);
+        ++i;
+    }
+    if (!out.empty() && out[0].empty()) r.fail(field + "[0] must not be empty");
+}
+
+// An `env` object of string -> string, names without '=' or NUL.
+void read_env(field_reader& r, const json& env, std::vector<std::pair<std::string, std::string>>& out) {
+    for (const auto& [k, v] : env.items()) {
+        if (k.empty() || k.find('=') != std::string::npos || k.find('\0') != std::string::npos) {
+            r.fail("env: invalid variable name '" + k + "'");
+            return;
+        }
+        if (!v.is_string()) {
+            r.fail("env: '" + k + "' must be a string");
+            return;
+        }
+        const auto& s = v.get_ref<const std::string&>();
+        if (s.find('\0') != std::string::npos) {
+            r.fail("env: '" + k + "' contains a NUL character");
+            return;
+        }
+        out.emplace_back(k, s);
+    }
+}
+
+json env_object(const std::vector<std::pair<std::string, std::string>>& env) {
+    json j = json::object();
+    for (const auto& [k, v] : env) j[k] = v;
+    return j;
+}
+
+// Characters (code points) of a UTF-8 string: the bytes that do not continue a sequence.
+std::size_t utf8_length(std::string_view s) {
+    return static_cast<std::size_t>(
+        std::count_if(s.begin(), s.end(), [](char c) { return (static_cast<unsigned char>(c) & 0xC0) != 0x80; }));
+}
+
 } // namespace
 
 bool is_valid_event_name(std::string_view name) {
@@ -176,11 +229,7 @@ json make_run_request(std::uint64_t id, const run_request& q) {
     j["argv"] = q.argv;
     j["user"] = q.user;
     if (q.cwd) j["cwd"] = *q.cwd;
-    if (!q.env.empty()) {
-        json env = json::object();
-        for (const auto& [k, v] : q.env) env[k] = v;
-        j["env"] = std::move(env);
-    }
+    if (!q.env.empty()) j["env"] = env_object(q.env);
     if (q.stdin_data) j["stdin_b64"] = base64_encode(*q.stdin_data);
     if (q.grace_ms) j["grace_ms"] = *q.grace_ms;
     return j;
@@ -189,25 +238,7 @@ json make_run_request(std::uint64_t id, const run_request& q) {
 parsed<run_request> parse_run_request(const json& body) {
     field_reader r(body);
     run_request q;
-    if (const json* argv = r.array("argv", true)) {
-        if (argv->empty()) r.fail("'argv' must not be empty");
-        else if (argv->size() > max_argv) r.fail("'argv' has more than " + std::to_string(max_argv) + " items");
-        std::size_t i = 0;
-        for (const auto& a : *argv) {
-            if (!a.is_string()) {
-                r.fail("argv[" + std::to_string(i) + "] must be a string");
-                break;
-            }
-            const auto& s = a.get_ref<const std::string&>();
-            if (s.find('\0') != std::string::npos) {
-                r.fail("argv[" + std::to_string(i) + "] contains a NUL character");
-                break;
-            }
-            q.argv.push_back(s);
-            ++i;
-        }
-        if (!q.argv.empty() && q.argv[0].empty()) r.fail("argv[0] must not be empty");
-    }
+    if (const json* argv = r.array("argv", true)) read_argv(r, *argv, "argv", q.argv);
     if (auto u = r.string("user", true)) {
         if (u->empty()) r.fail("'user' must not be empty");
         q.user = *u;
@@ -216,24 +247,7 @@ parsed<run_request> parse_run_request(const json& body) {
         if (c->empty() || c->front() != '/') r.fail("'cwd' must be an absolute path");
         q.cwd = *c;
     }
-    if (const json* env = r.object("env", false)) {
-        for (const auto& [k, v] : env->items()) {
-            if (k.empty() || k.find('=') != std::string::npos || k.find('\0') != std::string::npos) {
-                r.fail("env: invalid variable name '" + k + "'");
-                break;
-            }
-            if (!v.is_string()) {
-                r.fail("env: '" + k + "' must be a string");
-                break;
-            }
-            const auto& s = v.get_ref<const std::string&>();
-            if (s.find('\0') != std::string::npos) {
-                r.fail("env: '" + k + "' contains a NUL character");
-                break;
-            }
-            q.env.emplace_back(k, s);
-        }
-    }
+    if (const json* env = r.object("env", false)) read_env(r, *env, q.env);
     if (auto s = r.string("stdin_b64", false)) {
         q.stdin_data = base64_decode(*s);
         if (!q.stdin_data) r.fail("'stdin_b64' is not valid base64");
@@ -445,6 +459,157 @@ parsed<emit_request> parse_emit_request(const json& body) {
         return parsed<emit_request>::fail("the event is larger than " + std::to_string(max_event_bytes) +
                                               " bytes",
                                           errc::too_large);
+    return done(r, std::move(q));
+}
+
+// --- provision -------------------------------------------------------------------------------
+
+namespace {
+
+bool is_step_hash(std::string_view h) {
+    return !h.empty() && h.size() <= 128 &&
+           std::all_of(h.begin(), h.end(), [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
+}
+
+constexpr std::string_view outcomes[] = {"unchanged", "satisfied", "ran", "failed", "not_run"};
+
+} // namespace
+
+json make_provision_request(std::uint64_t id, const provision_request& q) {
+    json j = make_request(id, type::provision);
+    j["plan"] = q.plan;
+    j["force"] = q.force;
+    json steps = json::array();
+    for (const auto& s : q.steps) {
+        json step = json::object();
+        step["name"] = s.name;
+        step["user"] = s.user;
+        if (!s.env.empty()) step["env"] = env_object(s.env);
+        if (!s.check.empty()) step["check"] = s.check;
+        step["run"] = s.run;
+        step["timeout_ms"] = s.timeout_ms;
+        step["hash"] = s.hash;
+        steps.push_back(std::move(step));
+    }
+    j["steps"] = std::move(steps);
+    return j;
+}
+
+parsed<provision_request> parse_provision_request(const json& body) {
+    field_reader r(body);
+    provision_request q;
+    if (auto p = r.string("plan", true)) {
+        if (p->empty() || utf8_length(*p) > 64) r.fail("'plan' must be 1-64 characters");
+        q.plan = *p;
+    }
+    if (auto f = r.boolean("force", false)) q.force = *f;
+    if (const json* steps = r.array("steps", true)) {
+        if (steps->empty()) r.fail("'steps' must not be empty");
+        else if (steps->size() > max_provision_steps)
+            r.fail("'steps' has more than " + std::to_string(max_provision_steps) + " items");
+        for (std::size_t i = 0; r.ok() && i < steps->size(); ++i) {
+            const std::string where = "steps[" + std::to_string(i) + "]";
+            const json& js = (*steps)[i];
+            if (!js.is_object()) {
+                r.fail(where + " must be an object");
+                break;
+            }
+            field_reader sr(js);
+            provision_step s;
+            if (auto n = sr.string("name", true)) {
+                if (!is_valid_step_name(*n))
+                    sr.fail("'name' must be 1-64 characters of a-z 0-9 . _ - starting with a letter or digit");
+                s.name = *n;
+            }
+            if (auto u = sr.string("user", true)) {
+                if (u->empty()) sr.fail("'user' must not be empty");
+                s.user = *u;
+            }
+            if (const json* env = sr.object("env", false)) read_env(sr, *env, s.env);
+            if (const json* check = sr.array("check", false)) read_argv(sr, *check, "check", s.check);
+            if (const json* run = sr.array("run", true)) read_argv(sr, *run, "run", s.run);
+            if (auto t = sr.uint("timeout_ms", false, max_step_timeout_ms)) {
+                if (*t == 0) sr.fail("'timeout_ms' must be an integer from 1 to " + std::to_string(max_step_timeout_ms));
+                s.timeout_ms = *t;
+            }
+            if (auto h = sr.string("hash", true)) {
+                if (!is_step_hash(*h)) sr.fail("'hash' must be 1-128 characters of 0-9 a-f");
+                s.hash = *h;
+            }
+            if (!sr.ok()) {
+                r.fail(where + ": " + sr.error());
+                break;
+            }
+            for (std::size_t k = 0; k < q.steps.size(); ++k) {
+                if (q.steps[k].name == s.name) {
+                    r.fail(where + ": 'name' '" + s.name + "' is already used by steps[" + std::to_string(k) + "]");
+                    break;
+                }
+            }
+            q.steps.push_back(std::move(s));
+        }
+    }
+    return done(r, std::move(q));
+}
+
+json make_provision_result(std::uint64_t id, const provision_result& q) {
+    json j = make_envelope(id, type::result);
+    j["ok"] = q.ok;
+    j["cancelled"] = q.cancelled;
+    j["duration_ms"] = q.duration_ms;
+    json steps = json::array();
+    for (const auto& s : q.steps) {
+        json step = json::object();
+        step["name"] = s.name;
+        step["outcome"] = s.outcome;
+        step["duration_ms"] = s.duration_ms;
+        if (!s.reason.empty()) step["reason"] = s.reason;
+        if (s.exit_code) step["exit_code"] = *s.exit_code;
+        if (s.signal) step["signal"] = *s.signal;
+        if (s.outcome == "failed" || !s.tail.empty()) step["tail"] = s.tail;
+        if (!s.error.empty()) step["error"] = s.error;
+        steps.push_back(std::move(step));
+    }
+    j["steps"] = std::move(steps);
+    return j;
+}
+
+parsed<provision_result> parse_provision_result(const json& body) {
+    field_reader r(body);
+    provision_result q;
+    if (auto b = r.boolean("ok", true)) q.ok = *b;
+    if (auto b = r.boolean("cancelled", false)) q.cancelled = *b;
+    if (auto d = r.uint("duration_ms", false)) q.duration_ms = *d;
+    if (const json* steps = r.array("steps", true)) {
+        for (std::size_t i = 0; r.ok() && i < steps->size(); ++i) {
+            const std::string where = "steps[" + std::to_string(i) + "]";
+            field_reader sr((*steps)[i]);
+            step_outcome s;
+            if (auto n = sr.string("name", true)) s.name = *n;
+            if (auto o = sr.string("outcome", true)) {
+                if (std::find(std::begin(outcomes), std::end(outcomes), *o) == std::end(outcomes))
+                    sr.fail("'outcome' must be unchanged, satisfied, ran, failed or not_run");
+                s.outcome = *o;
+            }
+            if (auto d = sr.uint("duration_ms", false)) s.duration_ms = *d;
+            if (auto t = sr.string("reason", false)) s.reason = *t;
+            if (auto e = sr.integer("exit_code", false)) s.exit_code = static_cast<int>(*e);
+            if (auto g = sr.integer("signal", false)) s.signal = static_cast<int>(*g);
+            if (const json* tail = sr.array("tail", false)) {
+                for (const auto& line : *tail) {
+                    if (!line.is_string()) {
+                        sr.fail("'tail' must hold strings");
+                        break;
+                    }
+                    s.tail.push_back(line.get<std::string>());
+                }
+            }
+            if (auto e = sr.string("error", false, true)) s.error = *e;
+            if (sr.ok() && s.outcome == "failed" && s.reason.empty()) sr.fail("missing 'reason' of a failed step");
+            if (!sr.ok()) r.fail(where + ": " + (sr.error().empty() ? "must be an object" : sr.error()));
+            else q.steps.push_back(std::move(s));
+        }
+    }
     return done(r, std::move(q));
 }
 

@@ -400,6 +400,191 @@ BOOST_AUTO_TEST_CASE(error_codes_round_trip) {
     BOOST_TEST(!proto::errc_from_string("made_up").has_value());
 }
 
+BOOST_AUTO_TEST_CASE(provision_request_round_trips) {
+    proto::provision_request q;
+    q.plan = "web";
+    q.force = true;
+    q.steps.push_back({.name = "base.packages",
+                       .user = "root",
+                       .env = {{"DEBIAN_FRONTEND", "noninteractive"}, {"A", "1"}},
+                       .check = {"dpkg", "-s", "git"},
+                       .run = {"apt-get", "install", "-y", "git"},
+                       .timeout_ms = 1234,
+                       .hash = std::string(64, 'a')});
+    q.steps.push_back({.name = "2nd", .user = "alice", .run = {"true"}, .hash = "0"});
+    const auto line = proto::encode(proto::make_provision_request(9, q));
+    const auto m = decode_one(line.substr(0, line.size() - 1));
+    BOOST_TEST(m.type == "provision");
+    const auto r = proto::parse_provision_request(m.body);
+    BOOST_TEST_REQUIRE(bool(r), r.error);
+    BOOST_TEST(r->plan == "web");
+    BOOST_TEST(r->force);
+    BOOST_TEST_REQUIRE(r->steps.size() == 2u);
+    const auto& a = r->steps[0];
+    BOOST_TEST(a.name == "base.packages");
+    BOOST_TEST(a.user == "root");
+    BOOST_TEST((a.env == q.steps[0].env));
+    BOOST_TEST(a.check == q.steps[0].check, boost::test_tools::per_element());
+    BOOST_TEST(a.run == q.steps[0].run, boost::test_tools::per_element());
+    BOOST_TEST(a.timeout_ms == 1234u);
+    BOOST_TEST(a.hash == std::string(64, 'a'));
+    const auto& b = r->steps[1];
+    BOOST_TEST(b.check.empty());  // no check: no "check" key, not an empty array
+    BOOST_TEST(!m.body["steps"][1].contains("check"));
+    BOOST_TEST(b.timeout_ms == proto::default_step_timeout_ms);
+
+    // Defaults: force false, timeout 600000.
+    const auto d = proto::parse_provision_request(decode_one(
+        R"({"v":1,"id":1,"type":"provision","plan":"p","steps":[{"name":"s","user":"u","run":["x"],"hash":"ab"}]})").body);
+    BOOST_TEST_REQUIRE(bool(d), d.error);
+    BOOST_TEST(!d->force);
+    BOOST_TEST(d->steps[0].timeout_ms == 600000u);
+}
+
+BOOST_AUTO_TEST_CASE(provision_request_validation_names_the_field) {
+    const std::string ok_step = R"({"name":"s","user":"u","run":["x"],"hash":"ab"})";
+    auto with_steps = [](const std::string& steps, const std::string& extra = "", const std::string& plan = "p") {
+        return R"({"v":1,"id":1,"type":"provision","plan":")" + plan + "\"," + extra + R"("steps":)" + steps + "}";
+    };
+    auto accepted = [](const std::string& line) {
+        const auto r = proto::parse_provision_request(decode_one(line).body);
+        BOOST_TEST(bool(r), line << ": " << r.error);
+    };
+    auto numbered_steps = [](int n, const std::string& fields) {
+        std::string out = "[";
+        for (int i = 0; i < n; ++i) out += (i ? "," : "") + std::string(R"({"name":"s)") + std::to_string(i) + "\"," + fields + "}";
+        return out + "]";
+    };
+    auto step = [](const std::string& fields) { return "[{" + fields + "}]"; };
+    auto check = [](const std::string& line, const std::string& expected) {
+        const auto r = proto::parse_provision_request(decode_one(line).body);
+        BOOST_TEST_CONTEXT(line) {
+            BOOST_TEST(!r);
+            BOOST_TEST(r.error.find(expected) != std::string::npos, r.error);
+            BOOST_TEST(r.code == proto::errc::bad_request);
+        }
+    };
+    const std::string base = R"("user":"u","run":["x"],"hash":"ab")";
+    // plan
+    check(R"({"v":1,"id":1,"type":"provision","steps":[]})", "missing 'plan'");
+    check(R"({"v":1,"id":1,"type":"provision","plan":"","steps":[]})", "'plan'");
+    check(R"({"v":1,"id":1,"type":"provision","plan":3,"steps":[]})", "'plan' must be a string");
+    check(with_steps("[" + ok_step + "]", "", std::string(65, 'p')), "'plan' must be 1-64 characters");
+    accepted(with_steps("[" + ok_step + "]", "", std::string(64, 'p')));
+    accepted(with_steps("[" + ok_step + "]", "", "Ã©tÃ©"));  // characters, not bytes
+    // force
+    check(with_steps("[" + ok_step + "]", R"("force":"yes",)"), "'force'");
+    // steps
+    check(R"({"v":1,"id":1,"type":"provision","plan":"p"})", "missing 'steps'");
+    check(with_steps("{}"), "'steps' must be an array");
+    check(with_steps("[]"), "'steps' must not be empty");
+    check(with_steps(numbered_steps(513, base)), "'steps' has more than 512 items");
+    accepted(with_steps(numbered_steps(512, base)));
+    check(with_steps("[3]"), "steps[0] must be an object");
+    // name
+    check(with_steps(step(base)), "steps[0]: missing 'name'");
+    check(with_steps(step(R"("name":"Bad",)" + base)), "steps[0]: 'name'");
+    check(with_steps(step(R"("name":".dot",)" + base)), "steps[0]: 'name'");
+    check(with_steps(step(R"("name":"a b",)" + base)), "steps[0]: 'name'");
+    check(with_steps(step(R"("name":")" + std::string(65, 'a') + "\"," + base)), "steps[0]: 'name'");
+    check(with_steps("[" + ok_step + "," + ok_step + "]"), "steps[1]: 'name' 's' is already used by steps[0]");
+    // user
+    check(with_steps(step(R"("name":"s","run":["x"],"hash":"ab")")), "steps[0]: missing 'user'");
+    check(with_steps(step(R"("name":"s","user":"","run":["x"],"hash":"ab")")), "steps[0]: 'user'");
+    // env
+    check(with_steps(step(R"("name":"s","env":{"A=B":"x"},)" + base)), "steps[0]: env: invalid variable");
+    check(with_steps(step(R"("name":"s","env":{"A":1},)" + base)), "steps[0]: env: 'A' must be a string");
+    check(with_steps(step(R"("name":"s","env":[],)" + base)), "steps[0]: 'env' must be an object");
+    // check
+    check(with_steps(step(R"("name":"s","check":[],)" + base)), "steps[0]: 'check' must not be empty");
+    check(with_steps(step(R"("name":"s","check":"true",)" + base)), "steps[0]: 'check' must be an array");
+    check(with_steps(step(R"("name":"s","check":["a",1],)" + base)), "steps[0]: check[1] must be a string");
+    // run
+    check(with_steps(step(R"("name":"s","user":"u","hash":"ab")")), "steps[0]: missing 'run'");
+    check(with_steps(step(R"("name":"s","user":"u","run":[],"hash":"ab")")), "steps[0]: 'run' must not be empty");
+    check(with_steps(step(R"("name":"s","user":"u","run":[""],"hash":"ab")")), "steps[0]: run[0] must not be empty");
+    check(with_steps(step(R"("name":"s","user":"u","run":"ls","hash":"ab")")), "steps[0]: 'run' must be an array");
+    // timeout_ms
+    check(with_steps(step(R"("name":"s","timeout_ms":0,)" + base)), "steps[0]: 'timeout_ms'");
+    check(with_steps(step(R"("name":"s","timeout_ms":86400001,)" + base)), "steps[0]: 'timeout_ms'");
+    check(with_steps(step(R"("name":"s","timeout_ms":-1,)" + base)), "steps[0]: 'timeout_ms'");
+    check(with_steps(step(R"("name":"s","timeout_ms":1.5,)" + base)), "steps[0]: 'timeout_ms'");
+    accepted(with_steps(step(R"("name":"s","timeout_ms":86400000,)" + base)));
+    accepted(with_steps(step(R"("name":"0.a_b-c",)" + base)));
+    // hash
+    check(with_steps(step(R"("name":"s","user":"u","run":["x"])")), "steps[0]: missing 'hash'");
+    check(with_steps(step(R"("name":"s","user":"u","run":["x"],"hash":"")")), "steps[0]: 'hash'");
+    check(with_steps(step(R"("name":"s","user":"u","run":["x"],"hash":"ABCD")")), "steps[0]: 'hash'");
+    check(with_steps(step(R"("name":"s","user":"u","run":["x"],"hash":"xyz")")), "steps[0]: 'hash'");
+    check(with_steps(step(R"("name":"s","user":"u","run":["x"],"hash":")" + std::string(129, 'f') + "\"")),
+          "steps[0]: 'hash'");
+    check(with_steps(step(R"("name":"s","user":"u","run":["x"],"hash":7)")), "steps[0]: 'hash' must be a string");
+    // The index is the failing step's, not the first one's.
+    check(with_steps("[" + ok_step + R"(,{"name":"t","user":"u","run":["x"]}])"), "steps[1]: missing 'hash'");
+}
+
+BOOST_AUTO_TEST_CASE(provision_result_round_trips) {
+    proto::provision_result q;
+    q.ok = false;
+    q.cancelled = true;
+    q.duration_ms = 1500;
+    q.steps.push_back({.name = "a", .outcome = "unchanged"});
+    q.steps.push_back({.name = "b", .outcome = "satisfied", .duration_ms = 12});
+    q.steps.push_back({.name = "c",
+                       .outcome = "failed",
+                       .duration_ms = 900,
+                       .reason = "exit",
+                       .exit_code = 3,
+                       .tail = {"line 1", "bad \xff byte"},
+                       .error = ""});
+    q.steps.push_back({.name = "d", .outcome = "failed", .reason = "timeout", .signal = 15});
+    q.steps.push_back({.name = "e", .outcome = "failed", .reason = "state_write_failed", .exit_code = 0,
+                       .error = "No space left on device"});
+    q.steps.push_back({.name = "f", .outcome = "not_run"});
+    const auto line = proto::encode(proto::make_provision_result(4, q));
+    const auto m = decode_one(line.substr(0, line.size() - 1));
+    BOOST_TEST(!m.body["steps"][0].contains("tail"));    // only failed steps carry a tail
+    BOOST_TEST(!m.body["steps"][0].contains("reason"));
+    BOOST_TEST(m.body["steps"][3]["tail"].is_array());
+    const auto r = proto::parse_provision_result(m.body);
+    BOOST_TEST_REQUIRE(bool(r), r.error);
+    BOOST_TEST(!r->ok);
+    BOOST_TEST(r->cancelled);
+    BOOST_TEST(r->duration_ms == 1500u);
+    BOOST_TEST_REQUIRE(r->steps.size() == 6u);
+    BOOST_TEST(r->steps[1].outcome == "satisfied");
+    BOOST_TEST(r->steps[1].duration_ms == 12u);
+    BOOST_TEST(r->steps[2].reason == "exit");
+    BOOST_TEST(*r->steps[2].exit_code == 3);
+    BOOST_TEST(!r->steps[2].signal.has_value());
+    BOOST_TEST(r->steps[2].tail.size() == 2u);
+    BOOST_TEST(r->steps[2].tail[1] == "bad \xEF\xBF\xBD byte");  // repaired by encode, not thrown
+    BOOST_TEST(*r->steps[3].signal == 15);
+    BOOST_TEST(r->steps[4].error == "No space left on device");
+    BOOST_TEST(r->steps[5].outcome == "not_run");
+
+    auto bad = [](const std::string& line, const std::string& expected) {
+        const auto p = proto::parse_provision_result(decode_one(line).body);
+        BOOST_TEST_CONTEXT(line) {
+            BOOST_TEST(!p);
+            BOOST_TEST(p.error.find(expected) != std::string::npos, p.error);
+        }
+    };
+    bad(R"({"v":1,"id":1,"type":"result","steps":[]})", "missing 'ok'");
+    bad(R"({"v":1,"id":1,"type":"result","ok":true})", "missing 'steps'");
+    bad(R"({"v":1,"id":1,"type":"result","ok":true,"steps":[{"name":"a","outcome":"maybe"}]})", "steps[0]: 'outcome'");
+    bad(R"({"v":1,"id":1,"type":"result","ok":true,"steps":[{"outcome":"ran"}]})", "steps[0]: missing 'name'");
+    bad(R"({"v":1,"id":1,"type":"result","ok":false,"steps":[{"name":"a","outcome":"failed"}]})", "'reason'");
+    bad(R"({"v":1,"id":1,"type":"result","ok":false,"steps":[{"name":"a","outcome":"ran","tail":[1]}]})", "'tail'");
+}
+
+BOOST_AUTO_TEST_CASE(busy_is_a_known_code) {
+    BOOST_TEST(proto::to_string(proto::errc::busy) == "busy");
+    BOOST_TEST((proto::errc_from_string("busy") == proto::errc::busy));
+    const auto line = proto::encode(proto::make_error(3, proto::errc::busy, "x"));
+    BOOST_TEST(proto::parse_error(decode_one(line.substr(0, line.size() - 1)).body)->code == "busy");
+}
+
 BOOST_AUTO_TEST_CASE(finality) {
     BOOST_TEST(proto::is_final("result"));
     BOOST_TEST(proto::is_final("error"));
