@@ -32,6 +32,7 @@ constexpr const char* usage_text =
     "\n"
     "  --socket PATH          socket (default /run/machine-agent/agent.sock; $MACHINE_AGENT_SOCKET)\n"
     "  --journal PATH         event journal (default /var/lib/machine-agent/journal.jsonl)\n"
+    "  --steps-state PATH     provision's record of done steps (default /var/lib/machine-agent/steps.json)\n"
     "  --user NAME            the VM user: user.ready, and the socket's group\n"
     "  --group NAME           the socket's group (default: the user's primary group)\n"
     "  --no-systemd           no boot.finished, no sd_notify (tests, containers)\n"
@@ -102,6 +103,7 @@ int main(int argc, char** argv) {
             return 0;
         } else if (a == "--socket") opt.socket_path = value("--socket");
         else if (a == "--journal") opt.journal_path = value("--journal");
+        else if (a == "--steps-state") opt.steps_state_path = value("--steps-state");
         else if (a == "--user") opt.user = value("--user");
         else if (a == "--group") opt.group = value("--group");
         else if (a == "--no-systemd") opt.systemd = false;

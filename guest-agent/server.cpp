@@ -37,7 +37,9 @@
 #include "log.hpp"
 #include "machine/events.hpp"
 #include "machine/protocol.hpp"
+#include "provision.hpp"
 #include "spawn.hpp"
+#include "steps_state.hpp"
 #include "users.hpp"
 
 #ifndef MACHINE_AGENT_VERSION
@@ -81,7 +83,7 @@ private:
     asio::steady_timer timer_;
 };
 
-enum class request_kind { run, subscribe };
+enum class request_kind { run, subscribe, provision };
 
 struct request_state {
     request_state(asio::any_io_executor ex, std::uint64_t id, request_kind k)
@@ -95,6 +97,7 @@ struct request_state {
     bool reaped = false;
     std::uint32_t grace_ms = default_grace_ms;
     asio::steady_timer kill_timer;
+    std::shared_ptr<provision_job> job;  // provision: cancel and kill go to it
 };
 
 std::string boot_id_from(const std::string& file) {
@@ -136,30 +139,10 @@ void sd_notify(const char* state) {
 }
 
 // Waits for a child to exit and reaps it; returns the wait status.
-awaitable<int> wait_exit(pid_t pid, int pidfd_raw) {
-    auto ex = co_await asio::this_coro::executor;
-    int status = 0;
-    if (pidfd_raw >= 0) {
-        descriptor pidfd(ex, pidfd_raw);
-        auto [ec] = co_await pidfd.async_wait(descriptor::wait_read, use_nothrow);
-        if (ec) {
-            // Cancelled (the loop is going away): never block the loop on a live child.
-            ::waitpid(pid, &status, WNOHANG);
-            co_return status;
-        }
-    } else {
-        // No pidfd (Linux < 5.3): poll.
-        asio::steady_timer poll(ex);
-        for (;;) {
-            const pid_t r = ::waitpid(pid, &status, WNOHANG);
-            if (r == pid || (r < 0 && errno != EINTR)) co_return status;
-            poll.expires_after(20ms);
-            co_await poll.async_wait(use_nothrow);
-        }
-    }
-    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-    }
-    co_return status;
+awaitable<int> wait_exit(pid_t pid, int pidfd) {
+    // Cancelled (the loop is going away): never block the loop on a live child.
+    const bool exited = co_await wait_exited(pid, pidfd);
+    co_return reap_child(pid, exited);
 }
 
 class server;
@@ -210,6 +193,7 @@ class server {
 public:
     server(asio::io_context& io, server_options options)
         : io_(io), options_(std::move(options)), journal_(options_.journal_path, options_.journal_limits),
+          steps_(options_.steps_state_path),
           acceptor_(io), signals_(io, SIGTERM, SIGINT), events_(io.get_executor()), sync_timer_(io),
           started_(std::chrono::steady_clock::now()) {}
 
@@ -223,6 +207,9 @@ public:
     bool stopping() const { return stopping_; }
 
     std::uint64_t append_event(std::string_view name, const proto::json& fields);
+    provision_setup provision_setup_for_job();
+    /// The one provision running (across all connections), or null.
+    std::shared_ptr<provision_job> provision;
     proto::hello_result hello() const;
     proto::health_result health() const;
 
@@ -241,6 +228,7 @@ private:
     asio::io_context& io_;
     server_options options_;
     journal journal_;
+    steps_state steps_;
     asio::local::stream_protocol::acceptor acceptor_;
     asio::signal_set signals_;
     notifier events_;
@@ -310,25 +298,6 @@ void signal_run(const std::shared_ptr<request_state>& st, asio::io_context& io) 
     asio::co_spawn(io, escalate(st), [](std::exception_ptr) {});
 }
 
-std::vector<std::string> build_environment(const user_info& user, const proto::run_request& req,
-                                           const std::string& runtime_root) {
-    auto base = base_environment(user, runtime_root);
-    for (const auto& [k, v] : req.env) {
-        bool replaced = false;
-        for (auto& [bk, bv] : base) {
-            if (bk == k) {
-                bv = v;
-                replaced = true;
-            }
-        }
-        if (!replaced) base.emplace_back(k, v);
-    }
-    std::vector<std::string> env;
-    env.reserve(base.size());
-    for (const auto& [k, v] : base) env.push_back(k + "=" + v);
-    return env;
-}
-
 // `srv` by reference in a spawned coroutine (house style §4.4): the server lives on main's stack
 // for the whole io_context::run(), so it outlives every task.
 awaitable<void> run_command(server& srv, std::shared_ptr<connection> c, std::shared_ptr<request_state> st,
@@ -342,15 +311,8 @@ awaitable<void> run_command(server& srv, std::shared_ptr<connection> c, std::sha
     }
     spawn_spec spec;
     spec.argv = req.argv;
-    spec.env = build_environment(*user, req, srv.options().runtime_dir_root);
-    if (req.cwd) {
-        spec.cwd = *req.cwd;
-    } else {
-        struct stat sb {};
-        spec.cwd = (!user->home.empty() && ::stat(user->home.c_str(), &sb) == 0 && S_ISDIR(sb.st_mode))
-                       ? user->home
-                       : "/";
-    }
+    spec.env = child_environment(*user, srv.options().runtime_dir_root, req.env);
+    spec.cwd = req.cwd ? *req.cwd : home_or_root(*user);
     spec.as_user = *user;
     spec.pipe_stdin = req.stdin_data.has_value();
     if (req.grace_ms) st->grace_ms = *req.grace_ms;
@@ -428,6 +390,14 @@ awaitable<void> subscription(server& srv, std::shared_ptr<connection> c, std::sh
     c->post_final(*st, proto::encode(proto::make_result(st->id, fields)));
 }
 
+// The job stays the server's `provision` until this task ends (its completion handler resets it).
+awaitable<void> provision_task(std::shared_ptr<connection> c, std::shared_ptr<request_state> st) {
+    const auto job = st->job;
+    const auto result = co_await job->run();
+    // After shutting_down (already sent) this does nothing; the journal has the story.
+    c->post_final(*st, proto::encode(proto::make_provision_result(st->id, result)));
+}
+
 // --- connection ---------------------------------------------------------------------------------
 
 connection::connection(server& srv, unix_socket socket)
@@ -485,6 +455,8 @@ void connection::cancel(const std::shared_ptr<request_state>& st) {
     st->cancelled = true;
     if (st->kind == request_kind::run) {
         signal_run(st, srv_.io());
+    } else if (st->kind == request_kind::provision) {
+        st->job->cancel();
     } else {
         srv_.new_events().notify_all();  // the subscription re-checks and ends
         space_.notify_all();
@@ -504,8 +476,10 @@ void connection::shutdown_requests() {
 
 void connection::kill_remaining() {
     // The agent exits now: nothing started for a client may outlive it (KillMode=process).
-    for (const auto& st : running_at_shutdown_)
+    for (const auto& st : running_at_shutdown_) {
         if (st->kind == request_kind::run && st->pid > 0 && !st->reaped) ::kill(-st->pid, SIGKILL);
+        if (st->kind == request_kind::provision) st->job->kill_now();
+    }
 }
 
 void connection::request_done(const std::shared_ptr<request_state>& st) {
@@ -631,6 +605,37 @@ void connection::handle_message(proto::message& m) {
             return reply_error(proto::errc::not_found, "no request " + std::to_string(q->target) + " in flight");
         cancel(it->second);
         post(proto::encode(proto::make_result(id, proto::json{{"target", q->target}})));
+    } else if (m.type == proto::type::provision) {
+        if (srv_.stopping()) return reply_error(proto::errc::shutting_down, "the agent is stopping");
+        if (in_flight_.size() >= max_in_flight)
+            return reply_error(proto::errc::too_many_requests,
+                               "more than " + std::to_string(max_in_flight) + " requests in flight");
+        auto q = proto::parse_provision_request(m.body);
+        if (!q) return reply_error(q.code, q.error);
+        if (srv_.provision)
+            return reply_error(proto::errc::busy, "provision '" + srv_.provision->plan() + "' is running");
+        auto job = std::make_shared<provision_job>(srv_.provision_setup_for_job(), std::move(*q));
+        // Every user first: a plan that cannot finish does not start.
+        if (auto missing = job->resolve_users()) return reply_error(proto::errc::no_such_user, *missing);
+        auto self = shared_from_this();
+        auto st = start_request(id, request_kind::provision);
+        st->job = job;
+        srv_.provision = job;
+        asio::co_spawn(socket_.get_executor(), provision_task(self, st), [this, self, st](std::exception_ptr e) {
+            if (e) {
+                std::string what = "provision failed";
+                try {
+                    std::rethrow_exception(e);
+                } catch (const std::exception& ex) {
+                    what = ex.what();
+                } catch (...) {
+                }
+                log::error("provision: " + what);
+                self->post_final(*st, proto::encode(proto::make_error(st->id, proto::errc::internal, what)));
+            }
+            if (srv_.provision == st->job) srv_.provision.reset();
+            self->request_done(st);
+        });
     } else if (m.type == proto::type::run || m.type == proto::type::subscribe) {
         if (srv_.stopping()) return reply_error(proto::errc::shutting_down, "the agent is stopping");
         if (in_flight_.size() >= max_in_flight)
@@ -693,6 +698,15 @@ std::uint64_t server::append_event(std::string_view name, const proto::json& fie
     return seq;
 }
 
+provision_setup server::provision_setup_for_job() {
+    provision_setup s;
+    s.socket_path = options_.socket_path;
+    s.runtime_dir_root = options_.runtime_dir_root;
+    s.state = &steps_;
+    s.emit = [this](std::string_view event, const proto::json& fields) { append_event(event, fields); };
+    return s;
+}
+
 awaitable<void> server::sync_later() {
     sync_timer_.expires_after(options_.sync_interval);
     co_await sync_timer_.async_wait(use_nothrow);
@@ -703,7 +717,7 @@ awaitable<void> server::sync_later() {
 proto::hello_result server::hello() const {
     proto::hello_result h;
     h.agent_version = MACHINE_AGENT_VERSION;
-    h.capabilities = {"run", "cancel", "health", "subscribe", "emit"};
+    h.capabilities = {"run", "cancel", "health", "subscribe", "emit", "provision"};
     h.boot_id = boot_id_;
     h.journal = {journal_.id(), journal_.first_seq(), journal_.last_seq()};
     return h;

@@ -271,7 +271,7 @@ class Basics(AgentTest):
         r = c.call("hello", client="test")
         self.assertEqual(r["type"], "result")
         self.assertEqual(r["protocol"], 1)
-        self.assertEqual(set(r["capabilities"]), {"run", "cancel", "health", "subscribe", "emit"})
+        self.assertEqual(set(r["capabilities"]), {"run", "cancel", "health", "subscribe", "emit", "provision"})
         self.assertEqual(r["boot_id"], "11111111-2222-3333-4444-555555555555")
         self.assertEqual(r["journal"]["first_seq"], 1)
         self.assertEqual(r["journal"]["last_seq"], 1)  # agent.up
