@@ -38,6 +38,12 @@ struct project {
     std::string name;
     std::vector<std::string> repos;      ///< git URLs; the first is the primary repo
     std::vector<std::string> profiles;   ///< tool profiles, in order
+    /// Where each of `profiles` was written (`projects.toml:3:13: web.profiles[0]`), for
+    /// errors found later (an unknown profile); empty when it comes from the built-in default.
+    std::vector<std::string> profile_origins;
+    /// Neither `profiles` nor `default_profile` was written: the built-in profile set applies
+    /// (the provision module knows it). `profiles` is then empty.
+    bool builtin_profiles = false;
     std::string shell = "zsh";           ///< "zsh" or "bash"
     bool forward_agent = true;
     int cpus = 4;
@@ -68,6 +74,8 @@ struct host_resources {
 /// The top-level settings of projects.toml, and the defaults they give every project.
 struct settings {
     std::vector<std::string> default_profile;  ///< a string or a list in the file
+    std::vector<std::string> default_profile_origins;  ///< where each entry was written
+    bool default_profile_set = false;  ///< false: projects get the built-in profile set
     std::string default_shell = "zsh";
     std::vector<std::string> ca_certs{"host"};
     host_resources host;

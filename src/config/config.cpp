@@ -40,6 +40,9 @@ bool has_control(std::string_view s) {
 std::string repo_problem(std::string_view url) {
     if (url.empty()) return "must not be empty";
     if (url.front() == '-') return "must not start with \"-\", got " + toml_string(url);
+    // git's ext:: transport runs a shell command named in the URL, fd:: reads a descriptor.
+    if (url.rfind("ext::", 0) == 0 || url.rfind("fd::", 0) == 0)
+        return "the " + std::string(url.substr(0, url.find("::") + 2)) + " transport is refused (it runs local commands), got " + toml_string(url);
     if (has_space_or_control(url))
         return "must not contain whitespace or control characters, got " + toml_string(url);
     return {};
@@ -131,6 +134,21 @@ std::optional<port_forwarding> read_ports(const field& f) {
 
 // ---- projects.toml top-level settings ----
 
+// Where each profile name of `f` was written, so that later checks (an unknown profile) can
+// point at it.
+std::vector<std::string> profile_origins(const field& f) {
+    std::vector<std::string> at;
+    if (const auto* array = f.value.as_array()) {
+        for (std::size_t i = 0; i < array->size(); ++i) {
+            const field e = detail::element_field(f, *array, i);
+            at.push_back(f.out.locate(e.where, e.path));
+        }
+    } else {
+        at.push_back(f.out.locate(f.where, f.path));
+    }
+    return at;
+}
+
 void apply_default_profile(const field& f, settings& s) {
     if (f.value.is_string()) {
         if (auto v = detail::read_string(f, profile_problem)) s.default_profile = {*v};
@@ -138,7 +156,10 @@ void apply_default_profile(const field& f, settings& s) {
         if (auto v = detail::read_strings(f, profile_problem)) s.default_profile = std::move(*v);
     } else {
         f.report("expected a string or an array of strings, got " + describe(f.value));
+        return;
     }
+    s.default_profile_set = true;
+    s.default_profile_origins = profile_origins(f);
 }
 
 void apply_default_shell(const field& f, settings& s) {
@@ -162,6 +183,8 @@ void apply_repos(const field& f, project& p) {
 }
 void apply_profiles(const field& f, project& p) {
     if (auto v = detail::read_strings(f, profile_problem)) p.profiles = std::move(*v);
+    p.profile_origins = profile_origins(f);
+    p.builtin_profiles = false;
 }
 void apply_shell(const field& f, project& p) {
     if (auto v = detail::read_string(f, shell_problem)) p.shell = *v;
@@ -291,6 +314,8 @@ project settings::defaults_for(const std::string& name) const {
     project p;
     p.name = name;
     p.profiles = default_profile;
+    p.profile_origins = default_profile_origins;
+    p.builtin_profiles = !default_profile_set;
     p.shell = default_shell;
     p.ca_certs = ca_certs;
     p.cpus = std::clamp(host.cpus, 1, 4);

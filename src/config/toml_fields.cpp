@@ -74,6 +74,12 @@ void problems::add(const toml::source_region& where, std::string_view key_path,
     entries_.push_back({where.begin, text::sanitize_for_terminal(message)});
 }
 
+std::string problems::locate(const toml::source_region& where, std::string_view key_path) const {
+    std::string at = position_prefix(file_, where.begin);
+    at.append(key_path);
+    return text::sanitize_for_terminal(at);
+}
+
 void problems::raise_first() const {
     const auto first = std::min_element(entries_.begin(), entries_.end(), [](const entry& a, const entry& b) {
         return std::tie(a.at.line, a.at.column) < std::tie(b.at.line, b.at.column);

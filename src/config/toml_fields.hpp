@@ -29,6 +29,8 @@ public:
     void add(const toml::source_region& where, std::string_view key_path, std::string_view what);
     /// Throws config_error for the first problem in file order, if any.
     void raise_first() const;
+    /// `file:line:col: key_path`: where a value is, for messages raised after parsing.
+    std::string locate(const toml::source_region& where, std::string_view key_path) const;
 
 private:
     struct entry {

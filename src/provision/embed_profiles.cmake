@@ -1,0 +1,16 @@
+# Turns templates/profiles/*.toml into kBuiltinProfiles, an array of {name, text} compiled into
+# the binary (which needs no data files at run time). FILES is a ;-list of paths.
+set(out "struct builtin_profile { const char* name; const char* text; };\n")
+string(APPEND out "constexpr builtin_profile kBuiltinProfiles[] = {\n")
+set(count 0)
+foreach(file IN LISTS FILES)
+  get_filename_component(name "${file}" NAME_WE)
+  file(READ "${file}" content)
+  string(APPEND out "    {\"${name}\", R\"MACHINE_EMBED(${content})MACHINE_EMBED\"},\n")
+  math(EXPR count "${count} + 1")
+endforeach()
+if(count EQUAL 0)
+  string(APPEND out "    {nullptr, nullptr},\n")
+endif()
+string(APPEND out "};\n")
+file(WRITE "${OUTPUT}" "${out}")

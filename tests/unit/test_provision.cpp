@@ -1,0 +1,237 @@
+// Profiles as data: parsing (with positions in errors), resolution order, plans and step hashes.
+#include <boost/test/unit_test.hpp>
+
+#include <algorithm>
+#include <fstream>
+
+#include "machine/config.hpp"
+#include "machine/provision.hpp"
+#include "test_support.hpp"
+
+using namespace machine;
+using provision::catalog;
+
+namespace {
+
+std::string error_of(const std::function<void()>& f) {
+    try {
+        f();
+    } catch (const config::config_error& e) {
+        return e.what();
+    }
+    return "(no error)";
+}
+
+const char* kBase = R"(description = "the basics"
+[[step]]
+name = "packages"
+check = "dpkg -s git"
+run = "apt-get install -y git"
+timeout = "20m"
+env = { DEBIAN_FRONTEND = "noninteractive" }
+)";
+
+const char* kNode = R"(requires = ["base"]
+[[step]]
+name = "install"
+run = "echo node"
+[[step]]
+name = "tools"
+user = "user"
+run = "npm i -g pnpm"
+)";
+
+const char* kSigning = R"(requires = ["base"]
+bake = false
+[[step]]
+name = "identity"
+user = "user"
+env = { GIT_NAME = "${git.name}", KEY = "${git.signing_key}", WHO = "${vm.user}" }
+run = "git config --global user.name \"$GIT_NAME\""
+)";
+
+catalog sample_catalog() {
+    catalog c;
+    c.add(catalog::parse(kBase, "base", "base.toml"));
+    c.add(catalog::parse(kNode, "node", "node.toml"));
+    c.add(catalog::parse(kSigning, "git-signing", "git-signing.toml"));
+    return c;
+}
+
+std::function<std::string(std::size_t)> at(std::string prefix) {
+    return [prefix](std::size_t i) { return prefix + "[" + std::to_string(i) + "]"; };
+}
+
+provision::host_values host() {
+    provision::host_values h;
+    h.git_name = "Ada";
+    h.git_email = "ada@example.org";
+    h.git_signing_key = "ssh-ed25519 AAAA ada";
+    return h;
+}
+
+} // namespace
+
+BOOST_AUTO_TEST_SUITE(provision_profiles)
+
+BOOST_AUTO_TEST_CASE(a_profile_file_becomes_named_steps_with_their_settings) {
+    const auto p = catalog::parse(kBase, "base", "base.toml");
+    BOOST_TEST(p.description == "the basics");
+    BOOST_TEST(p.bake);
+    BOOST_REQUIRE_EQUAL(p.steps.size(), 1u);
+    BOOST_TEST(p.steps[0].name == "base.packages");
+    BOOST_TEST((p.steps[0].user == provision::run_as::root));
+    BOOST_TEST(p.steps[0].timeout.count() == 20 * 60 * 1000);
+    BOOST_TEST(p.steps[0].check == "dpkg -s git");
+    BOOST_REQUIRE_EQUAL(p.steps[0].env.size(), 1u);
+    BOOST_TEST(p.steps[0].env[0].first == "DEBIAN_FRONTEND");
+}
+
+BOOST_AUTO_TEST_CASE(bad_profile_files_name_file_line_column_and_key) {
+    struct bad {
+        const char* text;
+        const char* message;
+    };
+    const bad cases[] = {
+        {"[[step]]\nname = \"x\"\nrun = \"true\"\nuser = \"admin\"\n",
+         "p.toml:4:1: step[0].user: expected \"root\" or \"user\" (the VM's normal user), got \"admin\""},
+        {"[[step]]\nname = \"x\"\nrun = \"true\"\ntimeout = \"soon\"\n",
+         "p.toml:4:1: step[0].timeout: expected a duration such as \"90s\", \"10m\" or \"1h\" (at most 24h), got \"soon\""},
+        {"[[step]]\nname = \"x\"\nrun = \"true\"\nrnu = 1\n", "p.toml:4:1: step[0].rnu: unknown key (did you mean \"run\"?)"},
+        {"[[step]]\nname = \"Bad Name\"\nrun = \"true\"\n",
+         "p.toml:2:1: step[0].name: invalid step name \"Bad Name\" (1-48 of a-z, 0-9, \"-\" and \"_\", starting with a letter or digit)"},
+        {"[[step]]\nname = \"x\"\n", "p.toml:1:1: step[0]: missing `run`"},
+        {"[[step]]\nname = \"x\"\nrun = \"a\"\n[[step]]\nname = \"x\"\nrun = \"b\"\n",
+         "p.toml:5:1: step[1].name: duplicate step name \"x\""},
+        {"[[step]]\nname = \"x\"\nrun = \"a\"\nenv = { A = \"${git.nmae}\" }\n",
+         "p.toml:4:9: step[0].env.A: unknown placeholder ${git.nmae} (known: ${git.name}, ${git.email}, ${git.signing_key}, ${vm.user})"},
+        {"[[step]]\nname = \"x\"\nrun = \"a\"\nenv = { A = \"${git.name}\" }\n",
+         "p.toml:4:9: step[0].env.A: ${git.*} values need `bake = false`: a cached base is shared by every project"},
+        {"description = \"nothing\"\n", "p.toml:1:1: a profile needs at least one [[step]]"},
+        {"[[step]]\nname = \"x\"\nrun = \"a\"\nenv = { \"1X\" = \"v\" }\n", "p.toml:4:9: step[0].env.1X: not a valid environment variable name"},
+    };
+    for (const auto& c : cases) {
+        BOOST_TEST_CONTEXT(c.text) {
+            BOOST_TEST(error_of([&] { catalog::parse(c.text, "p", "p.toml"); }) == c.message);
+        }
+    }
+}
+
+BOOST_AUTO_TEST_CASE(requirements_come_first_and_each_profile_once) {
+    const auto c = sample_catalog();
+    const auto order = provision::resolve_profiles(c, {"git-signing", "node", "base"}, at("web.profiles"));
+    BOOST_TEST(order == (std::vector<std::string>{"base", "git-signing", "node"}), boost::test_tools::per_element());
+}
+
+BOOST_AUTO_TEST_CASE(an_unknown_profile_is_a_config_error_where_it_was_written) {
+    const auto c = sample_catalog();
+    BOOST_TEST(error_of([&] { provision::resolve_profiles(c, {"base", "nodd"}, at("projects.toml:3:20: web.profiles")); }) ==
+               "projects.toml:3:20: web.profiles[1]: unknown profile \"nodd\" (did you mean \"node\"?)");
+    BOOST_TEST(error_of([&] { provision::resolve_profiles(c, {"zzzzzzzz"}, at("x")); }) ==
+               "x[0]: unknown profile \"zzzzzzzz\" (known: base, git-signing, node)");
+}
+
+BOOST_AUTO_TEST_CASE(requirement_cycles_are_refused) {
+    catalog c;
+    c.add(catalog::parse("requires = [\"b\"]\n[[step]]\nname = \"s\"\nrun = \"true\"\n", "a", "a.toml"));
+    c.add(catalog::parse("requires = [\"a\"]\n[[step]]\nname = \"s\"\nrun = \"true\"\n", "b", "b.toml"));
+    BOOST_TEST(error_of([&] { provision::resolve_profiles(c, {"a"}, at("w")); }).find("cycle: a -> b -> a") != std::string::npos);
+}
+
+BOOST_AUTO_TEST_CASE(a_plan_has_argv_vectors_users_and_expanded_env) {
+    const auto c = sample_catalog();
+    const auto plan = provision::make_plan(c, {"base", "git-signing"}, host());
+    BOOST_REQUIRE_EQUAL(plan.steps.size(), 2u);
+    const auto& sign = plan.steps[1];
+    BOOST_TEST(sign.name == "git-signing.identity");
+    BOOST_TEST(sign.user == "dev");
+    BOOST_TEST(plan.steps[0].user == "root");
+    // The script travels as one argv element: nothing from the host is spliced into it.
+    BOOST_TEST(sign.run == (std::vector<std::string>{"bash", "-e", "-u", "-o", "pipefail", "-c",
+                                                     "git config --global user.name \"$GIT_NAME\""}),
+               boost::test_tools::per_element());
+    BOOST_TEST(sign.check.empty());
+    const std::vector<std::pair<std::string, std::string>> env{
+        {"GIT_NAME", "Ada"}, {"KEY", "ssh-ed25519 AAAA ada"}, {"WHO", "dev"}};
+    BOOST_TEST((sign.env == env));
+    BOOST_TEST(plan.steps[0].timeout_ms == 20u * 60 * 1000);
+}
+
+BOOST_AUTO_TEST_CASE(a_step_hash_changes_with_any_part_of_its_definition_and_only_then) {
+    const auto c = sample_catalog();
+    const auto a = provision::make_plan(c, {"base", "git-signing"}, host());
+    const auto b = provision::make_plan(c, {"base", "git-signing"}, host());
+    BOOST_TEST(a.steps[0].hash == b.steps[0].hash);
+    BOOST_TEST(a.steps[0].hash.size() == 64u);
+    BOOST_TEST(a.steps[0].hash != a.steps[1].hash);
+
+    auto other_key = host();
+    other_key.git_signing_key = "ssh-ed25519 BBBB ada";
+    const auto d = provision::make_plan(c, {"base", "git-signing"}, other_key);
+    BOOST_TEST(d.steps[0].hash == a.steps[0].hash);  // base does not use the key
+    BOOST_TEST(d.steps[1].hash != a.steps[1].hash);  // the signing step does
+
+    catalog edited = sample_catalog();
+    std::string base_text = kBase;
+    base_text.replace(base_text.find("git\"\n"), 4, "git tmux\"");
+    edited.add(catalog::parse(base_text, "base", "base.toml"));
+    const auto e = provision::make_plan(edited, {"base"}, host());
+    BOOST_TEST(e.steps[0].hash != a.steps[0].hash);
+}
+
+BOOST_AUTO_TEST_CASE(the_bakeable_part_stops_at_the_first_profile_that_cannot_be_baked) {
+    const auto c = sample_catalog();
+    const auto plan = provision::make_plan(c, {"base", "git-signing", "node"}, host());
+    const auto base = provision::bakeable_prefix(c, plan);
+    BOOST_TEST(base.profiles == (std::vector<std::string>{"base"}), boost::test_tools::per_element());
+    BOOST_REQUIRE_EQUAL(base.steps.size(), 1u);
+    BOOST_TEST(base.steps[0].name == "base.packages");
+    BOOST_TEST(base.steps[0].hash == plan.steps[0].hash);
+}
+
+BOOST_AUTO_TEST_CASE(durations) {
+    BOOST_TEST(provision::parse_duration("90s")->count() == 90000);
+    BOOST_TEST(provision::parse_duration("1h30m")->count() == 5400000);
+    BOOST_TEST(!provision::parse_duration(""));
+    BOOST_TEST(!provision::parse_duration("10"));
+    BOOST_TEST(!provision::parse_duration("0s"));
+    BOOST_TEST(!provision::parse_duration("5d"));
+}
+
+BOOST_AUTO_TEST_CASE(the_built_in_profiles_load_and_cover_the_default_set) {
+    const catalog c = catalog::builtin();
+    for (const auto& name : provision::default_profiles()) {
+        BOOST_TEST_CONTEXT(name) {
+            const auto* p = c.find(name);
+            BOOST_REQUIRE(p);
+            BOOST_TEST(!p->description.empty());
+            BOOST_TEST(!p->steps.empty());
+        }
+    }
+    // The default set plans without error, and only git-signing stays out of the base.
+    const auto order = provision::resolve_profiles(c, provision::default_profiles(), at("default"));
+    const auto plan = provision::make_plan(c, order, host());
+    const auto base = provision::bakeable_prefix(c, plan);
+    BOOST_TEST((std::find(base.profiles.begin(), base.profiles.end(), "git-signing") == base.profiles.end()));
+    BOOST_TEST(base.profiles.size() == order.size() - 1);
+}
+
+BOOST_AUTO_TEST_CASE(user_profiles_add_to_and_replace_built_in_ones) {
+    test::temp_dir dir;
+    {
+        std::ofstream(dir.path / "cypress.toml") << "requires = [\"base\"]\n[[step]]\nname = \"deps\"\nrun = \"true\"\n";
+        std::ofstream(dir.path / "notes.txt") << "not a profile";
+    }
+    const catalog c = catalog::load(dir.path);
+    BOOST_REQUIRE(c.find("cypress"));
+    BOOST_TEST(c.find("cypress")->steps[0].name == "cypress.deps");
+    BOOST_TEST(c.find("base"));
+    BOOST_TEST(!c.find("notes"));
+    {
+        std::ofstream(dir.path / "broken.toml") << "[[step]]\nname = \"x\"\nrun = 3\n";
+    }
+    BOOST_TEST(error_of([&] { catalog::load(dir.path); }) ==
+               (dir.path / "broken.toml").string() + ":3:1: step[0].run: expected a string, got 3");
+}
+
+BOOST_AUTO_TEST_SUITE_END()
