@@ -37,6 +37,7 @@ inline constexpr const char* vm_state = "vm.state";        // state, [detail]
 inline constexpr const char* lima_status = "lima.status";  // from ha.stdout.log
 inline constexpr const char* step_started = "step.started";    // step
 inline constexpr const char* step_finished = "step.finished";  // step, ok, duration_ms, [detail]
+inline constexpr const char* step_output = "step.output";      // step, stream, line
 inline constexpr const char* message = "message";          // level, text
 inline constexpr const char* error = "error";              // message, [diagnostics]
 inline constexpr const char* vm_done = "vm.done";          // outcome, duration_ms
@@ -48,6 +49,8 @@ event vm_state(std::string vm, std::string state, std::string detail = {});
 event step_started(std::string vm, std::string step);
 event step_finished(std::string vm, std::string step, bool ok, std::chrono::milliseconds took,
                     std::string detail = {});
+// A line a provisioning step printed (VM-provided text: sinks sanitize it).
+event step_output(std::string vm, std::string step, std::string stream, std::string line);
 event message(std::string vm, std::string level, std::string text);
 event error(std::string vm, std::string message, std::string diagnostics = {});
 event vm_done(std::string vm, std::string outcome, std::chrono::milliseconds took);

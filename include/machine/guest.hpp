@@ -64,6 +64,10 @@ public:
                                              std::function<bool(const protocol::event_record&)> on_event,
                                              std::function<void(const protocol::gap_notice&)> on_gap = {});
 
+    // Applies a provisioning plan; its progress is in the journal (subscribe on another
+    // connection to follow it). A failed step is a result with ok == false, not an exception.
+    asio::awaitable<protocol::provision_result> provision(protocol::provision_request request);
+
     // Appends an event to the agent's journal; returns its seq.
     asio::awaitable<std::uint64_t> emit(protocol::emit_request request);
 

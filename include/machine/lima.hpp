@@ -133,7 +133,8 @@ struct argv_builder {
     std::vector<std::string> start(const std::string& name, std::chrono::seconds timeout) const;
     std::vector<std::string> stop(const std::string& name, bool force) const;
     std::vector<std::string> remove(const std::string& name, bool force) const;
-    std::vector<std::string> clone(const std::string& from, const std::string& to) const;
+    std::vector<std::string> clone(const std::string& from, const std::string& to,
+                                   const std::vector<std::string>& sets = {}) const;
     std::vector<std::string> shell(const std::string& name, const std::vector<std::string>& cmd,
                                    const std::string& workdir) const;
     std::vector<std::string> version() const;
@@ -158,7 +159,9 @@ public:
     asio::awaitable<void> start(std::string name, std::function<void(const log_line&)> on_log = {});
     asio::awaitable<void> stop(std::string name, bool force);
     asio::awaitable<void> remove(std::string name, bool force);
-    asio::awaitable<void> clone(std::string from, std::string to);
+    // A copy-on-write copy of a stopped instance, with a new identity; `sets` are yq
+    // expressions applied to the copy's lima.yaml (--set).
+    asio::awaitable<void> clone(std::string from, std::string to, std::vector<std::string> sets);
     // Runs a command in the guest with captured output; returns the remote exit status.
     struct shell_result {
         int status;

@@ -19,6 +19,9 @@ struct local_image {
     std::string cmdline;
 };
 
+// The VM's normal user, as the template creates it (agents run as this user, never root).
+inline constexpr const char* vm_user = "dev";
+
 struct host_facts {
     std::string os = "linux";     // "linux" or "darwin"
     std::string arch = "x86_64";  // Lima's names: x86_64, aarch64
@@ -38,6 +41,11 @@ std::vector<std::string> resolve_ca_certs(const config::project& p, const host_f
 
 // The rendered lima.yaml for `p`.
 std::string lima_yaml(const config::project& p, const host_facts& host);
+
+// What a clone of a cached base must change to become project `p`'s VM: a `limactl clone
+// --set` expression (yq) assigning p's own cpus, memory, disk, agent forwarding, port rules and
+// CA certificates. Every value is JSON, never raw text from the config.
+std::string clone_settings(const config::project& p, const host_facts& host);
 
 // The template's text as compiled in.
 std::string_view base_template();

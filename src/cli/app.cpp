@@ -41,6 +41,7 @@ struct parsed {
     std::vector<std::string> run_command;
     bool json = false;
     bool yes = false;
+    bool force = false;  // bake
     int start_timeout_minutes = 30;
     std::string log_level = "warn";
 };
@@ -90,6 +91,7 @@ asio::awaitable<int> dispatch(context& ctx, parsed p) {
         opt.start_timeout = std::chrono::minutes(p.start_timeout_minutes);
         co_return co_await cmd_up(ctx, opt);
     }
+    if (p.command == "bake") co_return co_await cmd_bake(ctx, p.name, p.force);
     if (p.command == "down") co_return co_await cmd_down(ctx, p.name);
     if (p.command == "destroy") co_return co_await cmd_destroy(ctx, p.name, p.yes);
     if (p.command == "list") co_return co_await cmd_list(ctx);
@@ -134,6 +136,11 @@ int main(int argc, char** argv) {
     up->add_flag("--fail-fast", p.fail_fast, "cancel the others when one VM fails");
     up->add_flag("--json", p.json, "events as JSON lines on stdout");
     up->add_option("--timeout", p.start_timeout_minutes, "minutes to wait for the VM to boot")->check(CLI::PositiveNumber);
+
+    auto* bake = app.add_subcommand("bake", "build the cached base new VMs are cloned from (up does it when needed)");
+    bake->add_option("name", p.name, "project whose profiles to bake (default: the .machine.toml project, else 'default')");
+    bake->add_flag("--force", p.force, "rebuild even when the cached base is fresh");
+    bake->add_flag("--json", p.json, "events as JSON lines on stdout");
 
     auto* down = app.add_subcommand("down", "stop a project's VM (its disk is kept)");
     down->add_option("name", p.name, "project");

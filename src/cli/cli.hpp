@@ -49,6 +49,8 @@ struct up_options {
 };
 
 asio::awaitable<int> cmd_up(context& ctx, up_options opt);
+// Builds (or with `force` rebuilds) the cached base for the project's bake profiles.
+asio::awaitable<int> cmd_bake(context& ctx, std::optional<std::string> name, bool force);
 asio::awaitable<int> cmd_down(context& ctx, std::optional<std::string> name);
 asio::awaitable<int> cmd_destroy(context& ctx, std::optional<std::string> name, bool yes);
 asio::awaitable<int> cmd_list(context& ctx);

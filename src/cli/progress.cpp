@@ -36,6 +36,8 @@ void progress_view::write(const events::event& e) {
         r->detail.clear();
     } else if (t == events::type::message) {
         r->detail = e.text("text");
+    } else if (t == events::type::step_output) {
+        r->detail = e.text("line");
     } else if (t == events::type::error) {
         r->state = "failed";
         r->detail = e.text("message");

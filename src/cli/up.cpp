@@ -15,7 +15,9 @@
 #include "machine/render.hpp"
 #include "machine/ssh.hpp"
 #include "machine/text.hpp"
+#include "lifecycle.hpp"
 #include "progress.hpp"
+#include "provisioning.hpp"
 
 namespace machine::cli {
 
@@ -25,136 +27,44 @@ using namespace std::chrono_literals;
 
 namespace {
 
-// Runs `limactl start` while following the host agent's events, which become vm.state events.
-awaitable<void> boot(context& ctx, lima::client& lima, std::string name, fs::path ha_log,
-                     cancel_signal* cancel) {
-    using namespace asio::experimental::awaitable_operators;
-    bool saw_running = false;
-    auto on_event = [&ctx, &saw_running, name](const lima::ha_event& e) {
-        if (e.exiting) {
-            ctx.emit(events::vm_state(name, "stopped", "the VM exited"));
-        } else if (e.running) {
-            saw_running = true;
-            ctx.emit(events::vm_state(name, e.degraded ? "degraded" : "running",
-                                      e.degraded && !e.errors.empty() ? e.errors[0] : ""));
-        } else if (e.ssh_local_port && !e.forward) {
-            ctx.emit(events::vm_state(name, "booting", "ssh on 127.0.0.1:" + std::to_string(e.ssh_local_port)));
-        }
-        return true;  // keep following until `limactl start` is done
-    };
-    auto on_log = [&ctx, name](const lima::log_line& l) {
-        if (l.level == "info" && l.msg.rfind("Terminal is not available", 0) != 0)
-            ctx.emit(events::message(name, "info", l.msg));
-        else if (l.level == "warning" || l.level == "error")
-            ctx.emit(events::message(name, l.level, l.msg));
-    };
-    // limactl truncates ha.stdout.log at every start, but we may read the previous boot's
-    // events before it does: anything stamped before now is old news (same host, same clock).
-    const auto started_at = std::chrono::system_clock::now();
-    // The follower never succeeds on its own; it is cancelled when the start is done.
-    auto outcome = co_await (capture(lima.start(name, on_log)) ||
-                             lima::follow_events(ha_log, on_event, cancel, started_at));
-    if (outcome.index() == 0) {
-        if (auto failure = std::get<0>(outcome)) std::rethrow_exception(failure);
-    }
-    // `limactl start` succeeded: the VM is running even if we were too quick to see the event.
-    if (!saw_running) ctx.emit(events::vm_state(name, "running"));
-}
-
-// A `limactl start` we interrupted leaves Lima's host agent and QEMU running (they are not
-// our children): stop them, so nothing half-booted stays behind.
-awaitable<void> stop_after_interrupt(context& ctx, std::string name) {
-    ctx.emit(events::message(name, "warning", "interrupted while booting; stopping the VM"));
-    lima::client cleanup(ctx.lima().limactl(), nullptr, ctx.timeouts);
-    try {
-        co_await cleanup.stop(name, true);
-    } catch (const error& e) {
-        ctx.emit(events::error(name, std::string("could not stop the VM: ") + e.what(), e.diagnostics()));
-    }
-}
-
-
-awaitable<void> subscribe_until(guest::connection& conn, std::uint64_t from,
-                                std::function<bool(const protocol::event_record&)> on_event) {
-    co_await conn.subscribe(from, std::move(on_event));
-}
-
-// After boot: the VM runs exactly our agent, and the agent says the VM is ready (systemd
-// reached its default target, the user's session exists), instead of us polling for it.
-awaitable<void> agent_ready(context& ctx, std::string name, lima::instance inst, cancel_signal* cancel) {
-    using namespace asio::experimental::awaitable_operators;
-    if (paths::env("MACHINE_AGENT") == "off") co_return;  // documented escape hatch
-    const guest::agent_files files = guest::find_agent();
-    const fs::path ssh_config = ssh_config_of(inst);
-    const ssh::endpoint ep = ssh::endpoint_from_lima_ssh_config(ssh_config);
-    // The host key is recorded at the first connection after the VM was created, and must match
-    // on every later one.
-    const ssh::host_key_pin pin{project_state_dir(name) / "host_key", name, true};
-
-    ctx.emit(events::step_started(name, "agent"));
-    auto t0 = std::chrono::steady_clock::now();
-    auto session = co_await ssh::session::connect(ep, pin, cancel);
-    const guest::deployment deployed = co_await guest::ensure_agent(session, files, ep.user);
-    ctx.emit(events::step_finished(name, "agent", true, since(t0),
-                                   deployed == guest::deployment::installed  ? "installed"
-                                   : deployed == guest::deployment::upgraded ? "upgraded"
-                                                                             : "up to date"));
-
-    ctx.emit(events::step_started(name, "ready"));
-    t0 = std::chrono::steady_clock::now();
-    auto on_problem = [&ctx, name](const std::string& p) { ctx.emit(events::message(name, "warning", p)); };
-    auto conn = co_await guest::connect_agent(session, 20s, on_problem);
-    const protocol::hello_result hello = co_await conn->hello("machine " MACHINE_VERSION);
-    bool booted = false, user_ready = false;
-    auto on_event = [&](const protocol::event_record& e) {
-        // Earlier boots' events are history: show this boot's, and anything new.
-        const auto boot = e.fields.find("boot_id");
-        const bool this_boot = boot != e.fields.end() && boot->is_string() && boot->get<std::string>() == hello.boot_id;
-        if (this_boot || e.seq > hello.journal.last_seq) ctx.emit(from_guest(name, e));
-        if (this_boot) {
-            booted |= e.event == "boot.finished";
-            user_ready |= e.event == "user.ready";
-        }
-        return !(booted && user_ready);
-    };
-    // This boot's readiness events are among the newest; no need to replay a long journal.
-    const std::uint64_t from = hello.journal.last_seq > 200 ? hello.journal.last_seq - 200 : 0;
-    asio::steady_timer patience(co_await asio::this_coro::executor);
-    auto outcome = co_await (capture(subscribe_until(*conn, from, on_event)) ||
-                             sleep_for(patience, std::chrono::seconds(180)));
-    session->close();
-    if (outcome.index() == 0 && std::get<0>(outcome) && !(booted && user_ready))
-        std::rethrow_exception(std::get<0>(outcome));  // the connection failed
-    if (!booted || !user_ready) {
-        std::string missing = !booted ? "boot.finished" : "";
-        if (!user_ready) missing += std::string(missing.empty() ? "" : " and ") + "user.ready";
-        ctx.emit(events::step_finished(name, "ready", false, since(t0), "no " + missing + " from the guest agent"));
-        throw error("VM '" + name + "' booted, but its guest agent did not report " + missing + " within 180s");
-    }
-    ctx.emit(events::step_finished(name, "ready", true, since(t0)));
-}
-
-// Brings one VM up. Throws on failure; `cancel` interrupts it.
-awaitable<void> up_one(context& ctx, config::project project, cancel_signal* cancel) {
+// Brings one VM up: created (from the cached base when its profiles allow), booted, its
+// agent current, provisioned, its repos cloned. On a running VM only what changed is
+// re-applied. Throws on failure; `cancel` interrupts it.
+awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel) {
     const auto t0 = std::chrono::steady_clock::now();
+    const config::project& project = target.project;
     const std::string name = project.name;
     lima::client lima(ctx.lima().limactl(), cancel, ctx.timeouts);
     const auto lock = co_await lock_project(ctx, name, cancel);
     auto existing = co_await lima.find(name);
-    if (existing && existing->state == lima::status::running) {
+    const bool was_running = existing && existing->state == lima::status::running;
+    if (was_running && !agent_enabled()) {
         ctx.emit(events::vm_state(name, "running", "already running; nothing to do"));
         ctx.emit(events::vm_done(name, "ready", since(t0)));
         co_return;
     }
     if (!existing) {
-        const fs::path tmpl = project_state_dir(name) / "lima.yaml";
-        paths::write_file_atomic(tmpl, render::lima_yaml(project, render::detect_host()), 0600);
-        spdlog::debug("vm={} rendered {}", name, tmpl.string());
-        ctx.emit(events::step_started(name, "create"));
-        const auto tc = std::chrono::steady_clock::now();
-        const std::vector<std::string> no_sets;
-        co_await lima.create(name, tmpl, no_sets);
-        ctx.emit(events::step_finished(name, "create", true, since(tc)));
+        // Nothing is created for a project whose code cannot be fetched.
+        co_await check_repos_reachable(ctx, project, cancel);
+        const bool from_base = agent_enabled() && !target.base.steps.empty() &&
+                               config::size_bytes(project.disk) >= config::size_bytes(base_disk);
+        if (from_base) {
+            const std::string base = co_await ensure_base(ctx, target, false, cancel);
+            ctx.emit(events::step_started(name, "create"));
+            const auto tc = std::chrono::steady_clock::now();
+            std::vector<std::string> sets{render::clone_settings(project, render::detect_host())};
+            co_await lima.clone(base, name, sets);
+            ctx.emit(events::step_finished(name, "create", true, since(tc), "copy-on-write clone of " + base));
+        } else {
+            const fs::path tmpl = project_state_dir(name) / "lima.yaml";
+            paths::write_file_atomic(tmpl, render::lima_yaml(project, render::detect_host()), 0600);
+            spdlog::debug("vm={} rendered {}", name, tmpl.string());
+            ctx.emit(events::step_started(name, "create"));
+            const auto tc = std::chrono::steady_clock::now();
+            const std::vector<std::string> no_sets;
+            co_await lima.create(name, tmpl, no_sets);
+            ctx.emit(events::step_finished(name, "create", true, since(tc)));
+        }
         existing = co_await lima.find(name);
         if (!existing) throw error("limactl create succeeded but instance '" + name + "' is not listed");
     } else if (existing->state == lima::status::broken) {
@@ -163,15 +73,14 @@ awaitable<void> up_one(context& ctx, config::project project, cancel_signal* can
         co_await lima.stop(name, true);
     }
 
-    ctx.emit(events::step_started(name, "boot"));
-    const auto tb = std::chrono::steady_clock::now();
-    std::exception_ptr failure = co_await capture(boot(ctx, lima, name, fs::path(existing->dir) / "ha.stdout.log", cancel));
-    if (failure) {
-        if (cancel && cancel->current() != cancel_signal::none) co_await stop_after_interrupt(ctx, name);
-        std::rethrow_exception(failure);
+    if (!was_running) co_await boot_instance(ctx, lima, name, fs::path(existing->dir) / "ha.stdout.log", cancel);
+    if (agent_enabled()) {
+        auto session = co_await open_guest(ctx, name, *existing, cancel);
+        if (!was_running) co_await wait_until_ready(ctx, name, session);
+        co_await apply_plan(ctx, name, session, target.plan, cancel);
+        co_await clone_repos(ctx, project, session, render::vm_user, cancel);
+        session->close();
     }
-    ctx.emit(events::step_finished(name, "boot", true, since(tb)));
-    co_await agent_ready(ctx, name, *existing, cancel);
     ctx.emit(events::vm_done(name, "ready", since(t0)));
 }
 
@@ -221,11 +130,6 @@ void notes_before_up(context& ctx, const config::project& p) {
     const config::config& cfg = ctx.cfg();
     if (cfg.local_project == p.name && cfg.local_shadows_table)
         ctx.say(p.name, ".machine.toml shadows [" + p.name + "] in " + cfg.projects_file.string() + "; using the local file");
-    if (!p.profiles.empty()) {
-        std::string list;
-        for (const auto& prof : p.profiles) list += (list.empty() ? "" : ", ") + prof;
-        ctx.emit(events::message(p.name, "warning", "profiles are not applied yet (" + list + "): provisioning comes with the guest agent"));
-    }
 }
 
 // How many VMs may boot at once: as many as fit their configured memory into the host's
@@ -277,14 +181,14 @@ struct outcome {
     std::chrono::milliseconds took{0};
 };
 
-awaitable<void> up_in_window(context& ctx, config::project project, window& slots,
+awaitable<void> up_in_window(context& ctx, up_target target, window& slots,
                              std::shared_ptr<cancel_signal> cancel, outcome& result,
                              std::function<void()> on_failure) {
     co_await slots.acquire();
     const auto t0 = std::chrono::steady_clock::now();
     if (cancel->current() == cancel_signal::none) {
-        const std::string name = project.name;
-        std::exception_ptr failure = co_await capture(up_one(ctx, std::move(project), cancel.get()));
+        const std::string name = target.project.name;
+        std::exception_ptr failure = co_await capture(up_one(ctx, std::move(target), cancel.get()));
         result.took = since(t0);
         if (!failure) {
             result.state = "ready";
@@ -334,9 +238,14 @@ awaitable<int> cmd_up(context& ctx, up_options opt) {
     const auto projects = resolve_targets(ctx, opt);
     co_await refuse_unknown(ctx, projects);
     for (const auto& p : projects) notes_before_up(ctx, p);
+    // Every project's plan before any VM work: an unknown profile stops everything (exit 2).
+    const provision::catalog catalog = load_catalog();
+    const provision::host_values host = co_await detect_host_values(render::vm_user);
+    std::vector<up_target> targets;
+    for (const auto& p : projects) targets.push_back(make_target(catalog, host, p));
 
-    if (projects.size() == 1 && !opt.all) {
-        co_await up_one(ctx, projects.front(), &ctx.cancel);
+    if (targets.size() == 1 && !opt.all) {
+        co_await up_one(ctx, targets.front(), &ctx.cancel);
         co_return 0;
     }
 
@@ -364,8 +273,8 @@ awaitable<int> cmd_up(context& ctx, up_options opt) {
     };
     task_group tasks(ex);
     for (std::size_t i = 0; i < projects.size(); ++i) {
-        auto task = [&ctx, project = projects[i], &slots, cancel = cancels[i], &result = results[i], on_failure]() {
-            return up_in_window(ctx, project, slots, cancel, result, on_failure);
+        auto task = [&ctx, target = targets[i], &slots, cancel = cancels[i], &result = results[i], on_failure]() {
+            return up_in_window(ctx, target, slots, cancel, result, on_failure);
         };
         tasks.spawn(std::move(task));
     }

@@ -48,6 +48,11 @@ event step_finished(std::string vm, std::string step, bool ok, std::chrono::mill
     return make(std::move(vm), type::step_finished, std::move(f));
 }
 
+event step_output(std::string vm, std::string step, std::string stream, std::string line) {
+    return make(std::move(vm), type::step_output,
+                {{"step", std::move(step)}, {"stream", std::move(stream)}, {"line", std::move(line)}});
+}
+
 event message(std::string vm, std::string level, std::string text) {
     return make(std::move(vm), type::message, {{"level", std::move(level)}, {"text", std::move(text)}});
 }

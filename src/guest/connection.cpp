@@ -177,6 +177,17 @@ awaitable<std::uint64_t> connection::subscribe(std::uint64_t from_seq,
     co_return last;
 }
 
+awaitable<pr::provision_result> connection::provision(pr::provision_request request) {
+    const std::uint64_t id = next_id_++;
+    const pr::json message = pr::make_provision_request(id, request);
+    co_await send(message);
+    const pr::message m = co_await final_for(id);
+    if (m.type == pr::type::error) refused(m);
+    auto r = pr::parse_provision_result(m.body);
+    if (!r) malformed("provision result", r.error);
+    co_return std::move(*r);
+}
+
 awaitable<std::uint64_t> connection::emit(pr::emit_request request) {
     const std::uint64_t id = next_id_++;
     const pr::json message = pr::make_emit_request(id, request);

@@ -69,8 +69,13 @@ std::vector<std::string> argv_builder::remove(const std::string& name, bool forc
     return argv;
 }
 
-std::vector<std::string> argv_builder::clone(const std::string& from, const std::string& to) const {
-    return {limactl, "--tty=false", "clone", from, to};
+std::vector<std::string> argv_builder::clone(const std::string& from, const std::string& to,
+                                             const std::vector<std::string>& sets) const {
+    std::vector<std::string> argv{limactl, "--tty=false", "clone"};
+    for (const auto& s : sets) argv.push_back("--set=" + s);
+    argv.push_back(from);
+    argv.push_back(to);
+    return argv;
 }
 
 std::vector<std::string> argv_builder::shell(const std::string& name, const std::vector<std::string>& cmd,
@@ -208,8 +213,8 @@ awaitable<void> client::remove(std::string name, bool force) {
     co_await invoke_checked(std::move(argv), timeouts_.change, cancel_);
 }
 
-awaitable<void> client::clone(std::string from, std::string to) {
-    auto argv = argv_.clone(from, to);
+awaitable<void> client::clone(std::string from, std::string to, std::vector<std::string> sets) {
+    auto argv = argv_.clone(from, to, sets);
     co_await invoke_checked(std::move(argv), timeouts_.change, cancel_);
 }
 

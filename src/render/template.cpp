@@ -141,6 +141,20 @@ std::vector<std::string> resolve_ca_certs(const config::project& p, const host_f
     return pems;
 }
 
+std::string clone_settings(const config::project& p, const host_facts& host) {
+    const std::vector<std::pair<std::string, json>> values{
+        {".cpus", p.cpus},
+        {".memory", p.memory},
+        {".disk", p.disk},
+        {".ssh.forwardAgent", p.forward_agent},
+        {".portForwards", port_forwards(p.ports)},
+        {".caCerts.certs", resolve_ca_certs(p, host)},
+    };
+    std::string expr;
+    for (const auto& [path, value] : values) expr += (expr.empty() ? "" : " | ") + path + " = " + value.dump();
+    return expr;
+}
+
 std::string lima_yaml(const config::project& p, const host_facts& host) {
     const std::vector<std::pair<std::string, json>> values{
         {"vm_type", host.os == "darwin" ? "vz" : "qemu"},

@@ -1,0 +1,158 @@
+#include "lifecycle.hpp"
+
+#include <asio/experimental/awaitable_operators.hpp>
+#include <asio/steady_timer.hpp>
+#include <asio/this_coro.hpp>
+#include <spdlog/spdlog.h>
+
+#include "common.hpp"
+#include "provisioning.hpp"
+#include "machine/guest.hpp"
+#include "machine/paths.hpp"
+#include "machine/protocol.hpp"
+#include "machine/ssh.hpp"
+
+namespace machine::cli {
+
+namespace fs = std::filesystem;
+using asio::awaitable;
+using namespace std::chrono_literals;
+
+bool agent_enabled() { return paths::env("MACHINE_AGENT") != "off"; }
+
+up_target make_target(const provision::catalog& cat, const provision::host_values& host, config::project p) {
+    up_target t;
+    const auto profiles = profiles_of(cat, p);
+    t.plan = provision::make_plan(cat, profiles, host);
+    t.base = provision::bakeable_prefix(cat, t.plan);
+    t.project = std::move(p);
+    return t;
+}
+
+namespace {
+
+// Runs `limactl start` while following the host agent's events, which become vm.state events.
+awaitable<void> boot(context& ctx, lima::client& lima, std::string name, fs::path ha_log,
+                     cancel_signal* cancel) {
+    using namespace asio::experimental::awaitable_operators;
+    bool saw_running = false;
+    auto on_event = [&ctx, &saw_running, name](const lima::ha_event& e) {
+        if (e.exiting) {
+            ctx.emit(events::vm_state(name, "stopped", "the VM exited"));
+        } else if (e.running) {
+            saw_running = true;
+            ctx.emit(events::vm_state(name, e.degraded ? "degraded" : "running",
+                                      e.degraded && !e.errors.empty() ? e.errors[0] : ""));
+        } else if (e.ssh_local_port && !e.forward) {
+            ctx.emit(events::vm_state(name, "booting", "ssh on 127.0.0.1:" + std::to_string(e.ssh_local_port)));
+        }
+        return true;  // keep following until `limactl start` is done
+    };
+    auto on_log = [&ctx, name](const lima::log_line& l) {
+        if (l.level == "info" && l.msg.rfind("Terminal is not available", 0) != 0)
+            ctx.emit(events::message(name, "info", l.msg));
+        else if (l.level == "warning" || l.level == "error")
+            ctx.emit(events::message(name, l.level, l.msg));
+    };
+    // limactl truncates ha.stdout.log at every start, but we may read the previous boot's
+    // events before it does: anything stamped before now is old news (same host, same clock).
+    const auto started_at = std::chrono::system_clock::now();
+    // The follower never succeeds on its own; it is cancelled when the start is done.
+    auto outcome = co_await (capture(lima.start(name, on_log)) ||
+                             lima::follow_events(ha_log, on_event, cancel, started_at));
+    if (outcome.index() == 0) {
+        if (auto failure = std::get<0>(outcome)) std::rethrow_exception(failure);
+    }
+    // `limactl start` succeeded: the VM is running even if we were too quick to see the event.
+    if (!saw_running) ctx.emit(events::vm_state(name, "running"));
+}
+
+// A `limactl start` we interrupted leaves Lima's host agent and QEMU running (they are not
+// our children): stop them, so nothing half-booted stays behind.
+awaitable<void> stop_after_interrupt(context& ctx, std::string name) {
+    ctx.emit(events::message(name, "warning", "interrupted while booting; stopping the VM"));
+    lima::client cleanup(ctx.lima().limactl(), nullptr, ctx.timeouts);
+    try {
+        co_await cleanup.stop(name, true);
+    } catch (const error& e) {
+        ctx.emit(events::error(name, std::string("could not stop the VM: ") + e.what(), e.diagnostics()));
+    }
+}
+
+awaitable<void> subscribe_until(guest::connection& conn, std::uint64_t from,
+                                std::function<bool(const protocol::event_record&)> on_event) {
+    co_await conn.subscribe(from, std::move(on_event));
+}
+
+} // namespace
+
+awaitable<void> boot_instance(context& ctx, lima::client& lima, std::string name, fs::path ha_log,
+                              cancel_signal* cancel) {
+    ctx.emit(events::step_started(name, "boot"));
+    const auto tb = std::chrono::steady_clock::now();
+    std::exception_ptr failure = co_await capture(boot(ctx, lima, name, ha_log, cancel));
+    if (failure) {
+        if (cancel && cancel->current() != cancel_signal::none) co_await stop_after_interrupt(ctx, name);
+        std::rethrow_exception(failure);
+    }
+    ctx.emit(events::step_finished(name, "boot", true, since(tb)));
+}
+
+awaitable<std::shared_ptr<ssh::session>> open_guest(context& ctx, std::string name, lima::instance inst,
+                                                    cancel_signal* cancel) {
+    const guest::agent_files files = guest::find_agent();
+    const fs::path ssh_config = ssh_config_of(inst);
+    const ssh::endpoint ep = ssh::endpoint_from_lima_ssh_config(ssh_config);
+    // The host key is recorded at the first connection after the VM was created, and must match
+    // on every later one.
+    const ssh::host_key_pin pin{project_state_dir(name) / "host_key", name, true};
+
+    ctx.emit(events::step_started(name, "agent"));
+    auto t0 = std::chrono::steady_clock::now();
+    auto session = co_await ssh::session::connect(ep, pin, cancel);
+    const guest::deployment deployed = co_await guest::ensure_agent(session, files, ep.user);
+    ctx.emit(events::step_finished(name, "agent", true, since(t0),
+                                   deployed == guest::deployment::installed  ? "installed"
+                                   : deployed == guest::deployment::upgraded ? "upgraded"
+                                                                             : "up to date"));
+    co_return session;
+}
+
+// After boot: the agent says the VM is ready (systemd reached its default target, the user's
+// session exists), instead of us polling for it.
+awaitable<void> wait_until_ready(context& ctx, std::string name, std::shared_ptr<ssh::session> session) {
+    using namespace asio::experimental::awaitable_operators;
+    ctx.emit(events::step_started(name, "ready"));
+    const auto t0 = std::chrono::steady_clock::now();
+    auto on_problem = [&ctx, name](const std::string& p) { ctx.emit(events::message(name, "warning", p)); };
+    auto conn = co_await guest::connect_agent(session, 20s, on_problem);
+    const protocol::hello_result hello = co_await conn->hello("machine " MACHINE_VERSION);
+    bool booted = false, user_ready = false;
+    auto on_event = [&](const protocol::event_record& e) {
+        // Earlier boots' events are history: show this boot's, and anything new.
+        const auto boot = e.fields.find("boot_id");
+        const bool this_boot = boot != e.fields.end() && boot->is_string() && boot->get<std::string>() == hello.boot_id;
+        if (this_boot || e.seq > hello.journal.last_seq) ctx.emit(from_guest(name, e));
+        if (this_boot) {
+            booted |= e.event == "boot.finished";
+            user_ready |= e.event == "user.ready";
+        }
+        return !(booted && user_ready);
+    };
+    // This boot's readiness events are among the newest; no need to replay a long journal.
+    const std::uint64_t from = hello.journal.last_seq > 200 ? hello.journal.last_seq - 200 : 0;
+    asio::steady_timer patience(co_await asio::this_coro::executor);
+    auto outcome = co_await (capture(subscribe_until(*conn, from, on_event)) ||
+                             sleep_for(patience, std::chrono::seconds(180)));
+    if (outcome.index() == 0 && std::get<0>(outcome) && !(booted && user_ready))
+        std::rethrow_exception(std::get<0>(outcome));  // the connection failed
+    if (!booted || !user_ready) {
+        std::string missing = !booted ? "boot.finished" : "";
+        if (!user_ready) missing += std::string(missing.empty() ? "" : " and ") + "user.ready";
+        ctx.emit(events::step_finished(name, "ready", false, since(t0), "no " + missing + " from the guest agent"));
+        throw error("VM '" + name + "' booted, but its guest agent did not report " + missing + " within 180s");
+    }
+    ctx.emit(events::step_finished(name, "ready", true, since(t0)));
+}
+
+} // namespace machine::cli

@@ -1,0 +1,412 @@
+#include "provisioning.hpp"
+
+#include <algorithm>
+
+#include <asio/experimental/awaitable_operators.hpp>
+#include <asio/steady_timer.hpp>
+#include <asio/this_coro.hpp>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include "common.hpp"
+#include "machine/guest.hpp"
+#include "machine/paths.hpp"
+#include "machine/proc.hpp"
+#include "machine/protocol.hpp"
+#include "machine/ssh.hpp"
+#include "machine/text.hpp"
+
+namespace machine::cli {
+
+namespace fs = std::filesystem;
+namespace pr = protocol;
+using asio::awaitable;
+using namespace std::chrono_literals;
+
+namespace {
+
+// Transports git may use, on the host and in the VM: never ext:: (runs a command) or fd::.
+constexpr const char* allowed_git_protocols = "https:http:ssh:git:file";
+
+// git without prompts: a missing credential is an error, not a hang.
+std::vector<std::pair<std::string, std::string>> git_env() {
+    return {{"GIT_TERMINAL_PROMPT", "0"},
+            {"GIT_ALLOW_PROTOCOL", allowed_git_protocols},
+            {"GIT_SSH_COMMAND", "ssh -o BatchMode=yes -o ConnectTimeout=10 -o StrictHostKeyChecking=accept-new"}};
+}
+
+std::string last_line(std::string_view text) {
+    while (!text.empty() && (text.back() == '\n' || text.back() == '\r' || text.back() == ' ')) text.remove_suffix(1);
+    const auto nl = text.rfind('\n');
+    return std::string(nl == std::string_view::npos ? text : text.substr(nl + 1));
+}
+
+bool looks_like_ssh_public_key(std::string_view s) {
+    return s.rfind("ssh-", 0) == 0 || s.rfind("ecdsa-", 0) == 0 || s.rfind("sk-ssh-", 0) == 0 ||
+           s.rfind("sk-ecdsa-", 0) == 0;
+}
+
+awaitable<std::string> git_config_global(std::string key) {
+    proc::command cmd;
+    cmd.argv = {"git", "config", "--global", "--get", key};
+    try {
+        const proc::result r = co_await proc::run(std::move(cmd));
+        co_return r.ok() ? last_line(r.out) : std::string();
+    } catch (const proc::spawn_error&) {
+        co_return std::string();  // no git on the host: no identity to copy
+    }
+}
+
+// user.signingkey as git reads it for gpg.format=ssh: a key, "key::" + a key, or a file.
+std::string signing_key_from(std::string value) {
+    if (value.rfind("key::", 0) == 0) value = value.substr(5);
+    if (looks_like_ssh_public_key(value)) return value;
+    if (value.empty()) return {};
+    fs::path file = value.rfind("~/", 0) == 0 ? paths::home_dir() / value.substr(2) : fs::path(value);
+    std::error_code ec;
+    // A private key path: git signs with it, and its public half sits next to it.
+    if (file.extension() != ".pub" && fs::exists(file.string() + ".pub", ec)) file += ".pub";
+    try {
+        const std::string line = last_line(paths::read_file(file).substr(0, 16384));
+        if (looks_like_ssh_public_key(line)) return line;
+    } catch (const error&) {
+    }
+    spdlog::warn("user.signingkey {} is not an SSH public key; commits in the VM will not be signed", file.string());
+    return {};
+}
+
+std::string outcome_detail(const pr::step_outcome& s) {
+    std::string why = s.reason;
+    if (s.exit_code) why = "exit " + std::to_string(*s.exit_code);
+    else if (s.signal) why = "killed by signal " + std::to_string(*s.signal);
+    if (s.reason == "timeout") why = "timed out";
+    if (!s.error.empty()) why += ": " + s.error;
+    return why;
+}
+
+// Turns the agent's journal events about this provisioning into ours.
+class step_reporter {
+public:
+    step_reporter(context& ctx, std::string vm) : ctx_(ctx), vm_(std::move(vm)) {}
+
+    // false once the agent said the provisioning is over.
+    bool on_event(const pr::event_record& e) {
+        if (ctx_.json) ctx_.emit(from_guest(vm_, e));
+        const auto text = [&e](const char* key) {
+            const auto it = e.fields.find(key);
+            return it != e.fields.end() && it->is_string() ? it->get<std::string>() : std::string();
+        };
+        const auto millis = [&e]() {
+            const auto it = e.fields.find("duration_ms");
+            return std::chrono::milliseconds(it != e.fields.end() && it->is_number_unsigned() ? it->get<std::int64_t>() : 0);
+        };
+        const std::string step = text("step");
+        if (e.event == "step.started") {
+            ctx_.emit(events::step_started(vm_, step));
+        } else if (e.event == "step.output") {
+            ctx_.emit(events::step_output(vm_, step, text("stream"), text("line").substr(0, 2000)));
+        } else if (e.event == "step.skipped" && text("reason") == "satisfied") {
+            ctx_.emit(events::step_finished(vm_, step, true, millis(), "already in place"));
+        } else if (e.event == "step.finished") {
+            ctx_.emit(events::step_finished(vm_, step, true, millis()));
+        } else if (e.event == "step.failed") {
+            ctx_.emit(events::step_finished(vm_, step, false, millis(), text("reason")));
+        } else if (e.event == "provision.finished") {
+            return false;
+        }
+        return true;
+    }
+
+private:
+    context& ctx_;
+    std::string vm_;
+};
+
+awaitable<void> follow_provisioning(guest::connection& conn, std::uint64_t from, step_reporter& reporter) {
+    co_await conn.subscribe(from, [&reporter](const pr::event_record& e) { return reporter.on_event(e); });
+}
+
+awaitable<pr::provision_result> request_provisioning(guest::connection& conn, pr::provision_request request) {
+    co_return co_await conn.provision(std::move(request));
+}
+
+awaitable<void> wait_for_cancel(cancel_signal& cancel) { co_await cancel.wait_above(cancel_signal::none); }
+
+}  // namespace
+
+provision::catalog load_catalog() { return provision::catalog::load(paths::config_dir() / "profiles"); }
+
+std::vector<std::string> profiles_of(const provision::catalog& cat, const config::project& p) {
+    const std::vector<std::string>& wanted = p.builtin_profiles ? provision::default_profiles() : p.profiles;
+    return provision::resolve_profiles(cat, wanted, [&p](std::size_t i) {
+        if (i < p.profile_origins.size()) return p.profile_origins[i];
+        return p.builtin_profiles ? std::string("the built-in default profiles") : p.name + ".profiles";
+    });
+}
+
+awaitable<provision::host_values> detect_host_values(std::string vm_user) {
+    provision::host_values v;
+    v.vm_user = std::move(vm_user);
+    v.git_name = co_await git_config_global("user.name");
+    v.git_email = co_await git_config_global("user.email");
+    const std::string from_env = paths::env("GIT_SIGNING_KEY");
+    if (!from_env.empty()) {
+        v.git_signing_key = signing_key_from(from_env);
+    } else {
+        const std::string format = co_await git_config_global("gpg.format");
+        const std::string key = co_await git_config_global("user.signingkey");
+        // An OpenPGP key id means nothing to ssh-keygen in the VM.
+        if (format == "ssh" || looks_like_ssh_public_key(key) || key.rfind("key::", 0) == 0)
+            v.git_signing_key = signing_key_from(key);
+    }
+    co_return v;
+}
+
+std::string repo_dir_name(std::string_view url) {
+    // git's "humanish" part: the last path component, without a trailing "/", "/.git" or ".git".
+    while (!url.empty() && url.back() == '/') url.remove_suffix(1);
+    if (url.size() >= 5 && url.substr(url.size() - 5) == "/.git") url.remove_suffix(5);
+    const auto cut = url.find_last_of("/:");
+    std::string_view name = cut == std::string_view::npos ? url : url.substr(cut + 1);
+    if (name.size() >= 4 && name.substr(name.size() - 4) == ".git") name.remove_suffix(4);
+    const bool ok = !name.empty() && name != "." && name != ".." && name.front() != '-' && name.size() <= 100 &&
+                    std::all_of(name.begin(), name.end(), [](char c) {
+                        return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                               c == '-' || c == '_' || c == '.';
+                    });
+    return ok ? std::string(name) : std::string();
+}
+
+awaitable<void> check_repos_reachable(context& ctx, const config::project& p, cancel_signal* cancel) {
+    if (p.repos.empty()) co_return;
+    ctx.say(p.name, "checking access to " + std::to_string(p.repos.size()) + " repo(s)");
+    std::vector<std::string> problems(p.repos.size());
+    task_group checks(co_await asio::this_coro::executor);
+    for (std::size_t i = 0; i < p.repos.size(); ++i) {
+        checks.spawn([url = p.repos[i], &problem = problems[i], cancel]() -> awaitable<void> {
+            proc::command cmd;
+            // `--` first: the URL can never be read as an option.
+            cmd.argv = {"git", "-c", "protocol.ext.allow=never", "ls-remote", "--", url, "HEAD"};
+            cmd.env_set = git_env();
+            proc::run_options opt;
+            opt.limit.timeout = 30s;
+            opt.limit.max_output = 1 << 20;
+            opt.cancel = cancel;
+            try {
+                const proc::result r = co_await proc::run(std::move(cmd), std::move(opt));
+                if (r.timed_out) problem = "no answer within 30s";
+                else if (!r.ok()) problem = last_line(r.err).empty() ? "git ls-remote failed" : last_line(r.err);
+            } catch (const proc::spawn_error& e) {
+                problem = std::string("cannot run git: ") + e.what();
+            }
+        });
+    }
+    co_await checks.join();
+    if (cancel && cancel->current() != cancel_signal::none) throw interrupted_error();
+    std::string report;
+    for (std::size_t i = 0; i < p.repos.size(); ++i)
+        if (!problems[i].empty()) report += "\n  " + p.repos[i] + ": " + problems[i];
+    if (!report.empty())
+        throw error(text::sanitize_for_terminal("cannot reach repo(s) of '" + p.name +
+                                                "'; check its repos for typos or access:" + report));
+}
+
+awaitable<void> apply_plan(context& ctx, const std::string& vm, std::shared_ptr<ssh::session> session,
+                           const provision::plan& plan, cancel_signal* cancel) {
+    using namespace asio::experimental::awaitable_operators;
+    if (plan.steps.empty()) co_return;
+    auto on_problem = [&ctx, vm](const std::string& p) { ctx.emit(events::message(vm, "warning", p)); };
+    // Two channels: one follows the journal (live progress), the other carries the request.
+    auto events_conn = co_await guest::connect_agent(session, 20s, on_problem);
+    const pr::hello_result hello = co_await events_conn->hello("machine " MACHINE_VERSION);
+    auto request_conn = co_await guest::connect_agent(session, 20s, on_problem);
+
+    pr::provision_request request;
+    request.plan = vm;
+    for (const auto& s : plan.steps) {
+        pr::provision_step step;
+        step.name = s.name;
+        step.user = s.user;
+        step.env = s.env;
+        step.check = s.check;
+        step.run = s.run;
+        step.timeout_ms = s.timeout_ms;
+        step.hash = s.hash;
+        request.steps.push_back(std::move(step));
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    step_reporter reporter(ctx, vm);
+    cancel_signal& interrupt = cancel ? *cancel : ctx.cancel;
+    auto outcome = co_await ((request_provisioning(*request_conn, std::move(request)) &&
+                              follow_provisioning(*events_conn, hello.journal.last_seq, reporter)) ||
+                             wait_for_cancel(interrupt));
+    if (outcome.index() == 1) {
+        // Closing the session ends our channels: the agent stops the running step.
+        session->close();
+        throw interrupted_error();
+    }
+    const pr::provision_result result = std::get<0>(outcome);
+
+    std::vector<std::string> ran;
+    int unchanged = 0, satisfied = 0;
+    const pr::step_outcome* failed = nullptr;
+    for (const auto& s : result.steps) {
+        if (s.outcome == "ran") ran.push_back(s.name);
+        unchanged += s.outcome == "unchanged";
+        satisfied += s.outcome == "satisfied";
+        if (s.outcome == "failed") failed = &s;
+    }
+    if (failed) {
+        std::string diagnostics;
+        bool disk_full = false;
+        for (const auto& line : failed->tail) {
+            diagnostics += line + "\n";
+            disk_full |= line.find("No space left on device") != std::string::npos;
+        }
+        disk_full |= failed->error.find("No space left on device") != std::string::npos;
+        std::string message = "provisioning step " + failed->name + " failed (" + outcome_detail(*failed) + ")";
+        if (disk_full) message += "; the VM's disk is full: raise `disk` for the project (destroy and up again)";
+        else if (!failed->tail.empty()) message += ": " + failed->tail.back();
+        throw error(text::sanitize_for_terminal(message), exit_code::failure, text::sanitize_for_terminal(diagnostics));
+    }
+    if (result.cancelled) throw interrupted_error();
+    std::string summary;
+    if (ran.empty()) {
+        summary = "provisioning: all " + std::to_string(result.steps.size()) + " steps in place";
+    } else {
+        summary = "provisioning: applied ";
+        for (std::size_t i = 0; i < ran.size(); ++i) summary += (i ? ", " : "") + ran[i];
+        summary += " (" + std::to_string(unchanged) + " unchanged";
+        if (satisfied) summary += ", " + std::to_string(satisfied) + " already in place";
+        summary += ")";
+    }
+    ctx.emit(events::step_finished(vm, "provision", true, since(t0), summary));
+}
+
+namespace {
+
+struct clone_target {
+    std::string url;
+    std::string dir;
+};
+
+// Runs argv in the VM as `user` through the agent; output lines become step.output events.
+awaitable<pr::run_result> run_in_vm(context& ctx, guest::connection& conn, const std::string& vm,
+                                    const std::string& step, std::vector<std::string> argv, std::string user,
+                                    std::string cwd, std::string* captured = nullptr) {
+    pr::run_request request;
+    request.argv = std::move(argv);
+    request.user = std::move(user);
+    request.cwd = std::move(cwd);
+    std::string pending;
+    auto on_output = [&](const pr::output_chunk& c) {
+        if (captured && c.stream == "stdout" && captured->size() < (1u << 20)) captured->append(c.data);
+        pending += c.data;
+        for (auto nl = pending.find('\n'); nl != std::string::npos; nl = pending.find('\n')) {
+            ctx.emit(events::step_output(vm, step, c.stream, pending.substr(0, std::min<std::size_t>(nl, 2000))));
+            pending.erase(0, nl + 1);
+        }
+        if (pending.size() > 2000) pending.clear();
+    };
+    co_return co_await conn.run(std::move(request), on_output);
+}
+
+// The package manager a JavaScript repo declares: packageManager in package.json, else its
+// lockfile; empty when it is not one.
+std::string package_manager(const std::string& package_json, bool has_pnpm_lock, bool has_yarn_lock) {
+    const auto doc = nlohmann::json::parse(package_json, nullptr, false);
+    if (doc.is_object()) {
+        const auto it = doc.find("packageManager");
+        if (it != doc.end() && it->is_string()) {
+            const std::string pm = it->get<std::string>();
+            for (const char* name : {"pnpm", "yarn", "npm"})
+                if (pm.rfind(std::string(name) + "@", 0) == 0) return name;
+        }
+    }
+    if (has_pnpm_lock) return "pnpm";
+    if (has_yarn_lock) return "yarn";
+    return "npm";
+}
+
+}  // namespace
+
+awaitable<void> clone_repos(context& ctx, const config::project& p, std::shared_ptr<ssh::session> session,
+                            std::string vm_user, cancel_signal* cancel) {
+    if (p.repos.empty()) co_return;
+    const std::string vm = p.name;
+    std::vector<clone_target> targets;
+    for (const auto& url : p.repos) {
+        const std::string dir = repo_dir_name(url);
+        if (dir.empty()) throw error(text::sanitize_for_terminal("cannot tell which directory " + url + " clones into"));
+        targets.push_back({url, dir});
+    }
+    auto on_problem = [&ctx, vm](const std::string& m) { ctx.emit(events::message(vm, "warning", m)); };
+    auto conn = co_await guest::connect_agent(session, 20s, on_problem);
+    std::string home;
+    // Braced lists are named first: g++ 12 cannot pass one to a coroutine in a co_await.
+    std::vector<std::string> argv_home{"printenv", "HOME"};
+    const pr::run_result home_result = co_await run_in_vm(ctx, *conn, vm, "clone", argv_home, vm_user, "", &home);
+    home = last_line(home);
+    if (!home_result.exit_code || *home_result.exit_code != 0 || home.empty() || home.front() != '/')
+        throw error("cannot find the home directory of " + vm_user + " in VM '" + vm + "'");
+    const std::string code = home + "/code";
+    std::vector<std::string> argv_mkdir{"mkdir", "-p", "--", code};
+    co_await run_in_vm(ctx, *conn, vm, "clone", argv_mkdir, vm_user, "");
+
+    lima::client lima(ctx.lima().limactl(), cancel, ctx.timeouts);
+    for (const auto& t : targets) {
+        const std::string path = code + "/" + t.dir;
+        std::vector<std::string> argv_test{"test", "-d", path + "/.git"};
+        const pr::run_result present = co_await run_in_vm(ctx, *conn, vm, "clone", argv_test, vm_user, "");
+        if (present.exit_code && *present.exit_code == 0) {
+            ctx.say(vm, "clone " + t.dir + ": already present");
+            continue;
+        }
+        const std::string step = "clone " + t.dir;
+        ctx.emit(events::step_started(vm, step));
+        const auto t0 = std::chrono::steady_clock::now();
+        // Through `limactl shell`: its SSH session carries the forwarded agent git needs.
+        std::vector<std::string> argv{"env"};
+        for (const auto& [k, v] : git_env()) argv.push_back(k + "=" + v);
+        const std::vector<std::string> clone_args{"git", "-c", "protocol.ext.allow=never", "clone", "--recurse-submodules", "--"};
+        argv.insert(argv.end(), clone_args.begin(), clone_args.end());
+        argv.push_back(t.url);
+        argv.push_back(path);
+        const auto r = co_await lima.shell(vm, argv, code);
+        if (r.status != 0) {
+            const std::string why = last_line(r.err);
+            ctx.emit(events::step_finished(vm, step, false, since(t0), why));
+            if (!p.forward_agent) {
+                ctx.emit(events::message(vm, "warning",
+                                         "clone failed for " + t.dir + ": agent forwarding is off for this project; install a "
+                                         "deploy key in the VM, then run 'machine up " + vm + "' again"));
+                continue;
+            }
+            throw error(text::sanitize_for_terminal("git clone " + t.url + " failed in VM '" + vm + "': " + why),
+                        exit_code::failure, text::sanitize_for_terminal(r.err.substr(0, 4096)));
+        }
+        ctx.emit(events::step_finished(vm, step, true, since(t0)));
+
+        // Dependencies, after a fresh clone only (a present clone is the user's to manage).
+        std::string package_json;
+        std::vector<std::string> argv_cat{"cat", "package.json"};
+        const pr::run_result has_package = co_await run_in_vm(ctx, *conn, vm, step, argv_cat, vm_user, path, &package_json);
+        if (!has_package.exit_code || *has_package.exit_code != 0) continue;
+        std::vector<std::string> argv_pnpm{"test", "-f", "pnpm-lock.yaml"}, argv_yarn{"test", "-f", "yarn.lock"};
+        const pr::run_result pnpm_lock = co_await run_in_vm(ctx, *conn, vm, step, argv_pnpm, vm_user, path);
+        const pr::run_result yarn_lock = co_await run_in_vm(ctx, *conn, vm, step, argv_yarn, vm_user, path);
+        const std::string pm = package_manager(package_json, pnpm_lock.exit_code == 0, yarn_lock.exit_code == 0);
+        const std::string deps_step = "deps " + t.dir;
+        ctx.emit(events::step_started(vm, deps_step));
+        const auto td = std::chrono::steady_clock::now();
+        std::vector<std::string> argv_install{pm, "install"};
+        const pr::run_result installed = co_await run_in_vm(ctx, *conn, vm, deps_step, argv_install, vm_user, path);
+        const bool ok = installed.exit_code && *installed.exit_code == 0;
+        ctx.emit(events::step_finished(vm, deps_step, ok, since(td), pm + " install"));
+        if (!ok)
+            ctx.emit(events::message(vm, "warning", "dependencies of " + t.dir + " were not installed (" + pm +
+                                                        " install failed); run it in the VM"));
+    }
+}
+
+} // namespace machine::cli
