@@ -454,6 +454,13 @@ class Concurrency(ProvisionTest):
         self.assertEqual((r["type"], r["code"]), ("error", "shutting_down"))
         self.assertEqual(a.proc.wait(5), 0)
         wait_until(lambda: is_gone(pid), 5, "the step to be gone with the agent")
+        # The step died at its SIGTERM, well within the agent's last moments: the journal says so.
+        a.stop()
+        a.start()
+        ev = self.events(a)
+        self.assertEqual([(e["step"], e["reason"]) for e in ev if e["event"] == "step.failed"], [("slow", "cancelled")])
+        self.assertTrue([e for e in ev if e["event"] == "provision.finished"][0]["cancelled"])
+        self.assertEqual(set(self.recorded()), {"quick"})
 
 
 class State(ProvisionTest):
