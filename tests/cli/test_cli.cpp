@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <sys/stat.h>
 
+#include <cstdlib>
 #include <fstream>
 #include <map>
 #include <set>
@@ -675,6 +676,73 @@ BOOST_AUTO_TEST_CASE(list_merges_configured_projects) {
         rows.push_back(j["name"].get<std::string>() + ":" + j["status"].get<std::string>());
     }
     BOOST_TEST(rows == (std::vector<std::string>{"api:NotCreated", "web:Running"}));
+}
+
+// ---- provisioning and repos: everything checked before a VM is created ----
+
+BOOST_AUTO_TEST_CASE(an_unknown_profile_is_a_config_error_and_nothing_is_created) {
+    world w;
+    w.config("[web]\nprofiles = [\"base\", \"dokcer\"]\n");
+    const auto r = w.machine({"up", "web"});
+    BOOST_TEST(r.exit_code == 2);
+    BOOST_TEST(contains(r.err, "projects.toml:2:22: web.profiles[1]: unknown profile \"dokcer\" (did you mean \"docker\"?)"), r.err);
+    BOOST_TEST(!w.invoked("create"));
+    BOOST_TEST(!w.invoked("clone"));
+    // A default_profile typo points at default_profile, for every project that inherits it.
+    w.config("default_profile = [\"nod\"]\n[web]\n");
+    const auto d = w.machine({"up", "web"});
+    BOOST_TEST(d.exit_code == 2);
+    BOOST_TEST(contains(d.err, "projects.toml:1:20: default_profile[0]: unknown profile \"nod\" (did you mean \"node\"?)"), d.err);
+}
+
+BOOST_AUTO_TEST_CASE(a_user_profile_can_be_chosen_and_a_broken_one_is_reported_with_its_position) {
+    world w;
+    fs::create_directories(w.root / "config" / "profiles");
+    std::ofstream(w.root / "config" / "profiles" / "cypress.toml") << "requires = [\"base\"]\n[[step]]\nname = \"deps\"\nrun = \"true\"\n";
+    w.config("[web]\nprofiles = [\"cypress\"]\n");
+    BOOST_TEST(w.machine({"up", "web"}).exit_code == 0);
+    std::ofstream(w.root / "config" / "profiles" / "cypress.toml") << "[[step]]\nname = \"deps\"\nrun = \"true\"\nuser = \"admin\"\n";
+    const auto r = w.machine({"up", "web"});
+    BOOST_TEST(r.exit_code == 2);
+    BOOST_TEST(contains(r.err, "cypress.toml:4:1: step[0].user: expected \"root\" or \"user\""), r.err);
+}
+
+BOOST_AUTO_TEST_CASE(repo_urls_that_run_commands_or_look_like_options_are_refused) {
+    world w;
+    w.config("[web]\nrepos = [\"ext::sh -c touch% /tmp/pwned\"]\n");
+    auto r = w.machine({"up", "web"});
+    BOOST_TEST(r.exit_code == 2);
+    BOOST_TEST(contains(r.err, "web.repos[0]: the ext:: transport is refused"), r.err);
+    w.config("[web]\nrepos = [\"--upload-pack=touch /tmp/pwned\"]\n");
+    r = w.machine({"up", "web"});
+    BOOST_TEST(r.exit_code == 2);
+    BOOST_TEST(contains(r.err, "web.repos[0]: must not start with \"-\""), r.err);
+    BOOST_TEST(w.fake_log().empty());
+}
+
+BOOST_AUTO_TEST_CASE(an_unreachable_repo_stops_up_before_anything_is_created) {
+    world w;
+    // A reachable repo (a local one) and an unreachable one: only the latter is reported.
+    const fs::path good = w.root / "good.git";
+    BOOST_REQUIRE(std::system(("git init -q --bare " + good.string()).c_str()) == 0);
+    w.config("[web]\nrepos = [\"" + good.string() + "\", \"" + (w.root / "missing.git").string() + "\"]\n");
+    const auto r = w.machine({"up", "web"});
+    BOOST_TEST(r.exit_code == 1);
+    BOOST_TEST(contains(r.err, "cannot reach repo(s) of 'web'"), r.err);
+    BOOST_TEST(contains(r.err, "missing.git: "), r.err);
+    BOOST_TEST(!contains(r.err, "good.git: "), r.err);
+    BOOST_TEST(!w.invoked("create"));
+    // Once every repo is reachable, up goes on.
+    w.config("[web]\nrepos = [\"" + good.string() + "\"]\n");
+    BOOST_TEST(w.machine({"up", "web"}).exit_code == 0);
+    BOOST_TEST(w.invoked("create"));
+}
+
+BOOST_AUTO_TEST_CASE(bake_needs_the_guest_agent) {
+    world w;
+    const auto r = w.machine({"bake"});
+    BOOST_TEST(r.exit_code == 2);
+    BOOST_TEST(contains(r.err, "bake needs the guest agent"), r.err);
 }
 
 BOOST_AUTO_TEST_SUITE_END()
