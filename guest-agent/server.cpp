@@ -208,13 +208,13 @@ public:
 
     std::uint64_t append_event(std::string_view name, const proto::json& fields);
     provision_setup provision_setup_for_job();
-    /// The one provision running (across all connections), or null.
-    std::shared_ptr<provision_job> provision;
     proto::hello_result hello() const;
     proto::health_result health() const;
 
     std::size_t running = 0;
     std::size_t subscribers = 0;
+    /// The one provision running (across all connections; a second one is `busy`), or null.
+    std::shared_ptr<provision_job> provision;
 
 private:
     void prepare_socket_directory(gid_t gid);
