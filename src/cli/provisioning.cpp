@@ -100,6 +100,8 @@ public:
             const auto it = e.fields.find("duration_ms");
             return std::chrono::milliseconds(it != e.fields.end() && it->is_number_unsigned() ? it->get<std::int64_t>() : 0);
         };
+        // A script in the VM may emit events with these names too; ours carry the plan.
+        if (text("plan") != vm_) return true;
         const std::string step = text("step");
         if (e.event == "step.started") {
             ctx_.emit(events::step_started(vm_, step));
@@ -265,7 +267,7 @@ awaitable<void> apply_plan(context& ctx, const std::string& vm, std::shared_ptr<
         }
         disk_full |= failed->error.find("No space left on device") != std::string::npos;
         std::string message = "provisioning step " + failed->name + " failed (" + outcome_detail(*failed) + ")";
-        if (disk_full) message += "; the VM's disk is full: raise `disk` for the project (destroy and up again)";
+        if (disk_full) message += ": No space left on device in the VM; free space, or raise the project's `disk` (then destroy and up)";
         else if (!failed->tail.empty()) message += ": " + failed->tail.back();
         throw error(text::sanitize_for_terminal(message), exit_code::failure, text::sanitize_for_terminal(diagnostics));
     }
