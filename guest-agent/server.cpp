@@ -34,6 +34,7 @@
 #include <asio/write.hpp>
 
 #include "files.hpp"
+#include "machine/sha256.hpp"
 #include "log.hpp"
 #include "machine/events.hpp"
 #include "machine/protocol.hpp"
@@ -236,6 +237,7 @@ private:
     bool sync_pending_ = false;
     bool stopping_ = false;
     std::string boot_id_;
+    std::string binary_sha256_;
     std::chrono::steady_clock::time_point started_;
     std::set<std::shared_ptr<connection>> connections_;
 };
@@ -720,6 +722,13 @@ proto::hello_result server::hello() const {
     h.capabilities = {"run", "cancel", "health", "subscribe", "emit", "provision"};
     h.boot_id = boot_id_;
     h.journal = {journal_.id(), journal_.first_seq(), journal_.last_seq()};
+    h.deployment.binary_sha256 = binary_sha256_;
+    try {
+        h.deployment.unit_sha256 = sha256::hex_of_file(options_.unit_file);
+    } catch (const std::exception&) {
+        // not installed as a unit (tests, a manual run): the host reinstalls it
+    }
+    h.deployment.user = options_.user;
     return h;
 }
 
@@ -778,6 +787,12 @@ void server::prepare_socket_directory(gid_t gid) {
 
 int server::start() {
     boot_id_ = boot_id_from(options_.boot_id_file);
+    try {
+        // Hashed once: the file may be replaced by an upgrade while this process still runs.
+        binary_sha256_ = sha256::hex_of_file("/proc/self/exe");
+    } catch (const std::exception& e) {
+        log::warning(std::string("cannot hash my own executable: ") + e.what());
+    }
 
     // Whose group may open the socket.
     gid_t gid = ::getegid();

@@ -23,6 +23,9 @@ struct server_options {
     std::string systemctl = "systemctl";
     std::string runtime_dir_root = "/run/user";
     std::string boot_id_file = "/proc/sys/kernel/random/boot_id";
+    /// The unit that runs the agent: its hash goes into hello, so the host can tell the
+    /// installation is current without running anything in the VM.
+    std::string unit_file = "/etc/systemd/system/machine-agent.service";
     journal::limits journal_limits;
     std::size_t max_clients = 64;
     std::chrono::milliseconds sync_interval{200};

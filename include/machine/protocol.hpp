@@ -208,6 +208,14 @@ struct journal_info {
     std::uint64_t last_seq = 0;
 };
 
+/// What is installed, as the running agent sees it: lets a client tell that the agent is current
+/// without running anything in the VM. Empty strings when unknown (older agents send none).
+struct deployment_info {
+    std::string binary_sha256;  ///< of the agent's own executable, when it started
+    std::string unit_sha256;    ///< of its systemd unit file, now ("" when unreadable)
+    std::string user;           ///< its --user
+};
+
 struct hello_result {
     int protocol = version;
     std::string agent_version;
@@ -217,6 +225,7 @@ struct hello_result {
     std::size_t max_line = max_line_bytes;
     std::size_t output_chunk = output_chunk_bytes;
     std::size_t max_event_bytes = protocol::max_event_bytes;
+    deployment_info deployment;
 };
 json make_hello_result(std::uint64_t id, const hello_result& r);
 parsed<hello_result> parse_hello_result(const json& body);

@@ -76,7 +76,9 @@ std::vector<std::string> split_run_command(std::vector<std::string>& args) {
 
 void setup_logging(const std::string& level) {
     auto logger = spdlog::stderr_color_mt("machine");
-    logger->set_pattern("machine: %l: %v");
+    // Debugging is about where the time goes: stamp debug and trace lines.
+    const auto lvl = spdlog::level::from_str(level);
+    logger->set_pattern(lvl <= spdlog::level::debug ? "machine: %H:%M:%S.%e %l: %v" : "machine: %l: %v");
     spdlog::set_default_logger(logger);
     spdlog::set_level(spdlog::level::from_str(level));
 }

@@ -274,9 +274,9 @@ awaitable<void> apply_plan(context& ctx, const std::string& vm, std::shared_ptr<
     if (result.cancelled) throw interrupted_error();
     std::string summary;
     if (ran.empty()) {
-        summary = "provisioning: all " + std::to_string(result.steps.size()) + " steps in place";
+        summary = "all " + std::to_string(result.steps.size()) + " steps in place";
     } else {
-        summary = "provisioning: applied ";
+        summary = "applied ";
         for (std::size_t i = 0; i < ran.size(); ++i) summary += (i ? ", " : "") + ran[i];
         summary += " (" + std::to_string(unchanged) + " unchanged";
         if (satisfied) summary += ", " + std::to_string(satisfied) + " already in place";

@@ -190,6 +190,9 @@ json make_hello_result(std::uint64_t id, const hello_result& h) {
     j["boot_id"] = h.boot_id;
     j["journal"] = {{"id", h.journal.id}, {"first_seq", h.journal.first_seq}, {"last_seq", h.journal.last_seq}};
     j["limits"] = {{"max_line", h.max_line}, {"output_chunk", h.output_chunk}, {"max_event_bytes", h.max_event_bytes}};
+    j["deployment"] = {{"binary_sha256", h.deployment.binary_sha256},
+                       {"unit_sha256", h.deployment.unit_sha256},
+                       {"user", h.deployment.user}};
     return j;
 }
 
@@ -211,6 +214,13 @@ parsed<hello_result> parse_hello_result(const json& body) {
         if (auto n = jf.uint("first_seq", true)) h.journal.first_seq = *n;
         if (auto n = jf.uint("last_seq", true)) h.journal.last_seq = *n;
         if (!jf.ok()) r.fail("journal: " + jf.error());
+    }
+    if (const json* dep = r.object("deployment", false)) {
+        field_reader df(*dep);
+        if (auto s = df.string("binary_sha256", false)) h.deployment.binary_sha256 = *s;
+        if (auto s = df.string("unit_sha256", false)) h.deployment.unit_sha256 = *s;
+        if (auto s = df.string("user", false)) h.deployment.user = *s;
+        if (!df.ok()) r.fail("deployment: " + df.error());
     }
     if (const json* lim = r.object("limits", false)) {
         field_reader lf(*lim);

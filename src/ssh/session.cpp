@@ -105,6 +105,7 @@ awaitable<void> session_core::handshake() {
     socket_.set_option(tcp::no_delay(true), ec);
     socket_.set_option(asio::socket_base::keep_alive(true), ec);
 
+    spdlog::trace("ssh: vm={} TCP connected", pin_.vm_name);
     // ---- libssh session on a duplicate of the socket ----
     phase_ = "the SSH handshake";
     raw_ = ssh_new();
@@ -149,6 +150,7 @@ awaitable<void> session_core::handshake() {
     std::function<int()> connect_step = [raw] { return ssh_connect(raw); };
     int rc = co_await drive_socket(connect_step, SSH_AGAIN);
     if (rc != SSH_OK) throw error("SSH handshake with " + desc_ + " failed: " + libssh_error());
+    spdlog::trace("ssh: vm={} key exchange done", pin_.vm_name);
 
     // ---- host key ----
     ssh_key server_key = nullptr;
@@ -189,6 +191,7 @@ awaitable<void> session_core::handshake() {
         return ssh_userauth_publickey(raw, nullptr, identity);
     };
     rc = co_await drive_socket(auth_step, SSH_AUTH_AGAIN);
+    spdlog::trace("ssh: vm={} authentication done", pin_.vm_name);
     switch (rc) {
     case SSH_AUTH_SUCCESS:
         break;

@@ -277,6 +277,27 @@ class Basics(AgentTest):
         self.assertEqual(r["journal"]["last_seq"], 1)  # agent.up
         self.assertEqual(len(r["journal"]["id"]), 32)
         self.assertEqual(r["limits"]["max_line"], 1 << 20)
+        # Not installed as a unit: no unit hash, so a host reinstalls rather than trusting it.
+        self.assertEqual(r["deployment"]["unit_sha256"], "")
+
+    def test_hello_describes_the_installation(self):
+        """The host skips running anything in the VM when these match what it would install."""
+        import hashlib
+        unit = os.path.join(self.tmp, "machine-agent.service")
+        with open(unit, "w") as f:
+            f.write("[Unit]\nDescription=test\n")
+        a = self.agent(extra=["--unit-file", unit])
+        r = a.client().call("hello")
+        with open(AGENT, "rb") as f:
+            self.assertEqual(r["deployment"]["binary_sha256"], hashlib.sha256(f.read()).hexdigest())
+        with open(unit, "rb") as f:
+            self.assertEqual(r["deployment"]["unit_sha256"], hashlib.sha256(f.read()).hexdigest())
+        self.assertEqual(r["deployment"]["user"], ME.pw_name)
+        # The unit is hashed at each hello: a replaced unit shows at once.
+        with open(unit, "w") as f:
+            f.write("[Unit]\nDescription=changed\n")
+        r = a.client().call("hello")
+        self.assertEqual(r["deployment"]["unit_sha256"], hashlib.sha256(b"[Unit]\nDescription=changed\n").hexdigest())
 
     def test_health(self):
         a = self.agent()
