@@ -9,8 +9,12 @@ cached guest image and for a restart, split into:
   machine  our own overhead: the wall time not spent in any step above
   command  `machine run NAME -- true` afterwards
 
+With --provisioned, the whole default profile set instead (Docker, Node, the agents, gh, signed
+git): a new project when no cached base exists ("from nothing": bake + clone + the project's own
+steps), a second new project from the cached base, and re-`up` of a ready VM (median of 5).
+
 Uses the Lima stand-in (tools/limactl) unless MACHINE_LIMACTL is set, in a private LIMA_HOME.
-Names the accelerator the VM got. Usage: tests/bench/up_bench.py [--machine build/machine]
+Names the accelerator the VM got. Usage: tests/bench/up_bench.py [--machine build/machine] [--provisioned]
 """
 import argparse
 import json
@@ -32,7 +36,7 @@ def up(machine, name, env):
     steps = {}
     for line in p.stdout.splitlines():
         e = json.loads(line)
-        if e["type"] == "step.finished":
+        if e["type"] == "step.finished" and e.get("vm") == name:
             steps[e["step"]] = e["duration_ms"] / 1000.0
     t0 = time.monotonic()
     r = subprocess.run([machine, "run", name, "--", "true"], env=env, capture_output=True)
@@ -43,7 +47,7 @@ def up(machine, name, env):
 
 
 def report(label, wall, steps, command):
-    parts = ["%s %.1fs" % (k, steps[k]) for k in ("create", "boot", "agent", "ready") if k in steps]
+    parts = ["%s %.1fs" % (k, steps[k]) for k in ("create", "boot", "agent", "ready", "provision") if k in steps]
     overhead = wall - sum(steps.values())
     print("%-8s up %.1fs = %s + machine %.2fs; first command %.2fs; up-to-first-command %.1fs"
           % (label, wall, " + ".join(parts), overhead, command, wall + command))
@@ -52,14 +56,17 @@ def report(label, wall, steps, command):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--machine", default=os.path.join(ROOT, "build", "machine"))
+    ap.add_argument("--provisioned", action="store_true", help="the default profiles, the cached base and re-up")
     args = ap.parse_args()
+    if args.provisioned:
+        return provisioned(args)
     work = tempfile.mkdtemp(prefix="mub.", dir="/tmp")
     env = dict(os.environ, LIMA_HOME=os.path.join(work, "lima"), MACHINE_STATE_DIR=os.path.join(work, "state"),
                MACHINE_CONFIG_DIR=os.path.join(work, "config"))
     env.setdefault("MACHINE_LIMACTL", os.path.join(ROOT, "tools", "limactl"))
     os.makedirs(env["MACHINE_CONFIG_DIR"])
     with open(os.path.join(env["MACHINE_CONFIG_DIR"], "projects.toml"), "w") as f:
-        f.write('[bench]\ncpus = 2\nmemory = "2GiB"\ndisk = "8GiB"\n')
+        f.write('[bench]\ncpus = 2\nmemory = "2GiB"\ndisk = "8GiB"\nprofiles = []\n')
     try:
         subprocess.run([os.path.join(ROOT, "tools", "build-guest-image")], check=True, stdout=subprocess.DEVNULL)
         report("new", *up(args.machine, "bench", env))
@@ -71,6 +78,36 @@ def main():
         print("accelerator: %s" % accel)
     finally:
         subprocess.run([args.machine, "destroy", "-y", "bench"], env=env, capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def provisioned(args):
+    work = tempfile.mkdtemp(prefix="mub.", dir="/tmp")
+    env = dict(os.environ, LIMA_HOME=os.path.join(work, "lima"), MACHINE_STATE_DIR=os.path.join(work, "state"),
+               MACHINE_CONFIG_DIR=os.path.join(work, "config"))
+    env.setdefault("MACHINE_LIMACTL", os.path.join(ROOT, "tools", "limactl"))
+    os.makedirs(env["MACHINE_CONFIG_DIR"])
+    with open(os.path.join(env["MACHINE_CONFIG_DIR"], "projects.toml"), "w") as f:
+        for name in ("first", "second"):
+            f.write('[%s]\ncpus = 2\nmemory = "3GiB"\ndisk = "20GiB"\n' % name)
+    try:
+        subprocess.run([os.path.join(ROOT, "tools", "build-guest-image")], check=True, stdout=subprocess.DEVNULL)
+        report("nothing", *up(args.machine, "first", env))
+        subprocess.run([args.machine, "down", "first"], env=env, check=True, stdout=subprocess.DEVNULL)
+        report("base", *up(args.machine, "second", env))
+        times = []
+        for _ in range(5):
+            t0 = time.monotonic()
+            subprocess.run([args.machine, "up", "second"], env=env, check=True, stdout=subprocess.DEVNULL)
+            times.append(time.monotonic() - t0)
+        times.sort()
+        print("re-up    median %.2fs (min %.2fs, max %.2fs) of a ready VM, every step unchanged" % (times[2], times[0], times[-1]))
+    finally:
+        for name in ("first", "second"):
+            subprocess.run([args.machine, "destroy", "-y", name], env=env, capture_output=True)
+        listed = subprocess.run([env["MACHINE_LIMACTL"], "list", "--json"], env=env, capture_output=True, text=True)
+        for line in listed.stdout.splitlines():
+            subprocess.run([env["MACHINE_LIMACTL"], "delete", "-f", json.loads(line)["name"]], env=env, capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
 
 
