@@ -685,7 +685,7 @@ BOOST_AUTO_TEST_CASE(an_unknown_profile_is_a_config_error_and_nothing_is_created
     w.config("[web]\nprofiles = [\"base\", \"dokcer\"]\n");
     const auto r = w.machine({"up", "web"});
     BOOST_TEST(r.exit_code == 2);
-    BOOST_TEST(contains(r.err, "projects.toml:2:22: web.profiles[1]: unknown profile \"dokcer\" (did you mean \"docker\"?)"), r.err);
+    BOOST_TEST(contains(r.err, "projects.toml:2:21: web.profiles[1]: unknown profile \"dokcer\" (did you mean \"docker\"?)"), r.err);
     BOOST_TEST(!w.invoked("create"));
     BOOST_TEST(!w.invoked("clone"));
     // A default_profile typo points at default_profile, for every project that inherits it.
