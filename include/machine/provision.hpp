@@ -29,6 +29,9 @@ struct step {
     std::string check;     ///< bash script; exit 0 = already in place. Empty: no check
     std::string run;       ///< bash script
     std::chrono::milliseconds timeout{std::chrono::minutes(10)};
+    /// Runs after the project's repos are cloned (and again whenever its repos change), e.g. to
+    /// trust every repo for the agents. Never part of a cached base.
+    bool after_clone = false;
 };
 
 struct profile {
@@ -72,6 +75,9 @@ struct host_values {
     std::string git_email;
     std::string git_signing_key;  ///< an SSH public key line, or empty
     std::string vm_user = "dev";
+    /// The directories the project's repos are cloned into: after_clone steps get them as
+    /// $MACHINE_REPOS (space-separated), so they run again when the repos change.
+    std::vector<std::string> repo_dirs;
 };
 
 /// A step as the agent receives it: argv vectors, the user's name, env expanded, and the hash.
@@ -83,6 +89,7 @@ struct planned_step {
     std::vector<std::string> check;  ///< empty: no check
     std::vector<std::string> run;
     std::uint64_t timeout_ms = 0;
+    bool after_clone = false;
     std::string hash;                ///< sha256 hex over everything above but `profile`
 };
 
@@ -101,7 +108,7 @@ std::vector<std::string> resolve_profiles(const catalog& cat, const std::vector<
 plan make_plan(const catalog& cat, const std::vector<std::string>& profiles, const host_values& host);
 
 /// The steps of `p` that may go into a cached base: those of its bake profiles, up to the first
-/// profile that cannot be baked (what follows may depend on it).
+/// profile that cannot be baked (what follows may depend on it), without after_clone steps.
 plan bakeable_prefix(const catalog& cat, const plan& p);
 
 /// The argv a script runs as in the guest: bash with errexit, nounset and pipefail.

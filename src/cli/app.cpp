@@ -106,7 +106,7 @@ asio::awaitable<int> dispatch(context& ctx, parsed p) {
 void report(context* ctx, const std::string& vm, const error& e) {
     std::fprintf(stderr, "machine: %s\n", text::sanitize_for_terminal(e.what()).c_str());
     if (!e.diagnostics().empty()) {
-        std::fprintf(stderr, "machine: last lines from limactl:\n");
+        std::fprintf(stderr, "machine: last lines of its output:\n");
         auto lines = text::split_lines(e.diagnostics());
         const std::size_t from = lines.size() > 10 ? lines.size() - 10 : 0;
         for (std::size_t i = from; i < lines.size(); ++i)

@@ -20,10 +20,15 @@ using namespace std::chrono_literals;
 
 bool agent_enabled() { return paths::env("MACHINE_AGENT") != "off"; }
 
-up_target make_target(const provision::catalog& cat, const provision::host_values& host, config::project p) {
+up_target make_target(const provision::catalog& cat, provision::host_values host, config::project p) {
     up_target t;
     const auto profiles = profiles_of(cat, p);
-    t.plan = provision::make_plan(cat, profiles, host);
+    for (const auto& url : p.repos) host.repo_dirs.push_back(repo_dir_name(url));
+    // Without a forwarded agent nothing in the VM can sign: commits would fail, so no signing.
+    if (!p.forward_agent) host.git_signing_key.clear();
+    const provision::plan all = provision::make_plan(cat, profiles, host);
+    t.plan.profiles = t.after_clone.profiles = all.profiles;
+    for (const auto& s : all.steps) (s.after_clone ? t.after_clone : t.plan).steps.push_back(s);
     t.base = provision::bakeable_prefix(cat, t.plan);
     t.project = std::move(p);
     return t;

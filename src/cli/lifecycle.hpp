@@ -21,14 +21,15 @@ namespace machine::cli {
 /// config error, exit 2, with nothing created).
 struct up_target {
     config::project project;
-    provision::plan plan;  ///< everything the project's profiles do
-    provision::plan base;  ///< the part a cached base disk holds (bake profiles, in order)
+    provision::plan plan;         ///< what the project's profiles do before its repos are cloned
+    provision::plan after_clone;  ///< what they do once the repos are there
+    provision::plan base;         ///< the part a cached base disk holds (bake profiles, in order)
 };
 
 /// False when MACHINE_AGENT=off (tests against a fake limactl): no guest-side work at all.
 bool agent_enabled();
 
-up_target make_target(const provision::catalog& cat, const provision::host_values& host, config::project p);
+up_target make_target(const provision::catalog& cat, provision::host_values host, config::project p);
 
 /// `limactl start`, following the host agent's events; an interrupted start stops the VM.
 asio::awaitable<void> boot_instance(context& ctx, lima::client& lima, std::string name,

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include <asio/experimental/awaitable_operators.hpp>
+#include <asio/multiple_exceptions.hpp>
 #include <asio/steady_timer.hpp>
 #include <asio/this_coro.hpp>
 #include <nlohmann/json.hpp>
@@ -104,6 +105,7 @@ public:
         if (text("plan") != vm_) return true;
         const std::string step = text("step");
         if (e.event == "step.started") {
+            current_ = step;
             ctx_.emit(events::step_started(vm_, step));
         } else if (e.event == "step.output") {
             ctx_.emit(events::step_output(vm_, step, text("stream"), text("line").substr(0, 2000)));
@@ -119,9 +121,13 @@ public:
         return true;
     }
 
+    /// The step that started last ("" before the first).
+    const std::string& current() const { return current_; }
+
 private:
     context& ctx_;
     std::string vm_;
+    std::string current_;
 };
 
 awaitable<void> follow_provisioning(guest::connection& conn, std::uint64_t from, step_reporter& reporter) {
@@ -130,6 +136,23 @@ awaitable<void> follow_provisioning(guest::connection& conn, std::uint64_t from,
 
 awaitable<pr::provision_result> request_provisioning(guest::connection& conn, pr::provision_request request) {
     co_return co_await conn.provision(std::move(request));
+}
+
+// The request and the progress it makes, together. A failure (the VM gone) is returned, not
+// thrown: `||` waits for the first *success*, so a throwing side would leave it waiting for Ctrl-C.
+awaitable<std::exception_ptr> provision_with_progress(guest::connection& request_conn, guest::connection& events_conn,
+                                                      pr::provision_request request, std::uint64_t from,
+                                                      step_reporter& reporter, pr::provision_result& result) {
+    using namespace asio::experimental::awaitable_operators;
+    try {
+        result = co_await (request_provisioning(request_conn, std::move(request)) &&
+                           follow_provisioning(events_conn, from, reporter));
+        co_return nullptr;
+    } catch (const asio::multiple_exceptions& both) {
+        co_return both.first_exception();  // both channels died with the connection: one reason
+    } catch (...) {
+        co_return std::current_exception();
+    }
 }
 
 awaitable<void> wait_for_cancel(cancel_signal& cancel) { co_await cancel.wait_above(cancel_signal::none); }
@@ -213,10 +236,10 @@ awaitable<void> check_repos_reachable(context& ctx, const config::project& p, ca
                                                 "'; check its repos for typos or access:" + report));
 }
 
-awaitable<void> apply_plan(context& ctx, const std::string& vm, std::shared_ptr<ssh::session> session,
-                           const provision::plan& plan, cancel_signal* cancel) {
+awaitable<std::size_t> apply_plan(context& ctx, const std::string& vm, std::shared_ptr<ssh::session> session,
+                                  const provision::plan& plan, cancel_signal* cancel) {
     using namespace asio::experimental::awaitable_operators;
-    if (plan.steps.empty()) co_return;
+    if (plan.steps.empty()) co_return 0;
     auto on_problem = [&ctx, vm](const std::string& p) { ctx.emit(events::message(vm, "warning", p)); };
     // Two channels: one follows the journal (live progress), the other carries the request.
     auto events_conn = co_await guest::connect_agent(session, 20s, on_problem);
@@ -239,15 +262,25 @@ awaitable<void> apply_plan(context& ctx, const std::string& vm, std::shared_ptr<
     const auto t0 = std::chrono::steady_clock::now();
     step_reporter reporter(ctx, vm);
     cancel_signal& interrupt = cancel ? *cancel : ctx.cancel;
-    auto outcome = co_await ((request_provisioning(*request_conn, std::move(request)) &&
-                              follow_provisioning(*events_conn, hello.journal.last_seq, reporter)) ||
+    pr::provision_result result;
+    auto outcome = co_await (provision_with_progress(*request_conn, *events_conn, std::move(request),
+                                                     hello.journal.last_seq, reporter, result) ||
                              wait_for_cancel(interrupt));
     if (outcome.index() == 1) {
         // Closing the session ends our channels: the agent stops the running step.
         session->close();
         throw interrupted_error();
     }
-    const pr::provision_result result = std::get<0>(outcome);
+    if (auto failure = std::get<0>(outcome)) {
+        try {
+            std::rethrow_exception(failure);
+        } catch (const ssh::connection_lost& e) {
+            // Powered off, crashed or stopped: the next `up` runs the unfinished step again.
+            throw error("VM '" + vm + "' went away while provisioning" +
+                        (reporter.current().empty() ? "" : " (step " + reporter.current() + ")") + ": " + e.what() +
+                        "; 'machine up " + vm + "' finishes it");
+        }
+    }
 
     std::vector<std::string> ran;
     int unchanged = 0, satisfied = 0;
@@ -283,6 +316,23 @@ awaitable<void> apply_plan(context& ctx, const std::string& vm, std::shared_ptr<
         summary += ")";
     }
     ctx.emit(events::step_finished(vm, "provision", true, since(t0), summary));
+    co_return ran.size();
+}
+
+awaitable<void> close_lima_ssh_master(const lima::instance& inst, const std::string& name) {
+    const fs::path config = ssh_config_of(inst);
+    std::error_code ec;
+    if (!fs::exists(config, ec)) co_return;
+    proc::command cmd;
+    cmd.argv = {"ssh", "-F", config.string(), "-O", "exit", "lima-" + name};
+    proc::run_options opt;
+    opt.limit.timeout = 5s;
+    try {
+        const proc::result r = co_await proc::run(std::move(cmd), std::move(opt));
+        spdlog::debug("vm={} closed Lima's SSH master: {}", name, r.ok() ? "yes" : last_line(r.err));
+    } catch (const proc::spawn_error& e) {
+        spdlog::debug("vm={} cannot run ssh to close Lima's SSH master: {}", name, e.what());
+    }
 }
 
 namespace {
@@ -299,7 +349,7 @@ awaitable<pr::run_result> run_in_vm(context& ctx, guest::connection& conn, const
     pr::run_request request;
     request.argv = std::move(argv);
     request.user = std::move(user);
-    request.cwd = std::move(cwd);
+    if (!cwd.empty()) request.cwd = std::move(cwd);  // else the user's home
     std::string pending;
     auto on_output = [&](const pr::output_chunk& c) {
         if (captured && c.stream == "stdout" && captured->size() < (1u << 20)) captured->append(c.data);
@@ -402,12 +452,18 @@ awaitable<void> clone_repos(context& ctx, const config::project& p, std::shared_
         ctx.emit(events::step_started(vm, deps_step));
         const auto td = std::chrono::steady_clock::now();
         std::vector<std::string> argv_install{pm, "install"};
-        const pr::run_result installed = co_await run_in_vm(ctx, *conn, vm, deps_step, argv_install, vm_user, path);
-        const bool ok = installed.exit_code && *installed.exit_code == 0;
-        ctx.emit(events::step_finished(vm, deps_step, ok, since(td), pm + " install"));
-        if (!ok)
-            ctx.emit(events::message(vm, "warning", "dependencies of " + t.dir + " were not installed (" + pm +
-                                                        " install failed); run it in the VM"));
+        std::string why;
+        try {
+            const pr::run_result installed = co_await run_in_vm(ctx, *conn, vm, deps_step, argv_install, vm_user, path);
+            if (!installed.exit_code || *installed.exit_code != 0) why = pm + " install failed";
+        } catch (const guest::agent_error& e) {
+            if (e.code() != "spawn_failed") throw;
+            why = pm + " is not installed in the VM (the node profile provides it)";
+        }
+        ctx.emit(events::step_finished(vm, deps_step, why.empty(), since(td), pm + " install"));
+        if (!why.empty())
+            ctx.emit(events::message(vm, "warning", "dependencies of " + t.dir + " were not installed: " + why +
+                                                        "; install them in the VM"));
     }
 }
 

@@ -32,15 +32,19 @@ asio::awaitable<provision::host_values> detect_host_values(std::string vm_user);
 /// listing every unreachable one (nothing has been created yet when this runs).
 asio::awaitable<void> check_repos_reachable(context& ctx, const config::project& p, cancel_signal* cancel);
 
-/// Applies `plan` through the guest agent, reporting each step as it starts and ends. Throws
-/// when a step fails, naming it (and the full disk, when that is why).
-asio::awaitable<void> apply_plan(context& ctx, const std::string& vm, std::shared_ptr<ssh::session> session,
+/// Applies `plan` through the guest agent, reporting each step as it starts and ends; returns
+/// how many steps ran. Throws when a step fails, naming it (and the full disk, when that is why).
+asio::awaitable<std::size_t> apply_plan(context& ctx, const std::string& vm, std::shared_ptr<ssh::session> session,
                                  const provision::plan& plan, cancel_signal* cancel);
 
 /// Clones the project's repos that are not in ~/code yet (through `limactl shell`, so git
 /// authenticates with the forwarded agent), then installs their dependencies.
 asio::awaitable<void> clone_repos(context& ctx, const config::project& p, std::shared_ptr<ssh::session> session,
                                   std::string vm_user, cancel_signal* cancel);
+
+/// Closes the SSH ControlMaster Lima keeps for `limactl shell`: its login predates what
+/// provisioning changed (the docker group), and the next shell should see it.
+asio::awaitable<void> close_lima_ssh_master(const lima::instance& inst, const std::string& name);
 
 /// The directory `git clone URL` makes ("https://h/a/web.git" -> "web"); "" when the URL has
 /// no usable name.

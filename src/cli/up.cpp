@@ -77,9 +77,11 @@ awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel) {
     if (agent_enabled()) {
         auto session = co_await open_guest(ctx, name, *existing, cancel);
         if (!was_running) co_await wait_until_ready(ctx, name, session);
-        co_await apply_plan(ctx, name, session, target.plan, cancel);
+        std::size_t ran = co_await apply_plan(ctx, name, session, target.plan, cancel);
         co_await clone_repos(ctx, project, session, render::vm_user, cancel);
+        ran += co_await apply_plan(ctx, name, session, target.after_clone, cancel);
         session->close();
+        if (ran > 0) co_await close_lima_ssh_master(*existing, name);
     }
     ctx.emit(events::vm_done(name, "ready", since(t0)));
 }

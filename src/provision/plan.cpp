@@ -49,6 +49,7 @@ std::string hash_of(const planned_step& s) {
     j["check"] = s.check;
     j["run"] = s.run;
     j["timeout_ms"] = s.timeout_ms;
+    j["after_clone"] = s.after_clone;
     sha256 h;
     h.update(j.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace));
     return h.hex_digest();
@@ -105,6 +106,13 @@ plan make_plan(const catalog& cat, const std::vector<std::string>& profiles, con
             ps.profile = name;
             ps.user = s.user == run_as::root ? "root" : host.vm_user;
             for (const auto& [k, v] : s.env) ps.env.emplace_back(k, expand(v, host));
+            ps.after_clone = s.after_clone;
+            if (s.after_clone) {
+                std::string dirs;
+                for (const auto& d : host.repo_dirs) dirs += (dirs.empty() ? "" : " ") + d;
+                ps.env.emplace_back("MACHINE_REPOS", dirs);
+                std::sort(ps.env.begin(), ps.env.end());
+            }
             if (!s.check.empty()) ps.check = script_argv(s.check);
             ps.run = script_argv(s.run);
             ps.timeout_ms = static_cast<std::uint64_t>(s.timeout.count());
@@ -123,7 +131,7 @@ plan bakeable_prefix(const catalog& cat, const plan& p) {
         out.profiles.push_back(name);
     }
     for (const auto& s : p.steps)
-        if (std::find(out.profiles.begin(), out.profiles.end(), s.profile) != out.profiles.end())
+        if (!s.after_clone && std::find(out.profiles.begin(), out.profiles.end(), s.profile) != out.profiles.end())
             out.steps.push_back(s);
     return out;
 }

@@ -113,6 +113,9 @@ void apply_step_env(const field& f, step_draft& d) {
     }
     std::sort(d.s.env.begin(), d.s.env.end());
 }
+void apply_step_after_clone(const field& f, step_draft& d) {
+    if (auto v = config::detail::read_bool(f)) d.s.after_clone = *v;
+}
 void apply_step_check(const field& f, step_draft& d) {
     if (auto v = config::detail::read_string(f)) d.s.check = *v;
 }
@@ -123,6 +126,7 @@ void apply_step_run(const field& f, step_draft& d) {
 constexpr key_rule<step_draft> step_keys[] = {
     {"name", apply_step_name}, {"user", apply_step_user}, {"timeout", apply_step_timeout},
     {"env", apply_step_env},   {"check", apply_step_check}, {"run", apply_step_run},
+    {"after_clone", apply_step_after_clone},
 };
 
 // ---- the file's top level ----

@@ -367,7 +367,7 @@ BOOST_AUTO_TEST_CASE(limactl_fatal_lines_become_errors_with_diagnostics) {
     const auto r = w.machine({"up"});
     BOOST_TEST(r.exit_code == 1);
     BOOST_TEST(contains(r.err, "machine: limactl start default: failed to start `default`: no space left on device"));
-    BOOST_TEST(contains(r.err, "last lines from limactl"));
+    BOOST_TEST(contains(r.err, "last lines of its output"));
 }
 
 BOOST_AUTO_TEST_CASE(malformed_json_from_limactl) {

@@ -189,6 +189,30 @@ BOOST_AUTO_TEST_CASE(the_bakeable_part_stops_at_the_first_profile_that_cannot_be
     BOOST_TEST(base.steps[0].hash == plan.steps[0].hash);
 }
 
+BOOST_AUTO_TEST_CASE(after_clone_steps_see_the_repos_rerun_when_they_change_and_are_never_baked) {
+    catalog c = sample_catalog();
+    c.add(catalog::parse("[[step]]\nname = \"pkgs\"\nrun = \"true\"\n[[step]]\nname = \"trust\"\nafter_clone = true\nrun = \"true\"\n",
+                         "agents", "agents.toml"));
+    auto h = host();
+    h.repo_dirs = {"web", "api"};
+    const auto plan = provision::make_plan(c, {"agents"}, h);
+    BOOST_REQUIRE_EQUAL(plan.steps.size(), 2u);
+    BOOST_TEST(!plan.steps[0].after_clone);
+    BOOST_TEST(plan.steps[1].after_clone);
+    const std::vector<std::pair<std::string, std::string>> env{{"MACHINE_REPOS", "web api"}};
+    BOOST_TEST((plan.steps[1].env == env));
+    BOOST_TEST(plan.steps[0].env.empty());
+
+    h.repo_dirs = {"web"};
+    const auto fewer = provision::make_plan(c, {"agents"}, h);
+    BOOST_TEST(fewer.steps[0].hash == plan.steps[0].hash);
+    BOOST_TEST(fewer.steps[1].hash != plan.steps[1].hash);
+
+    const auto base = provision::bakeable_prefix(c, plan);
+    BOOST_REQUIRE_EQUAL(base.steps.size(), 1u);
+    BOOST_TEST(base.steps[0].name == "agents.pkgs");
+}
+
 BOOST_AUTO_TEST_CASE(durations) {
     BOOST_TEST(provision::parse_duration("90s")->count() == 90000);
     BOOST_TEST(provision::parse_duration("1h30m")->count() == 5400000);

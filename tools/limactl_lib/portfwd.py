@@ -102,6 +102,7 @@ class Forwarder(threading.Thread):
         self.stop_event = stop_event
         self.seen = {}            # (ip, port) -> hostAddr or None
         self.active_hosts = set()
+        self.master_pid = None    # forwards live in this ControlMaster process
 
     def _ssh(self, *args, timeout=20):
         try:
@@ -118,6 +119,15 @@ class Forwarder(threading.Thread):
         res = self._ssh(self.host, "--", "ss", "-ltnH")
         if res is None or res.returncode != 0:
             return
+        # Someone closed the ControlMaster (`ssh -O exit`, as machine does after provisioning
+        # so new group memberships apply): the forwards died with it; add them to the new one.
+        check = self._ssh("-O", "check", self.host, timeout=5)
+        pid = check.stderr.strip() if check is not None and check.returncode == 0 else None
+        if pid != self.master_pid:
+            if self.master_pid is not None:
+                self.seen.clear()
+                self.active_hosts.clear()
+            self.master_pid = pid
         current = set(parse_ss(res.stdout))
         for ip, port in sorted(current - set(self.seen)):
             host_addr = host_address(self.rules, ip, port)
