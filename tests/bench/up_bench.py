@@ -46,6 +46,16 @@ def up(machine, name, env):
     return wall, steps, command
 
 
+def private_world():
+    """A short private LIMA_HOME (socket paths stay under 108 bytes), state and config."""
+    work = tempfile.mkdtemp(prefix="mub.", dir="/tmp")
+    env = dict(os.environ, LIMA_HOME=os.path.join(work, "lima"), MACHINE_STATE_DIR=os.path.join(work, "state"),
+               MACHINE_CONFIG_DIR=os.path.join(work, "config"))
+    env.setdefault("MACHINE_LIMACTL", os.path.join(ROOT, "tools", "limactl"))
+    os.makedirs(env["MACHINE_CONFIG_DIR"])
+    return work, env
+
+
 def report(label, wall, steps, command):
     parts = ["%s %.1fs" % (k, steps[k]) for k in ("create", "boot", "agent", "ready", "provision") if k in steps]
     overhead = wall - sum(steps.values())
@@ -60,11 +70,7 @@ def main():
     args = ap.parse_args()
     if args.provisioned:
         return provisioned(args)
-    work = tempfile.mkdtemp(prefix="mub.", dir="/tmp")
-    env = dict(os.environ, LIMA_HOME=os.path.join(work, "lima"), MACHINE_STATE_DIR=os.path.join(work, "state"),
-               MACHINE_CONFIG_DIR=os.path.join(work, "config"))
-    env.setdefault("MACHINE_LIMACTL", os.path.join(ROOT, "tools", "limactl"))
-    os.makedirs(env["MACHINE_CONFIG_DIR"])
+    work, env = private_world()
     with open(os.path.join(env["MACHINE_CONFIG_DIR"], "projects.toml"), "w") as f:
         f.write('[bench]\ncpus = 2\nmemory = "2GiB"\ndisk = "8GiB"\nprofiles = []\n')
     try:
@@ -82,11 +88,7 @@ def main():
 
 
 def provisioned(args):
-    work = tempfile.mkdtemp(prefix="mub.", dir="/tmp")
-    env = dict(os.environ, LIMA_HOME=os.path.join(work, "lima"), MACHINE_STATE_DIR=os.path.join(work, "state"),
-               MACHINE_CONFIG_DIR=os.path.join(work, "config"))
-    env.setdefault("MACHINE_LIMACTL", os.path.join(ROOT, "tools", "limactl"))
-    os.makedirs(env["MACHINE_CONFIG_DIR"])
+    work, env = private_world()
     with open(os.path.join(env["MACHINE_CONFIG_DIR"], "projects.toml"), "w") as f:
         for name in ("first", "second"):
             f.write('[%s]\ncpus = 2\nmemory = "3GiB"\ndisk = "20GiB"\n' % name)
