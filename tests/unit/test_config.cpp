@@ -165,6 +165,17 @@ profiles = []
                    (std::vector<std::string>{"cypress", "supabase-fly"}),
                boost::test_tools::per_element());
     BOOST_TEST(c.projects.at("none").profiles.empty());
+    // Only a project without either key gets the built-in set; `[]` means none.
+    BOOST_TEST(!c.projects.at("none").builtin_profiles);
+    BOOST_TEST(!c.projects.at("inherits").builtin_profiles);
+    // Where each name was written, for errors found later (an unknown profile).
+    BOOST_TEST(c.projects.at("inherits").profile_origins ==
+                   (std::vector<std::string>{"projects.toml:2:20: default_profile[0]", "projects.toml:2:31: default_profile[1]"}),
+               boost::test_tools::per_element());
+    BOOST_TEST(parse("[bare]\n").projects.at("bare").builtin_profiles);
+    BOOST_TEST(parse("[own]\nprofiles = [\"node\"]\n").projects.at("own").profile_origins ==
+                   (std::vector<std::string>{"projects.toml:2:13: own.profiles[0]"}),
+               boost::test_tools::per_element());
 }
 
 BOOST_AUTO_TEST_CASE(project_tables_may_come_before_settings_in_the_map) {
@@ -483,6 +494,7 @@ BOOST_AUTO_TEST_CASE(missing_projects_toml_gives_the_ambient_default_project) {
     BOOST_TEST(!p.configured);
     BOOST_TEST(p.shell == "zsh");
     BOOST_TEST(p.profiles.empty());
+    BOOST_TEST(p.builtin_profiles);
     BOOST_TEST(p.cpus == 4);
     BOOST_TEST(p.memory == "8GiB");
     BOOST_TEST(p.ca_certs == (std::vector<std::string>{"host"}), boost::test_tools::per_element());
@@ -724,8 +736,9 @@ BOOST_AUTO_TEST_CASE(projects_example_parses_with_and_without_its_examples) {
     BOOST_TEST(c.projects.size() == 3u);
     BOOST_TEST(c.projects.at("wallet").repos.size() == 3u);
     BOOST_TEST(c.projects.at("wallet").memory == "16GiB");
-    BOOST_TEST(c.projects.at("blog").profiles == (std::vector<std::string>{"cypress"}),
+    BOOST_TEST(c.projects.at("blog").profiles == (std::vector<std::string>{"base", "node", "agents", "git-signing"}),
                boost::test_tools::per_element());
+    BOOST_TEST(!c.projects.at("blog").builtin_profiles);
     BOOST_TEST(c.projects.at("playground").shell == "bash");
 }
 
