@@ -91,17 +91,18 @@ awaitable<int> cmd_list(context& ctx) {
         std::int64_t memory, disk;
         int port;
         bool configured;
+        bool base;  // a cached base new projects are cloned from (machine bake)
     };
     std::vector<row> rows;
     for (const auto& i : instances) {
         seen.insert(i.name);
         rows.push_back({i.name, std::string(i.status_text.empty() ? lima::to_string(i.state) : i.status_text),
                         i.cpus, i.memory_bytes, i.disk_bytes, i.ssh_local_port,
-                        cfg.projects.count(i.name) > 0});
+                        cfg.projects.count(i.name) > 0, i.name.rfind("machine-base-", 0) == 0});
     }
     for (const auto& [name, p] : cfg.projects) {
         if (seen.count(name)) continue;
-        rows.push_back({name, "NotCreated", p.cpus, config::size_bytes(p.memory), config::size_bytes(p.disk), 0, true});
+        rows.push_back({name, "NotCreated", p.cpus, config::size_bytes(p.memory), config::size_bytes(p.disk), 0, true, false});
     }
     std::sort(rows.begin(), rows.end(), [](const row& a, const row& b) { return a.name < b.name; });
 
@@ -111,7 +112,7 @@ awaitable<int> cmd_list(context& ctx) {
             nlohmann::ordered_json j{{"name", r.name},         {"status", r.status},
                                      {"configured", r.configured}, {"cpus", r.cpus},
                                      {"memory_bytes", r.memory}, {"disk_bytes", r.disk},
-                                     {"ssh_port", r.port}};
+                                     {"ssh_port", r.port}, {"cached_base", r.base}};
             out += j.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n";
         }
     } else {
@@ -119,7 +120,7 @@ awaitable<int> cmd_list(context& ctx) {
         std::snprintf(line, sizeof line, "%-20s %-12s %4s %8s %8s  %s\n", "NAME", "STATUS", "CPUS", "MEMORY", "DISK", "SSH");
         out += line;
         for (const auto& r : rows) {
-            const std::string ssh = r.port ? "127.0.0.1:" + std::to_string(r.port) : "-";
+            const std::string ssh = r.base ? "- (cached base)" : r.port ? "127.0.0.1:" + std::to_string(r.port) : "-";
             std::snprintf(line, sizeof line, "%-20s %-12s %4s %8s %8s  %s\n",
                           text::sanitize_for_terminal(r.name).c_str(), text::sanitize_for_terminal(r.status).c_str(),
                           r.cpus ? std::to_string(r.cpus).c_str() : "-", human_bytes(r.memory).c_str(),

@@ -48,17 +48,20 @@ awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel) {
         co_await check_repos_reachable(ctx, project, cancel);
         const bool from_base = agent_enabled() && !target.base.steps.empty() &&
                                config::size_bytes(project.disk) >= config::size_bytes(base_disk);
+        // The project's template, also for a clone (whose settings match it): what the VM is
+        // meant to be, for people and tools to read.
+        const render::host_facts host = render::detect_host();
+        const fs::path tmpl = project_state_dir(name) / "lima.yaml";
+        paths::write_file_atomic(tmpl, render::lima_yaml(project, host), 0600);
+        spdlog::debug("vm={} rendered {}", name, tmpl.string());
         if (from_base) {
             const std::string base = co_await ensure_base(ctx, target, false, cancel);
             ctx.emit(events::step_started(name, "create"));
             const auto tc = std::chrono::steady_clock::now();
-            std::vector<std::string> sets{render::clone_settings(project, render::detect_host())};
+            std::vector<std::string> sets{render::clone_settings(project, host)};
             co_await lima.clone(base, name, sets);
             ctx.emit(events::step_finished(name, "create", true, since(tc), "copy-on-write clone of " + base));
         } else {
-            const fs::path tmpl = project_state_dir(name) / "lima.yaml";
-            paths::write_file_atomic(tmpl, render::lima_yaml(project, render::detect_host()), 0600);
-            spdlog::debug("vm={} rendered {}", name, tmpl.string());
             ctx.emit(events::step_started(name, "create"));
             const auto tc = std::chrono::steady_clock::now();
             const std::vector<std::string> no_sets;
