@@ -307,7 +307,8 @@ awaitable<std::size_t> apply_plan(context& ctx, const std::string& vm, std::shar
     if (result.cancelled) throw interrupted_error();
     std::string summary;
     if (ran.empty()) {
-        summary = "all " + std::to_string(result.steps.size()) + " steps in place";
+        const std::size_t n = result.steps.size();
+        summary = n == 1 ? std::string("its 1 step in place") : "all " + std::to_string(n) + " steps in place";
     } else {
         summary = "applied ";
         for (std::size_t i = 0; i < ran.size(); ++i) summary += (i ? ", " : "") + ran[i];

@@ -229,7 +229,7 @@ def _launch_and_follow(inst, timeout, print_ready):
     name = inst.name
     pidfile, sock = inst.path("ha.pid"), inst.path("ha.sock")
     with open(inst.path("ha.stdout.log"), "w") as so, open(inst.path("ha.stderr.log"), "w") as se:
-        proc = subprocess.Popen([sys.executable, LIMACTL, "hostagent", "--pidfile", pidfile, "--socket", sock, name],
+        proc = subprocess.Popen([sys.executable, "-SE", LIMACTL, "hostagent", "--pidfile", pidfile, "--socket", sock, name],
                                 stdin=subprocess.DEVNULL, stdout=so, stderr=se, cwd="/",
                                 start_new_session=True, close_fds=True)
     # Killing `limactl start` must not stop the VM: the host agent has its own session; we
