@@ -133,6 +133,9 @@ struct argv_builder {
     std::vector<std::string> start(const std::string& name, std::chrono::seconds timeout) const;
     std::vector<std::string> stop(const std::string& name, bool force) const;
     std::vector<std::string> remove(const std::string& name, bool force) const;
+    /// `start --name=NAME TEMPLATE`: creates the instance and boots it in one call.
+    std::vector<std::string> start_new(const std::string& name, const std::filesystem::path& tmpl,
+                                       std::chrono::seconds timeout) const;
     std::vector<std::string> clone(const std::string& from, const std::string& to,
                                    const std::vector<std::string>& sets = {}) const;
     std::vector<std::string> shell(const std::string& name, const std::vector<std::string>& cmd,
@@ -157,6 +160,9 @@ public:
                                  std::vector<std::string> sets);
     // `on_log` receives each parsed stderr line as it arrives (progress).
     asio::awaitable<void> start(std::string name, std::function<void(const log_line&)> on_log = {});
+    // Creates `name` from `tmpl` and boots it (one limactl call instead of create + start).
+    asio::awaitable<void> start_new(std::string name, std::filesystem::path tmpl,
+                                    std::function<void(const log_line&)> on_log);
     asio::awaitable<void> stop(std::string name, bool force);
     asio::awaitable<void> remove(std::string name, bool force);
     // A copy-on-write copy of a stopped instance, with a new identity; `sets` are yq
@@ -177,6 +183,9 @@ private:
     timeouts timeouts_;
     argv_builder argv_;
 };
+
+// Where limactl keeps instance `name`: $LIMA_HOME/<name>, LIMA_HOME defaulting to ~/.lima.
+std::filesystem::path instance_dir(const std::string& name);
 
 // Follows an instance's `ha.stdout.log` (written by the host agent) and hands each event to
 // `on_event` until `on_event` returns false, the cancel signal fires, or `deadline` passes.

@@ -109,7 +109,8 @@ awaitable<std::string> ensure_base(context& ctx, const up_target& t, bool force,
     ctx.emit(events::step_finished(name, "create", true, since(t0)));
     existing = co_await lima.find(name);
     if (!existing) throw error("limactl create succeeded but instance '" + name + "' is not listed");
-    co_await boot_instance(ctx, lima, name, fs::path(existing->dir) / "ha.stdout.log", cancel);
+    const fs::path no_template;
+    co_await boot_instance(ctx, lima, name, fs::path(existing->dir) / "ha.stdout.log", cancel, no_template);
     {
         auto session = co_await open_guest(ctx, name, *existing, cancel);
         co_await wait_until_ready(ctx, name, session);

@@ -38,7 +38,7 @@ namespace {
 
 // Runs `limactl start` while following the host agent's events, which become vm.state events.
 awaitable<void> boot(context& ctx, lima::client& lima, std::string name, fs::path ha_log,
-                     cancel_signal* cancel) {
+                     cancel_signal* cancel, fs::path create_from) {
     using namespace asio::experimental::awaitable_operators;
     bool saw_running = false;
     auto on_event = [&ctx, &saw_running, name](const lima::ha_event& e) {
@@ -63,7 +63,8 @@ awaitable<void> boot(context& ctx, lima::client& lima, std::string name, fs::pat
     // events before it does: anything stamped before now is old news (same host, same clock).
     const auto started_at = std::chrono::system_clock::now();
     // The follower never succeeds on its own; it is cancelled when the start is done.
-    auto outcome = co_await (capture(lima.start(name, on_log)) ||
+    auto starting = create_from.empty() ? lima.start(name, on_log) : lima.start_new(name, create_from, on_log);
+    auto outcome = co_await (capture(std::move(starting)) ||
                              lima::follow_events(ha_log, on_event, cancel, started_at));
     if (outcome.index() == 0) {
         if (auto failure = std::get<0>(outcome)) std::rethrow_exception(failure);
@@ -92,15 +93,15 @@ awaitable<void> subscribe_until(guest::connection& conn, std::uint64_t from,
 } // namespace
 
 awaitable<void> boot_instance(context& ctx, lima::client& lima, std::string name, fs::path ha_log,
-                              cancel_signal* cancel) {
-    ctx.emit(events::step_started(name, "boot"));
+                              cancel_signal* cancel, fs::path create_from) {
+    ctx.emit(events::step_started(name, create_from.empty() ? "boot" : "create+boot"));
     const auto tb = std::chrono::steady_clock::now();
-    std::exception_ptr failure = co_await capture(boot(ctx, lima, name, ha_log, cancel));
+    std::exception_ptr failure = co_await capture(boot(ctx, lima, name, ha_log, cancel, create_from));
     if (failure) {
         if (cancel && cancel->current() != cancel_signal::none) co_await stop_after_interrupt(ctx, name);
         std::rethrow_exception(failure);
     }
-    ctx.emit(events::step_finished(name, "boot", true, since(tb)));
+    ctx.emit(events::step_finished(name, create_from.empty() ? "boot" : "create+boot", true, since(tb)));
 }
 
 awaitable<std::shared_ptr<ssh::session>> open_guest(context& ctx, std::string name, lima::instance inst,

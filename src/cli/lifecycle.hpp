@@ -31,9 +31,11 @@ bool agent_enabled();
 
 up_target make_target(const provision::catalog& cat, provision::host_values host, config::project p);
 
-/// `limactl start`, following the host agent's events; an interrupted start stops the VM.
+/// `limactl start`, following the host agent's events; an interrupted start stops the VM. With
+/// a template in `create_from`, the instance is created from it by the same call.
 asio::awaitable<void> boot_instance(context& ctx, lima::client& lima, std::string name,
-                                    std::filesystem::path ha_log, cancel_signal* cancel);
+                                    std::filesystem::path ha_log, cancel_signal* cancel,
+                                    std::filesystem::path create_from);
 
 /// An SSH session to the VM (host key pinned in the VM's state directory) with our guest
 /// agent installed and current.

@@ -43,6 +43,7 @@ awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel) {
         ctx.emit(events::vm_done(name, "ready", since(t0)));
         co_return;
     }
+    fs::path create_from;  // set when the start creates the VM from the project's template
     if (!existing) {
         // Nothing is created for a project whose code cannot be fetched.
         co_await check_repos_reachable(ctx, project, cancel);
@@ -61,23 +62,24 @@ awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel) {
             std::vector<std::string> sets{render::clone_settings(project, host)};
             co_await lima.clone(base, name, sets);
             ctx.emit(events::step_finished(name, "create", true, since(tc), "copy-on-write clone of " + base));
+            existing = co_await lima.find(name);
+            if (!existing) throw error("limactl clone succeeded but instance '" + name + "' is not listed");
         } else {
-            ctx.emit(events::step_started(name, "create"));
-            const auto tc = std::chrono::steady_clock::now();
-            const std::vector<std::string> no_sets;
-            co_await lima.create(name, tmpl, no_sets);
-            ctx.emit(events::step_finished(name, "create", true, since(tc)));
+            create_from = tmpl;
         }
-        existing = co_await lima.find(name);
-        if (!existing) throw error("limactl create succeeded but instance '" + name + "' is not listed");
     } else if (existing->state == lima::status::broken) {
         std::string why = existing->errors.empty() ? "" : " (" + existing->errors[0] + ")";
         ctx.emit(events::message(name, "warning", "the VM is broken" + why + "; stopping it forcibly before starting"));
         co_await lima.stop(name, true);
     }
 
-    if (!was_running) co_await boot_instance(ctx, lima, name, fs::path(existing->dir) / "ha.stdout.log", cancel);
+    if (!was_running) {
+        const fs::path dir = existing ? fs::path(existing->dir) : lima::instance_dir(name);
+        co_await boot_instance(ctx, lima, name, dir / "ha.stdout.log", cancel, create_from);
+    }
     if (agent_enabled()) {
+        if (!existing) existing = co_await lima.find(name);  // created by the start: its SSH settings
+        if (!existing) throw error("limactl start succeeded but instance '" + name + "' is not listed");
         auto session = co_await open_guest(ctx, name, *existing, cancel);
         if (!was_running) co_await wait_until_ready(ctx, name, session);
         std::size_t ran = co_await apply_plan(ctx, name, session, target.plan, cancel);

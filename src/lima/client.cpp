@@ -55,6 +55,11 @@ std::vector<std::string> argv_builder::start(const std::string& name, std::chron
     return {limactl, "--tty=false", "start", "--timeout=" + go_duration(timeout), name};
 }
 
+std::vector<std::string> argv_builder::start_new(const std::string& name, const fs::path& tmpl,
+                                                 std::chrono::seconds timeout) const {
+    return {limactl, "--tty=false", "start", "--timeout=" + go_duration(timeout), "--name=" + name, tmpl.string()};
+}
+
 std::vector<std::string> argv_builder::stop(const std::string& name, bool force) const {
     std::vector<std::string> argv{limactl, "--tty=false", "stop"};
     if (force) argv.push_back("-f");
@@ -106,6 +111,8 @@ namespace {
 std::string describe(const std::vector<std::string>& argv) {
     std::string out = "limactl";
     for (std::size_t i = 1; i < argv.size(); ++i) {
+        // `start --name=N TEMPLATE` is about instance N, not the template's path.
+        if (argv[i].rfind("--name=", 0) == 0) return out + " " + argv[i].substr(7);
         if (argv[i].rfind("--", 0) == 0 || argv[i] == "-f") continue;
         out += " " + argv[i];
         if (argv[i] != "list" && argv[i] != "create" && argv[i] != "start" && argv[i] != "stop" &&
@@ -190,17 +197,37 @@ awaitable<void> client::create(std::string name, fs::path tmpl, std::vector<std:
     co_await invoke_checked(std::move(argv), timeouts_.change, cancel_);
 }
 
-awaitable<void> client::start(std::string name, std::function<void(const log_line&)> on_log) {
-    auto argv = argv_.start(name, timeouts_.start);
+namespace {
+
+proc::line_callback log_lines_to(std::function<void(const log_line&)> on_log) {
     proc::line_callback on_line;
     if (on_log) {
         on_line = [on_log = std::move(on_log)](std::string_view raw) {
             if (auto line = parse_log_line(raw)) on_log(*line);
         };
     }
+    return on_line;
+}
+
+} // namespace
+
+awaitable<void> client::start_new(std::string name, fs::path tmpl, std::function<void(const log_line&)> on_log) {
+    auto argv = argv_.start_new(name, tmpl, timeouts_.start);
+    // Creating may download an image first: the same allowance as a start, plus the change's.
+    co_await invoke_checked(std::move(argv), timeouts_.start + timeouts_.change, cancel_,
+                            log_lines_to(std::move(on_log)));
+}
+
+awaitable<void> client::start(std::string name, std::function<void(const log_line&)> on_log) {
+    auto argv = argv_.start(name, timeouts_.start);
     // limactl's own --timeout governs the boot; ours only catches a wedged limactl.
     co_await invoke_checked(std::move(argv), timeouts_.start + std::chrono::seconds(60), cancel_,
-                            std::move(on_line));
+                            log_lines_to(std::move(on_log)));
+}
+
+fs::path instance_dir(const std::string& name) {
+    const std::string home = paths::env("LIMA_HOME");
+    return (home.empty() ? paths::home_dir() / ".lima" : fs::path(home)) / name;
 }
 
 awaitable<void> client::stop(std::string name, bool force) {

@@ -233,6 +233,12 @@ BOOST_AUTO_TEST_CASE(argv_vectors_never_shell_strings) {
     BOOST_TEST(b.stop("web", true) == (std::vector<std::string>{"limactl", "--tty=false", "stop", "-f", "web"}));
     BOOST_TEST(b.remove("web", false) == (std::vector<std::string>{"limactl", "--tty=false", "delete", "web"}));
     BOOST_TEST(b.clone("base", "web") == (std::vector<std::string>{"limactl", "--tty=false", "clone", "base", "web"}));
+    BOOST_TEST(b.clone("base", "web", {".cpus = 2 | .memory = \"4GiB\""}) ==
+               (std::vector<std::string>{"limactl", "--tty=false", "clone", "--set=.cpus = 2 | .memory = \"4GiB\"",
+                                         "base", "web"}));
+    BOOST_TEST(b.start_new("web", "/s/web/lima.yaml", std::chrono::seconds(600)) ==
+               (std::vector<std::string>{"limactl", "--tty=false", "start", "--timeout=600s", "--name=web",
+                                         "/s/web/lima.yaml"}));
     BOOST_TEST(b.shell("web", {"sh", "-c", "echo $HOME; exit 3"}, "/home/dev/code/x") ==
                (std::vector<std::string>{"limactl", "--tty=false", "shell", "--workdir", "/home/dev/code/x",
                                          "web", "--", "sh", "-c", "echo $HOME; exit 3"}));
