@@ -39,6 +39,7 @@ struct profile {
     std::string description;
     std::vector<std::string> requires_;  ///< applied before this one
     bool bake = true;                    ///< may be part of the cached base disk
+    bool uses_git_values = false;        ///< some step's env holds ${git.*}
     std::vector<step> steps;
     std::string source;                  ///< "builtin:<name>.toml" or the file's path
 };

@@ -1,6 +1,7 @@
 #include "provisioning.hpp"
 
 #include <algorithm>
+#include <map>
 
 #include <asio/experimental/awaitable_operators.hpp>
 #include <asio/multiple_exceptions.hpp>
@@ -47,15 +48,29 @@ bool looks_like_ssh_public_key(std::string_view s) {
            s.rfind("sk-ecdsa-", 0) == 0;
 }
 
-awaitable<std::string> git_config_global(std::string key) {
+// The host's global git settings machine copies, read by one `git config` call: key -> the
+// last value, as `git config --get` would give it.
+awaitable<std::map<std::string, std::string>> git_config_globals() {
     proc::command cmd;
-    cmd.argv = {"git", "config", "--global", "--get", key};
+    cmd.argv = {"git", "config", "--global", "-z", "--get-regexp", "^(user\\.(name|email|signingkey)|gpg\\.format)$"};
+    std::map<std::string, std::string> values;
     try {
         const proc::result r = co_await proc::run(std::move(cmd));
-        co_return r.ok() ? last_line(r.out) : std::string();
+        if (!r.ok()) co_return values;  // exit 1: none of them is set
+        // -z: "key\nvalue\0" per entry; keys come lower-cased.
+        std::string_view rest = r.out;
+        while (!rest.empty()) {
+            const auto end = rest.find('\0');
+            const std::string_view entry = rest.substr(0, end);
+            const auto nl = entry.find('\n');
+            if (nl != std::string_view::npos) values[std::string(entry.substr(0, nl))] = std::string(entry.substr(nl + 1));
+            if (end == std::string_view::npos) break;
+            rest.remove_prefix(end + 1);
+        }
     } catch (const proc::spawn_error&) {
-        co_return std::string();  // no git on the host: no identity to copy
+        // no git on the host: no identity to copy
     }
+    co_return values;
 }
 
 // user.signingkey as git reads it for gpg.format=ssh: a key, "key::" + a key, or a file.
@@ -172,14 +187,15 @@ std::vector<std::string> profiles_of(const provision::catalog& cat, const config
 awaitable<provision::host_values> detect_host_values(std::string vm_user) {
     provision::host_values v;
     v.vm_user = std::move(vm_user);
-    v.git_name = co_await git_config_global("user.name");
-    v.git_email = co_await git_config_global("user.email");
+    auto git = co_await git_config_globals();
+    v.git_name = git["user.name"];
+    v.git_email = git["user.email"];
     const std::string from_env = paths::env("GIT_SIGNING_KEY");
     if (!from_env.empty()) {
         v.git_signing_key = signing_key_from(from_env);
     } else {
-        const std::string format = co_await git_config_global("gpg.format");
-        const std::string key = co_await git_config_global("user.signingkey");
+        const std::string format = git["gpg.format"];
+        const std::string key = git["user.signingkey"];
         // An OpenPGP key id means nothing to ssh-keygen in the VM.
         if (format == "ssh" || looks_like_ssh_public_key(key) || key.rfind("key::", 0) == 0)
             v.git_signing_key = signing_key_from(key);

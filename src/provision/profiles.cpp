@@ -206,6 +206,7 @@ profile catalog::parse(std::string_view document, const std::string& name, const
     config::detail::apply_table<profile_draft>(doc, "", profile_keys, draft, out);
     if (!doc.contains("step")) out.add(doc.source(), "", "a profile needs at least one [[step]]");
     // A baked disk is shared by every project: it cannot hold one user's identity.
+    draft.p.uses_git_values = !draft.host_values.empty();
     if (draft.p.bake)
         for (const auto& use : draft.host_values)
             out.add(use.where, use.path, "${git.*} values need `bake = false`: a cached base is shared by every project");
