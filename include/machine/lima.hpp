@@ -156,6 +156,8 @@ public:
     asio::awaitable<std::vector<instance>> list();
     // nullopt when no such instance exists.
     asio::awaitable<std::optional<instance>> find(std::string name);
+    // The named instances that exist (one call for many names; missing ones are left out).
+    asio::awaitable<std::vector<instance>> find_all(std::vector<std::string> names);
     asio::awaitable<void> create(std::string name, std::filesystem::path tmpl,
                                  std::vector<std::string> sets);
     // `on_log` receives each parsed stderr line as it arrives (progress).

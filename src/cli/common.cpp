@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include <asio/experimental/as_tuple.hpp>
@@ -33,9 +35,43 @@ project_lock::project_lock(const std::string& name) {
     if (fd_ < 0) throw error("cannot open " + (dir / ".lock").string() + ": " + std::strerror(errno));
 }
 
-project_lock::~project_lock() { ::close(fd_); }
+namespace {
 
-bool project_lock::try_lock() { return ::flock(fd_, LOCK_EX | LOCK_NB) == 0; }
+std::uint64_t read_generation(int fd) {
+    char buf[24] = {};
+    const ssize_t n = ::pread(fd, buf, sizeof buf - 1, 0);
+    if (n <= 0) return 0;
+    return std::strtoull(buf, nullptr, 10);
+}
+
+} // namespace
+
+project_lock::~project_lock() {
+    if (held_) {
+        // Fixed width, so a shorter number never leaves digits of a longer one behind.
+        char buf[24];
+        const int n = std::snprintf(buf, sizeof buf, "%020llu\n",
+                                    static_cast<unsigned long long>(read_generation(fd_) + 1));
+        if (::pwrite(fd_, buf, static_cast<std::size_t>(n), 0) != n)
+            spdlog::debug("cannot record the lock generation: {}", std::strerror(errno));
+    }
+    ::close(fd_);
+}
+
+bool project_lock::try_lock() {
+    held_ = ::flock(fd_, LOCK_EX | LOCK_NB) == 0;
+    return held_;
+}
+
+std::uint64_t project_lock::generation() const { return read_generation(fd_); }
+
+std::uint64_t project_lock::generation_of(const std::string& name) {
+    const int fd = ::open((project_state_dir(name) / ".lock").c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    const std::uint64_t g = read_generation(fd);
+    ::close(fd);
+    return g;
+}
 
 asio::awaitable<std::unique_ptr<project_lock>> lock_project(context& ctx, std::string name,
                                                             cancel_signal* cancel) {

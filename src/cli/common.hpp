@@ -2,6 +2,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <exception>
 #include <filesystem>
 #include <memory>
@@ -26,16 +27,24 @@ std::filesystem::path project_state_dir(const std::string& name);
 // One machine command at a time per project: two `up`s racing on one VM would each call
 // `limactl create` or `start`. A second command waits for the first, then sees its result.
 // The lock is released when the process exits, however it exits.
+//
+// The lock file also counts releases (its generation). A command that read the generation,
+// then listed the VM, then took the lock and finds the same generation knows no machine
+// command has changed the VM in between, so `up --all` can list every VM in one call.
 class project_lock {
 public:
     explicit project_lock(const std::string& name);
-    ~project_lock();
+    ~project_lock();  // bumps the generation when this lock was held
     project_lock(const project_lock&) = delete;
     project_lock& operator=(const project_lock&) = delete;
     bool try_lock();
+    std::uint64_t generation() const;
+    // Without taking the lock (0 when no command has locked the project yet).
+    static std::uint64_t generation_of(const std::string& name);
 
 private:
     int fd_ = -1;
+    bool held_ = false;
 };
 
 // Waits (cancellably, saying so) until no other machine command works on `name`.

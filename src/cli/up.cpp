@@ -27,16 +27,51 @@ using namespace std::chrono_literals;
 
 namespace {
 
+// What one `limactl list` for many projects said about one of them, and the project's lock
+// generation read just before: still true if nobody has held the lock since (and it is recent).
+struct prelisted {
+    std::uint64_t generation = 0;
+    std::chrono::steady_clock::time_point at;
+    std::optional<lima::instance> instance;
+};
+
+// Lists every project's VM in one call, for `up` of many (one limactl process instead of one
+// per project). Empty when that list fails: each project then lists its own VM after its lock.
+awaitable<std::vector<prelisted>> list_before_locking(context& ctx, std::vector<std::string> names) {
+    std::vector<prelisted> seen(names.size());
+    for (std::size_t i = 0; i < names.size(); ++i) seen[i].generation = project_lock::generation_of(names[i]);
+    std::vector<lima::instance> found;
+    try {
+        found = co_await ctx.lima().find_all(names);
+    } catch (const error& e) {
+        // Lima <= 2.1 fails a list naming a VM another command is creating right now.
+        spdlog::debug("listing {} VMs at once failed ({}); each lists its own", names.size(), e.what());
+        co_return std::vector<prelisted>{};
+    }
+    const auto now = std::chrono::steady_clock::now();
+    for (std::size_t i = 0; i < names.size(); ++i) {
+        seen[i].at = now;
+        for (auto& inst : found)
+            if (inst.name == names[i]) seen[i].instance = inst;
+    }
+    co_return seen;
+}
+
 // Brings one VM up: created (from the cached base when its profiles allow), booted, its
 // agent current, provisioned, its repos cloned. On a running VM only what changed is
 // re-applied. Throws on failure; `cancel` interrupts it.
-awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel) {
+// `seen` (may be null) is what a list of many VMs said before the lock was taken.
+awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel, const prelisted* seen) {
     const auto t0 = std::chrono::steady_clock::now();
     const config::project& project = target.project;
     const std::string name = project.name;
     lima::client lima(ctx.lima().limactl(), cancel, ctx.timeouts);
     const auto lock = co_await lock_project(ctx, name, cancel);
-    auto existing = co_await lima.find(name);
+    std::optional<lima::instance> existing;
+    if (seen && lock->generation() == seen->generation && since(seen->at) < 5s)
+        existing = seen->instance;
+    else
+        existing = co_await lima.find(name);
     const bool was_running = existing && existing->state == lima::status::running;
     if (was_running && !agent_enabled()) {
         ctx.emit(events::vm_state(name, "running", "already running; nothing to do"));
@@ -188,14 +223,14 @@ struct outcome {
     std::chrono::milliseconds took{0};
 };
 
-awaitable<void> up_in_window(context& ctx, up_target target, window& slots,
+awaitable<void> up_in_window(context& ctx, up_target target, const prelisted* seen, window& slots,
                              std::shared_ptr<cancel_signal> cancel, outcome& result,
                              std::function<void()> on_failure) {
     co_await slots.acquire();
     const auto t0 = std::chrono::steady_clock::now();
     if (cancel->current() == cancel_signal::none) {
         const std::string name = target.project.name;
-        std::exception_ptr failure = co_await capture(up_one(ctx, std::move(target), cancel.get()));
+        std::exception_ptr failure = co_await capture(up_one(ctx, std::move(target), cancel.get(), seen));
         result.took = since(t0);
         if (!failure) {
             result.state = "ready";
@@ -258,7 +293,7 @@ awaitable<int> cmd_up(context& ctx, up_options opt) {
     for (const auto& p : projects) targets.push_back(make_target(catalog, host, p));
 
     if (targets.size() == 1 && !opt.all) {
-        co_await up_one(ctx, targets.front(), &ctx.cancel);
+        co_await up_one(ctx, targets.front(), &ctx.cancel, nullptr);
         co_return 0;
     }
 
@@ -274,6 +309,7 @@ awaitable<int> cmd_up(context& ctx, up_options opt) {
         ctx.bus.replace_sinks(view);
     }
 
+    const std::vector<prelisted> seen = co_await list_before_locking(ctx, names);
     window slots(ex, parallel);
     std::vector<std::shared_ptr<cancel_signal>> cancels;
     for (std::size_t i = 0; i < projects.size(); ++i) cancels.push_back(std::make_shared<cancel_signal>(ex));
@@ -286,8 +322,9 @@ awaitable<int> cmd_up(context& ctx, up_options opt) {
     };
     task_group tasks(ex);
     for (std::size_t i = 0; i < projects.size(); ++i) {
-        auto task = [&ctx, target = targets[i], &slots, cancel = cancels[i], &result = results[i], on_failure]() {
-            return up_in_window(ctx, target, slots, cancel, result, on_failure);
+        const prelisted* listed = seen.empty() ? nullptr : &seen[i];
+        auto task = [&ctx, target = targets[i], listed, &slots, cancel = cancels[i], &result = results[i], on_failure]() {
+            return up_in_window(ctx, target, listed, slots, cancel, result, on_failure);
         };
         tasks.spawn(std::move(task));
     }

@@ -192,6 +192,14 @@ awaitable<std::optional<instance>> client::find(std::string name) {
     co_return std::nullopt;
 }
 
+awaitable<std::vector<instance>> client::find_all(std::vector<std::string> names) {
+    auto argv = argv_.list_json(names);
+    const auto r = co_await invoke(std::move(argv), timeouts_.query, cancel_);
+    // Some names unknown: limactl still prints the others, then fails with "unmatched instances".
+    if (!r.ok() && fatal_message(r.err) != "unmatched instances") fail("limactl list", r);
+    co_return parse_list(r.out);
+}
+
 awaitable<void> client::create(std::string name, fs::path tmpl, std::vector<std::string> sets) {
     auto argv = argv_.create(name, tmpl, sets);
     co_await invoke_checked(std::move(argv), timeouts_.change, cancel_);

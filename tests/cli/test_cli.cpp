@@ -580,6 +580,26 @@ BOOST_AUTO_TEST_CASE(up_all_stays_within_the_window) {
     BOOST_TEST(max_concurrent_starts(w) == 2);
 }
 
+// `up` of several VMs lists them all in one call before taking their locks; a VM another
+// command changed in between (here: created) is listed again, not created twice.
+BOOST_AUTO_TEST_CASE(up_of_many_relists_a_vm_another_command_changed) {
+    world w;
+    w.config(kFiveProjects);
+    w.set("FAKE_LIMACTL_DELAY_START", "1");
+    const auto results = w.machines_at_once({{"up", "a"}, {"up", "a", "b"}});
+    BOOST_TEST(results[0].exit_code == 0);
+    BOOST_TEST(results[1].exit_code == 0, results[1].out + results[1].err);
+    int lists = 0, creates_a = 0;
+    for (const auto& argv : w.invocations()) {
+        lists += std::count(argv.begin(), argv.end(), "list");
+        creates_a += std::count(argv.begin(), argv.end(), "--name=a");
+    }
+    BOOST_TEST(creates_a == 1);
+    // One list naming a and b, one for `up a`, and when `up a` took the lock first, a second
+    // look at a by `up a b` (its first one is out of date).
+    BOOST_TEST((lists == 2 || lists == 3));
+}
+
 BOOST_AUTO_TEST_CASE(up_several_names_and_one_failure) {
     world w;
     w.config(kFiveProjects);
