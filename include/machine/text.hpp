@@ -35,4 +35,7 @@ std::string tail(std::string_view s, std::size_t max_bytes);
 
 std::string trim(std::string_view s);
 
+// The last line that is not blank, trimmed ("" when there is none): the gist of a tool's stderr.
+std::string last_line(std::string_view s);
+
 } // namespace machine::text

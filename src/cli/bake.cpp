@@ -130,8 +130,10 @@ awaitable<int> cmd_bake(context& ctx, std::optional<std::string> project_name, b
     if (!agent_enabled()) throw usage_error("bake needs the guest agent (MACHINE_AGENT=off)");
     const std::string name = resolve_name(ctx, project_name);
     const provision::catalog cat = load_catalog();
-    const provision::host_values host = co_await detect_host_values(render::vm_user);
-    const up_target t = make_target(cat, host, ctx.cfg().resolve(name));
+    config::project project = ctx.cfg().resolve(name);
+    std::vector<config::project> projects{project};
+    const provision::host_values host = co_await host_values_for(cat, projects);
+    const up_target t = make_target(cat, host, std::move(project));
     if (t.base.steps.empty()) {
         ctx.say(name, "nothing to bake: none of its profiles goes into a cached base");
         co_return 0;

@@ -16,6 +16,7 @@
 #include "machine/proc.hpp"
 #include "machine/protocol.hpp"
 #include "machine/ssh.hpp"
+#include "machine/render.hpp"
 #include "machine/text.hpp"
 
 namespace machine::cli {
@@ -35,12 +36,6 @@ std::vector<std::pair<std::string, std::string>> git_env() {
     return {{"GIT_TERMINAL_PROMPT", "0"},
             {"GIT_ALLOW_PROTOCOL", allowed_git_protocols},
             {"GIT_SSH_COMMAND", "ssh -o BatchMode=yes -o ConnectTimeout=10 -o StrictHostKeyChecking=accept-new"}};
-}
-
-std::string last_line(std::string_view text) {
-    while (!text.empty() && (text.back() == '\n' || text.back() == '\r' || text.back() == ' ')) text.remove_suffix(1);
-    const auto nl = text.rfind('\n');
-    return std::string(nl == std::string_view::npos ? text : text.substr(nl + 1));
 }
 
 bool looks_like_ssh_public_key(std::string_view s) {
@@ -83,7 +78,7 @@ std::string signing_key_from(std::string value) {
     // A private key path: git signs with it, and its public half sits next to it.
     if (file.extension() != ".pub" && fs::exists(file.string() + ".pub", ec)) file += ".pub";
     try {
-        const std::string line = last_line(paths::read_file(file).substr(0, 16384));
+        const std::string line = text::last_line(paths::read_file(file).substr(0, 16384));
         if (looks_like_ssh_public_key(line)) return line;
     } catch (const error&) {
     }
@@ -203,6 +198,17 @@ awaitable<provision::host_values> detect_host_values(std::string vm_user) {
     co_return v;
 }
 
+awaitable<provision::host_values> host_values_for(const provision::catalog& cat,
+                                                  const std::vector<config::project>& projects) {
+    bool wants_git = false;
+    for (const auto& p : projects)
+        for (const auto& name : profiles_of(cat, p)) wants_git |= cat.find(name)->uses_git_values;
+    if (wants_git) co_return co_await detect_host_values(render::vm_user);
+    provision::host_values host;
+    host.vm_user = render::vm_user;
+    co_return host;
+}
+
 std::string repo_dir_name(std::string_view url) {
     // git's "humanish" part: the last path component, without a trailing "/", "/.git" or ".git".
     while (!url.empty() && url.back() == '/') url.remove_suffix(1);
@@ -236,7 +242,7 @@ awaitable<void> check_repos_reachable(context& ctx, const config::project& p, ca
             try {
                 const proc::result r = co_await proc::run(std::move(cmd), std::move(opt));
                 if (r.timed_out) problem = "no answer within 30s";
-                else if (!r.ok()) problem = last_line(r.err).empty() ? "git ls-remote failed" : last_line(r.err);
+                else if (!r.ok()) problem = text::last_line(r.err).empty() ? "git ls-remote failed" : text::last_line(r.err);
             } catch (const proc::spawn_error& e) {
                 problem = std::string("cannot run git: ") + e.what();
             }
@@ -346,7 +352,7 @@ awaitable<void> close_lima_ssh_master(const lima::instance& inst, const std::str
     opt.limit.timeout = 5s;
     try {
         const proc::result r = co_await proc::run(std::move(cmd), std::move(opt));
-        spdlog::debug("vm={} closed Lima's SSH master: {}", name, r.ok() ? "yes" : last_line(r.err));
+        spdlog::debug("vm={} closed Lima's SSH master: {}", name, r.ok() ? "yes" : text::last_line(r.err));
     } catch (const proc::spawn_error& e) {
         spdlog::debug("vm={} cannot run ssh to close Lima's SSH master: {}", name, e.what());
     }
@@ -415,7 +421,7 @@ awaitable<void> clone_repos(context& ctx, const config::project& p, std::shared_
     // Braced lists are named first: g++ 12 cannot pass one to a coroutine in a co_await.
     std::vector<std::string> argv_home{"printenv", "HOME"};
     const pr::run_result home_result = co_await run_in_vm(ctx, *conn, vm, "clone", argv_home, vm_user, "", &home);
-    home = last_line(home);
+    home = text::last_line(home);
     if (!home_result.exit_code || *home_result.exit_code != 0 || home.empty() || home.front() != '/')
         throw error("cannot find the home directory of " + vm_user + " in VM '" + vm + "'");
     const std::string code = home + "/code";
@@ -443,7 +449,7 @@ awaitable<void> clone_repos(context& ctx, const config::project& p, std::shared_
         argv.push_back(path);
         const auto r = co_await lima.shell(vm, argv, code);
         if (r.status != 0) {
-            const std::string why = last_line(r.err);
+            const std::string why = text::last_line(r.err);
             ctx.emit(events::step_finished(vm, step, false, since(t0), why));
             if (!p.forward_agent) {
                 ctx.emit(events::message(vm, "warning",

@@ -28,6 +28,11 @@ std::vector<std::string> profiles_of(const provision::catalog& cat, const config
 /// `git config --global user.signingkey` (a key, `key::` + a key, or a path to a public key).
 asio::awaitable<provision::host_values> detect_host_values(std::string vm_user);
 
+/// The values `projects`' profiles use: the VM user always, the host's git settings only when
+/// one of those profiles copies them (reading them runs git).
+asio::awaitable<provision::host_values> host_values_for(const provision::catalog& cat,
+                                                        const std::vector<config::project>& projects);
+
 /// `git ls-remote` on the host for each of the project's repos, all at once; throws an error
 /// listing every unreachable one (nothing has been created yet when this runs).
 asio::awaitable<void> check_repos_reachable(context& ctx, const config::project& p, cancel_signal* cancel);

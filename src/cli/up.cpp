@@ -282,13 +282,7 @@ awaitable<int> cmd_up(context& ctx, up_options opt) {
     for (const auto& p : projects) notes_before_up(ctx, p);
     // Every project's plan before any VM work: an unknown profile stops everything (exit 2).
     const provision::catalog catalog = load_catalog();
-    // The host's git settings, only when some profile copies them (git-signing).
-    bool wants_git = false;
-    for (const auto& p : projects)
-        for (const auto& name : profiles_of(catalog, p)) wants_git |= catalog.find(name)->uses_git_values;
-    provision::host_values host;
-    host.vm_user = render::vm_user;
-    if (wants_git) host = co_await detect_host_values(render::vm_user);
+    const provision::host_values host = co_await host_values_for(catalog, projects);
     std::vector<up_target> targets;
     for (const auto& p : projects) targets.push_back(make_target(catalog, host, p));
 

@@ -132,6 +132,12 @@ std::string shell_quote(std::string_view s) {
     return out;
 }
 
+std::string last_line(std::string_view s) {
+    auto lines = split_lines(s);
+    while (!lines.empty() && trim(lines.back()).empty()) lines.pop_back();
+    return lines.empty() ? std::string() : trim(lines.back());
+}
+
 std::vector<std::string> split_lines(std::string_view s) {
     std::vector<std::string> lines;
     std::size_t start = 0;

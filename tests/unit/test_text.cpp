@@ -63,6 +63,9 @@ BOOST_AUTO_TEST_CASE(lines_and_tails) {
     BOOST_TEST(text::split_lines("a\n") == (std::vector<std::string>{"a"}));
     BOOST_TEST(text::tail("one\ntwo\nthree\n", 8) == "three\n");
     BOOST_TEST(text::trim("  x y \n") == "x y");
+    BOOST_TEST(text::last_line("warning: a\nfatal: b  \r\n\n \n") == "fatal: b");
+    BOOST_TEST(text::last_line("only") == "only");
+    BOOST_TEST(text::last_line("\n \n").empty());
 }
 
 BOOST_AUTO_TEST_CASE(sha256_known_answers) {
