@@ -53,6 +53,11 @@ struct host_key_pin {
     std::filesystem::path file;    ///< where the pin lives (under the VM's state directory)
     std::string vm_name;           ///< named in error messages
     bool record_if_absent = false; ///< true only for the first connection after creating the VM
+    /// When set: once the key is verified (or first recorded), the same key as an OpenSSH
+    /// known_hosts line for `known_hosts_alias`, for `ssh -o UserKnownHostsFile=… -o HostKeyAlias=…`
+    /// (interactive sessions go through OpenSSH, pinned to the same key).
+    std::filesystem::path known_hosts;
+    std::string known_hosts_alias;
 };
 
 /// The server's host key differs from the pinned one. Nothing is sent to such a server after the

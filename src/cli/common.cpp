@@ -114,6 +114,13 @@ fs::path ssh_config_of(const lima::instance& inst) {
     return inst.ssh_config_file.empty() ? fs::path(inst.dir) / "ssh.config" : fs::path(inst.ssh_config_file);
 }
 
+ssh::host_key_pin pin_of(const std::string& name, bool record_if_absent) {
+    ssh::host_key_pin pin{project_state_dir(name) / "host_key", name, record_if_absent};
+    pin.known_hosts = project_state_dir(name) / "known_hosts";
+    pin.known_hosts_alias = "machine-" + name;
+    return pin;
+}
+
 asio::awaitable<std::exception_ptr> capture(asio::awaitable<void> task) {
     try {
         co_await std::move(task);

@@ -16,6 +16,7 @@
 
 #include "cli.hpp"
 #include "machine/protocol.hpp"
+#include "machine/ssh.hpp"
 
 namespace machine::cli {
 
@@ -62,6 +63,11 @@ asio::awaitable<void> sleep_for(asio::steady_timer& timer, std::chrono::millisec
 
 // The instance's ssh.config (as `limactl list` names it, else in its directory).
 std::filesystem::path ssh_config_of(const lima::instance& inst);
+
+// The VM's host-key pin (<state>/<name>/host_key) and its OpenSSH form (known_hosts, under the
+// alias `machine-<name>`), which every verified connection keeps current. `record_if_absent`
+// only for the first connection after the VM was created.
+ssh::host_key_pin pin_of(const std::string& name, bool record_if_absent);
 
 // Runs `task` and returns its exception instead of throwing it. `a || b` ends with the first
 // *successful* side, so a side that may fail must not throw.

@@ -111,7 +111,7 @@ awaitable<std::shared_ptr<ssh::session>> open_guest(context& ctx, std::string na
     const ssh::endpoint ep = ssh::endpoint_from_lima_ssh_config(ssh_config);
     // The host key is recorded at the first connection after the VM was created, and must match
     // on every later one.
-    const ssh::host_key_pin pin{project_state_dir(name) / "host_key", name, true};
+    const ssh::host_key_pin pin = pin_of(name, true);
 
     ctx.emit(events::step_started(name, "agent"));
     auto t0 = std::chrono::steady_clock::now();

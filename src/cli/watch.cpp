@@ -99,7 +99,7 @@ awaitable<void> stream_agent_once(context& ctx, std::string name, fs::path ssh_c
     using namespace asio::experimental::awaitable_operators;
     const ssh::endpoint ep = ssh::endpoint_from_lima_ssh_config(ssh_config);
     // watch never records a host key: only `machine up` pins it when it creates the VM.
-    const ssh::host_key_pin pin{project_state_dir(name) / "host_key", name, false};
+    const ssh::host_key_pin pin = pin_of(name, false);
     auto session = co_await ssh::session::connect(ep, pin, nullptr, 10s);
     auto on_problem = [&ctx, name](const std::string& p) { ctx.emit(events::message(name, "warning", p)); };
     // An agent (or an sshd) that accepts but never answers must not stall this VM's stream

@@ -17,6 +17,7 @@
 
 #include "core.hpp"
 #include "machine/cancel.hpp"
+#include "machine/paths.hpp"
 
 namespace machine::ssh {
 
@@ -40,6 +41,24 @@ void set_nonblocking(int fd) {
 }
 
 std::once_flag g_ssh_init;
+
+// The verified host key as an OpenSSH known_hosts line (rewritten only when it changes).
+void write_known_hosts(const host_key_pin& pin, const std::string& type, ssh_key key) {
+    char* b64 = nullptr;
+    if (ssh_pki_export_pubkey_base64(key, &b64) != SSH_OK || !b64) {
+        spdlog::warn("vm={}: cannot export its host key for OpenSSH", pin.vm_name);
+        return;
+    }
+    const std::string line = pin.known_hosts_alias + " " + type + " " + b64 + "\n";
+    ssh_string_free_char(b64);
+    try {
+        std::error_code ec;
+        if (std::filesystem::exists(pin.known_hosts, ec) && paths::read_file(pin.known_hosts) == line) return;
+        paths::write_file_atomic(pin.known_hosts, line, 0600);
+    } catch (const error& e) {
+        spdlog::warn("vm={}: {}", pin.vm_name, e.what());
+    }
+}
 
 } // namespace
 
@@ -210,6 +229,7 @@ awaitable<void> session_core::handshake() {
         spdlog::debug("ssh: vm={} recorded host key {} in {}", pin_.vm_name, fingerprint_,
                       pin_.file.string());
     }
+    if (!pin_.known_hosts.empty()) write_known_hosts(pin_, key_type_, server_key);
     phase_ = "connected";
 }
 

@@ -23,6 +23,7 @@
 
 #include "../support/sshd.hpp"
 #include "machine/cancel.hpp"
+#include "machine/proc.hpp"
 #include "machine/ssh.hpp"
 #include "machine/text.hpp"
 #include "test_support.hpp"
@@ -398,6 +399,41 @@ awaitable<void> pin_round_trip(sshd_server& sshd) {
 } // namespace
 
 BOOST_AUTO_TEST_CASE(host_key_is_recorded_then_verified) { co_run(ctx, pin_round_trip(sshd)); }
+
+namespace {
+// OpenSSH itself, checking the host key against the known_hosts line our pin wrote.
+awaitable<proc::result> openssh_true(sshd_server& sshd, const ssh::host_key_pin& pin) {
+    proc::command cmd;
+    cmd.argv = {"ssh", "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+                "-o", "UserKnownHostsFile=" + pin.known_hosts.string(), "-o", "HostKeyAlias=" + pin.known_hosts_alias,
+                "-o", "IdentitiesOnly=yes", "-i", sshd.identity_file().string(), "-p", std::to_string(sshd.port()),
+                "-l", sshd.endpoint().user, "127.0.0.1", "true"};
+    cmd.env_unset = {"SSH_AUTH_SOCK"};
+    proc::run_options opt;
+    opt.limit.timeout = std::chrono::seconds(20);
+    co_return co_await proc::run(std::move(cmd), std::move(opt));
+}
+
+awaitable<void> known_hosts_round_trip(sshd_server& sshd) {
+    auto pin = sshd.pin("web", true);
+    pin.known_hosts = pin.file.parent_path() / "known_hosts";
+    pin.known_hosts_alias = "machine-web";
+    auto s = co_await ssh::session::connect(sshd.endpoint(), pin);
+    s->close();
+    const std::string host_pub = slurp(sshd.host_public_key());
+    const std::string key = host_pub.substr(0, host_pub.find(' ', host_pub.find(' ') + 1));  // type + base64
+    BOOST_TEST(slurp(pin.known_hosts) == "machine-web " + key + "\n");
+    const proc::result accepted = co_await openssh_true(sshd, pin);
+    BOOST_TEST(accepted.exit_code == 0, accepted.err);
+    // Another host key: OpenSSH refuses it (exit 255), as our own connections do.
+    sshd.restart_with_new_host_key();
+    const proc::result refused = co_await openssh_true(sshd, pin);
+    BOOST_TEST(refused.exit_code == 255);
+    BOOST_TEST(refused.err.find("HOST IDENTIFICATION HAS CHANGED") != std::string::npos, refused.err);
+}
+} // namespace
+
+BOOST_AUTO_TEST_CASE(the_pin_also_pins_openssh) { co_run(ctx, known_hosts_round_trip(sshd)); }
 
 namespace {
 awaitable<void> connect_and_close(sshd_server& sshd, ssh::host_key_pin pin) {
