@@ -70,12 +70,13 @@ private:
 const std::vector<std::string>& default_profiles();
 
 /// Host values a step may use in its env: ${git.name}, ${git.email}, ${git.signing_key},
-/// ${vm.user}.
+/// ${vm.user}, ${vm.shell}.
 struct host_values {
     std::string git_name;
     std::string git_email;
     std::string git_signing_key;  ///< an SSH public key line, or empty
     std::string vm_user = "dev";
+    std::string vm_shell = "bash";  ///< the project's login shell: "zsh" or "bash"
     /// The directories the project's repos are cloned into: after_clone steps get them as
     /// $MACHINE_REPOS (space-separated), so they run again when the repos change.
     std::vector<std::string> repo_dirs;

@@ -26,6 +26,7 @@ up_target make_target(const provision::catalog& cat, provision::host_values host
     for (const auto& url : p.repos) host.repo_dirs.push_back(repo_dir_name(url));
     // Without a forwarded agent nothing in the VM can sign: commits would fail, so no signing.
     if (!p.forward_agent) host.git_signing_key.clear();
+    host.vm_shell = p.shell;
     const provision::plan all = provision::make_plan(cat, profiles, host);
     t.plan.profiles = t.after_clone.profiles = all.profiles;
     for (const auto& s : all.steps) (s.after_clone ? t.after_clone : t.plan).steps.push_back(s);

@@ -30,6 +30,7 @@ std::string expand(std::string_view value, const host_values& host) {
         else if (key == "git.email") out += host.git_email;
         else if (key == "git.signing_key") out += host.git_signing_key;
         else if (key == "vm.user") out += host.vm_user;
+        else if (key == "vm.shell") out += host.vm_shell;
         pos = end + 1;
     }
     out.append(value.substr(pos));

@@ -40,7 +40,7 @@ std::string profile_name_problem(std::string_view name) {
 
 // The placeholders an env value may hold; anything else that looks like one is a typo.
 const std::vector<std::string>& known_placeholders() {
-    static const std::vector<std::string> names{"git.name", "git.email", "git.signing_key", "vm.user"};
+    static const std::vector<std::string> names{"git.name", "git.email", "git.signing_key", "vm.user", "vm.shell"};
     return names;
 }
 
@@ -59,18 +59,24 @@ std::string env_value_problem(std::string_view value) {
     return {};
 }
 
-bool uses_host_values(std::string_view value) { return value.find("${git.") != std::string_view::npos; }
+bool uses_git_values(std::string_view value) { return value.find("${git.") != std::string_view::npos; }
+// Values that differ between projects (the git identity, the login shell): not for a base disk
+// every project shares.
+bool uses_project_values(std::string_view value) {
+    return uses_git_values(value) || value.find("${vm.shell}") != std::string_view::npos;
+}
 
 // ---- [[step]] ----
 
 struct host_value_use {
     toml::source_region where;
     std::string path;
+    bool git = false;  ///< a ${git.*} value (reading those runs git on the host)
 };
 
 struct step_draft {
     step s;
-    std::vector<host_value_use> host_values;  ///< env entries with ${git.*}: refused when baked
+    std::vector<host_value_use> host_values;  ///< env entries with project values: refused when baked
 };
 
 void apply_step_name(const field& f, step_draft& d) {
@@ -107,7 +113,7 @@ void apply_step_env(const field& f, step_draft& d) {
             continue;
         }
         if (auto v = config::detail::read_string(entry, env_value_problem)) {
-            if (uses_host_values(*v)) d.host_values.push_back({entry.where, entry.path});
+            if (uses_project_values(*v)) d.host_values.push_back({entry.where, entry.path, uses_git_values(*v)});
             d.s.env.emplace_back(k, *v);
         }
     }
@@ -206,10 +212,11 @@ profile catalog::parse(std::string_view document, const std::string& name, const
     config::detail::apply_table<profile_draft>(doc, "", profile_keys, draft, out);
     if (!doc.contains("step")) out.add(doc.source(), "", "a profile needs at least one [[step]]");
     // A baked disk is shared by every project: it cannot hold one user's identity.
-    draft.p.uses_git_values = !draft.host_values.empty();
+    draft.p.uses_git_values = std::any_of(draft.host_values.begin(), draft.host_values.end(),
+                                          [](const host_value_use& u) { return u.git; });
     if (draft.p.bake)
         for (const auto& use : draft.host_values)
-            out.add(use.where, use.path, "${git.*} values need `bake = false`: a cached base is shared by every project");
+            out.add(use.where, use.path, "${git.*} and ${vm.shell} need `bake = false`: a cached base is shared by every project");
     if (const std::string problem = profile_name_problem(name); !problem.empty())
         throw config_error(text::sanitize_for_terminal(source + ": " + problem));
     out.raise_first();
@@ -259,7 +266,7 @@ void catalog::add(profile p) {
 }
 
 const std::vector<std::string>& default_profiles() {
-    static const std::vector<std::string> all{"base", "docker", "node", "agents", "gh", "git-signing"};
+    static const std::vector<std::string> all{"base", "docker", "node", "agents", "gh", "shell", "git-signing"};
     return all;
 }
 

@@ -104,9 +104,11 @@ BOOST_AUTO_TEST_CASE(bad_profile_files_name_file_line_column_and_key) {
         {"[[step]]\nname = \"x\"\nrun = \"a\"\n[[step]]\nname = \"x\"\nrun = \"b\"\n",
          "p.toml:5:1: step[1].name: duplicate step name \"x\""},
         {"[[step]]\nname = \"x\"\nrun = \"a\"\nenv = { A = \"${git.nmae}\" }\n",
-         "p.toml:4:9: step[0].env.A: unknown placeholder ${git.nmae} (known: ${git.name}, ${git.email}, ${git.signing_key}, ${vm.user})"},
+         "p.toml:4:9: step[0].env.A: unknown placeholder ${git.nmae} (known: ${git.name}, ${git.email}, ${git.signing_key}, ${vm.user}, ${vm.shell})"},
         {"[[step]]\nname = \"x\"\nrun = \"a\"\nenv = { A = \"${git.name}\" }\n",
-         "p.toml:4:9: step[0].env.A: ${git.*} values need `bake = false`: a cached base is shared by every project"},
+         "p.toml:4:9: step[0].env.A: ${git.*} and ${vm.shell} need `bake = false`: a cached base is shared by every project"},
+        {"[[step]]\nname = \"x\"\nrun = \"a\"\nenv = { S = \"${vm.shell}\" }\n",
+         "p.toml:4:9: step[0].env.S: ${git.*} and ${vm.shell} need `bake = false`: a cached base is shared by every project"},
         {"description = \"nothing\"\n", "p.toml:1:1: a profile needs at least one [[step]]"},
         {"[[step]]\nname = \"x\"\nrun = \"a\"\nenv = { \"1X\" = \"v\" }\n", "p.toml:4:9: step[0].env.1X: not a valid environment variable name"},
     };
@@ -232,12 +234,14 @@ BOOST_AUTO_TEST_CASE(the_built_in_profiles_load_and_cover_the_default_set) {
             BOOST_TEST(!p->steps.empty());
         }
     }
-    // The default set plans without error, and only git-signing stays out of the base.
+    // The default set plans without error, and only the per-project ones (the login shell,
+    // git-signing) stay out of the base.
     const auto order = provision::resolve_profiles(c, provision::default_profiles(), at("default"));
     const auto plan = provision::make_plan(c, order, host());
     const auto base = provision::bakeable_prefix(c, plan);
     BOOST_TEST((std::find(base.profiles.begin(), base.profiles.end(), "git-signing") == base.profiles.end()));
-    BOOST_TEST(base.profiles.size() == order.size() - 1);
+    BOOST_TEST((std::find(base.profiles.begin(), base.profiles.end(), "shell") == base.profiles.end()));
+    BOOST_TEST(base.profiles.size() == order.size() - 2);
 }
 
 BOOST_AUTO_TEST_CASE(user_profiles_add_to_and_replace_built_in_ones) {
