@@ -2,6 +2,7 @@
 //
 //   machine-agent [options]                      serve (as root, from machine-agent.service)
 //   machine-agent emit EVENT [key=value|key:=json]...   append an event through the agent
+//   machine-agent session attach|run|list ...            agent sessions in tmux (session.hpp)
 //
 // One thread runs one io_context (server.cpp); nothing else runs concurrently.
 #include <cstdio>
@@ -14,6 +15,7 @@
 #include "emit_client.hpp"
 #include "log.hpp"
 #include "server.hpp"
+#include "session.hpp"
 
 #ifndef MACHINE_AGENT_VERSION
 #define MACHINE_AGENT_VERSION "0.0.0"
@@ -26,6 +28,9 @@ using namespace machine::agent;
 constexpr const char* usage_text =
     "usage: machine-agent [options]\n"
     "       machine-agent emit [--socket PATH] EVENT [key=value | key:=json]...\n"
+    "       machine-agent session attach --name NAME --agent claude|codex [--dir DIR] [--socket PATH]\n"
+    "       machine-agent session run --name NAME --agent claude|codex [--socket PATH]\n"
+    "       machine-agent session list [--socket PATH]\n"
     "       machine-agent --version\n"
     "\n"
     "Serves the machine guest protocol on a Unix socket (see PROTOCOL.md).\n"
@@ -37,6 +42,7 @@ constexpr const char* usage_text =
     "  --group NAME           the socket's group (default: the user's primary group)\n"
     "  --no-systemd           no boot.finished, no sd_notify (tests, containers)\n"
     "  --systemctl PROGRAM    systemctl to ask for the boot state (default systemctl)\n"
+    "  --tmux PROGRAM         tmux to ask about sessions' attached clients (default tmux)\n"
     "  --runtime-dir-root DIR where user runtime directories live (default /run/user)\n"
     "  --boot-id-file FILE    boot id source (default /proc/sys/kernel/random/boot_id)\n"
     "  --unit-file FILE       its systemd unit, hashed for hello (default /etc/systemd/system/machine-agent.service)\n"
@@ -83,6 +89,7 @@ int run_emit(int argc, char** argv) {
 
 int main(int argc, char** argv) {
     if (argc > 1 && std::strcmp(argv[1], "emit") == 0) return run_emit(argc, argv);
+    if (argc > 1 && std::strcmp(argv[1], "session") == 0) return session_command(argc, argv, default_socket_path());
 
     server_options opt;
     opt.socket_path = default_socket_path();
@@ -109,6 +116,7 @@ int main(int argc, char** argv) {
         else if (a == "--group") opt.group = value("--group");
         else if (a == "--no-systemd") opt.systemd = false;
         else if (a == "--systemctl") opt.systemctl = value("--systemctl");
+        else if (a == "--tmux") opt.tmux = value("--tmux");
         else if (a == "--runtime-dir-root") opt.runtime_dir_root = value("--runtime-dir-root");
         else if (a == "--boot-id-file") opt.boot_id_file = value("--boot-id-file");
         else if (a == "--unit-file") opt.unit_file = value("--unit-file");

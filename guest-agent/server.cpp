@@ -41,6 +41,7 @@
 #include "provision.hpp"
 #include "spawn.hpp"
 #include "steps_state.hpp"
+#include "tmux.hpp"
 #include "users.hpp"
 
 #ifndef MACHINE_AGENT_VERSION
@@ -70,6 +71,10 @@ constexpr auto pipe_linger = 500ms;                 // output of leftovers after
 constexpr auto close_linger = 5s;                   // to flush replies to a client that left
 constexpr auto shutdown_linger = 300ms;
 constexpr std::uint32_t default_grace_ms = 5000;
+constexpr auto tmux_list_limit = 2000ms;            // one `tmux list-sessions`
+constexpr auto session_list_budget = 3000ms;        // all of them, for one session.list
+constexpr std::size_t tmux_output_cap = 64u << 10;
+constexpr std::size_t max_list_users = 8;           // distinct users asked per session.list
 
 // A broadcast wake-up: notify_all() wakes every current waiter. Waiters re-check their
 // condition; nothing is lost because the loop is single-threaded and no waiter suspends
@@ -84,7 +89,7 @@ private:
     asio::steady_timer timer_;
 };
 
-enum class request_kind { run, subscribe, provision };
+enum class request_kind { run, subscribe, provision, session_list };
 
 struct request_state {
     request_state(asio::any_io_executor ex, std::uint64_t id, request_kind k)
@@ -94,7 +99,7 @@ struct request_state {
     bool cancelled = false;    // cancel request, disconnection or shutdown
     bool abandoned = false;    // the client is gone: stop producing messages
     bool final_sent = false;   // the one final message has been queued
-    pid_t pid = -1;            // run: the child (and its process group)
+    pid_t pid = -1;            // run, session_list: the child (and its process group)
     bool reaped = false;
     std::uint32_t grace_ms = default_grace_ms;
     asio::steady_timer kill_timer;
@@ -147,6 +152,19 @@ awaitable<int> wait_exit(pid_t pid, int pidfd) {
 }
 
 class server;
+class connection;
+
+// A live agent session (PROTOCOL.md §4 `session.*`): registered by its wrapper on `owner`, a
+// connection the wrapper keeps open; the registration ends with session.end or that connection.
+struct live_session {
+    std::string name;
+    std::string agent;
+    std::string user;
+    std::int64_t pid = 0;
+    std::string tty;
+    std::chrono::system_clock::time_point started_at;
+    const connection* owner = nullptr;
+};
 
 class connection : public std::enable_shared_from_this<connection> {
 public:
@@ -188,6 +206,7 @@ private:
     asio::steady_timer close_timer_;
     std::map<std::uint64_t, std::shared_ptr<request_state>> in_flight_;
     std::vector<std::shared_ptr<request_state>> running_at_shutdown_;
+    std::string session_;  // the session registered on this connection, if any
 };
 
 class server {
@@ -211,6 +230,15 @@ public:
     provision_setup provision_setup_for_job();
     proto::hello_result hello() const;
     proto::health_result health() const;
+
+    // Agent sessions. An error (code, message) when the registration is refused.
+    std::optional<std::pair<proto::errc, std::string>> register_session(const connection* owner, uid_t uid,
+                                                                        const proto::session_register_request& q);
+    void end_session(const std::string& name, const proto::session_end_request& q);
+    // The connection is gone: what it registered ends as `lost`.
+    void session_owner_gone(const connection* owner);
+    const live_session* find_session(const std::string& name) const;
+    std::vector<live_session> sessions() const;
 
     std::size_t running = 0;
     std::size_t subscribers = 0;
@@ -240,6 +268,7 @@ private:
     std::string binary_sha256_;
     std::chrono::steady_clock::time_point started_;
     std::set<std::shared_ptr<connection>> connections_;
+    std::map<std::string, live_session> sessions_;  // by name
 };
 
 // --- requests ---------------------------------------------------------------------------------
@@ -400,6 +429,100 @@ awaitable<void> provision_task(std::shared_ptr<connection> c, std::shared_ptr<re
     c->post_final(*st, proto::encode(proto::make_provision_result(st->id, result)));
 }
 
+// --- session.list -------------------------------------------------------------------------------
+
+awaitable<void> read_capped(descriptor& d, std::string& text, std::size_t cap) {
+    std::array<char, 4096> buf;
+    for (;;) {
+        auto [ec, n] = co_await d.async_read_some(asio::buffer(buf), use_nothrow);
+        if (ec) break;
+        if (text.size() < cap) text.append(buf.data(), std::min(n, cap - text.size()));  // the rest is drained
+    }
+}
+
+awaitable<void> exit_status_into(pid_t pid, int pidfd, int& status) { status = co_await wait_exit(pid, pidfd); }
+
+awaitable<void> expire(asio::steady_timer& timer) { co_await timer.async_wait(use_nothrow); }
+
+// Attached clients per tmux session of one user: `tmux list-sessions` run as that user (its
+// tmux server is the one `session attach` used), bounded in time and output. Empty when the
+// user has no tmux server, or tmux fails or is too slow.
+// `srv` by reference: see run_command.
+awaitable<std::map<std::string, std::uint64_t>> tmux_sessions_of(server& srv, std::shared_ptr<request_state> st,
+                                                                 std::string user_name,
+                                                                 std::chrono::milliseconds limit) {
+    std::map<std::string, std::uint64_t> none;
+    const auto user = find_user(user_name);
+    if (!user) co_return none;
+    spawn_spec spec;
+    spec.argv = {srv.options().tmux, "list-sessions", "-F", tmux::list_format};
+    spec.env = child_environment(*user, srv.options().runtime_dir_root, {});
+    spec.cwd = home_or_root(*user);
+    spec.as_user = *user;
+    spec.pipe_stderr = false;  // "no server running on ..." is an answer, not news
+    child_process child;
+    try {
+        child = spawn(spec);
+    } catch (const spawn_failure& e) {
+        log::warning(std::string("session.list: tmux: ") + e.what());
+        co_return none;
+    }
+    st->pid = child.pid;
+    st->reaped = false;
+    auto ex = co_await asio::this_coro::executor;
+    descriptor out(ex, child.stdout_fd);
+    std::string text;
+    int status = 0;
+    asio::steady_timer deadline(ex, limit);
+    const auto first = co_await ((read_capped(out, text, tmux_output_cap) &&
+                                  exit_status_into(child.pid, child.pidfd, status)) ||
+                                 expire(deadline));
+    if (first.index() == 1) {
+        log::warning("session.list: tmux list-sessions as " + user->name + " took longer than " +
+                     std::to_string(limit.count()) + " ms: killed");
+        ::kill(-child.pid, SIGKILL);
+        co_await wait_exited(child.pid, -1);
+        reap_child(child.pid);
+        st->reaped = true;
+        co_return none;
+    }
+    st->reaped = true;
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) co_return none;
+    co_return tmux::parse_list(text);
+}
+
+// `srv` by reference: see run_command.
+awaitable<void> session_listing(server& srv, std::shared_ptr<connection> c, std::shared_ptr<request_state> st) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto snapshot = srv.sessions();
+    std::map<std::string, std::map<std::string, std::uint64_t>> attached;  // user -> tmux session -> clients
+    for (const auto& s : snapshot) {
+        if (attached.count(s.user) || attached.size() >= max_list_users) continue;
+        const auto spent =
+            std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0);
+        if (st->cancelled || spent >= session_list_budget) break;
+        const auto limit = std::min(tmux_list_limit, session_list_budget - spent);
+        attached[s.user] = co_await tmux_sessions_of(srv, st, s.user, limit);
+    }
+    proto::session_list_result r;
+    for (const auto& s : snapshot) {
+        const live_session* now = srv.find_session(s.name);
+        if (!now || now->owner != s.owner) continue;  // ended while tmux was asked
+        proto::session_info info;
+        info.name = s.name;
+        info.agent = s.agent;
+        info.user = s.user;
+        info.started_at = events::format_timestamp(s.started_at);
+        info.pid = s.pid;
+        if (const auto u = attached.find(s.user); u != attached.end()) {
+            if (const auto n = u->second.find(s.name); n != u->second.end())
+                info.attached = std::min(n->second, proto::max_session_attached);
+        }
+        r.sessions.push_back(std::move(info));
+    }
+    c->post_final(*st, proto::encode(proto::make_session_list_result(st->id, r)));
+}
+
 // --- connection ---------------------------------------------------------------------------------
 
 connection::connection(server& srv, unix_socket socket)
@@ -459,6 +582,8 @@ void connection::cancel(const std::shared_ptr<request_state>& st) {
         signal_run(st, srv_.io());
     } else if (st->kind == request_kind::provision) {
         st->job->cancel();
+    } else if (st->kind == request_kind::session_list) {
+        if (st->pid > 0 && !st->reaped) ::kill(-st->pid, SIGKILL);  // the listing then ends at once
     } else {
         srv_.new_events().notify_all();  // the subscription re-checks and ends
         space_.notify_all();
@@ -479,7 +604,9 @@ void connection::shutdown_requests() {
 void connection::kill_remaining() {
     // The agent exits now: nothing started for a client may outlive it (KillMode=process).
     for (const auto& st : running_at_shutdown_) {
-        if (st->kind == request_kind::run && st->pid > 0 && !st->reaped) ::kill(-st->pid, SIGKILL);
+        if ((st->kind == request_kind::run || st->kind == request_kind::session_list) && st->pid > 0 &&
+            !st->reaped)
+            ::kill(-st->pid, SIGKILL);
         if (st->kind == request_kind::provision) st->job->kill_now();
     }
 }
@@ -514,6 +641,11 @@ awaitable<void> connection::read_loop() {
     items.clear();
     decoder_.finish(items);  // an unfinished line: "truncated"
     for (auto& item : items) handle(item);
+    // A session's wrapper that closes its connection without session.end has died (SIGKILL...).
+    if (!session_.empty()) {
+        srv_.session_owner_gone(this);
+        session_.clear();
+    }
 
     // The client has left: what it started stops, and each request still gets its final
     // message if the socket is writable (a half-closed client can read them).
@@ -638,6 +770,44 @@ void connection::handle_message(proto::message& m) {
             if (srv_.provision == st->job) srv_.provision.reset();
             self->request_done(st);
         });
+    } else if (m.type == proto::type::session_register) {
+        if (srv_.stopping()) return reply_error(proto::errc::shutting_down, "the agent is stopping");
+        auto q = proto::parse_session_register_request(m.body);
+        if (!q) return reply_error(q.code, q.error);
+        if (!session_.empty())
+            return reply_error(proto::errc::bad_request, "this connection has already registered session '" +
+                                                             session_ + "'");
+        // Whose session it is: the peer's credentials, not anything it says.
+        ucred peer{};
+        socklen_t len = sizeof peer;
+        if (::getsockopt(socket_.native_handle(), SOL_SOCKET, SO_PEERCRED, &peer, &len) != 0)
+            return reply_error(proto::errc::internal, "SO_PEERCRED: " + errno_text(errno));
+        if (auto refused = srv_.register_session(this, peer.uid, *q))
+            return reply_error(refused->first, refused->second);
+        session_ = q->name;
+        post(proto::encode(proto::make_result(id, proto::json{{"name", q->name}})));
+    } else if (m.type == proto::type::session_end) {
+        auto q = proto::parse_session_end_request(m.body);
+        if (!q) return reply_error(q.code, q.error);
+        if (session_.empty())
+            return reply_error(proto::errc::not_found, "no session is registered on this connection");
+        srv_.end_session(session_, *q);
+        session_.clear();
+        post(proto::encode(proto::make_result(id)));
+    } else if (m.type == proto::type::session_list) {
+        if (srv_.stopping()) return reply_error(proto::errc::shutting_down, "the agent is stopping");
+        if (in_flight_.size() >= max_in_flight)
+            return reply_error(proto::errc::too_many_requests,
+                               "more than " + std::to_string(max_in_flight) + " requests in flight");
+        auto self = shared_from_this();
+        auto st = start_request(id, request_kind::session_list);
+        asio::co_spawn(socket_.get_executor(), session_listing(srv_, self, st), [self, st](std::exception_ptr e) {
+            if (e) {
+                self->post_final(*st, proto::encode(proto::make_error(st->id, proto::errc::internal,
+                                                                      "session listing failed")));
+            }
+            self->request_done(st);
+        });
     } else if (m.type == proto::type::run || m.type == proto::type::subscribe) {
         if (srv_.stopping()) return reply_error(proto::errc::shutting_down, "the agent is stopping");
         if (in_flight_.size() >= max_in_flight)
@@ -689,6 +859,91 @@ void connection::handle_message(proto::message& m) {
 
 // --- server -------------------------------------------------------------------------------------
 
+std::optional<std::pair<proto::errc, std::string>> server::register_session(
+    const connection* owner, uid_t uid, const proto::session_register_request& q) {
+    if (const auto it = sessions_.find(q.name); it != sessions_.end())
+        return std::pair{proto::errc::busy, "a session named '" + q.name + "' is already registered (pid " +
+                                                std::to_string(it->second.pid) + ")"};
+    if (sessions_.size() >= proto::max_sessions)
+        return std::pair{proto::errc::busy, std::to_string(proto::max_sessions) + " sessions are registered already"};
+    live_session s;
+    s.name = q.name;
+    s.agent = q.agent;
+    const auto user = find_uid(uid);
+    s.user = user ? user->name : std::to_string(uid);
+    s.pid = q.pid;
+    s.tty = q.tty;
+    s.started_at = std::chrono::system_clock::now() - std::chrono::milliseconds(q.running_ms);
+    s.owner = owner;
+    log::info("session " + s.name + " (" + s.agent + ") " + (q.resumed ? "registered again" : "started") + " by " +
+              s.user + ", pid " + std::to_string(s.pid));
+    // Registered again after an agent restart: its session.started is already in the journal.
+    if (!q.resumed) {
+        proto::json fields = {{"name", s.name}, {"agent", s.agent}, {"user", s.user}, {"pid", s.pid}};
+        if (!s.tty.empty()) fields["tty"] = s.tty;
+        append_event("session.started", fields);
+    }
+    sessions_.emplace(s.name, std::move(s));
+    return std::nullopt;
+}
+
+void server::end_session(const std::string& name, const proto::session_end_request& q) {
+    const auto it = sessions_.find(name);
+    if (it == sessions_.end()) return;
+    const live_session s = std::move(it->second);
+    sessions_.erase(it);
+    proto::json fields = {{"name", s.name}, {"agent", s.agent}, {"user", s.user}, {"pid", s.pid}};
+    if (q.signal) {
+        fields["reason"] = "signal";
+        fields["signal"] = *q.signal;
+    } else {
+        fields["reason"] = "exit";
+        fields["exit_code"] = q.exit_code.value_or(-1);
+    }
+    fields["duration_ms"] = q.duration_ms;
+    log::info("session " + s.name + " ended: " +
+              (q.signal ? "signal " + std::to_string(*q.signal) : "exit " + std::to_string(q.exit_code.value_or(-1))));
+    append_event("session.ended", fields);
+}
+
+void server::session_owner_gone(const connection* owner) {
+    for (auto it = sessions_.begin(); it != sessions_.end();) {
+        if (it->second.owner != owner) {
+            ++it;
+            continue;
+        }
+        const live_session s = std::move(it->second);
+        it = sessions_.erase(it);
+        const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now() -
+                                                                              s.started_at);
+        log::warning("session " + s.name + " lost: its wrapper (pid " + std::to_string(s.pid) +
+                     ") closed its connection without reporting an end");
+        try {
+            append_event("session.ended", proto::json{{"name", s.name},
+                                                      {"agent", s.agent},
+                                                      {"user", s.user},
+                                                      {"pid", s.pid},
+                                                      {"reason", "lost"},
+                                                      {"duration_ms", std::max<std::int64_t>(0, ms.count())}});
+        } catch (const std::exception& e) {
+            // Called as a connection ends: a full disk must not take the connection's cleanup with it.
+            log::error(std::string("journal: ") + e.what());
+        }
+    }
+}
+
+const live_session* server::find_session(const std::string& name) const {
+    const auto it = sessions_.find(name);
+    return it == sessions_.end() ? nullptr : &it->second;
+}
+
+std::vector<live_session> server::sessions() const {
+    std::vector<live_session> out;
+    out.reserve(sessions_.size());
+    for (const auto& [name, s] : sessions_) out.push_back(s);
+    return out;
+}
+
 std::uint64_t server::append_event(std::string_view name, const proto::json& fields) {
     const std::uint64_t seq =
         journal_.append(name, fields, events::format_timestamp(std::chrono::system_clock::now()));
@@ -719,7 +974,8 @@ awaitable<void> server::sync_later() {
 proto::hello_result server::hello() const {
     proto::hello_result h;
     h.agent_version = MACHINE_AGENT_VERSION;
-    h.capabilities = {"run", "cancel", "health", "subscribe", "emit", "provision"};
+    h.capabilities = {"run",       "cancel",           "health",      "subscribe",   "emit",
+                      "provision", "session.register", "session.end", "session.list"};
     h.boot_id = boot_id_;
     h.journal = {journal_.id(), journal_.first_seq(), journal_.last_seq()};
     h.deployment.binary_sha256 = binary_sha256_;
@@ -898,7 +1154,10 @@ awaitable<void> server::accept_loop() {
             continue;
         }
         ::fcntl(socket.native_handle(), F_SETFD, FD_CLOEXEC);
-        if (connections_.size() >= options_.max_clients) {
+        // A session's wrapper holds its connection for the session's life: those do not count
+        // against the clients limit (sessions have their own, max_sessions).
+        const std::size_t holders = std::min(sessions_.size(), connections_.size());
+        if (connections_.size() - holders >= options_.max_clients) {
             asio::error_code wec;
             asio::write(socket,
                         asio::buffer(proto::encode(proto::make_error(std::nullopt, proto::errc::too_many_clients,
@@ -913,6 +1172,7 @@ awaitable<void> server::accept_loop() {
         connections_.insert(c);
         asio::co_spawn(io_, c->serve(), [this, c](std::exception_ptr e) {
             if (e) log::error("a connection failed");
+            session_owner_gone(c.get());  // normally done when its reading ended
             connections_.erase(c);
         });
     }

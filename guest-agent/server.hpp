@@ -21,6 +21,7 @@ struct server_options {
     std::string group;  ///< the socket's group (name or number); default: the user's primary group
     bool systemd = true;  ///< false: no boot.finished, no sd_notify
     std::string systemctl = "systemctl";
+    std::string tmux = "tmux";  ///< asked, as each session's user, how many clients are attached
     std::string runtime_dir_root = "/run/user";
     std::string boot_id_file = "/proc/sys/kernel/random/boot_id";
     /// The unit that runs the agent: its hash goes into hello, so the host can tell the

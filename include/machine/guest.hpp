@@ -13,6 +13,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include <asio/awaitable.hpp>
 
@@ -70,6 +71,11 @@ public:
 
     // Appends an event to the agent's journal; returns its seq.
     asio::awaitable<std::uint64_t> emit(protocol::emit_request request);
+
+    // The live agent sessions (Claude Code, Codex in tmux) in the VM, by name, each with the
+    // number of tmux clients attached now. An agent older than sessions refuses with
+    // agent_error code "unknown_type".
+    asio::awaitable<std::vector<protocol::session_info>> list_sessions();
 
     connection(std::shared_ptr<ssh::channel> ch, std::function<void(const std::string&)> on_problem);
 

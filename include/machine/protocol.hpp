@@ -54,6 +54,9 @@ inline constexpr std::string_view health = "health";
 inline constexpr std::string_view subscribe = "subscribe";
 inline constexpr std::string_view emit = "emit";
 inline constexpr std::string_view provision = "provision";
+inline constexpr std::string_view session_register = "session.register";
+inline constexpr std::string_view session_end = "session.end";
+inline constexpr std::string_view session_list = "session.list";
 // agent messages: final
 inline constexpr std::string_view result = "result";
 inline constexpr std::string_view error = "error";
@@ -368,6 +371,61 @@ parsed<provision_result> parse_provision_result(const json& body);
 
 /// Step names follow the event-name rule: 1-64 of [a-z0-9._-], starting with a letter or digit.
 inline bool is_valid_step_name(std::string_view name) { return is_valid_event_name(name); }
+
+// Agent sessions (PROTOCOL.md §4 `session.*`): coding agents (Claude Code, Codex) running in
+// tmux in the VM. Each session's wrapper (`machine-agent session run`) registers it on a
+// connection it keeps open for the session's whole life.
+
+inline constexpr std::size_t max_session_name = 64;
+inline constexpr std::size_t max_sessions = 256;         ///< live registrations per agent
+inline constexpr std::size_t max_session_user = 64;      ///< bytes of a user name in a listing
+inline constexpr std::size_t max_session_agent = 32;     ///< bytes of an agent kind in a listing
+inline constexpr std::size_t max_session_tty = 64;
+inline constexpr std::int64_t max_session_pid = 0x7fffffff;
+inline constexpr std::uint64_t max_session_attached = 65536;
+
+/// Session names: 1-64 of [A-Za-z0-9_-], not starting with '-'. No '.' or ':': tmux turns both
+/// into '_' in session names, so "a.b" and "a_b" would be one tmux session.
+bool is_valid_session_name(std::string_view name);
+/// The agent kinds a session can run: "claude" and "codex".
+bool is_valid_agent_kind(std::string_view agent);
+
+struct session_register_request {
+    std::string name;
+    std::string agent;            ///< claude or codex
+    std::int64_t pid = 0;         ///< the wrapper's pid (the tmux pane's process)
+    std::string tty;              ///< optional, e.g. /dev/pts/3
+    std::uint64_t running_ms = 0; ///< how long the session has already run (re-registration)
+    bool resumed = false;         ///< registered before, with an agent that has since restarted
+};
+json make_session_register_request(std::uint64_t id, const session_register_request& r);
+parsed<session_register_request> parse_session_register_request(const json& body);
+
+/// The end of the session registered on the same connection: how its agent process ended.
+struct session_end_request {
+    std::optional<int> exit_code;  ///< exactly one of exit_code and signal is set
+    std::optional<int> signal;
+    std::uint64_t duration_ms = 0;
+};
+json make_session_end_request(std::uint64_t id, const session_end_request& r);
+parsed<session_end_request> parse_session_end_request(const json& body);
+
+/// One live session as `session.list` reports it. Everything comes from the VM: the parser caps
+/// every string and the count (max_sessions).
+struct session_info {
+    std::string name;        ///< is_valid_session_name
+    std::string agent;       ///< 1-32 of [a-z0-9_-] (claude, codex; later agents may add kinds)
+    std::string user;        ///< the user the session runs as, 1-64 printable bytes
+    std::string started_at;  ///< RFC 3339 UTC, e.g. 2026-11-27T12:00:01.234Z
+    std::int64_t pid = 0;    ///< the wrapper's pid in the VM
+    std::uint64_t attached = 0;  ///< tmux clients attached to it now
+};
+struct session_list_result {
+    std::vector<session_info> sessions;  ///< by name
+};
+json make_session_list_request(std::uint64_t id);
+json make_session_list_result(std::uint64_t id, const session_list_result& r);
+parsed<session_list_result> parse_session_list_result(const json& body);
 
 /// The error fields of an `error` message (code as sent, so unknown codes survive).
 struct error_reply {

@@ -199,6 +199,17 @@ awaitable<std::uint64_t> connection::emit(pr::emit_request request) {
     co_return seq->get<std::uint64_t>();
 }
 
+awaitable<std::vector<pr::session_info>> connection::list_sessions() {
+    const std::uint64_t id = next_id_++;
+    const pr::json message = pr::make_session_list_request(id);
+    co_await send(message);
+    const pr::message m = co_await final_for(id);
+    if (m.type == pr::type::error) refused(m);
+    auto r = pr::parse_session_list_result(m.body);
+    if (!r) malformed("session list", r.error);
+    co_return std::move(r->sessions);
+}
+
 awaitable<std::unique_ptr<connection>> connect_agent(std::shared_ptr<ssh::session> session,
                                                      std::chrono::milliseconds patience,
                                                      std::function<void(const std::string&)> on_problem) {

@@ -623,6 +623,161 @@ parsed<provision_result> parse_provision_result(const json& body) {
     return done(r, std::move(q));
 }
 
+// --- sessions --------------------------------------------------------------------------------
+
+namespace {
+
+bool is_session_user(std::string_view u) {
+    return !u.empty() && u.size() <= max_session_user &&
+           std::all_of(u.begin(), u.end(), [](char c) { return static_cast<unsigned char>(c) >= 0x20 && c != 0x7f; });
+}
+
+bool is_agent_word(std::string_view a) {
+    return !a.empty() && a.size() <= max_session_agent && std::all_of(a.begin(), a.end(), [](char c) {
+        return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
+    });
+}
+
+bool is_timestamp_text(std::string_view t) {
+    return !t.empty() && t.size() <= 64 && std::all_of(t.begin(), t.end(), [](char c) {
+        return (c >= '0' && c <= '9') || c == 'T' || c == 'Z' || c == ':' || c == '.' || c == '+' || c == '-';
+    });
+}
+
+} // namespace
+
+bool is_valid_session_name(std::string_view name) {
+    if (name.empty() || name.size() > max_session_name || name.front() == '-') return false;
+    return std::all_of(name.begin(), name.end(), [](char c) {
+        return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
+    });
+}
+
+bool is_valid_agent_kind(std::string_view agent) { return agent == "claude" || agent == "codex"; }
+
+json make_session_register_request(std::uint64_t id, const session_register_request& q) {
+    json j = make_request(id, type::session_register);
+    j["name"] = q.name;
+    j["agent"] = q.agent;
+    j["pid"] = q.pid;
+    if (!q.tty.empty()) j["tty"] = q.tty;
+    if (q.running_ms) j["running_ms"] = q.running_ms;
+    if (q.resumed) j["resumed"] = true;
+    return j;
+}
+
+parsed<session_register_request> parse_session_register_request(const json& body) {
+    field_reader r(body);
+    session_register_request q;
+    if (auto n = r.string("name", true)) {
+        if (!is_valid_session_name(*n))
+            r.fail("'name' must be 1-64 characters of A-Z a-z 0-9 _ - not starting with '-'");
+        q.name = *n;
+    }
+    if (auto a = r.string("agent", true)) {
+        if (!is_valid_agent_kind(*a)) r.fail("'agent' must be claude or codex");
+        q.agent = *a;
+    }
+    if (auto p = r.uint("pid", true, static_cast<std::uint64_t>(max_session_pid))) {
+        if (*p == 0) r.fail("'pid' must be an integer from 1 to " + std::to_string(max_session_pid));
+        q.pid = static_cast<std::int64_t>(*p);
+    }
+    if (auto t = r.string("tty", false)) {
+        if (!is_session_user(*t) || t->size() > max_session_tty) r.fail("'tty' must be 1-64 printable characters");
+        q.tty = *t;
+    }
+    // Ten years: anything longer is a bug.
+    if (auto m = r.uint("running_ms", false, 10ull * 366 * 24 * 3600 * 1000)) q.running_ms = *m;
+    if (auto b = r.boolean("resumed", false)) q.resumed = *b;
+    return done(r, std::move(q));
+}
+
+json make_session_end_request(std::uint64_t id, const session_end_request& q) {
+    json j = make_request(id, type::session_end);
+    if (q.signal) j["signal"] = *q.signal;
+    else j["exit_code"] = q.exit_code.value_or(-1);
+    j["duration_ms"] = q.duration_ms;
+    return j;
+}
+
+parsed<session_end_request> parse_session_end_request(const json& body) {
+    field_reader r(body);
+    session_end_request q;
+    if (auto e = r.uint("exit_code", false, 255)) q.exit_code = static_cast<int>(*e);
+    if (auto s = r.uint("signal", false, 64)) {
+        if (*s == 0) r.fail("'signal' must be an integer from 1 to 64");
+        q.signal = static_cast<int>(*s);
+    }
+    if (r.ok() && q.exit_code.has_value() == q.signal.has_value())
+        r.fail("exactly one of 'exit_code' and 'signal' is expected");
+    if (auto d = r.uint("duration_ms", true)) q.duration_ms = *d;
+    return done(r, std::move(q));
+}
+
+json make_session_list_request(std::uint64_t id) { return make_request(id, type::session_list); }
+
+json make_session_list_result(std::uint64_t id, const session_list_result& q) {
+    json j = make_envelope(id, type::result);
+    json sessions = json::array();
+    for (const auto& s : q.sessions) {
+        json one = json::object();
+        one["name"] = s.name;
+        one["agent"] = s.agent;
+        one["user"] = s.user;
+        one["started_at"] = s.started_at;
+        one["pid"] = s.pid;
+        one["attached"] = s.attached;
+        sessions.push_back(std::move(one));
+    }
+    j["sessions"] = std::move(sessions);
+    return j;
+}
+
+parsed<session_list_result> parse_session_list_result(const json& body) {
+    field_reader r(body);
+    session_list_result q;
+    if (const json* sessions = r.array("sessions", true)) {
+        if (sessions->size() > max_sessions)
+            r.fail("'sessions' has more than " + std::to_string(max_sessions) + " items");
+        for (std::size_t i = 0; r.ok() && i < sessions->size(); ++i) {
+            const std::string where = "sessions[" + std::to_string(i) + "]";
+            const json& js = (*sessions)[i];
+            if (!js.is_object()) {
+                r.fail(where + " must be an object");
+                break;
+            }
+            field_reader sr(js);
+            session_info s;
+            if (auto n = sr.string("name", true)) {
+                if (!is_valid_session_name(*n)) sr.fail("'name' is not a session name");
+                else s.name = *n;
+            }
+            if (auto a = sr.string("agent", true)) {
+                if (!is_agent_word(*a)) sr.fail("'agent' must be 1-32 characters of a-z 0-9 _ -");
+                else s.agent = *a;
+            }
+            if (auto u = sr.string("user", false)) {
+                if (!is_session_user(*u)) sr.fail("'user' must be 1-64 printable characters");
+                else s.user = *u;
+            }
+            if (auto t = sr.string("started_at", true)) {
+                if (!is_timestamp_text(*t)) sr.fail("'started_at' is not an RFC 3339 time");
+                else s.started_at = *t;
+            }
+            if (auto p = sr.uint("pid", true, static_cast<std::uint64_t>(max_session_pid)))
+                s.pid = static_cast<std::int64_t>(*p);
+            if (auto n = sr.uint("attached", true, max_session_attached)) s.attached = *n;
+            if (sr.ok()) {
+                for (const auto& other : q.sessions)
+                    if (other.name == s.name) sr.fail("'name' '" + s.name + "' is listed twice");
+            }
+            if (!sr.ok()) r.fail(where + ": " + sr.error());
+            else q.sessions.push_back(std::move(s));
+        }
+    }
+    return done(r, std::move(q));
+}
+
 parsed<error_reply> parse_error(const json& body) {
     field_reader r(body);
     error_reply e;
