@@ -145,9 +145,17 @@ struct argv_builder {
 
 using line_handler = std::function<void(std::string_view)>;
 
+// Environment changes for every limactl process a client runs: the SSH agent a VM may reach
+// is whatever SSH_AUTH_SOCK limactl (and the ssh it starts) sees.
+struct environment {
+    std::vector<std::pair<std::string, std::string>> set;
+    std::vector<std::string> unset;
+};
+
 class client {
 public:
     client(std::filesystem::path limactl, cancel_signal* cancel, timeouts t = {});
+    void set_environment(environment env) { env_ = std::move(env); }
 
     const std::filesystem::path& limactl() const { return limactl_; }
     const argv_builder& argv() const { return argv_; }
@@ -184,6 +192,7 @@ private:
     cancel_signal* cancel_;
     timeouts timeouts_;
     argv_builder argv_;
+    environment env_;
 };
 
 // Where limactl keeps instance `name`: $LIMA_HOME/<name>, LIMA_HOME defaulting to ~/.lima.

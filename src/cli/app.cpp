@@ -8,6 +8,7 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include "agent_forwarding.hpp"
 #include "cli.hpp"
 #include "machine/text.hpp"
 
@@ -21,7 +22,9 @@ Exit codes:
   1    failure (Lima or the VM reported an error; the message says which)
   2    usage or configuration error (nothing was run)
   130  interrupted (Ctrl-C; a second Ctrl-C stops children at once)
-  `run` and `ssh` exit with the remote command's status (255 when ssh itself fails).
+  `run` and `ssh` exit with the remote command's status, `claude` and `codex` with ssh's:
+  0 after detaching or when the agent ended, 255 when the connection to the VM was lost
+  (machine then says whether the VM stopped).
 
 Environment:
   MACHINE_LIMACTL      the limactl to use (else limactl in PATH); on Linux without Lima,
@@ -43,6 +46,10 @@ struct parsed {
     bool yes = false;
     bool force = false;  // bake
     int start_timeout_minutes = 30;
+    std::optional<std::string> session;  // claude, codex
+    // agent-proxy (hidden: started by machine itself)
+    std::string listen, upstream, vm_dir;
+    std::vector<std::string> allowed;
     std::string log_level = "warn";
 };
 
@@ -99,6 +106,9 @@ asio::awaitable<int> dispatch(context& ctx, parsed p) {
     if (p.command == "list") co_return co_await cmd_list(ctx);
     if (p.command == "run") co_return co_await cmd_run(ctx, p.name.value_or(""), p.run_command);
     if (p.command == "ssh") co_return co_await cmd_ssh(ctx, p.name);
+    if (p.command == "claude" || p.command == "codex")
+        co_return co_await cmd_agent_session(ctx, p.command, p.name, p.session);
+    if (p.command == "sessions") co_return co_await cmd_sessions(ctx, p.name);
     if (p.command == "watch") co_return co_await cmd_watch(ctx, p.names);
     throw usage_error("unknown command " + p.command);
 }
@@ -168,6 +178,25 @@ int main(int argc, char** argv) {
     ssh->alias("shell");
     ssh->add_option("name", p.name, "project");
 
+    for (const char* agent : {"claude", "codex"}) {
+        auto* sub = app.add_subcommand(agent, std::string("attach to ") + (agent[1] == 'l' ? "Claude Code" : "Codex") +
+                                                  " in the VM's tmux session (started, and the VM brought up, when needed)");
+        sub->add_option("name", p.name, "project");
+        sub->add_option("--session", p.session, std::string("session name, for more than one per VM (default: ") + agent + ")");
+    }
+
+    auto* sessions = app.add_subcommand("sessions", "agent sessions in a project's VM, and who is attached");
+    sessions->add_option("name", p.name, "project");
+    sessions->add_flag("--json", p.json, "one JSON object per session");
+
+    // Started by machine itself (detached) to filter a project's forwarded SSH agent.
+    auto* proxy = app.add_subcommand("agent-proxy", "");
+    proxy->group("");
+    proxy->add_option("--listen", p.listen)->required();
+    proxy->add_option("--upstream", p.upstream)->required();
+    proxy->add_option("--vm-dir", p.vm_dir)->required();
+    proxy->add_option("--allow", p.allowed)->required();
+
     std::vector<char*> cli_argv{argv[0]};
     for (auto& a : args) cli_argv.push_back(a.data());
     try {
@@ -188,6 +217,10 @@ int main(int argc, char** argv) {
         return static_cast<int>(exit_code::usage);
     }
 
+    if (p.command == "agent-proxy") {
+        setup_logging("info");
+        return run_agent_proxy(p.listen, p.upstream, p.vm_dir, p.allowed);
+    }
     setup_logging(p.log_level);
     asio::io_context io;
     context ctx(io, p.json);

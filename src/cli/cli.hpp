@@ -56,10 +56,16 @@ asio::awaitable<int> cmd_destroy(context& ctx, std::optional<std::string> name, 
 asio::awaitable<int> cmd_list(context& ctx);
 // Runs until interrupted (then exits 130): VM states from Lima for NAMES (all VMs when empty).
 asio::awaitable<int> cmd_watch(context& ctx, std::vector<std::string> names);
-// `run` and `ssh` end by replacing this process with `limactl shell` (execv), so the terminal,
-// signals and the remote exit status behave exactly as limactl's.
+// `run` ends by replacing this process with `limactl shell` (execv), so the terminal, signals
+// and the remote exit status behave exactly as limactl's.
 asio::awaitable<int> cmd_run(context& ctx, std::string name, std::vector<std::string> command);
+// A login shell in the VM through OpenSSH (interactive.cpp); exits with ssh's status.
 asio::awaitable<int> cmd_ssh(context& ctx, std::optional<std::string> name);
+// `machine claude|codex`: attaches to the agent's tmux session in the VM (interactive.cpp).
+asio::awaitable<int> cmd_agent_session(context& ctx, std::string agent, std::optional<std::string> name,
+                                       std::optional<std::string> session);
+// `machine sessions`: the agent sessions of a VM (sessions.cpp).
+asio::awaitable<int> cmd_sessions(context& ctx, std::optional<std::string> name);
 
 // Terminal helpers.
 bool stdin_is_terminal();

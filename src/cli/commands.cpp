@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include "agent_forwarding.hpp"
 #include "cli.hpp"
 #include "common.hpp"
 #include "machine/paths.hpp"
@@ -134,13 +135,6 @@ awaitable<int> cmd_list(context& ctx) {
 
 namespace {
 
-awaitable<void> require_running(context& ctx, const std::string& name) {
-    const auto existing = co_await ctx.lima().find(name);
-    if (!existing) throw error("VM '" + name + "' does not exist (run 'machine up " + name + "')");
-    if (existing->state != lima::status::running)
-        throw error("VM '" + name + "' is not running (run 'machine up " + name + "')");
-}
-
 [[noreturn]] void exec(const std::vector<std::string>& argv) {
     std::fflush(stdout);
     std::fflush(stderr);
@@ -157,14 +151,12 @@ awaitable<void> require_running(context& ctx, const std::string& name) {
 awaitable<int> cmd_run(context& ctx, std::string name, std::vector<std::string> command) {
     text::require_valid_project_name(name);
     if (command.empty()) throw usage_error("usage: machine run NAME -- COMMAND [ARGS...]");
-    co_await require_running(ctx, name);
+    const lima::instance inst = co_await require_running(ctx, name);
+    const agent_environment agent = co_await prepare_agent_forwarding(ctx, ctx.cfg().resolve(name), &inst, false);
+    // limactl (and the SSH connection it opens) inherit the agent the project may use.
+    for (const auto& [key, value] : agent.env.set) ::setenv(key.c_str(), value.c_str(), 1);
+    for (const auto& key : agent.env.unset) ::unsetenv(key.c_str());
     exec(ctx.lima().argv().shell(name, command, ""));
-}
-
-awaitable<int> cmd_ssh(context& ctx, std::optional<std::string> name_opt) {
-    const std::string name = resolve_name(ctx, name_opt);
-    co_await require_running(ctx, name);
-    exec(ctx.lima().argv().shell(name, {}, ""));
 }
 
 } // namespace machine::cli

@@ -114,6 +114,14 @@ fs::path ssh_config_of(const lima::instance& inst) {
     return inst.ssh_config_file.empty() ? fs::path(inst.dir) / "ssh.config" : fs::path(inst.ssh_config_file);
 }
 
+asio::awaitable<lima::instance> require_running(context& ctx, const std::string& name) {
+    auto existing = co_await ctx.lima().find(name);
+    if (!existing) throw error("VM '" + name + "' does not exist (run 'machine up " + name + "')");
+    if (existing->state != lima::status::running)
+        throw error("VM '" + name + "' is not running (run 'machine up " + name + "')");
+    co_return std::move(*existing);
+}
+
 ssh::host_key_pin pin_of(const std::string& name, bool record_if_absent) {
     ssh::host_key_pin pin{project_state_dir(name) / "host_key", name, record_if_absent};
     pin.known_hosts = project_state_dir(name) / "known_hosts";

@@ -64,6 +64,9 @@ asio::awaitable<void> sleep_for(asio::steady_timer& timer, std::chrono::millisec
 // The instance's ssh.config (as `limactl list` names it, else in its directory).
 std::filesystem::path ssh_config_of(const lima::instance& inst);
 
+// The VM, running; otherwise an error saying to run `machine up NAME`.
+asio::awaitable<lima::instance> require_running(context& ctx, const std::string& name);
+
 // The VM's host-key pin (<state>/<name>/host_key) and its OpenSSH form (known_hosts, under the
 // alias `machine-<name>`), which every verified connection keeps current. `record_if_absent`
 // only for the first connection after the VM was created.

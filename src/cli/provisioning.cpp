@@ -405,8 +405,8 @@ std::string package_manager(const std::string& package_json, bool has_pnpm_lock,
 
 }  // namespace
 
-awaitable<void> clone_repos(context& ctx, const config::project& p, std::shared_ptr<ssh::session> session,
-                            std::string vm_user, cancel_signal* cancel) {
+awaitable<void> clone_repos(context& ctx, lima::client& lima, const config::project& p,
+                            std::shared_ptr<ssh::session> session, std::string vm_user) {
     if (p.repos.empty()) co_return;
     const std::string vm = p.name;
     std::vector<clone_target> targets;
@@ -428,7 +428,6 @@ awaitable<void> clone_repos(context& ctx, const config::project& p, std::shared_
     std::vector<std::string> argv_mkdir{"mkdir", "-p", "--", code};
     co_await run_in_vm(ctx, *conn, vm, "clone", argv_mkdir, vm_user, "");
 
-    lima::client lima(ctx.lima().limactl(), cancel, ctx.timeouts);
     for (const auto& t : targets) {
         const std::string path = code + "/" + t.dir;
         std::vector<std::string> argv_test{"test", "-d", path + "/.git"};

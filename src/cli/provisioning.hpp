@@ -44,8 +44,9 @@ asio::awaitable<std::size_t> apply_plan(context& ctx, const std::string& vm, std
 
 /// Clones the project's repos that are not in ~/code yet (through `limactl shell`, so git
 /// authenticates with the forwarded agent), then installs their dependencies.
-asio::awaitable<void> clone_repos(context& ctx, const config::project& p, std::shared_ptr<ssh::session> session,
-                                  std::string vm_user, cancel_signal* cancel);
+/// `lima` runs the clones (`limactl shell`), with the project's agent environment.
+asio::awaitable<void> clone_repos(context& ctx, lima::client& lima, const config::project& p,
+                                  std::shared_ptr<ssh::session> session, std::string vm_user);
 
 /// Closes the SSH ControlMaster Lima keeps for `limactl shell`: its login predates what
 /// provisioning changed (the docker group), and the next shell should see it.

@@ -8,6 +8,7 @@
 #include <asio/use_awaitable.hpp>
 #include <spdlog/spdlog.h>
 
+#include "agent_forwarding.hpp"
 #include "cli.hpp"
 #include "common.hpp"
 #include "machine/guest.hpp"
@@ -73,6 +74,12 @@ awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel, co
     else
         existing = co_await lima.find(name);
     const bool was_running = existing && existing->state == lima::status::running;
+    if (agent_enabled()) {
+        // Every limactl call from here on (the start, whose SSH master outlives it, and the
+        // clones) reaches only the agent the project may use.
+        const lima::instance* inst = existing ? &*existing : nullptr;
+        lima.set_environment((co_await prepare_agent_forwarding(ctx, project, inst, true)).env);
+    }
     if (was_running && !agent_enabled()) {
         ctx.emit(events::vm_state(name, "running", "already running; nothing to do"));
         ctx.emit(events::vm_done(name, "ready", since(t0)));
@@ -118,7 +125,7 @@ awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel, co
         auto session = co_await open_guest(ctx, name, *existing, cancel);
         if (!was_running) co_await wait_until_ready(ctx, name, session);
         std::size_t ran = co_await apply_plan(ctx, name, session, target.plan, cancel);
-        co_await clone_repos(ctx, project, session, render::vm_user, cancel);
+        co_await clone_repos(ctx, lima, project, session, render::vm_user);
         ran += co_await apply_plan(ctx, name, session, target.after_clone, cancel);
         session->close();
         if (ran > 0) co_await close_lima_ssh_master(*existing, name);
@@ -142,13 +149,6 @@ std::vector<config::project> resolve_targets(context& ctx, const up_options& opt
         for (const auto& p : projects) duplicate |= p.name == n;
         if (duplicate) continue;
         config::project p = cfg.resolve(n);
-        if (!p.agent_keys.empty() && p.forward_agent) {
-            // Fail closed: forwarding the whole agent when the user asked for a subset would
-            // grant more than they meant.
-            throw config::config_error(p.source.string() + ": " + n +
-                                       ".agent_keys: limiting the forwarded agent to some keys is not "
-                                       "available yet; remove agent_keys or set forward_agent = false");
-        }
         projects.push_back(std::move(p));
     }
     return projects;

@@ -123,11 +123,14 @@ std::string describe(const std::vector<std::string>& argv) {
 }
 
 awaitable<proc::result> invoke(std::vector<std::string> argv, std::chrono::seconds timeout,
-                               cancel_signal* cancel, proc::line_callback on_stderr_line = {}) {
+                               cancel_signal* cancel, const environment& env,
+                               proc::line_callback on_stderr_line = {}) {
     const std::string what = describe(argv);
     proc::command cmd;
     cmd.argv = std::move(argv);
-    cmd.env_unset = {"_LIMA_OUTPUT_IS_TTY"};  // it would make `list --json` pretty-print
+    cmd.env_set = env.set;
+    cmd.env_unset = env.unset;
+    cmd.env_unset.push_back("_LIMA_OUTPUT_IS_TTY");  // it would make `list --json` pretty-print
     proc::run_options opt;
     opt.limit.timeout = std::chrono::duration_cast<std::chrono::milliseconds>(timeout);
     opt.cancel = cancel;
@@ -157,9 +160,10 @@ awaitable<proc::result> invoke(std::vector<std::string> argv, std::chrono::secon
 }
 
 awaitable<void> invoke_checked(std::vector<std::string> argv, std::chrono::seconds timeout,
-                               cancel_signal* cancel, proc::line_callback on_stderr_line = {}) {
+                               cancel_signal* cancel, const environment& env,
+                               proc::line_callback on_stderr_line = {}) {
     const std::string what = describe(argv);
-    const auto r = co_await invoke(std::move(argv), timeout, cancel, std::move(on_stderr_line));
+    const auto r = co_await invoke(std::move(argv), timeout, cancel, env, std::move(on_stderr_line));
     if (!r.ok()) fail(what, r);
 }
 
@@ -167,14 +171,14 @@ awaitable<void> invoke_checked(std::vector<std::string> argv, std::chrono::secon
 
 awaitable<std::string> client::version() {
     auto argv = argv_.version();
-    const auto r = co_await invoke(std::move(argv), timeouts_.query, cancel_);
+    const auto r = co_await invoke(std::move(argv), timeouts_.query, cancel_, env_);
     if (!r.ok()) fail("limactl --version", r);
     co_return normalize_version(text::trim(r.out));
 }
 
 awaitable<std::vector<instance>> client::list() {
     auto argv = argv_.list_json({});
-    const auto r = co_await invoke(std::move(argv), timeouts_.query, cancel_);
+    const auto r = co_await invoke(std::move(argv), timeouts_.query, cancel_, env_);
     if (!r.ok()) fail("limactl list", r);
     co_return parse_list(r.out);
 }
@@ -182,7 +186,7 @@ awaitable<std::vector<instance>> client::list() {
 awaitable<std::optional<instance>> client::find(std::string name) {
     std::vector<std::string> names{name};
     auto argv = argv_.list_json(names);
-    const auto r = co_await invoke(std::move(argv), timeouts_.query, cancel_);
+    const auto r = co_await invoke(std::move(argv), timeouts_.query, cancel_, env_);
     if (!r.ok()) {
         if (fatal_message(r.err) == "unmatched instances") co_return std::nullopt;
         fail("limactl list " + name, r);
@@ -194,7 +198,7 @@ awaitable<std::optional<instance>> client::find(std::string name) {
 
 awaitable<std::vector<instance>> client::find_all(std::vector<std::string> names) {
     auto argv = argv_.list_json(names);
-    const auto r = co_await invoke(std::move(argv), timeouts_.query, cancel_);
+    const auto r = co_await invoke(std::move(argv), timeouts_.query, cancel_, env_);
     // Some names unknown: limactl still prints the others, then fails with "unmatched instances".
     if (!r.ok() && fatal_message(r.err) != "unmatched instances") fail("limactl list", r);
     co_return parse_list(r.out);
@@ -202,7 +206,7 @@ awaitable<std::vector<instance>> client::find_all(std::vector<std::string> names
 
 awaitable<void> client::create(std::string name, fs::path tmpl, std::vector<std::string> sets) {
     auto argv = argv_.create(name, tmpl, sets);
-    co_await invoke_checked(std::move(argv), timeouts_.change, cancel_);
+    co_await invoke_checked(std::move(argv), timeouts_.change, cancel_, env_);
 }
 
 namespace {
@@ -222,14 +226,14 @@ proc::line_callback log_lines_to(std::function<void(const log_line&)> on_log) {
 awaitable<void> client::start_new(std::string name, fs::path tmpl, std::function<void(const log_line&)> on_log) {
     auto argv = argv_.start_new(name, tmpl, timeouts_.start);
     // Creating may download an image first: the same allowance as a start, plus the change's.
-    co_await invoke_checked(std::move(argv), timeouts_.start + timeouts_.change, cancel_,
+    co_await invoke_checked(std::move(argv), timeouts_.start + timeouts_.change, cancel_, env_,
                             log_lines_to(std::move(on_log)));
 }
 
 awaitable<void> client::start(std::string name, std::function<void(const log_line&)> on_log) {
     auto argv = argv_.start(name, timeouts_.start);
     // limactl's own --timeout governs the boot; ours only catches a wedged limactl.
-    co_await invoke_checked(std::move(argv), timeouts_.start + std::chrono::seconds(60), cancel_,
+    co_await invoke_checked(std::move(argv), timeouts_.start + std::chrono::seconds(60), cancel_, env_,
                             log_lines_to(std::move(on_log)));
 }
 
@@ -240,23 +244,23 @@ fs::path instance_dir(const std::string& name) {
 
 awaitable<void> client::stop(std::string name, bool force) {
     auto argv = argv_.stop(name, force);
-    co_await invoke_checked(std::move(argv), timeouts_.change, cancel_);
+    co_await invoke_checked(std::move(argv), timeouts_.change, cancel_, env_);
 }
 
 awaitable<void> client::remove(std::string name, bool force) {
     auto argv = argv_.remove(name, force);
-    co_await invoke_checked(std::move(argv), timeouts_.change, cancel_);
+    co_await invoke_checked(std::move(argv), timeouts_.change, cancel_, env_);
 }
 
 awaitable<void> client::clone(std::string from, std::string to, std::vector<std::string> sets) {
     auto argv = argv_.clone(from, to, sets);
-    co_await invoke_checked(std::move(argv), timeouts_.change, cancel_);
+    co_await invoke_checked(std::move(argv), timeouts_.change, cancel_, env_);
 }
 
 awaitable<client::shell_result> client::shell(std::string name, std::vector<std::string> cmd,
                                               std::string workdir) {
     auto argv = argv_.shell(name, cmd, workdir);
-    const auto r = co_await invoke(std::move(argv), timeouts_.change, cancel_);
+    const auto r = co_await invoke(std::move(argv), timeouts_.change, cancel_, env_);
     // `limactl shell` passes the remote status through silently; its own failures (no such
     // instance, stopped) are fatal lines with status 1.
     if (r.exit_code == 1 && !fatal_message(r.err).empty()) fail("limactl shell " + name, r);

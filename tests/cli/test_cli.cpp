@@ -43,6 +43,21 @@ bool contains(const std::string& haystack, const std::string& needle) {
     return haystack.find(needle) != std::string::npos;
 }
 
+// A helper program, run to completion (ssh-agent, ssh-keygen, ssh-add).
+proc::result run_sync(std::vector<std::string> argv, std::vector<std::pair<std::string, std::string>> env = {}) {
+    proc::command c;
+    c.argv = std::move(argv);
+    c.env_set = std::move(env);
+    proc::run_options opt;
+    opt.limit.timeout = 30s;
+    asio::io_context io;
+    proc::result r;
+    auto task = [&]() -> asio::awaitable<void> { r = co_await proc::run(c, opt); };
+    asio::co_spawn(io, std::move(task), [](std::exception_ptr e) { if (e) std::rethrow_exception(e); });
+    io.run();
+    return r;
+}
+
 // A private world per test: LIMA_HOME, config dir, state dir, and the fake's invocation log.
 struct world {
     fs::path root;
@@ -342,15 +357,62 @@ BOOST_AUTO_TEST_CASE(configured_resources_reach_the_template) {
     BOOST_TEST(contains(r.out, "web"));
 }
 
-BOOST_AUTO_TEST_CASE(agent_keys_fail_closed_until_the_filter_exists) {
+// The fake limactl runs `shell` commands on this host, so what a command in the VM would see
+// of the agent is what `machine run` hands limactl: a real ssh-agent with two keys here.
+BOOST_AUTO_TEST_CASE(agent_keys_put_a_filter_between_the_vm_and_the_agent) {
     world w;
-    w.config("[web]\nagent_keys = [\"SHA256:abc\"]\n");
-    const auto r = w.machine({"up", "web"});
-    BOOST_TEST(r.exit_code == 2);
-    BOOST_TEST(contains(r.err, "web.agent_keys: limiting the forwarded agent to some keys is not available yet"));
-    BOOST_TEST(!w.created_any());
-    w.config("[web]\nagent_keys = [\"SHA256:abc\"]\nforward_agent = false\n");
-    BOOST_TEST(w.machine({"up", "web"}).exit_code == 0);
+    const fs::path agent_sock = w.root / "a.sock";
+    proc::result started = run_sync({"ssh-agent", "-a", agent_sock.string()});
+    BOOST_REQUIRE(started.exit_code == 0);
+    const std::string agent_pid = started.out.substr(started.out.find("SSH_AGENT_PID=") + 14,
+                                                     started.out.find(';', started.out.find("SSH_AGENT_PID=")) -
+                                                         started.out.find("SSH_AGENT_PID=") - 14);
+    std::string fp[2];
+    for (int i = 0; i < 2; ++i) {
+        const fs::path key = w.root / ("key" + std::to_string(i));
+        BOOST_REQUIRE(run_sync({"ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "key" + std::to_string(i), "-f", key.string()}).exit_code == 0);
+        BOOST_REQUIRE(run_sync({"ssh-add", "-q", key.string()}, {{"SSH_AUTH_SOCK", agent_sock.string()}}).exit_code == 0);
+        const std::string line = run_sync({"ssh-keygen", "-l", "-E", "sha256", "-f", key.string() + ".pub"}).out;
+        fp[i] = line.substr(line.find(' ') + 1, line.find(' ', line.find(' ') + 1) - line.find(' ') - 1);
+    }
+    w.set("SSH_AUTH_SOCK", agent_sock.string());
+    w.config("[web]\nagent_keys = [\"" + fp[0] + "\"]\n[open]\n[closed]\nforward_agent = false\n");
+    BOOST_REQUIRE(w.machine({"up", "web", "open", "closed"}).exit_code == 0);
+
+    // agent_keys: the VM's side lists one key, and cannot remove keys from the real agent.
+    auto r = w.machine({"run", "web", "--", "ssh-add", "-l"});
+    BOOST_TEST(r.exit_code == 0, r.err);
+    BOOST_TEST(contains(r.out, fp[0]));
+    BOOST_TEST(!contains(r.out, fp[1]));
+    r = w.machine({"run", "web", "--", "sh", "-c", "echo $SSH_AUTH_SOCK"});
+    BOOST_TEST(!contains(r.out, agent_sock.string()));
+    BOOST_TEST(w.machine({"run", "web", "--", "ssh-add", "-D"}).exit_code != 0);
+    const auto all = run_sync({"ssh-add", "-l"}, {{"SSH_AUTH_SOCK", agent_sock.string()}});
+    BOOST_TEST((contains(all.out, fp[0]) && contains(all.out, fp[1])));
+    // The same filter serves the next command (not a second proxy).
+    BOOST_TEST(w.machine({"run", "web", "--", "ssh-add", "-l"}).exit_code == 0);
+    BOOST_TEST(std::distance(fs::directory_iterator(w.root / "state" / "agent"), fs::directory_iterator{}) == 1);
+
+    // No agent_keys: the whole agent. forward_agent = false: no agent at all.
+    r = w.machine({"run", "open", "--", "ssh-add", "-l"});
+    BOOST_TEST((contains(r.out, fp[0]) && contains(r.out, fp[1])));
+    r = w.machine({"run", "closed", "--", "sh", "-c", "echo ${SSH_AUTH_SOCK:-none}; ssh-add -l"});
+    BOOST_TEST(r.exit_code == 2);  // ssh-add: "Could not open a connection to your authentication agent"
+    BOOST_TEST(r.out == "none\n");
+
+    run_sync({"kill", agent_pid});
+    // The filter would end with the VM (or its socket); the fake's VMs never end on their own.
+    run_sync({"pkill", "-f", "--", "agent-proxy --listen " + (w.root / "state").string()});
+}
+
+BOOST_AUTO_TEST_CASE(session_names_are_checked_before_anything_runs) {
+    world w;
+    for (const std::string bad : {"a;rm -rf ~", "$(id)", "a b", "-x"}) {
+        const auto r = w.machine({"claude", "default", "--session", bad});
+        BOOST_TEST(r.exit_code == 2);
+        BOOST_TEST(contains(r.err, "invalid session name"));
+    }
+    BOOST_TEST(w.invocations().empty());
 }
 
 BOOST_AUTO_TEST_CASE(limactl_missing_is_one_clear_line) {

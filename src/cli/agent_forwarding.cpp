@@ -1,0 +1,215 @@
+#include "agent_forwarding.hpp"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+
+#include <spdlog/spdlog.h>
+
+#include "common.hpp"
+#include "machine/agent_proxy.hpp"
+#include "machine/paths.hpp"
+#include "machine/sha256.hpp"
+#include "machine/text.hpp"
+#include "provisioning.hpp"
+
+namespace machine::cli {
+
+namespace fs = std::filesystem;
+using asio::awaitable;
+using namespace std::chrono_literals;
+
+namespace {
+
+// One filter per project, upstream agent and key list: a change of any of them is a new socket
+// (and a new proxy); the old one ends with its VM. Short, so the path fits sockaddr_un.
+fs::path filter_socket(const config::project& p, const std::string& upstream) {
+    std::string key = p.name + '\0' + upstream;
+    for (const auto& fp : p.agent_keys) key += '\0' + fp;
+    return paths::state_dir() / "agent" / (sha256::hex(key).substr(0, 16) + ".sock");
+}
+
+bool accepts(const fs::path& socket_path) {
+    sockaddr_un addr{};
+    if (socket_path.native().size() >= sizeof addr.sun_path) return false;
+    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return false;
+    addr.sun_family = AF_UNIX;
+    std::memcpy(addr.sun_path, socket_path.c_str(), socket_path.native().size());
+    const bool ok = ::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0;
+    ::close(fd);
+    return ok;
+}
+
+// Starts `argv` in its own session, detached from machine (double fork: nobody has to reap
+// it), stdin from /dev/null, stdout and stderr appended to `log`.
+void spawn_detached(const std::vector<std::string>& argv, const fs::path& log) {
+    std::vector<char*> args;
+    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    const int log_fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    if (log_fd < 0) throw error("cannot open " + log.string() + ": " + std::strerror(errno));
+    const int null_fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+    const pid_t child = ::fork();
+    if (child < 0) {
+        ::close(log_fd);
+        if (null_fd >= 0) ::close(null_fd);
+        throw error(std::string("cannot start the agent filter: fork: ") + std::strerror(errno));
+    }
+    if (child == 0) {
+        // Only async-signal-safe calls from here on.
+        ::setsid();
+        if (::fork() != 0) ::_exit(0);
+        if (null_fd >= 0) ::dup2(null_fd, 0);
+        ::dup2(log_fd, 1);
+        ::dup2(log_fd, 2);
+        sigset_t none;
+        sigemptyset(&none);
+        ::sigprocmask(SIG_SETMASK, &none, nullptr);
+        ::execv(args[0], args.data());
+        ::_exit(127);
+    }
+    ::close(log_fd);
+    if (null_fd >= 0) ::close(null_fd);
+    int status = 0;
+    while (::waitpid(child, &status, 0) < 0 && errno == EINTR) {
+    }
+}
+
+// Starts the project's filter unless it already serves; true when it had to be started.
+awaitable<bool> ensure_filter(const config::project& p, const fs::path& socket_path, const std::string& upstream) {
+    if (accepts(socket_path)) co_return false;
+    const fs::path dir = socket_path.parent_path();
+    fs::create_directories(dir);
+    fs::permissions(dir, fs::perms::owner_all, fs::perm_options::replace);
+    if (socket_path.native().size() >= sizeof(sockaddr_un{}.sun_path))
+        throw error("the agent filter's socket path is too long: " + socket_path.string() +
+                    " (set MACHINE_STATE_DIR to a shorter directory)");
+    std::vector<std::string> argv{fs::read_symlink("/proc/self/exe").string(), "agent-proxy",
+                                  "--listen", socket_path.string(), "--upstream", upstream,
+                                  "--vm-dir", lima::instance_dir(p.name).string()};
+    for (const auto& fp : p.agent_keys) {
+        argv.push_back("--allow");
+        argv.push_back(fp);
+    }
+    spawn_detached(argv, project_state_dir(p.name) / "agent-filter.log");
+    asio::steady_timer timer(co_await asio::this_coro::executor);
+    for (int i = 0; i < 100 && !accepts(socket_path); ++i) co_await sleep_for(timer, 20ms);
+    if (!accepts(socket_path))
+        throw error("the SSH agent filter for '" + p.name + "' did not start; see " +
+                    (project_state_dir(p.name) / "agent-filter.log").string());
+    co_return true;
+}
+
+std::string key_list(const std::vector<std::string>& fps) {
+    std::string out;
+    for (const auto& fp : fps) out += (out.empty() ? "" : ", ") + fp;
+    return out;
+}
+
+// Once per project (a marker in its state directory), not on every command.
+bool first_time(const std::string& name, const std::string& what) {
+    const fs::path marker = project_state_dir(name) / ("noted-" + what);
+    std::error_code ec;
+    if (fs::exists(marker, ec)) return false;
+    fs::create_directories(marker.parent_path(), ec);
+    std::ofstream(marker) << "\n";
+    return true;
+}
+
+} // namespace
+
+// Lima's SSH master outlives commands and keeps forwarding the agent it started with: when the
+// project's choice changed since the last command (a filter added or changed, forwarding
+// switched off), it is closed, and the next connection starts a new one with the right agent.
+awaitable<void> close_master_if_mode_changed(const config::project& p, const lima::instance* inst,
+                                             const std::string& mode) {
+    const fs::path file = project_state_dir(p.name) / "agent-mode";
+    std::string last;
+    std::error_code ec;
+    if (fs::exists(file, ec)) {
+        try {
+            last = text::trim(paths::read_file(file));
+        } catch (const error&) {
+        }
+    }
+    if (last == mode) co_return;
+    if (inst && !last.empty()) co_await close_lima_ssh_master(*inst, p.name);
+    fs::create_directories(file.parent_path(), ec);
+    paths::write_file_atomic(file, mode + "\n", 0600);
+}
+
+awaitable<agent_environment> prepare_agent_forwarding(context& ctx, const config::project& p,
+                                                      const lima::instance* inst, bool speak) {
+    agent_environment out;
+    if (!p.forward_agent) {
+        // No agent for anything that connects to this VM, whatever the user's shell has.
+        out.env.unset = {"SSH_AUTH_SOCK"};
+        co_await close_master_if_mode_changed(p, inst, "none");
+        co_return out;
+    }
+    out.forward = true;
+    const std::string upstream = paths::env("SSH_AUTH_SOCK");
+    const agent_proxy::agent_probe probe = agent_proxy::probe(upstream, 2s);
+    using state = agent_proxy::agent_probe::state;
+    if (speak && (probe.result == state::not_set || probe.result == state::not_running || probe.result == state::broken)) {
+        ctx.emit(events::message(p.name, "warning",
+                                 "no usable SSH agent here (SSH_AUTH_SOCK: " + text::sanitize_for_terminal(probe.detail) +
+                                     "): git over SSH and commit signing in the VM will fail; start one "
+                                     "(eval \"$(ssh-agent)\"; ssh-add), or set forward_agent = false"));
+    }
+    if (p.agent_keys.empty()) {
+        co_await close_master_if_mode_changed(p, inst, "whole");
+        if (speak && probe.result == state::ok && first_time(p.name, "whole-agent"))
+            ctx.emit(events::message(p.name, "info",
+                                     "the VM may use every key in your SSH agent (" + std::to_string(probe.fingerprints.size()) +
+                                         "); agent_keys = [\"SHA256:...\"] in its config limits it to some"));
+        co_return out;
+    }
+    if (probe.result == state::ok) {
+        std::vector<std::string> missing;
+        for (const auto& fp : p.agent_keys)
+            if (std::find(probe.fingerprints.begin(), probe.fingerprints.end(), fp) == probe.fingerprints.end())
+                missing.push_back(fp);
+        if (speak && !missing.empty())
+            ctx.emit(events::message(p.name, "warning", "agent_keys names keys your SSH agent does not hold: " +
+                                                            key_list(missing)));
+    }
+    const fs::path socket_path = filter_socket(p, upstream);
+    if (co_await ensure_filter(p, socket_path, upstream))
+        spdlog::debug("vm={} started the agent filter on {}", p.name, socket_path.string());
+    co_await close_master_if_mode_changed(p, inst, "filter " + socket_path.filename().string());
+    out.env.set = {{"SSH_AUTH_SOCK", socket_path.string()}};
+    co_return out;
+}
+
+int run_agent_proxy(const std::string& listen, const std::string& upstream, const std::string& vm_dir,
+                    const std::vector<std::string>& allowed) {
+    agent_proxy::options opt;
+    opt.listen = listen;
+    opt.upstream = upstream;
+    opt.allowed = allowed;
+    const auto started = std::chrono::steady_clock::now();
+    // Serves while the VM's Lima host agent lives (with time to boot first), and while its
+    // socket is there (the state directory may be removed).
+    opt.idle_check = 5s;
+    opt.still_wanted = [vm_dir, listen, started] {
+        std::error_code ec;
+        if (!fs::exists(listen, ec)) return false;
+        if (std::chrono::steady_clock::now() - started < 10min) return true;
+        std::ifstream pid_file(fs::path(vm_dir) / "ha.pid");
+        long pid = 0;
+        return static_cast<bool>(pid_file >> pid) && pid > 0 && ::kill(static_cast<pid_t>(pid), 0) == 0;
+    };
+    spdlog::info("agent filter on {} for {} key(s)", listen, allowed.size());
+    return agent_proxy::run(opt);
+}
+
+} // namespace machine::cli

@@ -1,0 +1,167 @@
+// `machine claude|codex [NAME] [--session S]`, `machine ssh [NAME]`: the user's terminal joined
+// to the VM through OpenSSH (a real TTY, Lima's ControlMaster for speed), with the VM's pinned
+// host key and the project's agent forwarding.
+#include "interactive.hpp"
+
+#include <cstdio>
+
+#include <spdlog/spdlog.h>
+
+#include "agent_forwarding.hpp"
+#include "cli.hpp"
+#include "common.hpp"
+#include "machine/guest.hpp"
+#include "machine/proc.hpp"
+#include "machine/ssh.hpp"
+#include "machine/text.hpp"
+#include "provisioning.hpp"
+
+namespace machine::cli {
+
+namespace fs = std::filesystem;
+using asio::awaitable;
+
+std::vector<std::string> openssh_argv(const openssh_target& t, bool tty, const std::vector<std::string>& remote) {
+    std::vector<std::string> argv{"ssh", "-F", t.ssh_config.string(), tty ? "-t" : "-T"};
+    // Quoted: ssh parses -o values like config lines, where a space would end the path.
+    const std::string known_hosts = "\"" + t.known_hosts.string() + "\"";
+    const std::vector<std::string> options{
+        "StrictHostKeyChecking=yes",
+        "UserKnownHostsFile=" + known_hosts,
+        "GlobalKnownHostsFile=/dev/null",
+        "HostKeyAlias=machine-" + t.name,  // also ends NoHostAuthenticationForLocalhost's exemption
+        "NoHostAuthenticationForLocalhost=no",
+        "CheckHostIP=no",
+        "UpdateHostKeys=no",
+        std::string("ForwardAgent=") + (t.forward_agent ? "yes" : "no"),
+        "LogLevel=ERROR",  // no "Connection to 127.0.0.1 closed." after every detach
+    };
+    for (const auto& o : options) {
+        argv.push_back("-o");
+        argv.push_back(o);
+    }
+    argv.push_back("lima-" + t.name);
+    if (!remote.empty()) {
+        std::string command;
+        for (const auto& word : remote) command += (command.empty() ? "" : " ") + text::shell_quote(word);
+        argv.push_back("--");
+        argv.push_back(command);
+    }
+    return argv;
+}
+
+void require_valid_session_name(const std::string& s) {
+    const bool ok = !s.empty() && s.size() <= 64 && s.front() != '-' &&
+                    std::all_of(s.begin(), s.end(), [](char c) {
+                        return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                               c == '_' || c == '-';
+                    });
+    if (!ok)
+        throw usage_error("invalid session name '" + text::sanitize_for_terminal(s) +
+                          "' (use letters, digits, '_' and '-', at most 64 characters, not starting with '-')");
+}
+
+namespace {
+
+// The VM, running: brought up first (with `up`'s progress) when it is not.
+awaitable<lima::instance> running_vm(context& ctx, const std::string& name) {
+    auto inst = co_await ctx.lima().find(name);
+    if (!inst || inst->state != lima::status::running) {
+        up_options opt;
+        opt.names = {name};
+        co_await cmd_up(ctx, opt);
+        inst = co_await ctx.lima().find(name);
+        if (!inst || inst->state != lima::status::running)
+            throw error("VM '" + name + "' is not running after 'machine up " + name + "'");
+    }
+    co_return *inst;
+}
+
+// OpenSSH checks the VM against the pin's known_hosts line, which every verified connection
+// writes. A VM last reached before that file existed gets one verifying connection now.
+awaitable<void> ensure_known_hosts(context& ctx, const std::string& name, const lima::instance& inst) {
+    const ssh::host_key_pin pin = pin_of(name, false);
+    std::error_code ec;
+    if (fs::exists(pin.known_hosts, ec)) co_return;
+    const ssh::endpoint ep = ssh::endpoint_from_lima_ssh_config(ssh_config_of(inst));
+    auto session = co_await ssh::session::connect(ep, pin, &ctx.cancel);
+    session->close();
+}
+
+// Runs ssh on the user's terminal and returns its exit status. ssh stays in the terminal's
+// foreground group (it owns the TTY); machine only waits.
+awaitable<int> run_on_terminal(std::vector<std::string> argv, const agent_environment& agent) {
+    proc::command cmd;
+    cmd.argv = std::move(argv);
+    cmd.in = proc::stdio::inherit;
+    cmd.out = proc::stdio::inherit;
+    cmd.err = proc::stdio::inherit;
+    cmd.new_process_group = false;
+    cmd.env_set = agent.env.set;
+    cmd.env_unset = agent.env.unset;
+    std::fflush(stdout);
+    std::fflush(stderr);
+    const proc::result r = co_await proc::run(std::move(cmd), proc::run_options{});
+    co_return r.signal ? 128 + r.signal : r.exit_code;
+}
+
+// ssh exits 255 when the connection itself failed: say why when the VM went away.
+awaitable<int> explain_lost_connection(context& ctx, const std::string& name, int status, const std::string& again) {
+    if (status != 255) co_return status;
+    const auto inst = co_await ctx.lima().find(name);
+    if (!inst || inst->state != lima::status::running) {
+        std::fprintf(stderr,
+                     "machine: VM '%s' stopped while you were attached (ssh exit 255); '%s' starts it again\n",
+                     name.c_str(), again.c_str());
+    } else {
+        std::fprintf(stderr, "machine: the SSH connection to VM '%s' failed (ssh exit 255); the VM is still running\n",
+                     name.c_str());
+    }
+    co_return status;
+}
+
+openssh_target target_of(const std::string& name, const lima::instance& inst, const agent_environment& agent) {
+    return {name, ssh_config_of(inst), pin_of(name, false).known_hosts, agent.forward};
+}
+
+// The directory sessions and shells start in: the primary repo under ~/code ("." without one).
+std::string primary_repo_dir(const config::project& p) {
+    if (p.repos.empty()) return ".";
+    const std::string dir = repo_dir_name(p.repos.front());
+    return dir.empty() ? "." : "code/" + dir;
+}
+
+} // namespace
+
+awaitable<int> cmd_agent_session(context& ctx, std::string agent, std::optional<std::string> name_opt,
+                                 std::optional<std::string> session_opt) {
+    const std::string session = session_opt.value_or(agent);
+    require_valid_session_name(session);
+    const std::string name = resolve_name(ctx, name_opt);
+    const config::project project = ctx.cfg().resolve(name);
+    const lima::instance inst = co_await running_vm(ctx, name);
+    co_await ensure_known_hosts(ctx, name, inst);
+    const agent_environment agent_env = co_await prepare_agent_forwarding(ctx, project, &inst, true);
+    const std::vector<std::string> remote{guest::agent_install_path, "session", "attach", "--name", session,
+                                          "--agent", agent, "--dir", primary_repo_dir(project)};
+    std::string again = "machine " + agent + " " + name;
+    if (session != agent) again += " --session " + session;
+    std::fprintf(stderr, "detach: ctrl-b d (%s keeps running); reattach: %s\n", agent.c_str(), again.c_str());
+    const int status = co_await run_on_terminal(openssh_argv(target_of(name, inst, agent_env), true, remote), agent_env);
+    co_return co_await explain_lost_connection(ctx, name, status, again);
+}
+
+awaitable<int> cmd_ssh(context& ctx, std::optional<std::string> name_opt) {
+    const std::string name = resolve_name(ctx, name_opt);
+    const config::project project = ctx.cfg().resolve(name);
+    const lima::instance inst = co_await require_running(ctx, name);
+    co_await ensure_known_hosts(ctx, name, inst);
+    const agent_environment agent_env = co_await prepare_agent_forwarding(ctx, project, &inst, true);
+    // The user's login shell (zsh or bash, as configured), in the primary repo when it exists.
+    const std::vector<std::string> remote{
+        "sh", "-c", "cd -- \"$1\" 2>/dev/null; exec \"$SHELL\" -l", "sh", primary_repo_dir(project)};
+    const int status = co_await run_on_terminal(openssh_argv(target_of(name, inst, agent_env), true, remote), agent_env);
+    co_return co_await explain_lost_connection(ctx, name, status, "machine ssh " + name);
+}
+
+} // namespace machine::cli

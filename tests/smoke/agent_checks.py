@@ -1,0 +1,239 @@
+"""Smoke checks for agent sessions and SSH agent forwarding (used by tests/smoke/run).
+
+The host side runs under a private tmux server (send-keys, capture-pane), as a user would:
+`machine claude` attaches, detaching leaves the agent running, running it again reattaches to
+the same session. The agent CLI is replaced in the VM by a small program named `claude` in
+~/.local/bin (no login exists here); the session handling around it is the product's own.
+Forwarding: a real ssh-agent on the host with two keys; `agent_keys` naming one; then
+`forward_agent = false`.
+"""
+import json
+import os
+import secrets
+import shlex
+import subprocess
+import time
+
+# Prints a banner with its pid and agent socket, then echoes lines: enough to see which process
+# a terminal is attached to.
+FAKE_CLAUDE = r"""#!/bin/sh
+echo "FAKE-CLAUDE pid=$$ user=$(id -un) sock=${SSH_AUTH_SOCK:-none} dir=$(pwd)"
+while IFS= read -r line; do echo "got: $line"; done
+"""
+
+
+class HostTmux:
+    """A private tmux server on the host (its own socket), started with the smoke's environment."""
+
+    def __init__(self, env):
+        self.socket = "machine-smoke-" + secrets.token_hex(4)
+        self.env = env
+
+    def tmux(self, *args, check=False):
+        return subprocess.run(["tmux", "-L", self.socket] + list(args), env=self.env, capture_output=True,
+                              text=True, check=check)
+
+    def start(self, window, command):
+        """Runs `command` (argv) in a new window; its exit status is printed when it ends."""
+        line = " ".join(shlex.quote(a) for a in command) + '; echo "EXIT=$?"; sleep 3600'
+        if self.tmux("has-session", "-t", "smoke").returncode != 0:
+            self.tmux("new-session", "-d", "-s", "smoke", "-n", window, "-x", "160", "-y", "40", line, check=True)
+        else:
+            self.tmux("new-window", "-t", "smoke", "-n", window, line, check=True)
+
+    def screen(self, window):
+        return self.tmux("capture-pane", "-p", "-t", "smoke:" + window).stdout
+
+    def wait_for(self, window, text, timeout):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.screen(window):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def keys(self, window, *keys):
+        self.tmux("send-keys", "-t", "smoke:" + window, *keys)
+
+    def kill(self):
+        self.tmux("kill-server")
+
+
+def sessions(args, env):
+    r = subprocess.run([args.machine, "sessions", args.name, "--json"], env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        return None, r.stdout + r.stderr
+    return [json.loads(l) for l in r.stdout.splitlines() if l.strip()], r.stdout
+
+
+def count_fake_agents(guest):
+    rc, out, _ = guest.run("sh", "-c", "pgrep -c -f '^/bin/sh /home/dev/.local/bin/claude' || true")
+    return int(out.strip() or "0")
+
+
+def check_sessions(tap, args, env, guest):
+    rc, _, err = guest.run("sh", "-c", 'mkdir -p "$HOME/.local/bin" && printf %s "$1" > "$HOME/.local/bin/claude" '
+                                       '&& chmod +x "$HOME/.local/bin/claude"', "sh", FAKE_CLAUDE)
+    tap.result(rc == 0, "a stand-in claude program is installed in the VM", err)
+    host = HostTmux(env)
+    try:
+        t0 = time.monotonic()
+        host.start("first", [args.machine, "claude", args.name])
+        attached = host.wait_for("first", "FAKE-CLAUDE", 60)
+        first_attach = time.monotonic() - t0
+        tap.result(attached, "machine claude starts the agent in a tmux session and attaches (%.2fs)" % first_attach,
+                   host.screen("first"))
+        screen = host.screen("first")
+        tap.result("user=dev " in screen, "the session runs as the VM user", screen)
+        host.keys("first", "hello-from-host", "Enter")
+        tap.result(host.wait_for("first", "got: hello-from-host", 20), "keys typed on the host reach the agent",
+                   host.screen("first"))
+        listed, raw = sessions(args, env)
+        tap.result(listed is not None and len(listed) == 1 and listed[0]["name"] == "claude" and listed[0]["attached"],
+                   "machine sessions lists the session, attached", raw)
+
+        # Detach (ctrl-b d inside the VM's tmux): machine exits 0, the agent keeps running.
+        host.keys("first", "C-b", "d")
+        detached = host.wait_for("first", "EXIT=0", 20)
+        tap.result(detached and count_fake_agents(guest) == 1, "detaching leaves the agent running (machine exits 0)",
+                   host.screen("first"))
+        listed, raw = sessions(args, env)
+        tap.result(listed is not None and len(listed) == 1 and not listed[0]["attached"],
+                   "machine sessions shows it detached", raw)
+
+        # Reattach: the same session (the earlier output is still on its screen), no second agent.
+        t0 = time.monotonic()
+        host.start("second", [args.machine, "claude", args.name])
+        back = host.wait_for("second", "got: hello-from-host", 30)
+        reattach = time.monotonic() - t0
+        tap.result(back and count_fake_agents(guest) == 1,
+                   "machine claude again reattaches to the same session, no second agent (%.2fs)" % reattach,
+                   host.screen("second"))
+        tap.note("FIGURE claude_attach_s first=%.2f reattach=%.2f (target < 1 s on a running VM)" % (first_attach, reattach))
+        host.start("third", [args.machine, "claude", args.name])
+        host.wait_for("third", "got: hello-from-host", 30)
+        listed, raw = sessions(args, env)
+        tap.result(count_fake_agents(guest) == 1 and listed and listed[0].get("clients") == 2,
+                   "a second machine claude at the same time joins the same session", raw)
+        host.keys("second", "C-b", "d")
+        host.keys("third", "C-b", "d")
+
+        # A second named session, seen by watch from start to end.
+        from_watch = subprocess.Popen([args.machine, "watch", args.name, "--json"], env=env,
+                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        time.sleep(3)
+        host.start("named", [args.machine, "claude", args.name, "--session", "review"])
+        host.wait_for("named", "FAKE-CLAUDE", 60)
+        host.keys("named", "C-d")  # end of input: the stand-in agent exits, the session ends
+        ended = host.wait_for("named", "EXIT=", 20)
+        time.sleep(2)
+        from_watch.send_signal(2)
+        out, _ = from_watch.communicate(timeout=20)
+        seen = [json.loads(l) for l in out.decode(errors="replace").splitlines() if l.strip()]
+        kinds = [(e.get("event"), e.get("name")) for e in seen if e.get("type") == "guest.event"]
+        tap.result(ended and ("session.started", "review") in kinds and ("session.ended", "review") in kinds,
+                   "watch shows a session starting and ending", "\n".join(map(str, kinds)) or out.decode(errors="replace"))
+        # machine ssh: the configured login shell (zsh by default).
+        host.start("shell", [args.machine, "ssh", args.name])
+        time.sleep(3)
+        host.keys("shell", "ps -o comm= -p $$ | sed s/^/LOGIN-SHELL=/", "Enter")
+        tap.result(host.wait_for("shell", "LOGIN-SHELL=zsh", 30), "machine ssh lands in the configured shell (zsh)",
+                   host.screen("shell"))
+        host.keys("shell", "exit", "Enter")
+        tap.result(host.wait_for("shell", "EXIT=0", 20), "leaving that shell ends machine ssh with exit 0",
+                   host.screen("shell"))
+        bad = subprocess.run([args.machine, "claude", args.name, "--session", "x;touch /tmp/pwned"], env=env,
+                             capture_output=True, text=True)
+        tap.result(bad.returncode == 2 and "invalid session name" in bad.stderr,
+                   "a session name with shell metacharacters is refused (exit 2)", bad.stdout + bad.stderr)
+    finally:
+        host.kill()
+
+
+def add_key(workdir, agent_env, name):
+    key = os.path.join(workdir, name)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", key], check=True)
+    subprocess.run(["ssh-add", "-q", key], env=agent_env, check=True)
+    fp = subprocess.run(["ssh-keygen", "-l", "-E", "sha256", "-f", key + ".pub"], capture_output=True, text=True,
+                        check=True).stdout.split()[1]
+    return key, fp
+
+
+def sign_in_vm(guest, pub):
+    """ssh-keygen -Y sign in the VM with the key whose public half is `pub` (through the agent)."""
+    script = ('set -e; d=$(mktemp -d); printf %s "$1" > "$d/k.pub"; echo data > "$d/f"; '
+              'ssh-keygen -q -Y sign -f "$d/k.pub" -n smoke "$d/f" && test -s "$d/f.sig"')
+    return guest.run("sh", "-c", script, "sh", pub)
+
+
+def check_forwarding(tap, args, env, guest, workdir, write_project):
+    agent_env = {k: env[k] for k in ("SSH_AUTH_SOCK",)}
+    signing_pub = open(os.path.join(workdir, "signing.pub")).read().strip()
+    signing_fp = subprocess.run(["ssh-keygen", "-l", "-E", "sha256", "-f", os.path.join(workdir, "signing.pub")],
+                                capture_output=True, text=True, check=True).stdout.split()[1]
+    other, other_fp = add_key(workdir, dict(os.environ, **agent_env), "other")
+    other_pub = open(other + ".pub").read().strip()
+
+    rc, out, err = guest.run("ssh-add", "-l")
+    tap.result(rc == 0 and signing_fp in out and other_fp in out,
+               "without agent_keys the VM sees every key of the host's agent", out + err)
+
+    # agent_keys: only the signing key.
+    write_project(args, env, 'agent_keys = ["%s"]\n' % signing_fp)
+    up = subprocess.run([args.machine, "up", args.name], env=env, capture_output=True, text=True, timeout=600)
+    tap.result(up.returncode == 0, "machine up with agent_keys", up.stdout + up.stderr)
+    rc, out, err = guest.run("ssh-add", "-l")
+    tap.result(rc == 0 and signing_fp in out and other_fp not in out, "agent_keys: the VM sees exactly the allowed key",
+               out + err)
+    rc, out, err = sign_in_vm(guest, signing_pub)
+    tap.result(rc == 0, "agent_keys: a signature with the allowed key works", out + err)
+    rc, out, err = sign_in_vm(guest, other_pub)
+    tap.result(rc != 0, "agent_keys: a signature with the other key is refused", out + err)
+    rc, out, err = guest.run("ssh-add", "-D")
+    host_keys = subprocess.run(["ssh-add", "-l"], env=dict(os.environ, **agent_env), capture_output=True, text=True).stdout
+    tap.result(rc != 0 and signing_fp in host_keys and other_fp in host_keys,
+               "agent_keys: ssh-add -D in the VM fails and the host's agent keeps both keys", out + err + host_keys)
+
+    # A commit signed in the VM verifies on the host, with the project's allowed_signers.
+    script = ('set -e; d=$(mktemp -d); cd "$d"; git init -q; git commit -q --allow-empty -m host-verify; '
+              'git cat-file commit HEAD')
+    rc, commit, err = guest.run("bash", "-lc", script)
+    repo = os.path.join(workdir, "verify")
+    subprocess.run(["git", "init", "-q", repo], check=True)
+    sha = subprocess.run(["git", "-C", repo, "hash-object", "-t", "commit", "-w", "--stdin"], input=commit,
+                         capture_output=True, text=True).stdout.strip()
+    signers = os.path.join(workdir, "allowed_signers")
+    with open(signers, "w") as f:
+        f.write("smoke@example.org %s\n" % signing_pub)
+    verify = subprocess.run(["git", "-C", repo, "-c", "gpg.ssh.allowedSignersFile=" + signers, "verify-commit", sha],
+                            capture_output=True, text=True)
+    tap.result(rc == 0 and verify.returncode == 0 and 'Good "git" signature' in verify.stderr,
+               "a commit signed in the VM verifies on the host (git verify-commit)", err + verify.stdout + verify.stderr)
+
+    # forward_agent = false: no agent socket in the VM at all.
+    write_project(args, env, "forward_agent = false\n")
+    up = subprocess.run([args.machine, "up", args.name], env=env, capture_output=True, text=True, timeout=600)
+    rc, out, err = guest.run("sh", "-c", 'echo "sock=${SSH_AUTH_SOCK:-none}"; ssh-add -l; echo "rc=$?"; '
+                                         'find /tmp -type s -name "agent.*" 2>/dev/null | wc -l')
+    tap.result(up.returncode == 0 and "sock=none" in out and "rc=2" in out and out.strip().endswith("0"),
+               "forward_agent = false: ssh-add -l in the VM finds no agent, no agent socket exists",
+               up.stdout + up.stderr + out + err)
+    write_project(args, env)
+    up = subprocess.run([args.machine, "up", args.name], env=env, capture_output=True, text=True, timeout=600)
+    rc, out, err = guest.run("ssh-add", "-l")
+    tap.result(up.returncode == 0 and rc == 0 and other_fp in out, "forwarding the whole agent again", out + err)
+
+
+def attach_for_stop(env, args):
+    """A `machine claude` attached under host tmux, for a check that stops the VM under it."""
+    host = HostTmux(env)
+    host.start("attached", [args.machine, "claude", args.name])
+    return host, host.wait_for("attached", "FAKE-CLAUDE", 60)
+
+
+def check_stopped_while_attached(tap, host, attached):
+    ended = host.wait_for("attached", "EXIT=255", 60)
+    screen = host.screen("attached")
+    tap.result(attached and ended and "stopped while you were attached" in screen,
+               "the VM stopped while attached: machine claude says so and exits 255", screen)
+    host.kill()
