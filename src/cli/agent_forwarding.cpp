@@ -159,11 +159,11 @@ awaitable<agent_environment> prepare_agent_forwarding(context& ctx, const config
     const std::string upstream = paths::env("SSH_AUTH_SOCK");
     const agent_proxy::agent_probe probe = agent_proxy::probe(upstream, 2s);
     using state = agent_proxy::agent_probe::state;
-    if (speak && (probe.result == state::not_set || probe.result == state::not_running || probe.result == state::broken)) {
+    if (speak && probe.result != state::ok) {
         ctx.emit(events::message(p.name, "warning",
-                                 "no usable SSH agent here (SSH_AUTH_SOCK: " + text::sanitize_for_terminal(probe.detail) +
-                                     "): git over SSH and commit signing in the VM will fail; start one "
-                                     "(eval \"$(ssh-agent)\"; ssh-add), or set forward_agent = false"));
+                                 "no usable SSH agent: " + text::sanitize_for_terminal(probe.detail) +
+                                     "; git over SSH and commit signing in the VM will fail (start or unlock "
+                                     "one: eval \"$(ssh-agent)\"; ssh-add; or set forward_agent = false)"));
     }
     if (p.agent_keys.empty()) {
         co_await close_master_if_mode_changed(p, inst, "whole");

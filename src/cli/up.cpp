@@ -74,7 +74,7 @@ awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel, co
     else
         existing = co_await lima.find(name);
     const bool was_running = existing && existing->state == lima::status::running;
-    if (agent_enabled()) {
+    {
         // Every limactl call from here on (the start, whose SSH master outlives it, and the
         // clones) reaches only the agent the project may use.
         const lima::instance* inst = existing ? &*existing : nullptr;

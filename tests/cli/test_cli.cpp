@@ -3,9 +3,13 @@
 #include <boost/test/unit_test.hpp>
 
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
 #include <sys/stat.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <map>
 #include <set>
@@ -57,6 +61,20 @@ proc::result run_sync(std::vector<std::string> argv, std::vector<std::pair<std::
     io.run();
     return r;
 }
+
+// A real ssh-agent on `socket` for one test, killed at the end.
+struct test_agent {
+    fs::path socket;
+    std::string pid;
+    explicit test_agent(fs::path path) : socket(std::move(path)) {
+        const proc::result r = run_sync({"ssh-agent", "-a", socket.string()});
+        BOOST_REQUIRE(r.exit_code == 0);
+        const auto at = r.out.find("SSH_AGENT_PID=") + 14;
+        pid = r.out.substr(at, r.out.find(';', at) - at);
+    }
+    ~test_agent() { run_sync({"kill", pid}); }
+    std::vector<std::pair<std::string, std::string>> env() const { return {{"SSH_AUTH_SOCK", socket.string()}}; }
+};
 
 // A private world per test: LIMA_HOME, config dir, state dir, and the fake's invocation log.
 struct world {
@@ -361,17 +379,13 @@ BOOST_AUTO_TEST_CASE(configured_resources_reach_the_template) {
 // of the agent is what `machine run` hands limactl: a real ssh-agent with two keys here.
 BOOST_AUTO_TEST_CASE(agent_keys_put_a_filter_between_the_vm_and_the_agent) {
     world w;
-    const fs::path agent_sock = w.root / "a.sock";
-    proc::result started = run_sync({"ssh-agent", "-a", agent_sock.string()});
-    BOOST_REQUIRE(started.exit_code == 0);
-    const std::string agent_pid = started.out.substr(started.out.find("SSH_AGENT_PID=") + 14,
-                                                     started.out.find(';', started.out.find("SSH_AGENT_PID=")) -
-                                                         started.out.find("SSH_AGENT_PID=") - 14);
+    const test_agent agent(w.root / "a.sock");
+    const fs::path agent_sock = agent.socket;
     std::string fp[2];
     for (int i = 0; i < 2; ++i) {
         const fs::path key = w.root / ("key" + std::to_string(i));
         BOOST_REQUIRE(run_sync({"ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "key" + std::to_string(i), "-f", key.string()}).exit_code == 0);
-        BOOST_REQUIRE(run_sync({"ssh-add", "-q", key.string()}, {{"SSH_AUTH_SOCK", agent_sock.string()}}).exit_code == 0);
+        BOOST_REQUIRE(run_sync({"ssh-add", "-q", key.string()}, agent.env()).exit_code == 0);
         const std::string line = run_sync({"ssh-keygen", "-l", "-E", "sha256", "-f", key.string() + ".pub"}).out;
         fp[i] = line.substr(line.find(' ') + 1, line.find(' ', line.find(' ') + 1) - line.find(' ') - 1);
     }
@@ -387,7 +401,7 @@ BOOST_AUTO_TEST_CASE(agent_keys_put_a_filter_between_the_vm_and_the_agent) {
     r = w.machine({"run", "web", "--", "sh", "-c", "echo $SSH_AUTH_SOCK"});
     BOOST_TEST(!contains(r.out, agent_sock.string()));
     BOOST_TEST(w.machine({"run", "web", "--", "ssh-add", "-D"}).exit_code != 0);
-    const auto all = run_sync({"ssh-add", "-l"}, {{"SSH_AUTH_SOCK", agent_sock.string()}});
+    const auto all = run_sync({"ssh-add", "-l"}, agent.env());
     BOOST_TEST((contains(all.out, fp[0]) && contains(all.out, fp[1])));
     // The same filter serves the next command (not a second proxy).
     BOOST_TEST(w.machine({"run", "web", "--", "ssh-add", "-l"}).exit_code == 0);
@@ -400,9 +414,44 @@ BOOST_AUTO_TEST_CASE(agent_keys_put_a_filter_between_the_vm_and_the_agent) {
     BOOST_TEST(r.exit_code == 2);  // ssh-add: "Could not open a connection to your authentication agent"
     BOOST_TEST(r.out == "none\n");
 
-    run_sync({"kill", agent_pid});
     // The filter would end with the VM (or its socket); the fake's VMs never end on their own.
     run_sync({"pkill", "-f", "--", "agent-proxy --listen " + (w.root / "state").string()});
+}
+
+// An agent that never answers, and a locked one: up says so, in bounded time, and goes on.
+BOOST_AUTO_TEST_CASE(a_hung_or_locked_agent_is_a_warning_not_a_hang) {
+    world w;
+    w.config("[web]\n");
+    // Listening, never accepting: connect and write succeed, the answer never comes.
+    const fs::path hung = w.root / "hung.sock";
+    const int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strncpy(addr.sun_path, hung.c_str(), sizeof addr.sun_path - 1);
+    BOOST_REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+    BOOST_REQUIRE(::listen(fd, 4) == 0);
+    w.set("SSH_AUTH_SOCK", hung.string());
+    const auto t0 = std::chrono::steady_clock::now();
+    auto r = w.machine({"up", "web"});
+    BOOST_TEST(r.exit_code == 0);
+    BOOST_TEST(seconds_since(t0) < 15);
+    BOOST_TEST(contains(r.out, "no usable SSH agent: the agent at " + hung.string() + " did not answer within"), r.out);
+    ::close(fd);
+
+    const test_agent locked(w.root / "locked.sock");
+    const fs::path key = w.root / "key";
+    BOOST_REQUIRE(run_sync({"ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key.string()}).exit_code == 0);
+    const fs::path askpass = w.root / "askpass";
+    std::ofstream(askpass) << "#!/bin/sh\necho lock-password\n";
+    fs::permissions(askpass, fs::perms::owner_all);
+    const std::vector<std::pair<std::string, std::string>> agent_env{
+        {"SSH_AUTH_SOCK", locked.socket.string()}, {"SSH_ASKPASS", askpass.string()}, {"SSH_ASKPASS_REQUIRE", "force"}, {"DISPLAY", ":0"}};
+    BOOST_REQUIRE(run_sync({"ssh-add", "-q", key.string()}, agent_env).exit_code == 0);
+    BOOST_REQUIRE(run_sync({"ssh-add", "-x"}, agent_env).exit_code == 0);
+    w.env.back() = {"SSH_AUTH_SOCK", locked.socket.string()};
+    r = w.machine({"up", "web"});
+    BOOST_TEST(r.exit_code == 0);
+    BOOST_TEST(contains(r.out, "holds no keys (or is locked)"), r.out);
 }
 
 BOOST_AUTO_TEST_CASE(session_names_are_checked_before_anything_runs) {
@@ -490,11 +539,13 @@ BOOST_AUTO_TEST_CASE(ctrl_c_during_a_long_start) {
         signalled |= rec.value("event", "") == "signal" && rec["pid"] == start_pid && rec["signal"] == "SIGINT";
     BOOST_TEST(signalled);
     BOOST_TEST(::kill(start_pid, 0) == -1);  // reaped, gone
-    // The state dir holds the complete template and nothing half-written.
+    // The state dir holds the complete template and nothing half-written (agent-mode: which SSH
+    // agent the VM's connections were given, see agent_forwarding.cpp).
     std::vector<std::string> files;
-    for (const auto& e : fs::directory_iterator(w.state("default"))) files.push_back(e.path().filename());
+    for (const auto& e : fs::directory_iterator(w.state("default")))
+        if (e.path().filename() != "noted-whole-agent") files.push_back(e.path().filename());
     std::sort(files.begin(), files.end());
-    BOOST_TEST(files == (std::vector<std::string>{".lock", "lima.yaml"}));
+    BOOST_TEST(files == (std::vector<std::string>{".lock", "agent-mode", "lima.yaml"}));
     BOOST_TEST(contains(read(w.state("default") / "lima.yaml"), "display: \"none\""));
     // The next `up` picks up where it stopped.
     w.env.pop_back();
