@@ -20,13 +20,31 @@ std::string describe_state(const event& e) {
     return detail.empty() ? state : state + ": " + detail;
 }
 
+// An integer field as text ("" when absent or not an integer: guest events are untrusted).
+std::string number(const event& e, std::string_view key) {
+    const value* v = e.find(key);
+    const auto* i = v ? std::get_if<std::int64_t>(v) : nullptr;
+    return i ? std::to_string(*i) : std::string();
+}
+
 std::string seconds(const event& e) {
     const value* v = e.find("duration_ms");
-    if (!v) return {};
-    const auto ms = std::get<std::int64_t>(*v);
+    const auto* ms = v ? std::get_if<std::int64_t>(v) : nullptr;
+    if (!ms) return {};
     char buf[32];
-    std::snprintf(buf, sizeof buf, "%.1fs", static_cast<double>(ms) / 1000.0);
+    std::snprintf(buf, sizeof buf, "%.1fs", static_cast<double>(*ms) / 1000.0);
     return buf;
+}
+
+// The guest agent's session.started / session.ended, in words.
+std::string describe_session(const event& e) {
+    const std::string head = "session " + e.text("name") + " (" + e.text("agent") + ")";
+    if (e.text("event") == "session.started") return head + " started as " + e.text("user") + ", pid " + number(e, "pid");
+    const std::string reason = e.text("reason");
+    const std::string how = reason == "exit"     ? "exited with status " + number(e, "exit_code")
+                            : reason == "signal" ? "killed by signal " + number(e, "signal")
+                                                 : "lost (its process vanished)";
+    return head + " ended: " + how + " after " + seconds(e);
 }
 
 } // namespace
@@ -45,6 +63,8 @@ std::string terminal_sink::render(const event& e) {
     if (t == type::message) return e.text("text");
     if (t == type::error) return "error: " + e.text("message");
     if (t == type::vm_done) return e.text("outcome") + " in " + seconds(e);
+    if (t == type::guest && (e.text("event") == "session.started" || e.text("event") == "session.ended"))
+        return describe_session(e);
     if (t == type::guest) {
         std::string line = "agent: " + e.text("event");
         for (const auto& [k, v] : e.fields) {

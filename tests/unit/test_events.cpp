@@ -81,4 +81,22 @@ BOOST_AUTO_TEST_CASE(guest_events_render_and_serialize) {
     BOOST_TEST(j["state"] == "running");
 }
 
+BOOST_AUTO_TEST_CASE(session_events_read_as_sentences) {
+    const auto started = events::guest_event("web", "session.started", 1,
+                                             {{"name", std::string("claude")}, {"agent", std::string("claude")},
+                                              {"user", std::string("dev")}, {"pid", std::int64_t(812)}});
+    BOOST_TEST(events::terminal_sink::render(started) == "session claude (claude) started as dev, pid 812");
+    const auto ended = events::guest_event("web", "session.ended", 2,
+                                           {{"name", std::string("review")}, {"agent", std::string("codex")},
+                                            {"reason", std::string("exit")}, {"exit_code", std::int64_t(3)},
+                                            {"duration_ms", std::int64_t(61500)}});
+    BOOST_TEST(events::terminal_sink::render(ended) == "session review (codex) ended: exited with status 3 after 61.5s");
+    // A field of the wrong type from a hostile agent is left out, not a crash.
+    const auto odd = events::guest_event("web", "session.ended", 3,
+                                         {{"name", std::string("x")}, {"agent", std::string("claude")},
+                                          {"reason", std::string("signal")}, {"signal", std::string("KILL")},
+                                          {"duration_ms", std::string("soon")}});
+    BOOST_TEST(events::terminal_sink::render(odd) == "session x (claude) ended: killed by signal  after ");
+}
+
 BOOST_AUTO_TEST_SUITE_END()
