@@ -31,6 +31,7 @@
 #include "files.hpp"
 #include "machine/protocol.hpp"
 #include "server.hpp"
+#include "spawn.hpp"
 #include "tmux.hpp"
 #include "users.hpp"
 
@@ -520,13 +521,7 @@ int run(const session_args& a) {
             ::setpgid(0, 0);
             ::tcsetpgrp(STDIN_FILENO, ::getpid());
         }
-        struct sigaction dfl {};
-        dfl.sa_handler = SIG_DFL;
-        for (int s = 1; s < NSIG; ++s)
-            if (s != SIGKILL && s != SIGSTOP) ::sigaction(s, &dfl, nullptr);
-        sigset_t none;
-        sigemptyset(&none);
-        ::sigprocmask(SIG_SETMASK, &none, nullptr);
+        reset_signals_for_exec();
         ::execv(argv[0], argv.data());
         [[maybe_unused]] const auto w = ::write(STDERR_FILENO, exec_failed.data(), exec_failed.size());
         ::_exit(127);

@@ -26,6 +26,16 @@ extern char** environ;
 
 namespace machine::agent {
 
+void reset_signals_for_exec() {
+    struct sigaction dfl {};
+    dfl.sa_handler = SIG_DFL;
+    for (int s = 1; s < NSIG; ++s)
+        if (s != SIGKILL && s != SIGSTOP) ::sigaction(s, &dfl, nullptr);
+    sigset_t none;
+    sigemptyset(&none);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);
+}
+
 namespace {
 
 enum class step : int { stdio, session, groups, gid, uid, chdir, exec };
@@ -69,15 +79,8 @@ void make_pipe(int fds[2]) {
         ::_exit(127);
     };
 
-    // Default dispositions for everything (SIG_IGN survives exec, handlers do not matter),
-    // then unblock: the parent blocked all signals around fork.
-    struct sigaction dfl {};
-    dfl.sa_handler = SIG_DFL;
-    for (int s = 1; s < NSIG; ++s)
-        if (s != SIGKILL && s != SIGSTOP) ::sigaction(s, &dfl, nullptr);
-    sigset_t none;
-    sigemptyset(&none);
-    ::sigprocmask(SIG_SETMASK, &none, nullptr);
+    // The parent blocked all signals around fork.
+    reset_signals_for_exec();
 
     // Move the three sources out of the way first: any of them may already be 0, 1 or 2.
     const int src[3] = {in_fd, out_fd, err_fd};

@@ -36,6 +36,10 @@ struct child_process {
     int stderr_fd = -1;   ///< read end, when pipe_stderr
 };
 
+/// For a forked child about to exec: every signal's default disposition (SIG_IGN would survive
+/// exec) and none blocked. Async-signal-safe.
+void reset_signals_for_exec();
+
 /// The command did not start; what() names the step: "exec 'nosuch': No such file or directory".
 class spawn_failure : public std::runtime_error {
 public:

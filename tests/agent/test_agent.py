@@ -225,6 +225,24 @@ def subscribe_collect(client, from_seq, count, rid=None):
     return rid, events
 
 
+def journal_events(agent, from_seq=0, prefixes=("",)):
+    """The journal's events after from_seq whose names start with one of `prefixes`, through
+    subscribe (replay until live)."""
+    c = agent.client()
+    rid = c.request("subscribe", from_seq=from_seq)
+    out = []
+    while True:
+        m = c.next(lambda m: m.get("id") == rid)
+        assert m is not None, "subscription ended early"
+        if m["type"] == "live":
+            break
+        if m["type"] == "event" and m["event"].startswith(tuple(prefixes)):
+            out.append(m)
+    c.close()
+    agent.clients.remove(c)
+    return out
+
+
 def emit_many(path, n, tag, results=None):
     """n emits pipelined on one connection; returns their seqs in request order."""
     c = Client(path, timeout=60)

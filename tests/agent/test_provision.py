@@ -84,20 +84,7 @@ class ProvisionTest(ta.AgentTest):
         return step(name, sh(f"echo {name} >> {self.counter}"), **kw)
 
     def events(self, agent, from_seq=0, names=("provision.", "step.")):
-        """The journal's events after from_seq, through subscribe (replay until live)."""
-        c = agent.client()
-        rid = c.request("subscribe", from_seq=from_seq)
-        out = []
-        while True:
-            m = c.next(lambda m: m.get("id") == rid)
-            self.assertIsNotNone(m)
-            if m["type"] == "live":
-                break
-            if m["type"] == "event" and m["event"].startswith(names):
-                out.append(m)
-        c.close()
-        agent.clients.remove(c)
-        return out
+        return ta.journal_events(agent, from_seq, names)
 
     def last_seq(self, agent):
         return agent.client().call("hello")["journal"]["last_seq"]

@@ -190,19 +190,7 @@ class SessionTest(ta.AgentTest):
         return wait_until(listed, what=f"{name} with {count} attached clients")
 
     def events(self, a, prefix="session."):
-        c = a.client()
-        rid = c.request("subscribe", from_seq=0)
-        out = []
-        while True:
-            m = c.next(lambda m: m.get("id") == rid)
-            self.assertIsNotNone(m)
-            if m["type"] == "live":
-                break
-            if m["type"] == "event" and m["event"].startswith(prefix):
-                out.append(m)
-        c.close()
-        a.clients.remove(c)
-        return out
+        return ta.journal_events(a, 0, (prefix,))
 
     def wait_event(self, a, event, **fields):
         def found():
