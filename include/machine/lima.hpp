@@ -45,6 +45,7 @@ struct instance {
     bool is_protected = false;
     std::string lima_version;   // normalized: "2.2.0" for both "2.2.0" and "v2.2.0"
     std::vector<std::string> errors;  // strings, or a description of error objects
+    std::optional<bool> forward_agent;  // config.ssh.forwardAgent, when listed
 };
 
 // limactl printed something we cannot understand.
@@ -138,6 +139,8 @@ struct argv_builder {
                                        std::chrono::seconds timeout) const;
     std::vector<std::string> clone(const std::string& from, const std::string& to,
                                    const std::vector<std::string>& sets = {}) const;
+    /// `edit NAME --set=EXPR...`: rewrites a stopped instance's lima.yaml.
+    std::vector<std::string> edit(const std::string& name, const std::vector<std::string>& sets) const;
     std::vector<std::string> shell(const std::string& name, const std::vector<std::string>& cmd,
                                    const std::string& workdir) const;
     std::vector<std::string> version() const;
@@ -178,6 +181,8 @@ public:
     // A copy-on-write copy of a stopped instance, with a new identity; `sets` are yq
     // expressions applied to the copy's lima.yaml (--set).
     asio::awaitable<void> clone(std::string from, std::string to, std::vector<std::string> sets);
+    // Applies yq expressions to a stopped instance's lima.yaml (`limactl edit --set`).
+    asio::awaitable<void> edit(std::string name, std::vector<std::string> sets);
     // Runs a command in the guest with captured output; returns the remote exit status.
     struct shell_result {
         int status;

@@ -5,6 +5,9 @@
 
 #include <cstdio>
 
+#include <asio/steady_timer.hpp>
+#include <asio/this_coro.hpp>
+
 #include <spdlog/spdlog.h>
 
 #include "agent_forwarding.hpp"
@@ -35,6 +38,9 @@ std::vector<std::string> openssh_argv(const openssh_target& t, bool tty, const s
         "UpdateHostKeys=no",
         std::string("ForwardAgent=") + (t.forward_agent ? "yes" : "no"),
         "LogLevel=ERROR",  // no "Connection to 127.0.0.1 closed." after every detach
+        // A VM that vanishes without closing the connection is noticed within 15 s.
+        "ServerAliveInterval=5",
+        "ServerAliveCountMax=3",
     };
     for (const auto& o : options) {
         argv.push_back("-o");
@@ -105,10 +111,17 @@ awaitable<int> run_on_terminal(std::vector<std::string> argv, const agent_enviro
     co_return r.signal ? 128 + r.signal : r.exit_code;
 }
 
-// ssh exits 255 when the connection itself failed: say why when the VM went away.
+// ssh exits 255 when the connection itself failed: say why when the VM went away. A VM being
+// stopped drops the connection before Lima lists it as stopped: give it a few seconds.
 awaitable<int> explain_lost_connection(context& ctx, const std::string& name, int status, const std::string& again) {
     if (status != 255) co_return status;
-    const auto inst = co_await ctx.lima().find(name);
+    std::optional<lima::instance> inst;
+    asio::steady_timer timer(co_await asio::this_coro::executor);
+    for (int i = 0; i < 20; ++i) {
+        inst = co_await ctx.lima().find(name);
+        if (!inst || inst->state != lima::status::running) break;
+        co_await sleep_for(timer, std::chrono::milliseconds(500));
+    }
     if (!inst || inst->state != lima::status::running) {
         std::fprintf(stderr,
                      "machine: VM '%s' stopped while you were attached (ssh exit 255); '%s' starts it again\n",

@@ -83,6 +83,13 @@ std::vector<std::string> argv_builder::clone(const std::string& from, const std:
     return argv;
 }
 
+std::vector<std::string> argv_builder::edit(const std::string& name, const std::vector<std::string>& sets) const {
+    std::vector<std::string> argv{limactl, "--tty=false", "edit"};
+    for (const auto& s : sets) argv.push_back("--set=" + s);
+    argv.push_back(name);
+    return argv;
+}
+
 std::vector<std::string> argv_builder::shell(const std::string& name, const std::vector<std::string>& cmd,
                                              const std::string& workdir) const {
     std::vector<std::string> argv{limactl, "--tty=false", "shell"};
@@ -249,6 +256,11 @@ awaitable<void> client::stop(std::string name, bool force) {
 
 awaitable<void> client::remove(std::string name, bool force) {
     auto argv = argv_.remove(name, force);
+    co_await invoke_checked(std::move(argv), timeouts_.change, cancel_, env_);
+}
+
+awaitable<void> client::edit(std::string name, std::vector<std::string> sets) {
+    auto argv = argv_.edit(name, sets);
     co_await invoke_checked(std::move(argv), timeouts_.change, cancel_, env_);
 }
 

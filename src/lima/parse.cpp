@@ -86,6 +86,10 @@ instance to_instance(const json& j) {
     i.is_protected = get_or<bool>(j, "protected", false);
     i.lima_version = normalize_version(get_or<std::string>(j, "limaVersion", ""));
     i.errors = parse_errors(j);
+    if (const auto c = j.find("config"); c != j.end() && c->is_object())
+        if (const auto sh = c->find("ssh"); sh != c->end() && sh->is_object())
+            if (const auto fa = sh->find("forwardAgent"); fa != sh->end() && fa->is_boolean())
+                i.forward_agent = fa->get<bool>();
     return i;
 }
 

@@ -454,6 +454,30 @@ BOOST_AUTO_TEST_CASE(a_hung_or_locked_agent_is_a_warning_not_a_hang) {
     BOOST_TEST(contains(r.out, "holds no keys (or is locked)"), r.out);
 }
 
+// Lima fixes agent forwarding per instance: a changed forward_agent reaches a stopped VM's
+// lima.yaml before its next start, and a running VM's user is told when it applies.
+BOOST_AUTO_TEST_CASE(a_changed_forward_agent_reaches_the_instance_at_its_next_start) {
+    world w;
+    w.config("[web]\n");
+    BOOST_REQUIRE(w.machine({"up", "web"}).exit_code == 0);
+    w.config("[web]\nforward_agent = false\n");
+    auto r = w.machine({"up", "web"});
+    BOOST_TEST(r.exit_code == 0);
+    BOOST_TEST(contains(r.out, "forward_agent = false takes effect when the VM restarts"), r.out);
+    BOOST_TEST(!w.invoked("edit"));
+    BOOST_REQUIRE(w.machine({"down", "web"}).exit_code == 0);
+    BOOST_REQUIRE(w.machine({"up", "web"}).exit_code == 0);
+    const auto calls = w.invocations();
+    bool edited = false;
+    for (const auto& argv : calls)
+        edited |= argv == std::vector<std::string>{"--tty=false", "edit", "--set=.ssh.forwardAgent = false", "web"};
+    BOOST_TEST(edited);
+    BOOST_TEST(contains(read(w.instance("web") / "lima.yaml"), "forwardAgent: false"));
+    // In place now: nothing more to say or do.
+    r = w.machine({"up", "web"});
+    BOOST_TEST(!contains(r.out, "takes effect"));
+}
+
 BOOST_AUTO_TEST_CASE(session_names_are_checked_before_anything_runs) {
     world w;
     for (const std::string bad : {"a;rm -rf ~", "$(id)", "a b", "-x"}) {

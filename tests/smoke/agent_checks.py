@@ -210,18 +210,14 @@ def check_forwarding(tap, args, env, guest, workdir, write_project):
     tap.result(rc == 0 and verify.returncode == 0 and 'Good "git" signature' in verify.stderr,
                "a commit signed in the VM verifies on the host (git verify-commit)", err + verify.stdout + verify.stderr)
 
-    # forward_agent = false: no agent socket in the VM at all.
-    write_project(args, env, "forward_agent = false\n")
-    up = subprocess.run([args.machine, "up", args.name], env=env, capture_output=True, text=True, timeout=600)
-    rc, out, err = guest.run("sh", "-c", 'echo "sock=${SSH_AUTH_SOCK:-none}"; ssh-add -l; echo "rc=$?"; '
-                                         'find /tmp -type s -name "agent.*" 2>/dev/null | wc -l')
-    tap.result(up.returncode == 0 and "sock=none" in out and "rc=2" in out and out.strip().endswith("0"),
-               "forward_agent = false: ssh-add -l in the VM finds no agent, no agent socket exists",
-               up.stdout + up.stderr + out + err)
+    # Without agent_keys again: the next connection gets the whole agent (the old SSH master,
+    # holding the filter, is closed).
     write_project(args, env)
     up = subprocess.run([args.machine, "up", args.name], env=env, capture_output=True, text=True, timeout=600)
     rc, out, err = guest.run("ssh-add", "-l")
-    tap.result(up.returncode == 0 and rc == 0 and other_fp in out, "forwarding the whole agent again", out + err)
+    tap.result(up.returncode == 0 and rc == 0 and other_fp in out, "without agent_keys again the VM sees both keys",
+               up.stdout + up.stderr + out + err)
+    tap.note("forward_agent = false is checked across the restart (Lima sets it when the VM starts)")
 
 
 def attach_for_stop(env, args):
@@ -229,6 +225,14 @@ def attach_for_stop(env, args):
     host = HostTmux(env)
     host.start("attached", [args.machine, "claude", args.name])
     return host, host.wait_for("attached", "FAKE-CLAUDE", 60)
+
+
+def check_no_agent(tap, guest):
+    """After the VM restarted with forward_agent = false: no agent socket in the VM at all."""
+    rc, out, err = guest.run("sh", "-c", 'echo "sock=${SSH_AUTH_SOCK:-none}"; ssh-add -l; echo "rc=$?"; '
+                                         'find /tmp -type s -name "agent.*" 2>/dev/null | wc -l')
+    tap.result("sock=none" in out and "rc=2" in out and out.strip().endswith("0"),
+               "forward_agent = false: ssh-add -l in the VM finds no agent, no agent socket exists", out + err)
 
 
 def check_stopped_while_attached(tap, host, attached):

@@ -43,6 +43,7 @@ BOOST_AUTO_TEST_CASE(list_running) {
     BOOST_TEST(i.lima_version == "2.2.0");
     BOOST_TEST(!i.is_protected);
     BOOST_TEST(i.errors.empty());
+    BOOST_TEST((i.forward_agent == std::optional<bool>(false)));  // config.ssh.forwardAgent
 }
 
 BOOST_AUTO_TEST_CASE(list_stopped_with_v_prefixed_version) {
@@ -236,6 +237,8 @@ BOOST_AUTO_TEST_CASE(argv_vectors_never_shell_strings) {
     BOOST_TEST(b.clone("base", "web", {".cpus = 2 | .memory = \"4GiB\""}) ==
                (std::vector<std::string>{"limactl", "--tty=false", "clone", "--set=.cpus = 2 | .memory = \"4GiB\"",
                                          "base", "web"}));
+    BOOST_TEST(b.edit("web", {".ssh.forwardAgent = false"}) ==
+               (std::vector<std::string>{"limactl", "--tty=false", "edit", "--set=.ssh.forwardAgent = false", "web"}));
     BOOST_TEST(b.start_new("web", "/s/web/lima.yaml", std::chrono::seconds(600)) ==
                (std::vector<std::string>{"limactl", "--tty=false", "start", "--timeout=600s", "--name=web",
                                          "/s/web/lima.yaml"}));
