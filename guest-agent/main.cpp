@@ -38,6 +38,7 @@ constexpr const char* usage_text =
     "  --socket PATH          socket (default /run/machine-agent/agent.sock; $MACHINE_AGENT_SOCKET)\n"
     "  --journal PATH         event journal (default /var/lib/machine-agent/journal.jsonl)\n"
     "  --steps-state PATH     provision's record of done steps (default /var/lib/machine-agent/steps.json)\n"
+    "  --secrets-dir DIR      the tmpfs secrets.render writes to (default /run/machine-secrets)\n"
     "  --user NAME            the VM user: user.ready, and the socket's group\n"
     "  --group NAME           the socket's group (default: the user's primary group)\n"
     "  --no-systemd           no boot.finished, no sd_notify (tests, containers)\n"
@@ -112,6 +113,7 @@ int main(int argc, char** argv) {
         } else if (a == "--socket") opt.socket_path = value("--socket");
         else if (a == "--journal") opt.journal_path = value("--journal");
         else if (a == "--steps-state") opt.steps_state_path = value("--steps-state");
+        else if (a == "--secrets-dir") opt.secrets_dir = value("--secrets-dir");
         else if (a == "--user") opt.user = value("--user");
         else if (a == "--group") opt.group = value("--group");
         else if (a == "--no-systemd") opt.systemd = false;

@@ -39,6 +39,7 @@
 #include "machine/events.hpp"
 #include "machine/protocol.hpp"
 #include "provision.hpp"
+#include "secrets.hpp"
 #include "spawn.hpp"
 #include "steps_state.hpp"
 #include "tmux.hpp"
@@ -190,6 +191,7 @@ private:
     awaitable<void> write_loop();
     void handle(proto::decoded& item);
     void handle_message(proto::message& m);
+    void handle_secrets(std::uint64_t id, proto::message& m);
     void mark_dead();
     void request_done(const std::shared_ptr<request_state>& st);
     std::shared_ptr<request_state> start_request(std::uint64_t id, request_kind kind);
@@ -214,6 +216,7 @@ public:
     server(asio::io_context& io, server_options options)
         : io_(io), options_(std::move(options)), journal_(options_.journal_path, options_.journal_limits),
           steps_(options_.steps_state_path),
+          secrets_(io.get_executor(), secrets_setup_for_store()),
           acceptor_(io), signals_(io, SIGTERM, SIGINT), events_(io.get_executor()), sync_timer_(io),
           started_(std::chrono::steady_clock::now()) {}
 
@@ -228,6 +231,7 @@ public:
 
     std::uint64_t append_event(std::string_view name, const proto::json& fields);
     provision_setup provision_setup_for_job();
+    secrets_store& secrets() { return secrets_; }
     proto::hello_result hello() const;
     proto::health_result health() const;
 
@@ -247,6 +251,7 @@ public:
 
 private:
     void prepare_socket_directory(gid_t gid);
+    secrets_setup secrets_setup_for_store();
     awaitable<void> accept_loop();
     awaitable<void> sync_later();
     awaitable<void> watch_boot();
@@ -258,6 +263,7 @@ private:
     server_options options_;
     journal journal_;
     steps_state steps_;
+    secrets_store secrets_;
     asio::local::stream_protocol::acceptor acceptor_;
     asio::signal_set signals_;
     notifier events_;
@@ -852,8 +858,33 @@ void connection::handle_message(proto::message& m) {
                                self->request_done(st);
                            });
         }
+    } else if (m.type == proto::type::secrets_render || m.type == proto::type::secrets_clear ||
+               m.type == proto::type::secrets_list) {
+        handle_secrets(id, m);
     } else {
         reply_error(proto::errc::unknown_type, "unknown request type '" + m.type + "'");
+    }
+}
+
+// secrets.* (secrets.hpp): done at once, on the loop (a few small writes to a tmpfs).
+void connection::handle_secrets(std::uint64_t id, proto::message& m) {
+    try {
+        if (m.type == proto::type::secrets_render) {
+            auto q = proto::parse_secrets_render_request(m.body);
+            proto::wipe_secrets(m.body);  // the encoded values; `q` holds them now (and wipes them)
+            if (!q) return post(proto::encode(proto::make_error(id, q.code, q.error)));
+            const auto r = srv_.secrets().render(*q);
+            post(proto::encode(proto::make_secrets_render_result(id, r)));
+        } else if (m.type == proto::type::secrets_clear) {
+            auto q = proto::parse_secrets_clear_request(m.body);
+            if (!q) return post(proto::encode(proto::make_error(id, q.code, q.error)));
+            post(proto::encode(proto::make_secrets_clear_result(id, srv_.secrets().clear(q->set))));
+        } else {
+            post(proto::encode(proto::make_secrets_list_result(id, srv_.secrets().list())));
+        }
+    } catch (const secrets_error& e) {
+        log::warning(m.type + ": " + e.what());
+        post(proto::encode(proto::make_error(id, e.code(), e.what())));
     }
 }
 
@@ -953,6 +984,14 @@ std::uint64_t server::append_event(std::string_view name, const proto::json& fie
         spawn_task(sync_later(), "journal sync");
     }
     return seq;
+}
+
+secrets_setup server::secrets_setup_for_store() {
+    secrets_setup s;
+    s.dir = options_.secrets_dir;
+    s.default_user = options_.user;
+    s.emit = [this](std::string_view event, const proto::json& fields) { append_event(event, fields); };
+    return s;
 }
 
 provision_setup server::provision_setup_for_job() {

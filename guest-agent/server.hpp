@@ -12,11 +12,13 @@ namespace machine::agent {
 inline constexpr const char* default_socket = "/run/machine-agent/agent.sock";
 inline constexpr const char* default_journal = "/var/lib/machine-agent/journal.jsonl";
 inline constexpr const char* default_steps_state = "/var/lib/machine-agent/steps.json";
+inline constexpr const char* default_secrets_dir = "/run/machine-secrets";
 
 struct server_options {
     std::string socket_path = default_socket;
     std::string journal_path = default_journal;
     std::string steps_state_path = default_steps_state;  ///< what `provision` has done
+    std::string secrets_dir = default_secrets_dir;       ///< the tmpfs secrets.render writes to
     std::string user;   ///< the VM user: user.ready, and the socket's group by default
     std::string group;  ///< the socket's group (name or number); default: the user's primary group
     bool systemd = true;  ///< false: no boot.finished, no sd_notify

@@ -77,6 +77,21 @@ public:
     // agent_error code "unknown_type".
     asio::awaitable<std::vector<protocol::session_info>> list_sessions();
 
+    // Renders one set of secrets into the VM's tmpfs (PROTOCOL.md §4 `secrets.render`): the
+    // file <dir>/<set>.env, owned by `request.user` (empty: the agent's VM user), replacing the
+    // set atomically. The values are wiped from `request` and from the encoded message once it
+    // is handed to the channel (libssh's own buffers are beyond reach); no error carries one.
+    // Throws machine::error when the set does not fit in one protocol line (1 MiB: about
+    // 760 KiB of values), agent_error when the agent refuses (`bad_request` naming the
+    // variable, `no_such_user`, `internal` when its directory is not a tmpfs of the VM user's,
+    // `unknown_type` from an agent older than secrets).
+    asio::awaitable<protocol::secrets_render_result> render_secrets(protocol::secrets_render_request request);
+
+    // Zero-fills and removes one set of secrets in the VM, or every set when `set` is nullopt
+    // (PROTOCOL.md §4 `secrets.clear`). Returns the sets that were there: a set that was not is
+    // no error.
+    asio::awaitable<std::vector<std::string>> clear_secrets(std::optional<std::string> set);
+
     connection(std::shared_ptr<ssh::channel> ch, std::function<void(const std::string&)> on_problem);
 
 private:

@@ -57,6 +57,9 @@ inline constexpr std::string_view provision = "provision";
 inline constexpr std::string_view session_register = "session.register";
 inline constexpr std::string_view session_end = "session.end";
 inline constexpr std::string_view session_list = "session.list";
+inline constexpr std::string_view secrets_render = "secrets.render";
+inline constexpr std::string_view secrets_clear = "secrets.clear";
+inline constexpr std::string_view secrets_list = "secrets.list";
 // agent messages: final
 inline constexpr std::string_view result = "result";
 inline constexpr std::string_view error = "error";
@@ -426,6 +429,77 @@ struct session_list_result {
 json make_session_list_request(std::uint64_t id);
 json make_session_list_result(std::uint64_t id, const session_list_result& r);
 parsed<session_list_result> parse_session_list_result(const json& body);
+
+// Secrets (PROTOCOL.md §4 `secrets.*`): a project's secrets, rendered by the agent as one
+// bash-sourceable file per set into a tmpfs of its own in the VM. Values are raw bytes
+// (`value_b64` on the wire). Nothing here puts a value into an error message: errors name a
+// variable by its index, and by its name once the name is valid.
+
+inline constexpr std::size_t max_secret_variables = 1000;        ///< per set
+inline constexpr std::size_t max_secret_value_bytes = 64 << 10;  ///< raw bytes of one value
+inline constexpr std::size_t max_secret_name = 128;              ///< bytes of a variable's name
+inline constexpr std::size_t max_secret_set_name = 64;
+inline constexpr std::size_t max_secret_sets = 256;              ///< sets rendered in one VM at once
+inline constexpr std::size_t max_secret_path = 4096;             ///< bytes of a result's path
+
+/// Set names: ^[a-z0-9][a-z0-9_-]{0,63}$ (the file is <set>.env).
+bool is_valid_secret_set_name(std::string_view set);
+/// Variable names: ^[A-Za-z_][A-Za-z0-9_]{0,127}$, except those bash cannot assign (its
+/// read-only UID, EUID, PPID, BASHOPTS, SHELLOPTS, BASH_VERSINFO, and `_`, which it resets).
+bool is_valid_secret_name(std::string_view name);
+
+struct secret_variable {
+    std::string name;
+    std::string value;  ///< raw bytes, no NUL, at most max_secret_value_bytes
+};
+struct secrets_render_request {
+    std::string set;
+    std::vector<secret_variable> variables;  ///< unique names, at most max_secret_variables
+    std::string user;  ///< who owns (and reads) the file; empty: the agent's --user
+};
+json make_secrets_render_request(std::uint64_t id, const secrets_render_request& r);
+/// Every rule of PROTOCOL.md, checked before anything is written.
+parsed<secrets_render_request> parse_secrets_render_request(const json& body);
+/// Overwrites the bytes of `s` with zeros (in a way the compiler keeps), then empties it.
+void wipe_secret_bytes(std::string& s);
+/// wipe_secret_bytes() on every value of `r`.
+void wipe_secrets(secrets_render_request& r);
+/// The same on every `value_b64` of a secrets.render message (sent or received) once it is used.
+void wipe_secrets(json& message);
+
+struct secrets_render_result {
+    std::string set;
+    std::uint64_t count = 0;  ///< variables in the file
+    std::string path;         ///< the file in the VM, e.g. /run/machine-secrets/web.env
+};
+json make_secrets_render_result(std::uint64_t id, const secrets_render_result& r);
+parsed<secrets_render_result> parse_secrets_render_result(const json& body);
+
+struct secrets_clear_request {
+    std::optional<std::string> set;  ///< nullopt: every set
+};
+json make_secrets_clear_request(std::uint64_t id, const secrets_clear_request& r);
+parsed<secrets_clear_request> parse_secrets_clear_request(const json& body);
+
+struct secrets_clear_result {
+    std::vector<std::string> cleared;  ///< the sets that were there, zero-filled and removed
+};
+json make_secrets_clear_result(std::uint64_t id, const secrets_clear_result& r);
+parsed<secrets_clear_result> parse_secrets_clear_result(const json& body);
+
+/// One rendered set as `secrets.list` reports it: names and sizes, never a value.
+struct secret_set_info {
+    std::string set;
+    std::uint64_t count = 0;  ///< variables
+    std::uint64_t bytes = 0;  ///< the file's size
+    std::string mtime;        ///< when it was rendered, RFC 3339 UTC with milliseconds
+};
+struct secrets_list_result {
+    std::vector<secret_set_info> sets;  ///< by set name, at most max_secret_sets
+};
+json make_secrets_list_request(std::uint64_t id);
+json make_secrets_list_result(std::uint64_t id, const secrets_list_result& r);
+parsed<secrets_list_result> parse_secrets_list_result(const json& body);
 
 /// The error fields of an `error` message (code as sent, so unknown codes survive).
 struct error_reply {

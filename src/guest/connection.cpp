@@ -1,4 +1,6 @@
 // A connection to the guest agent over an SSH channel: requests, streamed replies, events.
+#include <stdexcept>
+
 #include <asio/steady_timer.hpp>
 #include <asio/this_coro.hpp>
 #include <asio/use_awaitable.hpp>
@@ -208,6 +210,41 @@ awaitable<std::vector<pr::session_info>> connection::list_sessions() {
     auto r = pr::parse_session_list_result(m.body);
     if (!r) malformed("session list", r.error);
     co_return std::move(r->sessions);
+}
+
+awaitable<pr::secrets_render_result> connection::render_secrets(pr::secrets_render_request request) {
+    const std::uint64_t id = next_id_++;
+    pr::json message = pr::make_secrets_render_request(id, request);
+    pr::wipe_secrets(request);
+    std::string line;
+    try {
+        line = pr::encode(message);
+    } catch (const std::length_error&) {
+        pr::wipe_secrets(message);
+        throw error("the secret set '" + request.set + "' is too large for the guest agent: one request is at most " +
+                    std::to_string(pr::max_line_bytes) + " bytes, base64 included (about 760 KiB of values)");
+    }
+    pr::wipe_secrets(message);
+    co_await channel_->write(std::move(line));
+    const pr::message m = co_await final_for(id);
+    if (m.type == pr::type::error) refused(m);
+    auto r = pr::parse_secrets_render_result(m.body);
+    if (!r) malformed("secrets.render result", r.error);
+    if (r->set != request.set) malformed("secrets.render result", "it is for set '" + r->set + "'");
+    co_return std::move(*r);
+}
+
+awaitable<std::vector<std::string>> connection::clear_secrets(std::optional<std::string> set) {
+    const std::uint64_t id = next_id_++;
+    pr::secrets_clear_request request;
+    request.set = std::move(set);
+    const pr::json message = pr::make_secrets_clear_request(id, request);
+    co_await send(message);
+    const pr::message m = co_await final_for(id);
+    if (m.type == pr::type::error) refused(m);
+    auto r = pr::parse_secrets_clear_result(m.body);
+    if (!r) malformed("secrets.clear result", r.error);
+    co_return std::move(r->cleared);
 }
 
 awaitable<std::unique_ptr<connection>> connect_agent(std::shared_ptr<ssh::session> session,

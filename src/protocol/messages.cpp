@@ -778,6 +778,262 @@ parsed<session_list_result> parse_session_list_result(const json& body) {
     return done(r, std::move(q));
 }
 
+// --- secrets ---------------------------------------------------------------------------------
+
+namespace {
+
+// Bash refuses to assign these (read-only) or resets them after every command (`_`).
+constexpr std::string_view bash_reserved_names[] = {"UID",       "EUID",          "PPID", "BASHOPTS",
+                                                    "SHELLOPTS", "BASH_VERSINFO", "_"};
+
+// Paths from the VM: printable, bounded, absolute.
+bool is_secret_path(std::string_view p) {
+    return !p.empty() && p.front() == '/' && p.size() <= max_secret_path &&
+           std::all_of(p.begin(), p.end(), [](char c) { return static_cast<unsigned char>(c) >= 0x20 && c != 0x7f; });
+}
+
+// An array of set names (a clear result), capped and checked like the sets themselves.
+void read_set_names(field_reader& r, const json& sets, const char* field, std::vector<std::string>& out) {
+    if (sets.size() > max_secret_sets) {
+        r.fail(std::string("'") + field + "' has more than " + std::to_string(max_secret_sets) + " items");
+        return;
+    }
+    for (const auto& s : sets) {
+        if (!s.is_string() || !is_valid_secret_set_name(s.get_ref<const std::string&>())) {
+            r.fail(std::string("'") + field + "' must hold set names");
+            return;
+        }
+        out.push_back(s.get<std::string>());
+    }
+}
+
+constexpr const char* set_name_rule = "'set' must be 1-64 characters of a-z 0-9 _ - starting with a letter or digit";
+
+} // namespace
+
+bool is_valid_secret_set_name(std::string_view set) {
+    if (set.empty() || set.size() > max_secret_set_name) return false;
+    auto alnum = [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); };
+    if (!alnum(set.front())) return false;
+    return std::all_of(set.begin(), set.end(), [&](char c) { return alnum(c) || c == '_' || c == '-'; });
+}
+
+bool is_valid_secret_name(std::string_view name) {
+    if (name.empty() || name.size() > max_secret_name) return false;
+    auto letter = [](char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_'; };
+    if (!letter(name.front())) return false;
+    if (!std::all_of(name.begin(), name.end(), [&](char c) { return letter(c) || (c >= '0' && c <= '9'); }))
+        return false;
+    return std::find(std::begin(bash_reserved_names), std::end(bash_reserved_names), name) ==
+           std::end(bash_reserved_names);
+}
+
+void wipe_secret_bytes(std::string& s) {
+    // Through a volatile pointer: a plain memset before the string dies may be optimised away.
+    volatile char* p = s.data();
+    for (std::size_t i = 0; i < s.size(); ++i) p[i] = 0;
+    s.clear();
+}
+
+void wipe_secrets(secrets_render_request& r) {
+    for (auto& v : r.variables) wipe_secret_bytes(v.value);
+}
+
+void wipe_secrets(json& message) {
+    if (!message.is_object()) return;
+    const auto vars = message.find("variables");
+    if (vars == message.end() || !vars->is_array()) return;
+    for (auto& v : *vars) {
+        if (!v.is_object()) continue;
+        const auto b = v.find("value_b64");
+        if (b != v.end() && b->is_string()) wipe_secret_bytes(b->get_ref<std::string&>());
+    }
+}
+
+json make_secrets_render_request(std::uint64_t id, const secrets_render_request& q) {
+    json j = make_request(id, type::secrets_render);
+    j["set"] = q.set;
+    json vars = json::array();
+    for (const auto& v : q.variables) {
+        json one = json::object();
+        one["name"] = v.name;
+        one["value_b64"] = base64_encode(v.value);
+        vars.push_back(std::move(one));
+    }
+    j["variables"] = std::move(vars);
+    if (!q.user.empty()) j["user"] = q.user;
+    return j;
+}
+
+parsed<secrets_render_request> parse_secrets_render_request(const json& body) {
+    field_reader r(body);
+    secrets_render_request q;
+    if (auto s = r.string("set", true)) {
+        if (!is_valid_secret_set_name(*s)) r.fail(set_name_rule);
+        q.set = *s;
+    }
+    if (auto u = r.string("user", false)) {
+        if (u->empty()) r.fail("'user' must not be empty");
+        q.user = *u;
+    }
+    if (const json* vars = r.array("variables", true); vars && r.ok()) {
+        if (vars->size() > max_secret_variables)
+            r.fail("'variables' has more than " + std::to_string(max_secret_variables) + " items");
+        q.variables.reserve(r.ok() ? vars->size() : 0);
+        for (std::size_t i = 0; r.ok() && i < vars->size(); ++i) {
+            // Only the index until the name is known to be one: a value pasted into the name
+            // field must not come back in the error.
+            std::string where = "variables[" + std::to_string(i) + "]";
+            const json& jv = (*vars)[i];
+            if (!jv.is_object()) {
+                r.fail(where + " must be an object");
+                break;
+            }
+            field_reader vr(jv);
+            secret_variable v;
+            if (auto n = vr.string("name", true, true)) {
+                if (!is_valid_secret_name(*n))
+                    vr.fail("'name' must be 1-128 characters of A-Z a-z 0-9 _, not starting with a digit, and not "
+                            "one bash cannot assign (UID, EUID, PPID, BASHOPTS, SHELLOPTS, BASH_VERSINFO, _)");
+                else v.name = *n;
+            }
+            if (vr.ok()) where += " '" + v.name + "'";
+            // By reference, not field_reader::string(): no copy of the encoded value to forget.
+            if (const auto b = jv.find("value_b64"); b == jv.end() || b->is_null()) {
+                vr.fail("missing 'value_b64'");
+            } else if (!b->is_string()) {
+                vr.fail("'value_b64' must be a string");
+            } else if (auto raw = base64_decode(b->get_ref<const std::string&>())) {
+                v.value = std::move(*raw);
+            } else {
+                vr.fail("'value_b64' is not valid base64");
+            }
+            if (vr.ok() && v.value.find('\0') != std::string::npos) vr.fail("the value contains a NUL byte");
+            if (vr.ok() && v.value.size() > max_secret_value_bytes)
+                vr.fail("the value is longer than " + std::to_string(max_secret_value_bytes) + " bytes");
+            if (!vr.ok()) {
+                wipe_secret_bytes(v.value);
+                r.fail(where + ": " + vr.error());
+                break;
+            }
+            for (std::size_t k = 0; k < q.variables.size(); ++k) {
+                if (q.variables[k].name == v.name) {
+                    r.fail(where + ": the name is already used by variables[" + std::to_string(k) + "]");
+                    break;
+                }
+            }
+            q.variables.push_back(std::move(v));
+        }
+    }
+    if (!r.ok()) wipe_secrets(q);
+    return done(r, std::move(q));
+}
+
+json make_secrets_render_result(std::uint64_t id, const secrets_render_result& q) {
+    json j = make_envelope(id, type::result);
+    j["set"] = q.set;
+    j["count"] = q.count;
+    j["path"] = q.path;
+    return j;
+}
+
+parsed<secrets_render_result> parse_secrets_render_result(const json& body) {
+    field_reader r(body);
+    secrets_render_result q;
+    if (auto s = r.string("set", true)) {
+        if (!is_valid_secret_set_name(*s)) r.fail(set_name_rule);
+        q.set = *s;
+    }
+    if (auto n = r.uint("count", true, max_secret_variables)) q.count = *n;
+    if (auto p = r.string("path", true)) {
+        if (!is_secret_path(*p)) r.fail("'path' must be an absolute path of printable characters");
+        q.path = *p;
+    }
+    return done(r, std::move(q));
+}
+
+json make_secrets_clear_request(std::uint64_t id, const secrets_clear_request& q) {
+    json j = make_request(id, type::secrets_clear);
+    if (q.set) j["set"] = *q.set;
+    return j;
+}
+
+parsed<secrets_clear_request> parse_secrets_clear_request(const json& body) {
+    field_reader r(body);
+    secrets_clear_request q;
+    if (auto s = r.string("set", false)) {
+        if (!is_valid_secret_set_name(*s)) r.fail(set_name_rule);
+        q.set = *s;
+    }
+    return done(r, std::move(q));
+}
+
+json make_secrets_clear_result(std::uint64_t id, const secrets_clear_result& q) {
+    json j = make_envelope(id, type::result);
+    j["cleared"] = q.cleared;
+    return j;
+}
+
+parsed<secrets_clear_result> parse_secrets_clear_result(const json& body) {
+    field_reader r(body);
+    secrets_clear_result q;
+    if (const json* sets = r.array("cleared", true)) read_set_names(r, *sets, "cleared", q.cleared);
+    return done(r, std::move(q));
+}
+
+json make_secrets_list_request(std::uint64_t id) { return make_request(id, type::secrets_list); }
+
+json make_secrets_list_result(std::uint64_t id, const secrets_list_result& q) {
+    json j = make_envelope(id, type::result);
+    json sets = json::array();
+    for (const auto& s : q.sets) {
+        json one = json::object();
+        one["set"] = s.set;
+        one["count"] = s.count;
+        one["bytes"] = s.bytes;
+        one["mtime"] = s.mtime;
+        sets.push_back(std::move(one));
+    }
+    j["sets"] = std::move(sets);
+    return j;
+}
+
+parsed<secrets_list_result> parse_secrets_list_result(const json& body) {
+    field_reader r(body);
+    secrets_list_result q;
+    if (const json* sets = r.array("sets", true)) {
+        if (sets->size() > max_secret_sets)
+            r.fail("'sets' has more than " + std::to_string(max_secret_sets) + " items");
+        for (std::size_t i = 0; r.ok() && i < sets->size(); ++i) {
+            const std::string where = "sets[" + std::to_string(i) + "]";
+            const json& js = (*sets)[i];
+            if (!js.is_object()) {
+                r.fail(where + " must be an object");
+                break;
+            }
+            field_reader sr(js);
+            secret_set_info s;
+            if (auto n = sr.string("set", true)) {
+                if (!is_valid_secret_set_name(*n)) sr.fail(set_name_rule);
+                else s.set = *n;
+            }
+            if (auto n = sr.uint("count", true, max_secret_variables)) s.count = *n;
+            if (auto n = sr.uint("bytes", true)) s.bytes = *n;
+            if (auto t = sr.string("mtime", true)) {
+                if (!is_timestamp_text(*t)) sr.fail("'mtime' is not an RFC 3339 time");
+                else s.mtime = *t;
+            }
+            if (sr.ok()) {
+                for (const auto& other : q.sets)
+                    if (other.set == s.set) sr.fail("'set' '" + s.set + "' is listed twice");
+            }
+            if (!sr.ok()) r.fail(where + ": " + sr.error());
+            else q.sets.push_back(std::move(s));
+        }
+    }
+    return done(r, std::move(q));
+}
+
 parsed<error_reply> parse_error(const json& body) {
     field_reader r(body);
     error_reply e;
