@@ -1014,7 +1014,8 @@ proto::hello_result server::hello() const {
     proto::hello_result h;
     h.agent_version = MACHINE_AGENT_VERSION;
     h.capabilities = {"run",       "cancel",           "health",      "subscribe",   "emit",
-                      "provision", "session.register", "session.end", "session.list"};
+                      "provision", "session.register", "session.end", "session.list",
+                      "secrets.render", "secrets.clear", "secrets.list"};
     h.boot_id = boot_id_;
     h.journal = {journal_.id(), journal_.first_seq(), journal_.last_seq()};
     h.deployment.binary_sha256 = binary_sha256_;

@@ -291,7 +291,8 @@ class Basics(AgentTest):
         self.assertEqual(r["type"], "result")
         self.assertEqual(r["protocol"], 1)
         self.assertEqual(set(r["capabilities"]), {"run", "cancel", "health", "subscribe", "emit", "provision",
-                                                 "session.register", "session.end", "session.list"})
+                                                 "session.register", "session.end", "session.list",
+                                                 "secrets.render", "secrets.clear", "secrets.list"})
         self.assertEqual(r["boot_id"], "11111111-2222-3333-4444-555555555555")
         self.assertEqual(r["journal"]["first_seq"], 1)
         self.assertEqual(r["journal"]["last_seq"], 1)  # agent.up
@@ -871,7 +872,9 @@ class Readiness(AgentTest):
         self.assertIn("stopping", a.read_log())
 
 
-def main():
+def run_suite(skip_reason=None):
+    """The main() of an agent test file: `--agent PATH [unittest arguments]`. Returns 77 (ctest's
+    "skipped") with the reason when `skip_reason()` gives one."""
     global AGENT, SANITIZED
     parser = argparse.ArgumentParser()
     parser.add_argument("--agent", required=True)
@@ -879,14 +882,24 @@ def main():
     AGENT = os.path.abspath(args.agent)
     with open(AGENT, "rb") as f:
         SANITIZED = b"libasan.so" in f.read()
-    size = os.path.getsize(AGENT)
-    figure("agent binary", f"{size} bytes ({size / 1048576:.2f} MiB) {AGENT}")
-    desc = subprocess.run(["file", "-b", AGENT], capture_output=True, text=True).stdout.strip() if shutil.which(
-        "file") else ""
-    if desc:
-        figure("agent binary type", desc)
+    reason = skip_reason() if skip_reason else None
+    if reason:
+        print("%s: %s" % (os.path.basename(sys.argv[0]), reason), file=sys.stderr)
+        return 77
     unittest.main(argv=[sys.argv[0]] + rest, verbosity=2)
+    return 0
+
+
+def main():
+    def describe_binary():
+        size = os.path.getsize(AGENT)
+        figure("agent binary", f"{size} bytes ({size / 1048576:.2f} MiB) {AGENT}")
+        desc = subprocess.run(["file", "-b", AGENT], capture_output=True, text=True).stdout.strip() if shutil.which(
+            "file") else ""
+        if desc:
+            figure("agent binary type", desc)
+    return run_suite(describe_binary)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

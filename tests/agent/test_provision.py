@@ -5,7 +5,6 @@ journal and steps state (PROTOCOL.md §4 `provision`). Shares the harness of tes
 Run: python3 test_provision.py --agent PATH [unittest args]   (ctest runs it as `agent_provision`)
 Runs as root (steps as `nobody`, a tmpfs for the disk-full case). Figures are `FIGURE` lines.
 """
-import argparse
 import hashlib
 import json
 import os
@@ -552,16 +551,7 @@ class BadInput(ProvisionTest):
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--agent", required=True)
-    args, rest = parser.parse_known_args()
-    ta.AGENT = os.path.abspath(args.agent)
-    with open(ta.AGENT, "rb") as f:
-        ta.SANITIZED = b"libasan.so" in f.read()
-    if os.geteuid() != 0:
-        print("test_provision.py: runs as root (steps as other users, a tmpfs)", file=sys.stderr)
-        return 77
-    unittest.main(argv=[sys.argv[0]] + rest, verbosity=2)
+    return ta.run_suite(lambda: None if os.geteuid() == 0 else "runs as root (steps as other users, a tmpfs)")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ Run: python3 test_secrets.py --agent PATH [unittest args]   (ctest runs it as `a
 Runs as root: the agent mounts its tmpfs, files belong to `nobody`, one test runs the agent as
 `nobody` to see what it does when it cannot mount. Figures are `FIGURE` lines.
 """
-import argparse
 import base64
 import json
 import os
@@ -793,16 +792,7 @@ class Figures(SecretsTest):
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--agent", required=True)
-    args, rest = parser.parse_known_args()
-    ta.AGENT = os.path.abspath(args.agent)
-    with open(ta.AGENT, "rb") as f:
-        ta.SANITIZED = b"libasan.so" in f.read()
-    if os.geteuid() != 0:
-        print("test_secrets.py: runs as root (the agent mounts a tmpfs, files belong to nobody)", file=sys.stderr)
-        return 77
-    unittest.main(argv=[sys.argv[0]] + rest, verbosity=2)
+    return ta.run_suite(lambda: None if os.geteuid() == 0 else "runs as root (the agent mounts a tmpfs, files belong to nobody)")
 
 
 if __name__ == "__main__":

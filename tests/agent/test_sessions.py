@@ -10,7 +10,6 @@ TMUX_TMPDIR): the only test-only seam; everything else is the product's path.
 
 Run: python3 test_sessions.py --agent PATH [unittest args]   (ctest runs it as `agent_sessions`)
 """
-import argparse
 import datetime
 import os
 import re
@@ -513,16 +512,7 @@ class Daemon(SessionTest):
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--agent", required=True)
-    args, rest = parser.parse_known_args()
-    ta.AGENT = os.path.abspath(args.agent)
-    with open(ta.AGENT, "rb") as f:
-        ta.SANITIZED = b"libasan.so" in f.read()
-    if not TMUX:
-        print("test_sessions.py: needs tmux", file=sys.stderr)
-        return 77
-    unittest.main(argv=[sys.argv[0]] + rest, verbosity=2)
+    return ta.run_suite(lambda: None if TMUX else "needs tmux")
 
 
 if __name__ == "__main__":
