@@ -124,8 +124,6 @@ bool first_time(const std::string& name, const std::string& what) {
     return true;
 }
 
-} // namespace
-
 // Lima's SSH master outlives commands and keeps forwarding the agent it started with: when the
 // project's choice changed since the last command (a filter added or changed, forwarding
 // switched off), it is closed, and the next connection starts a new one with the right agent.
@@ -145,6 +143,8 @@ awaitable<void> close_master_if_mode_changed(const config::project& p, const lim
     fs::create_directories(file.parent_path(), ec);
     paths::write_file_atomic(file, mode + "\n", 0600);
 }
+
+} // namespace
 
 awaitable<agent_environment> prepare_agent_forwarding(context& ctx, const config::project& p,
                                                       const lima::instance* inst, bool speak) {
