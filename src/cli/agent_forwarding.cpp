@@ -18,7 +18,6 @@
 #include "machine/paths.hpp"
 #include "machine/sha256.hpp"
 #include "machine/text.hpp"
-#include "provisioning.hpp"
 
 namespace machine::cli {
 
@@ -124,24 +123,31 @@ bool first_time(const std::string& name, const std::string& what) {
     return true;
 }
 
-// Lima's SSH master outlives commands and keeps forwarding the agent it started with: when the
-// project's choice changed since the last command (a filter added or changed, forwarding
-// switched off), it is closed, and the next connection starts a new one with the right agent.
-awaitable<void> close_master_if_mode_changed(const config::project& p, const lima::instance* inst,
-                                             const std::string& mode) {
+// The agent a VM's SSH connections get is fixed when the VM starts: Lima's host agent keeps the
+// environment of `limactl start` and (re)opens the SSH master with it. `<state>/<name>/agent-mode`
+// records the choice the VM was started with; a different choice for a running VM is said, and
+// applies at its next start.
+void record_or_compare_mode(context& ctx, const config::project& p, const lima::instance* inst,
+                            const std::string& mode, bool speak) {
     const fs::path file = project_state_dir(p.name) / "agent-mode";
-    std::string last;
-    std::error_code ec;
-    if (fs::exists(file, ec)) {
-        try {
-            last = text::trim(paths::read_file(file));
-        } catch (const error&) {
-        }
+    const bool running = inst && inst->state == lima::status::running;
+    if (!running) {
+        std::error_code ec;
+        fs::create_directories(file.parent_path(), ec);
+        paths::write_file_atomic(file, mode + "\n", 0600);
+        return;
     }
-    if (last == mode) co_return;
-    if (inst && !last.empty()) co_await close_lima_ssh_master(*inst, p.name);
-    fs::create_directories(file.parent_path(), ec);
-    paths::write_file_atomic(file, mode + "\n", 0600);
+    std::string started_with;
+    try {
+        started_with = text::trim(paths::read_file(file));
+    } catch (const error&) {
+        return;  // started before machine recorded it: nothing to compare with
+    }
+    if (speak && started_with != mode)
+        ctx.emit(events::message(p.name, "warning",
+                                 "the VM still forwards the SSH agent as when it started (" + started_with +
+                                     "); the project's forward_agent/agent_keys (" + mode +
+                                     ") apply when it restarts: machine down " + p.name + "; machine up " + p.name));
 }
 
 } // namespace
@@ -152,7 +158,7 @@ awaitable<agent_environment> prepare_agent_forwarding(context& ctx, const config
     if (!p.forward_agent) {
         // No agent for anything that connects to this VM, whatever the user's shell has.
         out.env.unset = {"SSH_AUTH_SOCK"};
-        co_await close_master_if_mode_changed(p, inst, "none");
+        record_or_compare_mode(ctx, p, inst, "no agent", speak);
         co_return out;
     }
     out.forward = true;
@@ -166,7 +172,7 @@ awaitable<agent_environment> prepare_agent_forwarding(context& ctx, const config
                                      "one: eval \"$(ssh-agent)\"; ssh-add; or set forward_agent = false)"));
     }
     if (p.agent_keys.empty()) {
-        co_await close_master_if_mode_changed(p, inst, "whole");
+        record_or_compare_mode(ctx, p, inst, "the whole agent", speak);
         if (speak && probe.result == state::ok && first_time(p.name, "whole-agent"))
             ctx.emit(events::message(p.name, "info",
                                      "the VM may use every key in your SSH agent (" + std::to_string(probe.fingerprints.size()) +
@@ -185,7 +191,7 @@ awaitable<agent_environment> prepare_agent_forwarding(context& ctx, const config
     const fs::path socket_path = filter_socket(p, upstream);
     if (co_await ensure_filter(p, socket_path, upstream))
         spdlog::debug("vm={} started the agent filter on {}", p.name, socket_path.string());
-    co_await close_master_if_mode_changed(p, inst, "filter " + socket_path.filename().string());
+    record_or_compare_mode(ctx, p, inst, "only " + key_list(p.agent_keys) + " through agent " + upstream, speak);
     out.env.set = {{"SSH_AUTH_SOCK", socket_path.string()}};
     co_return out;
 }

@@ -23,9 +23,9 @@ struct agent_environment {
 };
 
 /// Decides and prepares the project's agent forwarding: with `agent_keys`, makes sure its
-/// filter runs (started detached, it ends after the VM stops). When the choice differs from the
-/// last command's, closes Lima's SSH master (`inst`, may be null), which would keep forwarding
-/// the agent it was started with.
+/// filter runs (started detached, it ends after the VM stops). The choice applies from the VM's
+/// next start (`inst` not running, or null); for a running VM started with another choice it
+/// says so (Lima's host agent keeps the agent it was started with).
 /// With `speak`, says once per project when the whole agent is forwarded and warns when no
 /// agent answers (`run` stays quiet: its output is the remote command's).
 asio::awaitable<agent_environment> prepare_agent_forwarding(context& ctx, const config::project& p,

@@ -81,17 +81,11 @@ awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel, co
         lima.set_environment((co_await prepare_agent_forwarding(ctx, project, inst, true)).env);
     }
     // Lima forwards the agent (or not) by the instance's ssh.forwardAgent, from its creation; a
-    // project that changed forward_agent since gets it at the VM's next start.
-    if (existing && existing->forward_agent && *existing->forward_agent != project.forward_agent) {
-        const std::string value = project.forward_agent ? "true" : "false";
-        if (was_running) {
-            ctx.emit(events::message(name, "warning",
-                                     "forward_agent = " + value + " takes effect when the VM restarts (machine down " +
-                                         name + "; machine up " + name + ")"));
-        } else {
-            std::vector<std::string> sets{".ssh.forwardAgent = " + value};
-            co_await lima.edit(name, sets);
-        }
+    // project that changed forward_agent since gets it at the VM's next start (a running VM's
+    // user was told by prepare_agent_forwarding).
+    if (existing && !was_running && existing->forward_agent && *existing->forward_agent != project.forward_agent) {
+        std::vector<std::string> sets{std::string(".ssh.forwardAgent = ") + (project.forward_agent ? "true" : "false")};
+        co_await lima.edit(name, sets);
     }
     if (was_running && !agent_enabled()) {
         ctx.emit(events::vm_state(name, "running", "already running; nothing to do"));
