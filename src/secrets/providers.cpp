@@ -172,6 +172,18 @@ std::filesystem::path resolve_op(const std::filesystem::path& op_binary) {
     return *found;
 }
 
+// Runs `op` into `r` (the caller's scrub guards its output): a missing `op` and a failed
+// run become provider_error.
+asio::awaitable<void> run_op(proc::command cmd, std::string label, proc::result& r) {
+    proc::run_options options = capped(op_timeout);
+    try {
+        r = co_await proc::run(std::move(cmd), std::move(options));
+    } catch (const proc::spawn_error&) {
+        throw provider_error(std::string(op_missing_message));
+    }
+    check(r, label, true);
+}
+
 asio::awaitable<std::vector<variable>> read_op_environment(std::string id,
                                                            std::filesystem::path op) {
     if (!is_valid_environment_id(id))
@@ -180,15 +192,9 @@ asio::awaitable<std::vector<variable>> read_op_environment(std::string id,
     proc::command cmd;
     cmd.argv = {resolve_op(op).string(), "environment", "read", id, "--no-masking"};
     const std::string label = "`op environment read " + id + "`";
-    proc::run_options options = capped(op_timeout);
     proc::result r;
     scrub guard_out{r.out};
-    try {
-        r = co_await proc::run(std::move(cmd), std::move(options));
-    } catch (const proc::spawn_error&) {
-        throw provider_error(std::string(op_missing_message));
-    }
-    check(r, label, true);
+    co_await run_op(std::move(cmd), label, r);
     try {
         co_return parse_dotenv(r.out, label);
     } catch (const dotenv_error& e) {
@@ -207,15 +213,9 @@ asio::awaitable<std::vector<variable>> read_op_reference(std::string ref, std::s
     proc::command cmd;
     cmd.argv = {resolve_op(op).string(), "read", ref};
     const std::string label = "`op read " + shown(ref, 120) + "` (for " + name + ")";
-    proc::run_options options = capped(op_timeout);
     proc::result r;
     scrub guard_out{r.out};
-    try {
-        r = co_await proc::run(std::move(cmd), std::move(options));
-    } catch (const proc::spawn_error&) {
-        throw provider_error(std::string(op_missing_message));
-    }
-    check(r, label, true);
+    co_await run_op(std::move(cmd), label, r);
     std::size_t n = r.out.size();
     if (n > 0 && r.out[n - 1] == '\n') --n;
     if (r.out.find('\0') < n) throw provider_error("the value of " + name + " from " + label +
