@@ -13,6 +13,7 @@
 #include <array>
 #include <cerrno>
 #include <cstdio>
+#include <utility>
 
 #include "files.hpp"
 #include "log.hpp"
@@ -173,12 +174,13 @@ bool is_mount_root(int fd) {
     return self.st_dev != parent.st_dev || self.st_ino == parent.st_ino;
 }
 
-// Why opening the directory with O_DIRECTORY|O_NOFOLLOW failed: a symlink gives ENOTDIR.
-std::string open_failure(const std::string& dir, int err) {
+// Why opening the directory with O_DIRECTORY|O_NOFOLLOW failed: a symlink gives ENOTDIR (an
+// unsafe target), anything else is an I/O failure.
+std::pair<proto::errc, std::string> open_failure(const std::string& dir, int err) {
     struct stat st {};
     if (::lstat(dir.c_str(), &st) == 0 && S_ISLNK(st.st_mode))
-        return "secrets directory " + dir + " is a symbolic link; refusing to use it";
-    return "secrets directory " + dir + ": open: " + errno_text(err);
+        return {proto::errc::unsafe_target, "secrets directory " + dir + " is a symbolic link; refusing to use it"};
+    return {proto::errc::internal, "secrets directory " + dir + ": open: " + errno_text(err)};
 }
 
 std::string octal_mode(mode_t m) {
@@ -278,14 +280,14 @@ int secrets_store::open_for_render(uid_t uid, gid_t gid, const std::string& user
         created = true;
         log::info("secrets: created " + dir);
     } else if (S_ISLNK(st.st_mode)) {
-        refuse(proto::errc::internal, what + " is a symbolic link; refusing to use it");
+        refuse(proto::errc::unsafe_target, what + " is a symbolic link; refusing to use it");
     } else if (!S_ISDIR(st.st_mode)) {
-        refuse(proto::errc::internal, what + " is not a directory");
+        refuse(proto::errc::unsafe_target, what + " is not a directory");
     }
     // Undoes what this call did when it refuses.
-    auto give_up = [&](const std::string& why) {
+    auto give_up = [&](proto::errc code, const std::string& why) {
         if (created) ::rmdir(dir.c_str());
-        refuse(proto::errc::internal, why);
+        refuse(code, why);
     };
 
     bool mounted = false;
@@ -294,8 +296,8 @@ int secrets_store::open_for_render(uid_t uid, gid_t gid, const std::string& user
         // were swapped for a symlink in between.
         const int pfd = ::open(dir.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         if (pfd < 0) {
-            const int err = errno;
-            give_up(open_failure(dir, err));
+            const auto [code, why] = open_failure(dir, errno);
+            give_up(code, why);
         }
         fd_guard pguard(pfd);
         if (!is_mount_root(pfd) && ::geteuid() == 0) {
@@ -304,7 +306,7 @@ int secrets_store::open_for_render(uid_t uid, gid_t gid, const std::string& user
             const std::string target = "/proc/self/fd/" + std::to_string(pfd);
             if (::mount("tmpfs", target.c_str(), "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, options.c_str()) != 0) {
                 const int err = errno;
-                give_up("cannot mount a tmpfs on " + dir + ": " + errno_text(err));
+                give_up(proto::errc::internal, "cannot mount a tmpfs on " + dir + ": " + errno_text(err));
             }
             mounted = true;
             log::info("secrets: mounted a tmpfs on " + dir + " (" + options + ", nosuid, nodev, noexec)");
@@ -314,15 +316,15 @@ int secrets_store::open_for_render(uid_t uid, gid_t gid, const std::string& user
     // Whatever is there now (the tmpfs just mounted, or what was mounted before) must pass.
     const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (dfd < 0) {
-        const int err = errno;
+        const auto [code, why] = open_failure(dir, errno);
         if (mounted) ::umount2(dir.c_str(), MNT_DETACH);
-        give_up(open_failure(dir, err));
+        give_up(code, why);
     }
     fd_guard guard(dfd);
     struct statfs fs {};
     if (::fstatfs(dfd, &fs) != 0) io_failure(what + ": statfs", errno);
     if (static_cast<unsigned long>(fs.f_type) != TMPFS_MAGIC) {
-        give_up(what + " is not a tmpfs (filesystem type " + hex_type(static_cast<unsigned long>(fs.f_type)) + "); " +
+        give_up(proto::errc::unsafe_target, what + " is not a tmpfs (filesystem type " + hex_type(static_cast<unsigned long>(fs.f_type)) + "); " +
                 (::geteuid() == 0 ? "something else is mounted there"
                                   : "the agent is not root, so it cannot mount one: it must be a tmpfs already") +
                 "; secrets are written to memory only");
@@ -330,7 +332,7 @@ int secrets_store::open_for_render(uid_t uid, gid_t gid, const std::string& user
     if (::fstat(dfd, &st) != 0) io_failure(what + ": stat", errno);
     if (st.st_uid != uid || (st.st_mode & 07777) != 0700) {
         if (!created && !mounted)
-            refuse(proto::errc::internal, what + " belongs to uid " + std::to_string(st.st_uid) + " with mode " +
+            refuse(proto::errc::unsafe_target, what + " belongs to uid " + std::to_string(st.st_uid) + " with mode " +
                                               octal_mode(st.st_mode) + "; it must be " + user + "'s with mode 0700");
         if (::fchown(dfd, uid, gid) != 0 || ::fchmod(dfd, 0700) != 0) io_failure(what + ": chown/chmod", errno);
     }
@@ -344,13 +346,14 @@ int secrets_store::open_existing() {
     const int dfd = ::open(setup_.dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (dfd < 0) {
         if (errno == ENOENT) return -1;
-        refuse(proto::errc::internal, open_failure(setup_.dir, errno));
+        const auto [code, why] = open_failure(setup_.dir, errno);
+        refuse(code, why);
     }
     fd_guard guard(dfd);
     struct statfs fs {};
     if (::fstatfs(dfd, &fs) != 0) io_failure(what + ": statfs", errno);
     if (static_cast<unsigned long>(fs.f_type) != TMPFS_MAGIC)
-        refuse(proto::errc::internal, what + " is not a tmpfs (filesystem type " +
+        refuse(proto::errc::unsafe_target, what + " is not a tmpfs (filesystem type " +
                                           hex_type(static_cast<unsigned long>(fs.f_type)) + ")");
     return guard.release();
 }
@@ -384,7 +387,7 @@ proto::secrets_render_result secrets_store::render(proto::secrets_render_request
             refuse(proto::errc::busy, std::to_string(proto::max_secret_sets) +
                                           " secret sets are rendered already; clear one first");
     } else if (S_ISDIR(old_st.st_mode)) {
-        refuse(proto::errc::internal, "secrets directory " + setup_.dir + ": " + file + " is a directory");
+        refuse(proto::errc::unsafe_target, "secrets directory " + setup_.dir + ": " + file + " is a directory");
     }
 
     std::string content = render_env_file(q);

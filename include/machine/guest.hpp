@@ -83,8 +83,11 @@ public:
     // is handed to the channel (libssh's own buffers are beyond reach); no error carries one.
     // Throws machine::error when the set does not fit in one protocol line (1 MiB: about
     // 760 KiB of values), agent_error when the agent refuses (`bad_request` naming the
-    // variable, `no_such_user`, `internal` when its directory is not a tmpfs of the VM user's,
-    // `unknown_type` from an agent older than secrets).
+    // variable, `no_such_user`, `unsafe_target` when its directory is not a tmpfs of the VM
+    // user's with mode 0700 or is a symlink, `busy` at 256 sets, `internal` for an I/O failure
+    // such as a full tmpfs, `unknown_type` from an agent older than secrets; an agent older
+    // than `unsafe_target` says `internal` for an unsafe directory). When the connection drops
+    // mid-send the agent never sees a whole line and writes nothing: the set stays as it was.
     asio::awaitable<protocol::secrets_render_result> render_secrets(protocol::secrets_render_request request);
 
     // Zero-fills and removes one set of secrets in the VM, or every set when `set` is nullopt

@@ -96,6 +96,7 @@ enum class errc {
     too_many_clients,
     shutting_down,
     busy,        ///< provision: another provision is running (new codes go before `internal`)
+    unsafe_target,  ///< secrets.*: the secrets directory is not a tmpfs, a symlink, someone else's
     internal,
 };
 

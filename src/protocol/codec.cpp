@@ -8,7 +8,7 @@ namespace machine::protocol {
 
 namespace {
 
-constexpr std::array<std::pair<errc, std::string_view>, 20> errc_names{{
+constexpr std::array<std::pair<errc, std::string_view>, 21> errc_names{{
     {errc::line_too_long, "line_too_long"},
     {errc::invalid_json, "invalid_json"},
     {errc::not_an_object, "not_an_object"},
@@ -28,6 +28,7 @@ constexpr std::array<std::pair<errc, std::string_view>, 20> errc_names{{
     {errc::too_many_clients, "too_many_clients"},
     {errc::shutting_down, "shutting_down"},
     {errc::busy, "busy"},
+    {errc::unsafe_target, "unsafe_target"},
     {errc::internal, "internal"},
 }};
 

@@ -228,7 +228,7 @@ class Render(SecretsTest):
         self.assertEqual(os.stat(self.dir).st_uid, NOBODY.pw_uid)
         # The directory is nobody's now: a set for root would be in a directory root does not own.
         r = self.render(c, "other", {"A": b"1"})
-        self.assertEqual((r["type"], r["code"]), ("error", "internal"))
+        self.assertEqual((r["type"], r["code"]), ("error", "unsafe_target"))
         self.assertIn(f"belongs to uid {NOBODY.pw_uid}", r["message"])
         self.assertEqual(os.listdir(self.dir), ["web.env"])
 
@@ -399,13 +399,13 @@ class Target(SecretsTest):
         a = self.agent()
         c = a.client()
         r = self.render(c, "web", {"A": MARKER})
-        self.assertEqual((r["type"], r["code"]), ("error", "internal"))
+        self.assertEqual((r["type"], r["code"]), ("error", "unsafe_target"))
         self.assertIn(self.dir + " is not a tmpfs", r["message"])
         self.assertEqual(os.listdir(disk), [])
         self.assertEqual(len(mounts_at(self.dir)), 1)  # refused, not covered with a tmpfs
         for t in ("secrets.clear", "secrets.list"):
             r = c.call(t)
-            self.assertEqual((r["type"], r["code"]), ("error", "internal"), t)
+            self.assertEqual((r["type"], r["code"]), ("error", "unsafe_target"), t)
             self.assertIn("is not a tmpfs", r["message"])
         self.assertEqual(self.events(a), [])
 
@@ -416,13 +416,13 @@ class Target(SecretsTest):
         a = self.agent()
         c = a.client()
         r = self.render(c, "web", {"A": MARKER})
-        self.assertEqual((r["type"], r["code"]), ("error", "internal"))
+        self.assertEqual((r["type"], r["code"]), ("error", "unsafe_target"))
         self.assertIn("symbolic link", r["message"])
         self.assertEqual(os.listdir(real), [])
         self.assertTrue(os.path.islink(self.dir))
         for t in ("secrets.clear", "secrets.list"):
             r = c.call(t)
-            self.assertEqual((r["type"], r["code"]), ("error", "internal"), t)
+            self.assertEqual((r["type"], r["code"]), ("error", "unsafe_target"), t)
             self.assertIn("symbolic link", r["message"])
 
     def test_a_tmpfs_of_someone_else_is_refused(self):
@@ -430,10 +430,40 @@ class Target(SecretsTest):
         self.mount_tmpfs(self.dir, "mode=0755")
         a = self.agent()
         r = self.render(a.client(), "web", {"A": MARKER})
-        self.assertEqual((r["type"], r["code"]), ("error", "internal"))
+        self.assertEqual((r["type"], r["code"]), ("error", "unsafe_target"))
         self.assertIn("belongs to uid 0 with mode 0755; it must be nobody's with mode 0700", r["message"])
         self.assertEqual(os.listdir(self.dir), [])
         self.assertEqual(stat.S_IMODE(os.stat(self.dir).st_mode), 0o755)
+
+    def test_not_a_directory_or_a_set_that_is_a_directory_is_refused(self):
+        with open(self.dir, "w") as f:
+            f.write("a file where the directory should be")
+        a = self.agent()
+        c = a.client()
+        r = self.render(c, "web", {"A": MARKER})
+        self.assertEqual((r["type"], r["code"]), ("error", "unsafe_target"))
+        self.assertIn("is not a directory", r["message"])
+        os.unlink(self.dir)
+        self.assertEqual(self.render(c, "web", {"A": b"1"})["type"], "result")
+        os.makedirs(self.file("api"))  # the VM user put a directory where a set goes
+        r = self.render(c, "api", {"A": MARKER})
+        self.assertEqual((r["type"], r["code"]), ("error", "unsafe_target"))
+        self.assertIn("api.env is a directory", r["message"])
+        self.assertNotIn(MARKER.decode(), r["message"])
+        self.assertEqual(sorted(os.listdir(self.dir)), ["api.env", "web.env"])  # no temporary file
+
+    def test_an_io_failure_is_still_internal(self):
+        # Not a question of the target's safety: a full tmpfs is `internal` (test_tmpfs_full);
+        # so is a mount the agent cannot make (here: a directory on a read-only bind mount).
+        ro = os.path.join(self.tmp, "ro")
+        os.makedirs(ro)
+        subprocess.run(["mount", "--bind", ro, ro], check=True)
+        self.mounts.append(ro)
+        subprocess.run(["mount", "-o", "remount,bind,ro", ro], check=True)
+        a = self.agent(secrets_dir=os.path.join(ro, "secrets"))
+        r = self.render(a.client(), "web", {"A": MARKER})
+        self.assertEqual((r["type"], r["code"]), ("error", "internal"), r)
+        self.assertIn("Read-only file system", r["message"])
 
     def test_symlinks_inside_are_never_followed(self):
         a = self.agent()
@@ -483,7 +513,7 @@ class NotRoot(SecretsTest):
         os.chown(self.dir, NOBODY.pw_uid, NOBODY.pw_gid)
         a = self.agent_as_nobody()
         r = self.render(a.client(), "web", {"A": MARKER})
-        self.assertEqual((r["type"], r["code"]), ("error", "internal"))
+        self.assertEqual((r["type"], r["code"]), ("error", "unsafe_target"))
         self.assertIn("is not a tmpfs", r["message"])
         self.assertIn("the agent is not root, so it cannot mount one", r["message"])
         self.assertEqual(os.listdir(self.dir), [])
@@ -496,6 +526,7 @@ class NotRoot(SecretsTest):
             r = self.render(a.client(), "web", {"A": MARKER})
         finally:
             os.chmod(self.tmp, 0o755)
+        self.assertEqual((r["type"], r["code"]), ("error", "unsafe_target"))
         self.assertIn("is not a tmpfs", r["message"])
         self.assertFalse(os.path.exists(self.dir))  # created, then removed again
 

@@ -585,6 +585,13 @@ BOOST_AUTO_TEST_CASE(busy_is_a_known_code) {
     BOOST_TEST(proto::parse_error(decode_one(line.substr(0, line.size() - 1)).body)->code == "busy");
 }
 
+BOOST_AUTO_TEST_CASE(unsafe_target_is_a_known_code) {
+    BOOST_TEST(proto::to_string(proto::errc::unsafe_target) == "unsafe_target");
+    BOOST_TEST((proto::errc_from_string("unsafe_target") == proto::errc::unsafe_target));
+    const auto line = proto::encode(proto::make_error(4, proto::errc::unsafe_target, "not a tmpfs"));
+    BOOST_TEST(proto::parse_error(decode_one(line.substr(0, line.size() - 1)).body)->code == "unsafe_target");
+}
+
 BOOST_AUTO_TEST_CASE(finality) {
     BOOST_TEST(proto::is_final("result"));
     BOOST_TEST(proto::is_final("error"));
