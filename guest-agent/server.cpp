@@ -39,6 +39,7 @@
 #include "machine/events.hpp"
 #include "machine/protocol.hpp"
 #include "provision.hpp"
+#include "discover.hpp"
 #include "secrets.hpp"
 #include "spawn.hpp"
 #include "steps_state.hpp"
@@ -192,6 +193,7 @@ private:
     void handle(proto::decoded& item);
     void handle_message(proto::message& m);
     void handle_secrets(std::uint64_t id, proto::message& m);
+    proto::secrets_discover_result discover_for_user() const;
     void mark_dead();
     void request_done(const std::shared_ptr<request_state>& st);
     std::shared_ptr<request_state> start_request(std::uint64_t id, request_kind kind);
@@ -859,7 +861,7 @@ void connection::handle_message(proto::message& m) {
                            });
         }
     } else if (m.type == proto::type::secrets_render || m.type == proto::type::secrets_clear ||
-               m.type == proto::type::secrets_list) {
+               m.type == proto::type::secrets_list || m.type == proto::type::secrets_discover) {
         handle_secrets(id, m);
     } else {
         reply_error(proto::errc::unknown_type, "unknown request type '" + m.type + "'");
@@ -879,13 +881,29 @@ void connection::handle_secrets(std::uint64_t id, proto::message& m) {
             auto q = proto::parse_secrets_clear_request(m.body);
             if (!q) return post(proto::encode(proto::make_error(id, q.code, q.error)));
             post(proto::encode(proto::make_secrets_clear_result(id, srv_.secrets().clear(q->set))));
-        } else {
+        } else if (m.type == proto::type::secrets_list) {
             post(proto::encode(proto::make_secrets_list_result(id, srv_.secrets().list())));
+        } else {
+            post(proto::encode(proto::make_secrets_discover_result(id, discover_for_user())));
         }
     } catch (const secrets_error& e) {
         log::warning(m.type + ": " + e.what());
         post(proto::encode(proto::make_error(id, e.code(), e.what())));
     }
+}
+
+// secrets.discover: the VM user's ~/code (discover.hpp). Synchronous like the other secrets.*
+// requests: the scan has a budget of directories and bytes.
+proto::secrets_discover_result connection::discover_for_user() const {
+    const std::string& name = srv_.options().user;
+    if (name.empty()) throw secrets_error(proto::errc::bad_request, "the agent has no --user: whose ~/code is it?");
+    const auto user = find_user(name);
+    if (!user) throw secrets_error(proto::errc::no_such_user, "no user '" + name + "' in /etc/passwd");
+    std::string home = user->home;
+    while (home.size() > 1 && home.back() == '/') home.pop_back();
+    // A home that is not an absolute path has no ~/code to speak of.
+    if (home.empty() || home.front() != '/') return {};
+    return discover_envrc_secrets(home == "/" ? "/code" : home + "/code");
 }
 
 // --- server -------------------------------------------------------------------------------------
@@ -1015,7 +1033,7 @@ proto::hello_result server::hello() const {
     h.agent_version = MACHINE_AGENT_VERSION;
     h.capabilities = {"run",       "cancel",           "health",      "subscribe",   "emit",
                       "provision", "session.register", "session.end", "session.list",
-                      "secrets.render", "secrets.clear", "secrets.list"};
+                      "secrets.render", "secrets.clear", "secrets.list", "secrets.discover"};
     h.boot_id = boot_id_;
     h.journal = {journal_.id(), journal_.first_seq(), journal_.last_seq()};
     h.deployment.binary_sha256 = binary_sha256_;

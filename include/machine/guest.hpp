@@ -95,6 +95,20 @@ public:
     // no error.
     asio::awaitable<std::vector<std::string>> clear_secrets(std::optional<std::string> set);
 
+    // The repos under the VM user's ~/code whose .envrc loads secret sets (`use op_env ID`,
+    // PROTOCOL.md §4 `secrets.discover`), sorted by dir. Each `uses` entry is the token as
+    // written, with its line: it may not be a valid set name (check it with
+    // protocol::is_valid_secret_set_name and say which line is wrong). Everything in it comes
+    // from files anyone in the VM can write: the parser has capped it (256 repos, 64 uses,
+    // 128-byte tokens, printable text), but print it through the sanitizing terminal sink.
+    // `truncated` (a cap left repos out) is reported through `on_problem`. An agent older than
+    // secrets.discover refuses with agent_error code "unknown_type".
+    asio::awaitable<std::vector<protocol::envrc_secrets>> discover_secrets();
+
+    // The sets rendered in the VM now (PROTOCOL.md §4 `secrets.list`): names, variable counts,
+    // sizes and times, never a value.
+    asio::awaitable<std::vector<protocol::secret_set_info>> list_secrets();
+
     connection(std::shared_ptr<ssh::channel> ch, std::function<void(const std::string&)> on_problem);
 
 private:

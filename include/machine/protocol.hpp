@@ -60,6 +60,7 @@ inline constexpr std::string_view session_list = "session.list";
 inline constexpr std::string_view secrets_render = "secrets.render";
 inline constexpr std::string_view secrets_clear = "secrets.clear";
 inline constexpr std::string_view secrets_list = "secrets.list";
+inline constexpr std::string_view secrets_discover = "secrets.discover";
 // agent messages: final
 inline constexpr std::string_view result = "result";
 inline constexpr std::string_view error = "error";
@@ -501,6 +502,39 @@ struct secrets_list_result {
 json make_secrets_list_request(std::uint64_t id);
 json make_secrets_list_result(std::uint64_t id, const secrets_list_result& r);
 parsed<secrets_list_result> parse_secrets_list_result(const json& body);
+
+/// `secrets.discover` (PROTOCOL.md §4): the repos under the VM user's ~/code whose `.envrc`
+/// says `use op_env ID`. Everything in the result comes from files in the VM, which anyone in
+/// the VM can write: the parser caps every count and length, and checks that `dir` is a relative
+/// path of one or two plain components that `path` ends with. A `set` is the token as written,
+/// not necessarily a valid set name (the host says which line is wrong).
+inline constexpr std::size_t max_discovered_repos = 256;
+inline constexpr std::size_t max_envrc_uses = 64;           ///< `use op_env` lines per repo
+inline constexpr std::size_t max_envrc_token = 128;         ///< bytes of a `set` as written
+inline constexpr std::size_t envrc_read_bytes = 64 << 10;   ///< read of each .envrc
+inline constexpr std::size_t max_repo_dir_component = 255;  ///< NAME_MAX
+
+struct envrc_use {
+    std::string set;         ///< the ID token as written: 1-128 bytes, printable (not checked as a set name)
+    std::uint64_t line = 0;  ///< 1-based line in the .envrc
+};
+struct envrc_secrets {
+    std::string dir;   ///< relative to ~/code: "web" or "org/web"
+    std::string path;  ///< the .envrc, absolute: "/home/u/code/web/.envrc"
+    std::vector<envrc_use> uses;  ///< in line order, 1..max_envrc_uses
+};
+struct secrets_discover_result {
+    std::vector<envrc_secrets> repos;  ///< by dir, at most max_discovered_repos
+    bool truncated = false;            ///< a cap (repos, uses, the scan's budget) left something out
+};
+json make_secrets_discover_request(std::uint64_t id);
+json make_secrets_discover_result(std::uint64_t id, const secrets_discover_result& r);
+parsed<secrets_discover_result> parse_secrets_discover_result(const json& body);
+/// `dir` of a discovered repo: one or two '/'-separated components, each 1-255 printable bytes
+/// (no control characters), not "." or "..".
+bool is_valid_repo_dir(std::string_view dir);
+/// A `set` token as the agent reports it: 1-128 bytes, no control characters (C0, DEL).
+bool is_valid_envrc_token(std::string_view token);
 
 /// The error fields of an `error` message (code as sent, so unknown codes survive).
 struct error_reply {

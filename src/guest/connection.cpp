@@ -247,6 +247,30 @@ awaitable<std::vector<std::string>> connection::clear_secrets(std::optional<std:
     co_return std::move(r->cleared);
 }
 
+awaitable<std::vector<pr::envrc_secrets>> connection::discover_secrets() {
+    const std::uint64_t id = next_id_++;
+    const pr::json message = pr::make_secrets_discover_request(id);
+    co_await send(message);
+    const pr::message m = co_await final_for(id);
+    if (m.type == pr::type::error) refused(m);
+    auto r = pr::parse_secrets_discover_result(m.body);
+    if (!r) malformed("secrets.discover result", r.error);
+    if (r->truncated && on_problem_)
+        on_problem_("the guest agent left some repos or `use op_env` lines out of secrets.discover (too many to list)");
+    co_return std::move(r->repos);
+}
+
+awaitable<std::vector<pr::secret_set_info>> connection::list_secrets() {
+    const std::uint64_t id = next_id_++;
+    const pr::json message = pr::make_secrets_list_request(id);
+    co_await send(message);
+    const pr::message m = co_await final_for(id);
+    if (m.type == pr::type::error) refused(m);
+    auto r = pr::parse_secrets_list_result(m.body);
+    if (!r) malformed("secrets.list result", r.error);
+    co_return std::move(r->sets);
+}
+
 awaitable<std::unique_ptr<connection>> connect_agent(std::shared_ptr<ssh::session> session,
                                                      std::chrono::milliseconds patience,
                                                      std::function<void(const std::string&)> on_problem) {

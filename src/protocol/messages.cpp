@@ -1034,6 +1034,125 @@ parsed<secrets_list_result> parse_secrets_list_result(const json& body) {
     return done(r, std::move(q));
 }
 
+// --- secrets.discover ------------------------------------------------------------------------
+
+namespace {
+
+// No C0 control, no DEL, no C1 control (U+0080-U+009F, UTF-8 C2 80..C2 9F): text from the VM
+// that may reach a terminal. (The JSON parser has already rejected invalid UTF-8.)
+bool is_printable_text(std::string_view s) {
+    for (std::size_t i = 0; i < s.size(); ++i) {
+        const auto c = static_cast<unsigned char>(s[i]);
+        if (c < 0x20 || c == 0x7f) return false;
+        if (c == 0xC2 && i + 1 < s.size() && static_cast<unsigned char>(s[i + 1]) <= 0x9F) return false;
+    }
+    return true;
+}
+
+bool ends_with(std::string_view s, std::string_view suffix) {
+    return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
+}
+
+} // namespace
+
+bool is_valid_repo_dir(std::string_view dir) {
+    if (dir.empty() || !is_printable_text(dir)) return false;
+    const auto slash = dir.find('/');
+    auto component_ok = [](std::string_view c) {
+        return !c.empty() && c.size() <= max_repo_dir_component && c != "." && c != "..";
+    };
+    if (slash == std::string_view::npos) return component_ok(dir);
+    return component_ok(dir.substr(0, slash)) && component_ok(dir.substr(slash + 1)) &&
+           dir.find('/', slash + 1) == std::string_view::npos;
+}
+
+bool is_valid_envrc_token(std::string_view token) {
+    return !token.empty() && token.size() <= max_envrc_token && is_printable_text(token);
+}
+
+json make_secrets_discover_request(std::uint64_t id) { return make_request(id, type::secrets_discover); }
+
+json make_secrets_discover_result(std::uint64_t id, const secrets_discover_result& q) {
+    json j = make_envelope(id, type::result);
+    json repos = json::array();
+    for (const auto& repo : q.repos) {
+        json one = json::object();
+        one["dir"] = repo.dir;
+        one["path"] = repo.path;
+        json uses = json::array();
+        for (const auto& u : repo.uses) uses.push_back(json{{"set", u.set}, {"line", u.line}});
+        one["uses"] = std::move(uses);
+        repos.push_back(std::move(one));
+    }
+    j["repos"] = std::move(repos);
+    if (q.truncated) j["truncated"] = true;
+    return j;
+}
+
+parsed<secrets_discover_result> parse_secrets_discover_result(const json& body) {
+    field_reader r(body);
+    secrets_discover_result q;
+    if (const json* repos = r.array("repos", true)) {
+        if (repos->size() > max_discovered_repos)
+            r.fail("'repos' has more than " + std::to_string(max_discovered_repos) + " items");
+        for (std::size_t i = 0; r.ok() && i < repos->size(); ++i) {
+            // Only the index: a hostile dir must not come back in the error.
+            const std::string where = "repos[" + std::to_string(i) + "]";
+            const json& jr = (*repos)[i];
+            if (!jr.is_object()) {
+                r.fail(where + " must be an object");
+                break;
+            }
+            field_reader rr(jr);
+            envrc_secrets repo;
+            if (auto d = rr.string("dir", true)) {
+                if (!is_valid_repo_dir(*d))
+                    rr.fail("'dir' must be one or two path components of printable characters");
+                else repo.dir = *d;
+            }
+            if (auto p = rr.string("path", true); p && rr.ok()) {
+                // The path is the dir's .envrc under some ~/code: nothing else is ever reported.
+                if (!is_secret_path(*p) || !is_printable_text(*p) || !ends_with(*p, "/code/" + repo.dir + "/.envrc"))
+                    rr.fail("'path' must be an absolute path ending in /code/<dir>/.envrc");
+                else repo.path = *p;
+            }
+            if (const json* uses = rr.array("uses", true); uses && rr.ok()) {
+                if (uses->empty() || uses->size() > max_envrc_uses)
+                    rr.fail("'uses' must have 1 to " + std::to_string(max_envrc_uses) + " items");
+                for (std::size_t k = 0; rr.ok() && k < uses->size(); ++k) {
+                    const json& ju = (*uses)[k];
+                    const std::string uwhere = "uses[" + std::to_string(k) + "]";
+                    if (!ju.is_object()) {
+                        rr.fail(uwhere + " must be an object");
+                        break;
+                    }
+                    field_reader ur(ju);
+                    envrc_use u;
+                    if (auto s = ur.string("set", true)) {
+                        if (!is_valid_envrc_token(*s)) ur.fail("'set' must be 1-128 printable bytes");
+                        else u.set = *s;
+                    }
+                    // A line within the first 64 KiB of the file.
+                    if (auto n = ur.uint("line", true, envrc_read_bytes)) {
+                        if (*n == 0) ur.fail("'line' must be an integer from 1 to " + std::to_string(envrc_read_bytes));
+                        u.line = *n;
+                    }
+                    if (ur.ok() && !repo.uses.empty() && u.line < repo.uses.back().line)
+                        ur.fail("'line' is before the previous use's");
+                    if (!ur.ok()) rr.fail(uwhere + ": " + ur.error());
+                    else repo.uses.push_back(std::move(u));
+                }
+            }
+            if (rr.ok() && !q.repos.empty() && repo.dir <= q.repos.back().dir)
+                rr.fail("'dir' is not after the previous repo's (they are sorted, each once)");
+            if (!rr.ok()) r.fail(where + ": " + rr.error());
+            else q.repos.push_back(std::move(repo));
+        }
+    }
+    if (auto t = r.boolean("truncated", false)) q.truncated = *t;
+    return done(r, std::move(q));
+}
+
 parsed<error_reply> parse_error(const json& body) {
     field_reader r(body);
     error_reply e;

@@ -292,7 +292,8 @@ class Basics(AgentTest):
         self.assertEqual(r["protocol"], 1)
         self.assertEqual(set(r["capabilities"]), {"run", "cancel", "health", "subscribe", "emit", "provision",
                                                  "session.register", "session.end", "session.list",
-                                                 "secrets.render", "secrets.clear", "secrets.list"})
+                                                 "secrets.render", "secrets.clear", "secrets.list",
+                                                 "secrets.discover"})
         self.assertEqual(r["boot_id"], "11111111-2222-3333-4444-555555555555")
         self.assertEqual(r["journal"]["first_seq"], 1)
         self.assertEqual(r["journal"]["last_seq"], 1)  # agent.up

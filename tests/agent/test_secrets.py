@@ -711,6 +711,208 @@ class NoLeaks(SecretsTest):
         self.assertIn(b"NEWLINES", journal)  # the names are there
 
 
+class Discover(SecretsTest):
+    """secrets.discover: which repos under the VM user's ~/code say `use op_env ID`. The agent
+    reads the user's home from /etc/passwd, so it runs in a mount namespace where /etc/passwd
+    is a copy giving `nobody` a home in the test's directory."""
+
+    def setUp(self):
+        super().setUp()
+        self.home = os.path.join(self.tmp, "home")
+        self.code = os.path.join(self.home, "code")
+        os.makedirs(self.home)
+
+    def discovering_agent(self, user="nobody"):
+        passwd = os.path.join(self.tmp, "passwd")
+        with open("/etc/passwd") as f, open(passwd, "w") as out:
+            for line in f:
+                fields = line.rstrip("\n").split(":")
+                if fields[0] == user:
+                    fields[5] = self.home
+                out.write(":".join(fields) + "\n")
+        os.chmod(passwd, 0o644)
+        wrapper = os.path.join(self.tmp, "agent-with-home")
+        with open(wrapper, "w") as f:
+            f.write("#!/bin/sh\nexec unshare --mount --propagation private -- "
+                    "sh -c 'mount --bind \"$0\" /etc/passwd && exec \"$@\"' " f"{passwd} {ta.AGENT} \"$@\"\n")
+        os.chmod(wrapper, 0o755)
+        saved, ta.AGENT = ta.AGENT, wrapper
+        try:
+            return self.agent(user=user)
+        finally:
+            ta.AGENT = saved
+
+    def envrc(self, rel, content, mode="w"):
+        d = os.path.join(self.code, rel)
+        os.makedirs(d, exist_ok=True)
+        path = os.path.join(d, ".envrc")
+        with open(path, mode) as f:
+            f.write(content)
+        return path
+
+    def discover(self, agent, timeout=10):
+        c = agent.client()
+        t0 = time.monotonic()
+        r = c.call("secrets.discover")
+        self.assertLess(time.monotonic() - t0, timeout)
+        self.assertEqual(r["type"], "result", r)
+        return r
+
+    def uses(self, r):
+        """{dir: [(set, line)]} of a result, checking each path."""
+        out = {}
+        for repo in r["repos"]:
+            self.assertEqual(repo["path"], os.path.join(self.code, repo["dir"], ".envrc"))
+            out[repo["dir"]] = [(u["set"], u["line"]) for u in repo["uses"]]
+        return out
+
+    def test_nested_repos_sorted_by_dir(self):
+        self.envrc("web", "use op_env web\n")
+        self.envrc("org/api", "# use op_env commented-out\n  use\top_env  api-1 # trailing comment\n"
+                              "export X=1\nuse op_envx nope\nuse op_env\necho use op_env nope\nuse op_env shared\r\n")
+        self.envrc("org-x", "use op_env x\n")
+        self.envrc("org", "dotenv\n")  # an .envrc without op_env: not listed
+        self.envrc("plain", "export A=1\n")
+        self.envrc("deep/a/b", "use op_env too-deep\n")  # ~/code/*/*/*/.envrc: not looked at
+        self.envrc(".hidden", "use op_env hidden\n")  # like the glob ~/code/*: not looked at
+        self.envrc("org/.hidden", "use op_env hidden\n")
+        self.envrc("last", "use op_env no-newline-at-end")
+        os.makedirs(os.path.join(self.code, "empty-repo"))
+        with open(os.path.join(self.code, "a-file"), "w") as f:
+            f.write("use op_env not-a-dir\n")
+        r = self.discover(self.discovering_agent())
+        # Byte order: '-' < '/' so org-x comes before org/api.
+        self.assertEqual([repo["dir"] for repo in r["repos"]], ["last", "org-x", "org/api", "web"])
+        self.assertEqual(self.uses(r), {"last": [("no-newline-at-end", 1)], "org-x": [("x", 1)],
+                                        "org/api": [("api-1", 2), ("shared", 7)], "web": [("web", 1)]})
+        self.assertNotIn("truncated", r)
+
+    def test_no_code_directory_or_no_envrc(self):
+        a = self.discovering_agent()
+        self.assertEqual(self.discover(a)["repos"], [])  # no ~/code at all
+        os.makedirs(os.path.join(self.code, "web", "sub"))
+        self.assertEqual(self.discover(a)["repos"], [])  # repos without any .envrc
+        # ~/code as a symlink is not followed (like `find ~/code` without -L).
+        os.rmdir(os.path.join(self.code, "web", "sub"))
+        os.rmdir(os.path.join(self.code, "web"))
+        os.rmdir(self.code)
+        elsewhere = os.path.join(self.tmp, "elsewhere")
+        os.makedirs(os.path.join(elsewhere, "web"))
+        with open(os.path.join(elsewhere, "web", ".envrc"), "w") as f:
+            f.write("use op_env web\n")
+        os.symlink(elsewhere, self.code)
+        self.assertEqual(self.discover(a)["repos"], [])
+
+    def test_symlinks_are_skipped(self):
+        real = os.path.join(self.tmp, "real.envrc")
+        with open(real, "w") as f:
+            f.write("use op_env linked\n")
+        os.makedirs(os.path.join(self.code, "linked-file"))
+        os.symlink(real, os.path.join(self.code, "linked-file", ".envrc"))
+        os.makedirs(os.path.join(self.tmp, "outside", "repo"))
+        with open(os.path.join(self.tmp, "outside", "repo", ".envrc"), "w") as f:
+            f.write("use op_env outside\n")
+        os.symlink(os.path.join(self.tmp, "outside", "repo"), os.path.join(self.code, "linked-dir"))
+        os.makedirs(os.path.join(self.code, "org"))
+        os.symlink(os.path.join(self.tmp, "outside"), os.path.join(self.code, "org", "linked-sub"))
+        self.envrc("real", "use op_env real\n")
+        r = self.discover(self.discovering_agent())
+        self.assertEqual(self.uses(r), {"real": [("real", 1)]})
+
+    def test_a_fifo_or_a_directory_named_envrc_does_not_hang(self):
+        os.makedirs(os.path.join(self.code, "fifo"))
+        os.mkfifo(os.path.join(self.code, "fifo", ".envrc"))
+        os.makedirs(os.path.join(self.code, "dir", ".envrc"))
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        os.makedirs(os.path.join(self.code, "sock"))
+        sock.bind(os.path.join(self.code, "sock", ".envrc"))
+        self.envrc("web", "use op_env web\n")
+        try:
+            r = self.discover(self.discovering_agent(), timeout=3)
+        finally:
+            sock.close()
+        self.assertEqual(self.uses(r), {"web": [("web", 1)]})
+
+    def test_only_the_first_64_kib_of_a_huge_file(self):
+        limit = 64 * 1024
+        head = "use op_env first\n"
+        filler = "# " + "x" * 97 + "\n"  # 100 bytes a line
+        body = head + filler * ((limit - len(head)) // 100 - 1)
+        # A use line that straddles the limit: cut, so not looked at.
+        straddle = "use op_env straddles-the-limit\n"
+        body += "#" * (limit - len(body) - 10) + "\n"
+        self.assertEqual(len(body), limit - 9)
+        body += straddle
+        body += "use op_env beyond\n" + filler * 100000  # 10 MB more
+        self.envrc("huge", body)
+        self.envrc("web", "use op_env web\n")
+        t0 = time.monotonic()
+        r = self.discover(self.discovering_agent())
+        figure("secrets.discover with a 10 MB .envrc", f"{(time.monotonic() - t0) * 1000:.1f} ms")
+        self.assertEqual(self.uses(r), {"huge": [("first", 1)], "web": [("web", 1)]})
+        # A file that ends exactly at the limit is whole: its last line counts.
+        exact = "#" * (limit - len("use op_env exact")) + "\n"
+        exact = exact[1:] + "use op_env exact"
+        self.assertEqual(len(exact), limit)
+        self.envrc("huge", exact)
+        r = self.discover(self.agents[0])
+        self.assertEqual(self.uses(r)["huge"], [("exact", 2)])
+
+    def test_invalid_tokens_are_reported_with_their_line(self):
+        content = (b"use op_env ../etc\n"
+                   b"use op_env Web\n"
+                   b"use op_env a\x1bb\xffc\x7f\xc2\x85d\n"  # ESC, invalid UTF-8, DEL, C1: each '?'
+                   b"use op_env " + b"t" * 300 + b"\n"
+                   b"use op_env " + "é".encode() * 100 + b"\n"
+                   b"use op_env \"quoted\"\n"
+                   b"use op_env ok_1\n")
+        self.envrc("web", content, mode="wb")
+        r = self.discover(self.discovering_agent())
+        self.assertEqual(self.uses(r)["web"], [
+            ("../etc", 1), ("Web", 2), ("a?b?c??d", 3), ("t" * 128, 4), ("é" * 64, 5), ('"quoted"', 6), ("ok_1", 7)])
+
+    def test_directory_names_that_are_not_printable_are_skipped(self):
+        for name in ("new\nline", "esc\x1b[31m"):
+            self.envrc(name, "use op_env bad\n")
+        bad_utf8 = os.path.join(os.fsencode(self.code), b"bad\xff")
+        os.makedirs(bad_utf8)
+        with open(os.path.join(bad_utf8, b".envrc"), "w") as f:
+            f.write("use op_env bad\n")
+        self.envrc("café", "use op_env good\n")
+        r = self.discover(self.discovering_agent())
+        self.assertEqual(self.uses(r), {"café": [("good", 1)]})
+
+    def test_caps(self):
+        for i in range(300):
+            self.envrc(f"r{i:03d}", "use op_env web\n")
+        self.envrc("r000", "".join(f"use op_env s{i}\n" for i in range(70)))
+        r = self.discover(self.discovering_agent())
+        self.assertEqual(len(r["repos"]), 256)
+        self.assertEqual([repo["dir"] for repo in r["repos"]], [f"r{i:03d}" for i in range(256)])
+        self.assertEqual(len(r["repos"][0]["uses"]), 64)
+        self.assertEqual(r["repos"][0]["uses"][-1], {"set": "s63", "line": 64})
+        self.assertIs(r["truncated"], True)
+        self.assertLess(len(json.dumps(r)), 1 << 20)
+
+    def test_the_user_must_be_known(self):
+        a = self.agent(user=None)
+        r = a.client().call("secrets.discover")
+        self.assertEqual((r["type"], r["code"]), ("error", "bad_request"))
+        self.assertIn("--user", r["message"])
+        b = ta.Agent(os.path.join(self.tmp, "b"), extra=["--secrets-dir", self.dir], user="no-such-user-xyz")
+        try:
+            b.start()
+        except AssertionError:
+            return  # an agent that refuses to start without its user is fine too
+        self.agents.append(b)
+        r = b.client().call("secrets.discover")
+        self.assertEqual((r["type"], r["code"]), ("error", "no_such_user"))
+
+    def test_hello_lists_it(self):
+        caps = self.agent().client().call("hello")["capabilities"]
+        self.assertIn("secrets.discover", caps)
+
+
 class Direnv(SecretsTest):
     """templates/direnv/machine-secrets.sh: `use op_env SET` in an .envrc."""
 

@@ -48,6 +48,16 @@ void exercise_parsers(const proto::json& body) {
     (void)proto::parse_gap(body);
     (void)proto::parse_emit_request(body);
     (void)proto::parse_error(body);
+    (void)proto::parse_provision_request(body);
+    (void)proto::parse_provision_result(body);
+    (void)proto::parse_session_list_result(body);
+    (void)proto::parse_secrets_clear_request(body);
+    (void)proto::parse_secrets_clear_result(body);
+    (void)proto::parse_secrets_list_result(body);
+    (void)proto::parse_secrets_render_result(body);
+    (void)proto::parse_secrets_discover_result(body);
+    auto render = proto::parse_secrets_render_request(body);
+    if (render) proto::wipe_secrets(*render);
 }
 
 } // namespace

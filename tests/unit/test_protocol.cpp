@@ -592,6 +592,106 @@ BOOST_AUTO_TEST_CASE(unsafe_target_is_a_known_code) {
     BOOST_TEST(proto::parse_error(decode_one(line.substr(0, line.size() - 1)).body)->code == "unsafe_target");
 }
 
+BOOST_AUTO_TEST_CASE(secrets_discover_round_trips) {
+    const auto request = proto::encode(proto::make_secrets_discover_request(9));
+    BOOST_TEST(request == "{\"v\":1,\"id\":9,\"type\":\"secrets.discover\"}\n");
+
+    proto::secrets_discover_result r;
+    r.repos.push_back({"org/api", "/home/u/code/org/api/.envrc", {{"api", 2}, {"Bad!", 5}}});
+    r.repos.push_back({"web", "/home/u/code/web/.envrc", {{"web", 1}}});
+    const auto line = proto::encode(proto::make_secrets_discover_result(9, r));
+    BOOST_TEST(line.find("truncated") == std::string::npos);
+    const auto back = proto::parse_secrets_discover_result(decode_one(line.substr(0, line.size() - 1)).body);
+    BOOST_TEST_REQUIRE(bool(back), back.error);
+    BOOST_REQUIRE(back->repos.size() == 2u);
+    BOOST_TEST(back->repos[0].dir == "org/api");
+    BOOST_TEST(back->repos[0].path == "/home/u/code/org/api/.envrc");
+    BOOST_REQUIRE(back->repos[0].uses.size() == 2u);
+    BOOST_TEST(back->repos[0].uses[1].set == "Bad!");  // reported as written: the host says what is wrong
+    BOOST_TEST(back->repos[0].uses[1].line == 5u);
+    BOOST_TEST(!back->truncated);
+
+    r.truncated = true;
+    r.repos.clear();
+    const auto empty = proto::encode(proto::make_secrets_discover_result(9, r));
+    const auto eb = proto::parse_secrets_discover_result(decode_one(empty.substr(0, empty.size() - 1)).body);
+    BOOST_TEST_REQUIRE(bool(eb), eb.error);
+    BOOST_TEST(eb->repos.empty());
+    BOOST_TEST(eb->truncated);
+}
+
+BOOST_AUTO_TEST_CASE(secrets_discover_result_rejects_hostile_input) {
+    auto repo = [](const std::string& dir, const std::string& path, const proto::json& uses) {
+        return proto::json{{"dir", dir}, {"path", path}, {"uses", uses}};
+    };
+    const proto::json one_use = proto::json::array({{{"set", "web"}, {"line", 1}}});
+    auto result = [](const proto::json& repos) {
+        proto::json j = proto::make_envelope(1, proto::type::result);
+        j["repos"] = repos;
+        return j;
+    };
+    auto bad = [&](const proto::json& body, const std::string& expected) {
+        const auto r = proto::parse_secrets_discover_result(body);
+        BOOST_TEST_CONTEXT(body.dump()) {
+            BOOST_TEST(!r);
+            BOOST_TEST(r.error.find(expected) != std::string::npos, r.error);
+        }
+    };
+    const std::string home = "/home/u/code/";
+    bad(proto::make_envelope(1, proto::type::result), "missing 'repos'");
+    bad(result("x"), "'repos' must be an array");
+    bad(result(proto::json::array({1})), "repos[0] must be an object");
+    // dir: relative, one or two plain components, printable
+    for (const std::string& dir : std::vector<std::string>{"", "/abs", "a/b/c", "..", "a/..", ".", "a//b", "a/", "new\nline", "esc\x1b[0m",
+                                  "c1\xc2\x85", std::string(256, 'x')}) {
+        bad(result(proto::json::array({repo(dir, home + dir + "/.envrc", one_use)})), "'dir'");
+    }
+    BOOST_TEST(proto::is_valid_repo_dir(std::string(255, 'x') + "/" + std::string(255, 'y')));
+    BOOST_TEST(proto::is_valid_repo_dir("café/.hidden"));
+    // path: the dir's .envrc under some ~/code, absolute, printable
+    bad(result(proto::json::array({repo("web", "/home/u/code/other/.envrc", one_use)})), "'path'");
+    bad(result(proto::json::array({repo("web", "home/u/code/web/.envrc", one_use)})), "'path'");
+    bad(result(proto::json::array({repo("web", "/etc/passwd", one_use)})), "'path'");
+    bad(result(proto::json::array({repo("web", "/x\n/code/web/.envrc", one_use)})), "'path'");
+    bad(result(proto::json::array({repo("web", "/" + std::string(5000, 'x') + "/code/web/.envrc", one_use)})), "'path'");
+    bad(result(proto::json::array({proto::json{{"dir", "web"}, {"uses", one_use}}})), "missing 'path'");
+    // uses: 1-64 objects, set 1-128 printable bytes, line 1-65536 in order
+    const std::string p = home + "web/.envrc";
+    bad(result(proto::json::array({repo("web", p, proto::json::array())})), "'uses'");
+    bad(result(proto::json::array({repo("web", p, "web")})), "'uses' must be an array");
+    proto::json many = proto::json::array();
+    for (int i = 1; i <= 65; ++i) many.push_back({{"set", "s"}, {"line", i}});
+    bad(result(proto::json::array({repo("web", p, many)})), "'uses'");
+    bad(result(proto::json::array({repo("web", p, proto::json::array({"web"}))})), "uses[0] must be an object");
+    for (const proto::json& u : std::vector<proto::json>{proto::json{{"set", ""}, {"line", 1}}, proto::json{{"set", std::string(129, 't')}, {"line", 1}},
+                                 proto::json{{"set", "a\x1b[2Jb"}, {"line", 1}}, proto::json{{"set", 5}, {"line", 1}},
+                                 proto::json{{"line", 1}}}) {
+        bad(result(proto::json::array({repo("web", p, proto::json::array({u}))})), "uses[0]: ");
+    }
+    for (const proto::json& line : std::vector<proto::json>{proto::json(0), proto::json(-1), proto::json(65537), proto::json("1"), proto::json(1.5)})
+        bad(result(proto::json::array({repo("web", p, proto::json::array({{{"set", "web"}, {"line", line}}}))})), "'line'");
+    bad(result(proto::json::array({repo("web", p, proto::json::array({{{"set", "a"}, {"line", 5}}, {{"set", "b"}, {"line", 2}}}))})),
+        "uses[1]: 'line'");
+    // repos: at most 256, sorted, each once
+    proto::json repos = proto::json::array();
+    for (int i = 0; i < 257; ++i) {
+        char dir[8];
+        std::snprintf(dir, sizeof dir, "r%03d", i);
+        repos.push_back(repo(dir, home + dir + "/.envrc", one_use));
+    }
+    bad(result(repos), "more than 256");
+    repos.erase(repos.end() - 1);
+    BOOST_TEST(bool(proto::parse_secrets_discover_result(result(repos))));
+    bad(result(proto::json::array({repo("web", p, one_use), repo("api", home + "api/.envrc", one_use)})), "repos[1]: 'dir'");
+    bad(result(proto::json::array({repo("web", p, one_use), repo("web", p, one_use)})), "repos[1]: 'dir'");
+    // a hostile dir never comes back in the error
+    const auto r = proto::parse_secrets_discover_result(result(proto::json::array({repo("\x1b]0;pwned\x07", "/x", one_use)})));
+    BOOST_TEST(r.error.find("pwned") == std::string::npos);
+    proto::json t = result(proto::json::array());
+    t["truncated"] = "yes";
+    bad(t, "'truncated'");
+}
+
 BOOST_AUTO_TEST_CASE(finality) {
     BOOST_TEST(proto::is_final("result"));
     BOOST_TEST(proto::is_final("error"));
