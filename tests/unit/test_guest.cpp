@@ -4,20 +4,28 @@
 #include <boost/test/unit_test.hpp>
 
 #include <signal.h>
+#include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <array>
+#include <random>
+#include <set>
+
 #include <asio/co_spawn.hpp>
 #include <asio/detached.hpp>
+#include <asio/redirect_error.hpp>
 #include <asio/io_context.hpp>
 #include <asio/local/stream_protocol.hpp>
 #include <asio/steady_timer.hpp>
+#include <asio/this_coro.hpp>
 #include <asio/use_awaitable.hpp>
 #include <asio/write.hpp>
 
 #include "machine/guest.hpp"
+#include "machine/paths.hpp"
 #include "machine/ssh.hpp"
 #include "../support/sshd.hpp"
 #include "test_support.hpp"
@@ -29,9 +37,30 @@ using namespace std::chrono_literals;
 
 namespace {
 
+// A directory on a tmpfs for the agent's secrets (--secrets-dir), never /run/machine-secrets:
+// under /dev/shm, so that an agent that is not root finds a tmpfs there; as root it mounts its
+// own on top, which goes again at the end.
+struct secrets_place {
+    fs::path parent, dir;
+    secrets_place() {
+        std::random_device rd;
+        parent = fs::path("/dev/shm") / ("machine-test-secrets-" + std::to_string(rd()));
+        fs::create_directories(parent);
+        dir = parent / "secrets";
+    }
+    ~secrets_place() {
+        ::umount2(dir.c_str(), MNT_DETACH);  // EINVAL when nothing is mounted there: fine
+        std::error_code ec;
+        fs::remove_all(parent, ec);
+    }
+    secrets_place(const secrets_place&) = delete;
+    secrets_place& operator=(const secrets_place&) = delete;
+};
+
 // The real agent, on a private socket and journal, as the current user.
 struct host_agent {
     machine::test::temp_dir dir;
+    secrets_place secrets;
     pid_t pid = -1;
     fs::path socket() const { return dir.path / "agent.sock"; }
 
@@ -46,7 +75,8 @@ struct host_agent {
             for (int fd = 3; fd < 1024; ++fd) ::close(fd);
             ::execl(MACHINE_AGENT_BINARY, "machine-agent", "--socket", socket().c_str(), "--journal",
                     (dir.path / "journal.jsonl").c_str(), "--user", user.substr(0, user.find('\n')).c_str(),
-                    "--group", group.substr(0, group.find('\n')).c_str(), "--no-systemd", nullptr);
+                    "--group", group.substr(0, group.find('\n')).c_str(), "--secrets-dir", secrets.dir.c_str(),
+                    "--no-systemd", nullptr);
             ::_exit(127);
         }
         for (int i = 0; i < 200 && !fs::exists(socket()); ++i) ::usleep(10000);
@@ -272,6 +302,205 @@ BOOST_FIXTURE_TEST_CASE(garbage_from_the_guest_is_reported_and_skipped, fixture)
     BOOST_TEST(problems[2].find("unexpected 'surprise'") != std::string::npos);
     BOOST_TEST(problems[3].find("unexpected 'result'") != std::string::npos);
     BOOST_TEST(problems[4].find("cut off") != std::string::npos);
+}
+
+// Between sshd and the agent: passes on what the agent sends, and the first `limit` bytes of
+// what the host sends; then kills sshd (the host's SSH connection dies with it, as when a VM
+// stops or the network goes) and closes the agent's end. The agent is left with part of a line.
+struct cutting_relay {
+    asio::local::stream_protocol::acceptor acceptor;
+    std::string upstream_path;
+    machine::test::sshd_server& sshd;
+    std::size_t limit;
+    std::size_t passed = 0;
+    bool cut = false, done = false;
+
+    cutting_relay(asio::io_context& io, const fs::path& path, const fs::path& upstream, machine::test::sshd_server& s,
+                  std::size_t cut_after)
+        : acceptor(io, asio::local::stream_protocol::endpoint(path.string())), upstream_path(upstream.string()),
+          sshd(s), limit(cut_after) {}
+};
+
+using unix_socket = asio::local::stream_protocol::socket;
+
+asio::awaitable<void> relay_back(std::shared_ptr<unix_socket> from, std::shared_ptr<unix_socket> to) {
+    std::array<char, 16384> buf{};
+    asio::error_code ec;
+    for (;;) {
+        const std::size_t n = co_await from->async_read_some(asio::buffer(buf), asio::redirect_error(asio::use_awaitable, ec));
+        if (ec) co_return;
+        co_await asio::async_write(*to, asio::buffer(buf.data(), n), asio::redirect_error(asio::use_awaitable, ec));
+        if (ec) co_return;
+    }
+}
+
+asio::awaitable<void> relay_once(cutting_relay& r) {
+    auto ex = co_await asio::this_coro::executor;
+    auto peer = std::make_shared<unix_socket>(co_await r.acceptor.async_accept(asio::use_awaitable));
+    auto upstream = std::make_shared<unix_socket>(ex);
+    const asio::local::stream_protocol::endpoint agent_end(r.upstream_path);
+    co_await upstream->async_connect(agent_end, asio::use_awaitable);
+    asio::co_spawn(ex, relay_back(upstream, peer), asio::detached);
+    std::array<char, 16384> buf{};
+    asio::error_code ec;
+    while (r.passed < r.limit) {
+        const std::size_t n = co_await peer->async_read_some(asio::buffer(buf), asio::redirect_error(asio::use_awaitable, ec));
+        if (ec) break;
+        const std::size_t take = std::min(n, r.limit - r.passed);
+        co_await asio::async_write(*upstream, asio::buffer(buf.data(), take), asio::use_awaitable);
+        r.passed += take;
+        r.cut = take < n || r.passed == r.limit;
+    }
+    r.sshd.stop();  // the SSH connection is gone before the agent sees its end of the stream
+    upstream->close();
+    peer->close();
+    r.done = true;
+}
+
+std::string read_whole(const fs::path& p) { return paths::read_file(p); }
+
+std::set<std::string> names_in(const fs::path& dir) {
+    std::set<std::string> out;
+    for (const auto& e : fs::directory_iterator(dir)) out.insert(e.path().filename().string());
+    return out;
+}
+
+BOOST_FIXTURE_TEST_CASE(a_render_cut_by_a_dying_connection_leaves_the_set_as_it_was, fixture) {
+    const std::string marker = "MARKER-4c1d-must-not-leak";
+    const fs::path file = agent.secrets.dir / "web.env";
+
+    // An earlier version of the set, rendered through a healthy connection.
+    auto first = [&]() -> asio::awaitable<void> {
+        auto session = co_await connect(sshd);
+        auto conn = co_await guest::connection::open(session, on_problem(), agent.socket().string());
+        pr::secrets_render_request q;
+        q.set = "web";
+        q.variables.push_back({"DATABASE_URL", "postgres://before"});
+        const auto r = co_await conn->render_secrets(std::move(q));
+        BOOST_TEST(r.count == 1u);
+        BOOST_TEST(r.path == file.string());
+        session->close();
+    };
+    machine::test::co_run(io, first());
+    const std::string before = read_whole(file);
+    BOOST_TEST(before.find("export DATABASE_URL='postgres://before'") != std::string::npos);
+
+    // A large new version (about 875 KiB on the wire), cut after 256 KiB by sshd dying.
+    pr::secrets_render_request big;
+    big.set = "web";
+    for (int i = 0; i < 10; ++i)
+        big.variables.push_back({"BIG_" + std::to_string(i), marker + std::string(60000, static_cast<char>('a' + i))});
+    const std::size_t line_size = pr::encode(pr::make_secrets_render_request(1, big)).size();
+    constexpr std::size_t cut_after = 256 << 10;
+    BOOST_REQUIRE(line_size > 3 * cut_after);
+    cutting_relay relay(io, agent.dir.path / "relay.sock", agent.socket(), sshd, cut_after);
+    asio::co_spawn(io, relay_once(relay), asio::detached);
+
+    std::string failure;
+    bool finished = false;
+    auto second = [&]() -> asio::awaitable<void> {
+        auto session = co_await connect(sshd);
+        auto conn = co_await guest::connection::open(session, on_problem(), (agent.dir.path / "relay.sock").string());
+        try {
+            co_await conn->render_secrets(std::move(big));
+            failure = "(no failure)";
+        } catch (const std::exception& e) {
+            failure = e.what();
+        }
+        finished = true;
+    };
+    asio::co_spawn(io, std::move(second), asio::detached);
+    for (int i = 0; i < 300 && !(finished && relay.done); ++i) io.run_for(100ms);
+    BOOST_REQUIRE(finished);
+    BOOST_REQUIRE(relay.done);
+    BOOST_TEST(relay.cut);
+    BOOST_TEST(relay.passed == cut_after);  // the agent got part of the line, never its end
+    BOOST_TEST_MESSAGE("the host saw: " << failure);
+    BOOST_TEST(failure != "(no failure)");
+    BOOST_TEST(failure.find(marker) == std::string::npos);
+    for (const auto& p : problems) BOOST_TEST(p.find(marker) == std::string::npos);
+
+    // The agent has seen the end of its stream: nothing was decoded, so nothing was written.
+    // Polled for a while: a write after the cut would show up here.
+    for (int i = 0; i < 10; ++i) {
+        ::usleep(50000);
+        BOOST_TEST((names_in(agent.secrets.dir) == std::set<std::string>{"web.env"}));  // no set file, no temporary
+    }
+    BOOST_TEST(read_whole(file) == before);
+    BOOST_TEST(::kill(agent.pid, 0) == 0);  // and the agent is fine
+
+    // Once the VM is reachable again, the same render goes through whole.
+    sshd.start();
+    io.restart();
+    auto again = [&]() -> asio::awaitable<void> {
+        auto session = co_await connect(sshd);
+        auto conn = co_await guest::connection::open(session, on_problem(), agent.socket().string());
+        pr::secrets_render_request q;
+        q.set = "web";
+        q.variables.push_back({"DATABASE_URL", "postgres://after"});
+        const auto r = co_await conn->render_secrets(std::move(q));
+        BOOST_TEST(r.count == 1u);
+        session->close();
+    };
+    machine::test::co_run(io, again());
+    BOOST_TEST(read_whole(file).find("export DATABASE_URL='postgres://after'") != std::string::npos);
+    BOOST_TEST((names_in(agent.secrets.dir) == std::set<std::string>{"web.env"}));
+}
+
+// secrets.discover through the channel: the result is parsed and capped on the host.
+BOOST_FIXTURE_TEST_CASE(discover_secrets_through_the_channel, fixture) {
+    // The agent's --user is the current user: its ~/code is real, so only the shape is checked
+    // here (the agent tests cover the scan with a home of their own).
+    std::vector<pr::envrc_secrets> repos;
+    auto task = [&]() -> asio::awaitable<void> {
+        auto session = co_await connect(sshd);
+        auto conn = co_await guest::connection::open(session, on_problem(), agent.socket().string());
+        repos = co_await conn->discover_secrets();
+        session->close();
+    };
+    machine::test::co_run(io, task());
+    for (std::size_t i = 0; i < repos.size(); ++i) {
+        BOOST_TEST(pr::is_valid_repo_dir(repos[i].dir));
+        BOOST_TEST(!repos[i].uses.empty());
+        if (i) BOOST_TEST(repos[i - 1].dir < repos[i].dir);
+    }
+}
+
+// A hostile "agent" answering secrets.discover with a result that breaks the caps.
+BOOST_FIXTURE_TEST_CASE(a_hostile_discover_result_is_refused, fixture) {
+    const fs::path evil = agent.dir.path / "evil-discover.sock";
+    asio::local::stream_protocol::acceptor acceptor(io, asio::local::stream_protocol::endpoint(evil.string()));
+    auto serve = [&]() -> asio::awaitable<void> {
+        auto peer = co_await acceptor.async_accept(asio::use_awaitable);
+        std::string request(4096, '\0');
+        co_await peer.async_read_some(asio::buffer(request), asio::use_awaitable);
+        pr::json reply = pr::make_envelope(1, pr::type::result);
+        pr::json repo = {{"dir", "../../etc"}, {"path", "/etc/passwd"}, {"uses", pr::json::array()}};
+        reply["repos"] = pr::json::array({repo});
+        const std::string line = pr::encode(reply);
+        co_await asio::async_write(peer, asio::buffer(line), asio::use_awaitable);
+        co_await peer.async_read_some(asio::buffer(request), asio::use_awaitable);  // until the host goes
+    };
+    asio::co_spawn(io, std::move(serve), asio::detached);
+    std::string what;
+    auto task = [&]() -> asio::awaitable<void> {
+        auto session = co_await connect(sshd);
+        auto conn = co_await guest::connection::open(session, on_problem(), evil.string());
+        try {
+            co_await conn->discover_secrets();
+        } catch (const machine::error& e) {
+            what = e.what();
+        }
+        session->close();
+    };
+    try {
+        machine::test::co_run(io, task());
+    } catch (const std::exception&) {
+        // the evil server's last read ends with the connection
+    }
+    BOOST_TEST(what.find("malformed secrets.discover result") != std::string::npos, what);
+    BOOST_TEST(what.find("'dir'") != std::string::npos, what);
+    BOOST_TEST(what.find("../../etc") == std::string::npos, what);  // the VM's text is not repeated
 }
 
 BOOST_AUTO_TEST_SUITE_END()
