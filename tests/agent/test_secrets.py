@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+import tomllib
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -26,8 +27,8 @@ import test_agent as ta  # noqa: E402  (the harness: Agent, Client, AgentTest)
 from test_agent import figure  # noqa: E402
 
 NOBODY = pwd.getpwnam("nobody")
-TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "templates", "direnv",
-                        "machine-secrets.sh")
+BASE_PROFILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "templates", "profiles",
+                            "base.toml")
 MARKER = b"MARKER-7f3a9c-do-not-leak"  # in every value: must never be seen outside the file
 BASH_ENV_CLEAN = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 
@@ -913,19 +914,70 @@ class Discover(SecretsTest):
         self.assertIn("secrets.discover", caps)
 
 
+def direnv_step():
+    """The base profile's step that installs `use_op_env` (the function's one copy)."""
+    with open(BASE_PROFILE, "rb") as f:
+        steps = tomllib.load(f)["step"]
+    names = [s["name"] for s in steps]
+    step = steps[names.index("direnv-secrets")]
+    assert names.index("direnv-secrets") > names.index("direnv-hook"), names
+    return step
+
+
+def run_step_script(script, home):
+    """A step's script as the agent runs it (profile steps: bash -e -u -o pipefail -c), as this
+    user with HOME=home."""
+    env = {**BASH_ENV_CLEAN, "HOME": home, "USER": "root"}
+    return subprocess.run(["bash", "-e", "-u", "-o", "pipefail", "-c", script], capture_output=True, env=env)
+
+
+def install_direnv_function(home):
+    """Runs the step's `run` with HOME=home; returns the installed file."""
+    r = run_step_script(direnv_step()["run"], home)
+    assert r.returncode == 0, r.stderr
+    return os.path.join(home, ".config", "direnv", "lib", "machine-secrets.sh")
+
+
 class Direnv(SecretsTest):
-    """templates/direnv/machine-secrets.sh: `use op_env SET` in an .envrc."""
+    """`use op_env SET` in an .envrc: the function the base profile's step direnv-secrets installs."""
+
+    def test_the_step_installs_the_current_version_once(self):
+        step = direnv_step()
+        self.assertEqual(step["user"], "user")
+        home = tempfile.mkdtemp(prefix="home-", dir=self.tmp)
+        self.assertNotEqual(run_step_script(step["check"], home).returncode, 0)  # nothing installed
+        path = install_direnv_function(home)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o644)
+        self.assertEqual(os.listdir(os.path.dirname(path)), ["machine-secrets.sh"])  # no temporary left
+        self.assertEqual(run_step_script(step["check"], home).returncode, 0)
+        with open(path) as f:
+            text = f.read()
+        self.assertIn("use_op_env() {", text)
+        self.assertIn("watch_file", text)
+        # An older version (another VERSION line) is not current: the check fails, run replaces it.
+        with open(path, "w") as f:
+            f.write(text.replace("# VERSION ", "# VERSION 1-old ", 1))
+        self.assertNotEqual(run_step_script(step["check"], home).returncode, 0)
+        install_direnv_function(home)
+        with open(path) as f:
+            self.assertEqual(f.read(), text)
+        self.assertEqual(run_step_script(step["check"], home).returncode, 0)
+        # Sourcing it defines the function and nothing else runs.
+        r = subprocess.run(["bash", "--noprofile", "--norc", "-c", 'source "$1"; declare -F use_op_env', "bash", path],
+                           capture_output=True, env=BASH_ENV_CLEAN)
+        self.assertEqual((r.returncode, r.stdout, r.stderr), (0, b"use_op_env\n", b""))
 
     def test_the_function_with_stubs(self):
         os.makedirs(self.dir)
         with open(os.path.join(self.dir, "web.env"), "wb") as f:
             f.write(b"export A='it'\\''s\nfine'\n")
+        function = install_direnv_function(tempfile.mkdtemp(prefix="home-", dir=self.tmp))
         script = ('watch_file() { echo "watch $1" >&2; }; log_error() { echo "error: $*" >&2; }; '
                   'source "$1"; use_op_env "$2"; rc=$?; printf "%s" "${A-unset}"; exit $rc')
 
-        def run(set_name):
-            env = {**BASH_ENV_CLEAN, "MACHINE_SECRETS_DIR": self.dir, "HOSTNAME": "lima-myproj"}
-            return subprocess.run(["bash", "--noprofile", "--norc", "-c", script, "bash", TEMPLATE, set_name],
+        def run(set_name, hostname="lima-myproj"):
+            env = {**BASH_ENV_CLEAN, "MACHINE_SECRETS_DIR": self.dir, "HOSTNAME": hostname}
+            return subprocess.run(["bash", "--noprofile", "--norc", "-c", script, "bash", function, set_name],
                                   capture_output=True, env=env)
 
         r = run("web")
@@ -936,6 +988,13 @@ class Direnv(SecretsTest):
         self.assertIn(f"watch {self.dir}/api.env".encode(), r.stderr)  # so that rendering it reloads
         self.assertIn(b"error: op_env: secrets for api are not rendered in this VM; "
                       b"run 'machine secrets myproj' on the host", r.stderr)
+        # A hostname Lima did not give: no made-up project name.
+        for hostname in ("devbox", "lima-", "my-lima-vm"):
+            with self.subTest(hostname=hostname):
+                r = run("api", hostname)
+                self.assertEqual(r.returncode, 1)
+                self.assertIn(b"error: op_env: secrets for api are not rendered in this VM; "
+                              b"run 'machine secrets <project>' on the host", r.stderr)
         r = run("../etc/passwd")
         self.assertEqual(r.returncode, 1)
         self.assertIn(b"is not a secret set name", r.stderr)
@@ -954,16 +1013,13 @@ class Direnv(SecretsTest):
                 pass  # direnv carries the environment as JSON: UTF-8 only
         self.render(c, "web", values)
         home = tempfile.mkdtemp(prefix="direnv-home-", dir=self.tmp)
-        lib = os.path.join(home, "config", "direnv", "lib")
-        os.makedirs(lib)
-        shutil.copy(TEMPLATE, lib)
+        install_direnv_function(home)  # ~/.config/direnv/lib/machine-secrets.sh, where direnv looks
         project = os.path.join(home, "project")
         os.makedirs(project)
         with open(os.path.join(project, ".envrc"), "w") as f:
             f.write("use op_env web\nuse op_env missing-one\n")
-        env = {**BASH_ENV_CLEAN, "HOME": home, "XDG_CONFIG_HOME": os.path.join(home, "config"),
-               "XDG_DATA_HOME": os.path.join(home, "data"), "MACHINE_SECRETS_DIR": self.dir,
-               "HOSTNAME": "lima-myproj"}
+        env = {**BASH_ENV_CLEAN, "HOME": home, "XDG_DATA_HOME": os.path.join(home, "data"),
+               "MACHINE_SECRETS_DIR": self.dir, "HOSTNAME": "lima-myproj"}
         subprocess.run(["direnv", "allow", project], check=True, env=env, capture_output=True)
         # The missing set fails the .envrc: direnv reports it and exports nothing.
         r = subprocess.run(["direnv", "exec", project, "bash", "-c", 'printf %s "${NEWLINES-unset}"'],
