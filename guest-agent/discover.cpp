@@ -213,6 +213,7 @@ private:
             got += static_cast<std::size_t>(n);
         }
         const bool complete = got <= want;
+        if (!complete && want < limits_.read_bytes) result_.truncated = true;  // cut by the budget, not the limit
         text.resize(std::min(got, want));
         bytes_ += text.size();
 

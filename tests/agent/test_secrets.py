@@ -895,6 +895,17 @@ class Discover(SecretsTest):
         self.assertIs(r["truncated"], True)
         self.assertLess(len(json.dumps(r)), 1 << 20)
 
+    def test_the_scan_has_a_budget_of_directories(self):
+        # 8192 directories at most (so that a huge ~/code cannot stall the agent): in name
+        # order, so what is left out is what sorts last, and the result says so.
+        for i in range(8200):
+            os.makedirs(os.path.join(self.code, f"d{i:05d}"))
+        self.envrc("a-first", "use op_env first\n")
+        self.envrc("zzz-last", "use op_env last\n")
+        r = self.discover(self.discovering_agent())
+        self.assertEqual(self.uses(r), {"a-first": [("first", 1)]})
+        self.assertIs(r["truncated"], True)
+
     def test_the_user_must_be_known(self):
         a = self.agent(user=None)
         r = a.client().call("secrets.discover")
