@@ -34,6 +34,24 @@ struct port_forwarding {
     std::vector<int> ports;      ///< when mode == listed; each 1..65535, in file order
 };
 
+/// One source of a project's secrets (`[[web.secrets]]`), read on the host by `machine secrets`
+/// and rendered into the VM's tmpfs as the set `set` (/run/machine-secrets/<set>.env, loaded in
+/// a repo by `use op_env <set>` in its .envrc). Entries of one set are read in file order; a
+/// later entry's variable replaces an earlier one of the same name.
+enum class secret_kind { op_environment, op_reference, dotenv_file, command };
+struct secret_source {
+    secret_kind kind = secret_kind::dotenv_file;
+    /// op_environment: the 1Password Environment ID; op_reference: `op://vault/item/field`;
+    /// dotenv_file: the path as written (`~/` means the home directory). Unused for command.
+    std::string value;
+    std::string variable;            ///< op_reference only: the variable it defines
+    std::vector<std::string> argv;   ///< command only: argv[0] is looked up in PATH
+    /// The set it renders into: as written, else the Environment ID for op_environment, else
+    /// the project's name.
+    std::string set;
+    std::string origin;              ///< `projects.toml:9:1: web.secrets[0]`, for messages
+};
+
 struct project {
     std::string name;
     std::vector<std::string> repos;      ///< git URLs; the first is the primary repo
@@ -55,6 +73,9 @@ struct project {
     std::vector<std::string> ca_certs{"host"};
     /// Key fingerprints ("SHA256:...") the forwarded agent is limited to; empty = whole agent.
     std::vector<std::string> agent_keys;
+    std::vector<secret_source> secrets;  ///< in file order
+    /// Render the secrets on every `up`, and whenever `watch` sees the VM boot again.
+    bool secrets_on_up = false;
 
     /// Where the project was defined: the projects.toml or .machine.toml path; empty for a
     /// project that exists only by its name (zero-config `default`, or a VM without a table).

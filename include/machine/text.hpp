@@ -19,6 +19,14 @@ bool is_valid_project_name(std::string_view name);
 // Throws usage_error("invalid project name '<name>' (use a-z, 0-9, hyphen; start with a letter or digit)").
 void require_valid_project_name(std::string_view name);
 
+// A set of secrets is a file in the VM (/run/machine-secrets/<set>.env) and a `use op_env <set>`
+// word in an .envrc: 1-64 of a-z 0-9 _ -, starting with a letter or digit.
+bool is_valid_secret_set_name(std::string_view set);
+
+// A secret's variable name: a shell identifier (^[A-Za-z_][A-Za-z0-9_]*$, at most 128 bytes)
+// that bash lets a file assign (not UID, EUID, PPID, BASHOPTS, SHELLOPTS, BASH_VERSINFO or _).
+bool is_valid_secret_name(std::string_view name);
+
 // Makes text safe for a terminal: drops ANSI/OSC escape sequences and other control
 // characters except '\n' and '\t'; invalid UTF-8 becomes U+FFFD. Used on everything a VM or a
 // child process sends back before it reaches the user's terminal.

@@ -78,6 +78,43 @@ std::string fingerprint_problem(std::string_view key) {
     return "expected a key fingerprint like \"SHA256:...\", got " + toml_string(key);
 }
 
+std::string secret_set_problem(std::string_view set) {
+    if (text::is_valid_secret_set_name(set)) return {};
+    return "invalid set name " + toml_string(set) +
+           " (1-64 of a-z, 0-9, \"_\" and \"-\", starting with a letter or digit)";
+}
+
+// A 1Password Environment ID names the set it renders into by default, so it follows both the
+// reference tool's `use op_env` pattern (lowercase letters and digits) and the set name rule.
+std::string op_environment_problem(std::string_view id) {
+    const bool ok = !id.empty() && id.size() <= 64 && std::all_of(id.begin(), id.end(), is_lower_alnum);
+    if (ok) return {};
+    return "expected a 1Password Environment ID (lowercase letters and digits, as 1Password's "
+           "Copy ID gives it), got " + toml_string(id);
+}
+
+std::string op_reference_problem(std::string_view ref) {
+    if (ref.starts_with("op://") && ref.size() > 5 && ref.size() <= 1024 && !has_control(ref)) return {};
+    return "expected a 1Password secret reference like \"op://vault/item/field\", got " + toml_string(ref);
+}
+
+std::string variable_problem(std::string_view name) {
+    if (text::is_valid_secret_name(name)) return {};
+    return "expected a variable name (letters, digits and \"_\", not starting with a digit; not "
+           "UID, EUID, PPID, BASHOPTS, SHELLOPTS, BASH_VERSINFO or _), got " + toml_string(name);
+}
+
+std::string path_problem(std::string_view path) {
+    if (path.empty()) return "must not be empty";
+    if (has_control(path)) return "must not contain control characters, got " + toml_string(path);
+    return {};
+}
+
+std::string argv_problem(std::string_view word) {
+    if (word.find('\0') != std::string_view::npos) return "must not contain NUL";
+    return {};
+}
+
 // The one wording of the project name rule lives in text::require_valid_project_name.
 std::string project_name_problem(std::string_view name) {
     try {
@@ -130,6 +167,108 @@ std::optional<port_forwarding> read_ports(const field& f) {
     }
     if (!ok) return std::nullopt;
     return listed;
+}
+
+// ---- [[web.secrets]]: one source of secrets per table ----
+
+// What one entry may say; read_secret_entry() then checks the combination.
+struct secret_entry_fields {
+    secret_source entry;
+    int sources = 0;  ///< how many of op_environment, op_reference, dotenv_file, command
+    bool has_variable = false;
+};
+
+void apply_secret_set(const field& f, secret_entry_fields& e) {
+    if (auto v = detail::read_string(f, secret_set_problem)) e.entry.set = *v;
+}
+void apply_op_environment(const field& f, secret_entry_fields& e) {
+    ++e.sources;
+    e.entry.kind = secret_kind::op_environment;
+    if (auto v = detail::read_string(f, op_environment_problem)) e.entry.value = *v;
+}
+void apply_op_reference(const field& f, secret_entry_fields& e) {
+    ++e.sources;
+    e.entry.kind = secret_kind::op_reference;
+    if (auto v = detail::read_string(f, op_reference_problem)) e.entry.value = *v;
+}
+void apply_secret_variable(const field& f, secret_entry_fields& e) {
+    e.has_variable = true;
+    if (auto v = detail::read_string(f, variable_problem)) e.entry.variable = *v;
+}
+void apply_dotenv_file(const field& f, secret_entry_fields& e) {
+    ++e.sources;
+    e.entry.kind = secret_kind::dotenv_file;
+    if (auto v = detail::read_string(f, path_problem)) e.entry.value = *v;
+}
+void apply_secret_command(const field& f, secret_entry_fields& e) {
+    ++e.sources;
+    e.entry.kind = secret_kind::command;
+    auto v = detail::read_strings(f, argv_problem);
+    if (!v) return;
+    if (v->empty() || v->front().empty())
+        f.report("expected a program and its arguments, such as [\"pass\", \"show\", \"web/env\"]; the program must not be empty");
+    else
+        e.entry.argv = std::move(*v);
+}
+
+constexpr key_rule<secret_entry_fields> secret_keys[] = {
+    {"op_environment", apply_op_environment},
+    {"op_reference", apply_op_reference},
+    {"variable", apply_secret_variable},
+    {"dotenv_file", apply_dotenv_file},
+    {"command", apply_secret_command},
+    {"set", apply_secret_set},
+};
+
+std::optional<secret_source> read_secret_entry(const field& f) {
+    const auto* table = f.value.as_table();
+    if (!table) {
+        f.report("expected a table ([[...secrets]] or { op_environment = \"...\" }), got " + describe(f.value));
+        return std::nullopt;
+    }
+    secret_entry_fields e;
+    detail::apply_table<secret_entry_fields>(*table, f.path, secret_keys, e, f.out);
+    // A misspelt key is the problem to show, not the missing source it leaves behind.
+    for (auto&& [key, value] : *table)
+        if (!detail::find_rule<secret_entry_fields>(secret_keys, key.str())) return std::nullopt;
+    const bool reference = e.entry.kind == secret_kind::op_reference;
+    if (e.sources != 1) {
+        f.report(std::string(e.sources == 0 ? "names no source" : "names more than one source") +
+                 ": give exactly one of op_environment, op_reference (with variable), dotenv_file, command");
+        return std::nullopt;
+    }
+    if (reference && !e.has_variable) {
+        f.report("op_reference needs `variable`, the name the value gets in the VM");
+        return std::nullopt;
+    }
+    if (!reference && e.has_variable) {
+        f.report("`variable` goes only with op_reference (the other sources name their own variables)");
+        return std::nullopt;
+    }
+    e.entry.origin = f.out.locate(f.where, f.path);
+    return std::move(e.entry);
+}
+
+void apply_secrets(const field& f, project& p) {
+    const auto* array = f.value.as_array();
+    if (!array) {
+        f.report("expected an array of tables ([[" + f.path + "]]), got " + describe(f.value));
+        return;
+    }
+    std::vector<secret_source> entries;
+    for (std::size_t i = 0; i < array->size(); ++i)
+        if (auto e = read_secret_entry(detail::element_field(f, *array, i))) entries.push_back(std::move(*e));
+    p.secrets = std::move(entries);
+}
+
+void apply_secrets_on_up(const field& f, project& p) {
+    if (auto v = detail::read_bool(f)) p.secrets_on_up = *v;
+}
+
+// An entry without `set` renders into the set its Environment ID names, else the project's.
+void default_secret_sets(project& p) {
+    for (auto& e : p.secrets)
+        if (e.set.empty()) e.set = e.kind == secret_kind::op_environment ? e.value : p.name;
 }
 
 // ---- projects.toml top-level settings ----
@@ -233,6 +372,8 @@ constexpr key_rule<project> project_keys[] = {
     {"ports", apply_ports},
     {"ca_certs", apply_ca_certs},
     {"agent_keys", apply_agent_keys},
+    {"secrets", apply_secrets},
+    {"secrets_on_up", apply_secrets_on_up},
 };
 
 // .machine.toml: `name`, then the keys of a project table.
@@ -262,6 +403,7 @@ project read_project(const toml::key& key, const toml::table& table, const setti
         out.add(key.source(), "", problem);
     project p = defaults.defaults_for(name);
     detail::apply_table<project>(table, detail::join_key_path("", name), project_keys, p, out);
+    default_secret_sets(p);
     p.source = file;
     p.configured = true;
     return p;
@@ -350,7 +492,8 @@ config parse_projects(std::string_view text, const fs::path& file_label, const h
         else if (const auto* table = value.as_table())
             tables.emplace_back(&key, table);
         else if (value.is_array_of_tables())
-            f.report("expected a table ([name]), got an array of tables ([[name]])");
+            f.report(std::string("expected a table ([name]), got an array of tables ([[name]])") +
+                     (key.str() == "secrets" ? "; a project's secrets go in [[<project>.secrets]]" : ""));
         else
             f.report(top_level_unknown_key(key.str()));
     }
@@ -369,9 +512,21 @@ void overlay_local(config& into, std::string_view text, const fs::path& file_pat
     detail::apply_table<project>(doc, "", local_keys(), p, out);
     out.raise_first();
 
+    // A repository's file comes with the code, which may not be the user's: it may name
+    // 1Password items (1Password asks before each read), but not run commands or read files
+    // on this computer.
+    for (const auto& e : p.secrets) {
+        if (e.kind == secret_kind::command || e.kind == secret_kind::dotenv_file)
+            throw config_error(text::sanitize_for_terminal(
+                e.origin + ": " + (e.kind == secret_kind::command ? "command" : "dotenv_file") +
+                " secrets run or read on this computer, so a repository's .machine.toml cannot declare them; "
+                "put this entry in projects.toml"));
+    }
+
     const fs::path dir = fs::absolute(file_path).lexically_normal().parent_path();
     if (p.name.empty()) p.name = name_from_directory(dir, file_path);
     if (!doc.contains("repos")) p.repos = origin_repos(dir);
+    default_secret_sets(p);
     p.source = file_path;
     p.configured = true;
 

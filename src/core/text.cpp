@@ -167,4 +167,22 @@ std::string trim(std::string_view s) {
     return std::string(s.substr(first, last - first + 1));
 }
 
+bool is_valid_secret_set_name(std::string_view set) {
+    if (set.empty() || set.size() > 64) return false;
+    auto alnum = [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); };
+    if (!alnum(set.front())) return false;
+    return std::all_of(set.begin(), set.end(), [&](char c) { return alnum(c) || c == '_' || c == '-'; });
+}
+
+bool is_valid_secret_name(std::string_view name) {
+    // Read-only in bash, or special: a secrets file assigning one would fail or mislead.
+    constexpr std::string_view bash_reserved[] = {"UID", "EUID", "PPID", "BASHOPTS", "SHELLOPTS", "BASH_VERSINFO", "_"};
+    if (name.empty() || name.size() > 128) return false;
+    auto letter = [](char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_'; };
+    if (!letter(name.front())) return false;
+    if (!std::all_of(name.begin(), name.end(), [&](char c) { return letter(c) || (c >= '0' && c <= '9'); }))
+        return false;
+    return std::find(std::begin(bash_reserved), std::end(bash_reserved), name) == std::end(bash_reserved);
+}
+
 } // namespace machine::text

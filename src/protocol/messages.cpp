@@ -3,6 +3,7 @@
 #include <limits>
 
 #include "machine/protocol.hpp"
+#include "machine/text.hpp"
 
 namespace machine::protocol {
 
@@ -782,10 +783,6 @@ parsed<session_list_result> parse_session_list_result(const json& body) {
 
 namespace {
 
-// Bash refuses to assign these (read-only) or resets them after every command (`_`).
-constexpr std::string_view bash_reserved_names[] = {"UID",       "EUID",          "PPID", "BASHOPTS",
-                                                    "SHELLOPTS", "BASH_VERSINFO", "_"};
-
 // Paths from the VM: printable, bounded, absolute.
 bool is_secret_path(std::string_view p) {
     return !p.empty() && p.front() == '/' && p.size() <= max_secret_path &&
@@ -811,22 +808,10 @@ constexpr const char* set_name_rule = "'set' must be 1-64 characters of a-z 0-9 
 
 } // namespace
 
-bool is_valid_secret_set_name(std::string_view set) {
-    if (set.empty() || set.size() > max_secret_set_name) return false;
-    auto alnum = [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); };
-    if (!alnum(set.front())) return false;
-    return std::all_of(set.begin(), set.end(), [&](char c) { return alnum(c) || c == '_' || c == '-'; });
-}
+// The rules are shared with projects.toml (text.hpp), so config and protocol cannot disagree.
+bool is_valid_secret_set_name(std::string_view set) { return text::is_valid_secret_set_name(set); }
 
-bool is_valid_secret_name(std::string_view name) {
-    if (name.empty() || name.size() > max_secret_name) return false;
-    auto letter = [](char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_'; };
-    if (!letter(name.front())) return false;
-    if (!std::all_of(name.begin(), name.end(), [&](char c) { return letter(c) || (c >= '0' && c <= '9'); }))
-        return false;
-    return std::find(std::begin(bash_reserved_names), std::end(bash_reserved_names), name) ==
-           std::end(bash_reserved_names);
-}
+bool is_valid_secret_name(std::string_view name) { return text::is_valid_secret_name(name); }
 
 void wipe_secret_bytes(std::string& s) {
     // Through a volatile pointer: a plain memset before the string dies may be optimised away.

@@ -24,7 +24,8 @@ const host_resources big_host{.cpus = 8, .memory_bytes = 32LL << 30};
 const std::string name_rule =
     " (use a-z, 0-9 and hyphens, starting with a letter or digit, at most 63 characters)";
 const std::string project_keys_list =
-    "repos, profiles, shell, forward_agent, cpus, memory, disk, ports, ca_certs, agent_keys";
+    "repos, profiles, shell, forward_agent, cpus, memory, disk, ports, ca_certs, agent_keys, secrets, "
+    "secrets_on_up";
 
 config parse(std::string_view text, const host_resources& host = big_host) {
     return parse_projects(text, "projects.toml", host);
@@ -558,6 +559,104 @@ BOOST_AUTO_TEST_CASE(the_search_stops_at_search_stop) {
                tmp.path / "outer" / ".machine.toml");
 }
 
+BOOST_AUTO_TEST_CASE(secrets_are_sources_in_file_order_each_with_its_set) {
+    const config c = parse(R"(
+[web]
+secrets_on_up = true
+
+[[web.secrets]]
+op_environment = "p6x3sxq2abc"
+
+[[web.secrets]]
+op_reference = "op://Private/Stripe/credential"
+variable = "STRIPE_KEY"
+set = "p6x3sxq2abc"
+
+[[web.secrets]]
+dotenv_file = "~/.config/web/dev.env"
+
+[[web.secrets]]
+command = ["pass", "show", "web/env"]
+set = "tools_1"
+
+[api]
+secrets = [{ dotenv_file = "/srv/api.env", set = "shared" }]
+)");
+    const project web = c.resolve("web");
+    BOOST_TEST(web.secrets_on_up);
+    BOOST_REQUIRE(web.secrets.size() == 4u);
+    using kind = secret_kind;
+    BOOST_TEST((web.secrets[0].kind == kind::op_environment));
+    BOOST_TEST(web.secrets[0].value == "p6x3sxq2abc");
+    BOOST_TEST(web.secrets[0].set == "p6x3sxq2abc");  // the Environment ID names its set
+    BOOST_TEST(web.secrets[0].origin == "projects.toml:5:1: web.secrets[0]");
+    BOOST_TEST((web.secrets[1].kind == kind::op_reference));
+    BOOST_TEST(web.secrets[1].value == "op://Private/Stripe/credential");
+    BOOST_TEST(web.secrets[1].variable == "STRIPE_KEY");
+    BOOST_TEST(web.secrets[1].set == "p6x3sxq2abc");
+    BOOST_TEST((web.secrets[2].kind == kind::dotenv_file));
+    BOOST_TEST(web.secrets[2].value == "~/.config/web/dev.env");
+    BOOST_TEST(web.secrets[2].set == "web");  // other sources: the project's name
+    BOOST_TEST((web.secrets[3].kind == kind::command));
+    BOOST_TEST(web.secrets[3].argv == (std::vector<std::string>{"pass", "show", "web/env"}),
+               boost::test_tools::per_element());
+    BOOST_TEST(web.secrets[3].set == "tools_1");
+
+    const project api = c.resolve("api");
+    BOOST_TEST(!api.secrets_on_up);
+    BOOST_REQUIRE(api.secrets.size() == 1u);
+    BOOST_TEST(api.secrets[0].set == "shared");
+    BOOST_TEST(c.resolve("other").secrets.empty());
+}
+
+BOOST_AUTO_TEST_CASE(bad_secrets_name_the_entry_and_the_key) {
+    const std::string variable_rule =
+        "expected a variable name (letters, digits and \"_\", not starting with a digit; not UID, EUID, PPID, "
+        "BASHOPTS, SHELLOPTS, BASH_VERSINFO or _), got ";
+    const std::string one_source =
+        ": give exactly one of op_environment, op_reference (with variable), dotenv_file, command";
+    const std::pair<std::string, std::string> cases[] = {
+        {"[web]\nsecrets = \"x\"",
+         "projects.toml:2:1: web.secrets: expected an array of tables ([[web.secrets]]), got \"x\""},
+        {"[web]\nsecrets = [1]",
+         "projects.toml:2:12: web.secrets[0]: expected a table ([[...secrets]] or { op_environment = \"...\" }), got 1"},
+        {"[[web.secrets]]\nset = \"x\"", "projects.toml:1:1: web.secrets[0]: names no source" + one_source},
+        {"[[web.secrets]]\ndotenv_file = \"a\"\ncommand = [\"b\"]",
+         "projects.toml:1:1: web.secrets[0]: names more than one source" + one_source},
+        {"[[web.secrets]]\nop_reference = \"op://v/i/f\"",
+         "projects.toml:1:1: web.secrets[0]: op_reference needs `variable`, the name the value gets in the VM"},
+        {"[[web.secrets]]\ndotenv_file = \"a\"\nvariable = \"A\"",
+         "projects.toml:1:1: web.secrets[0]: `variable` goes only with op_reference (the other sources name their "
+         "own variables)"},
+        {"[[web.secrets]]\nop_environment = \"My-Env\"",
+         "projects.toml:2:1: web.secrets[0].op_environment: expected a 1Password Environment ID (lowercase letters "
+         "and digits, as 1Password's Copy ID gives it), got \"My-Env\""},
+        {"[[web.secrets]]\nop_reference = \"vault/item\"\nvariable = \"A\"",
+         "projects.toml:2:1: web.secrets[0].op_reference: expected a 1Password secret reference like "
+         "\"op://vault/item/field\", got \"vault/item\""},
+        {"[[web.secrets]]\nop_reference = \"op://v/i/f\"\nvariable = \"1A\"",
+         "projects.toml:3:1: web.secrets[0].variable: " + variable_rule + "\"1A\""},
+        {"[[web.secrets]]\nop_reference = \"op://v/i/f\"\nvariable = \"UID\"",
+         "projects.toml:3:1: web.secrets[0].variable: " + variable_rule + "\"UID\""},
+        {"[[web.secrets]]\ndotenv_file = \"a\"\nset = \"../etc\"",
+         "projects.toml:3:1: web.secrets[0].set: invalid set name \"../etc\" (1-64 of a-z, 0-9, \"_\" and \"-\", "
+         "starting with a letter or digit)"},
+        {"[[web.secrets]]\ncommand = []",
+         "projects.toml:2:1: web.secrets[0].command: expected a program and its arguments, such as [\"pass\", "
+         "\"show\", \"web/env\"]; the program must not be empty"},
+        {"[[web.secrets]]\ndotenv_file = \"\"", "projects.toml:2:1: web.secrets[0].dotenv_file: must not be empty"},
+        {"[[web.secrets]]\ndotenv_file = \"a\"\n[[web.secrets]]\ndotenv_flie = \"b\"",
+         "projects.toml:4:1: web.secrets[1].dotenv_flie: unknown key (did you mean \"dotenv_file\"?)"},
+        {"[web]\nsecrets_on_up = 1", "projects.toml:2:1: web.secrets_on_up: expected a boolean, got 1"},
+        {"[[secrets]]\ndotenv_file = \"a\"",
+         "projects.toml:1:3: secrets: expected a table ([name]), got an array of tables ([[name]]); a project's "
+         "secrets go in [[<project>.secrets]]"},
+    };
+    for (const auto& [text, expected] : cases) {
+        BOOST_TEST_CONTEXT(text) { BOOST_TEST(parse_error(text) == expected); }
+    }
+}
+
 BOOST_AUTO_TEST_CASE(keys_and_an_explicit_name) {
     temp_dir tmp;
     write(tmp.path / "checkout" / ".machine.toml", R"(
@@ -569,6 +668,10 @@ cpus = 8
 memory = "16GiB"
 disk = 60
 ports = [8080]
+secrets_on_up = true
+[[secrets]]
+op_reference = "op://Private/api/token"
+variable = "API_TOKEN"
 )");
     const config c = load(options_in(tmp, tmp.path / "checkout"));
     BOOST_TEST(c.ambient_project() == "api");
@@ -581,6 +684,24 @@ ports = [8080]
     BOOST_TEST(p.memory == "16GiB");
     BOOST_TEST(p.disk == "60GiB");
     BOOST_TEST(p.ports.ports == (std::vector<int>{8080}), boost::test_tools::per_element());
+    BOOST_TEST(p.secrets_on_up);
+    BOOST_REQUIRE(p.secrets.size() == 1u);
+    BOOST_TEST(p.secrets[0].set == "api");  // the name given in the file, not the directory's
+    BOOST_TEST(p.secrets[0].origin == (tmp.path / "checkout" / ".machine.toml").string() + ":11:1: secrets[0]");
+}
+
+BOOST_AUTO_TEST_CASE(a_repository_file_cannot_run_or_read_secrets_on_the_host) {
+    temp_dir tmp;
+    const fs::path file = tmp.path / "app" / ".machine.toml";
+    const load_options options = options_in(tmp, tmp.path / "app");
+    write(file, "[[secrets]]\nop_environment = \"abc\"\n[[secrets]]\ncommand = [\"sh\", \"-c\", \"curl evil\"]\n");
+    BOOST_TEST(load_error(options) == file.string() +
+                                          ":3:1: secrets[1]: command secrets run or read on this computer, so a "
+                                          "repository's .machine.toml cannot declare them; put this entry in projects.toml");
+    write(file, "[[secrets]]\ndotenv_file = \"~/.aws/credentials\"\n");
+    BOOST_TEST(load_error(options) == file.string() +
+                                          ":1:1: secrets[0]: dotenv_file secrets run or read on this computer, so a "
+                                          "repository's .machine.toml cannot declare them; put this entry in projects.toml");
 }
 
 BOOST_AUTO_TEST_CASE(errors_use_flat_key_paths) {
