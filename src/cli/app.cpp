@@ -47,6 +47,8 @@ struct parsed {
     bool force = false;  // bake
     int start_timeout_minutes = 30;
     std::optional<std::string> session;  // claude, codex
+    std::optional<std::string> repo;     // secrets
+    bool clear = false;                  // secrets
     // agent-proxy (hidden: started by machine itself)
     std::string listen, upstream, vm_dir;
     std::vector<std::string> allowed;
@@ -109,6 +111,7 @@ asio::awaitable<int> dispatch(context& ctx, parsed p) {
     if (p.command == "claude" || p.command == "codex")
         co_return co_await cmd_agent_session(ctx, p.command, p.name, p.session);
     if (p.command == "sessions") co_return co_await cmd_sessions(ctx, p.name);
+    if (p.command == "secrets") co_return co_await cmd_secrets(ctx, p.name, p.repo, p.clear);
     if (p.command == "watch") co_return co_await cmd_watch(ctx, p.names);
     throw usage_error("unknown command " + p.command);
 }
@@ -188,6 +191,12 @@ int main(int argc, char** argv) {
     auto* sessions = app.add_subcommand("sessions", "agent sessions in a project's VM, and who is attached");
     sessions->add_option("name", p.name, "project");
     sessions->add_flag("--json", p.json, "one JSON object per session");
+
+    auto* secrets = app.add_subcommand("secrets", "render a project's secrets into its VM's memory (tmpfs), or clear them");
+    secrets->add_option("name", p.name, "project");
+    secrets->add_option("--repo", p.repo, "only the sets this repo's .envrc uses (use op_env ID)");
+    secrets->add_flag("--clear", p.clear, "overwrite the rendered secrets with zeros and remove them");
+    secrets->add_flag("--json", p.json, "events as JSON lines on stdout");
 
     // Started by machine itself (detached) to filter a project's forwarded SSH agent.
     auto* proxy = app.add_subcommand("agent-proxy", "");

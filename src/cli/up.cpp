@@ -11,6 +11,7 @@
 #include "agent_forwarding.hpp"
 #include "cli.hpp"
 #include "common.hpp"
+#include "secrets_sync.hpp"
 #include "machine/guest.hpp"
 #include "machine/paths.hpp"
 #include "machine/render.hpp"
@@ -134,6 +135,10 @@ awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel, co
         std::size_t ran = co_await apply_plan(ctx, name, session, target.plan, cancel);
         co_await clone_repos(ctx, lima, project, session, render::vm_user);
         ran += co_await apply_plan(ctx, name, session, target.after_clone, cancel);
+        if (project.secrets_on_up) {
+            secrets_sync_options every_set;
+            co_await sync_secrets(ctx, project, session, every_set);
+        }
         session->close();
         if (ran > 0) co_await close_lima_ssh_master(*existing, name);
     }

@@ -18,6 +18,7 @@
 
 #include "cli.hpp"
 #include "common.hpp"
+#include "secrets_sync.hpp"
 #include "machine/guest.hpp"
 #include "machine/paths.hpp"
 #include "machine/ssh.hpp"
@@ -44,6 +45,9 @@ struct agent_cursor {
     // The agent follower's backoff; cancelled (a kick) when Lima says the VM is ready, so the
     // agent is reached as soon as it can be rather than after the backoff.
     std::unique_ptr<asio::steady_timer> retry;
+    // The agent reported a boot (`user.ready`) since the poll loop last looked: a project with
+    // secrets_on_up gets its secrets again (the tmpfs they were in is gone).
+    bool booted = false;
 };
 
 struct watched_vm {
@@ -129,6 +133,7 @@ awaitable<void> stream_agent_once(context& ctx, std::string name, fs::path ssh_c
             const auto ts = lima::parse_rfc3339(e.ts);
             if (!ts || *ts < cursor->not_before) return true;  // from before watch started
         }
+        if (e.event == "user.ready") cursor->booted = true;
         ctx.emit(from_guest(name, e));
         return true;
     };
@@ -177,6 +182,38 @@ awaitable<void> follow_agent(context& ctx, std::string name, fs::path ssh_config
         co_await (sleep_unless_kicked(backoff_timer, backoff) || until_cancelled(*stop));
         backoff = std::min<std::chrono::milliseconds>(backoff * 2, 30s);
     }
+}
+
+// After a boot, the secrets of a project with secrets_on_up, unless an `up` (which renders
+// them itself) got there first: the project lock waits for a running `up`, and only the sets the
+// VM does not have are rendered. A failure is reported; watch goes on.
+awaitable<void> rerender_secrets(context& ctx, config::project project, fs::path ssh_config) {
+    const std::string name = project.name;
+    try {
+        const auto lock = co_await lock_project(ctx, name, &ctx.cancel);
+        const ssh::endpoint ep = ssh::endpoint_from_lima_ssh_config(ssh_config);
+        auto session = co_await ssh::session::connect(ep, pin_of(name, false), &ctx.cancel, 10s);
+        secrets_sync_options missing;
+        missing.only_missing = true;
+        co_await sync_secrets(ctx, project, session, missing);
+        session->close();
+    } catch (const interrupted_error&) {
+        throw;
+    } catch (const std::exception& e) {
+        ctx.emit(events::error(name, std::string("secrets after the boot: ") + e.what()));
+    }
+}
+
+// The project `name` when it is configured with secrets_on_up.
+std::optional<config::project> secrets_on_up_project(context& ctx, const std::string& name) {
+    try {
+        const auto& projects = ctx.cfg().projects;
+        const auto it = projects.find(name);
+        if (it != projects.end() && it->second.secrets_on_up) return it->second;
+    } catch (const error& e) {
+        ctx.emit(events::error(name, e.what()));
+    }
+    return std::nullopt;
 }
 
 // How often `limactl list` is polled; a debugging and testing knob.
@@ -259,7 +296,17 @@ awaitable<int> cmd_watch(context& ctx, std::vector<std::string> names) {
                         return follow_agent(ctx, name, ssh_config, stop, cursor);
                     };
                     followers.spawn(std::move(agent));
-                } else if (status != "running" && vm.agent_stop) {
+                }
+                if (vm.cursor->booted) {
+                    vm.cursor->booted = false;
+                    if (auto project = secrets_on_up_project(ctx, name)) {
+                        auto rerender = [&ctx, p = std::move(*project), ssh_config = ssh_config_of(*inst)]() {
+                            return rerender_secrets(ctx, p, ssh_config);
+                        };
+                        followers.spawn(std::move(rerender));
+                    }
+                }
+                if (status != "running" && vm.agent_stop) {
                     vm.agent_stop->trigger(cancel_signal::graceful);
                     vm.agent_stop.reset();
                 }

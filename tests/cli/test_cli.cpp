@@ -489,6 +489,45 @@ BOOST_AUTO_TEST_CASE(session_names_are_checked_before_anything_runs) {
     BOOST_TEST(w.invocations().empty());
 }
 
+// `machine secrets` needs the VM running, and reads no secret before it knows it is: a stopped
+// or missing VM is a clear message (exit 1) without a single provider call.
+BOOST_AUTO_TEST_CASE(secrets_need_a_running_vm_and_read_nothing_before) {
+    world w;
+    const fs::path secret_file = w.root / "web.env";
+    {
+        std::ofstream(secret_file) << "TOKEN=never-read-" << w.root.filename().string() << "\n";
+    }
+    w.config("[web]\n[[web.secrets]]\ndotenv_file = \"" + secret_file.string() +
+             "\"\n[[web.secrets]]\ncommand = [\"touch\", \"" + (w.root / "command-ran").string() + "\"]\n");
+    auto r = w.machine({"secrets", "web"});
+    BOOST_TEST(r.exit_code == 1);
+    BOOST_TEST(contains(r.err, "VM 'web' does not exist (run 'machine up web')"), r.err);
+    BOOST_REQUIRE(w.machine({"up", "web"}).exit_code == 0);
+    BOOST_REQUIRE(w.machine({"down", "web"}).exit_code == 0);
+    for (const bool clear : {false, true}) {
+        std::vector<std::string> args{"secrets", "web"};
+        if (clear) args.push_back("--clear");
+        r = w.machine(args);
+        BOOST_TEST(r.exit_code == 1);
+        BOOST_TEST(contains(r.err, "VM 'web' is not running (run 'machine up web')"), r.err);
+    }
+    BOOST_TEST(!fs::exists(w.root / "command-ran"));
+    r = w.machine({"secrets", "web", "--json"});
+    BOOST_TEST(r.exit_code == 1);
+    BOOST_TEST(contains(r.out, "\"type\":\"error\""), r.out);
+    BOOST_TEST(contains(r.out, "is not running"), r.out);
+}
+
+// A malformed secrets entry is a configuration error (exit 2) before Lima is asked anything.
+BOOST_AUTO_TEST_CASE(a_bad_secrets_entry_stops_before_anything_runs) {
+    world w;
+    w.config("[web]\n[[web.secrets]]\nop_reference = \"op://v/i/f\"\nvariable = \"9LIVES\"\n");
+    const auto r = w.machine({"secrets", "web"});
+    BOOST_TEST(r.exit_code == 2);
+    BOOST_TEST(contains(r.err, "projects.toml:4:1: web.secrets[0].variable: expected a variable name"), r.err);
+    BOOST_TEST(w.invocations().empty());
+}
+
 BOOST_AUTO_TEST_CASE(limactl_missing_is_one_clear_line) {
     world w;
     w.env.erase(std::remove_if(w.env.begin(), w.env.end(), [](auto& kv) { return kv.first == "MACHINE_LIMACTL"; }), w.env.end());

@@ -1,0 +1,352 @@
+// `machine secrets [NAME] [--repo R] [--clear]`: a project's secrets, read on this computer into
+// memory only, sent over the SSH channel to the guest agent, which writes them into a tmpfs in
+// the VM (guest-agent/PROTOCOL.md §4 `secrets.*`, §8). Nothing here writes a value anywhere, and
+// no message carries one: they name sets, sources, variables and counts.
+#include "secrets_sync.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <map>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "common.hpp"
+#include "machine/guest.hpp"
+#include "machine/paths.hpp"
+#include "machine/secrets.hpp"
+#include "machine/ssh.hpp"
+#include "machine/text.hpp"
+
+namespace machine::cli {
+
+namespace fs = std::filesystem;
+namespace pr = machine::protocol;
+using asio::awaitable;
+using namespace std::chrono_literals;
+
+namespace {
+
+// One set to render: where its variables come from, and which repos load it.
+struct planned_set {
+    std::string name;
+    std::vector<config::secret_source> sources;
+    std::vector<std::string> used_by;  // "~/code/web/.envrc"
+};
+
+std::string shown_envrc(const pr::envrc_secrets& r) {
+    return text::sanitize_for_terminal("~/code/" + r.dir + "/.envrc");
+}
+
+bool is_environment_id(std::string_view s) {
+    return !s.empty() && s.size() <= 64 &&
+           std::all_of(s.begin(), s.end(), [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); });
+}
+
+// `--repo web` names ~/code/web, or a nested ~/code/org/web by either spelling.
+bool repo_matches(const pr::envrc_secrets& r, const std::string& repo) {
+    if (r.dir == repo) return true;
+    const auto slash = r.dir.rfind('/');
+    return slash != std::string::npos && r.dir.compare(slash + 1, std::string::npos, repo) == 0;
+}
+
+// What to render: the project's declared sets, and the sets the VM's .envrc files ask for.
+// A VM is untrusted: once a project declares its secrets, a `use op_env X` for an undeclared X
+// is not rendered (the VM could otherwise ask for any Environment the user can read). A project
+// that declares none works as the reference tool does: each ID found is an Environment.
+std::vector<planned_set> plan_sets(context& ctx, const config::project& p, const std::vector<pr::envrc_secrets>& repos,
+                                   const std::optional<std::string>& only_repo) {
+    std::vector<planned_set> sets;
+    auto find = [&sets](const std::string& name) -> planned_set* {
+        for (auto& s : sets)
+            if (s.name == name) return &s;
+        return nullptr;
+    };
+    for (const auto& source : p.secrets) {
+        planned_set* s = find(source.set);
+        if (!s) s = &sets.emplace_back(planned_set{source.set, {}, {}});
+        s->sources.push_back(source);
+    }
+    const bool declared = !p.secrets.empty();
+    std::vector<std::string> wanted;  // with --repo: the sets that repo uses
+    bool repo_found = false;
+    for (const auto& r : repos) {
+        const bool selected = only_repo && repo_matches(r, *only_repo);
+        repo_found = repo_found || selected;
+        for (const auto& use : r.uses) {
+            const std::string where = shown_envrc(r) + ":" + std::to_string(use.line);
+            const std::string token = text::sanitize_for_terminal(use.set);
+            if (!text::is_valid_secret_set_name(use.set)) {
+                ctx.emit(events::message(p.name, "warning",
+                                         where + ": '" + token + "' is not a secret set name (1-64 of a-z 0-9 _ -); skipped"));
+                continue;
+            }
+            planned_set* s = find(use.set);
+            if (!s && declared) {
+                ctx.emit(events::message(p.name, "warning",
+                                         where + ": set '" + token + "' is not declared in [[" + p.name +
+                                             ".secrets]]; not rendered (a VM gets only the secrets its project names)"));
+                continue;
+            }
+            if (!s && !is_environment_id(use.set)) {
+                ctx.emit(events::message(p.name, "warning",
+                                         where + ": '" + token + "' is not a 1Password Environment ID; declare set '" +
+                                             token + "' in [[" + p.name + ".secrets]] to render it"));
+                continue;
+            }
+            if (!s) {
+                config::secret_source env;
+                env.kind = config::secret_kind::op_environment;
+                env.value = use.set;
+                env.set = use.set;
+                env.origin = where;
+                s = &sets.emplace_back(planned_set{use.set, {std::move(env)}, {}});
+            }
+            if (std::find(s->used_by.begin(), s->used_by.end(), shown_envrc(r)) == s->used_by.end())
+                s->used_by.push_back(shown_envrc(r));
+            if (selected && std::find(wanted.begin(), wanted.end(), use.set) == wanted.end()) wanted.push_back(use.set);
+        }
+    }
+    if (only_repo) {
+        const std::string repo = text::sanitize_for_terminal(*only_repo);
+        if (!repo_found)
+            throw error("no .envrc with a `use op_env` line for repo '" + repo + "' in VM '" + p.name +
+                        "' (expected ~/code/" + repo + "/.envrc)");
+        std::erase_if(sets, [&](const planned_set& s) {
+            return std::find(wanted.begin(), wanted.end(), s.name) == wanted.end();
+        });
+        if (sets.empty()) throw error("repo '" + repo + "' in VM '" + p.name + "' uses no set machine can render");
+    }
+    return sets;
+}
+
+// `~/x` is in the home directory; a relative path is relative to the file that declared it.
+fs::path resolve_path(const std::string& written, const config::project& p) {
+    if (written == "~" || written.starts_with("~/")) return paths::home_dir() / written.substr(std::min<std::size_t>(2, written.size()));
+    const fs::path path(written);
+    if (path.is_absolute() || p.source.empty()) return path;
+    return p.source.parent_path() / path;
+}
+
+secrets::source to_provider(const config::secret_source& s, const config::project& p) {
+    secrets::source out;
+    switch (s.kind) {
+    case config::secret_kind::op_environment:
+        out.kind = secrets::source::kind::op_environment;
+        out.id_or_ref_or_path = s.value;
+        break;
+    case config::secret_kind::op_reference:
+        out.kind = secrets::source::kind::op_reference;
+        out.id_or_ref_or_path = s.value;
+        out.name = s.variable;
+        break;
+    case config::secret_kind::dotenv_file:
+        out.kind = secrets::source::kind::dotenv_file;
+        out.id_or_ref_or_path = resolve_path(s.value, p).string();
+        break;
+    case config::secret_kind::command:
+        out.kind = secrets::source::kind::command;
+        out.argv = s.argv;
+        break;
+    }
+    return out;
+}
+
+// A set read into memory: its variables in first-definition order, later sources winning.
+struct read_set {
+    std::string name;
+    pr::secrets_render_request request;
+    ~read_set() { pr::wipe_secrets(request); }
+};
+
+// Rough size of the set's one protocol line: base64 values plus the JSON around each.
+std::size_t encoded_size(const pr::secrets_render_request& r) {
+    std::size_t n = 128 + r.set.size();
+    for (const auto& v : r.variables) n += 32 + v.name.size() + (v.value.size() + 2) / 3 * 4;
+    return n;
+}
+
+// Reads one planned set. A failing source throws, naming the source, never a value.
+awaitable<void> read_planned(const planned_set& plan, const config::project& p, read_set& out) {
+    out.name = plan.name;
+    out.request.set = plan.name;
+    std::map<std::string, std::size_t> index;  // name -> position in request.variables
+    for (const auto& source : plan.sources) {
+        std::vector<secrets::variable> vars;
+        try {
+            vars = co_await secrets::read(to_provider(source, p), "op");
+        } catch (const error& e) {
+            throw error(text::sanitize_for_terminal(source.origin + ": " + e.what()));
+        }
+        for (auto& v : vars) {
+            if (!text::is_valid_secret_name(v.name)) {
+                const std::string name = text::sanitize_for_terminal(v.name);
+                secrets::wipe(vars);
+                throw error(source.origin + ": variable '" + name + "' cannot be set from a file (bash reserves it)");
+            }
+            const auto [it, added] = index.try_emplace(v.name, out.request.variables.size());
+            if (added) out.request.variables.push_back(pr::secret_variable{v.name, {}});
+            pr::secret_variable& slot = out.request.variables[it->second];
+            pr::wipe_secret_bytes(slot.value);
+            slot.value = std::move(v.value);
+        }
+        secrets::wipe(vars);
+    }
+    if (out.request.variables.size() > pr::max_secret_variables)
+        throw error("set '" + plan.name + "' has " + std::to_string(out.request.variables.size()) +
+                    " variables; at most " + std::to_string(pr::max_secret_variables) + " fit in one set");
+    for (const auto& v : out.request.variables)
+        if (v.value.size() > pr::max_secret_value_bytes)
+            throw error("set '" + plan.name + "': the value of " + v.name + " is " + std::to_string(v.value.size()) +
+                        " bytes; at most 64 KiB per value");
+    if (encoded_size(out.request) > pr::max_line_bytes)
+        throw error("set '" + plan.name + "' is too large for one request (about 760 KiB of values); split it into "
+                    "several sets");
+}
+
+std::string plural(std::size_t n, const char* one, const char* many) {
+    return std::to_string(n) + " " + (n == 1 ? one : many);
+}
+
+std::string seconds(std::chrono::milliseconds d) { return fmt::format("{:.2f} s", static_cast<double>(d.count()) / 1000.0); }
+
+awaitable<std::unique_ptr<guest::connection>> open_agent(context& ctx, const std::string& name,
+                                                          std::shared_ptr<ssh::session> session) {
+    auto on_problem = [&ctx, name](const std::string& m) { ctx.emit(events::message(name, "warning", m)); };
+    co_return co_await guest::connect_agent(std::move(session), 10s, on_problem);
+}
+
+[[noreturn]] void rethrow_agent_error(const guest::agent_error& e, const std::string& name) {
+    if (e.code() == "unknown_type")
+        throw error("the agent in VM '" + name + "' predates secrets; run 'machine up " + name + "' to update it");
+    throw e;
+}
+
+awaitable<std::shared_ptr<ssh::session>> connect(context& ctx, const std::string& name) {
+    const lima::instance inst = co_await require_running(ctx, name);
+    const ssh::endpoint ep = ssh::endpoint_from_lima_ssh_config(ssh_config_of(inst));
+    co_return co_await ssh::session::connect(ep, pin_of(name, false), &ctx.cancel);
+}
+
+awaitable<int> clear_secrets(context& ctx, const config::project& p, std::optional<std::string> repo) {
+    auto session = co_await connect(ctx, p.name);
+    auto conn = co_await open_agent(ctx, p.name, session);
+    std::vector<std::optional<std::string>> targets{std::nullopt};  // every set
+    if (repo) {
+        std::vector<pr::envrc_secrets> repos;
+        try {
+            repos = co_await conn->discover_secrets();
+        } catch (const guest::agent_error& e) {
+            rethrow_agent_error(e, p.name);
+        }
+        targets.clear();
+        bool found = false;
+        for (const auto& r : repos) {
+            if (!repo_matches(r, *repo)) continue;
+            found = true;
+            for (const auto& use : r.uses)
+                if (text::is_valid_secret_set_name(use.set)) targets.emplace_back(use.set);
+        }
+        if (!found)
+            throw error("no .envrc with a `use op_env` line for repo '" + text::sanitize_for_terminal(*repo) +
+                        "' in VM '" + p.name + "'");
+    }
+    std::vector<std::string> cleared;
+    for (auto& target : targets) {
+        std::vector<std::string> these;
+        try {
+            these = co_await conn->clear_secrets(target);
+        } catch (const guest::agent_error& e) {
+            rethrow_agent_error(e, p.name);
+        }
+        cleared.insert(cleared.end(), these.begin(), these.end());
+    }
+    session->close();
+    if (cleared.empty()) {
+        ctx.say(p.name, "no secrets were rendered in '" + p.name + "'; nothing to clear");
+    } else {
+        std::string names;
+        for (const auto& s : cleared) names += (names.empty() ? "" : ", ") + text::sanitize_for_terminal(s);
+        ctx.say(p.name, "cleared " + plural(cleared.size(), "set", "sets") + " (" + names +
+                            "): overwritten with zeros and removed");
+    }
+    co_return 0;
+}
+
+} // namespace
+
+awaitable<void> sync_secrets(context& ctx, const config::project& project, std::shared_ptr<ssh::session> session,
+                             secrets_sync_options options) {
+    const std::string& name = project.name;
+    auto conn = co_await open_agent(ctx, name, session);
+    std::vector<pr::envrc_secrets> repos;
+    try {
+        repos = co_await conn->discover_secrets();
+    } catch (const guest::agent_error& e) {
+        rethrow_agent_error(e, name);
+    }
+    std::vector<planned_set> plan = plan_sets(ctx, project, repos, options.repo);
+    if (options.only_missing) {
+        std::vector<pr::secret_set_info> present;
+        try {
+            present = co_await conn->list_secrets();
+        } catch (const guest::agent_error& e) {
+            rethrow_agent_error(e, name);
+        }
+        std::erase_if(plan, [&](const planned_set& s) {
+            return std::any_of(present.begin(), present.end(), [&](const pr::secret_set_info& i) { return i.set == s.name; });
+        });
+        if (plan.empty()) co_return;
+    }
+    if (plan.empty()) {
+        const std::string declared = project.source.empty() ? "no [[" + name + ".secrets]]"
+                                                            : "no [[" + name + ".secrets]] in " + project.source.string();
+        throw error(text::sanitize_for_terminal("nothing to render for '" + name + "': " + declared +
+                                                ", and no .envrc under ~/code in the VM says `use op_env <id>`"));
+    }
+
+    // Every source first: one that fails (1Password locked, a command failing, a malformed
+    // file) leaves the VM's sets as they were.
+    std::vector<read_set> sets(plan.size());
+    for (std::size_t i = 0; i < plan.size(); ++i) co_await read_planned(plan[i], project, sets[i]);
+
+    const auto t0 = std::chrono::steady_clock::now();
+    std::size_t total = 0;
+    for (std::size_t i = 0; i < plan.size(); ++i) {
+        pr::secrets_render_result r;
+        try {
+            r = co_await conn->render_secrets(std::move(sets[i].request));
+        } catch (const guest::agent_error& e) {
+            rethrow_agent_error(e, name);
+        }
+        total += r.count;
+        std::string line = "rendered " + plan[i].name + ": " + plural(r.count, "variable", "variables") + " in " +
+                           text::sanitize_for_terminal(r.path);
+        if (plan[i].used_by.empty()) {
+            line += " (no .envrc uses it yet: add `use op_env " + plan[i].name + "` to a repo's .envrc)";
+        } else {
+            std::string users;
+            for (const auto& u : plan[i].used_by) users += (users.empty() ? "" : ", ") + u;
+            line += " (loaded by " + users + ")";
+        }
+        ctx.say(name, line);
+    }
+    ctx.say(name, "rendered " + plural(plan.size(), "set", "sets") + " (" + plural(total, "variable", "variables") +
+                      ") into '" + name + "' in " + seconds(since(t0)));
+    spdlog::debug("vm={} secrets rendered in {} ms", name, since(t0).count());
+}
+
+awaitable<int> cmd_secrets(context& ctx, std::optional<std::string> name_opt, std::optional<std::string> repo, bool clear) {
+    const std::string name = resolve_name(ctx, name_opt);
+    const config::project project = ctx.cfg().resolve(name);
+    if (clear) co_return co_await clear_secrets(ctx, project, std::move(repo));
+    auto session = co_await connect(ctx, name);
+    secrets_sync_options options;
+    options.repo = std::move(repo);
+    co_await sync_secrets(ctx, project, session, std::move(options));
+    session->close();
+    co_return 0;
+}
+
+} // namespace machine::cli
