@@ -300,6 +300,11 @@ awaitable<void> sync_secrets(context& ctx, const config::project& project, std::
         if (plan.empty()) co_return;
     }
     if (plan.empty()) {
+        if (!options.required) {
+            ctx.emit(events::message(name, "warning", "secrets_on_up is set, but the project declares no secrets and no "
+                                                      ".envrc under ~/code in the VM says `use op_env <id>`"));
+            co_return;
+        }
         const std::string declared = project.source.empty() ? "no [[" + name + ".secrets]]"
                                                             : "no [[" + name + ".secrets]] in " + project.source.string();
         throw error(text::sanitize_for_terminal("nothing to render for '" + name + "': " + declared +

@@ -23,6 +23,9 @@ struct secrets_sync_options {
     std::optional<std::string> repo;
     // Leave sets the VM already has alone (watch after a boot: `up` may have rendered them).
     bool only_missing = false;
+    // Nothing to render is an error (`machine secrets`), or only a warning (`up` with
+    // secrets_on_up, before any repo says `use op_env`).
+    bool required = true;
 };
 
 // Reads every set the project declares ([[NAME.secrets]]) and every 1Password Environment the

@@ -137,6 +137,7 @@ awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel, co
         ran += co_await apply_plan(ctx, name, session, target.after_clone, cancel);
         if (project.secrets_on_up) {
             secrets_sync_options every_set;
+            every_set.required = false;
             co_await sync_secrets(ctx, project, session, every_set);
         }
         session->close();
