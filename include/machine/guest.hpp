@@ -114,6 +114,7 @@ public:
 private:
     asio::awaitable<protocol::message> next_for(std::uint64_t id, std::uint64_t also = 0);
     asio::awaitable<protocol::message> final_for(std::uint64_t id);
+    asio::awaitable<protocol::message> call(std::uint64_t id, const protocol::json& message);
     asio::awaitable<void> send(const protocol::json& message);
     std::shared_ptr<ssh::channel> channel_;
     std::function<void(const std::string&)> on_problem_;

@@ -90,6 +90,24 @@ awaitable<pr::message> connection::final_for(std::uint64_t id) {
     }
 }
 
+// Sends a request that streams nothing and returns its result message; an `error` reply
+// becomes agent_error.
+awaitable<pr::message> connection::call(std::uint64_t id, const pr::json& message) {
+    co_await send(message);
+    pr::message m = co_await final_for(id);
+    if (m.type == pr::type::error) refused(m);
+    co_return m;
+}
+
+namespace {
+// The value of a parsed result, or the error that says which result was malformed and why.
+template <typename T>
+T checked(pr::parsed<T> r, const char* what) {
+    if (!r) malformed(what, r.error);
+    return std::move(*r);
+}
+} // namespace
+
 awaitable<pr::hello_result> connection::hello(std::string client) {
     const std::uint64_t id = next_id_++;
     // Named first: a temporary aggregate inside a co_await expression is destroyed twice by
@@ -97,15 +115,12 @@ awaitable<pr::hello_result> connection::hello(std::string client) {
     pr::hello_request request;
     request.client = std::move(client);
     const pr::json message = pr::make_hello_request(id, request);
-    co_await send(message);
-    const pr::message m = co_await final_for(id);
-    if (m.type == pr::type::error) refused(m);
-    auto r = pr::parse_hello_result(m.body);
-    if (!r) malformed("hello result", r.error);
-    if (r->protocol != pr::version)
-        throw error("the guest agent speaks protocol " + std::to_string(r->protocol) + ", this machine speaks " +
+    const pr::message m = co_await call(id, message);
+    pr::hello_result r = checked(pr::parse_hello_result(m.body), "hello result");
+    if (r.protocol != pr::version)
+        throw error("the guest agent speaks protocol " + std::to_string(r.protocol) + ", this machine speaks " +
                     std::to_string(pr::version));
-    co_return std::move(*r);
+    co_return r;
 }
 
 awaitable<pr::run_result> connection::run(pr::run_request request,
@@ -182,20 +197,14 @@ awaitable<std::uint64_t> connection::subscribe(std::uint64_t from_seq,
 awaitable<pr::provision_result> connection::provision(pr::provision_request request) {
     const std::uint64_t id = next_id_++;
     const pr::json message = pr::make_provision_request(id, request);
-    co_await send(message);
-    const pr::message m = co_await final_for(id);
-    if (m.type == pr::type::error) refused(m);
-    auto r = pr::parse_provision_result(m.body);
-    if (!r) malformed("provision result", r.error);
-    co_return std::move(*r);
+    const pr::message m = co_await call(id, message);
+    co_return checked(pr::parse_provision_result(m.body), "provision result");
 }
 
 awaitable<std::uint64_t> connection::emit(pr::emit_request request) {
     const std::uint64_t id = next_id_++;
     const pr::json message = pr::make_emit_request(id, request);
-    co_await send(message);
-    const pr::message m = co_await final_for(id);
-    if (m.type == pr::type::error) refused(m);
+    const pr::message m = co_await call(id, message);
     const auto seq = m.body.find("seq");
     if (seq == m.body.end() || !seq->is_number_unsigned()) malformed("emit result", "no seq");
     co_return seq->get<std::uint64_t>();
@@ -204,12 +213,8 @@ awaitable<std::uint64_t> connection::emit(pr::emit_request request) {
 awaitable<std::vector<pr::session_info>> connection::list_sessions() {
     const std::uint64_t id = next_id_++;
     const pr::json message = pr::make_session_list_request(id);
-    co_await send(message);
-    const pr::message m = co_await final_for(id);
-    if (m.type == pr::type::error) refused(m);
-    auto r = pr::parse_session_list_result(m.body);
-    if (!r) malformed("session list", r.error);
-    co_return std::move(r->sessions);
+    const pr::message m = co_await call(id, message);
+    co_return checked(pr::parse_session_list_result(m.body), "session list").sessions;
 }
 
 awaitable<pr::secrets_render_result> connection::render_secrets(pr::secrets_render_request request) {
@@ -226,12 +231,11 @@ awaitable<pr::secrets_render_result> connection::render_secrets(pr::secrets_rend
     }
     pr::wipe_secrets(message);
     co_await channel_->write(std::move(line));
-    const pr::message m = co_await final_for(id);
+    pr::message m = co_await final_for(id);
     if (m.type == pr::type::error) refused(m);
-    auto r = pr::parse_secrets_render_result(m.body);
-    if (!r) malformed("secrets.render result", r.error);
-    if (r->set != request.set) malformed("secrets.render result", "it is for set '" + r->set + "'");
-    co_return std::move(*r);
+    pr::secrets_render_result r = checked(pr::parse_secrets_render_result(m.body), "secrets.render result");
+    if (r.set != request.set) malformed("secrets.render result", "it is for set '" + r.set + "'");
+    co_return r;
 }
 
 awaitable<std::vector<std::string>> connection::clear_secrets(std::optional<std::string> set) {
@@ -239,36 +243,25 @@ awaitable<std::vector<std::string>> connection::clear_secrets(std::optional<std:
     pr::secrets_clear_request request;
     request.set = std::move(set);
     const pr::json message = pr::make_secrets_clear_request(id, request);
-    co_await send(message);
-    const pr::message m = co_await final_for(id);
-    if (m.type == pr::type::error) refused(m);
-    auto r = pr::parse_secrets_clear_result(m.body);
-    if (!r) malformed("secrets.clear result", r.error);
-    co_return std::move(r->cleared);
+    const pr::message m = co_await call(id, message);
+    co_return checked(pr::parse_secrets_clear_result(m.body), "secrets.clear result").cleared;
 }
 
 awaitable<std::vector<pr::envrc_secrets>> connection::discover_secrets() {
     const std::uint64_t id = next_id_++;
     const pr::json message = pr::make_secrets_discover_request(id);
-    co_await send(message);
-    const pr::message m = co_await final_for(id);
-    if (m.type == pr::type::error) refused(m);
-    auto r = pr::parse_secrets_discover_result(m.body);
-    if (!r) malformed("secrets.discover result", r.error);
-    if (r->truncated && on_problem_)
+    const pr::message m = co_await call(id, message);
+    pr::secrets_discover_result r = checked(pr::parse_secrets_discover_result(m.body), "secrets.discover result");
+    if (r.truncated && on_problem_)
         on_problem_("the guest agent left some repos or `use op_env` lines out of secrets.discover (too many to list)");
-    co_return std::move(r->repos);
+    co_return std::move(r.repos);
 }
 
 awaitable<std::vector<pr::secret_set_info>> connection::list_secrets() {
     const std::uint64_t id = next_id_++;
     const pr::json message = pr::make_secrets_list_request(id);
-    co_await send(message);
-    const pr::message m = co_await final_for(id);
-    if (m.type == pr::type::error) refused(m);
-    auto r = pr::parse_secrets_list_result(m.body);
-    if (!r) malformed("secrets.list result", r.error);
-    co_return std::move(r->sets);
+    const pr::message m = co_await call(id, message);
+    co_return checked(pr::parse_secrets_list_result(m.body), "secrets.list result").sets;
 }
 
 awaitable<std::unique_ptr<connection>> connect_agent(std::shared_ptr<ssh::session> session,
