@@ -217,10 +217,16 @@ awaitable<std::unique_ptr<guest::connection>> open_agent(context& ctx, const std
     co_return co_await guest::connect_agent(std::move(session), 10s, on_problem);
 }
 
-[[noreturn]] void rethrow_agent_error(const guest::agent_error& e, const std::string& name) {
-    if (e.code() == "unknown_type")
-        throw error("the agent in VM '" + name + "' predates secrets; run 'machine up " + name + "' to update it");
-    throw e;
+// A request to the agent; an agent too old to know it says how to update it.
+template <typename T>
+awaitable<T> agent_request(awaitable<T> request, std::string name) {
+    try {
+        co_return co_await std::move(request);
+    } catch (const guest::agent_error& e) {
+        if (e.code() == "unknown_type")
+            throw error("the agent in VM '" + name + "' predates secrets; run 'machine up " + name + "' to update it");
+        throw;
+    }
 }
 
 awaitable<std::shared_ptr<ssh::session>> connect(context& ctx, const std::string& name) {
@@ -234,12 +240,7 @@ awaitable<int> clear_secrets(context& ctx, const config::project& p, std::option
     auto conn = co_await open_agent(ctx, p.name, session);
     std::vector<std::optional<std::string>> targets{std::nullopt};  // every set
     if (repo) {
-        std::vector<pr::envrc_secrets> repos;
-        try {
-            repos = co_await conn->discover_secrets();
-        } catch (const guest::agent_error& e) {
-            rethrow_agent_error(e, p.name);
-        }
+        const std::vector<pr::envrc_secrets> repos = co_await agent_request(conn->discover_secrets(), p.name);
         targets.clear();
         bool found = false;
         for (const auto& r : repos) {
@@ -254,12 +255,7 @@ awaitable<int> clear_secrets(context& ctx, const config::project& p, std::option
     }
     std::vector<std::string> cleared;
     for (auto& target : targets) {
-        std::vector<std::string> these;
-        try {
-            these = co_await conn->clear_secrets(target);
-        } catch (const guest::agent_error& e) {
-            rethrow_agent_error(e, p.name);
-        }
+        const std::vector<std::string> these = co_await agent_request(conn->clear_secrets(target), p.name);
         cleared.insert(cleared.end(), these.begin(), these.end());
     }
     session->close();
@@ -279,21 +275,12 @@ awaitable<int> clear_secrets(context& ctx, const config::project& p, std::option
 awaitable<void> sync_secrets(context& ctx, const config::project& project, std::shared_ptr<ssh::session> session,
                              secrets_sync_options options) {
     const std::string& name = project.name;
+    const auto t_start = std::chrono::steady_clock::now();
     auto conn = co_await open_agent(ctx, name, session);
-    std::vector<pr::envrc_secrets> repos;
-    try {
-        repos = co_await conn->discover_secrets();
-    } catch (const guest::agent_error& e) {
-        rethrow_agent_error(e, name);
-    }
+    const std::vector<pr::envrc_secrets> repos = co_await agent_request(conn->discover_secrets(), name);
     std::vector<planned_set> plan = plan_sets(ctx, project, repos, options.repo);
     if (options.only_missing) {
-        std::vector<pr::secret_set_info> present;
-        try {
-            present = co_await conn->list_secrets();
-        } catch (const guest::agent_error& e) {
-            rethrow_agent_error(e, name);
-        }
+        const std::vector<pr::secret_set_info> present = co_await agent_request(conn->list_secrets(), name);
         std::erase_if(plan, [&](const planned_set& s) {
             return std::any_of(present.begin(), present.end(), [&](const pr::secret_set_info& i) { return i.set == s.name; });
         });
@@ -313,18 +300,15 @@ awaitable<void> sync_secrets(context& ctx, const config::project& project, std::
 
     // Every source first: one that fails (1Password locked, a command failing, a malformed
     // file) leaves the VM's sets as they were.
+    const auto t_read = std::chrono::steady_clock::now();
     std::vector<read_set> sets(plan.size());
     for (std::size_t i = 0; i < plan.size(); ++i) co_await read_planned(plan[i], project, sets[i]);
 
     const auto t0 = std::chrono::steady_clock::now();
     std::size_t total = 0;
     for (std::size_t i = 0; i < plan.size(); ++i) {
-        pr::secrets_render_result r;
-        try {
-            r = co_await conn->render_secrets(std::move(sets[i].request));
-        } catch (const guest::agent_error& e) {
-            rethrow_agent_error(e, name);
-        }
+        const pr::secrets_render_result r =
+            co_await agent_request(conn->render_secrets(std::move(sets[i].request)), name);
         total += r.count;
         std::string line = "rendered " + plan[i].name + ": " + plural(r.count, "variable", "variables") + " in " +
                            text::sanitize_for_terminal(r.path);
@@ -339,7 +323,9 @@ awaitable<void> sync_secrets(context& ctx, const config::project& project, std::
     }
     ctx.say(name, "rendered " + plural(plan.size(), "set", "sets") + " (" + plural(total, "variable", "variables") +
                       ") into '" + name + "' in " + seconds(since(t0)));
-    spdlog::debug("vm={} secrets rendered in {} ms", name, since(t0).count());
+    spdlog::debug("vm={} secrets: agent channel and discovery {} ms, sources read {} ms, rendered {} ms", name,
+                  std::chrono::duration_cast<std::chrono::milliseconds>(t_read - t_start).count(),
+                  std::chrono::duration_cast<std::chrono::milliseconds>(t0 - t_read).count(), since(t0).count());
 }
 
 awaitable<int> cmd_secrets(context& ctx, std::optional<std::string> name_opt, std::optional<std::string> repo, bool clear) {

@@ -192,7 +192,9 @@ def check_secrets(tap, args, env, guest, base_table):
                            % ENV_ID, "sh", REPO_DIR)
     tap.result(rc == 0, "a repo in the VM declares `use op_env %s` in its .envrc" % ENV_ID, err)
 
-    # The VM has no secrets yet: direnv says which host command renders them.
+    # The VM has no secrets yet (made sure of on a VM that was used before): direnv says which
+    # host command renders them.
+    run_machine(args, senv, "secrets", args.name, "--clear")
     rc, out, err = guest.run("direnv", "exec", REPO_DIR, "true")
     tap.result(("machine secrets " + args.name) in err,
                "before a sync, direnv in the repo names the command to run on the host", err[-1500:])
