@@ -76,6 +76,10 @@ struct run_options {
     cancel_signal* cancel = nullptr;  // optional: graceful -> SIGINT..., forceful -> SIGKILL
     line_callback on_stdout_line;
     line_callback on_stderr_line;
+    // The child's stdout is a secret: result.out gets all of max_output up front (no
+    // reallocation leaves a copy in freed memory) and the read buffer is zeroed when done.
+    // The caller wipes result.out. No line callback may be set for stdout.
+    bool secret_stdout = false;
 };
 
 // Runs a command to completion. Never throws for a non-zero exit: inspect the result.

@@ -205,9 +205,10 @@ void append_capped(std::string& sink, std::string_view data, std::size_t cap) {
 }
 
 awaitable<void> drain(run_state& st, asio::posix::stream_descriptor& stream, std::string& sink,
-                      std::size_t cap, const line_callback& on_line) {
+                      std::size_t cap, const line_callback& on_line, bool secret) {
     std::array<char, 16384> buffer;
     std::string partial;
+    if (secret) sink.reserve(cap);
     for (;;) {
         auto [ec, n] = co_await stream.async_read_some(asio::buffer(buffer), as_tuple(use_awaitable));
         if (ec) break;  // EOF, or closed after the linger period
@@ -226,6 +227,11 @@ awaitable<void> drain(run_state& st, asio::posix::stream_descriptor& stream, std
         }
     }
     if (on_line && !partial.empty()) on_line(partial);
+    if (secret) {
+        // Through a volatile pointer: a plain fill of a dying buffer may be optimised away.
+        volatile char* p = buffer.data();
+        for (std::size_t i = 0; i < buffer.size(); ++i) p[i] = 0;
+    }
     stream.close();
     if (--st.open_streams == 0) st.linger.cancel();
 }
@@ -323,12 +329,12 @@ awaitable<void> watchdog(run_state& st, const run_options& opt, stop_reason& rea
 awaitable<void> supervise(run_state& st, result& res, const run_options& opt, const command& cmd) {
     const std::size_t cap = opt.limit.max_output;
     if (st.out.is_open() && st.err.is_open()) {
-        co_await (drain(st, st.out, res.out, cap, opt.on_stdout_line) &&
-                  drain(st, st.err, res.err, cap, opt.on_stderr_line) && wait_and_reap(st));
+        co_await (drain(st, st.out, res.out, cap, opt.on_stdout_line, opt.secret_stdout) &&
+                  drain(st, st.err, res.err, cap, opt.on_stderr_line, false) && wait_and_reap(st));
     } else if (st.out.is_open()) {
-        co_await (drain(st, st.out, res.out, cap, opt.on_stdout_line) && wait_and_reap(st));
+        co_await (drain(st, st.out, res.out, cap, opt.on_stdout_line, opt.secret_stdout) && wait_and_reap(st));
     } else if (st.err.is_open()) {
-        co_await (drain(st, st.err, res.err, cap, opt.on_stderr_line) && wait_and_reap(st));
+        co_await (drain(st, st.err, res.err, cap, opt.on_stderr_line, false) && wait_and_reap(st));
     } else {
         co_await wait_and_reap(st);
     }

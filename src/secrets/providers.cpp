@@ -163,6 +163,7 @@ proc::run_options capped(std::chrono::milliseconds timeout) {
     proc::run_options o;
     o.limit.timeout = timeout;
     o.limit.max_output = max_provider_output + 1;  // one byte more: "too much" is detectable
+    o.secret_stdout = true;
     return o;
 }
 

@@ -110,6 +110,21 @@ BOOST_FIXTURE_TEST_CASE(output_is_capped, no_zombies) {
     BOOST_TEST(r.out.size() == 1000u);
 }
 
+// A secret's bytes land in one buffer sized up front: growing the string would leave copies
+// of them in memory it freed.
+BOOST_FIXTURE_TEST_CASE(secret_stdout_is_read_into_one_buffer, no_zombies) {
+    proc::run_options opt;
+    opt.limit.max_output = 1 << 20;
+    opt.secret_stdout = true;
+    const auto r = run_sh("head -c 300000 /dev/zero | tr '\\0' x", opt);
+    BOOST_TEST(r.exit_code == 0);
+    BOOST_TEST(r.out == std::string(300000, 'x'));
+    BOOST_TEST(r.out.capacity() >= opt.limit.max_output);
+    proc::run_options plain;
+    plain.limit.max_output = 1 << 20;
+    BOOST_TEST(run_sh("head -c 300000 /dev/zero", plain).out.capacity() < plain.limit.max_output);
+}
+
 BOOST_FIXTURE_TEST_CASE(only_stdio_is_inherited, no_zombies) {
     // A descriptor this process opened without CLOEXEC (as Asio 1.22 does for its pipes and
     // sockets) must not reach the child.
