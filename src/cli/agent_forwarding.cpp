@@ -163,7 +163,8 @@ awaitable<agent_environment> prepare_agent_forwarding(context& ctx, const config
     }
     out.forward = true;
     const std::string upstream = paths::env("SSH_AUTH_SOCK");
-    const agent_proxy::agent_probe probe = agent_proxy::probe(upstream, 2s);
+    if (!ctx.agent_probe) ctx.agent_probe = agent_proxy::probe(upstream, 2s);
+    const agent_proxy::agent_probe& probe = *ctx.agent_probe;
     using state = agent_proxy::agent_probe::state;
     if (speak && probe.result != state::ok) {
         ctx.emit(events::message(p.name, "warning",

@@ -9,6 +9,7 @@
 #include <asio/awaitable.hpp>
 #include <asio/io_context.hpp>
 
+#include "machine/agent_proxy.hpp"
 #include "machine/cancel.hpp"
 #include "machine/config.hpp"
 #include "machine/events.hpp"
@@ -27,6 +28,9 @@ public:
     events::bus bus;
     bool json;
     lima::timeouts timeouts;  // from $MACHINE_LIMACTL_TIMEOUT and `up --timeout`
+    // The user's SSH agent, probed once per command (agent_forwarding.cpp): `up --all` with a
+    // hung agent waits for it once, not once per project.
+    std::optional<agent_proxy::agent_probe> agent_probe;
 
     const config::config& cfg();
     lima::client& lima();
