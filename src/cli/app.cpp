@@ -49,6 +49,7 @@ struct parsed {
     std::optional<std::string> session;  // claude, codex
     std::optional<std::string> repo;     // secrets
     bool clear = false;                  // secrets
+    bool list = false;                   // secrets
     // agent-proxy (hidden: started by machine itself)
     std::string listen, upstream, vm_dir;
     std::vector<std::string> allowed;
@@ -111,7 +112,10 @@ asio::awaitable<int> dispatch(context& ctx, parsed p) {
     if (p.command == "claude" || p.command == "codex")
         co_return co_await cmd_agent_session(ctx, p.command, p.name, p.session);
     if (p.command == "sessions") co_return co_await cmd_sessions(ctx, p.name);
-    if (p.command == "secrets") co_return co_await cmd_secrets(ctx, p.name, p.repo, p.clear);
+    if (p.command == "secrets") {
+        const secrets_action action = p.clear ? secrets_action::clear : p.list ? secrets_action::list : secrets_action::render;
+        co_return co_await cmd_secrets(ctx, p.name, p.repo, action);
+    }
     if (p.command == "watch") co_return co_await cmd_watch(ctx, p.names);
     throw usage_error("unknown command " + p.command);
 }
@@ -195,7 +199,10 @@ int main(int argc, char** argv) {
     auto* secrets = app.add_subcommand("secrets", "render a project's secrets into its VM's memory (tmpfs), or clear them");
     secrets->add_option("name", p.name, "project");
     secrets->add_option("--repo", p.repo, "only the sets this repo's .envrc uses (use op_env ID)");
-    secrets->add_flag("--clear", p.clear, "overwrite the rendered secrets with zeros and remove them");
+    auto* clear = secrets->add_flag("--clear", p.clear, "overwrite the rendered secrets with zeros and remove them");
+    secrets->add_flag("--list", p.list, "the sets rendered in the VM: names, variable counts, sizes, times")
+        ->excludes(clear)
+        ->excludes("--repo");
     secrets->add_flag("--json", p.json, "events as JSON lines on stdout");
 
     // Started by machine itself (detached) to filter a project's forwarded SSH agent.

@@ -10,6 +10,7 @@
 #include <map>
 
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
 #include "common.hpp"
@@ -270,6 +271,32 @@ awaitable<int> clear_secrets(context& ctx, const config::project& p, std::option
     co_return 0;
 }
 
+// `--list`: the sets in the VM now, by name, count, size and time; never a value.
+awaitable<int> list_secrets(context& ctx, const config::project& p) {
+    auto session = co_await connect(ctx, p.name);
+    auto conn = co_await open_agent(ctx, p.name, session);
+    const std::vector<pr::secret_set_info> sets = co_await agent_request(conn->list_secrets(), p.name);
+    session->close();
+    // Everything below came from the VM: the parser capped it; only sanitized text is printed.
+    std::string out;
+    if (ctx.json) {
+        for (const auto& s : sets) {
+            nlohmann::ordered_json j{{"vm", p.name}, {"set", s.set}, {"variables", s.count}, {"bytes", s.bytes},
+                                     {"rendered_at", s.mtime}};
+            out += j.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n";
+        }
+    } else if (sets.empty()) {
+        out = "no secrets rendered in '" + p.name + "' (machine secrets " + p.name + " renders them)\n";
+    } else {
+        out = fmt::format("{:<24} {:>9} {:>10}  {}\n", "SET", "VARIABLES", "SIZE", "RENDERED");
+        for (const auto& s : sets)
+            out += fmt::format("{:<24} {:>9} {:>10}  {}\n", text::sanitize_for_terminal(s.set), s.count,
+                               human_bytes(static_cast<std::int64_t>(s.bytes)), text::sanitize_for_terminal(s.mtime));
+    }
+    std::fwrite(out.data(), 1, out.size(), stdout);
+    co_return 0;
+}
+
 } // namespace
 
 awaitable<void> sync_secrets(context& ctx, const config::project& project, std::shared_ptr<ssh::session> session,
@@ -328,10 +355,12 @@ awaitable<void> sync_secrets(context& ctx, const config::project& project, std::
                   std::chrono::duration_cast<std::chrono::milliseconds>(t0 - t_read).count(), since(t0).count());
 }
 
-awaitable<int> cmd_secrets(context& ctx, std::optional<std::string> name_opt, std::optional<std::string> repo, bool clear) {
+awaitable<int> cmd_secrets(context& ctx, std::optional<std::string> name_opt, std::optional<std::string> repo,
+                           secrets_action action) {
     const std::string name = resolve_name(ctx, name_opt);
     const config::project project = ctx.cfg().resolve(name);
-    if (clear) co_return co_await clear_secrets(ctx, project, std::move(repo));
+    if (action == secrets_action::clear) co_return co_await clear_secrets(ctx, project, std::move(repo));
+    if (action == secrets_action::list) co_return co_await list_secrets(ctx, project);
     auto session = co_await connect(ctx, name);
     secrets_sync_options options;
     options.repo = std::move(repo);

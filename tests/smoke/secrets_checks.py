@@ -209,6 +209,15 @@ def check_secrets(tap, args, env, guest, base_table):
                "machine secrets renders each set, saying how many variables (%.2fs)" % took, said + sync.stderr)
     timed = [l for l in said.splitlines() if "rendered 3 sets" in l]
     tap.note("FIGURE secrets_sync_3_sets_s=%.3f (%s)" % (took, timed[0].strip() if timed else "?"))
+    r, _ = run_machine(args, senv, "secrets", args.name, "--list", "--json")
+    outputs += [r.stdout, r.stderr]
+    try:
+        listed = {j["set"]: j["variables"] for j in map(json.loads, r.stdout.splitlines())}
+    except (ValueError, KeyError):
+        listed = None
+    tap.result(r.returncode == 0 and listed == {ENV_ID: 6, "local": 100, "tools": 1},
+               "machine secrets --list shows each set and its variable count", r.stdout + r.stderr)
+
     r, _ = run_machine(args, senv, "secrets", args.name, "--repo", "vault-demo")
     outputs += [r.stdout, r.stderr]
     tap.result(r.returncode == 0 and "rendered %s:" % ENV_ID in r.stdout and "rendered local" not in r.stdout,
