@@ -1,4 +1,4 @@
-// `machine secrets [NAME] [--repo R] [--clear]`: a project's secrets, read on this computer into
+// `machine secrets [NAME] [--repo R] [--clear|--list]`: a project's secrets, read on this computer into
 // memory only, sent over the SSH channel to the guest agent, which writes them into a tmpfs in
 // the VM (guest-agent/PROTOCOL.md §4 `secrets.*`, §8). Nothing here writes a value anywhere, and
 // no message carries one: they name sets, sources, variables and counts.
@@ -75,25 +75,27 @@ std::vector<planned_set> plan_sets(context& ctx, const config::project& p, const
     for (const auto& r : repos) {
         const bool selected = only_repo && repo_matches(r, *only_repo);
         repo_found = repo_found || selected;
+        // With --repo, the other repos' lines are none of this command's business.
+        const bool speak = !only_repo || selected;
+        auto warn = [&](const std::string& text) {
+            if (speak) ctx.emit(events::message(p.name, "warning", text));
+        };
         for (const auto& use : r.uses) {
             const std::string where = shown_envrc(r) + ":" + std::to_string(use.line);
             const std::string token = text::sanitize_for_terminal(use.set);
             if (!text::is_valid_secret_set_name(use.set)) {
-                ctx.emit(events::message(p.name, "warning",
-                                         where + ": '" + token + "' is not a secret set name (1-64 of a-z 0-9 _ -); skipped"));
+                warn(where + ": '" + token + "' is not a secret set name (1-64 of a-z 0-9 _ -); skipped");
                 continue;
             }
             planned_set* s = find(use.set);
             if (!s && declared) {
-                ctx.emit(events::message(p.name, "warning",
-                                         where + ": set '" + token + "' is not declared in [[" + p.name +
-                                             ".secrets]]; not rendered (a VM gets only the secrets its project names)"));
+                warn(where + ": set '" + token + "' is not declared in [[" + p.name +
+                     ".secrets]]; not rendered (a VM gets only the secrets its project names)");
                 continue;
             }
             if (!s && !is_environment_id(use.set)) {
-                ctx.emit(events::message(p.name, "warning",
-                                         where + ": '" + token + "' is not a 1Password Environment ID; declare set '" +
-                                             token + "' in [[" + p.name + ".secrets]] to render it"));
+                warn(where + ": '" + token + "' is not a 1Password Environment ID; declare set '" + token + "' in [[" +
+                     p.name + ".secrets]] to render it");
                 continue;
             }
             if (!s) {
@@ -156,7 +158,6 @@ secrets::source to_provider(const config::secret_source& s, const config::projec
 
 // A set read into memory: its variables in first-definition order, later sources winning.
 struct read_set {
-    std::string name;
     pr::secrets_render_request request;
     ~read_set() { pr::wipe_secrets(request); }
 };
@@ -170,7 +171,6 @@ std::size_t encoded_size(const pr::secrets_render_request& r) {
 
 // Reads one planned set. A failing source throws, naming the source, never a value.
 awaitable<void> read_planned(const planned_set& plan, const config::project& p, read_set& out) {
-    out.name = plan.name;
     out.request.set = plan.name;
     std::map<std::string, std::size_t> index;  // name -> position in request.variables
     for (const auto& source : plan.sources) {
