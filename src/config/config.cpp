@@ -181,24 +181,24 @@ struct secret_entry_fields {
 void apply_secret_set(const field& f, secret_entry_fields& e) {
     if (auto v = detail::read_string(f, secret_set_problem)) e.entry.set = *v;
 }
-void apply_op_environment(const field& f, secret_entry_fields& e) {
+// A source key: counts towards "exactly one source", and says which kind the entry is.
+void read_source(const field& f, secret_entry_fields& e, secret_kind kind, detail::string_rule rule) {
     ++e.sources;
-    e.entry.kind = secret_kind::op_environment;
-    if (auto v = detail::read_string(f, op_environment_problem)) e.entry.value = *v;
+    e.entry.kind = kind;
+    if (auto v = detail::read_string(f, rule)) e.entry.value = *v;
+}
+void apply_op_environment(const field& f, secret_entry_fields& e) {
+    read_source(f, e, secret_kind::op_environment, op_environment_problem);
 }
 void apply_op_reference(const field& f, secret_entry_fields& e) {
-    ++e.sources;
-    e.entry.kind = secret_kind::op_reference;
-    if (auto v = detail::read_string(f, op_reference_problem)) e.entry.value = *v;
+    read_source(f, e, secret_kind::op_reference, op_reference_problem);
+}
+void apply_dotenv_file(const field& f, secret_entry_fields& e) {
+    read_source(f, e, secret_kind::dotenv_file, path_problem);
 }
 void apply_secret_variable(const field& f, secret_entry_fields& e) {
     e.has_variable = true;
     if (auto v = detail::read_string(f, variable_problem)) e.entry.variable = *v;
-}
-void apply_dotenv_file(const field& f, secret_entry_fields& e) {
-    ++e.sources;
-    e.entry.kind = secret_kind::dotenv_file;
-    if (auto v = detail::read_string(f, path_problem)) e.entry.value = *v;
 }
 void apply_secret_command(const field& f, secret_entry_fields& e) {
     ++e.sources;

@@ -369,19 +369,20 @@ BOOST_FIXTURE_TEST_CASE(a_render_cut_by_a_dying_connection_leaves_the_set_as_it_
     const std::string marker = "MARKER-4c1d-must-not-leak";
     const fs::path file = agent.secrets.dir / "web.env";
 
-    // An earlier version of the set, rendered through a healthy connection.
-    auto first = [&]() -> asio::awaitable<void> {
+    // DATABASE_URL=<url> as the set web, through a healthy connection.
+    auto render_url = [&](std::string url) -> asio::awaitable<void> {
         auto session = co_await connect(sshd);
         auto conn = co_await guest::connection::open(session, on_problem(), agent.socket().string());
         pr::secrets_render_request q;
         q.set = "web";
-        q.variables.push_back({"DATABASE_URL", "postgres://before"});
+        q.variables.push_back({"DATABASE_URL", std::move(url)});
         const auto r = co_await conn->render_secrets(std::move(q));
         BOOST_TEST(r.count == 1u);
         BOOST_TEST(r.path == file.string());
         session->close();
     };
-    machine::test::co_run(io, first());
+    // An earlier version of the set.
+    machine::test::co_run(io, render_url("postgres://before"));
     const std::string before = read_whole(file);
     BOOST_TEST(before.find("export DATABASE_URL='postgres://before'") != std::string::npos);
 
@@ -432,17 +433,7 @@ BOOST_FIXTURE_TEST_CASE(a_render_cut_by_a_dying_connection_leaves_the_set_as_it_
     // Once the VM is reachable again, the same render goes through whole.
     sshd.start();
     io.restart();
-    auto again = [&]() -> asio::awaitable<void> {
-        auto session = co_await connect(sshd);
-        auto conn = co_await guest::connection::open(session, on_problem(), agent.socket().string());
-        pr::secrets_render_request q;
-        q.set = "web";
-        q.variables.push_back({"DATABASE_URL", "postgres://after"});
-        const auto r = co_await conn->render_secrets(std::move(q));
-        BOOST_TEST(r.count == 1u);
-        session->close();
-    };
-    machine::test::co_run(io, again());
+    machine::test::co_run(io, render_url("postgres://after"));
     BOOST_TEST(read_whole(file).find("export DATABASE_URL='postgres://after'") != std::string::npos);
     BOOST_TEST((names_in(agent.secrets.dir) == std::set<std::string>{"web.env"}));
 }
