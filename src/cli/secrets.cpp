@@ -304,6 +304,7 @@ awaitable<void> sync_secrets(context& ctx, const config::project& project, std::
     const std::string& name = project.name;
     const auto t_start = std::chrono::steady_clock::now();
     auto conn = co_await open_agent(ctx, name, session);
+    const auto t_open = std::chrono::steady_clock::now();
     const std::vector<pr::envrc_secrets> repos = co_await agent_request(conn->discover_secrets(), name);
     std::vector<planned_set> plan = plan_sets(ctx, project, repos, options.repo);
     if (options.only_missing) {
@@ -350,8 +351,9 @@ awaitable<void> sync_secrets(context& ctx, const config::project& project, std::
     }
     ctx.say(name, "rendered " + plural(plan.size(), "set", "sets") + " (" + plural(total, "variable", "variables") +
                       ") into '" + name + "' in " + seconds(since(t0)));
-    spdlog::debug("vm={} secrets: agent channel and discovery {} ms, sources read {} ms, rendered {} ms", name,
-                  std::chrono::duration_cast<std::chrono::milliseconds>(t_read - t_start).count(),
+    spdlog::debug("vm={} secrets: agent channel {} ms, discovery {} ms, sources read {} ms, rendered {} ms", name,
+                  std::chrono::duration_cast<std::chrono::milliseconds>(t_open - t_start).count(),
+                  std::chrono::duration_cast<std::chrono::milliseconds>(t_read - t_open).count(),
                   std::chrono::duration_cast<std::chrono::milliseconds>(t0 - t_read).count(), since(t0).count());
 }
 
