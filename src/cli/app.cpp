@@ -117,6 +117,7 @@ asio::awaitable<int> dispatch(context& ctx, parsed p) {
         co_return co_await cmd_secrets(ctx, p.name, p.repo, action);
     }
     if (p.command == "watch") co_return co_await cmd_watch(ctx, p.names);
+    if (p.command == "doctor") co_return co_await cmd_doctor(ctx);
     throw usage_error("unknown command " + p.command);
 }
 
@@ -204,6 +205,9 @@ int main(int argc, char** argv) {
         ->excludes(clear)
         ->excludes("--repo");
     secrets->add_flag("--json", p.json, "events as JSON lines on stdout");
+
+    auto* doctor = app.add_subcommand("doctor", "check what machine needs on this computer, with a fix for each failure");
+    doctor->add_flag("--json", p.json, "one JSON object: checks and a summary");
 
     // Started by machine itself (detached) to filter a project's forwarded SSH agent.
     auto* proxy = app.add_subcommand("agent-proxy", "");

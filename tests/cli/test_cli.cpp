@@ -528,6 +528,49 @@ BOOST_AUTO_TEST_CASE(a_bad_secrets_entry_stops_before_anything_runs) {
     BOOST_TEST(w.invocations().empty());
 }
 
+// doctor on a computer that has everything, then with two things broken: each failure named
+// with its fix, exit 1, and the JSON form counts them.
+BOOST_AUTO_TEST_CASE(doctor_checks_this_computer_and_names_each_fix) {
+    world w;
+    const test_agent agent(w.root / "a.sock");
+    const fs::path key = w.root / "signing";
+    BOOST_REQUIRE(run_sync({"ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key.string()}).exit_code == 0);
+    BOOST_REQUIRE(run_sync({"ssh-add", "-q", key.string()}, agent.env()).exit_code == 0);
+    const fs::path gitconfig = w.root / "gitconfig";
+    std::ofstream(gitconfig) << "[user]\n\tname = Doc Tor\n\temail = doc@example.org\n\tsigningkey = " << key.string()
+                             << ".pub\n[gpg]\n\tformat = ssh\n";
+    const fs::path bin = w.root / "bin";
+    fs::create_directories(bin);
+    fs::create_symlink(fs::path(MACHINE_FIXTURES_DIR) / "fake-op", bin / "op");
+    w.set("GIT_CONFIG_GLOBAL", gitconfig.string());
+    w.set("PATH", bin.string() + ":" + std::getenv("PATH"));
+    w.set("SSH_AUTH_SOCK", agent.socket.string());
+    w.config("[web]\n");
+    auto r = w.machine({"doctor"});
+    BOOST_TEST(r.exit_code == 0, r.out + r.err);
+    BOOST_TEST(contains(r.out, "[ok  ] Lima >= 2.0: 2.2.0"), r.out);
+    BOOST_TEST(contains(r.out, "[ok  ] SSH agent has keys: 1 key(s)"), r.out);
+    BOOST_TEST(contains(r.out, "[ok  ] git user.name: Doc Tor"), r.out);
+    BOOST_TEST(contains(r.out, "[ok  ] SSH signing key resolves: ssh-ed25519"), r.out);
+    BOOST_TEST(contains(r.out, "[ok  ] 1Password CLI: " + (bin / "op").string()), r.out);
+    BOOST_TEST(contains(r.out, "all checks passed"), r.out);
+
+    w.config("[web]\ncpus = \"four\"\n");
+    w.set("SSH_AUTH_SOCK", (w.root / "nobody.sock").string());
+    r = w.machine({"doctor"});
+    BOOST_TEST(r.exit_code == 1);
+    BOOST_TEST(contains(r.out, "[FAIL] projects.toml: " + (w.root / "config" / "projects.toml").string() +
+                                   ":2:1: web.cpus: expected an integer"), r.out);
+    BOOST_TEST(contains(r.out, "[FAIL] SSH agent has keys"), r.out);
+    BOOST_TEST(contains(r.out, "ssh-add"), r.out);
+    BOOST_TEST(contains(r.out, "2 check(s) failed"), r.out);
+    r = w.machine({"doctor", "--json"});
+    BOOST_TEST(r.exit_code == 1);
+    const json doc = json::parse(r.out);
+    BOOST_TEST(doc["summary"]["fails"].get<int>() == 2);
+    BOOST_TEST(doc["checks"].size() == doc["summary"]["checks"].get<std::size_t>());
+}
+
 BOOST_AUTO_TEST_CASE(limactl_missing_is_one_clear_line) {
     world w;
     w.env.erase(std::remove_if(w.env.begin(), w.env.end(), [](auto& kv) { return kv.first == "MACHINE_LIMACTL"; }), w.env.end());

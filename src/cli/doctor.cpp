@@ -1,0 +1,154 @@
+// `machine doctor [--json]`: what machine needs on this computer, checked one by one, each
+// failure with the command that fixes it. Exit 1 when a check failed (the JSON is still whole).
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "cli.hpp"
+#include "machine/agent_proxy.hpp"
+#include "machine/guest.hpp"
+#include "machine/paths.hpp"
+#include "machine/proc.hpp"
+#include "machine/text.hpp"
+#include "provisioning.hpp"
+
+namespace machine::cli {
+
+using asio::awaitable;
+using namespace std::chrono_literals;
+
+namespace {
+
+struct check {
+    std::string name;
+    std::string status;  // "ok", "fail" or "note" (informational, never a failure)
+    std::string detail;
+    std::string hint;
+};
+
+check passed(std::string name, std::string detail) { return {std::move(name), "ok", std::move(detail), {}}; }
+check failed(std::string name, std::string detail, std::string hint) {
+    return {std::move(name), "fail", std::move(detail), std::move(hint)};
+}
+
+// Lima's major version, or -1 when the text has none ("2.2.0" -> 2).
+int major_version(const std::string& v) {
+    std::size_t i = 0;
+    while (i < v.size() && v[i] >= '0' && v[i] <= '9') ++i;
+    return i == 0 ? -1 : std::atoi(v.substr(0, i).c_str());
+}
+
+awaitable<std::vector<check>> lima_checks(context& ctx) {
+    std::vector<check> out;
+    lima::client* lima = nullptr;
+    try {
+        lima = &ctx.lima();
+    } catch (const error& e) {
+        out.push_back(failed("limactl", e.what(), "install Lima >= 2.0 (https://lima-vm.io), or set MACHINE_LIMACTL"));
+        co_return out;
+    }
+    out.push_back(passed("limactl", lima->limactl().string()));
+    try {
+        const std::string version = co_await lima->version();
+        if (major_version(version) >= 2 || major_version(version) < 0)
+            out.push_back(passed("Lima >= 2.0", version));
+        else
+            out.push_back(failed("Lima >= 2.0", version, "machine needs Lima >= 2.0: upgrade Lima"));
+    } catch (const error& e) {
+        out.push_back(failed("Lima >= 2.0", e.what(), "check that `limactl --version` works"));
+    }
+    co_return out;
+}
+
+check config_check(context& ctx) {
+    try {
+        const config::config& cfg = ctx.cfg();
+        if (!cfg.projects_file_exists)
+            return {"projects.toml", "note", "none at " + cfg.projects_file.string() + "; `machine up` gives you 'default'",
+                    {}};
+        return passed("projects.toml", cfg.projects_file.string() + ": " + std::to_string(cfg.projects.size()) +
+                                           " project(s)");
+    } catch (const error& e) {
+        return failed("projects.toml", e.what(), "fix the line it names");
+    }
+}
+
+check agent_check() {
+    const std::string socket = paths::env("SSH_AUTH_SOCK");
+    const agent_proxy::agent_probe probe = agent_proxy::probe(socket, 2s);
+    if (probe.result == agent_proxy::agent_probe::state::ok)
+        return passed("SSH agent has keys", std::to_string(probe.fingerprints.size()) + " key(s) in " + socket);
+    return failed("SSH agent has keys", text::sanitize_for_terminal(probe.detail),
+                  "eval \"$(ssh-agent)\"; ssh-add ~/.ssh/id_ed25519 (or set forward_agent = false per project)");
+}
+
+awaitable<std::vector<check>> git_checks() {
+    std::vector<check> out;
+    const provision::host_values v = co_await detect_host_values("");
+    if (v.git_name.empty()) out.push_back(failed("git user.name", "not set", "git config --global user.name 'Your Name'"));
+    else out.push_back(passed("git user.name", text::sanitize_for_terminal(v.git_name)));
+    if (v.git_email.empty())
+        out.push_back(failed("git user.email", "not set", "git config --global user.email you@example.com"));
+    else out.push_back(passed("git user.email", text::sanitize_for_terminal(v.git_email)));
+    if (v.git_signing_key.empty())
+        out.push_back(failed("SSH signing key resolves", "no SSH key in user.signingkey (or $GIT_SIGNING_KEY)",
+                             "git config --global gpg.format ssh; git config --global user.signingkey "
+                             "'ssh-ed25519 AAAA...'"));
+    else
+        out.push_back(passed("SSH signing key resolves", text::sanitize_for_terminal(v.git_signing_key.substr(0, 40)) + "..."));
+    co_return out;
+}
+
+check guest_agent_check() {
+    if (paths::env("MACHINE_AGENT") == "off")
+        return {"guest agent binary", "note", "MACHINE_AGENT=off: VMs boot without it (no provisioning, no sessions)", {}};
+    try {
+        const guest::agent_files files = guest::find_agent();
+        return passed("guest agent binary", files.binary.string());
+    } catch (const error& e) {
+        return failed("guest agent binary", e.what(), "build it (tools/setup) or set MACHINE_AGENT");
+    }
+}
+
+check op_check() {
+    if (const auto op = proc::find_program("op")) return passed("1Password CLI", op->string());
+    return {"1Password CLI", "note", "`op` not found: `machine secrets` needs it for op_environment and op_reference",
+            "https://developer.1password.com/docs/cli/get-started/"};
+}
+
+} // namespace
+
+awaitable<int> cmd_doctor(context& ctx) {
+    std::vector<check> checks = co_await lima_checks(ctx);
+    checks.push_back(config_check(ctx));
+    checks.push_back(agent_check());
+    for (auto& c : co_await git_checks()) checks.push_back(std::move(c));
+    checks.push_back(guest_agent_check());
+    checks.push_back(op_check());
+
+    std::size_t fails = 0;
+    for (const auto& c : checks) fails += c.status == "fail";
+    std::string out;
+    if (ctx.json) {
+        nlohmann::ordered_json j;
+        j["checks"] = nlohmann::ordered_json::array();
+        for (const auto& c : checks)
+            j["checks"].push_back({{"name", c.name}, {"status", c.status}, {"detail", c.detail}, {"hint", c.hint}});
+        j["summary"] = {{"checks", checks.size()}, {"fails", fails}};
+        out = j.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n";
+    } else {
+        for (const auto& c : checks) {
+            const char* tag = c.status == "ok" ? "[ok  ]" : c.status == "fail" ? "[FAIL]" : "[note]";
+            out += fmt::format("{} {}: {}\n", tag, c.name, text::sanitize_for_terminal(c.detail));
+            if (!c.hint.empty()) out += fmt::format("       {}\n", c.hint);
+        }
+        out += fails == 0 ? "all checks passed\n" : fmt::format("{} check(s) failed\n", fails);
+    }
+    std::fwrite(out.data(), 1, out.size(), stdout);
+    co_return fails == 0 ? 0 : 1;
+}
+
+} // namespace machine::cli
