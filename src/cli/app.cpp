@@ -118,6 +118,7 @@ asio::awaitable<int> dispatch(context& ctx, parsed p) {
     }
     if (p.command == "watch") co_return co_await cmd_watch(ctx, p.names);
     if (p.command == "doctor") co_return co_await cmd_doctor(ctx);
+    if (p.command == "init") co_return co_await cmd_init(ctx);
     throw usage_error("unknown command " + p.command);
 }
 
@@ -205,6 +206,8 @@ int main(int argc, char** argv) {
         ->excludes(clear)
         ->excludes("--repo");
     secrets->add_flag("--json", p.json, "events as JSON lines on stdout");
+
+    app.add_subcommand("init", "write a documented projects.toml to start from (never over an existing one)");
 
     auto* doctor = app.add_subcommand("doctor", "check what machine needs on this computer, with a fix for each failure");
     doctor->add_flag("--json", p.json, "one JSON object: checks and a summary");

@@ -73,6 +73,8 @@ asio::awaitable<int> cmd_sessions(context& ctx, std::optional<std::string> name)
 // `machine secrets`: renders a project's secrets into its running VM, or clears them (secrets.cpp).
 // `machine doctor`: preflight checks of this computer (doctor.cpp); exit 1 when one failed.
 asio::awaitable<int> cmd_doctor(context& ctx);
+// `machine init`: the documented example as the user's projects.toml (init.cpp).
+asio::awaitable<int> cmd_init(context& ctx);
 enum class secrets_action { render, clear, list };
 asio::awaitable<int> cmd_secrets(context& ctx, std::optional<std::string> name, std::optional<std::string> repo,
                                  secrets_action action);

@@ -571,6 +571,26 @@ BOOST_AUTO_TEST_CASE(doctor_checks_this_computer_and_names_each_fix) {
     BOOST_TEST(doc["checks"].size() == doc["summary"]["checks"].get<std::size_t>());
 }
 
+// init writes the documented example, which machine then reads; it never replaces a file.
+BOOST_AUTO_TEST_CASE(init_writes_the_example_once) {
+    world w;
+    const fs::path file = w.root / "config" / "projects.toml";
+    auto r = w.machine({"init"});
+    BOOST_TEST(r.exit_code == 0, r.err);
+    BOOST_TEST(contains(r.out, "wrote " + file.string()), r.out);
+    std::ifstream in(file);
+    const std::string written((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    BOOST_TEST(contains(written, "# machine: your projects, one VM each."));
+    BOOST_TEST(w.machine({"list"}).exit_code == 0);  // it parses
+    std::ofstream(file) << "[mine]\n";
+    r = w.machine({"init"});
+    BOOST_TEST(r.exit_code == 1);
+    BOOST_TEST(contains(r.err, file.string() + " already exists"), r.err);
+    std::ifstream again(file);
+    BOOST_TEST(std::string((std::istreambuf_iterator<char>(again)), std::istreambuf_iterator<char>()) == "[mine]\n");
+    BOOST_TEST(std::distance(fs::directory_iterator(file.parent_path()), fs::directory_iterator{}) == 1);
+}
+
 BOOST_AUTO_TEST_CASE(limactl_missing_is_one_clear_line) {
     world w;
     w.env.erase(std::remove_if(w.env.begin(), w.env.end(), [](auto& kv) { return kv.first == "MACHINE_LIMACTL"; }), w.env.end());
