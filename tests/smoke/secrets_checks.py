@@ -328,18 +328,30 @@ def check_watch_rerenders_after_reboot(tap, args, env, guest, fx, base_table, wa
     config_path = os.path.join(env["MACHINE_CONFIG_DIR"], "projects.toml")
     with open(config_path, "w") as f:
         f.write(project_config(fx, args.name, base_table, on_up=True))
+    old_boot = guest.run("cat", "/proc/sys/kernel/random/boot_id")[1].strip()
     watch = watch_cls(args, env)
     guest.run("sudo", "-n", "systemctl", "reboot", timeout=60)
     t0 = time.monotonic()
 
     def rendered(e):
         return e.get("type") == "guest.event" and e.get("event") == "secrets.rendered" and e.get("set") == ENV_ID
-    seen = watch.wait_for(rendered, 300)
+
+    def rendered_after_the_reboot(events):
+        # watch may first reach the agent after the reboot and replay the render that came
+        # just before it: only a render after the new boot's user.ready counts.
+        booted = False
+        for e in events:
+            if e.get("type") == "guest.event" and e.get("event") == "user.ready" and e.get("boot_id") != old_boot:
+                booted = True
+            elif booted and rendered(e):
+                return e
+        return None
+    seen = watch.wait_for(lambda _: rendered_after_the_reboot(watch.events) is not None, 300)
     took = time.monotonic() - t0
     events = [e for e in watch.events if e.get("type") in ("guest.event", "message", "error")]
     tap.result(seen, "after a reboot, watch renders the secrets again (%.0fs after the reboot)" % took,
                "\n".join(json.dumps(e)[:300] for e in events[-15:]) + "\n" + open(watch.log_path).read()[-3000:])
-    ev = next((e for e in watch.events if rendered(e)), {})
+    ev = rendered_after_the_reboot(watch.events) or {}
     names = ev.get("names", [])
     if isinstance(names, str):  # machine flattens a guest event's nested values to JSON text
         names = json.loads(names)
