@@ -23,6 +23,10 @@ void require_valid_project_name(std::string_view name);
 // word in an .envrc: 1-64 of a-z 0-9 _ -, starting with a letter or digit.
 bool is_valid_secret_set_name(std::string_view set);
 
+// A 1Password Environment ID as 1Password's Copy ID gives it: 1-128 lowercase letters and
+// digits (the pattern the reference tool's `use op_env` takes).
+bool is_op_environment_id(std::string_view id);
+
 // A secret's variable name: a shell identifier (^[A-Za-z_][A-Za-z0-9_]*$, at most 128 bytes)
 // that bash lets a file assign (not UID, EUID, PPID, BASHOPTS, SHELLOPTS, BASH_VERSINFO or _).
 bool is_valid_secret_name(std::string_view name);

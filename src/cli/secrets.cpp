@@ -40,11 +40,6 @@ std::string shown_envrc(const pr::envrc_secrets& r) {
     return text::sanitize_for_terminal("~/code/" + r.dir + "/.envrc");
 }
 
-bool is_environment_id(std::string_view s) {
-    return !s.empty() && s.size() <= 64 &&
-           std::all_of(s.begin(), s.end(), [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); });
-}
-
 // `--repo web` names ~/code/web, or a nested ~/code/org/web by either spelling.
 bool repo_matches(const pr::envrc_secrets& r, const std::string& repo) {
     if (r.dir == repo) return true;
@@ -93,7 +88,7 @@ std::vector<planned_set> plan_sets(context& ctx, const config::project& p, const
                      ".secrets]]; not rendered (a VM gets only the secrets its project names)");
                 continue;
             }
-            if (!s && !is_environment_id(use.set)) {
+            if (!s && !text::is_op_environment_id(use.set)) {
                 warn(where + ": '" + token + "' is not a 1Password Environment ID; declare set '" + token + "' in [[" +
                      p.name + ".secrets]] to render it");
                 continue;

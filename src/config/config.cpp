@@ -87,8 +87,7 @@ std::string secret_set_problem(std::string_view set) {
 // A 1Password Environment ID names the set it renders into by default, so it follows both the
 // reference tool's `use op_env` pattern (lowercase letters and digits) and the set name rule.
 std::string op_environment_problem(std::string_view id) {
-    const bool ok = !id.empty() && id.size() <= 64 && std::all_of(id.begin(), id.end(), is_lower_alnum);
-    if (ok) return {};
+    if (text::is_op_environment_id(id) && text::is_valid_secret_set_name(id)) return {};
     return "expected a 1Password Environment ID (lowercase letters and digits, as 1Password's "
            "Copy ID gives it), got " + toml_string(id);
 }

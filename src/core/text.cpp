@@ -174,6 +174,11 @@ bool is_valid_secret_set_name(std::string_view set) {
     return std::all_of(set.begin(), set.end(), [&](char c) { return alnum(c) || c == '_' || c == '-'; });
 }
 
+bool is_op_environment_id(std::string_view id) {
+    return !id.empty() && id.size() <= 128 &&
+           std::all_of(id.begin(), id.end(), [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); });
+}
+
 bool is_valid_secret_name(std::string_view name) {
     // Read-only in bash, or special: a secrets file assigning one would fail or mislead.
     constexpr std::string_view bash_reserved[] = {"UID", "EUID", "PPID", "BASHOPTS", "SHELLOPTS", "BASH_VERSINFO", "_"};

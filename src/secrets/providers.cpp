@@ -42,13 +42,6 @@ bool is_valid_name(std::string_view name) {
     return true;
 }
 
-bool is_valid_environment_id(std::string_view id) {
-    if (id.empty() || id.size() > 128) return false;
-    for (char c : id)
-        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'))) return false;
-    return true;
-}
-
 // op://vault/item/field or op://vault/item/section/field; no control characters.
 bool is_valid_reference(std::string_view ref) {
     constexpr std::string_view scheme = "op://";
@@ -187,7 +180,7 @@ asio::awaitable<void> run_op(proc::command cmd, std::string label, proc::result&
 
 asio::awaitable<std::vector<variable>> read_op_environment(std::string id,
                                                            std::filesystem::path op) {
-    if (!is_valid_environment_id(id))
+    if (!text::is_op_environment_id(id))
         throw usage_error("invalid 1Password Environment ID '" + shown(id, 64) +
                           "' (expected lowercase letters and digits)");
     proc::command cmd;
