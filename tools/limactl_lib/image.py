@@ -17,9 +17,18 @@ class ImageError(Exception):
     pass
 
 
-def guest_cache_root():
+def machine_cache_dir():
+    """Where tools/build-guest-image keeps images and the stand-in its KVM probe:
+    $MACHINE_GUEST_CACHE (so a test with a private HOME still finds the built image), else
+    $XDG_CACHE_HOME/machine."""
+    if os.environ.get("MACHINE_GUEST_CACHE"):
+        return os.environ["MACHINE_GUEST_CACHE"]
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "machine", "guest")
+    return os.path.join(base, "machine")
+
+
+def guest_cache_root():
+    return os.path.join(machine_cache_dir(), "guest")
 
 
 def local_path(location):

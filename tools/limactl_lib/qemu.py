@@ -9,7 +9,7 @@ import subprocess
 import tempfile
 import time
 
-from . import units
+from . import image, units
 
 
 def qemu_binary():
@@ -17,8 +17,7 @@ def qemu_binary():
 
 
 def _accel_cache_path():
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "machine", "accel.json")
+    return os.path.join(image.machine_cache_dir(), "accel.json")
 
 
 def _probe_key(binary):
