@@ -1,10 +1,16 @@
 // proc against real /bin/sh children: exit codes, signals, timeouts, cancellation, pipes, fds.
 #include <boost/test/unit_test.hpp>
 
+#include <poll.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <csignal>
+#include <cstdio>
+#include <fstream>
+#include <iterator>
+#include <string_view>
 
 #include <asio/co_spawn.hpp>
 #include <asio/detached.hpp>
@@ -37,6 +43,46 @@ proc::result run_sh(const std::string& script, proc::run_options opt = {}) {
     asio::io_context ctx;
     return co_run(ctx, proc::run(sh(script), std::move(opt)));
 }
+
+// A grandchild a test started (through a shell that has exited): not ours to reap, so it is held
+// through a pidfd, opened only when `pid` is still the process the shell reported (its command
+// line, and its process group: the shell's), and SIGKILLed at scope exit on every way out.
+class orphan {
+public:
+    orphan(pid_t pid, pid_t group, std::string_view cmdline) {
+        if (pid <= 0) return;
+        const int fd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+        if (fd < 0) return;
+        // Checked after the pidfd is open, so the pidfd cannot name a process that took the pid later.
+        if (proc_file(pid, "cmdline") != cmdline || ::getpgid(pid) != group) {
+            ::close(fd);
+            return;
+        }
+        pidfd_ = fd;
+    }
+    ~orphan() {
+        if (pidfd_ < 0) return;
+        ::syscall(SYS_pidfd_send_signal, pidfd_, SIGKILL, nullptr, 0);
+        pollfd p{pidfd_, POLLIN, 0};
+        ::poll(&p, 1, 5000);  // readable once it has exited
+        ::close(pidfd_);
+    }
+    orphan(const orphan&) = delete;
+    orphan& operator=(const orphan&) = delete;
+
+    bool found() const { return pidfd_ >= 0; }
+    bool alive() const {
+        pollfd p{pidfd_, POLLIN, 0};
+        return found() && ::poll(&p, 1, 0) == 0;
+    }
+
+private:
+    static std::string proc_file(pid_t pid, const char* name) {
+        std::ifstream in("/proc/" + std::to_string(pid) + "/" + name, std::ios::binary);
+        return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    }
+    int pidfd_ = -1;
+};
 
 // Every test in this file must leave no child behind.
 struct no_zombies {
@@ -158,11 +204,17 @@ BOOST_FIXTURE_TEST_CASE(missing_program_is_a_spawn_error, no_zombies) {
 
 BOOST_FIXTURE_TEST_CASE(a_grandchild_holding_the_pipes_does_not_hang_us, no_zombies) {
     const auto t0 = std::chrono::steady_clock::now();
-    const auto r = run_sh("sleep 5 & echo started");
-    BOOST_TEST(r.out == "started\n");
-    BOOST_TEST(seconds_since(t0) < 3.0);
-    // kill the orphan (it is in the same process group as the shell was)
-    std::system("pkill -f '^sleep 5$' >/dev/null 2>&1");
+    // The shell prints the background sleep's pid and its own (the sleep's process group).
+    const auto r = run_sh("sleep 5 & echo $! $$");
+    const double took = seconds_since(t0);
+    pid_t sleep_pid = 0, shell_pid = 0;
+    BOOST_REQUIRE_MESSAGE(std::sscanf(r.out.c_str(), "%d %d", &sleep_pid, &shell_pid) == 2, "out: " << r.out);
+    static constexpr char sleep_cmdline[] = "sleep\0" "5";  // with its final NUL: /proc/PID/cmdline
+    const orphan orphaned_sleep(sleep_pid, shell_pid, std::string_view(sleep_cmdline, sizeof sleep_cmdline));
+    BOOST_TEST(took < 3.0);
+    // run() returned while the grandchild still held the pipes (not once it had exited).
+    BOOST_TEST(orphaned_sleep.found(), "no 'sleep 5' with pid " << sleep_pid << " in group " << shell_pid);
+    BOOST_TEST(orphaned_sleep.alive());
 }
 
 BOOST_FIXTURE_TEST_CASE(timeout_interrupts_the_child, no_zombies) {
