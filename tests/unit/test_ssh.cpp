@@ -1,8 +1,11 @@
 // ssh against a real OpenSSH sshd on 127.0.0.1 (tests/support/sshd.hpp), plus the pure parts.
 #include <boost/test/unit_test.hpp>
 
+#include <poll.h>
+#include <pwd.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <fstream>
@@ -97,20 +100,65 @@ std::string open_fds() {
     return out;
 }
 
-// Pids of the processes running with exactly this command line.
-std::vector<pid_t> processes_running(const std::vector<std::string>& argv) {
-    std::string want;
-    for (const auto& a : argv) want += a + '\0';
-    std::vector<pid_t> pids;
-    for (const auto& e : fs::directory_iterator("/proc")) {
-        const auto name = e.path().filename().string();
-        if (name.empty() || !std::isdigit(static_cast<unsigned char>(name[0]))) continue;
-        if (slurp(e.path() / "cmdline") == want) pids.push_back(std::stoi(name));
+// A remote command this test started, known by the pid it wrote to a file of the test's
+// (`remote.record_pid()` prefixes the command with `echo $$ > FILE;`, and the command then
+// execs, keeping that pid). The test checks on exactly that process, and stops it at scope exit
+// on every way out: a root session's command outlives its channel (OpenSSH ignores signals
+// there), and a broken cancel or timeout would leave one behind.
+class remote_process {
+public:
+    // `user` runs the remote command and writes the file; `cmdline` is what the command execs,
+    // as /proc/PID/cmdline has it ("sleep\0" "37.5\0"): a pid that names anything else is not it.
+    remote_process(const std::string& user, std::string cmdline) : cmdline_(std::move(cmdline)) {
+        file_ = dir_.path / "remote.pid";
+        std::ofstream(file_).flush();
+        const passwd* pw = ::getpwnam(user.c_str());
+        BOOST_REQUIRE_MESSAGE(pw, "no user " << user);
+        BOOST_REQUIRE(::chown(file_.c_str(), pw->pw_uid, static_cast<gid_t>(-1)) == 0);
     }
-    return pids;
-}
+    ~remote_process() {
+        const int fd = pidfd();
+        if (fd < 0) return;
+        ::syscall(SYS_pidfd_send_signal, fd, SIGKILL, nullptr, 0);
+        pollfd p{fd, POLLIN, 0};
+        ::poll(&p, 1, 5000);  // readable once it has exited
+        ::close(fd);
+    }
+    remote_process(const remote_process&) = delete;
+    remote_process& operator=(const remote_process&) = delete;
 
-bool process_running(const std::vector<std::string>& argv) { return !processes_running(argv).empty(); }
+    std::string record_pid() const { return "echo $$ > '" + file_.string() + "'; "; }
+    // The pid the command wrote; 0 when it wrote none (yet).
+    pid_t pid() const {
+        std::ifstream in(file_);
+        long pid = 0;
+        return in >> pid && pid > 0 ? static_cast<pid_t>(pid) : 0;
+    }
+    bool running() const {
+        const int fd = pidfd();
+        if (fd >= 0) ::close(fd);
+        return fd >= 0;
+    }
+
+private:
+    // A pidfd for the recorded pid while it is still the command (checked after opening, so the
+    // pidfd cannot name a process that took the pid later); -1 otherwise.
+    int pidfd() const {
+        const pid_t p = pid();
+        if (p <= 0) return -1;
+        const int fd = static_cast<int>(::syscall(SYS_pidfd_open, p, 0));
+        if (fd < 0) return -1;
+        if (slurp(fs::path("/proc") / std::to_string(p) / "cmdline") != cmdline_) {
+            ::close(fd);
+            return -1;
+        }
+        return fd;
+    }
+
+    machine::test::temp_dir dir_;
+    fs::path file_;
+    std::string cmdline_;
+};
 
 // Waits (polling, up to `limit`) until sshd's log after `from` contains `what`.
 bool log_shows(const sshd_server& sshd, std::size_t from, const std::string& what,
@@ -633,20 +681,21 @@ sshd_server::options as_unprivileged_user() {
 BOOST_AUTO_TEST_CASE(cancel_signal_ends_a_long_command,
                      *boost::unit_test::precondition(have_unprivileged_user)) {
     sshd_server sshd(as_unprivileged_user());
+    const remote_process remote(sshd.user(), std::string("sleep\0" "37.25\0", 12));
     cancel_signal cancel(ctx.get_executor());
     asio::steady_timer t(ctx, 300ms);
     t.async_wait([&](std::error_code) { cancel.trigger(cancel_signal::graceful); });
     ssh::run_options opt;
     opt.cancel = &cancel;
     const auto t0 = std::chrono::steady_clock::now();
-    const auto r = co_run(ctx, run_with(sshd, "echo started; exec sleep 37.25", opt));
+    const auto r = co_run(ctx, run_with(sshd, remote.record_pid() + "echo started; exec sleep 37.25", opt));
     BOOST_TEST(r.cancelled);
     BOOST_TEST(r.out == "started\n");
     BOOST_TEST(r.exit_signal == "INT");
     BOOST_TEST(r.status() == 130);
     BOOST_TEST(seconds_since(t0) < 3.0);
-    const std::vector<std::string> argv{"sleep", "37.25"};
-    BOOST_TEST(!process_running(argv));  // the remote command is gone, not just abandoned
+    BOOST_TEST(remote.pid() > 0);
+    BOOST_TEST(!remote.running());  // the remote command is gone, not just abandoned
 }
 
 BOOST_AUTO_TEST_CASE(timeout_escalates_to_term,
@@ -655,14 +704,15 @@ BOOST_AUTO_TEST_CASE(timeout_escalates_to_term,
     ssh::run_options opt;
     opt.timeout = 200ms;
     opt.grace = 300ms;
+    const remote_process remote(sshd.user(), std::string("sleep\0" "37.5\0", 11));
     const auto t0 = std::chrono::steady_clock::now();
     // SIGINT stays ignored across exec: only the second step (TERM) ends it.
-    const auto r = co_run(ctx, run_with(sshd, "trap '' INT; exec sleep 37.5", opt));
+    const auto r = co_run(ctx, run_with(sshd, remote.record_pid() + "trap '' INT; exec sleep 37.5", opt));
     BOOST_TEST(r.timed_out);
     BOOST_TEST(r.exit_signal == "TERM");
     BOOST_TEST(seconds_since(t0) < 3.0);
-    const std::vector<std::string> argv{"sleep", "37.5"};
-    BOOST_TEST(!process_running(argv));
+    BOOST_TEST(remote.pid() > 0);
+    BOOST_TEST(!remote.running());
 }
 
 BOOST_AUTO_TEST_CASE(a_server_ignoring_signals_does_not_hang_run) {
@@ -671,12 +721,14 @@ BOOST_AUTO_TEST_CASE(a_server_ignoring_signals_does_not_hang_run) {
     ssh::run_options opt;
     opt.timeout = 100ms;
     opt.grace = 100ms;
+    // Left behind as root: `remote` kills it (by the pid it recorded) however this test ends.
+    const remote_process remote(sshd.user(), std::string("sleep\0" "37.75\0", 12));
     const auto t0 = std::chrono::steady_clock::now();
-    const auto r = co_run(ctx, run_with(sshd, "exec sleep 37.75", opt));
+    const auto r = co_run(ctx, run_with(sshd, remote.record_pid() + "exec sleep 37.75", opt));
     BOOST_TEST(r.timed_out);
     BOOST_TEST(seconds_since(t0) < 2.0);
-    const std::vector<std::string> argv{"sleep", "37.75"};
-    for (const pid_t pid : processes_running(argv)) ::kill(pid, SIGKILL);  // left behind as root
+    BOOST_TEST(remote.pid() > 0);
+    BOOST_TEST(remote.running());  // as said: ignored, still there (which the other tests rule out)
 }
 
 namespace {
