@@ -2,16 +2,21 @@
 // which reproduces Lima's CLI contract and can be scripted to fail, hang or be slow.
 #include <boost/test/unit_test.hpp>
 
+#include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
-#include <sys/stat.h>
 
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <iterator>
+#include <string_view>
 #include <map>
+#include <optional>
 #include <set>
 #include <random>
 #include <sstream>
@@ -24,6 +29,8 @@
 
 #include "machine/cancel.hpp"
 #include "machine/proc.hpp"
+
+extern char** environ;
 
 namespace fs = std::filesystem;
 namespace proc = machine::proc;
@@ -47,10 +54,38 @@ bool contains(const std::string& haystack, const std::string& needle) {
     return haystack.find(needle) != std::string::npos;
 }
 
-// A helper program, run to completion (ssh-agent, ssh-keygen, ssh-add).
+// What a child of these tests keeps of this process's environment: where programs are, how text
+// is read and written, where temporary files go, and the sanitizers' and coverage tools'
+// settings. Nothing else of the caller's (HOME, XDG_*, SSH_AUTH_SOCK, SSH_AGENT_PID, MACHINE_*,
+// LIMA_*, GIT_*...) reaches a child: what a child needs, the test gives it (world::env).
+bool passed_through(std::string_view name) {
+    static const std::set<std::string_view> names{"PATH", "TMPDIR", "LANG", "LANGUAGE", "TZ"};
+    static const std::string_view prefixes[] = {"LC_",   "ASAN_", "UBSAN_", "LSAN_",
+                                                "TSAN_", "MSAN_", "GCOV_",  "LLVM_PROFILE_"};
+    if (names.count(name)) return true;
+    for (const auto prefix : prefixes)
+        if (name.substr(0, prefix.size()) == prefix) return true;
+    return false;
+}
+
+// The variables of this process's environment a child must not inherit (for proc::command's
+// env_unset; env_set then adds what the test gives it).
+std::vector<std::string> callers_variables() {
+    std::vector<std::string> out;
+    for (char** e = environ; e && *e; ++e) {
+        const std::string_view kv(*e);
+        const std::string_view name = kv.substr(0, kv.find('='));
+        if (!passed_through(name)) out.emplace_back(name);
+    }
+    return out;
+}
+
+// A helper program (ssh-agent, ssh-keygen, ssh-add, git), run to completion with `env` and
+// nothing of the caller's but what passed_through() keeps.
 proc::result run_sync(std::vector<std::string> argv, std::vector<std::pair<std::string, std::string>> env = {}) {
     proc::command c;
     c.argv = std::move(argv);
+    c.env_unset = callers_variables();
     c.env_set = std::move(env);
     proc::run_options opt;
     opt.limit.timeout = 30s;
@@ -60,6 +95,45 @@ proc::result run_sync(std::vector<std::string> argv, std::vector<std::pair<std::
     asio::co_spawn(io, std::move(task), [](std::exception_ptr e) { if (e) std::rethrow_exception(e); });
     io.run();
     return r;
+}
+
+std::string read_proc_file(pid_t pid, const char* name) {
+    std::ifstream in("/proc/" + std::to_string(pid) + "/" + name, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+// Stops the process listening on the Unix socket `path` when its command line holds
+// `expected_args` (NUL-separated, as /proc/PID/cmdline): SIGTERM, then SIGKILL after 5 s. The pid
+// is the listener's own (SO_PEERCRED of a connection to it), so only that process is touched;
+// it is checked after a pidfd to it is open, so a later process given the same pid is never hit.
+// True when it was stopped.
+bool stop_listener(const fs::path& path, const std::string& expected_args) {
+    sockaddr_un addr{};
+    if (path.native().size() >= sizeof addr.sun_path) return false;
+    addr.sun_family = AF_UNIX;
+    std::memcpy(addr.sun_path, path.c_str(), path.native().size());
+    const int sock = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (sock < 0) return false;
+    ucred peer{};
+    socklen_t len = sizeof peer;
+    const bool known = ::connect(sock, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0 &&
+                       ::getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &peer, &len) == 0 && peer.pid > 0;
+    ::close(sock);
+    if (!known) return false;
+    const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, peer.pid, 0));
+    if (pidfd < 0) return false;
+    bool stopped = false;
+    if (contains(read_proc_file(peer.pid, "cmdline"), expected_args)) {
+        pollfd p{pidfd, POLLIN, 0};
+        ::syscall(SYS_pidfd_send_signal, pidfd, SIGTERM, nullptr, 0);
+        if (::poll(&p, 1, 5000) != 1) {
+            ::syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, nullptr, 0);
+            ::poll(&p, 1, 5000);
+        }
+        stopped = true;
+    }
+    ::close(pidfd);
+    return stopped;
 }
 
 // A real ssh-agent on `socket` for one test, killed at the end.
@@ -76,7 +150,10 @@ struct test_agent {
     std::vector<std::pair<std::string, std::string>> env() const { return {{"SSH_AUTH_SOCK", socket.string()}}; }
 };
 
-// A private world per test: LIMA_HOME, config dir, state dir, and the fake's invocation log.
+// A private world per test, and the only way its `machine` runs: a home, XDG directories, LIMA_HOME,
+// config and state dirs, a git config and the fake's invocation log, all under `root`. A child
+// gets `env` and, of this process's environment, only what passed_through() keeps: no HOME,
+// SSH agent, MACHINE_* or git config of the caller's reaches it (a test that wants one sets it).
 struct world {
     fs::path root;
     std::vector<std::pair<std::string, std::string>> env;
@@ -84,19 +161,58 @@ struct world {
     world() {
         std::random_device rd;
         root = fs::temp_directory_path() / ("machine-cli-" + std::to_string(rd()));
-        fs::create_directories(root / "cwd");
-        env = {{"LIMA_HOME", (root / "lima").string()},
+        for (const char* dir : {"cwd", "home", "xdg/config", "xdg/state", "xdg/data", "cache", "run"})
+            fs::create_directories(root / dir);
+        fs::permissions(root / "run", fs::perms::owner_all, fs::perm_options::replace);
+        std::ofstream(root / "gitconfig").flush();
+        env = {{"HOME", (root / "home").string()},
+               {"XDG_CONFIG_HOME", (root / "xdg" / "config").string()},
+               {"XDG_STATE_HOME", (root / "xdg" / "state").string()},
+               {"XDG_DATA_HOME", (root / "xdg" / "data").string()},
+               {"XDG_CACHE_HOME", (root / "cache").string()},
+               {"XDG_RUNTIME_DIR", (root / "run").string()},
+               {"GIT_CONFIG_GLOBAL", (root / "gitconfig").string()},
+               {"GIT_CONFIG_NOSYSTEM", "1"},
+               {"LIMA_HOME", (root / "lima").string()},
                {"MACHINE_CONFIG_DIR", (root / "config").string()},
                {"MACHINE_STATE_DIR", (root / "state").string()},
                {"MACHINE_LIMACTL", std::string(MACHINE_FIXTURES_DIR) + "/fake-limactl"},
                {"FAKE_LIMACTL_LOG", (root / "fake.log").string()},
-               {"XDG_CACHE_HOME", (root / "cache").string()},
                // The fake's VMs have no SSH: nothing to deploy the guest agent into.
                {"MACHINE_AGENT", "off"}};
     }
     ~world() {
+        stop_agent_filters();  // before their sockets go with root
         std::error_code ec;
         fs::remove_all(root, ec);
+    }
+    world(const world&) = delete;
+    world& operator=(const world&) = delete;
+
+    // `machine ARGS` in this world (not started).
+    proc::command command(std::vector<std::string> args) const {
+        proc::command c;
+        c.argv = {MACHINE_BINARY};
+        c.argv.insert(c.argv.end(), args.begin(), args.end());
+        c.env_unset = callers_variables();
+        c.env_set = env;
+        c.cwd = root / "cwd";
+        return c;
+    }
+    // A helper program (git...) with this world's environment.
+    proc::result run(std::vector<std::string> argv) const { return run_sync(std::move(argv), env); }
+
+    // The SSH agent filters (`machine agent-proxy`, detached from the machine that started
+    // them) serving sockets in this world's state dir, stopped by pid; how many there were.
+    std::size_t stop_agent_filters() const {
+        std::size_t stopped = 0;
+        std::error_code ec;
+        for (const auto& e : fs::directory_iterator(root / "state" / "agent", ec)) {
+            if (e.path().extension() != ".sock") continue;
+            const std::string args = std::string("agent-proxy") + '\0' + "--listen" + '\0' + e.path().string() + '\0';
+            stopped += stop_listener(e.path(), args);
+        }
+        return stopped;
     }
 
     void set(const std::string& k, const std::string& v) { env.emplace_back(k, v); }
@@ -107,12 +223,7 @@ struct world {
 
     proc::result machine(std::vector<std::string> args, std::string stdin_data = {},
                          proc::line_callback on_line = {}) {
-        proc::command c;
-        c.argv = {MACHINE_BINARY};
-        c.argv.insert(c.argv.end(), args.begin(), args.end());
-        c.env_set = env;
-        c.env_unset = {"MACHINE_LIMACTL_TIMEOUT"};
-        c.cwd = root / "cwd";
+        proc::command c = command(args);
         c.in = stdin_data.empty() ? proc::stdio::null : proc::stdio::pipe;
         c.stdin_data = std::move(stdin_data);
         proc::run_options opt;
@@ -132,11 +243,7 @@ struct world {
         asio::io_context io;
         std::vector<proc::result> results(commands.size());
         for (std::size_t i = 0; i < commands.size(); ++i) {
-            proc::command c;
-            c.argv = {MACHINE_BINARY};
-            c.argv.insert(c.argv.end(), commands[i].begin(), commands[i].end());
-            c.env_set = env;
-            c.cwd = root / "cwd";
+            proc::command c = command(commands[i]);
             auto task = [c, &results, i]() -> asio::awaitable<void> {
                 proc::run_options opt;
                 opt.limit.timeout = 60s;
@@ -200,6 +307,53 @@ BOOST_AUTO_TEST_CASE(version_help_and_usage_errors) {
     BOOST_TEST(w.machine({"up", "--bogus"}).exit_code == 2);
     BOOST_TEST(w.machine({"run", "default"}).exit_code == 2);
     BOOST_TEST(w.fake_log().empty());
+}
+
+// What world::command gives a `machine` run: the world's own home, XDG dirs and git config, and
+// nothing of the caller's HOME, SSH agent, MACHINE_* or git settings (here set as a developer's
+// shell would have them, for this test only). `env` stands in for machine, to print it all.
+BOOST_AUTO_TEST_CASE(machine_runs_inherit_nothing_of_the_callers_environment) {
+    struct callers_env {
+        std::vector<std::pair<std::string, std::optional<std::string>>> saved;
+        void set(const char* name, const char* value) {
+            const char* old = std::getenv(name);
+            saved.emplace_back(name, old ? std::optional<std::string>(old) : std::nullopt);
+            ::setenv(name, value, 1);
+        }
+        ~callers_env() {
+            for (auto it = saved.rbegin(); it != saved.rend(); ++it) {
+                if (it->second) ::setenv(it->first.c_str(), it->second->c_str(), 1);
+                else ::unsetenv(it->first.c_str());
+            }
+        }
+    } caller;
+    for (const char* name : {"HOME", "XDG_CONFIG_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME",
+                             "XDG_RUNTIME_DIR", "SSH_AUTH_SOCK", "SSH_AGENT_PID", "MACHINE_LIMACTL",
+                             "MACHINE_LIMACTL_TIMEOUT", "MACHINE_CONFIG_DIR", "MACHINE_STATE_DIR",
+                             "MACHINE_SOMETHING_NEW", "LIMA_HOME", "GIT_CONFIG_GLOBAL", "GIT_DIR"})
+        caller.set(name, "/callers-own");
+    world w;
+    w.env.erase(std::remove_if(w.env.begin(), w.env.end(), [](auto& kv) { return kv.first == "MACHINE_LIMACTL"; }), w.env.end());
+    proc::command c = w.command({});
+    c.argv = {"env"};
+    proc::result r;
+    asio::io_context io;
+    auto task = [&]() -> asio::awaitable<void> { r = co_await proc::run(c); };
+    asio::co_spawn(io, std::move(task), [](std::exception_ptr e) { if (e) std::rethrow_exception(e); });
+    io.run();
+    BOOST_REQUIRE(r.exit_code == 0);
+    std::map<std::string, std::string> got;
+    std::istringstream lines(r.out);
+    for (std::string line; std::getline(lines, line);) got[line.substr(0, line.find('='))] = line.substr(line.find('=') + 1);
+    for (const auto& [name, value] : got) BOOST_TEST(!contains(value, "/callers-own"), name << " is the caller's");
+    for (const char* name : {"SSH_AUTH_SOCK", "SSH_AGENT_PID", "MACHINE_LIMACTL", "MACHINE_LIMACTL_TIMEOUT",
+                             "MACHINE_SOMETHING_NEW", "GIT_DIR"})
+        BOOST_TEST(got.count(name) == 0u, name << " reached the child");
+    BOOST_TEST(got["HOME"] == (w.root / "home").string());
+    BOOST_TEST(got["XDG_RUNTIME_DIR"] == (w.root / "run").string());
+    BOOST_TEST(got["GIT_CONFIG_GLOBAL"] == (w.root / "gitconfig").string());
+    BOOST_TEST(got["MACHINE_STATE_DIR"] == (w.root / "state").string());
+    BOOST_TEST(got["PATH"] == std::string(std::getenv("PATH")));
 }
 
 BOOST_AUTO_TEST_CASE(zero_config_up_creates_and_starts_default) {
@@ -415,7 +569,8 @@ BOOST_AUTO_TEST_CASE(agent_keys_put_a_filter_between_the_vm_and_the_agent) {
     BOOST_TEST(r.out == "none\n");
 
     // The filter would end with the VM (or its socket); the fake's VMs never end on their own.
-    run_sync({"pkill", "-f", "--", "agent-proxy --listen " + (w.root / "state").string()});
+    // (w stops it on every way out of this test; here it must be the one filter, found by pid.)
+    BOOST_TEST(w.stop_agent_filters() == 1u);
 }
 
 // An agent that never answers, and a locked one: up says so, in bounded time, and goes on.
@@ -709,14 +864,7 @@ BOOST_AUTO_TEST_CASE(watch_follows_vms_appearing_changing_and_disappearing) {
         return false;
     };
     proc::result watch_result, up_result, destroy_result;
-    auto command = [&](std::vector<std::string> args) {
-        proc::command c;
-        c.argv = {MACHINE_BINARY};
-        c.argv.insert(c.argv.end(), args.begin(), args.end());
-        c.env_set = w.env;
-        c.cwd = w.root / "cwd";
-        return c;
-    };
+    auto command = [&](std::vector<std::string> args) { return w.command(std::move(args)); };
     auto watch_task = [&]() -> asio::awaitable<void> {
         proc::run_options opt;
         opt.cancel = &stop_watch;  // SIGINT to watch, as Ctrl-C would
@@ -990,7 +1138,7 @@ BOOST_AUTO_TEST_CASE(an_unreachable_repo_stops_up_before_anything_is_created) {
     world w;
     // A reachable repo (a local one) and an unreachable one: only the latter is reported.
     const fs::path good = w.root / "good.git";
-    BOOST_REQUIRE(std::system(("git init -q --bare " + good.string()).c_str()) == 0);
+    BOOST_REQUIRE(w.run({"git", "init", "-q", "--bare", good.string()}).exit_code == 0);
     w.config("[web]\nrepos = [\"" + good.string() + "\", \"" + (w.root / "missing.git").string() + "\"]\n");
     const auto r = w.machine({"up", "web"});
     BOOST_TEST(r.exit_code == 1);
