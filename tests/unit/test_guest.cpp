@@ -3,6 +3,7 @@
 // behind it, reached through an SSH direct-streamlocal channel as `machine` reaches a VM's.
 #include <boost/test/unit_test.hpp>
 
+#include <sched.h>
 #include <signal.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
@@ -11,8 +12,12 @@
 #include <unistd.h>
 
 #include <array>
+#include <fstream>
+#include <optional>
 #include <random>
 #include <set>
+#include <string>
+#include <vector>
 
 #include <asio/co_spawn.hpp>
 #include <asio/detached.hpp>
@@ -57,36 +62,82 @@ struct secrets_place {
     secrets_place& operator=(const secrets_place&) = delete;
 };
 
-// The real agent, on a private socket and journal, as the current user.
+// The real agent, on a private socket and journal, as the current user. With `user_home`, the
+// agent sees that directory as the --user's home: it reads homes from /etc/passwd only, so it
+// runs in a mount namespace of its own where /etc/passwd is a copy saying so (root only; the
+// agent's secrets tmpfs is then in that namespace too, out of the test's sight).
 struct host_agent {
     machine::test::temp_dir dir;
     secrets_place secrets;
     pid_t pid = -1;
+    std::optional<fs::path> user_home;
     fs::path socket() const { return dir.path / "agent.sock"; }
 
     host_agent() { start(); }
+    explicit host_agent(fs::path home) : user_home(std::move(home)) { start(); }
     ~host_agent() { stop(); }
+    host_agent(const host_agent&) = delete;
+    host_agent& operator=(const host_agent&) = delete;
 
     void start() {
-        const std::string user = machine::test::run_sync({"id", "-un"});
-        const std::string group = machine::test::run_sync({"id", "-gn"});
+        std::string user = machine::test::run_sync({"id", "-un"});
+        user = user.substr(0, user.find('\n'));
+        std::string group = machine::test::run_sync({"id", "-gn"});
+        group = group.substr(0, group.find('\n'));
+        const std::string passwd = (dir.path / "passwd").string();
+        if (user_home) write_passwd_with_home(passwd, user, *user_home);
         pid = ::fork();
         if (pid == 0) {
             for (int fd = 3; fd < 1024; ++fd) ::close(fd);
+            if (user_home && (::unshare(CLONE_NEWNS) != 0 ||
+                              ::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0 ||
+                              ::mount(passwd.c_str(), "/etc/passwd", nullptr, MS_BIND, nullptr) != 0)) {
+                static const char msg[] = "host_agent: no mount namespace with a copy of /etc/passwd\n";
+                (void)!::write(2, msg, sizeof msg - 1);
+                ::_exit(126);
+            }
             ::execl(MACHINE_AGENT_BINARY, "machine-agent", "--socket", socket().c_str(), "--journal",
-                    (dir.path / "journal.jsonl").c_str(), "--user", user.substr(0, user.find('\n')).c_str(),
-                    "--group", group.substr(0, group.find('\n')).c_str(), "--secrets-dir", secrets.dir.c_str(),
-                    "--no-systemd", nullptr);
+                    (dir.path / "journal.jsonl").c_str(), "--user", user.c_str(), "--group", group.c_str(),
+                    "--secrets-dir", secrets.dir.c_str(), "--no-systemd", nullptr);
             ::_exit(127);
         }
         for (int i = 0; i < 200 && !fs::exists(socket()); ++i) ::usleep(10000);
-        BOOST_REQUIRE_MESSAGE(fs::exists(socket()), "the agent did not create its socket");
+        if (!fs::exists(socket())) stop();  // no destructor runs after a failure in the constructor
+        BOOST_REQUIRE_MESSAGE(pid > 0, "the agent did not create its socket");
     }
     void stop() {
         if (pid <= 0) return;
         ::kill(pid, SIGKILL);
         ::waitpid(pid, nullptr, 0);
         pid = -1;
+    }
+
+private:
+    // /etc/passwd with `user`'s home (the 6th field) replaced by `home`, into `file`.
+    static void write_passwd_with_home(const std::string& file, const std::string& user, const fs::path& home) {
+        std::ifstream in("/etc/passwd");
+        std::ofstream out(file);
+        bool found = false;
+        for (std::string line; std::getline(in, line);) {
+            std::vector<std::string> fields;
+            for (std::size_t at = 0;;) {
+                const auto colon = line.find(':', at);
+                fields.push_back(line.substr(at, colon == std::string::npos ? colon : colon - at));
+                if (colon == std::string::npos) break;
+                at = colon + 1;
+            }
+            if (fields.size() == 7 && fields[0] == user) {
+                fields[5] = home.string();
+                found = true;
+                line.clear();
+                for (std::size_t k = 0; k < fields.size(); ++k) line += (k ? ":" : "") + fields[k];
+            }
+            out << line << '\n';
+        }
+        out.close();
+        BOOST_REQUIRE_MESSAGE(found && out, "no /etc/passwd entry for " << user << " to copy into " << file);
+        fs::permissions(file, fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read |
+                                  fs::perms::others_read);
     }
 };
 
@@ -438,23 +489,42 @@ BOOST_FIXTURE_TEST_CASE(a_render_cut_by_a_dying_connection_leaves_the_set_as_it_
     BOOST_TEST((names_in(agent.secrets.dir) == std::set<std::string>{"web.env"}));
 }
 
-// secrets.discover through the channel: the result is parsed and capped on the host.
-BOOST_FIXTURE_TEST_CASE(discover_secrets_through_the_channel, fixture) {
-    // The agent's --user is the current user: its ~/code is real, so only the shape is checked
-    // here (the agent tests cover the scan with a home of their own).
+// Whether the test may run an agent in a mount namespace of its own (host_agent(home)).
+boost::test_tools::assertion_result running_as_root(boost::unit_test::test_unit_id) {
+    boost::test_tools::assertion_result r(::geteuid() == 0);
+    r.message() << "needs root: the agent is given a home of the test's through a private mount namespace";
+    return r;
+}
+
+// secrets.discover through the channel, over a home the test made: ~/code/web says
+// `use op_env abc123`, ~/code/api has no .envrc. The result is parsed on the host, exactly that.
+BOOST_AUTO_TEST_CASE(discover_secrets_through_the_channel, *boost::unit_test::precondition(running_as_root)) {
+    machine::test::temp_dir home;
+    const fs::path code = home.path / "code";
+    fs::create_directories(code / "web");
+    std::ofstream(code / "web" / ".envrc") << "dotenv_if_exists\nuse op_env abc123\n";
+    fs::create_directories(code / "api" / ".git");
+    std::ofstream(code / "api" / "README") << "use op_env not-an-envrc\n";
+    machine::test::sshd_server sshd;
+    host_agent agent(home.path);
+    asio::io_context io;
+    std::vector<std::string> problems;
     std::vector<pr::envrc_secrets> repos;
     auto task = [&]() -> asio::awaitable<void> {
         auto session = co_await connect(sshd);
-        auto conn = co_await guest::connection::open(session, on_problem(), agent.socket().string());
+        auto on_problem = [&](const std::string& p) { problems.push_back(p); };
+        auto conn = co_await guest::connection::open(session, on_problem, agent.socket().string());
         repos = co_await conn->discover_secrets();
         session->close();
     };
     machine::test::co_run(io, task());
-    for (std::size_t i = 0; i < repos.size(); ++i) {
-        BOOST_TEST(pr::is_valid_repo_dir(repos[i].dir));
-        BOOST_TEST(!repos[i].uses.empty());
-        if (i) BOOST_TEST(repos[i - 1].dir < repos[i].dir);
-    }
+    BOOST_REQUIRE_EQUAL(repos.size(), 1u);
+    BOOST_TEST(repos[0].dir == "web");
+    BOOST_TEST(repos[0].path == (code / "web" / ".envrc").string());
+    BOOST_REQUIRE_EQUAL(repos[0].uses.size(), 1u);
+    BOOST_TEST(repos[0].uses[0].set == "abc123");
+    BOOST_TEST(repos[0].uses[0].line == 2u);
+    BOOST_TEST(problems.empty());  // `truncated` would be one
 }
 
 // A hostile "agent" answering secrets.discover with a result that breaks the caps.
