@@ -86,9 +86,15 @@ inline constexpr std::string_view op_missing_message =
 /// `op` may wait for the user's approval (Touch ID): it gets 2 minutes; a command gets 1.
 asio::awaitable<std::vector<variable>> read(source src, std::filesystem::path op_binary);
 
-/// Zeroes every value's bytes, then frees them and empties the list.
+/// Zeroes every variable's bytes (zero_in_place), then frees them and empties the list.
 void wipe(std::vector<variable>& vars);
-/// Zeroes a string's bytes (its whole capacity), then frees it.
+/// Zeroes a string's bytes (zero_in_place), then frees it.
 void wipe(std::string& s);
+/// Overwrites a string's whole buffer, its capacity and not just its size, with zeros that the
+/// compiler cannot drop; the string keeps its buffer and its size (every character is then '\0').
+/// wipe() does this before freeing; tests inspect the buffer afterwards.
+void zero_in_place(std::string& s);
+/// zero_in_place() on a variable's name and value.
+void zero_in_place(variable& v);
 
 } // namespace machine::secrets

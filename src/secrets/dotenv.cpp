@@ -18,13 +18,22 @@ dotenv_error::dotenv_error(const std::string& origin, std::size_t line, std::siz
       column_(column),
       problem_(std::move(problem)) {}
 
-void wipe(std::string& s) {
+void zero_in_place(std::string& s) {
     if (s.capacity() > 0) ::explicit_bzero(s.data(), s.capacity());
+}
+
+void zero_in_place(variable& v) {
+    zero_in_place(v.name);
+    zero_in_place(v.value);
+}
+
+void wipe(std::string& s) {
+    zero_in_place(s);
     std::string().swap(s);
 }
 
 void wipe(std::vector<variable>& vars) {
-    for (auto& v : vars) wipe(v.value);
+    for (auto& v : vars) zero_in_place(v);
     vars.clear();
     vars.shrink_to_fit();
 }

@@ -2,21 +2,25 @@
 // `op` in every mode, and commands (success, failure, oversized output).
 #include <boost/test/unit_test.hpp>
 
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
 #include <iterator>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <asio/io_context.hpp>
 
 #include "machine/proc.hpp"
+#include "machine/protocol.hpp"
 #include "machine/secrets.hpp"
 #include "test_support.hpp"
 
 using namespace machine;
 using machine::secrets::variable;
+namespace pr = machine::protocol;
 using machine::test::co_run;
 using machine::test::temp_dir;
 
@@ -26,6 +30,15 @@ namespace {
 const std::string marker = "S3CRET-MARKER-7f1c";
 
 std::vector<variable> parse(std::string_view text) { return secrets::parse_dotenv(text, ".env"); }
+
+// Every byte of a string's buffer, up to its capacity: past size() too, where the end of a
+// longer earlier value may still be (the bytes secrets::zero_in_place overwrites).
+std::string_view whole_buffer(const std::string& s) { return {s.data(), s.capacity()}; }
+
+// How many bytes of `bytes` are not zero (a count, so a failure prints no secret).
+std::size_t nonzero_bytes(std::string_view bytes) {
+    return static_cast<std::size_t>(std::count_if(bytes.begin(), bytes.end(), [](char c) { return c != '\0'; }));
+}
 
 std::string value_of(const std::vector<variable>& vars, const std::string& name) {
     for (const auto& v : vars)
@@ -241,10 +254,77 @@ BOOST_AUTO_TEST_CASE(errors_name_file_line_and_column_never_a_value) {
                ".env:2:5: the value of B contains a NUL byte");
 }
 
+// A value shortened after it held more keeps the longer text past its size(): only zeros up to
+// the capacity wipe that. The variable keeps its buffers, which the test then reads whole.
+BOOST_AUTO_TEST_CASE(zero_in_place_zeroes_whole_buffers_and_keeps_them) {
+    variable v{"TOKEN_" + std::string(40, 'N'), marker + std::string(1000, 'z')};
+    v.value.resize(marker.size());
+    const char* const name_buffer = v.name.data();
+    const char* const value_buffer = v.value.data();
+    const std::size_t name_capacity = v.name.capacity();
+    const std::size_t value_capacity = v.value.capacity();
+    BOOST_REQUIRE(whole_buffer(v.value).find('z') != std::string_view::npos);  // a stale tail to wipe
+    secrets::zero_in_place(v);
+    BOOST_REQUIRE(v.name.data() == name_buffer);
+    BOOST_REQUIRE(v.value.data() == value_buffer);
+    BOOST_REQUIRE(v.name.capacity() == name_capacity);
+    BOOST_REQUIRE(v.value.capacity() == value_capacity);
+    BOOST_TEST(v.value.size() == marker.size());
+    BOOST_TEST(nonzero_bytes(whole_buffer(v.name)) == 0u);
+    BOOST_TEST(nonzero_bytes(whole_buffer(v.value)) == 0u);
+
+    std::string small = "s3cret";  // in the string itself (small-string buffer), not the heap
+    secrets::zero_in_place(small);
+    BOOST_TEST(nonzero_bytes(whole_buffer(small)) == 0u);
+}
+
 BOOST_AUTO_TEST_CASE(wipe_zeroes_and_empties) {
     std::vector<variable> vars = parse("A=" + marker + "\nB=" + std::string(1000, 'z') + "\n");
     secrets::wipe(vars);
     BOOST_TEST(vars.empty());
+    BOOST_TEST(vars.capacity() == 0u);
+    std::string text = marker + std::string(1000, 'z');
+    secrets::wipe(text);
+    BOOST_TEST(text.empty());
+    BOOST_TEST(text.capacity() == std::string().capacity());  // the heap buffer is gone
+}
+
+// The protocol's wipes, which the host applies to a secrets.render request and its encoded
+// message once sent: each value's bytes become zeros in the buffer the emptied string keeps.
+BOOST_AUTO_TEST_CASE(protocol_wipes_zero_values_in_place) {
+    std::string bytes = marker + std::string(1000, 'z');
+    const std::string_view before(bytes.data(), bytes.size());
+    pr::wipe_secret_bytes(bytes);
+    BOOST_TEST(bytes.empty());
+    BOOST_REQUIRE_MESSAGE(bytes.data() == before.data(), "the test reads the buffer the emptied string keeps");
+    BOOST_TEST(nonzero_bytes(before) == 0u);
+
+    pr::secrets_render_request request;
+    request.set = "web";
+    request.variables = {{"A", marker}, {"B", marker + std::string(1000, 'z')}};
+    std::vector<std::string_view> values;
+    for (const auto& v : request.variables) values.emplace_back(v.value.data(), v.value.size());
+    pr::json message = pr::make_secrets_render_request(1, request);
+    std::vector<std::string_view> encoded;
+    for (auto& v : message["variables"]) {
+        const auto& b64 = v["value_b64"].get_ref<const std::string&>();
+        encoded.emplace_back(b64.data(), b64.size());
+    }
+    BOOST_REQUIRE(encoded.size() == 2u);
+
+    pr::wipe_secrets(request);
+    for (std::size_t i = 0; i < values.size(); ++i) {
+        BOOST_TEST(request.variables[i].value.empty());
+        BOOST_REQUIRE(request.variables[i].value.data() == values[i].data());
+        BOOST_TEST(nonzero_bytes(values[i]) == 0u, "value " << i);
+    }
+    pr::wipe_secrets(message);
+    for (std::size_t i = 0; i < encoded.size(); ++i) {
+        const auto& b64 = message["variables"][i]["value_b64"].get_ref<const std::string&>();
+        BOOST_TEST(b64.empty());
+        BOOST_REQUIRE(b64.data() == encoded[i].data());
+        BOOST_TEST(nonzero_bytes(encoded[i]) == 0u, "value_b64 " << i);
+    }
 }
 
 BOOST_AUTO_TEST_SUITE_END()
