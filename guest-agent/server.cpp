@@ -1175,8 +1175,12 @@ int server::start() {
     spawn_task(accept_loop(), "accept loop");
     if (options_.systemd && !journal_.has_event_for_boot("boot.finished", boot_id_))
         spawn_task(watch_boot(), "boot watch");
+    else if (options_.systemd)
+        log::info("boot.finished of this boot is in the journal: not watching the boot");
     if (!options_.user.empty() && !journal_.has_event_for_boot("user.ready", boot_id_))
         spawn_task(watch_user(), "user watch");
+    else if (!options_.user.empty())
+        log::info("user.ready of this boot is in the journal: not watching for the user");
     if (options_.systemd) sd_notify("READY=1");
     return 0;
 }
