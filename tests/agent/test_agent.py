@@ -873,9 +873,22 @@ class Readiness(AgentTest):
         self.assertIn("stopping", a.read_log())
 
 
-def run_suite(skip_reason=None):
-    """The main() of an agent test file: `--agent PATH [unittest arguments]`. Returns 77 (ctest's
-    "skipped") with the reason when `skip_reason()` gives one."""
+SKIPPED = 77  # ctest's SKIP_RETURN_CODE for these suites
+
+
+def skipped(suite, reason):
+    """The one skip report: a single line `SKIPPED: <suite>: <reason>` on stderr (tools/test greps
+    it; <suite> is the ctest name), and the exit status that tells ctest "skipped"."""
+    print(f"SKIPPED: {suite}: {' '.join(str(reason).split())}", file=sys.stderr, flush=True)
+    return SKIPPED
+
+
+def run_suite(suite, skip_reason=None):
+    """The main() of an agent test file: `--agent PATH [unittest arguments]`, `suite` being its
+    ctest name. Every skip goes through skipped(): the whole suite's, when `skip_reason()` gives
+    a reason (nothing runs), and each test's own (unittest's skip): the suite then runs to its
+    end and, if nothing failed, still exits 77 with one line naming what was skipped and why, so
+    that a skipped test cannot pass for a tested one. Failures win: exit 1."""
     global AGENT, SANITIZED
     parser = argparse.ArgumentParser()
     parser.add_argument("--agent", required=True)
@@ -885,10 +898,16 @@ def run_suite(skip_reason=None):
         SANITIZED = b"libasan.so" in f.read()
     reason = skip_reason() if skip_reason else None
     if reason:
-        print("%s: %s" % (os.path.basename(sys.argv[0]), reason), file=sys.stderr)
-        return 77
-    unittest.main(argv=[sys.argv[0]] + rest, verbosity=2)
-    return 0
+        return skipped(suite, reason)
+    result = unittest.main(argv=[sys.argv[0]] + rest, verbosity=2, exit=False).result
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if not result.wasSuccessful():
+        return 1
+    if result.skipped:
+        tests = "; ".join(f"{t.id().split('.', 1)[-1]}: {why}" for t, why in result.skipped)
+        return skipped(suite, f"{len(result.skipped)} of {result.testsRun} tests skipped: {tests}")
+    return 0 if result.testsRun else 5  # no test ran (a filter that matched nothing): as unittest
 
 
 def main():
@@ -899,7 +918,8 @@ def main():
             "file") else ""
         if desc:
             figure("agent binary type", desc)
-    return run_suite(describe_binary)
+        return None  # never a reason to skip: this suite needs nothing but the binary
+    return run_suite("agent", describe_binary)
 
 
 if __name__ == "__main__":

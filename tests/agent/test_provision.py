@@ -551,7 +551,8 @@ class BadInput(ProvisionTest):
 
 
 def main():
-    return ta.run_suite(lambda: None if os.geteuid() == 0 else "runs as root (steps as other users, a tmpfs)")
+    return ta.run_suite("agent_provision",
+                        lambda: None if os.geteuid() == 0 else "runs as root (steps as other users, a tmpfs)")
 
 
 if __name__ == "__main__":

@@ -1092,7 +1092,8 @@ class Figures(SecretsTest):
 
 
 def main():
-    return ta.run_suite(lambda: None if os.geteuid() == 0 else "runs as root (the agent mounts a tmpfs, files belong to nobody)")
+    return ta.run_suite("agent_secrets", lambda: None if os.geteuid() == 0 else
+                        "runs as root (the agent mounts a tmpfs, files belong to nobody)")
 
 
 if __name__ == "__main__":

@@ -512,7 +512,7 @@ class Daemon(SessionTest):
 
 
 def main():
-    return ta.run_suite(lambda: None if TMUX else "needs tmux")
+    return ta.run_suite("agent_sessions", lambda: None if TMUX else "needs tmux")
 
 
 if __name__ == "__main__":
