@@ -34,6 +34,11 @@ def read_text(path):
         return f.read()
 
 
+def read_bytes(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def agent_cpu_seconds(pid):
     fields = read_text(f"/proc/{pid}/stat").rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -41,6 +46,60 @@ def agent_cpu_seconds(pid):
 
 def figure(name, value):
     print(f"FIGURE {name}: {value}", flush=True)
+
+
+def wait_until(pred, timeout=10.0, what="condition", interval=0.02):
+    """pred()'s first true value, polled every `interval` s; AssertionError after `timeout` s.
+    The one way these suites wait: on a condition with a deadline, never a bare sleep."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def is_gone(pid):
+    """True when pid no longer runs (absent, or a zombie left to an init that does not reap)."""
+    try:
+        return read_text(f"/proc/{pid}/stat").rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def start_time(pid):
+    """Field 22 of /proc/PID/stat (None once it is gone): tells a process from a recycled pid."""
+    try:
+        return read_text(f"/proc/{pid}/stat").rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def pids_in(path):
+    """The pids commands wrote to `path`, a line each (`echo $$ >> path`): whole lines only."""
+    try:
+        return [int(line) for line in read_text(path).split("\n")[:-1]]
+    except FileNotFoundError:
+        return []
+
+
+def pid_in(path):
+    """The pid a command wrote to `path` (`echo $$ > path`), once it is there (None before)."""
+    pids = pids_in(path)
+    return pids[0] if pids else None
+
+
+def waiting_for_events(pid):
+    """True while the (single-threaded) agent sleeps in epoll_wait: it has nothing left to do."""
+    try:
+        if "epoll" in read_text(f"/proc/{pid}/wchan"):
+            return True
+        # Where wchan is hidden: the syscall it is blocked in (x86_64 epoll_wait, epoll_pwait, epoll_pwait2).
+        return read_text(f"/proc/{pid}/syscall").split()[0] in ("232", "281", "441")
+    except (OSError, IndexError):
+        return False
 
 
 class Client:
@@ -282,6 +341,18 @@ class AgentTest(unittest.TestCase):
         self.agents.append(a)
         return a.start()
 
+    def stop_at_exit(self, pid):
+        """A process this test had started (a command's, a step's), SIGKILLed when the test ends
+        if it is still there, so that it cannot outlive a failed test. By pid, checked against its
+        start time: never another process that got the pid since."""
+        started = start_time(pid)
+
+        def stop():
+            if started is not None and start_time(pid) == started and not is_gone(pid):
+                os.kill(pid, signal.SIGKILL)
+        self.addCleanup(stop)
+        return pid
+
 
 class Basics(AgentTest):
     def test_hello(self):
@@ -364,7 +435,8 @@ class Basics(AgentTest):
 
     def test_idle_rss(self):
         a = self.agent()
-        time.sleep(0.3)
+        # Idle: past its start-up work, asleep in epoll_wait (and no client has cost it anything).
+        wait_until(lambda: waiting_for_events(a.proc.pid), 5, "the agent to sit idle in epoll_wait")
         rss = a.rss_kib()
         figure("idle RSS", f"{rss} KiB")
         if not SANITIZED:
@@ -460,8 +532,9 @@ class Run(AgentTest):
     def test_cancel(self):
         a = self.agent()
         c = a.client()
-        rid = c.request("run", argv=["sleep", "30"], user=ME.pw_name)
-        time.sleep(0.2)
+        rid = c.request("run", argv=["sh", "-c", "echo ready; exec sleep 30"], user=ME.pw_name)
+        m = c.next(lambda m: m.get("id") == rid and m["type"] == "output")  # it runs: cancel it now
+        self.assertEqual(base64.b64decode(m["data_b64"]), b"ready\n")
         t0 = time.monotonic()
         cancel = c.call("cancel", target=rid)
         self.assertEqual(cancel, {"v": 1, "id": cancel["id"], "type": "result", "target": rid})
@@ -489,12 +562,16 @@ class Run(AgentTest):
     def test_concurrent_runs_and_duplicate_ids(self):
         a = self.agent()
         c = a.client()
-        c.send({"v": 1, "id": 50, "type": "run", "argv": ["sh", "-c", "sleep 0.3; echo slow"], "user": ME.pw_name})
+        go = os.path.join(self.tmp, "go")
+        # "slow" runs until the test lets it end: id 50 is in flight for as long as this needs.
+        c.send({"v": 1, "id": 50, "type": "run", "user": ME.pw_name,
+                "argv": ["sh", "-c", f"until [ -e {go} ]; do sleep 0.01; done; echo slow"]})
         c.send({"v": 1, "id": 50, "type": "health"})
         dup = c.next(lambda m: m.get("id") == 50 and m["type"] == "error")
         self.assertEqual(dup["code"], "duplicate_id")
         c.send({"v": 1, "id": 51, "type": "run", "argv": ["echo", "fast"], "user": ME.pw_name})
-        fast = c.final(51)
+        fast = c.final(51)  # while 50 still runs
+        open(go, "w").close()
         slow = c.final(50)
         self.assertEqual(base64.b64decode(fast[0]["data_b64"]), b"fast\n")
         self.assertEqual(base64.b64decode(slow[0]["data_b64"]), b"slow\n")
@@ -508,16 +585,9 @@ class Run(AgentTest):
         c = a.client()
         marker = os.path.join(self.tmp, "pid")
         c.request("run", argv=["sh", "-c", f"echo $$ > {marker}; exec sleep 30"], user=ME.pw_name)
-        deadline = time.monotonic() + 5
-        while not os.path.exists(marker) or not read_text(marker).strip():
-            self.assertLess(time.monotonic(), deadline)
-            time.sleep(0.02)
-        pid = int(read_text(marker))
+        pid = self.stop_at_exit(wait_until(lambda: pid_in(marker), 5, "the command's pid"))
         c.close()
-        deadline = time.monotonic() + 5
-        while os.path.exists(f"/proc/{pid}") and read_text(f"/proc/{pid}/stat").split()[2] != "Z":
-            self.assertLess(time.monotonic(), deadline, "the command outlived its client")
-            time.sleep(0.05)
+        wait_until(lambda: is_gone(pid), 5, "the command to end with its client")
         h = a.client().call("health")
         self.assertEqual(h["running"], 0)
 
@@ -531,20 +601,13 @@ class Shutdown(AgentTest):
                         user=ME.pw_name)
         sub = c.request("subscribe", from_seq=0)
         c.next(lambda m: m.get("id") == sub and m["type"] == "live")
-        deadline = time.monotonic() + 5
-        while not os.path.exists(marker) or not read_text(marker).strip():
-            self.assertLess(time.monotonic(), deadline)
-            time.sleep(0.02)
-        pid = int(read_text(marker))
+        pid = self.stop_at_exit(wait_until(lambda: pid_in(marker), 5, "the command's pid"))
         a.proc.send_signal(signal.SIGTERM)
         for r in (rid, sub):
             final = c.final(r)[-1]
             self.assertEqual((final["type"], final["code"]), ("error", "shutting_down"))
         self.assertEqual(a.proc.wait(5), 0)
-        deadline = time.monotonic() + 5
-        while os.path.exists(f"/proc/{pid}") and read_text(f"/proc/{pid}/stat").split()[2] != "Z":
-            self.assertLess(time.monotonic(), deadline, "a command outlived the agent")
-            time.sleep(0.05)
+        wait_until(lambda: is_gone(pid), 5, "the command to end with the agent")
         self.assertIn("stopped", a.read_log())
 
 
@@ -613,7 +676,8 @@ class Misbehaving(AgentTest):
         self.assertEqual((m["code"], m["id"]), ("too_many_clients", None))
         self.assertIsNone(c3.next())
         c1.close()
-        time.sleep(0.2)
+        # The agent has let c1 go once it counts c2 alone (c3 was never counted).
+        wait_until(lambda: c2.call("health")["clients"] == 1, 5, "the agent to drop the closed client")
         self.assertEqual(a.client().call("hello")["type"], "result")
 
     def test_many_clients_at_once(self):
@@ -824,13 +888,14 @@ class Readiness(AgentTest):
         return events
 
     def wait_for_event(self, a, name, timeout=5):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = [e for e in self.events_of(a) if e["event"] == name]
-            if found:
-                return found
-            time.sleep(0.1)
-        self.fail(f"no {name} event")
+        return wait_until(lambda: [e for e in self.events_of(a) if e["event"] == name], timeout,
+                          f"a {name} event", interval=0.1)
+
+    def wait_for_log(self, a, texts, count=1, timeout=5):
+        """Until the agent's log (of every start so far) holds `count` lines of `texts`, all told:
+        what it says when it has decided, whichever way it decided."""
+        wait_until(lambda: sum(a.read_log().count(t) for t in texts) >= count, timeout,
+                   f"{count} of {texts} in the agent's log")
 
     def test_agent_up_boot_finished_and_user_ready_once_per_boot(self):
         systemctl = self.fake_systemctl("degraded", 1)
@@ -842,10 +907,14 @@ class Readiness(AgentTest):
         ready = self.wait_for_event(a, "user.ready")
         self.assertEqual((ready[0]["user"], ready[0]["uid"]), (ME.pw_name, os.getuid()))
 
-        # Same boot, agent restarted: only agent.up again.
+        # Same boot, agent restarted: only agent.up again. Once the restarted agent has decided
+        # (it says that it does not watch, or that it emitted them once more), look.
         a.stop()
         a.start()
-        time.sleep(1.0)
+        self.wait_for_log(a, ["boot.finished of this boot is in the journal: not watching the boot",
+                              "boot finished: "], count=2)
+        self.wait_for_log(a, ["user.ready of this boot is in the journal: not watching for the user",
+                              f"user {ME.pw_name} ready"], count=2)
         names = [e["event"] for e in self.events_of(a)]
         self.assertEqual(names.count("agent.up"), 2)
         self.assertEqual(names.count("boot.finished"), 1)
@@ -855,22 +924,21 @@ class Readiness(AgentTest):
         a.stop()
         a.set_boot_id("99999999-2222-3333-4444-555555555555")
         a.start()
-        deadline = time.monotonic() + 5
-        while True:
+
+        def both_again():
             names = [e["event"] for e in self.events_of(a)]
-            if names.count("boot.finished") == 2 and names.count("user.ready") == 2:
-                break
-            self.assertLess(time.monotonic(), deadline, names)
-            time.sleep(0.1)
+            return names.count("boot.finished") == 2 and names.count("user.ready") == 2
+        wait_until(both_again, 5, "boot.finished and user.ready of the new boot", interval=0.1)
         ups = [e for e in self.events_of(a) if e["event"] == "agent.up"]
         self.assertEqual(ups[-1]["boot_id"], "99999999-2222-3333-4444-555555555555")
         self.assertEqual(ups[-1]["version"], ups[0]["version"])
 
     def test_no_boot_event_while_the_system_is_stopping(self):
         a = self.agent(extra=["--systemctl", self.fake_systemctl("stopping", 1)])
-        time.sleep(0.8)
+        # Once the agent has read systemctl's answer and decided (it says so either way), look.
+        self.wait_for_log(a, ["systemctl is-system-running says 'stopping': no boot.finished", "boot finished: "])
         self.assertEqual([e for e in self.events_of(a) if e["event"] == "boot.finished"], [])
-        self.assertIn("stopping", a.read_log())
+        self.assertIn("systemctl is-system-running says 'stopping': no boot.finished", a.read_log())
 
 
 SKIPPED = 77  # ctest's SKIP_RETURN_CODE for these suites

@@ -16,7 +16,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import test_agent as ta  # noqa: E402  (the harness: Agent, Client, AgentTest)
-from test_agent import figure, read_text  # noqa: E402
+from test_agent import figure, is_gone, pid_in, read_text, wait_until  # noqa: E402
 
 
 def step(name, run, user="root", check=None, env=None, timeout_ms=None, hash=None):
@@ -34,22 +34,6 @@ def step(name, run, user="root", check=None, env=None, timeout_ms=None, hash=Non
 
 def sh(script):
     return ["sh", "-c", script]
-
-
-def is_gone(pid):
-    """True when pid no longer runs (absent, or a zombie left to an init that does not reap)."""
-    try:
-        return read_text(f"/proc/{pid}/stat").rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
-
-
-def wait_until(pred, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def lines_of(path):
@@ -231,7 +215,7 @@ class Engine(ProvisionTest):
         self.assertEqual(r["steps"][0]["reason"], "timeout")
         self.assertEqual(r["steps"][0]["signal"], 15)
         self.assertLess(elapsed, 4)
-        sleep_pid = int(read_text(pidfile))
+        sleep_pid = self.stop_at_exit(int(read_text(pidfile)))
         wait_until(lambda: is_gone(sleep_pid), 5, "the step's sleep to be gone")
         self.assertFalse(os.path.exists(self.counter))
 
@@ -370,8 +354,7 @@ class Concurrency(ProvisionTest):
         rid = c.request("provision", plan="slow",
                         steps=[self.counting("quick"),
                                step("slow", sh(f"sleep 100 & echo $! > {pidfile}; wait")), *extra_steps])
-        wait_until(lambda: os.path.exists(pidfile) and read_text(pidfile).strip(), 10, "the slow step")
-        return rid, int(read_text(pidfile))
+        return rid, self.stop_at_exit(wait_until(lambda: pid_in(pidfile), 10, "the slow step's sleep"))
 
     def test_a_second_provision_is_busy(self):
         a = self.agent()

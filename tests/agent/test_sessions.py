@@ -11,6 +11,7 @@ TMUX_TMPDIR): the only test-only seam; everything else is the product's path.
 Run: python3 test_sessions.py --agent PATH [unittest args]   (ctest runs it as `agent_sessions`)
 """
 import datetime
+import functools
 import os
 import re
 import shutil
@@ -40,22 +41,9 @@ done
 """
 
 
-def wait_until(pred, timeout=10.0, what="condition", interval=0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(interval)
-
-
-def is_gone(pid):
-    try:
-        return ta.read_text(f"/proc/{pid}/stat").rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
+# The harness's wait, polling a little less often: most conditions here ask tmux.
+wait_until = functools.partial(ta.wait_until, interval=0.05)
+is_gone = ta.is_gone
 
 
 def rfc3339(text):
@@ -86,9 +74,10 @@ class SessionTest(ta.AgentTest):
     def tearDown(self):
         for args in (["-L", "outer", "kill-server"], ["kill-server"]):
             subprocess.run([TMUX, *args], env=self.tmux_env(), capture_output=True)
-        for pid in self.fake_starts():
+        for pid in self.fake_starts():  # the fake agents this test started, by pid: still them?
             try:
-                os.kill(pid, signal.SIGKILL)
+                if self.bin.encode() in ta.read_bytes(f"/proc/{pid}/cmdline"):
+                    os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
         super().tearDown()
@@ -318,7 +307,9 @@ class Lifecycle(SessionTest):
         b = self.banner("tty")
         wrapper = self.wait_attached(a, "tty", 1)["pid"]
         self.tmux("send-keys", "-t", "=tty:", "C-z")
-        time.sleep(0.3)
+        # The terminal took it (it echoes ^Z as it sends SIGTSTP to its foreground, the agent CLI);
+        # a stopped agent that nobody continues reads nothing more, so the echo below never comes.
+        wait_until(lambda: "^Z" in self.pane_text("tty"), what="the terminal to take the Ctrl-Z")
         self.tmux("send-keys", "-t", "=tty:", "still here", "Enter")
         wait_until(lambda: "echo: still here" in self.pane_text("tty"), what="the agent to go on after Ctrl-Z")
         self.tmux("send-keys", "-t", "=tty:", "C-c")
@@ -492,8 +483,9 @@ class Daemon(SessionTest):
         self.assertEqual(started["pid"], s["pid"])
 
     def test_a_hanging_tmux_does_not_hang_the_listing(self):
+        pids = os.path.join(self.tmp, "slow-tmux.pids")
         slow = self.script(os.path.join(self.tmp, "slow-tmux"),
-                           "#!/bin/sh\nhead -c 3000000 /dev/zero | tr '\\0' 'x'\nexec sleep 30\n")
+                           f"#!/bin/sh\necho $$ >> {pids}\nhead -c 3000000 /dev/zero | tr '\\0' 'x'\nexec sleep 30\n")
         a = self.agent(extra=["--tmux", slow])
         c = a.client()
         self.assertEqual(c.call("session.register", name="s", agent="claude", pid=7)["type"], "result")
@@ -502,12 +494,16 @@ class Daemon(SessionTest):
         self.assertLess(time.monotonic() - t0, 4)
         self.assertEqual(s["s"]["attached"], 0)
         self.assertIn("took longer than", a.read_log())
+        self.assertEqual(len(ta.pids_in(pids)), 1)
         # Cancelled with its client: the tmux it started is killed at once.
         lister = a.client()
         rid = lister.request("session.list")
-        time.sleep(0.3)
+        tmux = self.stop_at_exit(wait_until(lambda: ta.pids_in(pids)[1:], what="the listing's tmux to start")[0])
         lister.call("cancel", target=rid)
         self.assertEqual(lister.final(rid)[-1]["type"], "result")
+        wait_until(lambda: is_gone(tmux), 5, "the cancelled listing's tmux to be killed")
+        # By the cancel, not by the time limit (which would have said so, as it did above).
+        self.assertEqual(a.read_log().count("took longer than"), 1)
         self.assertEqual(a.client().call("hello")["type"], "result")
 
 
