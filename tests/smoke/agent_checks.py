@@ -14,6 +14,8 @@ import shlex
 import subprocess
 import time
 
+from harness import Watch
+
 # Prints a banner with its pid and agent socket, then echoes lines: enough to see which process
 # a terminal is attached to.
 FAKE_CLAUDE = r"""#!/bin/sh
@@ -85,6 +87,7 @@ def check_sessions(tap, args, env, guest):
                    host.screen("first"))
         screen = host.screen("first")
         tap.result("user=dev " in screen, "the session runs as the VM user", screen)
+        first_pid = banner_pid(screen)
         host.keys("first", "hello-from-host", "Enter")
         tap.result(host.wait_for("first", "got: hello-from-host", 20), "keys typed on the host reach the agent",
                    host.screen("first"))
@@ -104,11 +107,9 @@ def check_sessions(tap, args, env, guest):
         # Reattach: the same session (the earlier output is still on its screen), no second agent.
         t0 = time.monotonic()
         host.start("second", [args.machine, "claude", args.name])
-        back = host.wait_for("second", "got: hello-from-host", 30)
+        ok, diag = reattach_problems(host, "second", guest, first_pid)
         reattach = time.monotonic() - t0
-        tap.result(back and count_fake_agents(guest) == 1,
-                   "machine claude again reattaches to the same session, no second agent (%.2fs)" % reattach,
-                   host.screen("second"))
+        tap.result(ok, "machine claude again reattaches to the same session, no second agent (%.2fs)" % reattach, diag)
         tap.note("FIGURE claude_attach_s first=%.2f reattach=%.2f (target < 1 s on a running VM)" % (first_attach, reattach))
         host.start("third", [args.machine, "claude", args.name])
         host.wait_for("third", "got: hello-from-host", 30)
@@ -117,25 +118,37 @@ def check_sessions(tap, args, env, guest):
                    "a second machine claude at the same time joins the same session", raw)
         host.keys("second", "C-b", "d")
         host.keys("third", "C-b", "d")
+        tap.result(host.wait_for("second", "EXIT=0", 20) and host.wait_for("third", "EXIT=0", 20),
+                   "both clients detach", host.screen("second") + host.screen("third"))
+
+        # Control: the session ended behind the user's back (the promise broken), the same
+        # reattach judgement must fail, naming the new agent it found.
+        guest.run("tmux", "kill-session", "-t", "=claude")
+        host.start("fourth", [args.machine, "claude", args.name])
+        ok, diag = reattach_problems(host, "fourth", guest, first_pid)
+        tap.control("session persistence", "the session killed between detach and reattach", ok, diag,
+                    ["the earlier output is not on the screen", "a different agent (pid "])
+        host.keys("fourth", "C-b", "d")
+        host.wait_for("fourth", "EXIT=", 20)
 
         # A second named session, seen by watch from start to end.
-        from_watch = subprocess.Popen([args.machine, "watch", args.name, "--json"], env=env,
-                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        time.sleep(3)
+        watch = Watch(args, env, "watch-sessions.log")
+        subscribed = watch.wait_subscribed(60)
         host.start("named", [args.machine, "claude", args.name, "--session", "review"])
         host.wait_for("named", "FAKE-CLAUDE", 60)
         host.keys("named", "C-d")  # end of input: the stand-in agent exits, the session ends
-        ended = host.wait_for("named", "EXIT=", 20)
-        time.sleep(2)
-        from_watch.send_signal(2)
-        out, _ = from_watch.communicate(timeout=20)
-        seen = [json.loads(l) for l in out.decode(errors="replace").splitlines() if l.strip()]
-        kinds = [(e.get("event"), e.get("name")) for e in seen if e.get("type") == "guest.event"]
-        tap.result(ended and ("session.started", "review") in kinds and ("session.ended", "review") in kinds,
-                   "watch shows a session starting and ending", "\n".join(map(str, kinds)) or out.decode(errors="replace"))
-        # machine ssh: the configured login shell (zsh by default).
+
+        def session_event(name):
+            return lambda e: e.get("type") == "guest.event" and e.get("event") == name and e.get("name") == "review"
+        started = watch.wait_for(session_event("session.started"), 30)
+        ended = watch.wait_for(session_event("session.ended"), 30) and host.wait_for("named", "EXIT=", 20)
+        watch.interrupt()
+        kinds = [(e.get("event"), e.get("name")) for e in watch.events if e.get("type") == "guest.event"]
+        tap.result(subscribed and started and ended, "watch shows a session starting and ending",
+                   "\n".join(map(str, kinds)) + "\n" + watch.log_text()[-1500:])
+        # machine ssh: the configured login shell (zsh by default). What is typed before the
+        # shell is up waits in the terminal, as it would for a user typing ahead.
         host.start("shell", [args.machine, "ssh", args.name])
-        time.sleep(3)
         host.keys("shell", "ps -o comm= -p $$ | sed s/^/LOGIN-SHELL=/", "Enter")
         tap.result(host.wait_for("shell", "LOGIN-SHELL=zsh", 30), "machine ssh lands in the configured shell (zsh)",
                    host.screen("shell"))
@@ -148,6 +161,32 @@ def check_sessions(tap, args, env, guest):
                    "a session name with shell metacharacters is refused (exit 2)", bad.stdout + bad.stderr)
     finally:
         host.kill()
+
+
+def banner_pid(screen):
+    """The pid in the stand-in agent's banner, or None."""
+    for line in screen.splitlines():
+        if line.startswith("FAKE-CLAUDE pid="):
+            return line.split()[1].split("=", 1)[1]
+    return None
+
+
+def reattach_problems(host, window, guest, first_pid):
+    """After `machine claude` in `window`: it must be the session from before (the agent whose
+    banner said `first_pid`, its earlier output still on the screen) and the only agent."""
+    if not host.wait_for(window, "FAKE-CLAUDE", 60):
+        return False, "no agent on the screen:\n" + host.screen(window)
+    problems = []
+    # The whole screen is redrawn at attach: the earlier line comes with the banner or not at all.
+    if not host.wait_for(window, "got: hello-from-host", 5):
+        problems.append("the earlier output is not on the screen")
+    pid = banner_pid(host.screen(window))
+    if pid != first_pid:
+        problems.append("a different agent (pid %s, the first was %s)" % (pid, first_pid))
+    n = count_fake_agents(guest)
+    if n != 1:
+        problems.append("%d agents run in the VM (expected 1)" % n)
+    return not problems, "\n".join(problems) + ("\n" + host.screen(window) if problems else "")
 
 
 def add_key(workdir, agent_env, name):
@@ -180,6 +219,10 @@ def check_forwarding(tap, guest, workdir, env):
     rc, out, err = guest.run("ssh-add", "-l")
     tap.result(rc == 0 and signing_fp in out and other_fp in out,
                "without agent_keys the VM sees every key of the host's agent", out + err)
+    # Control: the scope check, run while the VM has the whole agent (no filter), must fail.
+    ok, diag = agent_scope_problems(guest, workdir, env)
+    tap.control("scoped agent keys", "the whole agent forwarded (no agent_keys filter)", ok, diag,
+                ["the VM sees the other key " + other_fp, "a signature with the other key worked"])
 
     # A commit signed in the VM verifies on the host, with the project's allowed_signers.
     script = ('set -e; d=$(mktemp -d); cd "$d"; git init -q; git commit -q --allow-empty -m host-verify; '
@@ -203,21 +246,36 @@ def agent_keys_config(workdir):
     return 'agent_keys = ["%s"]\n' % fingerprint(os.path.join(workdir, "signing.pub"))
 
 
-def check_agent_keys(tap, guest, workdir, env):
-    """After the VM started with agent_keys naming the signing key (the host agent also holds
-    `other`): the filter is all the VM can reach."""
-    agent_env = dict(os.environ, SSH_AUTH_SOCK=env["SSH_AUTH_SOCK"])
+def agent_scope_problems(guest, workdir, env):
+    """What the VM can do with the host's agent beyond the signing key (`agent_keys` naming
+    only it): see the other key, sign with it, or remove keys. Returns (ok, what it saw)."""
     signing_pub = open(os.path.join(workdir, "signing.pub")).read().strip()
     signing_fp = fingerprint(os.path.join(workdir, "signing.pub"))
     other_pub = open(os.path.join(workdir, "other.pub")).read().strip()
     other_fp = fingerprint(os.path.join(workdir, "other.pub"))
+    problems = []
     rc, out, err = guest.run("ssh-add", "-l")
-    tap.result(rc == 0 and signing_fp in out and other_fp not in out, "agent_keys: the VM sees exactly the allowed key",
-               out + err)
+    if rc != 0 or signing_fp not in out:
+        problems.append("the VM does not see the allowed key %s: %s" % (signing_fp, (out + err).strip()))
+    if other_fp in out:
+        problems.append("the VM sees the other key %s" % other_fp)
     rc, out, err = sign_in_vm(guest, signing_pub)
-    tap.result(rc == 0, "agent_keys: a signature with the allowed key works", out + err)
+    if rc != 0:
+        problems.append("a signature with the allowed key failed: " + (out + err).strip()[-300:])
     rc, out, err = sign_in_vm(guest, other_pub)
-    tap.result(rc != 0, "agent_keys: a signature with the other key is refused", out + err)
+    if rc == 0:
+        problems.append("a signature with the other key worked")
+    return not problems, "\n".join(problems)
+
+
+def check_agent_keys(tap, guest, workdir, env):
+    """After the VM started with agent_keys naming the signing key (the host agent also holds
+    `other`): the filter is all the VM can reach."""
+    agent_env = dict(os.environ, SSH_AUTH_SOCK=env["SSH_AUTH_SOCK"])
+    signing_fp = fingerprint(os.path.join(workdir, "signing.pub"))
+    other_fp = fingerprint(os.path.join(workdir, "other.pub"))
+    ok, diag = agent_scope_problems(guest, workdir, env)
+    tap.result(ok, "agent_keys: the VM sees and signs with exactly the allowed key", diag)
     rc, out, err = guest.run("ssh-add", "-D")
     host_keys = subprocess.run(["ssh-add", "-l"], env=agent_env, capture_output=True, text=True).stdout
     tap.result(rc != 0 and signing_fp in host_keys and other_fp in host_keys,
@@ -245,3 +303,96 @@ def check_stopped_while_attached(tap, host, attached):
     tap.result(attached and ended and "stopped while you were attached" in screen,
                "the VM stopped while attached: machine claude says so and exits 255", screen)
     host.kill()
+
+
+# ---- signed commits without the private key in the VM -------------------------------------------
+
+def private_key_needles(key_path):
+    """Byte strings that only a copy of the private key holds: a window of the key file's base64
+    body (the part after the public key) and the raw 32-byte ed25519 seed."""
+    import base64
+    import struct
+    text = open(key_path).read()
+    body = "".join(l for l in text.splitlines() if l and not l.startswith("-----"))
+    blob = base64.b64decode(body)
+    magic = b"openssh-key-v1\0"
+    assert blob.startswith(magic), "not an OpenSSH private key"
+    pos = len(magic)
+
+    def string():
+        nonlocal pos
+        n = struct.unpack(">I", blob[pos:pos + 4])[0]
+        pos += 4 + n
+        return blob[pos - n:pos]
+    cipher, _, _ = string(), string(), string()
+    assert cipher == b"none", "an encrypted key"
+    pos += 4  # number of keys
+    string()  # public key
+    private = string()
+    pos = 8  # within the private block: two check words, then type, public, private (seed + public)
+    blob = private
+    string()
+    string()
+    seed = string()[:32]
+    # The base64 characters that encode the seed (aligned on 3-byte groups): in the key file
+    # only, never in a public key's text.
+    at = base64.b64decode(body).find(seed) // 3 * 4 + 4
+    for line in (l for l in text.splitlines() if l and not l.startswith("-----")):
+        if at < len(line):  # the file's own line holding it: the needle must not span a newline
+            start = max(0, min(at, len(line) - 32))
+            return [line[start:start + 32].encode(), seed]
+        at -= len(line)
+    raise AssertionError("the seed is not in the key's text")
+
+
+# Walks the places a copied key would be, as root; "scanned N files" proves it ran to the end.
+KEY_SCAN = r"""
+import os, stat, sys
+needles = [bytes.fromhex(h) for h in sys.argv[1:]]
+skip = ("/var/lib/docker", "/var/lib/containerd", "/proc", "/sys", "/dev")
+n = 0
+for root in ("/home", "/root", "/tmp", "/var/tmp", "/etc", "/opt", "/srv", "/run", "/usr/local", "/var/lib", "/var/cache"):
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not os.path.join(dirpath, d).startswith(skip)]
+        for f in filenames:
+            path = os.path.join(dirpath, f)
+            try:
+                st = os.lstat(path)
+                if not stat.S_ISREG(st.st_mode) or st.st_size > (16 << 20):
+                    continue
+                with open(path, "rb") as fh:
+                    data = fh.read()
+            except OSError:
+                continue
+            n += 1
+            if any(x in data for x in needles):
+                print("found: " + path)
+print("scanned %d files" % n)
+"""
+
+
+def private_key_problems(guest, needles):
+    rc, out, err = guest.run("sudo", "-n", "python3", "-c", KEY_SCAN, *[n.hex() for n in needles], timeout=600)
+    problems = ["the private key is in the VM: " + l[len("found: "):] for l in out.splitlines() if l.startswith("found: ")]
+    if rc != 0 or "scanned " not in out:
+        problems.append("could not check: the scan did not finish (rc=%d): %s" % (rc, (out + err)[-500:]))
+    scanned = [l for l in out.splitlines() if l.startswith("scanned ")]
+    return not problems, "\n".join(problems), scanned[0] if scanned else "?"
+
+
+def check_private_key_absent(tap, guest, key_path):
+    """Commits are signed in the VM through the forwarded agent: the signing key's private half
+    is nowhere on the VM's disk or tmpfs. Control: a copy of it (file and raw seed) is found."""
+    needles = private_key_needles(key_path)
+    ok, diag, scanned = private_key_problems(guest, needles)
+    tap.result(ok, "git-signing: the signing key's private half is not in the VM (%s)" % scanned, diag)
+    copies = {"/home/dev/.config/smoke-stolen-key": open(key_path, "rb").read(), "/var/tmp/smoke-stolen-seed": needles[1]}
+    for path, data in copies.items():
+        guest.run("python3", "-c", "import sys; open(sys.argv[1], 'wb').write(bytes.fromhex(sys.argv[2]))",
+                  path, data.hex())
+    try:
+        ok, diag, _ = private_key_problems(guest, needles)
+        tap.control("signed commits, no private key in the VM", "the key file and its raw seed copied into the VM",
+                    ok, diag, ["the private key is in the VM: " + p for p in copies])
+    finally:
+        guest.run("rm", "-f", *copies)

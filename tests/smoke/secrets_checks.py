@@ -175,6 +175,88 @@ def scan_vm_processes(guest, needles):
     return rc, out.strip(), err
 
 
+SECRETS_DIR = "/run/machine-secrets"
+
+
+def secrets_dir_problems(guest, d, files):
+    """The promise about where sets live: a tmpfs, the directory 0700 and `files` files 0600,
+    all the VM user's. Returns (ok, what it saw)."""
+    rc, out, err = guest.run("sudo", "-n", "sh", "-c", 'stat -f -c "fs %T" "$1"; stat -c "%a %U %n" "$1" "$1"/*.env',
+                             "sh", d)
+    lines = out.splitlines()
+    problems = []
+    if rc != 0 or not lines:
+        return False, "could not check %s: %s" % (d, (out + err).strip())
+    fs = lines[0].split(" ", 1)[1] if lines[0].startswith("fs ") else "?"
+    if fs != "tmpfs":
+        problems.append("%s is not a tmpfs: %s" % (d, fs))
+    modes = [l.split(" ", 2) for l in lines[1:]]
+    if not modes or modes[0][:2] != ["700", "dev"]:
+        problems.append("the directory is not 0700 dev: " + (lines[1] if len(lines) > 1 else "?"))
+    bad = [" ".join(m) for m in modes[1:] if m[:2] != ["600", "dev"]]
+    if bad or len(modes) - 1 != files:
+        problems.append("expected %d files 0600 dev, saw: %s" % (files, "; ".join(" ".join(m) for m in modes[1:])))
+    return not problems, "\n".join(problems)
+
+
+# Holds every set file open (as root, outside any SSH session) until told to look again, then
+# reports what its descriptors still read: a removal that wiped the bytes leaves zeros behind an
+# unlinked inode, a plain unlink leaves the secret.
+HOLDER = r"""
+import json, os, sys, time
+d, ready, go, result, needle = sys.argv[1:6]
+needle = bytes.fromhex(needle)
+fds = {n: os.open(os.path.join(d, n), os.O_RDONLY) for n in sorted(os.listdir(d)) if n.endswith(".env")}
+with open(ready + ".tmp", "w") as f:
+    json.dump(sorted(fds), f)
+os.rename(ready + ".tmp", ready)
+deadline = time.monotonic() + 600
+while not os.path.exists(go) and time.monotonic() < deadline:
+    time.sleep(0.05)
+out = {}
+for n, fd in fds.items():
+    st = os.fstat(fd)
+    data = os.pread(fd, st.st_size, 0) if st.st_size else b""
+    out[n] = {"size": st.st_size, "nonzero": len(data) - data.count(0), "secret": needle in data, "links": st.st_nlink}
+with open(result + ".tmp", "w") as f:
+    json.dump(out, f)
+os.rename(result + ".tmp", result)
+"""
+
+
+def zero_fill_problems(guest, fx, remove):
+    """Runs `remove()` (which says whether it succeeded) while a holder keeps every set file
+    open, then asks the holder what the files hold now. Returns (ok, what it saw)."""
+    tag = secrets.token_hex(4)
+    base = "/run/smoke-holder-" + tag
+    ready, go, result = base + "/ready", base + "/go", base + "/result"
+    guest.run("sudo", "-n", "mkdir", "-m", "700", base)
+    rc, out, err = guest.run("sudo", "-n", "systemd-run", "--quiet", "--unit", "smoke-holder-" + tag,
+                             "/usr/bin/python3", "-c", HOLDER, SECRETS_DIR, ready, go, result, fx.marker.encode().hex())
+    try:
+        if rc != 0 or not guest.wait_for_file(ready, 60):
+            return False, "could not check: the holder did not start: " + out + err
+        held = json.loads(guest.run("sudo", "-n", "cat", ready)[1] or "[]")
+        if not held:
+            return False, "could not check: no set file to hold in " + SECRETS_DIR
+        removed = remove()
+        guest.run("sudo", "-n", "touch", go)
+        if not guest.wait_for_file(result, 60):
+            return False, "could not check: the holder did not report"
+        seen = json.loads(guest.run("sudo", "-n", "cat", result)[1])
+    finally:
+        guest.run("sudo", "-n", "sh", "-c", 'touch "$1/go"; systemctl stop "smoke-holder-$2" 2>/dev/null; rm -rf "$1"',
+                  "sh", base, tag)
+    problems = [] if removed else ["the removal itself failed"]
+    for name, f in sorted(seen.items()):
+        if f["links"]:
+            problems.append("%s was not removed" % name)
+        if f["nonzero"]:
+            problems.append("%s: %d non-zero bytes remain after the removal%s" % (
+                name, f["nonzero"], " (the secret is still readable)" if f["secret"] else ""))
+    return not problems, "\n".join(problems)
+
+
 def check_secrets(tap, args, env, guest, base_table):
     """`machine secrets` end to end, faults, and the no-leak checks that need a running VM.
     Returns the fixture (the restart checks use it) and the env with `op` on PATH."""
@@ -246,12 +328,15 @@ def check_secrets(tap, args, env, guest, base_table):
                "a direnv shell in the repo gets every value exactly (newlines, quotes, $, \\, non-ASCII, 64 KiB)",
                diag if got is None else "mismatch: " + ", ".join(k for k in want if got.get(k) != expected_hashes(want)[k]))
 
-    rc, out, err = guest.run("sudo", "-n", "sh", "-c",
-                             'stat -f -c %T /run/machine-secrets; stat -c "%a %U" /run/machine-secrets '
-                             '/run/machine-secrets/*.env')
-    lines = out.split()
-    tap.result(rc == 0 and lines[:1] == ["tmpfs"] and out.count("600 dev") == 3 and "700 dev" in out,
-               "the secrets live on a tmpfs: directory 0700, files 0600, the VM user's", out + err)
+    ok, diag = secrets_dir_problems(guest, SECRETS_DIR, 3)
+    tap.result(ok, "the secrets live on a tmpfs: directory 0700, files 0600, the VM user's", diag)
+    # Control: the same check of a directory on the VM's disk, made like the real one.
+    on_disk = "/home/dev/.cache/smoke-secrets-on-disk"
+    guest.run("sh", "-c", 'mkdir -p -m 700 "$1" && for n in a b c; do (umask 077; echo x > "$1/$n.env"); done',
+              "sh", on_disk)
+    ok, diag = secrets_dir_problems(guest, on_disk, 3)
+    tap.control("tmpfs-only secrets", "the sets in a directory on the VM's disk", ok, diag, ["is not a tmpfs: "])
+    guest.run("rm", "-rf", on_disk)
 
     rc, swaps, err = guest.run("cat", "/proc/swaps")
     tap.result(rc == 0 and len(swaps.strip().splitlines()) == 1,
@@ -294,12 +379,20 @@ def check_secrets(tap, args, env, guest, base_table):
     write()
     tap.result(fingerprint() == before, "after the failures every set in the VM is as it was", "")
 
-    # --clear zero-fills and removes; direnv then points at the command again.
-    r, _ = run_machine(args, senv, "secrets", args.name, "--clear")
-    outputs += [r.stdout, r.stderr]
-    rc, left, _ = guest.run("sudo", "-n", "sh", "-c", "ls -A /run/machine-secrets")
-    tap.result(r.returncode == 0 and "cleared 3 sets" in r.stdout and left.strip() == "",
-               "machine secrets --clear removes every set", r.stdout + r.stderr + left)
+    # --clear zero-fills and removes (a process holding the files open sees only zeros after);
+    # direnv then points at the command again.
+    cleared = []
+
+    def clear():
+        r, _ = run_machine(args, senv, "secrets", args.name, "--clear")
+        cleared.append(r)
+        return r.returncode == 0 and "cleared 3 sets" in r.stdout
+    ok, diag = zero_fill_problems(guest, fx, clear)
+    r = cleared[0] if cleared else None
+    outputs += [r.stdout, r.stderr] if r else []
+    rc, left, _ = guest.run("sudo", "-n", "sh", "-c", "ls -A " + SECRETS_DIR)
+    tap.result(ok and left.strip() == "", "machine secrets --clear overwrites every set with zeros and removes it",
+               diag + "\n" + left + (r.stdout + r.stderr if r else ""))
     rc, _, err = guest.run("direnv", "exec", REPO_DIR, "true")
     tap.result("machine secrets " + args.name in err, "after --clear direnv says how to render them again",
                err[-1000:])
@@ -313,6 +406,12 @@ def check_secrets(tap, args, env, guest, base_table):
         except ValueError:
             ok = False
     tap.result(ok, "machine secrets --json prints JSON lines", r.stdout[-1000:] + r.stderr[-1000:])
+
+    # Control: a removal without the zero-fill (a plain unlink in the VM) must fail the check.
+    ok, diag = zero_fill_problems(guest, fx, lambda: guest.run("sudo", "-n", "sh", "-c",
+                                                               "rm -f %s/*.env" % SECRETS_DIR)[0] == 0)
+    tap.control("zero-fill on clear", "the sets unlinked without being overwritten", ok, diag,
+                ["non-zero bytes remain after the removal", "the secret is still readable"])
 
     leaked = contains_any("\n".join(outputs), needles)
     tap.result(not leaked, "no secret in anything machine printed (output, --json, errors, debug log)", str(leaked))
@@ -330,6 +429,8 @@ def check_watch_rerenders_after_reboot(tap, args, env, guest, fx, base_table, wa
         f.write(project_config(fx, args.name, base_table, on_up=True))
     old_boot = guest.run("cat", "/proc/sys/kernel/random/boot_id")[1].strip()
     watch = watch_cls(args, env)
+    tap.result(watch.wait_subscribed(60), "watch is subscribed to the VM's agent before the reboot",
+               watch.log_text()[-2000:])
     guest.run("sudo", "-n", "systemctl", "reboot", timeout=60)
     t0 = time.monotonic()
 
@@ -350,7 +451,7 @@ def check_watch_rerenders_after_reboot(tap, args, env, guest, fx, base_table, wa
     took = time.monotonic() - t0
     events = [e for e in watch.events if e.get("type") in ("guest.event", "message", "error")]
     tap.result(seen, "after a reboot, watch renders the secrets again (%.0fs after the reboot)" % took,
-               "\n".join(json.dumps(e)[:300] for e in events[-15:]) + "\n" + open(watch.log_path).read()[-3000:])
+               "\n".join(json.dumps(e)[:300] for e in events[-15:]) + "\n" + watch.log_text()[-3000:])
     ev = rendered_after_the_reboot(watch.events) or {}
     names = ev.get("names", [])
     if isinstance(names, str):  # machine flattens a guest event's nested values to JSON text
@@ -359,9 +460,9 @@ def check_watch_rerenders_after_reboot(tap, args, env, guest, fx, base_table, wa
                "its secrets.rendered event names the variables, never a value", json.dumps(ev)[:500])
     got, diag = hashes_in_vm(guest, list(fx.env_values))
     tap.result(got == expected_hashes(fx.env_values), "and a direnv shell gets them again", diag or "")
-    leaked = contains_any("\n".join(json.dumps(e) for e in watch.events) + open(watch.log_path).read(), fx.needles())
-    tap.result(not leaked, "no secret in watch's events or log", str(leaked))
     watch.interrupt()
+    leaked = contains_any("\n".join(json.dumps(e) for e in watch.events) + watch.log_text(), fx.needles())
+    tap.result(not leaked, "no secret in watch's events or log", str(leaked))
 
 
 def instance_dir(args, env):
