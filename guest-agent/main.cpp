@@ -29,7 +29,7 @@ constexpr const char* usage_text =
     "usage: machine-agent [options]\n"
     "       machine-agent emit [--socket PATH] EVENT [key=value | key:=json]...\n"
     "       machine-agent session attach --name NAME --agent claude|codex [--dir DIR] [--socket PATH]\n"
-    "       machine-agent session run --name NAME --agent claude|codex [--socket PATH]\n"
+    "       machine-agent session run --name NAME --agent claude|codex [--socket PATH] [--missing-dir DIR]\n"
     "       machine-agent session list [--socket PATH]\n"
     "       machine-agent --version\n"
     "\n"

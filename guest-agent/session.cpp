@@ -52,7 +52,7 @@ constexpr auto kill_grace = 10s;            // after SIGHUP/SIGTERM, then SIGKIL
 
 constexpr const char* usage_text =
     "usage: machine-agent session attach --name NAME --agent claude|codex [--dir DIR] [--socket PATH]\n"
-    "       machine-agent session run --name NAME --agent claude|codex [--socket PATH]\n"
+    "       machine-agent session run --name NAME --agent claude|codex [--socket PATH] [--missing-dir DIR]\n"
     "       machine-agent session list [--socket PATH]\n"
     "\n"
     "NAME: 1-64 characters of A-Z a-z 0-9 _ -, not starting with '-'.\n";
@@ -78,6 +78,7 @@ struct session_args {
     std::string name;
     std::string agent;
     std::optional<std::string> dir;
+    std::optional<std::string> missing_dir;  // run: the --dir attach could not use, for the pane's note
     std::string socket;
     bool socket_given = false;
     bool has_name = false;
@@ -99,7 +100,8 @@ std::optional<session_args> parse_args(int argc, char** argv, const std::string&
         if (const auto eq = arg.find('='); arg.substr(0, 2) == "--" && eq != std::string_view::npos) {
             key = arg.substr(0, eq);
             value = std::string(arg.substr(eq + 1));
-        } else if (key == "--name" || key == "--agent" || key == "--dir" || key == "--socket") {
+        } else if (key == "--name" || key == "--agent" || key == "--dir" || key == "--socket" ||
+                   key == "--missing-dir") {
             if (i + 1 >= argc) {
                 error = std::string(key) + " needs a value";
                 return std::nullopt;
@@ -111,6 +113,7 @@ std::optional<session_args> parse_args(int argc, char** argv, const std::string&
             a.has_name = true;
         } else if (key == "--agent") a.agent = value;
         else if (key == "--dir") a.dir = value;
+        else if (key == "--missing-dir") a.missing_dir = value;
         else if (key == "--socket") {
             a.socket = value;
             a.socket_given = true;
@@ -441,17 +444,20 @@ void forward(pid_t pid, int sig) {
 int attach(const session_args& a) {
     const std::string home = home_dir();
     std::string dir = home;
+    tmux::attach_spec spec;
     if (a.dir) {
         // Relative to the home directory (where sshd starts a command anyway): `--dir code/repo`.
         const std::string wanted = !a.dir->empty() && a.dir->front() != '/' ? home + "/" + *a.dir : *a.dir;
         char resolved[PATH_MAX];
         if (is_directory(wanted) && ::realpath(wanted.c_str(), resolved)) dir = resolved;
-        else note("'" + printable(*a.dir) + "' is not a directory: the session starts in " + home);
+        // Said by the pane's `session run`, in the session itself: a note on this terminal would
+        // be hidden by tmux's screen at once, and may not even reach it (the tmux client flushes
+        // its terminal's unread output, TCOFLUSH, as it starts).
+        else spec.missing_dir = printable(*a.dir);
     }
     if (!is_directory(dir)) dir = "/";
     refresh_agent_socket(home);
 
-    tmux::attach_spec spec;
     spec.name = a.name;
     spec.agent = a.agent;
     spec.dir = dir;
@@ -495,6 +501,13 @@ int run(const session_args& a) {
     base.pid = ::getpid();
     if (::isatty(STDIN_FILENO)) {
         if (const char* t = ::ttyname(STDIN_FILENO); t && std::strlen(t) <= proto::max_session_tty) base.tty = t;
+    }
+    // First, above the agent CLI's output: the directory asked for that the session could not
+    // start in (attach passed it on; tmux's -c made the pane's directory the fallback).
+    if (a.missing_dir) {
+        char cwd[PATH_MAX];
+        const std::string where = ::getcwd(cwd, sizeof cwd) ? cwd : home_dir();
+        note("'" + printable(*a.missing_dir) + "' is not a directory: the session starts in " + where);
     }
     registration reg(a.socket, base, t0);
     reg.attempt();
@@ -629,6 +642,7 @@ int session_command(int argc, char** argv, const std::string& socket) {
     std::string error;
     const auto a = parse_args(argc, argv, socket, error);
     if (!a) return usage_error(error);
+    if (a->missing_dir && a->verb != "run") return usage_error("only run takes --missing-dir");
     if (a->verb == "list") return list(*a);
     if (a->verb != "attach" && a->verb != "run")
         return usage_error("unknown subcommand '" + printable(a->verb) + "'");

@@ -43,6 +43,11 @@ std::vector<std::string> attach_argv(const attach_spec& spec) {
         argv.push_back("--socket");
         argv.push_back(literal_arg(spec.socket));
     }
+    if (spec.missing_dir) {
+        // The pane's command is an argv that tmux runs as it is (no format expansion, no shell).
+        argv.push_back("--missing-dir");
+        argv.push_back(literal_arg(*spec.missing_dir));
+    }
     // A separate tmux command, run by the server right after the session is made (or found).
     argv.push_back(";");
     for (const char* a : {"set-option", "-w", "-t"}) argv.emplace_back(a);

@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -34,9 +35,13 @@ struct attach_spec {
     std::string dir;            ///< the session's start directory (existing, absolute)
     std::string self;           ///< this executable, for the pane's `session run`
     std::string socket;         ///< the agent's socket; empty: the default (not passed on)
+    /// The --dir that was not a directory (printable), passed on as `session run --missing-dir`
+    /// for the note in the pane; none when --dir was used (or not given).
+    std::optional<std::string> missing_dir;
 };
 
 /// tmux new-session -A -s NAME -c DIR -- SELF session run --name NAME --agent AGENT
+///   [--socket PATH] [--missing-dir D]
 ///   ; set-option -w -t =NAME: remain-on-exit off
 /// -A attaches when the session exists, so running it twice never starts a second agent; the
 /// option makes the session end with its agent even when the user's tmux.conf keeps dead panes.

@@ -356,12 +356,27 @@ class Validation(SessionTest):
         self.attach("rel", directory="code/repo")
         self.assertEqual(self.banner("rel")["pwd"], os.path.join(self.home, "code", "repo"))
 
-        t = self.attach("nodir", directory=os.path.join(self.tmp, "missing"))
+        # A missing directory: the note is in the session's own screen, above the agent CLI's
+        # banner, where the user looks. (Not on the terminal before tmux starts: tmux's screen
+        # hides it at once, and the tmux client's TCOFLUSH as it starts could even drop it.)
+        missing = os.path.join(self.tmp, f"missing #(touch {pwned})#{{pane_id}} d;")
+        t = self.attach("nodir", directory=missing)
         self.assertEqual(self.banner("nodir")["pwd"], self.home)
+        screen = self.pane_text("nodir")
+        note = f"machine-agent session: '{missing}' is not a directory: the session starts in {self.home}\n"
+        self.assertIn(note, screen)
+        self.assertLess(screen.index(note), screen.index("FAKE-CLAUDE"))
+        self.assertFalse(os.path.exists(pwned))
+        # On the terminal (tmux draws the screen row by row: compared without the line breaks),
+        # and again on the next attach: the session's screen keeps it.
+        squeezed = functools.partial(re.sub, r"\s", "")
+        wait_until(lambda: squeezed(note) in squeezed(self.terminal_text(t)), what="the note on the terminal")
         self.tmux("detach-client", "-s", "=nodir")
         wait_until(lambda: self.terminal_closed(t), what="the client to end")
-        self.assertIn("is not a directory: the session starts in " + self.home, self.terminal_text(t))
+        t2 = self.attach("nodir", directory=missing)
+        wait_until(lambda: squeezed(note) in squeezed(self.terminal_text(t2)), what="the note on reattaching")
         self.assertEqual(set(self.sessions(a)), {"odd", "rel", "nodir"})
+        self.assertEqual(len(self.fake_starts()), 3)
 
 
 class AgentSocket(SessionTest):
