@@ -36,6 +36,19 @@ bool is_valid_secret_name(std::string_view name);
 // child process sends back before it reaches the user's terminal.
 std::string sanitize_for_terminal(std::string_view in);
 
+// Makes one value from a VM (or any other untrusted source) safe to print inside one line of
+// the terminal, keeping what was there visible (shown here as printed):
+//   backslash                                   `\\`
+//   newline, carriage return, tab               `\n` `\r` `\t`
+//   other C0 controls, ESC, DEL                 `\x1b` ...
+//   C1 controls, U+2028/U+2029, U+FFF9-FFFB,    `\u0085` `\u202e` `\U000e0041` ...
+//   Unicode's default-ignorable code points
+//   (bidi controls, zero-width and other invisible characters, fillers, variation selectors, tags)
+//   each byte that is not well-formed UTF-8     `\xff` ...
+// Everything else is kept. Unlike sanitize_for_terminal nothing is dropped and no line can end,
+// or be rewritten or reordered, inside the value.
+std::string escape_for_terminal(std::string_view in);
+
 // Quotes `s` for a POSIX shell, only where a shell cannot be avoided (remote commands).
 std::string shell_quote(std::string_view s);
 

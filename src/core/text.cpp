@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstdint>
+#include <cstdio>
+#include <optional>
 
 #include "machine/error.hpp"
 
@@ -114,6 +117,101 @@ std::string sanitize_for_terminal(std::string_view in) {
             out += "\xEF\xBF\xBD";
             ++i;
         }
+    }
+    return out;
+}
+
+namespace {
+
+// A well-formed UTF-8 sequence: its code point and length in bytes.
+struct code_point {
+    char32_t value;
+    std::size_t length;
+};
+
+// The code point encoded at s[i], or nullopt when the bytes there are not well-formed UTF-8
+// (a stray continuation byte, a cut sequence, an overlong form, a surrogate, > U+10FFFF).
+std::optional<code_point> decode_utf8(std::string_view s, std::size_t i) {
+    const auto lead = static_cast<unsigned char>(s[i]);
+    std::size_t length = 0;
+    char32_t value = 0;
+    if (lead < 0x80) return code_point{lead, 1};
+    if (lead >= 0xC2 && lead <= 0xDF) {
+        length = 2;
+        value = lead & 0x1F;
+    } else if (lead >= 0xE0 && lead <= 0xEF) {
+        length = 3;
+        value = lead & 0x0F;
+    } else if (lead >= 0xF0 && lead <= 0xF4) {
+        length = 4;
+        value = lead & 0x07;
+    } else {
+        return std::nullopt;
+    }
+    if (i + length > s.size()) return std::nullopt;
+    for (std::size_t k = 1; k < length; ++k) {
+        const auto c = static_cast<unsigned char>(s[i + k]);
+        if ((c & 0xC0) != 0x80) return std::nullopt;
+        value = (value << 6) | (c & 0x3F);
+    }
+    constexpr char32_t shortest[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (value < shortest[length] || (value >= 0xD800 && value <= 0xDFFF) || value > 0x10FFFF) return std::nullopt;
+    return code_point{value, length};
+}
+
+// Code points a terminal must not receive raw from a VM: controls; the line and paragraph
+// separators; the interlinear annotation characters; and Unicode's Default_Ignorable_Code_Point
+// set (DerivedCoreProperties.txt, as of Unicode 14), which holds the bidi
+// controls, the zero-width characters and every other character meant to be invisible.
+bool shown_escaped(char32_t cp) {
+    struct range {
+        char32_t first, last;
+    };
+    static constexpr range ranges[] = {
+        {0x0000, 0x001F}, {0x007F, 0x009F}, {0x00AD, 0x00AD}, {0x034F, 0x034F}, {0x061C, 0x061C},
+        {0x115F, 0x1160}, {0x17B4, 0x17B5}, {0x180B, 0x180F}, {0x200B, 0x200F}, {0x2028, 0x202E},
+        {0x2060, 0x206F}, {0x3164, 0x3164}, {0xFE00, 0xFE0F}, {0xFEFF, 0xFEFF}, {0xFFA0, 0xFFA0},
+        {0xFFF0, 0xFFFB}, {0x1BCA0, 0x1BCA3}, {0x1D173, 0x1D17A}, {0xE0000, 0xE0FFF},
+    };
+    return std::any_of(std::begin(ranges), std::end(ranges),
+                       [cp](const range& r) { return cp >= r.first && cp <= r.last; });
+}
+
+void append_hex(std::string& out, const char* prefix, std::uint32_t value, int digits) {
+    char buf[16];
+    std::snprintf(buf, sizeof buf, "%s%0*x", prefix, digits, static_cast<unsigned>(value));
+    out += buf;
+}
+
+// How code point `cp` is shown: `\n`, `\x1b`, `\u202e`, `\U000e0041`.
+void append_escaped(std::string& out, char32_t cp) {
+    switch (cp) {
+    case '\n': out += "\\n"; return;
+    case '\r': out += "\\r"; return;
+    case '\t': out += "\\t"; return;
+    default: break;
+    }
+    if (cp < 0x80) append_hex(out, "\\x", cp, 2);
+    else if (cp <= 0xFFFF) append_hex(out, "\\u", cp, 4);
+    else append_hex(out, "\\U", cp, 8);
+}
+
+} // namespace
+
+std::string escape_for_terminal(std::string_view in) {
+    std::string out;
+    out.reserve(in.size());
+    for (std::size_t i = 0; i < in.size();) {
+        const auto cp = decode_utf8(in, i);
+        if (!cp) {
+            append_hex(out, "\\x", static_cast<unsigned char>(in[i]), 2);
+            ++i;
+            continue;
+        }
+        if (cp->value == '\\') out += "\\\\";
+        else if (shown_escaped(cp->value)) append_escaped(out, cp->value);
+        else out.append(in.substr(i, cp->length));
+        i += cp->length;
     }
     return out;
 }

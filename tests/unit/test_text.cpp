@@ -51,6 +51,51 @@ BOOST_AUTO_TEST_CASE(terminal_sanitizing) {
     BOOST_TEST(text::sanitize_for_terminal("c1\xc2\x9b" "31m") == "c131m");
 }
 
+// Issue 13, item 6: a value from a VM, escaped for one terminal line, keeps every character
+// visible and cannot break, rewrite, reorder or hide part of the line.
+BOOST_AUTO_TEST_CASE(terminal_escaping_shows_every_class) {
+    // Line breaks and tabs.
+    BOOST_TEST(text::escape_for_terminal("a\nb\r\nc\td") == "a\\nb\\r\\nc\\td");
+    // C0 controls, ESC (a whole CSI or OSC sequence stays readable and inert), DEL.
+    BOOST_TEST(text::escape_for_terminal(std::string("\0\x01\x07\x08\x1f", 5)) == "\\x00\\x01\\x07\\x08\\x1f");
+    BOOST_TEST(text::escape_for_terminal("\x1b[31mred\x1b]0;t\x07") == "\\x1b[31mred\\x1b]0;t\\x07");
+    BOOST_TEST(text::escape_for_terminal("x\x7f") == "x\\x7f");
+    // C1 controls (CSI U+009B, NEL U+0085) and the Unicode line and paragraph separators.
+    BOOST_TEST(text::escape_for_terminal("\xc2\x9b" "2J\xc2\x85\xc2\x80\xc2\x9f") == "\\u009b2J\\u0085\\u0080\\u009f");
+    BOOST_TEST(text::escape_for_terminal("\xe2\x80\xa8\xe2\x80\xa9") == "\\u2028\\u2029");
+    // Bidi controls: embeddings and overrides, isolates, marks.
+    BOOST_TEST(text::escape_for_terminal("\xe2\x80\xaa\xe2\x80\xab\xe2\x80\xac\xe2\x80\xad\xe2\x80\xae") ==
+               "\\u202a\\u202b\\u202c\\u202d\\u202e");
+    BOOST_TEST(text::escape_for_terminal("\xe2\x81\xa6\xe2\x81\xa7\xe2\x81\xa8\xe2\x81\xa9") ==
+               "\\u2066\\u2067\\u2068\\u2069");
+    BOOST_TEST(text::escape_for_terminal("\xe2\x80\x8e\xe2\x80\x8f\xd8\x9c") == "\\u200e\\u200f\\u061c");
+    // Invisible characters: zero-width ones, word joiner, BOM, soft hyphen, Hangul filler,
+    // variation selector, a tag character (U+E0041, "A" in the invisible tag block).
+    BOOST_TEST(text::escape_for_terminal("\xe2\x80\x8b\xe2\x80\x8c\xe2\x80\x8d\xe2\x81\xa0\xef\xbb\xbf") ==
+               "\\u200b\\u200c\\u200d\\u2060\\ufeff");
+    BOOST_TEST(text::escape_for_terminal("\xc2\xad\xe3\x85\xa4\xef\xb8\x8f\xf3\xa0\x81\x81") ==
+               "\\u00ad\\u3164\\ufe0f\\U000e0041");
+    // The backslash itself, so an escape in the output always means an escaped character.
+    BOOST_TEST(text::escape_for_terminal("C:\\n") == "C:\\\\n");
+}
+
+BOOST_AUTO_TEST_CASE(terminal_escaping_shows_invalid_utf8_bytes) {
+    BOOST_TEST(text::escape_for_terminal("bad\xff") == "bad\\xff");
+    BOOST_TEST(text::escape_for_terminal("\x80" "x") == "\\x80x");            // stray continuation byte
+    BOOST_TEST(text::escape_for_terminal("cut\xe2\x80") == "cut\\xe2\\x80");  // truncated sequence
+    BOOST_TEST(text::escape_for_terminal("\xc0\x8a") == "\\xc0\\x8a");         // overlong '\n'
+    BOOST_TEST(text::escape_for_terminal("\xe0\x80\x8a") == "\\xe0\\x80\\x8a"); // overlong '\n', 3 bytes
+    BOOST_TEST(text::escape_for_terminal("\xed\xa0\x80") == "\\xed\\xa0\\x80"); // a surrogate
+    BOOST_TEST(text::escape_for_terminal("\xf4\x90\x80\x80") == "\\xf4\\x90\\x80\\x80");  // above U+10FFFF
+}
+
+BOOST_AUTO_TEST_CASE(terminal_escaping_keeps_ordinary_text) {
+    for (const char* kept : {"plain ASCII: port 8080 -> 127.0.0.1:8080 (tcp) [ok] {x} ~", "caf\xc3\xa9",
+                             "\xe2\x80\x94 \xe2\x9c\x93 \xe6\x97\xa5\xe6\x9c\xac \xf0\x9f\x99\x82", "\xd7\xa9\xd7\x9c\xd7\x95\xd7\x9d"})
+        BOOST_TEST(text::escape_for_terminal(kept) == kept);
+    BOOST_TEST(text::escape_for_terminal("") == "");
+}
+
 BOOST_AUTO_TEST_CASE(shell_quoting) {
     BOOST_TEST(text::shell_quote("simple/path-1.2") == "simple/path-1.2");
     BOOST_TEST(text::shell_quote("") == "''");
