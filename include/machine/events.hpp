@@ -79,13 +79,18 @@ private:
     std::FILE* out_;
 };
 
-// Short human lines: `12:00:01 default  starting VM`. Everything is sanitized for the
-// terminal, since VM-provided text passes through here.
+// A copy of `e` for people's eyes: its VM name, its type, every field name and every string in
+// its values passed through text::escape_for_terminal. Sinks that write to a terminal render
+// from this copy only, so no value from a VM can reach the terminal raw, whichever field it is in.
+event escaped_for_terminal(const event& e);
+
+// Short human lines, one per event: `12:00:01 [default] starting VM`. Rendered from
+// escaped_for_terminal(e): a value can neither end the line nor hide or reorder part of it.
 class terminal_sink : public sink {
 public:
     terminal_sink(std::FILE* out, bool show_time) : out_(out), show_time_(show_time) {}
     void write(const event& e) override;
-    // The human line for an event, or "" when the event is not shown to people.
+    // The human line for an event (escaped), or "" when the event is not shown to people.
     static std::string render(const event& e);
 
 private:

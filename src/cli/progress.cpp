@@ -11,8 +11,8 @@ namespace machine::cli {
 
 progress_view::progress_view(std::FILE* out, const std::vector<std::string>& vms) : out_(out) {
     for (const auto& vm : vms) {
-        rows_.push_back(row{vm});
-        name_width_ = std::max(name_width_, vm.size());
+        rows_.push_back(row{text::escape_for_terminal(vm)});
+        name_width_ = std::max(name_width_, rows_.back().vm.size());
     }
 }
 
@@ -22,7 +22,10 @@ progress_view::row* progress_view::find(const std::string& vm) {
     return nullptr;
 }
 
-void progress_view::write(const events::event& e) {
+void progress_view::write(const events::event& raw) {
+    // Rows keep only escaped text: one terminal row per VM, or the cursor arithmetic of
+    // redraw() breaks, and nothing a VM sends may rewrite the screen.
+    const events::event e = events::escaped_for_terminal(raw);
     row* r = find(e.vm);
     if (!r) return;
     const auto now = std::chrono::steady_clock::now();
@@ -70,10 +73,6 @@ std::vector<std::string> progress_view::lines(std::size_t width) const {
             line += "     ";
         }
         if (!r.detail.empty()) line += "  " + r.detail;
-        // One terminal row per VM, or the cursor arithmetic of redraw() breaks.
-        line = text::sanitize_for_terminal(line);
-        std::replace(line.begin(), line.end(), '\n', ' ');
-        std::replace(line.begin(), line.end(), '\t', ' ');
         if (width > 1 && line.size() > width - 1) {
             line.resize(width - 1);
             // Never cut a UTF-8 sequence in half.

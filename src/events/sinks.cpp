@@ -47,9 +47,20 @@ std::string describe_session(const event& e) {
     return head + " ended: " + how + " after " + seconds(e);
 }
 
-} // namespace
+std::string escaped(const std::string& s) { return text::escape_for_terminal(s); }
 
-std::string terminal_sink::render(const event& e) {
+value escaped(const value& v) {
+    if (const auto* s = std::get_if<std::string>(&v)) return escaped(*s);
+    if (const auto* list = std::get_if<std::vector<std::string>>(&v)) {
+        std::vector<std::string> out;
+        for (const auto& s : *list) out.push_back(escaped(s));
+        return out;
+    }
+    return v;  // numbers and booleans print as themselves
+}
+
+// The line for an event whose text is already escaped.
+std::string describe(const event& e) {
     const std::string_view t = e.type;
     if (t == type::vm_state) return describe_state(e);
     if (t == type::step_started) return e.text("step") + "...";
@@ -79,8 +90,23 @@ std::string terminal_sink::render(const event& e) {
     return {};  // lima.status and other machine-oriented events stay out of the human view
 }
 
-void terminal_sink::write(const event& e) {
-    const std::string body = render(e);
+} // namespace
+
+event escaped_for_terminal(const event& e) {
+    event out;
+    out.vm = escaped(e.vm);
+    out.type = escaped(e.type);
+    out.seq = e.seq;
+    out.ts = e.ts;
+    for (const auto& [k, v] : e.fields) out.fields.emplace_back(escaped(k), escaped(v));
+    return out;
+}
+
+std::string terminal_sink::render(const event& e) { return describe(escaped_for_terminal(e)); }
+
+void terminal_sink::write(const event& raw) {
+    const event e = escaped_for_terminal(raw);
+    const std::string body = describe(e);
     if (body.empty()) return;
     std::string line;
     if (show_time_) {
@@ -92,9 +118,7 @@ void terminal_sink::write(const event& e) {
         line += buf;
     }
     if (!e.vm.empty()) line += "[" + e.vm + "] ";
-    line += body;
-    line = text::sanitize_for_terminal(line);
-    line += '\n';
+    line += body + '\n';
     std::fwrite(line.data(), 1, line.size(), out_);
     std::fflush(out_);
 }
