@@ -81,6 +81,9 @@ struct project {
     /// project that exists only by its name (zero-config `default`, or a VM without a table).
     std::filesystem::path source;
     bool configured = false;  ///< true when a table or .machine.toml defines it
+    /// Defined by a repository's .machine.toml: what it names on this computer is confined to
+    /// that repository (ca_certs), and it runs or reads nothing else here (secrets).
+    bool from_repository = false;
 };
 
 /// What the host has; the default cpus and memory of a project are capped by it.

@@ -71,6 +71,22 @@ std::string ca_cert_problem(std::string_view cert) {
     return {};
 }
 
+// A repository's .machine.toml comes with code that may not be the user's: its ca_certs may be
+// "host" (the certificates this computer added itself) or files inside that repository, never a
+// path that reaches elsewhere on this computer (~/.mitmproxy/mitmproxy-ca.pem holds a private key).
+std::string repo_ca_cert_problem(std::string_view cert) {
+    if (auto problem = ca_cert_problem(cert); !problem.empty()) return problem;
+    if (cert == "host") return {};
+    const fs::path path{std::string(cert)};
+    if (path.is_absolute() || cert.starts_with("~"))
+        return "a repository's .machine.toml may name \"host\" or files inside the repository, got " +
+               toml_string(cert);
+    for (const auto& part : path)
+        if (part == "..")
+            return "a repository's .machine.toml may name files inside the repository only, got " + toml_string(cert);
+    return {};
+}
+
 std::string fingerprint_problem(std::string_view key) {
     constexpr std::string_view prefix = "SHA256:";
     if (key.starts_with(prefix) && key.size() > prefix.size() && !has_space_or_control(key))
@@ -352,6 +368,9 @@ void apply_ports(const field& f, project& p) {
 void apply_ca_certs(const field& f, project& p) {
     if (auto v = detail::read_strings(f, ca_cert_problem)) p.ca_certs = std::move(*v);
 }
+void apply_repo_ca_certs(const field& f, project& p) {
+    if (auto v = detail::read_strings(f, repo_ca_cert_problem)) p.ca_certs = std::move(*v);
+}
 void apply_agent_keys(const field& f, project& p) {
     if (auto v = detail::read_strings(f, fingerprint_problem)) p.agent_keys = std::move(*v);
 }
@@ -380,6 +399,8 @@ std::span<const key_rule<project>> local_keys() {
     static const std::vector<key_rule<project>> keys = [] {
         std::vector<key_rule<project>> all{{"name", apply_name}};
         all.insert(all.end(), std::begin(project_keys), std::end(project_keys));
+        for (auto& rule : all)
+            if (std::string_view(rule.name) == "ca_certs") rule.apply = apply_repo_ca_certs;
         return all;
     }();
     return keys;
@@ -527,6 +548,7 @@ void overlay_local(config& into, std::string_view text, const fs::path& file_pat
     if (!doc.contains("repos")) p.repos = origin_repos(dir);
     default_secret_sets(p);
     p.source = file_path;
+    p.from_repository = true;
     p.configured = true;
 
     // The committed file describes the whole project: it replaces a table of the same name

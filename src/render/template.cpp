@@ -1,6 +1,7 @@
 #include <sys/utsname.h>
 
 #include <algorithm>
+#include <fstream>
 
 #include <nlohmann/json.hpp>
 
@@ -70,14 +71,57 @@ json port_forwards(const config::port_forwarding& ports) {
     return rules;
 }
 
-bool looks_like_pem_certificate(const std::string& text) {
-    return text.find("-----BEGIN CERTIFICATE-----") != std::string::npos &&
-           text.find("-----END CERTIFICATE-----") != std::string::npos;
-}
-
 [[noreturn]] void ca_error(const config::project& p, const std::string& entry, const std::string& why) {
     std::string where = p.source.empty() ? std::string("projects.toml") : p.source.string();
     throw config::config_error(where + ": " + p.name + ".ca_certs: " + text::sanitize_for_terminal(entry) + ": " + why);
+}
+
+// The CERTIFICATE blocks of a PEM file, each exactly as written: nothing else in the file
+// (text around the blocks, other block types) reaches the VM. A file with a private key in
+// it is refused outright: whoever named it did not mean to send what it holds.
+std::vector<std::string> pem_certificates(const config::project& p, const std::string& entry, const std::string& text) {
+    std::vector<std::string> certs;
+    constexpr std::string_view begin = "-----BEGIN ";
+    for (std::size_t at = text.find(begin); at != std::string::npos; at = text.find(begin, at + 1)) {
+        const std::size_t label_end = text.find("-----", at + begin.size());
+        if (label_end == std::string::npos) break;
+        const std::string label = text.substr(at + begin.size(), label_end - at - begin.size());
+        if (label.find("PRIVATE KEY") != std::string::npos)
+            ca_error(p, entry, "holds a private key (a \"" + text::sanitize_for_terminal(label) +
+                                   "\" block); only certificates may be sent to a VM");
+        if (label != "CERTIFICATE") continue;
+        const std::string end = "-----END CERTIFICATE-----";
+        const std::size_t stop = text.find(end, label_end);
+        if (stop == std::string::npos) break;
+        certs.push_back(text.substr(at, stop + end.size() - at) + "\n");
+        at = stop;
+    }
+    return certs;
+}
+
+// A CA file is small (a whole system bundle is ~200 KiB); a repository could name a huge one.
+constexpr std::size_t max_ca_file_bytes = 1 << 20;
+
+std::string read_ca_file(const config::project& p, const std::string& entry, const fs::path& file) {
+    std::ifstream in(file, std::ios::binary);
+    if (!in) ca_error(p, entry, "cannot read " + file.string());
+    std::string text(max_ca_file_bytes + 1, '\0');
+    in.read(text.data(), static_cast<std::streamsize>(text.size()));
+    text.resize(static_cast<std::size_t>(in.gcount()));
+    if (text.size() > max_ca_file_bytes) ca_error(p, entry, "larger than 1 MiB: not a CA certificate file");
+    return text;
+}
+
+// A repository's file may name files inside the repository only; the path checks at parse
+// time cannot see symlinks, so the real path is checked here, when the file is read.
+void require_inside_repository(const config::project& p, const std::string& entry, const fs::path& file) {
+    std::error_code ec;
+    const fs::path root = fs::weakly_canonical(p.source.parent_path(), ec);
+    const fs::path real = fs::weakly_canonical(file, ec);
+    const auto [root_end, real_it] = std::mismatch(root.begin(), root.end(), real.begin(), real.end());
+    if (ec || root_end != root.end())
+        ca_error(p, entry, "resolves to " + text::sanitize_for_terminal(real.string()) +
+                               ", outside the repository; a repository's .machine.toml may name files inside it only");
 }
 
 } // namespace
@@ -120,23 +164,18 @@ std::vector<std::string> resolve_ca_certs(const config::project& p, const host_f
                 if (it->is_regular_file(ec) && it->path().extension() == ".crt") files.push_back(it->path());
             }
             std::sort(files.begin(), files.end());
-            for (const auto& f : files) {
-                std::string pem = paths::read_file(f);
-                if (looks_like_pem_certificate(pem)) pems.push_back(std::move(pem));
-            }
+            for (const auto& f : files)
+                for (auto& cert : pem_certificates(p, f.string(), read_ca_file(p, f.string(), f)))
+                    pems.push_back(std::move(cert));
             continue;
         }
         fs::path file = entry;
-        if (entry.rfind("~/", 0) == 0) file = paths::home_dir() / entry.substr(2);
+        if (entry.rfind("~/", 0) == 0 && !p.from_repository) file = paths::home_dir() / entry.substr(2);
         else if (file.is_relative()) file = base / file;
-        std::string pem;
-        try {
-            pem = paths::read_file(file);
-        } catch (const error& e) {
-            ca_error(p, entry, "cannot read " + file.string());
-        }
-        if (!looks_like_pem_certificate(pem)) ca_error(p, entry, "not a PEM certificate");
-        pems.push_back(std::move(pem));
+        if (p.from_repository) require_inside_repository(p, entry, file);
+        auto certs = pem_certificates(p, entry, read_ca_file(p, entry, file));
+        if (certs.empty()) ca_error(p, entry, "not a PEM certificate");
+        for (auto& cert : certs) pems.push_back(std::move(cert));
     }
     return pems;
 }

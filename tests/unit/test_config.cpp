@@ -690,6 +690,30 @@ variable = "API_TOKEN"
     BOOST_TEST(p.secrets[0].origin == (tmp.path / "checkout" / ".machine.toml").string() + ":11:1: secrets[0]");
 }
 
+BOOST_AUTO_TEST_CASE(a_repository_file_names_ca_certs_inside_the_repository_only) {
+    temp_dir tmp;
+    const fs::path file = tmp.path / "app" / ".machine.toml";
+    const load_options options = options_in(tmp, tmp.path / "app");
+    const std::pair<std::string, std::string> refused[] = {
+        {"~/.mitmproxy/mitmproxy-ca.pem", ":1:13: ca_certs[0]: a repository's .machine.toml may name \"host\" or "
+                                          "files inside the repository, got \"~/.mitmproxy/mitmproxy-ca.pem\""},
+        {"/etc/ssl/private/corp.pem", ":1:13: ca_certs[0]: a repository's .machine.toml may name \"host\" or files "
+                                      "inside the repository, got \"/etc/ssl/private/corp.pem\""},
+        {"certs/../../x.pem", ":1:13: ca_certs[0]: a repository's .machine.toml may name files inside the "
+                              "repository only, got \"certs/../../x.pem\""},
+    };
+    for (const auto& [entry, expected] : refused) {
+        write(file, "ca_certs = [\"" + entry + "\"]\n");
+        BOOST_TEST(load_error(options) == file.string() + expected);
+    }
+    write(file, "ca_certs = [\"host\", \"certs/corp.pem\"]\n");
+    const project p = load(options).resolve("app");
+    BOOST_TEST(p.ca_certs == (std::vector<std::string>{"host", "certs/corp.pem"}), boost::test_tools::per_element());
+    BOOST_TEST(p.from_repository);
+    // projects.toml is the user's own: any path there.
+    BOOST_TEST(!load(options_in(tmp, tmp.path)).resolve("default").from_repository);
+}
+
 BOOST_AUTO_TEST_CASE(a_repository_file_cannot_run_or_read_secrets_on_the_host) {
     temp_dir tmp;
     const fs::path file = tmp.path / "app" / ".machine.toml";

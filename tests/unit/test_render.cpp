@@ -153,6 +153,63 @@ BOOST_AUTO_TEST_CASE(ca_cert_errors_name_the_project_and_entry) {
     BOOST_CHECK_THROW(render::lima_yaml(p, linux_host()), config::config_error);
 }
 
+BOOST_AUTO_TEST_CASE(only_certificate_blocks_are_sent_and_a_private_key_is_refused) {
+    machine::test::temp_dir dir;
+    // mitmproxy's mitmproxy-ca.pem: the key and the certificate in one file.
+    const std::string key = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----\n";
+    std::ofstream(dir.path / "mitmproxy-ca.pem") << key << kPem;
+    std::ofstream(dir.path / "chatty.pem") << "Issuer: Corp\n" << kPem << "trailing notes\n"
+                                            << "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n";
+    auto p = sample();
+    p.source = dir.path / "projects.toml";
+    p.ca_certs = {"chatty.pem"};
+    const auto certs = value_of(render::lima_yaml(p, linux_host()), "  certs");
+    BOOST_REQUIRE(certs.size() == 1u);
+    BOOST_TEST(certs[0] == kPem);  // nothing around the block, no CRL
+    p.ca_certs = {"mitmproxy-ca.pem"};
+    try {
+        render::lima_yaml(p, linux_host());
+        BOOST_FAIL("a file holding a private key was accepted");
+    } catch (const config::config_error& e) {
+        BOOST_TEST(std::string(e.what()) ==
+                   (dir.path / "projects.toml").string() +
+                       ": web.ca_certs: mitmproxy-ca.pem: holds a private key (a \"PRIVATE KEY\" block); only "
+                       "certificates may be sent to a VM");
+    }
+    // The same through "host": a .crt with a key in the host's CA directory is refused too.
+    fs::create_directories(dir.path / "cas");
+    std::ofstream(dir.path / "cas" / "proxy.crt") << kPem << key;
+    auto host = linux_host();
+    host.host_ca_dir = dir.path / "cas";
+    p.ca_certs = {"host"};
+    BOOST_CHECK_THROW(render::lima_yaml(p, host), config::config_error);
+}
+
+BOOST_AUTO_TEST_CASE(a_repository_names_files_inside_it_only) {
+    machine::test::temp_dir dir;
+    fs::create_directories(dir.path / "repo" / "certs");
+    std::ofstream(dir.path / "repo" / "certs" / "ca.pem") << kPem;
+    std::ofstream(dir.path / "outside.pem") << kPem;
+    fs::create_symlink(dir.path / "outside.pem", dir.path / "repo" / "certs" / "link.pem");
+    auto p = sample();
+    p.source = dir.path / "repo" / ".machine.toml";
+    p.from_repository = true;
+    p.ca_certs = {"certs/ca.pem"};
+    BOOST_TEST(value_of(render::lima_yaml(p, linux_host()), "  certs").size() == 1u);
+    p.ca_certs = {"certs/link.pem"};  // a symlink out of the repository
+    try {
+        render::lima_yaml(p, linux_host());
+        BOOST_FAIL("a symlink out of the repository was followed");
+    } catch (const config::config_error& e) {
+        BOOST_TEST(std::string(e.what()).find("web.ca_certs: certs/link.pem: resolves to " +
+                                              (dir.path / "outside.pem").string() + ", outside the repository") !=
+                   std::string::npos, e.what());
+    }
+    std::ofstream(dir.path / "repo" / "big.pem") << std::string((1 << 20) + 1, 'x');
+    p.ca_certs = {"big.pem"};
+    BOOST_CHECK_THROW(render::lima_yaml(p, linux_host()), config::config_error);
+}
+
 BOOST_AUTO_TEST_CASE(the_template_file_is_what_is_compiled_in) {
     std::ifstream in(fs::path(MACHINE_SOURCE_DIR) / "templates" / "lima.yaml");
     const std::string file((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
