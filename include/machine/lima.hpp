@@ -204,9 +204,12 @@ private:
 std::filesystem::path instance_dir(const std::string& name);
 
 // Follows an instance's `ha.stdout.log` (written by the host agent) and hands each event to
-// `on_event` until `on_event` returns false, the cancel signal fires, or `deadline` passes.
-// Copes with the file appearing late and with truncation (every `limactl start` truncates it).
-// Events older than `since` are skipped, as limactl itself does.
+// `on_event` until `on_event` returns false or the cancel signal fires. Copes with the file
+// appearing late, being replaced and being truncated (every `limactl start` truncates it).
+// Events older than `since` are skipped, as limactl itself does. The log may be huge (a guest
+// grows it by opening and closing ports): it is read in bounded chunks, its past only from
+// near its end (back to an event older than `since`, at most 1 MiB), and a line over 64 KiB is
+// skipped unbuffered, with a warning.
 asio::awaitable<void> follow_events(std::filesystem::path log_file,
                                     std::function<bool(const ha_event&)> on_event,
                                     cancel_signal* cancel,
