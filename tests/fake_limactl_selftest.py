@@ -711,7 +711,9 @@ def _readable_now(f):
 
 
 def main():
-    root = tempfile.mkdtemp(prefix="fakelima-")
+    # Directly under /tmp whatever TMPDIR says (a sandbox's is deeper): the cases check Lima's
+    # 108-byte socket path limit against paths as short as /home/alice/.lima.
+    root = tempfile.mkdtemp(prefix="fl-", dir="/tmp")
     root = os.path.realpath(root)
     try:
         base, ok = build_base(root)
