@@ -3,6 +3,7 @@
 // the VM (guest-agent/PROTOCOL.md §4 `secrets.*`, §8). Nothing here writes a value anywhere, and
 // no message carries one: they name sets, sources, variables and counts.
 #include "secrets_sync.hpp"
+#include "secrets_plan.hpp"
 
 #include <algorithm>
 #include <chrono>
@@ -28,96 +29,6 @@ using asio::awaitable;
 using namespace std::chrono_literals;
 
 namespace {
-
-// One set to render: where its variables come from, and which repos load it.
-struct planned_set {
-    std::string name;
-    std::vector<config::secret_source> sources;
-    std::vector<std::string> used_by;  // "~/code/web/.envrc"
-};
-
-std::string shown_envrc(const pr::envrc_secrets& r) {
-    return text::sanitize_for_terminal("~/code/" + r.dir + "/.envrc");
-}
-
-// `--repo web` names ~/code/web, or a nested ~/code/org/web by either spelling.
-bool repo_matches(const pr::envrc_secrets& r, const std::string& repo) {
-    if (r.dir == repo) return true;
-    const auto slash = r.dir.rfind('/');
-    return slash != std::string::npos && r.dir.compare(slash + 1, std::string::npos, repo) == 0;
-}
-
-// What to render: the project's declared sets, and the sets the VM's .envrc files ask for.
-// A VM is untrusted: once a project declares its secrets, a `use op_env X` for an undeclared X
-// is not rendered (the VM could otherwise ask for any Environment the user can read). A project
-// that declares none works as the reference tool does: each ID found is an Environment.
-std::vector<planned_set> plan_sets(context& ctx, const config::project& p, const std::vector<pr::envrc_secrets>& repos,
-                                   const std::optional<std::string>& only_repo) {
-    std::vector<planned_set> sets;
-    auto find = [&sets](const std::string& name) -> planned_set* {
-        for (auto& s : sets)
-            if (s.name == name) return &s;
-        return nullptr;
-    };
-    for (const auto& source : p.secrets) {
-        planned_set* s = find(source.set);
-        if (!s) s = &sets.emplace_back(planned_set{source.set, {}, {}});
-        s->sources.push_back(source);
-    }
-    const bool declared = !p.secrets.empty();
-    std::vector<std::string> wanted;  // with --repo: the sets that repo uses
-    bool repo_found = false;
-    for (const auto& r : repos) {
-        const bool selected = only_repo && repo_matches(r, *only_repo);
-        repo_found = repo_found || selected;
-        // With --repo, the other repos' lines are none of this command's business.
-        const bool speak = !only_repo || selected;
-        auto warn = [&](const std::string& text) {
-            if (speak) ctx.emit(events::message(p.name, "warning", text));
-        };
-        for (const auto& use : r.uses) {
-            const std::string where = shown_envrc(r) + ":" + std::to_string(use.line);
-            const std::string token = text::sanitize_for_terminal(use.set);
-            if (!text::is_valid_secret_set_name(use.set)) {
-                warn(where + ": '" + token + "' is not a secret set name (1-64 of a-z 0-9 _ -); skipped");
-                continue;
-            }
-            planned_set* s = find(use.set);
-            if (!s && declared) {
-                warn(where + ": set '" + token + "' is not declared in [[" + p.name +
-                     ".secrets]]; not rendered (a VM gets only the secrets its project names)");
-                continue;
-            }
-            if (!s && !text::is_op_environment_id(use.set)) {
-                warn(where + ": '" + token + "' is not a 1Password Environment ID; declare set '" + token + "' in [[" +
-                     p.name + ".secrets]] to render it");
-                continue;
-            }
-            if (!s) {
-                config::secret_source env;
-                env.kind = config::secret_kind::op_environment;
-                env.value = use.set;
-                env.set = use.set;
-                env.origin = where;
-                s = &sets.emplace_back(planned_set{use.set, {std::move(env)}, {}});
-            }
-            if (std::find(s->used_by.begin(), s->used_by.end(), shown_envrc(r)) == s->used_by.end())
-                s->used_by.push_back(shown_envrc(r));
-            if (selected && std::find(wanted.begin(), wanted.end(), use.set) == wanted.end()) wanted.push_back(use.set);
-        }
-    }
-    if (only_repo) {
-        const std::string repo = text::sanitize_for_terminal(*only_repo);
-        if (!repo_found)
-            throw error("no .envrc with a `use op_env` line for repo '" + repo + "' in VM '" + p.name +
-                        "' (expected ~/code/" + repo + "/.envrc)");
-        std::erase_if(sets, [&](const planned_set& s) {
-            return std::find(wanted.begin(), wanted.end(), s.name) == wanted.end();
-        });
-        if (sets.empty()) throw error("repo '" + repo + "' in VM '" + p.name + "' uses no set machine can render");
-    }
-    return sets;
-}
 
 // `~/x` is in the home directory; a relative path is relative to the file that declared it.
 fs::path resolve_path(const std::string& written, const config::project& p) {
@@ -301,7 +212,9 @@ awaitable<void> sync_secrets(context& ctx, const config::project& project, std::
     auto conn = co_await open_agent(ctx, name, session);
     const auto t_open = std::chrono::steady_clock::now();
     const std::vector<pr::envrc_secrets> repos = co_await agent_request(conn->discover_secrets(), name);
-    std::vector<planned_set> plan = plan_sets(ctx, project, repos, options.repo);
+    secrets_plan planned = plan_secret_sets(project, repos, options.repo);
+    for (const auto& w : planned.warnings) ctx.emit(events::message(name, "warning", w));
+    std::vector<planned_set>& plan = planned.sets;
     if (options.only_missing) {
         const std::vector<pr::secret_set_info> present = co_await agent_request(conn->list_secrets(), name);
         std::erase_if(plan, [&](const planned_set& s) {
@@ -311,14 +224,12 @@ awaitable<void> sync_secrets(context& ctx, const config::project& project, std::
     }
     if (plan.empty()) {
         if (!options.required) {
-            ctx.emit(events::message(name, "warning", "secrets_on_up is set, but the project declares no secrets and no "
-                                                      ".envrc under ~/code in the VM says `use op_env <id>`"));
+            ctx.emit(events::message(name, "warning", "secrets_on_up is set, but the project declares no secrets"));
             co_return;
         }
-        const std::string declared = project.source.empty() ? "no [[" + name + ".secrets]]"
-                                                            : "no [[" + name + ".secrets]] in " + project.source.string();
-        throw error(text::sanitize_for_terminal("nothing to render for '" + name + "': " + declared +
-                                                ", and no .envrc under ~/code in the VM says `use op_env <id>`"));
+        const std::string where = project.source.empty() ? "projects.toml" : project.source.string();
+        throw error(text::sanitize_for_terminal("nothing to render for '" + name + "': no [[" + name +
+                                                ".secrets]] in " + where + " (a VM's .envrc chooses no secret)"));
     }
 
     // Every source first: one that fails (1Password locked, a command failing, a malformed
