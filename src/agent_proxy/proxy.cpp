@@ -54,7 +54,43 @@ struct server {
     std::size_t clients = 0;
     std::uint64_t next_client = 0;
     bool warned_full = false; // one warning per episode of too many clients
+    // Connections closed for bad framing, across clients: a guest can open and break
+    // connections about as fast as it sends messages, so one limiter per client would not do.
+    log_limiter closed{"closed", "connection"};
 };
+
+// The lines one client's messages can cause, each at most once a second whatever it sends
+// (see log_limiter): refusals, and requests the real agent did not answer well.
+class client_log {
+public:
+    explicit client_log(std::uint64_t id) : id_(id) {}
+
+    std::uint64_t id() const { return id_; }
+    void refused(const decision& d) {
+        if (auto line = refused_.note(type_name(d.type), "refused " + d.reason, log_limiter::clock::now()))
+            spdlog::info("agent-proxy: client {}: {}", id_, *line);
+    }
+    void failed(std::string_view kind, std::string_view problem) {
+        if (auto line = failed_.note(kind, problem, log_limiter::clock::now()))
+            spdlog::warn("agent-proxy: client {}: {}", id_, *line);
+    }
+    // When the client leaves: what was counted but not yet said.
+    void flush() {
+        const auto now = log_limiter::clock::now();
+        if (auto line = refused_.flush(now)) spdlog::info("agent-proxy: client {}: {}", id_, *line);
+        if (auto line = failed_.flush(now)) spdlog::warn("agent-proxy: client {}: {}", id_, *line);
+    }
+
+private:
+    std::uint64_t id_;
+    log_limiter refused_{"refused", "request"};
+    log_limiter failed_{"got no good answer from the agent for", "request"};
+};
+
+void log_closed(server& srv, std::uint64_t id, std::string_view kind, const std::string& why) {
+    const auto detail = "client " + std::to_string(id) + ": closed: " + why;
+    if (auto line = srv.closed.note(kind, detail, log_limiter::clock::now())) spdlog::info("agent-proxy: {}", *line);
+}
 
 // Asio 1.22 opens and accepts sockets without CLOEXEC (house style §3.9): a process embedding
 // the proxy must not leak them into its children.
@@ -139,10 +175,9 @@ awaitable<exchange_result> talk_to_upstream(unix_socket& up, unix_endpoint ep, s
 }
 
 // One request/answer with the real agent, within the server's upstream_timeout. On any
-// problem the upstream connection is dropped (the next request opens a fresh one) and
-// nullopt tells the caller to answer SSH_AGENT_FAILURE.
-awaitable<std::optional<std::string>> ask_upstream(unix_socket& up, std::shared_ptr<server> srv, std::string request,
-                                                   std::uint64_t id) {
+// problem the upstream connection is dropped (the next request opens a fresh one) and the
+// result says what went wrong; the caller answers SSH_AGENT_FAILURE.
+awaitable<exchange_result> ask_upstream(unix_socket& up, std::shared_ptr<server> srv, std::string request) {
     asio::steady_timer deadline(co_await asio::this_coro::executor, srv->upstream_timeout);
     // Both sides complete without throwing, so `||` ends with whichever finishes first and
     // cancels the other (a socket read/connect or the timer; both honour cancellation).
@@ -150,24 +185,47 @@ awaitable<std::optional<std::string>> ask_upstream(unix_socket& up, std::shared_
     auto talk = talk_to_upstream(up, srv->upstream, std::move(request));
     auto expiry = deadline.async_wait(nothrow);
     auto r = co_await (std::move(talk) || std::move(expiry));
-    if (r.index() == 1) {
-        spdlog::warn("agent-proxy: client {}: the agent did not answer within {} ms", id, srv->upstream_timeout.count());
+    exchange_result out;
+    if (r.index() == 0) out = std::move(std::get<0>(r));
+    else out.problem = "the agent did not answer within " + std::to_string(srv->upstream_timeout.count()) + " ms";
+    if (!out.answer) {
         std::error_code ignored;
         up.close(ignored);
-        co_return std::nullopt;
     }
-    auto& res = std::get<0>(r);
-    if (!res.answer) {
-        spdlog::warn("agent-proxy: client {}: {}", id, res.problem);
+    co_return out;
+}
+
+// What the client gets for a request the filter lets through: the real agent's answer as
+// check_answer() passes it, or SSH_AGENT_FAILURE. Takes `up` and `log` by reference:
+// serve_client() awaits it at once and owns both for longer.
+awaitable<std::string> forward(unix_socket& up, std::shared_ptr<server> srv, std::uint8_t type, std::string request,
+                               client_log& log) {
+    auto got = co_await ask_upstream(up, srv, std::move(request));
+    if (!got.answer) {
+        log.failed(got.problem, got.problem);
+        co_return failure_frame();
+    }
+    const std::string& answer = *got.answer;
+    std::size_t kept = 0, total = 0;
+    const auto checked = check_answer(type, answer, srv->allowed, &kept, &total);
+    if (!checked) {
+        log.failed("malformed or unexpected answer",
+                   "malformed or unexpected answer from the agent to " + type_name(type) + " (answer type " +
+                       std::to_string(static_cast<unsigned char>(answer[0])) + ", " + std::to_string(answer.size()) +
+                       " bytes)");
+        // An agent that answers nonsense may be out of step: start afresh next time.
         std::error_code ignored;
         up.close(ignored);
-        co_return std::nullopt;
+        co_return failure_frame();
     }
-    co_return std::move(res.answer);
+    if (type == msg::request_identities && kept != total)
+        spdlog::debug("agent-proxy: client {}: listing {} of {} identities", log.id(), kept, total);
+    co_return frame(*checked);
 }
 
 awaitable<void> serve_client(unix_socket client, std::shared_ptr<server> srv, std::uint64_t id) {
     unix_socket upstream(client.get_executor());
+    client_log log(id);
     for (;;) {
         auto msg = co_await read_message(client);
         if (msg.status == read_status::eof) break;
@@ -176,45 +234,32 @@ awaitable<void> serve_client(unix_socket client, std::shared_ptr<server> srv, st
             break;
         }
         if (msg.status == read_status::bad_length) {
-            spdlog::info("agent-proxy: client {}: closed: message length {} (limit {})", id, msg.length,
-                         max_message_length);
+            log_closed(*srv, id, "message length",
+                       "message length " + std::to_string(msg.length) + " (limit " +
+                           std::to_string(max_message_length) + ")");
             break;
         }
 
         const auto d = inspect_request(msg.body, srv->allowed);
         if (d.what == action::close) {
-            spdlog::info("agent-proxy: client {}: closed: {}", id, d.reason);
+            log_closed(*srv, id, d.reason, d.reason);
             break;
         }
 
         std::string reply;
         if (d.what == action::refuse) {
-            spdlog::info("agent-proxy: client {}: refused {}", id, d.reason);
+            log.refused(d);
             reply = failure_frame();
         } else {
             spdlog::debug("agent-proxy: client {}: forwarding {}", id, d.reason);
             auto request = frame(msg.body);
             msg.body.clear();
-            auto answer = co_await ask_upstream(upstream, srv, std::move(request), id);
-            std::size_t kept = 0, total = 0;
-            std::optional<std::string> checked;
-            if (answer) checked = check_answer(d.type, *answer, srv->allowed, &kept, &total);
-            if (answer && !checked) {
-                spdlog::warn("agent-proxy: client {}: malformed or unexpected answer from the agent to {} "
-                             "(answer type {}, {} bytes)",
-                             id, type_name(d.type), static_cast<unsigned>(static_cast<unsigned char>((*answer)[0])),
-                             answer->size());
-                // An agent that answers nonsense may be out of step: start afresh next time.
-                std::error_code ignored;
-                upstream.close(ignored);
-            }
-            if (checked && d.type == msg::request_identities && kept != total)
-                spdlog::debug("agent-proxy: client {}: listing {} of {} identities", id, kept, total);
-            reply = checked ? frame(*checked) : failure_frame();
+            reply = co_await forward(upstream, srv, d.type, std::move(request), log);
         }
         auto [ec, n] = co_await asio::async_write(client, asio::buffer(reply), nothrow);
         if (ec) break;
     }
+    log.flush();
     std::error_code ignored;
     upstream.close(ignored);
     client.close(ignored);
@@ -355,6 +400,7 @@ int run(const options& opt) {
             asio::co_spawn(ctx, watch_idle(acceptor, srv, opt.still_wanted, every), on_end);
         }
         ctx.run();
+        if (auto line = srv->closed.flush(log_limiter::clock::now())) spdlog::info("agent-proxy: {}", *line);
         if (failure) std::rethrow_exception(failure);
         return 0;
     } catch (const std::exception& e) {

@@ -18,6 +18,7 @@
 #include <cstring>
 #include <fstream>
 #include <mutex>
+#include <regex>
 #include <sstream>
 #include <thread>
 
@@ -176,6 +177,24 @@ struct log_capture {
     std::string text() const { return out.str(); }
 };
 
+// How many events the lines of `log` containing `marker` stand for: a summary ("... 48213
+// requests in the last 1.0 s (...)") counts its number, any other line one.
+struct counted {
+    std::uint64_t events = 0;
+    std::size_t lines = 0;
+};
+counted count_logged(const std::string& log, const std::string& marker) {
+    static const std::regex summary(R"((\d+) \w+ in the last [0-9.]+ s \()");
+    counted c;
+    for (const auto& line : text::split_lines(log)) {
+        if (line.find(marker) == std::string::npos) continue;
+        ++c.lines;
+        std::smatch m;
+        c.events += std::regex_search(line, m, summary) ? std::stoull(m[1]) : 1;
+    }
+    return c;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Sockets
 
@@ -274,6 +293,38 @@ std::optional<std::vector<std::string>> listed(const fs::path& p) {
     std::vector<std::string> fps;
     for (const auto& id : *ids) fps.push_back(fingerprint(id.key_blob));
     return fps;
+}
+
+// For floods: all of `bytes` on a blocking socket; false when the peer goes away.
+bool send_all(int fd, std::string_view bytes) {
+    while (!bytes.empty()) {
+        const auto n = ::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return false;
+        bytes.remove_prefix(static_cast<std::size_t>(n));
+    }
+    return true;
+}
+
+// Reads SSH_AGENT_FAILURE answers from `fd` until `expected` have come, something else comes,
+// the peer closes or `timeout` passes; how many came. Compares bytes as they arrive, so that
+// hundreds of thousands of answers cost no parsing.
+std::uint64_t read_failures(int fd, std::uint64_t expected, std::chrono::seconds timeout) {
+    const std::string failure = failure_frame();
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    std::uint64_t bytes = 0;
+    char buf[65536];
+    while (bytes < expected * failure.size()) {
+        const auto left =
+            std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
+        pollfd p{fd, POLLIN, 0};
+        if (left <= 0 || ::poll(&p, 1, static_cast<int>(left)) <= 0) break;
+        const auto n = ::recv(fd, buf, sizeof buf, 0);
+        if (n <= 0) break;
+        for (std::size_t i = 0; i < static_cast<std::size_t>(n); ++i, ++bytes)
+            if (buf[i] != failure[bytes % failure.size()]) return bytes / failure.size();
+    }
+    return bytes / failure.size();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -693,6 +744,25 @@ BOOST_AUTO_TEST_CASE(frame_lengths) {
     BOOST_TEST(frame_length(reinterpret_cast<const unsigned char*>(h.data())) == 0x01020304u);
 }
 
+BOOST_AUTO_TEST_CASE(log_limiter_says_the_first_then_one_summary_a_second) {
+    const log_limiter::clock::time_point t0{};
+    log_limiter l("refused", "request");
+    BOOST_TEST(*l.note("add identity", "refused add identity (not forwarded)", t0) == "refused add identity (not forwarded)");
+    for (int i = 1; i < 1000; ++i) BOOST_TEST(!l.note("add identity", "d", t0 + i * 1ms), "at " << i << " ms");
+    BOOST_TEST(*l.note("lock", "refused lock", t0 + 1s) == "refused 1000 requests in the last 1.0 s (add identity x999, lock x1)");
+    BOOST_TEST(!l.flush(t0 + 1500ms)); // all said
+
+    // After a quiet second a single event is said as it is; what follows waits for the flush.
+    BOOST_TEST(*l.note("lock", "refused lock", t0 + 5s) == "refused lock");
+    BOOST_TEST(!l.note("lock", "refused lock", t0 + 5500ms));
+    BOOST_TEST(*l.flush(t0 + 5600ms) == "refused 1 request in the last 0.6 s (lock x1)");
+
+    // Kinds come from the client: a summary names eight, then "other".
+    for (int t = 0; t < 20; ++t) BOOST_TEST(!l.note("type " + std::to_string(t), "d", t0 + 5700ms));
+    BOOST_TEST(*l.flush(t0 + 6s) == "refused 20 requests in the last 0.4 s (type 0 x1, type 1 x1, type 2 x1, type 3 x1, "
+                                    "type 4 x1, type 5 x1, type 6 x1, type 7 x1, other x12)");
+}
+
 BOOST_AUTO_TEST_SUITE_END()
 
 // =============================================================================================
@@ -776,15 +846,16 @@ BOOST_FIXTURE_TEST_CASE(refusals_are_logged_without_the_signed_data, real_setup)
     }
     proxy->stop();
     const auto log = logs.text();
-    // One info line per refusal, naming the type and, for sign requests, the fingerprint.
+    // The first refusal in full, naming the type and, for sign requests, the fingerprint; the
+    // others (within a second) counted by type when the client leaves.
     const auto lines = text::split_lines(log);
     const auto sign_line = std::find_if(lines.begin(), lines.end(), [&](const std::string& l) {
         return l.find("refused sign request for " + b.fp + " (not an allowed key)") != std::string::npos;
     });
     BOOST_REQUIRE(sign_line != lines.end());
     BOOST_TEST(sign_line->rfind("info: agent-proxy: client ", 0) == 0u);
-    BOOST_TEST(log.find("refused lock") != std::string::npos, log);
-    BOOST_TEST(log.find("refused type 200") != std::string::npos, log);
+    BOOST_TEST(log.find(": refused 2 requests in the last ") != std::string::npos, log);
+    BOOST_TEST(log.find("(lock x1, type 200 x1)") != std::string::npos, log);
     BOOST_TEST(log.find("SECRET") == std::string::npos, log);
 }
 
@@ -1093,6 +1164,64 @@ BOOST_FIXTURE_TEST_CASE(a_silent_agent_times_out, fake_setup) {
     BOOST_TEST(parse_identities(*ids)->size() == 1u);
     BOOST_TEST(fake.connections() == 2);
     expect_serves();
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// =============================================================================================
+
+// Issue 13: a guest sent 627,000 refused "add identity" messages in 5 s, and every refusal took
+// a line of agent-filter.log (47 MB). Whatever a client can repeat at will is now summarised,
+// at most a line a second.
+BOOST_AUTO_TEST_SUITE(agent_proxy_flood)
+
+BOOST_FIXTURE_TEST_CASE(a_flood_of_broken_connections_is_summarised, fake_setup) {
+    // Closing a connection is a line too, and a guest can break connections as fast as it
+    // opens them: those are summarised across clients.
+    constexpr int connections = 2000;
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < connections; ++i) {
+        raw_client c(socket());
+        BOOST_REQUIRE(c.send_raw(u32(0xFFFFFFFF)));
+        BOOST_REQUIRE(c.closed_by_peer());
+    }
+    const double took = seconds_since(t0);
+    expect_serves();
+    proxy->stop();
+    const auto closed = count_logged(logs.text(), "closed");
+    BOOST_TEST(closed.events == static_cast<std::uint64_t>(connections));
+    BOOST_TEST(closed.lines <= took + 2);
+    BOOST_TEST(logs.text().find("(message length x") != std::string::npos, logs.text());
+}
+
+BOOST_AUTO_TEST_CASE(an_unreachable_agent_is_summarised_too) {
+    // With the user's agent gone, every forwarded request is a warning: as cheap to repeat as
+    // a refusal.
+    constexpr std::uint64_t requests = 5000;
+    private_dir dir;
+    log_capture logs;
+    options o;
+    o.listen = dir.path / "proxy.sock";
+    o.upstream = dir.path / "no-agent.sock";
+    o.allowed = {"SHA256:x"};
+    proxy_runner proxy(o);
+    BOOST_REQUIRE(proxy.running_now());
+    std::string burst;
+    for (std::uint64_t i = 0; i < requests; ++i) burst += frame(identities_request);
+    const int fd = connect_unix(o.listen);
+    BOOST_REQUIRE(fd >= 0);
+    const auto t0 = std::chrono::steady_clock::now();
+    std::thread writer([&] { send_all(fd, burst); });
+    BOOST_TEST(read_failures(fd, requests, 60s) == requests);
+    ::shutdown(fd, SHUT_RDWR);
+    writer.join();
+    const double took = seconds_since(t0);
+    ::close(fd);
+    proxy.stop();
+    const auto failed = count_logged(logs.text(), "warning: agent-proxy: client ");
+    BOOST_TEST(failed.events == requests);
+    BOOST_TEST(failed.lines <= took + 2);
+    BOOST_TEST(logs.text().find("no-agent.sock") != std::string::npos, logs.text());
 }
 
 BOOST_AUTO_TEST_SUITE_END()
