@@ -3,6 +3,8 @@
 // Internal to the CLI module.
 #pragma once
 
+#include <filesystem>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -11,6 +13,10 @@
 #include "cli.hpp"
 #include "machine/config.hpp"
 #include "machine/lima.hpp"
+
+namespace spdlog {
+class logger;
+}
 
 namespace machine::cli {
 
@@ -35,5 +41,11 @@ asio::awaitable<agent_environment> prepare_agent_forwarding(context& ctx, const 
 /// `listen` until the VM whose Lima directory is `vm_dir` has stopped.
 int run_agent_proxy(const std::string& listen, const std::string& upstream, const std::string& vm_dir,
                     const std::vector<std::string>& allowed);
+
+/// The agent filter's log: `file` (a project's agent-filter.log) holds at most 1 MiB, then
+/// becomes agent-filter.1.log (replacing the previous one) and a new file starts, so the
+/// filter never keeps more than 2 MiB of log whatever the VM sends. Throws spdlog::spdlog_ex
+/// when the file cannot be opened.
+std::shared_ptr<spdlog::logger> agent_filter_logger(const std::filesystem::path& file);
 
 } // namespace machine::cli

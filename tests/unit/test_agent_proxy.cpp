@@ -26,6 +26,7 @@
 #include <spdlog/sinks/ostream_sink.h>
 #include <spdlog/spdlog.h>
 
+#include "agent_forwarding.hpp"
 #include "filter.hpp"
 #include "machine/agent_proxy.hpp"
 #include "machine/proc.hpp"
@@ -175,6 +176,16 @@ struct log_capture {
     }
     ~log_capture() { spdlog::set_default_logger(previous); }
     std::string text() const { return out.str(); }
+};
+
+// Sends the proxy's spdlog output to `file` through the logger `machine agent-proxy` uses
+// (capped, one rotated copy) for the guard's lifetime.
+struct filter_log {
+    std::shared_ptr<spdlog::logger> previous = spdlog::default_logger();
+    explicit filter_log(const fs::path& file) { spdlog::set_default_logger(cli::agent_filter_logger(file)); }
+    ~filter_log() { spdlog::set_default_logger(previous); }
+    filter_log(const filter_log&) = delete;
+    filter_log& operator=(const filter_log&) = delete;
 };
 
 // How many events the lines of `log` containing `marker` stand for: a summary ("... 48213
@@ -1172,8 +1183,73 @@ BOOST_AUTO_TEST_SUITE_END()
 
 // Issue 13: a guest sent 627,000 refused "add identity" messages in 5 s, and every refusal took
 // a line of agent-filter.log (47 MB). Whatever a client can repeat at will is now summarised,
-// at most a line a second.
+// at most a line a second, and the file is capped.
 BOOST_AUTO_TEST_SUITE(agent_proxy_flood)
+
+BOOST_AUTO_TEST_CASE(a_refusal_flood_is_counted_in_a_small_log) {
+    constexpr std::uint64_t flood = 600000;
+    constexpr std::uintmax_t mib = 1024 * 1024;
+    private_dir dir;
+    const key a = make_key(dir.path, "A");
+    real_agent agent(dir.path / "agent.sock");
+    BOOST_REQUIRE(run_cmd({"ssh-add", a.file.string()}, {{"SSH_AUTH_SOCK", agent.socket().string()}}).ok());
+    const auto log_file = dir.path / "agent-filter.log";
+    const auto rotated = dir.path / "agent-filter.1.log";
+    double took = 0;
+    {
+        filter_log logging(log_file);
+        options o;
+        o.listen = dir.path / "proxy.sock";
+        o.upstream = agent.socket();
+        o.allowed = {a.fp};
+        proxy_runner proxy(o);
+        BOOST_REQUIRE(proxy.running_now());
+
+        // An ed25519 "add identity" (key type, public key, private key, comment), as fast as
+        // one client can send, while it reads the answers.
+        const std::string add =
+            frame(byte(17) + str("ssh-ed25519") + str(std::string(32, 'p')) + str(std::string(64, 's')) + str("guest"));
+        std::string chunk;
+        for (int i = 0; i < 1000; ++i) chunk += add;
+        const int fd = connect_unix(o.listen);
+        BOOST_REQUIRE(fd >= 0);
+        const auto t0 = std::chrono::steady_clock::now();
+        std::thread writer([&] {
+            for (std::uint64_t sent = 0; sent < flood && send_all(fd, chunk); sent += 1000) {
+            }
+        });
+        const auto answered = read_failures(fd, flood, 300s);
+        ::shutdown(fd, SHUT_RDWR); // ends the writer if the proxy stopped reading
+        writer.join();
+        took = seconds_since(t0);
+        ::close(fd);
+        BOOST_TEST(answered == flood);
+        BOOST_TEST_MESSAGE(flood << " refusals in " << took << " s: " << static_cast<std::uint64_t>(flood / took) << "/s");
+
+        // The filter still serves: a real signature with the allowed key.
+        {
+            raw_client c(o.listen);
+            const auto sig = c.ask(sign_body(a.blob, "signed after the flood"));
+            BOOST_REQUIRE(sig);
+            BOOST_TEST(static_cast<int>((*sig)[0]) == msg::sign_response);
+        }
+        BOOST_TEST(proxy.stop() == 0);
+    }
+    const auto size = [](const fs::path& p) {
+        std::error_code ec;
+        const auto n = fs::file_size(p, ec);
+        return ec ? std::uintmax_t{0} : n;
+    };
+    BOOST_TEST_MESSAGE("agent-filter.log: " << size(log_file) << " bytes, agent-filter.1.log: " << size(rotated));
+    BOOST_TEST(size(log_file) <= mib);
+    BOOST_TEST(size(rotated) <= mib);
+    const auto log = read_file(rotated) + read_file(log_file);
+    const auto refused = count_logged(log, ": refused ");
+    BOOST_TEST(refused.events == flood);
+    // A line at once, one a second while they come, one when the client leaves.
+    BOOST_TEST(refused.lines <= took + 2);
+    BOOST_TEST(log.find("(add identity x") != std::string::npos, log.substr(0, 2000));
+}
 
 BOOST_FIXTURE_TEST_CASE(a_flood_of_broken_connections_is_summarised, fake_setup) {
     // Closing a connection is a line too, and a guest can break connections as fast as it
@@ -1222,6 +1298,33 @@ BOOST_AUTO_TEST_CASE(an_unreachable_agent_is_summarised_too) {
     BOOST_TEST(failed.events == requests);
     BOOST_TEST(failed.lines <= took + 2);
     BOOST_TEST(logs.text().find("no-agent.sock") != std::string::npos, logs.text());
+}
+
+BOOST_AUTO_TEST_CASE(the_filter_log_keeps_one_rotated_file_of_at_most_1_mib) {
+    // Whatever gets past the summaries (many clients, each with its lines), the file stays
+    // small: 1 MiB, then it becomes agent-filter.1.log and a new one starts.
+    constexpr std::uintmax_t mib = 1024 * 1024;
+    private_dir dir;
+    const auto file = dir.path / "agent-filter.log";
+    write_file(file, "from an earlier run\n");
+    constexpr int lines = 40000; // about 5 MB
+    {
+        auto logger = cli::agent_filter_logger(file);
+        for (int i = 0; i < lines; ++i) logger->info("agent-proxy: client {}: refused add identity (not forwarded) {}", i, std::string(60, 'x'));
+    }
+    std::vector<std::string> names;
+    for (const auto& e : fs::directory_iterator(dir.path)) names.push_back(e.path().filename().string());
+    std::sort(names.begin(), names.end());
+    BOOST_TEST(names == (std::vector<std::string>{"agent-filter.1.log", "agent-filter.log"}));
+    BOOST_TEST(fs::file_size(file) <= mib);
+    BOOST_TEST(fs::file_size(dir.path / "agent-filter.1.log") <= mib);
+    BOOST_TEST(fs::file_size(dir.path / "agent-filter.1.log") > mib / 2);
+    // The newest lines are kept, in order across the two files.
+    const auto kept = text::split_lines(read_file(dir.path / "agent-filter.1.log") + read_file(file));
+    BOOST_REQUIRE(!kept.empty());
+    BOOST_TEST(kept.back().find("client " + std::to_string(lines - 1) + ":") != std::string::npos);
+    int expected = lines - static_cast<int>(kept.size());
+    for (const auto& line : kept) BOOST_TEST(line.find("client " + std::to_string(expected++) + ":") != std::string::npos);
 }
 
 BOOST_AUTO_TEST_SUITE_END()
