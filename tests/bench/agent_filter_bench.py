@@ -13,12 +13,20 @@ the agent and through the proxy, in two shapes:
 The two paths take turns request by request, so load changes hit both alike. Prints median
 and p95 per signature for both paths and the difference.
 
-Usage: tests/bench/agent_filter_bench.py [--n 200] [--machine build/machine]
+Then the flood of issue 13 (a guest sent 627,000 refused "add identity" messages in 5 s and
+wrote 47 MB to agent-filter.log): a second proxy, started as machine starts it (its log named in
+MACHINE_AGENT_FILTER_LOG, stdout and stderr appended to that file), gets --flood refused
+"add identity" messages (default 600,000) on one connection as fast as the bench can send them
+while it reads the answers. Prints the refusal rate, the log's size on disk (agent-filter.log
+plus its rotated agent-filter.1.log) and how many refusals the log accounts for.
+
+Usage: tests/bench/agent_filter_bench.py [--n 200] [--flood 600000] [--machine build/machine]
 """
 import argparse
 import base64
 import hashlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -27,11 +35,13 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-REQUEST_IDENTITIES, IDENTITIES_ANSWER, SIGN_REQUEST, SIGN_RESPONSE = 11, 12, 13, 14
+FAILURE, REQUEST_IDENTITIES, IDENTITIES_ANSWER, SIGN_REQUEST, SIGN_RESPONSE = 5, 11, 12, 13, 14
+ADD_IDENTITY = 17
 
 
 # --- a minimal agent client -----------------------------------------------------------------
@@ -124,6 +134,79 @@ def time_new_connections(paths, blob, n):
     return times
 
 
+def flood(path, n):
+    """n refused "add identity" messages on one connection, sent by a thread while this one
+    reads the answers; returns the seconds until the last answer."""
+    add = bytes([ADD_IDENTITY]) + string(b"ssh-ed25519") + string(b"p" * 32) + string(b"s" * 64) + string(b"guest")
+    message = struct.pack(">I", len(add)) + add
+    failure = struct.pack(">I", 1) + bytes([FAILURE])
+    with connect(path) as s:
+        def send():
+            try:
+                for start in range(0, n, 1000):
+                    s.sendall(message * min(1000, n - start))
+            except OSError:
+                pass
+        t0 = time.perf_counter()
+        writer = threading.Thread(target=send)
+        writer.start()
+        expected, got = n * len(failure), 0
+        while got < expected:
+            data = s.recv(1 << 20)
+            if not data:
+                break
+            got += len(data)
+        took = time.perf_counter() - t0
+        writer.join()
+    if got != expected:
+        sys.exit("flood: %d of %d answer bytes" % (got, expected))
+    return took
+
+
+SUMMARY = re.compile(rb"(\d+) \w+ in the last [0-9.]+ s \(")
+
+
+def refusals_logged(logs):
+    """(refusals the log accounts for, lines about them): a summary line counts its number."""
+    count = lines = 0
+    for log in logs:
+        if not os.path.exists(log):
+            continue
+        with open(log, "rb") as f:
+            for line in f:
+                if b": refused " in line:
+                    lines += 1
+                    m = SUMMARY.search(line)
+                    count += int(m.group(1)) if m else 1
+    return count, lines
+
+
+def measure_flood(machine, agent_sock, tmp, fp, n, children):
+    """Starts a proxy the way machine does and floods it; prints what it cost."""
+    sock = os.path.join(tmp, "flood.sock")
+    log = os.path.join(tmp, "agent-filter.log")
+    rotated = os.path.join(tmp, "agent-filter.1.log")
+    env = dict(os.environ, MACHINE_AGENT_FILTER_LOG=log)
+    with open(log, "ab") as out:
+        proxy = subprocess.Popen([machine, "agent-proxy", "--listen", sock, "--upstream", agent_sock,
+                                  "--vm-dir", os.path.join(tmp, "no-vm"), "--allow", fp],
+                                 stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env)
+    children.append(proxy)
+    wait_for_socket(sock, proxy, "machine agent-proxy (flood)")
+    took = flood(sock, n)
+    # The last summary is written when the client has gone.
+    deadline = time.monotonic() + 5
+    while refusals_logged([rotated, log])[0] < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    count, lines = refusals_logged([rotated, log])
+    sizes = [os.path.getsize(p) if os.path.exists(p) else 0 for p in (log, rotated)]
+    print()
+    print("flood: %d refused \"add identity\" requests on one connection" % n)
+    print("%-40s %10.2f s %9.0f /s" % ("answered in", took, n / took))
+    print("%-40s %10d B %9d B" % ("agent-filter.log, agent-filter.1.log", sizes[0], sizes[1]))
+    print("%-40s %10d    %9d lines" % ("refusals the log accounts for", count, lines))
+
+
 def p95(xs):
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(0.95 * (len(xs) - 1))))]
@@ -144,6 +227,8 @@ def wait_for_socket(path, proc, what):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=200, help="sign requests per measurement (default 200)")
+    ap.add_argument("--flood", type=int, default=600000,
+                    help="refused messages in the flood measurement (default 600000; 0: none)")
     ap.add_argument("--machine", default=os.path.join(ROOT, "build", "machine"), help="the machine binary")
     args = ap.parse_args()
     if not os.access(args.machine, os.X_OK):
@@ -191,6 +276,8 @@ def main():
             print("%-40s %8.1f us %8.1f us" % ("%s, added by the proxy" % shape,
                                                (statistics.median(proxied) - statistics.median(direct)) * 1e6,
                                                (p95(proxied) - p95(direct)) * 1e6))
+        if args.flood > 0:
+            measure_flood(args.machine, agent_sock, tmp, fp, args.flood, children)
         return 0
     finally:
         for child in reversed(children):
