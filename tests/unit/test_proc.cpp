@@ -61,11 +61,7 @@ public:
         pidfd_ = fd;
     }
     ~orphan() {
-        if (pidfd_ < 0) return;
-        ::syscall(SYS_pidfd_send_signal, pidfd_, SIGKILL, nullptr, 0);
-        pollfd p{pidfd_, POLLIN, 0};
-        ::poll(&p, 1, 5000);  // readable once it has exited
-        ::close(pidfd_);
+        if (pidfd_ >= 0) machine::test::kill_and_wait(pidfd_);
     }
     orphan(const orphan&) = delete;
     orphan& operator=(const orphan&) = delete;

@@ -117,12 +117,7 @@ public:
         BOOST_REQUIRE(::chown(file_.c_str(), pw->pw_uid, static_cast<gid_t>(-1)) == 0);
     }
     ~remote_process() {
-        const int fd = pidfd();
-        if (fd < 0) return;
-        ::syscall(SYS_pidfd_send_signal, fd, SIGKILL, nullptr, 0);
-        pollfd p{fd, POLLIN, 0};
-        ::poll(&p, 1, 5000);  // readable once it has exited
-        ::close(fd);
+        if (const int fd = pidfd(); fd >= 0) machine::test::kill_and_wait(fd);
     }
     remote_process(const remote_process&) = delete;
     remote_process& operator=(const remote_process&) = delete;

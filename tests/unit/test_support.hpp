@@ -1,6 +1,11 @@
 // Helpers shared by the unit tests.
 #pragma once
 
+#include <poll.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <chrono>
 #include <exception>
 #include <filesystem>
@@ -12,6 +17,15 @@
 #include <asio/io_context.hpp>
 
 namespace machine::test {
+
+// Kills the process a pidfd names (a test's own, found by pid: never by name) and waits, at
+// most 5 s, until it has exited; closes the pidfd.
+inline void kill_and_wait(int pidfd) {
+    ::syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, nullptr, 0);
+    pollfd p{pidfd, POLLIN, 0};
+    ::poll(&p, 1, 5000);  // readable once it has exited
+    ::close(pidfd);
+}
 
 // Runs an awaitable to completion on `ctx` and returns its value (or rethrows).
 template <class T>
