@@ -221,6 +221,17 @@ int connect_unix(const fs::path& p) {
     return fd;
 }
 
+// All of `bytes` on a blocking socket; false when the peer goes away.
+bool send_all(int fd, std::string_view bytes) {
+    while (!bytes.empty()) {
+        const auto n = ::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return false;
+        bytes.remove_prefix(static_cast<std::size_t>(n));
+    }
+    return true;
+}
+
 // A blocking client with poll()-bounded reads: raw bytes in, framed messages out.
 class raw_client {
 public:
@@ -231,15 +242,7 @@ public:
     raw_client(const raw_client&) = delete;
     raw_client& operator=(const raw_client&) = delete;
 
-    bool send_raw(std::string_view bytes) {
-        while (!bytes.empty()) {
-            const auto n = ::send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL);
-            if (n < 0 && errno == EINTR) continue;
-            if (n <= 0) return false;
-            bytes.remove_prefix(static_cast<std::size_t>(n));
-        }
-        return true;
-    }
+    bool send_raw(std::string_view bytes) { return send_all(fd_, bytes); }
     bool send_message(std::string_view body) { return send_raw(frame(body)); }
 
     // The next message body; nullopt on EOF, error or timeout.
@@ -304,17 +307,6 @@ std::optional<std::vector<std::string>> listed(const fs::path& p) {
     std::vector<std::string> fps;
     for (const auto& id : *ids) fps.push_back(fingerprint(id.key_blob));
     return fps;
-}
-
-// For floods: all of `bytes` on a blocking socket; false when the peer goes away.
-bool send_all(int fd, std::string_view bytes) {
-    while (!bytes.empty()) {
-        const auto n = ::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) return false;
-        bytes.remove_prefix(static_cast<std::size_t>(n));
-    }
-    return true;
 }
 
 // Reads SSH_AGENT_FAILURE answers from `fd` until `expected` have come, something else comes,
