@@ -170,6 +170,8 @@ public:
     std::string host_key_type() const;
     /// "user@host:port", for messages.
     std::string description() const;
+    /// The VM's name (from its host_key_pin), for messages.
+    std::string vm_name() const;
     /// How often the pump woke up so far (tests use it to prove the pump does not spin).
     std::uint64_t pump_wakeups() const;
 

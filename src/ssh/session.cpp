@@ -523,6 +523,8 @@ std::string session::host_key_type() const { return core_->key_type_; }
 
 std::string session::description() const { return core_->desc_; }
 
+std::string session::vm_name() const { return core_->pin_.vm_name; }
+
 std::uint64_t session::pump_wakeups() const { return core_->wakeups_; }
 
 awaitable<std::shared_ptr<channel>> session::exec(std::string command) {
