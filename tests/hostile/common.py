@@ -462,6 +462,7 @@ class LineCounter(threading.Thread):
         super().__init__(daemon=True)
         self.stream, self.keep, self.tail_n = stream, keep, tail
         self.count = 0
+        self.warnings = 0  # lines that say "warning"
         self.bytes = 0
         self.head, self.tail = [], []
         self.lock = threading.Lock()
@@ -469,36 +470,58 @@ class LineCounter(threading.Thread):
         self.start()
 
     def run(self):
-        buf = b""
         fd = self.stream.fileno()
+        try:
+            import fcntl
+            fcntl.fcntl(fd, 1031, 1 << 20)  # F_SETPIPE_SZ: a flood must not be slowed by a small pipe
+        except (OSError, ImportError):
+            pass
+        partial = b""
         while True:
             try:
-                chunk = os.read(fd, 1 << 16)
+                chunk = os.read(fd, 1 << 20)
             except OSError:
                 break
             if not chunk:
                 break
             self.bytes += len(chunk)
-            buf += chunk
-            *lines, buf = buf.split(b"\n")
-            self._add(lines)
-            if len(buf) > 1 << 20:  # a line without end: keep counting, not storing
-                buf = buf[-4096:]
-        if buf:
-            self._add([buf])
-
-    def _add(self, lines):
-        now = time.monotonic()
-        with self.lock:
-            for raw in lines:
-                line = raw.decode("utf-8", errors="replace")
-                self.count += 1
+            # Fast path: counting is bytes.count; only the first and last lines are decoded.
+            n = chunk.count(b"\n")
+            self.warnings += chunk.count(b"warning")
+            if n == 0:
+                partial = (partial + chunk)[-4096:]
+                continue
+            first_end = chunk.index(b"\n")
+            last_start = chunk.rindex(b"\n")
+            with self.lock:
                 if len(self.head) < self.keep:
-                    self.head.append(line)
-                    self.stamps.append(now)
-                self.tail.append(line)
-                if len(self.tail) > self.tail_n:
-                    del self.tail[0]
+                    self._add((partial + chunk[:last_start]).split(b"\n")[:self.keep - len(self.head) + 1],
+                              count=False)
+                else:
+                    self._add([partial + chunk[:first_end]], count=False, head=False)
+                    if n > 1:
+                        tail = chunk[:last_start].rsplit(b"\n", self.tail_n)[1:]
+                        self._add(tail, count=False, head=False)
+                self.count += n
+            partial = chunk[last_start + 1:]
+        if partial:
+            with self.lock:
+                self._add([partial], count=False)
+                self.count += 1
+
+    def _add(self, lines, count=True, head=True):
+        """Adds decoded lines to head (while it has room) and tail; the caller holds the lock."""
+        now = time.monotonic()
+        for raw in lines:
+            line = raw.decode("utf-8", errors="replace")
+            if count:
+                self.count += 1
+            if head and len(self.head) < self.keep:
+                self.head.append(line)
+                self.stamps.append(now)
+            self.tail.append(line)
+        if len(self.tail) > self.tail_n:
+            del self.tail[:len(self.tail) - self.tail_n]
 
     def lines(self):
         with self.lock:
@@ -513,6 +536,8 @@ class LineCounter(threading.Thread):
 class MachineRun:
     """The real `machine` running: its output drained and counted, its peak RSS sampled from
     /proc (VmHWM, the kernel's own high-water mark, so a spike between two samples is not lost)."""
+
+    RSS_CAP_MIB = 512  # beyond this the run is killed at once: a leak must not take the host down
 
     def __init__(self, world, args, machine, env=None, stdin=None):
         e = dict(world.env)
@@ -530,8 +555,13 @@ class MachineRun:
         self._sampler.start()
 
     def _sample(self):
+        self.capped = False
         while self.proc.poll() is None:
             self.peak_kib = max(self.peak_kib, status_kib(self.proc.pid, "VmHWM"), status_kib(self.proc.pid, "VmRSS"))
+            if self.peak_kib > self.RSS_CAP_MIB * 1024 and self.proc.poll() is None:
+                self.capped = self.killed = True
+                self.proc.kill()
+                break
             time.sleep(0.02)
 
     def rss_kib(self):
@@ -584,6 +614,9 @@ class MachineRun:
 
     def line_count(self):
         return self.out.count + self.err.count
+
+    def warning_count(self):
+        return self.out.warnings + self.err.warnings
 
     def peak_mib(self):
         return self.peak_kib / 1024.0
