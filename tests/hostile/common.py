@@ -87,9 +87,9 @@ def free_port():
     return port
 
 
-def wait_port(port, timeout=10.0):
+def wait_port(port, timeout=10.0, proc=None):
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and (proc is None or proc.poll() is None):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
             return True
@@ -140,7 +140,7 @@ class Sshd:
         script = "set -e\n"
         args = []
         for i, (src, dst) in enumerate(mounts):
-            script += 'mount --bind "$%d" "$%d"\n' % (2 * i + 1, 2 * i + 2)
+            script += 'mount --bind "${%d}" "${%d}"\n' % (2 * i + 1, 2 * i + 2)
             args += [src, dst]
         script += 'shift %d\nexec "$@"\n' % (2 * len(mounts))
         self.log = os.path.join(tmp, "sshd.log")
@@ -148,7 +148,7 @@ class Sshd:
             self.proc = subprocess.Popen(
                 ["unshare", "-m", "--propagation", "private", "--", "sh", "-c", script, "sh"] + args +
                 ["/usr/sbin/sshd", "-D", "-e", "-f", config], stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-        if not wait_port(self.port):
+        if not wait_port(self.port, proc=self.proc):
             self.stop()
             raise RuntimeError("sshd did not listen on 127.0.0.1:%d: %s" % (self.port, self.log_text()))
         out = subprocess.run(["ssh-keygen", "-l", "-E", "sha256", "-f", self.host_key + ".pub"],

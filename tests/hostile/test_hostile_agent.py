@@ -52,12 +52,23 @@ def forbidden_in(line):
 class Check:
     """One check's world: its own LIMA_HOME/state/config, one scripted agent behind one sshd."""
 
-    def __init__(self, suite, name, agent_cls, projects=None, **agent_kw):
+    def __init__(self, suite, name, agent_cls, projects=None, vm_root=None, **agent_kw):
         self.suite, self.name = suite, name
         self.tmp = common.make_tmp("h-%s-" % name[:8])
         self.world = common.World(self.tmp)
         self.agent = agent_cls(os.path.join(self.tmp, "g"), **agent_kw)
-        self.sshd = common.Sshd(os.path.join(self.tmp, "s"), self.agent.dir, **suite.sshd_options.get(name, {}))
+        binds = []
+        if vm_root:  # {target directory: {file name: (content, mode)}}, each a directory of ours in sshd's namespace
+            for i, (target, files) in enumerate(sorted(vm_root.items())):
+                d = os.path.join(self.tmp, "vm%d" % i)
+                os.makedirs(d)
+                os.chmod(d, 0o755)
+                for fname, (content, mode) in files.items():
+                    with open(os.path.join(d, fname), "wb") as f:
+                        f.write(content)
+                    os.chmod(os.path.join(d, fname), mode)
+                binds.append((d, target))
+        self.sshd = common.Sshd(os.path.join(self.tmp, "s"), self.agent.dir, binds=binds)
         self.world.add_vm(name, self.sshd)
         self.world.write_projects(projects if projects is not None else "[%s]\n" % name)
 
@@ -227,7 +238,6 @@ class Suite:
     def __init__(self, args):
         self.args = args
         self.report = common.Report()
-        self.sshd_options = {}
 
     def figure(self, text):
         self.report.figure(text)
@@ -473,6 +483,59 @@ class Suite:
                 problems.append("no warning names ~/code/evil/.envrc:3, the ID and the entry to add to projects.toml "
                                 "(%s)" % run.describe(4))
             self.report.check(name, not problems, "; ".join(problems))
+        finally:
+            c.close()
+
+    # f. `up` on a running VM whose agent hangs on hello
+    def agent_unit(self):
+        """The systemd unit the machine binary embeds (from its build tree), else the source's."""
+        inc = os.path.join(os.path.dirname(os.path.abspath(self.args.machine)), "generated", "agent_unit.inc")
+        try:
+            with open(inc, "rb") as f:
+                text = f.read()
+            start = text.index(b'R"MACHINE_EMBED(') + len(b'R"MACHINE_EMBED(')
+            return text[start:text.rindex(b')MACHINE_EMBED"')]
+        except (OSError, ValueError):
+            with open(os.path.join(common.ROOT, "guest-agent", "machine-agent.service"), "rb") as f:
+                return f.read()
+
+    def check_up_hung(self):
+        vm = "up-hung"
+        name = "hung: up on a running VM whose agent hangs on hello ends with exit 1 naming the VM and the request"
+        if not os.access(self.args.agent, os.R_OK):
+            self.report.check(name, False, "no agent binary at %s (--agent)" % self.args.agent)
+            return
+        with open(self.args.agent, "rb") as f:
+            agent_binary = f.read()
+        # `up` checks the agent over SSH (sha256sum, systemctl is-active) and would install it with
+        # sudo: through this sshd, commands run on this host. In the sshd's own mount namespace
+        # /usr/local/bin, /usr/local/sbin, /etc/systemd/system and /etc/default are directories of
+        # this check holding exactly what a current deployment has (and a systemctl that says
+        # "active"), so the deployment is found current and nothing of the host is changed.
+        fake_ctl = b"#!/bin/sh\n[ \"$1\" = is-active ] && echo active\nexit 0\n"
+        vm_root = {
+            "/usr/local/bin": {"machine-agent": (agent_binary, 0o755), "systemctl": (fake_ctl, 0o755),
+                               "loginctl": (b"#!/bin/sh\nexit 0\n", 0o755)},
+            "/usr/local/sbin": {"systemctl": (fake_ctl, 0o755), "loginctl": (b"#!/bin/sh\nexit 0\n", 0o755)},
+            "/etc/systemd/system": {"machine-agent.service": (self.agent_unit(), 0o644)},
+            "/etc/default": {"machine-agent": (b"MACHINE_AGENT_OPTS=--user root\n", 0o644)},
+        }
+        c = Check(self, vm, HungAgent, projects="[%s]\nforward_agent = false\n" % vm, vm_root=vm_root)
+        try:
+            run = c.machine("up", vm, env={"MACHINE_AGENT": self.args.agent})
+            run.wait(END_LIMIT_S)
+            c.show(run)
+            requests = c.agent.request_types()
+            self.figure("machine up up-hung: %s after %.1f s (agent hangs on hello; requests it got: %s), peak RSS %.1f MiB"
+                        % ("killed" if run.killed else "exit %s" % run.rc, run.elapsed, ", ".join(requests) or "none",
+                           run.peak_mib()))
+            unanswered = sorted(set(requests)) or ["hello"]
+            why = ended_with_error(run, vm)
+            if not why and not any(any(r in l for r in unanswered) for l in error_lines(run)):
+                why = "no error line names the request (%s): %s" % (", ".join(unanswered), run.describe(4))
+            if "hello" not in requests:
+                why += "%sthe agent never got hello" % ("; " if why else "")
+            self.report.check(name, not why, why)
         finally:
             c.close()
 
