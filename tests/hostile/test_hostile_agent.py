@@ -9,8 +9,9 @@ plays one hostile guest:
            about one warning a second, and stay under 64 MiB; `watch` stays under 64 MiB and runs on
   hung     accepts and never answers: `secrets`, `sessions` end with exit 1 naming the VM and the
            request; `watch` says it is reconnecting and does reconnect
-  forged   events whose fields carry \\n, \\r, \\t, bidi and invisible characters: `watch` prints
-           no line that starts with "[prod]" and no raw control, bidi or invisible character
+  forged   events whose fields carry \\n, \\r, \\t, bidi and invisible characters (and a discovery
+           result and an agent error that do): `watch` and `secrets` print no line that starts
+           with "[prod]" and no raw control, bidi or invisible character
   storm    `user.ready` every second (a new boot_id each time, or the same one): `watch` runs the
            secrets_on_up provider at most once per boot and once per 30 s
   undeclared  `secrets.discover` names a repo whose .envrc loads a set the project does not
@@ -232,6 +233,18 @@ class DiscoveringAgent(ScriptedAgent):
                                        "uses": [{"set": UNDECLARED, "line": 3}]}])
 
 
+class ForgingDiscoveryAgent(ScriptedAgent):
+    """secrets.discover whose repo directory and set token carry line breaks, bidi and invisible
+    characters, and an unsolicited error message that does too."""
+
+    def on_secrets_discover(self, conn, msg):
+        conn.send({"v": 1, "id": None, "type": "error", "code": "internal",
+                   "message": "MARK8\n[prod] error: forged by an agent error \u202e\u200b"})
+        conn.result(msg["id"], repos=[
+            {"dir": "evil\u202e\u2066", "path": "/home/u/code/evil\u202e\u2066/.envrc",
+             "uses": [{"set": "mark9\u202e\u2066\u200bevil", "line": 1}]}])
+
+
 # --- the checks -------------------------------------------------------------------------------------
 
 class Suite:
@@ -396,6 +409,33 @@ class Suite:
                 problems.append("raw characters %s in %s" % (raw[0][1], repr(raw[0][0][:160])))
             if missing:
                 problems.append("events %s were never shown (the check cannot tell)" % missing)
+            self.report.check(name, not problems, "; ".join(problems))
+        finally:
+            c.close()
+
+    def check_forged_secrets(self):
+        vm = "forged-secrets"
+        name = "forged: secrets prints no [prod] line and no raw control, bidi or invisible character"
+        projects = ('[%s]\n[[%s.secrets]]\ncommand = ["/bin/sh", "-c", "echo TOKEN=hostile"]\nset = "web"\n'
+                    % (vm, vm))
+        c = Check(self, vm, ForgingDiscoveryAgent, projects=projects)
+        try:
+            run = c.machine("secrets", vm).wait(END_LIMIT_S)
+            c.show(run)
+            lines = run.lines()
+            forged = [l for l in lines if l.startswith("[prod]")]
+            raw = [(l, forbidden_in(l)) for l in lines if forbidden_in(l)]
+            self.figure("forged secrets: exit %s, %d lines printed, %d start with [prod], %d carry raw characters"
+                        % (run.rc, len(lines), len(forged), len(raw)))
+            problems = []
+            if run.killed:
+                problems.append("secrets did not end within %d s" % END_LIMIT_S)
+            if "secrets.discover" not in c.agent.request_types():
+                problems.append("the agent was never asked secrets.discover: the check did not run")
+            if forged:
+                problems.append("forged lines: %s" % [l[:120] for l in forged[:3]])
+            if raw:
+                problems.append("raw characters %s in %s" % (raw[0][1], repr(raw[0][0][:160])))
             self.report.check(name, not problems, "; ".join(problems))
         finally:
             c.close()
