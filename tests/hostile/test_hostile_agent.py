@@ -93,7 +93,10 @@ def line_limit(seconds):
 
 
 def error_lines(run):
-    return [l for l in run.lines() if "error" in l.lower()]
+    """The lines that report a failure: `machine: <message>` (how a command's error ends it) and
+    events that say error."""
+    return [l for l in run.lines() if "error" in l.lower() or
+            (l.startswith("machine: ") and not l.startswith(("machine: interrupt", "machine: warning")))]
 
 
 def ended_with_error(run, vm, mention=()):
