@@ -235,6 +235,7 @@ class ScriptedAgent:
         self.journal_id = base64.b32encode(os.urandom(10)).decode().lower()
         self.boot_id = "b" + os.urandom(8).hex()
         self.seq = 0
+        self.deployment = None  # hello's `deployment` ({binary_sha256, unit_sha256, user}) when set
         self.requests = []  # (type, id) of every request seen, in order
         self.connections = []
         self.lock = threading.Lock()
@@ -317,7 +318,8 @@ class ScriptedAgent:
         return {"protocol": 1, "agent_version": self.agent_version, "capabilities": HELLO_CAPABILITIES,
                 "boot_id": self.boot_id, "journal": {"id": self.journal_id, "first_seq": 1 if self.seq else 0,
                                                      "last_seq": self.seq},
-                "limits": {"max_line": 1048576, "output_chunk": 32768, "max_event_bytes": 65536}}
+                "limits": {"max_line": 1048576, "output_chunk": 32768, "max_event_bytes": 65536},
+                **({"deployment": self.deployment} if self.deployment else {})}
 
     def on_hello(self, conn, msg):
         conn.result(msg["id"], **self.hello_fields())

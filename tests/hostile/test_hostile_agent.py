@@ -16,7 +16,7 @@ plays one hostile guest:
            secrets_on_up provider at most once per boot and once per 30 s
   undeclared  `secrets.discover` names a repo whose .envrc loads a set the project does not
            declare: `op` is never run for it, and a warning names the file, the line and the entry
-  up       `up` on a running VM whose agent hangs on hello (deployment confined to the sshd's own
+  up       `up` on a running VM whose agent hangs on hello, or floods once asked to provision (deployment confined to the sshd's own
            mount namespace): exit 1 naming the VM and the request
 
 Every check prints FIGURE lines (peak RSS, time to the error, counts). TAP-like output; exit
@@ -24,6 +24,7 @@ status 1 when a check failed, 77 (skipped) when not root or without unshare/sshd
 
   tests/hostile/test_hostile_agent.py --machine BUILD/machine [--agent BUILD/guest-agent/machine-agent] [-k NAME] [-v]
 """
+import hashlib
 import json
 import os
 import shutil
@@ -542,14 +543,7 @@ class Suite:
             with open(os.path.join(common.ROOT, "guest-agent", "machine-agent.service"), "rb") as f:
                 return f.read()
 
-    def check_up_hung(self):
-        vm = "up-hung"
-        name = "hung: up on a running VM whose agent hangs on hello ends with exit 1 naming the VM and the request"
-        if not os.access(self.args.agent, os.R_OK):
-            self.report.check(name, False, "no agent binary at %s (--agent)" % self.args.agent)
-            return
-        with open(self.args.agent, "rb") as f:
-            agent_binary = f.read()
+    def confined_vm_root(self, agent_binary):
         # `up` checks the agent over SSH (sha256sum, systemctl is-active) and would install it with
         # sudo: through this sshd, commands run on this host. In the sshd's own mount namespace
         # /usr/local/bin, /usr/local/sbin, /etc/systemd/system and /etc/default are directories of
@@ -563,7 +557,23 @@ class Suite:
             "/etc/systemd/system": {"machine-agent.service": (self.agent_unit(), 0o644)},
             "/etc/default": {"machine-agent": (b"MACHINE_AGENT_OPTS=--user root\n", 0o644)},
         }
-        c = Check(self, vm, HungAgent, projects="[%s]\nforward_agent = false\n" % vm, vm_root=vm_root)
+        return vm_root
+
+    def agent_binary(self, name):
+        if not os.access(self.args.agent, os.R_OK):
+            self.report.check(name, False, "no agent binary at %s (--agent)" % self.args.agent)
+            return None
+        with open(self.args.agent, "rb") as f:
+            return f.read()
+
+    def check_up_hung(self):
+        vm = "up-hung"
+        name = "hung: up on a running VM whose agent hangs on hello ends with exit 1 naming the VM and the request"
+        agent_binary = self.agent_binary(name)
+        if agent_binary is None:
+            return
+        c = Check(self, vm, HungAgent, projects="[%s]\nforward_agent = false\n" % vm,
+                  vm_root=self.confined_vm_root(agent_binary))
         try:
             run = c.machine("up", vm, env={"MACHINE_AGENT": self.args.agent})
             run.wait(END_LIMIT_S)
@@ -578,6 +588,36 @@ class Suite:
                 why = "no error line names the request (%s): %s" % (", ".join(unanswered), run.describe(4))
             if "hello" not in requests:
                 why += "%sthe agent never got hello" % ("; " if why else "")
+            self.report.check(name, not why, why)
+        finally:
+            c.close()
+
+    def check_flood_up(self):
+        vm = "flood-up"
+        name = "flood: up on a running VM ends naming the VM, bounded warnings and RSS"
+        agent_binary = self.agent_binary(name)
+        if agent_binary is None:
+            return
+        c = Check(self, vm, FloodingAgent, projects="[%s]\nforward_agent = false\n" % vm,
+                  vm_root=self.confined_vm_root(agent_binary), trigger="provision", answer=["hello"])
+        try:
+            # The agent reports exactly the deployment `up` would install: `up` goes on to provision.
+            c.agent.deployment = {"binary_sha256": hashlib.sha256(agent_binary).hexdigest(),
+                                  "unit_sha256": hashlib.sha256(self.agent_unit()).hexdigest(), "user": "root"}
+            run = c.machine("up", vm, env={"MACHINE_AGENT": self.args.agent}).wait(END_LIMIT_S)
+            c.show(run)
+            self.figure("%s: peak RSS %.1f MiB, %s after %.1f s, %d lines printed, agent flooded %d MiB"
+                        % (name, run.peak_mib(), "killed" if run.killed else "exit %s" % run.rc, run.elapsed,
+                           run.line_count(), c.agent.flooded_bytes >> 20))
+            why = ended_with_error(run, vm)
+            if run.line_count() > line_limit(run.elapsed) + 6:  # + up's own progress lines
+                why += "%s%d lines in %.1f s (warnings: at most one a second plus a count)" % (
+                    "; " if why else "", run.line_count(), run.elapsed)
+            if run.peak_mib() >= RSS_LIMIT_MIB:
+                why += "%speak RSS %.1f MiB >= %d MiB" % ("; " if why else "", run.peak_mib(), RSS_LIMIT_MIB)
+            if c.agent.floods == 0:
+                why += "%sthe agent was never asked to provision (requests: %s): the check did not run" % (
+                    "; " if why else "", c.agent.request_types())
             self.report.check(name, not why, why)
         finally:
             c.close()
