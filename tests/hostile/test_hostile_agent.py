@@ -16,8 +16,8 @@ plays one hostile guest:
            secrets_on_up provider at most once per boot and once per 30 s
   undeclared  `secrets.discover` names a repo whose .envrc loads a set the project does not
            declare: `op` is never run for it, and a warning names the file, the line and the entry
-  up       `up` on a running VM whose agent hangs on hello, or floods once asked to provision (deployment confined to the sshd's own
-           mount namespace): exit 1 naming the VM and the request
+  up       `up` on a running VM whose agent hangs on hello, or floods once asked to provision
+           (its deployment confined to the sshd's own mount namespace): exit 1 naming the VM
 
 Every check prints FIGURE lines (peak RSS, time to the error, counts). TAP-like output; exit
 status 1 when a check failed, 77 (skipped) when not root or without unshare/sshd.
