@@ -16,8 +16,8 @@ the key check and meets, per mode:
 each with a flooder that respects the SSH window (compliant) and, for the floods, one that
 ignores it (ignore-window). For each mode, `machine secrets VM`, `sessions VM` and `up VM` must
 end (within HOSTILE_END_LIMIT_S, default 60 s) with exit 1 and an error line naming the VM, and
-stay under 64 MiB peak RSS (VmHWM); `watch VM` must keep running for 15 s under 64 MiB, then
-end on SIGINT. FIGURE lines: peak RSS per command and mode, time to the error.
+stay under 64 MiB peak RSS (VmHWM) and print at most about one warning a second; `watch VM`
+must keep running for 15 s under the same bounds, then end on SIGINT. FIGURE lines: peak RSS per command and mode, time to the error.
 
 Nothing runs as root inside a VM here: hostile_sshd runs no command, it only answers them. Needs
 python3-paramiko for /usr/bin/python3 (else exit 77).
@@ -199,6 +199,11 @@ class Suite:
                 problems += ended_with_error(run, vm)
             if run.peak_mib() >= RSS_LIMIT_MIB:
                 problems.append("peak RSS %.1f MiB >= %d MiB" % (run.peak_mib(), RSS_LIMIT_MIB))
+            # "bad line" warnings: at most one a second plus a count (+ the command's own lines)
+            allowed = 4 + int(1.5 * run.elapsed) + (8 if command in ("up", "watch") else 0)
+            if run.line_count() > allowed:
+                problems.append("%d lines in %.1f s (warnings: at most one a second plus a count)"
+                                % (run.line_count(), run.elapsed))
             self.report.check(name, not problems, "; ".join(problems))
         finally:
             if sshd:
