@@ -199,6 +199,12 @@ public:
     /// Writes all of `data`, waiting for the remote window as needed (libssh may accept less
     /// than asked, even nothing). Completes when libssh has queued every byte for sending.
     asio::awaitable<void> write(std::string data);
+    /// write() for secret bytes: writes `data` straight from the caller's buffer (no copy on
+    /// our side), then overwrites all of the string's memory with zeros and empties it - also
+    /// when the write fails or is cancelled. `data` must stay alive until this completes:
+    /// co_await it at once (`co_await ch->write_secret(line);`). libssh copies each chunk into
+    /// its packet buffer, which it encrypts in place before sending.
+    asio::awaitable<void> write_secret(std::string& data);
     /// Tells the remote side no more data will come (the command sees EOF on stdin).
     asio::awaitable<void> send_eof();
     /// Waits for the command's exit: its status, or 128 + signal number when it was killed.

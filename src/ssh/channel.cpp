@@ -83,15 +83,19 @@ awaitable<std::optional<std::string>> channel_core::read(bool is_stderr) {
 }
 
 awaitable<void> channel_core::write(std::string data) {
+    co_await write_bytes(data.data(), data.size());
+}
+
+awaitable<void> channel_core::write_bytes(const char* data, std::size_t size) {
     std::size_t offset = 0;
-    while (offset < data.size()) {
+    while (offset < size) {
         if (local_closed_) throw error("write on a closed SSH channel");
         session_->throw_if_gone();
         if (close_seen_) throw error("the SSH channel was closed by the remote side");
-        const auto chunk = static_cast<uint32_t>(std::min(data.size() - offset, write_chunk));
+        const auto chunk = static_cast<uint32_t>(std::min(size - offset, write_chunk));
         // Non-blocking: queues at most the remote window (possibly nothing) and returns how
         // much it took.
-        const int n = ssh_channel_write(ch_, data.data() + offset, chunk);
+        const int n = ssh_channel_write(ch_, data + offset, chunk);
         session_->kick();
         if (n < 0) {
             session_->check_alive();
@@ -210,6 +214,22 @@ awaitable<std::optional<std::string>> channel::read_stderr() {
 awaitable<void> channel::write(std::string data) {
     const auto c = core_;
     co_await c->write(std::move(data));
+}
+
+namespace {
+// Wipes the caller's string however write_secret() ends: done, thrown, or destroyed while
+// suspended (cancellation, a dying io_context).
+struct wipe_on_exit {
+    std::string& s;
+    ~wipe_on_exit() { detail::wipe(s); }
+};
+} // namespace
+
+awaitable<void> channel::write_secret(std::string& data) {
+    const auto c = core_;
+    wipe_on_exit guard{data};
+    // Straight from the caller's buffer: no copy of the secret exists on our side.
+    co_await c->write_bytes(data.data(), data.size());
 }
 
 awaitable<void> channel::send_eof() {

@@ -3,6 +3,7 @@
 
 #include <libssh/callbacks.h>
 #include <libssh/libssh.h>
+#include <string.h>  // explicit_bzero
 
 #include <cstdint>
 #include <functional>
@@ -36,6 +37,15 @@ std::string host_key_preference(const std::string& pinned_type);
 
 // Signal name ("TERM") -> number, 0 when unknown.
 int signal_number(const std::string& name);
+
+// Overwrites every byte `s` owns (its whole capacity, so bytes of an earlier, longer value go
+// too) with zeros the compiler may not elide, then empties it. The secrets module has its own
+// (machine::secrets::zero_in_place); ssh does not depend on it.
+inline void wipe(std::string& s) noexcept {
+    s.resize(s.capacity());
+    ::explicit_bzero(s.data(), s.size());
+    s.clear();
+}
 
 struct channel_core;
 
@@ -127,6 +137,10 @@ struct channel_core {
 
     asio::awaitable<std::optional<std::string>> read(bool is_stderr);
     asio::awaitable<void> write(std::string data);
+    // Writes [data, data + size) - memory the caller keeps alive and unchanged until this
+    // completes (it co_awaits at once). No copy is made here; libssh copies each chunk into its
+    // packet buffer, which it encrypts in place.
+    asio::awaitable<void> write_bytes(const char* data, std::size_t size);
     asio::awaitable<void> send_eof();
     asio::awaitable<int> exit_status();
     void send_signal(const std::string& name);

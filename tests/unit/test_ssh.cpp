@@ -304,6 +304,51 @@ BOOST_AUTO_TEST_CASE(upload_10_mib_through_cat) {
 }
 
 namespace {
+// write_secret() delivers every byte and leaves nothing of it in the caller's string: its
+// whole capacity is zero afterwards (read through a pointer taken before, which stays valid
+// because wiping does not reallocate).
+awaitable<void> secret_upload(sshd_server& sshd, fs::path target) {
+    auto s = co_await connect(sshd);
+    auto ch = co_await s->exec("cat > " + text::shell_quote(target.string()));
+    std::string secret = random_bytes(300 * 1024, 4);  // more than one write chunk
+    const std::string expected = secret;
+    secret.reserve(secret.size() + 4096);
+    const char* memory = secret.data();
+    const std::size_t capacity = secret.capacity();
+    co_await ch->write_secret(secret);
+    BOOST_TEST(secret.empty());
+    BOOST_TEST(secret.data() == memory);
+    std::size_t nonzero = 0;
+    for (std::size_t i = 0; i < capacity; ++i) nonzero += memory[i] != 0;
+    BOOST_TEST(nonzero == 0u);
+    co_await ch->send_eof();
+    BOOST_TEST(co_await ch->exit_status() == 0);
+    BOOST_TEST((slurp(target) == expected));
+
+    // Wiped too when the write fails: the channel is closed already.
+    std::string second = "hunter2-hunter2-hunter2-hunter2";
+    const char* second_memory = second.data();
+    const std::size_t second_capacity = second.capacity();
+    ch->close();
+    bool threw = false;
+    try {
+        co_await ch->write_secret(second);
+    } catch (const machine::error&) {
+        threw = true;
+    }
+    BOOST_TEST(threw);
+    BOOST_TEST(second.empty());
+    nonzero = 0;
+    for (std::size_t i = 0; i < second_capacity; ++i) nonzero += second_memory[i] != 0;
+    BOOST_TEST(nonzero == 0u);
+}
+} // namespace
+
+BOOST_AUTO_TEST_CASE(write_secret_delivers_then_wipes_the_callers_buffer) {
+    co_run(ctx, secret_upload(sshd, sshd.dir() / "secret"));
+}
+
+namespace {
 awaitable<std::string> download(sshd_server& sshd, fs::path source) {
     auto s = co_await connect(sshd);
     auto ch = co_await s->exec("cat " + text::shell_quote(source.string()));
