@@ -37,7 +37,8 @@ type has been answered (the issue's agent flooded right after answering secrets.
 
 When listening it writes `PORT SHA256:<fingerprint>` to --ready-file (atomically) and stdout,
 and the pin line (`SHA256:<b64> ssh-ed25519`) to --pin-file. Each channel's end is logged on
-stderr with the bytes it flooded. SIGTERM or SIGINT stop it.
+stderr with the bytes it flooded, and at exit the total (`stopped: N bytes flooded in all`).
+SIGTERM or SIGINT stop it.
 """
 import argparse
 import base64
@@ -76,6 +77,7 @@ STDOUT_JUNK = (b"this is not a protocol message " * 3 + b"\n") * (CHUNK // 94)
 STDERR_JUNK = (b"E" * 127 + b"\n") * (CHUNK // 128)
 
 stopping = threading.Event()
+totals = {"flooded": 0}  # bytes flooded on every channel, logged at exit (GIL-safe enough for a figure)
 
 
 def log(msg):
@@ -104,6 +106,8 @@ class Flooder:
     def __init__(self, chan, style):
         self.chan, self.style = chan, style
         self.sent = 0
+        if style == "compliant":
+            chan.settimeout(0.5)  # a send blocked on a shut window wakes up to see `stopping`
 
     def send(self, data, stderr=False):
         """Sends all of data; False once the channel is gone."""
@@ -114,11 +118,14 @@ class Flooder:
                     return False
                 try:
                     n = self.chan.send_stderr(view) if stderr else self.chan.send(view)
+                except socket.timeout:
+                    continue  # the window stayed shut for 0.5 s: look at `stopping`, then wait on
                 except (OSError, EOFError, paramiko.SSHException):
                     return False
                 if n == 0:
                     return False
                 self.sent += n
+                totals["flooded"] += n
                 view = view[n:]
             return True
         # ignore-window: packets of at most the client's maximum packet size, whatever its window
@@ -139,7 +146,9 @@ class Flooder:
                 self.chan.get_transport()._send_user_message(m)
             except (OSError, EOFError, paramiko.SSHException):
                 return False
-            self.sent += len(data) - start if start + limit > len(data) else limit
+            n = min(limit, len(data) - start)
+            self.sent += n
+            totals["flooded"] += n
         return True
 
 
@@ -195,6 +204,8 @@ class FakeAgent:
         while not stopping.is_set():
             try:
                 data = self.chan.recv(65536)
+            except socket.timeout:
+                continue
             except (OSError, EOFError, paramiko.SSHException):
                 return
             if not data:
@@ -396,6 +407,7 @@ def main():
         sock.settimeout(None)
         threading.Thread(target=serve_connection, args=(sock, key, opts), daemon=True).start()
     listener.close()
+    log("stopped: %d bytes flooded in all" % totals["flooded"])
     return 0
 
 

@@ -83,14 +83,14 @@ class HostileSshd:
             return ""
 
     def flooded_mib(self):
-        total = 0
+        """What it flooded in all (logged when it stops: call stop() first)."""
         for line in self.log_text().splitlines():
-            if "bytes flooded" in line:
+            if "bytes flooded in all" in line:
                 try:
-                    total += int(line.rsplit(": ", 1)[1].split()[0])
+                    return int(line.rsplit(": ", 1)[1].split()[0]) / (1 << 20)
                 except (IndexError, ValueError):
                     pass
-        return total / (1 << 20)
+        return 0.0
 
     def stop(self):
         common.stop_process(self.proc)
@@ -184,6 +184,7 @@ class Suite:
             if self.args.verbose:
                 for line in run.lines()[-30:]:
                     self.report.note("%s: %s" % (vm, repr(line)[1:-1][:300]))
+            sshd.stop()
             outcome = "killed" if run.killed else "exit %s" % run.rc
             self.report.figure("hostile sshd %-18s %-13s %-8s peak RSS %6.1f MiB, %s after %5.1f s, %d lines, "
                                "sshd flooded %d MiB" % (mode, style, command, run.peak_mib(), outcome, run.elapsed,
