@@ -1,8 +1,12 @@
 // Small text helpers shared by every module.
 #pragma once
 
+#include <chrono>
+#include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace machine::text {
@@ -59,6 +63,45 @@ std::vector<std::string> split_lines(std::string_view s);
 std::string tail(std::string_view s, std::size_t max_bytes);
 
 std::string trim(std::string_view s);
+
+/// Log lines that someone else can cause at will (the agent proxy's refusals, one per message a
+/// client sends; the guest connection's "bad line from the guest agent", one per line a VM
+/// sends) go through one of these: the first is logged as it is, the rest are counted and
+/// summarised at most once per `interval`, e.g.
+///   "refused 48213 requests in the last 1.0 s (add identity x48213)".
+/// A sender going as fast as it can then costs one line a second, not one line a message.
+/// Sans-io: the caller passes the time and logs whatever line comes back, with its own prefix.
+class log_limiter {
+public:
+    using clock = std::chrono::steady_clock;
+
+    /// `verb` and `noun` make the summary: "<verb> <n> <noun>s in the last <t> s (...)".
+    log_limiter(std::string verb, std::string noun, clock::duration interval = std::chrono::seconds(1));
+
+    /// Counts one event of `kind` ("add identity"): the line to log now, if any. That is
+    /// `detail` when it is the only event since the last line and a line is due, a summary of
+    /// everything counted since when several are, and nothing before `interval` has passed.
+    std::optional<std::string> note(std::string_view kind, std::string_view detail, clock::time_point now);
+
+    /// The summary of the events counted but not yet logged (for when the client leaves), or
+    /// nullopt when there are none.
+    std::optional<std::string> flush(clock::time_point now);
+
+private:
+    std::string summary(clock::time_point now) const;
+    void reset(clock::time_point now);
+
+    // A summary names at most this many kinds; the rest are "other". Kinds come from the
+    // sender (a message type, a problem's text), so the line stays short whatever it sends.
+    static constexpr std::size_t max_kinds = 8;
+
+    std::string verb_, noun_;
+    clock::duration interval_;
+    std::optional<clock::time_point> last_line_;
+    std::uint64_t pending_ = 0;
+    std::vector<std::pair<std::string, std::uint64_t>> kinds_; // in order of first appearance
+    std::uint64_t other_ = 0;
+};
 
 // The last line that is not blank, trimmed ("" when there is none): the gist of a tool's stderr.
 std::string last_line(std::string_view s);

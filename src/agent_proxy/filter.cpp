@@ -240,46 +240,4 @@ std::optional<std::string> check_answer(std::uint8_t request_type, std::string_v
     }
 }
 
-log_limiter::log_limiter(std::string verb, std::string noun, clock::duration interval)
-    : verb_(std::move(verb)), noun_(std::move(noun)), interval_(interval) {}
-
-std::optional<std::string> log_limiter::note(std::string_view kind, std::string_view detail, clock::time_point now) {
-    ++pending_;
-    auto known = std::find_if(kinds_.begin(), kinds_.end(), [&](const auto& k) { return k.first == kind; });
-    if (known != kinds_.end()) ++known->second;
-    else if (kinds_.size() < max_kinds) kinds_.emplace_back(std::string(kind), 1);
-    else ++other_;
-
-    if (last_line_ && now - *last_line_ < interval_) return std::nullopt;
-    std::string line = pending_ == 1 ? std::string(detail) : summary(now);
-    reset(now);
-    return line;
-}
-
-std::optional<std::string> log_limiter::flush(clock::time_point now) {
-    if (pending_ == 0) return std::nullopt;
-    std::string line = summary(now);
-    reset(now);
-    return line;
-}
-
-std::string log_limiter::summary(clock::time_point now) const {
-    // The window starts at the last line; there always is one, as note() logs the first event.
-    char secs[32];
-    std::snprintf(secs, sizeof secs, "%.1f", std::chrono::duration<double>(now - last_line_.value_or(now)).count());
-    std::string out = verb_ + ' ' + std::to_string(pending_) + ' ' + noun_ + (pending_ == 1 ? "" : "s") +
-                      " in the last " + secs + " s (";
-    for (const auto& [kind, n] : kinds_) out += kind + " x" + std::to_string(n) + ", ";
-    if (other_) out += "other x" + std::to_string(other_) + ", ";
-    out.resize(out.size() - 2);
-    return out + ')';
-}
-
-void log_limiter::reset(clock::time_point now) {
-    last_line_ = now;
-    pending_ = 0;
-    kinds_.clear();
-    other_ = 0;
-}
-
 } // namespace machine::agent_proxy

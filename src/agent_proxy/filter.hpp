@@ -15,6 +15,8 @@
 #include <utility>
 #include <vector>
 
+#include "machine/text.hpp"
+
 namespace machine::agent_proxy {
 
 /// OpenSSH's AGENT_MAX_LEN: the largest body either side may send.
@@ -82,42 +84,8 @@ std::optional<std::string> check_answer(std::uint8_t request_type, std::string_v
                                         const allow_list& allowed, std::size_t* kept = nullptr,
                                         std::size_t* total = nullptr);
 
-/// Log lines a client can cause at will (a refusal per message, a failure per message while the
-/// agent is away, a close per connection) go through one of these: the first is logged as it is,
-/// the rest are counted and summarised at most once per `interval`, e.g.
-///   "refused 48213 requests in the last 1.0 s (add identity x48213)".
-/// A guest sending as fast as it can then costs one line a second, not one line a message.
-/// Sans-io: the caller passes the time and logs whatever line comes back, with its own prefix.
-class log_limiter {
-public:
-    using clock = std::chrono::steady_clock;
-
-    /// `verb` and `noun` make the summary: "<verb> <n> <noun>s in the last <t> s (...)".
-    log_limiter(std::string verb, std::string noun, clock::duration interval = std::chrono::seconds(1));
-
-    /// Counts one event of `kind` ("add identity"): the line to log now, if any. That is
-    /// `detail` when it is the only event since the last line and a line is due, a summary of
-    /// everything counted since when several are, and nothing before `interval` has passed.
-    std::optional<std::string> note(std::string_view kind, std::string_view detail, clock::time_point now);
-
-    /// The summary of the events counted but not yet logged (for when the client leaves), or
-    /// nullopt when there are none.
-    std::optional<std::string> flush(clock::time_point now);
-
-private:
-    std::string summary(clock::time_point now) const;
-    void reset(clock::time_point now);
-
-    // A summary names at most this many kinds; the rest are "other". Kinds come from the
-    // client (a message type, a problem's text), so the line stays short whatever it sends.
-    static constexpr std::size_t max_kinds = 8;
-
-    std::string verb_, noun_;
-    clock::duration interval_;
-    std::optional<clock::time_point> last_line_;
-    std::uint64_t pending_ = 0;
-    std::vector<std::pair<std::string, std::uint64_t>> kinds_; // in order of first appearance
-    std::uint64_t other_ = 0;
-};
+/// Log lines a client can cause at will go through one of these (machine/text.hpp): the first
+/// as it is, then a summary at most once a second.
+using log_limiter = text::log_limiter;
 
 } // namespace machine::agent_proxy
