@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FAKE_LIMACTL = os.path.join(ROOT, "tests", "fixtures", "fake-limactl")
@@ -233,7 +234,7 @@ class ScriptedAgent:
         if os.path.exists(self.path):
             os.unlink(self.path)
         self.journal_id = base64.b32encode(os.urandom(10)).decode().lower()
-        self.boot_id = "b" + os.urandom(8).hex()
+        self.boot_id = str(uuid.uuid4())  # as the kernel writes /proc/sys/kernel/random/boot_id
         self.seq = 0
         self.deployment = None  # hello's `deployment` ({binary_sha256, unit_sha256, user}) when set
         self.requests = []  # (type, id) of every request seen, in order

@@ -31,6 +31,7 @@ import shutil
 import sys
 import threading
 import time
+import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
@@ -212,7 +213,8 @@ class StormAgent(ScriptedAgent):
     def on_subscribed(self, conn, sub_id):
         def storm():
             while not conn.closed and not self.stopping:
-                boot = ("b" + os.urandom(8).hex()) if self.new_boot else self.boot_id
+                # Well-formed boot_ids (UUIDs, as the kernel's): a host may ignore malformed ones.
+                boot = str(uuid.uuid4()) if self.new_boot else self.boot_id
                 try:
                     conn.event(sub_id, self.next_seq(), "user.ready", boot_id=boot, user="u", uid=1000)
                 except OSError:
