@@ -18,6 +18,7 @@
 
 #include "cli.hpp"
 #include "common.hpp"
+#include "render_gate.hpp"
 #include "secrets_sync.hpp"
 #include "machine/guest.hpp"
 #include "machine/paths.hpp"
@@ -45,10 +46,18 @@ struct agent_cursor {
     // The agent follower's backoff; cancelled (a kick) when Lima says the VM is ready, so the
     // agent is reached as soon as it can be rather than after the backoff.
     std::unique_ptr<asio::steady_timer> retry;
-    // The agent reported a boot (`user.ready`) since the poll loop last looked: a project with
-    // secrets_on_up gets its secrets again (the tmpfs they were in is gone).
-    bool booted = false;
+    // Whether this VM's secrets are rendered again (a project with secrets_on_up: the tmpfs
+    // they were in is gone after a boot). Lima's reports and the guest's user.ready feed it; the
+    // poll loop renders when it says so. The guest's events alone never decide how often.
+    render_gate gate;
 };
+
+// Feeds one report of a boot to the VM's gate. Not rendering is a debug line, not a warning:
+// the guest decides how often its reports come.
+void tell_gate(const std::string& name, const char* report, render_gate::outcome o) {
+    if (o == render_gate::outcome::owed) spdlog::debug("vm={} secrets: {}: a render is due", name, report);
+    else spdlog::debug("vm={} secrets: {}: no render now ({})", name, report, to_string(o));
+}
 
 struct watched_vm {
     std::string status;
@@ -67,7 +76,12 @@ std::string lowercase(std::string s) {
 awaitable<void> follow_vm(context& ctx, std::string name, fs::path ha_log, std::shared_ptr<cancel_signal> stop,
                           std::chrono::system_clock::time_point since, std::shared_ptr<agent_cursor> cursor) {
     auto on_event = [&ctx, name, cursor](const lima::ha_event& e) {
-        if (e.running && !e.forward) cursor->retry->cancel();  // the VM is up: try its agent now
+        if (e.running && !e.forward) {
+            cursor->retry->cancel();  // the VM is up: try its agent now
+            // Lima's requirements are met (ssh among them): the boot Lima reports.
+            tell_gate(name, "Lima reports the VM running", cursor->gate.lima_booted(std::chrono::steady_clock::now()));
+        }
+        if (e.exiting) cursor->gate.lima_stopped();
         if (e.exiting) ctx.emit(events::vm_state(name, "exiting"));
         else if (e.forward && e.forward->type == "not-forwarding")
             return true;  // a listener the rules leave alone (sshd, the resolver): not news
@@ -133,7 +147,11 @@ awaitable<void> stream_agent_once(context& ctx, std::string name, fs::path ssh_c
             const auto ts = lima::parse_rfc3339(e.ts);
             if (!ts || *ts < cursor->not_before) return true;  // from before watch started
         }
-        if (e.event == "user.ready") cursor->booted = true;
+        if (e.event == "user.ready") {
+            const auto id = e.fields.find("boot_id");
+            const std::string boot_id = id != e.fields.end() && id->is_string() ? id->get<std::string>() : "";
+            tell_gate(name, "the guest's user.ready", cursor->gate.guest_ready(boot_id, std::chrono::steady_clock::now()));
+        }
         ctx.emit(from_guest(name, e));
         return true;
     };
@@ -284,6 +302,7 @@ awaitable<int> cmd_watch(context& ctx, std::vector<std::string> names) {
                     followers.spawn(std::move(follow));
                     known = vms.emplace(name, std::move(vm)).first;
                 } else if (known->second.status != status) {
+                    if (known->second.status == "running") known->second.cursor->gate.lima_stopped();
                     known->second.status = status;
                     ctx.emit(events::vm_state(name, status));
                 }
@@ -297,8 +316,8 @@ awaitable<int> cmd_watch(context& ctx, std::vector<std::string> names) {
                     };
                     followers.spawn(std::move(agent));
                 }
-                if (vm.cursor->booted) {
-                    vm.cursor->booted = false;
+                if (vm.cursor->gate.take(std::chrono::steady_clock::now())) {
+                    spdlog::debug("vm={} secrets: rendering after a boot", name);
                     if (auto project = secrets_on_up_project(ctx, name)) {
                         auto rerender = [&ctx, p = std::move(*project), ssh_config = ssh_config_of(*inst)]() {
                             return rerender_secrets(ctx, p, ssh_config);
