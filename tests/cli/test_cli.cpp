@@ -1160,3 +1160,129 @@ BOOST_AUTO_TEST_CASE(bake_needs_the_guest_agent) {
 }
 
 BOOST_AUTO_TEST_SUITE_END()
+
+// Host hygiene (issue 13): no core dump of a machine process while secrets may be in memory.
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/wait.h>
+
+namespace {
+
+// An argv prefix running a program as this user without any capability. As root, an empty
+// bounding set leaves nothing after exec, so only the uid and the target's dumpability decide
+// whether one process may read another's /proc/PID/environ, exactly as for an ordinary user
+// (a root with CAP_SYS_PTRACE could read it regardless and would see no difference).
+std::vector<std::string> without_capabilities() {
+    if (::geteuid() != 0) return {};
+    return {"setpriv", "--bounding-set=-all", "--inh-caps=-all", "--"};
+}
+
+// Starts `c` (world::command's environment and cwd) without waiting: its pid. Output goes to
+// `log`, so the test sees what it said if something fails.
+pid_t start(const proc::command& c, const fs::path& log) {
+    std::vector<std::string> env;
+    for (char** e = environ; e && *e; ++e) {
+        const std::string_view kv(*e);
+        if (passed_through(kv.substr(0, kv.find('=')))) env.emplace_back(kv);
+    }
+    for (const auto& [k, v] : c.env_set) env.push_back(k + "=" + v);
+    std::vector<char*> envp, argv;
+    for (auto& s : env) envp.push_back(s.data());
+    envp.push_back(nullptr);
+    std::vector<std::string> args = c.argv;
+    for (auto& s : args) argv.push_back(s.data());
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
+    posix_spawn_file_actions_adddup2(&fa, 1, 2);
+    if (c.cwd) posix_spawn_file_actions_addchdir_np(&fa, c.cwd->c_str());
+    pid_t pid = -1;
+    const int rc = posix_spawnp(&pid, argv[0], &fa, nullptr, argv.data(), envp.data());
+    posix_spawn_file_actions_destroy(&fa);
+    BOOST_REQUIRE_MESSAGE(rc == 0, "cannot start " << args[0] << ": " << std::strerror(rc));
+    return pid;
+}
+
+// Signals `pid` (our child) and reaps it: SIGKILL when it has not ended within 20 s.
+int stop_and_reap(pid_t pid, int sig) {
+    ::kill(pid, sig);
+    int status = 0;
+    for (int i = 0; i < 200; ++i) {
+        if (::waitpid(pid, &status, WNOHANG) == pid) return status;
+        ::usleep(100 * 1000);
+    }
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, &status, 0);
+    return status;
+}
+
+// "SOFT HARD" of /proc/PID/limits' "Max core file size" line.
+std::string core_limit(pid_t pid) {
+    std::istringstream in(read_proc_file(pid, "limits"));
+    for (std::string line; std::getline(in, line);) {
+        if (line.rfind("Max core file size", 0) != 0) continue;
+        std::istringstream fields(line.substr(18));
+        std::string soft, hard;
+        fields >> soft >> hard;
+        return soft + " " + hard;
+    }
+    return "?";
+}
+
+// Whether an unprivileged process of the same user may read /proc/PID/environ: the kernel
+// allows it for a dumpable process and refuses it for one that made itself non-dumpable.
+bool environ_readable_by_the_same_user(pid_t pid) {
+    std::vector<std::string> argv = without_capabilities();
+    argv.insert(argv.end(), {"cat", "/proc/" + std::to_string(pid) + "/environ"});
+    return run_sync(argv).exit_code == 0;
+}
+
+} // namespace
+
+BOOST_AUTO_TEST_SUITE(cli_host_hygiene)
+
+BOOST_AUTO_TEST_CASE(a_machine_process_can_leave_no_core_dump_and_its_children_are_ordinary) {
+    world w;
+    // watch's first `limactl list` never ends: a child of machine's to look at while it runs.
+    w.set("FAKE_LIMACTL_HANG", "list");
+    const fs::path log = w.root / "processes.log";
+    // The control: a process that changed nothing, started the same way, is readable.
+    proc::command sleeper = w.command({});
+    sleeper.argv = without_capabilities();
+    sleeper.argv.insert(sleeper.argv.end(), {"sleep", "60"});
+    const pid_t control = start(sleeper, log);
+
+    proc::command c = w.command({"watch"});
+    std::vector<std::string> argv = without_capabilities();
+    argv.insert(argv.end(), c.argv.begin(), c.argv.end());
+    c.argv = argv;
+    const pid_t machine = start(c, log);
+    // Once machine has run `limactl list`, it is well past its start.
+    int child = 0;
+    for (int i = 0; i < 200 && !child; ++i) {
+        ::usleep(100 * 1000);
+        if (fs::exists(w.root / "fake.log"))
+            for (const auto& rec : w.fake_log())
+                if (rec.value("event", "") == "invoke" && rec.value("ppid", 0) == machine && rec.contains("pid"))
+                    child = rec["pid"].get<int>();
+    }
+    BOOST_TEST_REQUIRE(child > 0, "machine watch never ran limactl list: " << read(log));
+    // Let the child's own start settle (python reading its script) before probing it.
+    ::usleep(300 * 1000);
+
+    BOOST_TEST(environ_readable_by_the_same_user(control));  // the probe sees a dumpable process
+    BOOST_TEST(core_limit(machine) == "0 0");                 // RLIMIT_CORE 0, soft and hard
+    BOOST_TEST(!environ_readable_by_the_same_user(machine));  // PR_SET_DUMPABLE 0
+    // A child is an ordinary process again after its exec (dumpable), with the limit inherited.
+    BOOST_TEST(environ_readable_by_the_same_user(child));
+    BOOST_TEST(core_limit(child) == "0 0");
+
+    const int status = stop_and_reap(machine, SIGINT);
+    BOOST_TEST((WIFEXITED(status) && WEXITSTATUS(status) == 130), "machine watch ended with status " << status << ": " << read(log));
+    BOOST_TEST(::kill(child, 0) != 0);  // its limactl ended with it
+    stop_and_reap(control, SIGKILL);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
