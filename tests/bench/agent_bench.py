@@ -8,7 +8,14 @@ does in a VM, /run/machine-agent/agent.sock, which must be free).
   3. `machine watch`'s RSS while it follows V VMs (default 20) and their agents.
 
 The VMs are fake-limactl instances whose ssh.config points at the local sshd, which leads to
-the one agent on this host. Usage: tests/bench/agent_bench.py [--events N] [--vms V]
+the one agent on this host. The script runs itself in a private mount namespace with a tmpfs on
+/run (unshare -m), so the agent's socket and sshd's /run/sshd never touch the host's.
+
+Usage: tests/bench/agent_bench.py [--events N] [--vms V] [--machine PATH --agent PATH]
+       tests/bench/agent_bench.py --before BUILD --after BUILD [--rounds R]
+A BUILD is a build directory (its machine and guest-agent/machine-agent) or a machine binary
+with guest-agent/machine-agent next to it; with both, the two builds are measured alternately,
+R rounds each, in the same run, and both sets of figures are printed.
 """
 import argparse
 import json
@@ -26,6 +33,35 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FAKE = os.path.join(ROOT, "tests", "fixtures", "fake-limactl")
 SOCKET = "/run/machine-agent/agent.sock"
+
+
+def enter_private_run():
+    """Re-runs this script under `unshare -m` with a tmpfs on /run (root only): the agent's
+    /run/machine-agent/agent.sock, sshd's /run/sshd and the agent's tmpfs mounts stay in it."""
+    if os.environ.get("MACHINE_BENCH_PRIVATE_RUN") == "1":
+        return
+    if os.geteuid() != 0:
+        sys.exit("run as root: the agent listens on /run/machine-agent/agent.sock (in a private mount namespace)")
+    env = dict(os.environ, MACHINE_BENCH_PRIVATE_RUN="1")
+    script = os.path.abspath(sys.argv[0])
+    # --propagation private: nothing mounted inside reaches the host; then a fresh /run.
+    inner = 'mount -t tmpfs -o mode=0755 bench-run /run && exec "$@"'
+    os.execvpe("unshare", ["unshare", "-m", "--propagation", "private", "sh", "-c", inner, "sh",
+                           sys.executable, script] + sys.argv[1:], env)
+
+
+def build_pair(path):
+    """(machine, agent) of a build directory, or of a machine binary with its build's agent."""
+    path = os.path.abspath(path)
+    if os.path.isdir(path):
+        machine = os.path.join(path, "machine")
+    else:
+        machine, path = path, os.path.dirname(path)
+    agent = os.path.join(path, "guest-agent", "machine-agent")
+    for f in (machine, agent):
+        if not os.access(f, os.X_OK):
+            sys.exit("%s: not an executable" % f)
+    return machine, agent
 
 
 def free_port():
@@ -92,9 +128,34 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--machine", default=os.path.join(ROOT, "build", "machine"))
     ap.add_argument("--agent", default=os.path.join(ROOT, "build", "guest-agent", "machine-agent"))
+    ap.add_argument("--before", help="a build (directory or machine binary) to compare with --after")
+    ap.add_argument("--after", help="the other build")
+    ap.add_argument("--rounds", type=int, default=2, help="with --before/--after: runs of each, alternately")
     ap.add_argument("--events", type=int, default=10000)
     ap.add_argument("--vms", type=int, default=20)
     args = ap.parse_args()
+    if bool(args.before) != bool(args.after):
+        sys.exit("--before and --after go together")
+    enter_private_run()
+    if not args.before:
+        measure(args.machine, args.agent, args.events, args.vms)
+        return
+    builds = [("before", build_pair(args.before)), ("after", build_pair(args.after))]
+    results = {label: [] for label, _ in builds}
+    for r in range(args.rounds):
+        for label, (machine, agent) in (builds if r % 2 == 0 else builds[::-1]):
+            print("== %s (%s), round %d of %d" % (label, machine, r + 1, args.rounds), flush=True)
+            results[label].append(measure(machine, agent, args.events, args.vms))
+    print("== summary (%d events per run, %d VMs followed)" % (args.events, args.vms))
+    for label, runs in results.items():
+        p50s = ", ".join("%.2f" % x["p50"] for x in runs)
+        p99s = ", ".join("%.2f" % x["p99"] for x in runs)
+        rss = ", ".join("%d" % x["watch_rss_kib"] for x in runs)
+        print("%-6s watch latency p50 [%s] ms, p99 [%s] ms; watch RSS [%s] KiB" % (label, p50s, p99s, rss))
+
+
+def measure(machine, agent_binary, events, vms):
+    """One run against `machine` and `agent_binary`: prints the figures and returns them."""
     if os.path.exists(SOCKET):
         sys.exit("%s exists: another agent runs here" % SOCKET)
 
@@ -103,7 +164,7 @@ def main():
     try:
         sshd, port, user_key, host_fp = start_sshd(tmp)
         procs.append(sshd)
-        agent = subprocess.Popen([args.agent, "--socket", SOCKET, "--journal", os.path.join(tmp, "journal.jsonl"),
+        agent = subprocess.Popen([agent_binary, "--socket", SOCKET, "--journal", os.path.join(tmp, "journal.jsonl"),
                                   "--user", "root", "--group", "root", "--no-systemd"],
                                  stderr=subprocess.DEVNULL)
         procs.append(agent)
@@ -114,7 +175,7 @@ def main():
         env = dict(os.environ, LIMA_HOME=os.path.join(tmp, "lima"), MACHINE_STATE_DIR=os.path.join(tmp, "state"),
                    MACHINE_CONFIG_DIR=os.path.join(tmp, "config"), MACHINE_LIMACTL=FAKE, MACHINE_WATCH_POLL_MS="500",
                    PATH="/usr/bin:" + os.environ.get("PATH", ""))
-        names = subprocess.run([FAKE, "_seed", str(args.vms), "--running", str(args.vms), "--prefix", "vm"],
+        names = subprocess.run([FAKE, "_seed", str(vms), "--running", str(vms), "--prefix", "vm"],
                                env=env, capture_output=True, text=True, check=True).stdout.split()
         for name in names:
             with open(os.path.join(env["LIMA_HOME"], name, "ssh.config"), "w") as f:
@@ -124,24 +185,24 @@ def main():
             with open(os.path.join(env["MACHINE_STATE_DIR"], name, "host_key"), "w") as f:
                 f.write("%s ssh-ed25519\n" % host_fp)
 
-        size = os.path.getsize(args.agent)
+        size = os.path.getsize(agent_binary)
         stripped = os.path.join(tmp, "agent-stripped")
-        shutil.copyfile(args.agent, stripped)
+        shutil.copyfile(agent_binary, stripped)
         subprocess.run(["strip", stripped], check=True)
         agent_idle_rss = rss_kib(agent.pid)
 
-        watch = subprocess.Popen([args.machine, "watch", "--json"], env=env, stdout=subprocess.PIPE,
+        watch = subprocess.Popen([machine, "watch", "--json"], env=env, stdout=subprocess.PIPE,
                                  stderr=subprocess.DEVNULL)
         procs.append(watch)
         out = LineReader(watch.stdout.fileno())
         # Every VM's agent subscription is live once each has seen a marker event.
-        subprocess.run([args.agent, "emit", "bench.ready"], check=True,
+        subprocess.run([agent_binary, "emit", "bench.ready"], check=True,
                        stdout=subprocess.DEVNULL)
         ready, deadline = set(), time.monotonic() + 120
         while len(ready) < len(names) and time.monotonic() < deadline:
             got = out.lines(1.0)
             if not got:
-                subprocess.run([args.agent, "emit", "bench.ready"], stdout=subprocess.DEVNULL)
+                subprocess.run([agent_binary, "emit", "bench.ready"], stdout=subprocess.DEVNULL)
             for e in got:
                 if e.get("type") == "guest.event" and e.get("event") == "bench.ready":
                     ready.add(e["vm"])
@@ -155,7 +216,7 @@ def main():
         client.connect(SOCKET)
         latencies, pending = [], {}
         reader = client.makefile("r")
-        for i in range(args.events):
+        for i in range(events):
             sent = time.time()
             line = json.dumps({"v": 1, "id": i + 1, "type": "emit", "event": "bench.n", "fields": {"i": i}})
             client.sendall((line + "\n").encode())
@@ -179,7 +240,8 @@ def main():
             print("  %d events never arrived: %s" % (len(pending), sorted(pending)[:10]))
         print("agent binary: %d bytes as built, %d bytes stripped; idle RSS %d KiB" %
               (size, os.path.getsize(stripped), agent_idle_rss))
-        print("machine watch following %d VMs and their agents: RSS %d KiB" % (len(names), watch_rss))
+        print("machine watch following %d VMs and their agents: RSS %d KiB" % (len(names), watch_rss), flush=True)
+        return {"p50": p50, "p99": p99, "max": latencies[-1], "watch_rss_kib": watch_rss}
     finally:
         for p in reversed(procs):
             p.send_signal(signal.SIGINT if p is procs[-1] else signal.SIGTERM)
