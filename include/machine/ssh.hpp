@@ -6,9 +6,9 @@
 // error and in ssh_free, so it must not be the one Asio owns). Handshake and authentication
 // are driven by retrying libssh calls while waiting on the socket in the direction libssh asks
 // for. After that, ONE pump coroutine per session reads the socket, lets libssh process the
-// packets and moves every channel's data into per-channel buffers; channel operations wait on
-// those buffers (a broadcast from the pump), never on the socket. Everything here must run on
-// the io_context's single thread.
+// packets and moves every channel's data into per-channel buffers, bounded per stream (see
+// channel_options and channel); channel operations wait on those buffers (a broadcast from
+// the pump), never on the socket. Everything here must run on the io_context's single thread.
 //
 // Host keys are pinned per VM: no known_hosts, no ~/.ssh, no agent. The first connection after
 // `machine create` records the key's SHA256 fingerprint; every later connection must match.
@@ -122,6 +122,17 @@ struct run_options {
     std::size_t max_output = 16 << 20;      ///< per stream; the rest is discarded
 };
 
+/// Per-channel buffering (session::exec, session::open_unix_socket).
+struct channel_options {
+    /// Per stream: once this many received bytes wait unread, the session stops taking that
+    /// stream from the server (so it stops granting window and a well-behaved server stops
+    /// sending) until read() takes them.
+    std::size_t high_water = 1 << 20;
+    /// Nobody will read stderr: drain it and drop it (counted in buffer_state::err_discarded).
+    /// Always so for Unix-socket channels.
+    bool discard_stderr = false;
+};
+
 namespace detail {
 struct session_core;
 struct channel_core;
@@ -145,11 +156,17 @@ public:
     session(const session&) = delete;
     session& operator=(const session&) = delete;
 
-    /// Opens a "session" channel and starts `command` in the remote user's shell.
+    /// Opens a "session" channel and starts `command` in the remote user's shell. Read both
+    /// of its streams (concurrently, as run() does), or open it with discard_stderr: see
+    /// channel.
     asio::awaitable<std::shared_ptr<channel>> exec(std::string command);
+    asio::awaitable<std::shared_ptr<channel>> exec(std::string command, channel_options options);
 
-    /// Opens a channel to a Unix socket on the server (direct-streamlocal@openssh.com).
+    /// Opens a channel to a Unix socket on the server (direct-streamlocal@openssh.com). Its
+    /// stderr (extended data, which OpenSSH never sends there) is always discarded.
     asio::awaitable<std::shared_ptr<channel>> open_unix_socket(std::string path);
+    asio::awaitable<std::shared_ptr<channel>> open_unix_socket(std::string path,
+                                                               channel_options options);
 
     /// Runs `command` to completion, collecting its output and exit status (like proc::run).
     /// A timeout or cancellation signals the remote command and ends the run promptly; it is
@@ -178,13 +195,22 @@ public:
     explicit session(std::shared_ptr<detail::session_core> core);  ///< internal: use connect()
 
 private:
-    asio::awaitable<std::shared_ptr<channel>> open_channel(std::string target, bool unix_socket);
+    asio::awaitable<std::shared_ptr<channel>> open_channel(std::string target, bool unix_socket,
+                                                           channel_options options);
     std::shared_ptr<detail::session_core> core_;
 };
 
-/// A channel of a session: an exec'd command or a forwarded Unix socket. All data is buffered
-/// by the session's pump as it arrives, so reading stdout never blocks stderr (or another
-/// channel) and vice versa; buffers are unbounded, so read what you open.
+/// A channel of a session: an exec'd command or a forwarded Unix socket. The session's pump
+/// buffers each stream's data as it arrives, up to channel_options::high_water bytes per
+/// stream; a stream that reaches the mark is left with the server (flow control) until read()
+/// takes it. The two streams share one SSH window, though: once a stream nobody reads also has
+/// that much waiting inside libssh, the channel stalls - the other stream is not read either -
+/// so, as with a pipe, a caller that reads one stream to its end before touching the other
+/// can wait forever on a command that fills both. Read both concurrently (as session::run()
+/// does) or open the channel with discard_stderr. A server that keeps sending while 8 MiB of a
+/// stream wait unread (it ignores its window) gets the channel dropped: reads, writes and
+/// exit_status() then throw machine::error naming the VM, after the data already buffered.
+/// Reading stdout never blocks another channel.
 class channel {
 public:
     ~channel();  ///< closes the channel
@@ -194,7 +220,8 @@ public:
     /// Next chunk of stdout (everything buffered so far); nullopt at end of stream or after
     /// close(). Throws connection_lost once the buffered data is consumed and the session died.
     asio::awaitable<std::optional<std::string>> read();
-    /// Same for stderr (extended data); Unix socket channels have none.
+    /// Same for stderr (extended data). On a channel that discards stderr (Unix socket
+    /// channels always do) it returns nullopt once the stream ends.
     asio::awaitable<std::optional<std::string>> read_stderr();
     /// Writes all of `data`, waiting for the remote window as needed (libssh may accept less
     /// than asked, even nothing). Completes when libssh has queued every byte for sending.
@@ -219,6 +246,16 @@ public:
     void close();
     /// True after the server closed the channel and all its data was read.
     bool closed_by_remote() const;
+
+    /// What is buffered for this channel right now (tests and diagnostics).
+    struct buffer_state {
+        std::size_t out = 0, err = 0;      ///< received, waiting for read() / read_stderr()
+        /// Left inside libssh by the pump's last round (a stream at its mark, or stalled).
+        std::size_t out_in_libssh = 0, err_in_libssh = 0;
+        std::uint64_t err_discarded = 0;   ///< stderr bytes dropped (discard_stderr)
+        bool stalled = false;              ///< see the class comment
+    };
+    buffer_state buffers() const;
 
     channel(std::shared_ptr<session> owner, std::shared_ptr<detail::channel_core> core);  ///< internal
 

@@ -6,6 +6,7 @@
 #include "core.hpp"
 
 #include <asio/this_coro.hpp>
+#include <spdlog/spdlog.h>
 
 namespace machine::ssh {
 
@@ -38,6 +39,21 @@ void on_close(ssh_session, ssh_channel, void* user) {
     c->session_->changed_ = true;
 }
 
+// Takes every byte libssh offers and drops it. Registered on closed and failed channels only.
+int drop_data(ssh_session, ssh_channel, void*, uint32_t len, int, void*) {
+    return static_cast<int>(len);
+}
+
+ssh_channel_callbacks_struct* drop_all_callbacks() {
+    static ssh_channel_callbacks_struct callbacks = [] {
+        ssh_channel_callbacks_struct cb{};
+        ssh_callbacks_init(&cb);
+        cb.channel_data_function = drop_data;
+        return cb;
+    }();
+    return &callbacks;
+}
+
 constexpr std::size_t write_chunk = 256 * 1024;
 
 } // namespace
@@ -52,14 +68,50 @@ channel_core::channel_core(std::shared_ptr<session_core> s) : session_(std::move
 
 channel_core::~channel_core() { close(); }
 
+void channel_core::discard_arrivals() {
+    if (!ch_ || discarding_) return;
+    discarding_ = true;
+    // libssh passes each arriving packet's stream buffer, old bytes included, to the data
+    // callbacks; this one consumes all of it, so nothing accumulates (a hostile server may go on
+    // sending: that costs CPU, not memory).
+    ssh_add_channel_callbacks(ch_, drop_all_callbacks());
+}
+
+void channel_core::fail(const std::string& why) {
+    if (!failed_.empty() || local_closed_) return;
+    failed_ = why;
+    spdlog::debug("{}", why);
+    if (!ch_) return;
+    discard_arrivals();
+    // What libssh holds already goes too (reading it tops the window up, and what then arrives
+    // is dropped by the callback). Called from the pump, outside libssh's callbacks.
+    char scratch[16384];
+    for (const int is_stderr : {0, 1}) {
+        for (int guard = 0; guard < 4096; ++guard) {
+            if (ssh_channel_read_nonblocking(ch_, scratch, sizeof scratch, is_stderr) <= 0) break;
+        }
+    }
+    if (open_ && !session_->gone()) ssh_channel_close(ch_);  // EOF + CLOSE, non-blocking
+    session_->kick();
+}
+
+void channel_core::throw_if_failed() const {
+    if (!failed_.empty()) throw error(failed_);
+}
+
 void channel_core::close() {
     if (local_closed_) return;
     local_closed_ = true;
     session_->remove_channel(this);
+    if (discarded_err_ > 0) {
+        spdlog::debug("ssh: vm={} channel: {} bytes of stderr discarded (nobody reads it)",
+                      session_->pin_.vm_name, discarded_err_);
+    }
     if (ch_) {
         // Unhook first: libssh keeps a freed channel until the server confirms the close and
-        // may still process packets for it.
+        // may still process packets for it - and buffer their data: drop that instead.
         ssh_remove_channel_callbacks(ch_, &callbacks_);
+        discard_arrivals();
         // EOF + CLOSE, non-blocking; only for a channel the server knows (a channel whose open
         // failed or never finished has no remote number: libssh would send 0).
         if (open_ && !session_->gone()) ssh_channel_close(ch_);
@@ -74,7 +126,13 @@ awaitable<std::optional<std::string>> channel_core::read(bool is_stderr) {
     for (;;) {
         if (local_closed_) co_return std::nullopt;
         std::string& buffer = is_stderr ? err_ : out_;
-        if (!buffer.empty()) co_return std::exchange(buffer, std::string());
+        if (!buffer.empty()) {
+            // The pump stopped reading this stream at the mark (and maybe the other one with
+            // it): make it look again.
+            if (buffer.size() >= high_water_ || stalled_) session_->kick();
+            co_return std::exchange(buffer, std::string());
+        }
+        throw_if_failed();
         if (is_stderr ? err_eof_ : out_eof_) co_return std::nullopt;
         session_->throw_if_gone();
         // Woken by the pump after every round that changed something; cancellable.
@@ -90,6 +148,7 @@ awaitable<void> channel_core::write_bytes(const char* data, std::size_t size) {
     std::size_t offset = 0;
     while (offset < size) {
         if (local_closed_) throw error("write on a closed SSH channel");
+        throw_if_failed();
         session_->throw_if_gone();
         if (close_seen_) throw error("the SSH channel was closed by the remote side");
         const auto chunk = static_cast<uint32_t>(std::min(size - offset, write_chunk));
@@ -113,6 +172,7 @@ awaitable<void> channel_core::write_bytes(const char* data, std::size_t size) {
 
 awaitable<void> channel_core::send_eof() {
     if (local_closed_) throw error("send_eof on a closed SSH channel");
+    throw_if_failed();
     if (eof_sent_) co_return;  // a second EOF would be a protocol error
     session_->throw_if_gone();
     eof_sent_ = true;
@@ -136,6 +196,7 @@ awaitable<int> channel_core::exit_status() {
             }
             co_return exit_code_;
         }
+        throw_if_failed();
         if (close_seen_) throw error("the SSH channel closed without an exit status");
         if (local_closed_) throw error("the SSH channel was closed before the command exited");
         session_->throw_if_gone();
@@ -154,11 +215,15 @@ void channel_core::send_signal(const std::string& name) {
 // ------------------------------------------------------------------------------------------
 // session::open_channel
 
-awaitable<std::shared_ptr<channel>> session::open_channel(std::string target, bool unix_socket) {
+awaitable<std::shared_ptr<channel>> session::open_channel(std::string target, bool unix_socket,
+                                                          channel_options options) {
     auto self = shared_from_this();
     auto s = core_;
     s->throw_if_gone();
     auto c = std::make_shared<detail::channel_core>(s);
+    c->high_water_ = std::max<std::size_t>(options.high_water, 1);
+    // OpenSSH never sends extended data on a stream-local channel; a hostile server may.
+    c->discard_err_ = options.discard_stderr || unix_socket;
     c->ch_ = ssh_channel_new(s->raw_);
     if (!c->ch_) throw error("cannot create an SSH channel on " + s->desc_ + ": " + s->libssh_error());
     // Registered at once so that a teardown forgets the handle (libssh frees it); drained only
@@ -247,6 +312,17 @@ std::string channel::exit_signal() const { return core_->exit_signal_; }
 void channel::send_signal(const std::string& name) { core_->send_signal(name); }
 
 void channel::close() { core_->close(); }
+
+channel::buffer_state channel::buffers() const {
+    buffer_state b;
+    b.out = core_->out_.size();
+    b.err = core_->err_.size();
+    b.out_in_libssh = core_->held_out_;
+    b.err_in_libssh = core_->held_err_;
+    b.err_discarded = core_->discarded_err_;
+    b.stalled = core_->stalled_;
+    return b;
+}
 
 bool channel::closed_by_remote() const {
     return core_->close_seen_ && core_->out_eof_ && core_->err_eof_ && core_->out_.empty() &&

@@ -49,6 +49,28 @@ inline void wipe(std::string& s) noexcept {
 
 struct channel_core;
 
+// Memory per channel. libssh 0.10.6 (src/channels.c) grants each channel a 1,280,000-byte
+// window (WINDOWBASE) and tops it up (grow_window) in two places: on every read
+// (ssh_channel_read_timeout, which ssh_channel_read_nonblocking uses) once less than half is
+// left, and on every arriving data packet while the window plus what that packet's stream
+// already holds is under half (channel_rcv_data). The window is per channel, shared by stdout
+// and stderr. And channel_rcv_data accepts a packet larger than the window anyway ("Let's
+// accept it anyway"; 0.11 refuses it, 0.10.6 does not, nor does Debian's 0.10.6-0+deb12u3),
+// buffering it without limit. So what bounds the memory is:
+//  - our buffer (channel_core::out_/err_): the pump stops reading a stream from libssh once it
+//    holds high_water bytes (it may overshoot by one read, 64 KiB);
+//  - libssh's buffer for a stream we do not read: while we read nothing on the channel, about
+//    640 KB plus a window (1.9 MB) from a server that honours the window. Reading the other
+//    stream (or discarding it) keeps topping the window up, though, so once libssh holds
+//    high_water bytes of a stream nobody reads, the pump stops reading the channel's other
+//    stream too ("stalled", like a full pipe) until that stream is read;
+//  - a server that sends past its window (or games the top-up on arrival with tiny packets on
+//    the other stream) still grows libssh's buffer: once it holds more than libssh_hold_limit
+//    bytes that we are not reading, the channel is dropped with an error (channel_core::fail),
+//    and from then on everything libssh receives for it is thrown away on arrival.
+inline constexpr std::size_t default_high_water = 1 << 20;
+inline constexpr std::size_t libssh_hold_limit = 8 << 20;
+
 // Everything about one connection. Owned by ssh::session, by every channel_core (through their
 // session) and by the pump coroutine while it runs.
 struct session_core : std::enable_shared_from_this<session_core> {
@@ -80,6 +102,9 @@ struct session_core : std::enable_shared_from_this<session_core> {
     // channel data into the channel buffers, detect a dead connection; notify on progress.
     void process();
     void drain(channel_core& c);
+    // Reads (at most one pump round's worth of) one stream of `c` from libssh into its buffer,
+    // or into nothing when the stream is discarded. Returns false when it left data in libssh.
+    bool drain_stream(channel_core& c, bool is_stderr);
     void check_alive();
     // Waits until the socket is readable (or writable while output is pending) or kick().
     asio::awaitable<void> wait_io();
@@ -145,6 +170,15 @@ struct channel_core {
     asio::awaitable<int> exit_status();
     void send_signal(const std::string& name);
     void close();
+    // Drops the channel with `why` (the server would not stop sending what nobody reads):
+    // readers get what is buffered, then machine::error(why); libssh discards everything that
+    // arrives for it from now on and the server is told the channel is closed.
+    void fail(const std::string& why);
+    // From now on libssh hands every data packet for this channel to a callback that drops it
+    // (a closed or failed channel lives on in libssh until the server confirms the close).
+    void discard_arrivals();
+    bool stream_eof(bool is_stderr) const { return is_stderr ? err_eof_ : out_eof_; }
+    void throw_if_failed() const;
     // The session freed every libssh channel: forget ours.
     void detach() { ch_ = nullptr; }
 
@@ -152,7 +186,14 @@ struct channel_core {
     ssh_channel ch_ = nullptr;
     ssh_channel_callbacks_struct callbacks_{};  // its address is registered with libssh
     bool open_ = false;           // open (and exec) succeeded: the pump drains it
-    std::string out_, err_;       // received, not yet read
+    std::string out_, err_;       // received, not yet read (each about high_water_ at most)
+    std::size_t high_water_ = default_high_water;
+    bool discard_err_ = false;    // stderr has no reader: read and drop it
+    std::uint64_t discarded_err_ = 0;
+    std::size_t held_out_ = 0, held_err_ = 0;  // left in libssh by the pump's last round
+    bool stalled_ = false;        // a stream nobody reads holds the window: read nothing
+    std::string failed_;          // non-empty: dropped (see fail())
+    bool discarding_ = false;     // discard_arrivals() was called
     bool out_eof_ = false, err_eof_ = false;
     bool close_seen_ = false;     // the server sent CHANNEL_CLOSE
     bool local_closed_ = false;

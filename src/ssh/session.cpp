@@ -327,27 +327,68 @@ void session_core::process() {
     }
 }
 
-void session_core::drain(channel_core& c) {
-    if (!c.ch_ || !c.open_ || c.local_closed_ || gone()) return;
-    for (const bool is_stderr : {false, true}) {
-        std::string& buffer = is_stderr ? c.err_ : c.out_;
-        bool& eof = is_stderr ? c.err_eof_ : c.out_eof_;
-        while (!eof) {
-            // Also processes packets already buffered inside libssh (poll before waiting).
-            const int n = ssh_channel_read_nonblocking(c.ch_, read_buffer_.data(),
-                                                       static_cast<uint32_t>(read_buffer_.size()),
-                                                       is_stderr ? 1 : 0);
-            if (n > 0) {
+bool session_core::drain_stream(channel_core& c, bool is_stderr) {
+    const bool discard = is_stderr && c.discard_err_;
+    std::string& buffer = is_stderr ? c.err_ : c.out_;
+    bool& eof = is_stderr ? c.err_eof_ : c.out_eof_;
+    while (!eof) {
+        if (!discard && buffer.size() >= c.high_water_) return false;  // paused: nobody reads
+        // Also processes packets already buffered inside libssh (poll before waiting).
+        const int n = ssh_channel_read_nonblocking(c.ch_, read_buffer_.data(),
+                                                   static_cast<uint32_t>(read_buffer_.size()),
+                                                   is_stderr ? 1 : 0);
+        if (n > 0) {
+            if (discard) {
+                c.discarded_err_ += static_cast<std::size_t>(n);
+            } else {
                 buffer.append(read_buffer_.data(), static_cast<std::size_t>(n));
                 changed_ = true;
-                continue;
             }
-            if (n == SSH_EOF) {
-                eof = true;
-                changed_ = true;
-            }
-            break;  // 0: nothing more now; SSH_ERROR: check_alive() decides
+            continue;
         }
+        if (n == SSH_EOF) {
+            eof = true;
+            changed_ = true;
+        }
+        break;  // 0: nothing more now; SSH_ERROR: check_alive() decides
+    }
+    return true;
+}
+
+void session_core::drain(channel_core& c) {
+    if (!c.ch_ || !c.open_ || c.local_closed_ || !c.failed_.empty() || gone()) return;
+    // What libssh holds of a stream we leave there (0 when empty or at its end).
+    const auto held_in_libssh = [&c](bool is_stderr) -> std::size_t {
+        const int n = ssh_channel_poll(c.ch_, is_stderr ? 1 : 0);
+        return n > 0 ? static_cast<std::size_t>(n) : 0;
+    };
+    // 1. A stream at its high-water mark whose backlog in libssh reached the mark too: reading
+    //    the other stream would keep granting window, which this stream's sender may use, so
+    //    read nothing until it is read (see the comment above default_high_water).
+    c.stalled_ = false;
+    for (const bool is_stderr : {false, true}) {
+        if (is_stderr && c.discard_err_) continue;
+        const std::string& buffer = is_stderr ? c.err_ : c.out_;
+        if (c.stream_eof(is_stderr) || buffer.size() < c.high_water_) continue;
+        if (held_in_libssh(is_stderr) >= c.high_water_) c.stalled_ = true;
+    }
+    // 2. Move what there is into the buffers (or nowhere, for a discarded stream).
+    bool emptied[2] = {false, false};
+    if (!c.stalled_) {
+        for (const bool is_stderr : {false, true}) emptied[is_stderr] = drain_stream(c, is_stderr);
+    }
+    // 3. What stays in libssh is bounded by flow control only when the server honours it.
+    c.held_out_ = emptied[0] ? 0 : held_in_libssh(false);
+    c.held_err_ = emptied[1] ? 0 : held_in_libssh(true);
+    for (const bool is_stderr : {false, true}) {
+        const std::size_t held = is_stderr ? c.held_err_ : c.held_out_;
+        if (held <= libssh_hold_limit) continue;
+        c.fail("ssh: VM '" + pin_.vm_name + "' (" + desc_ + ") kept sending on the " +
+               (is_stderr ? "stderr" : "stdout") + " of a channel while " + std::to_string(held) +
+               " bytes of it were waiting unread (the limit is " +
+               std::to_string(libssh_hold_limit) + "): channel dropped");
+        changed_ = true;
+        return;
     }
 }
 
@@ -528,11 +569,20 @@ std::string session::vm_name() const { return core_->pin_.vm_name; }
 std::uint64_t session::pump_wakeups() const { return core_->wakeups_; }
 
 awaitable<std::shared_ptr<channel>> session::exec(std::string command) {
-    return open_channel(std::move(command), false);
+    return open_channel(std::move(command), false, channel_options());
+}
+
+awaitable<std::shared_ptr<channel>> session::exec(std::string command, channel_options options) {
+    return open_channel(std::move(command), false, options);
 }
 
 awaitable<std::shared_ptr<channel>> session::open_unix_socket(std::string path) {
-    return open_channel(std::move(path), true);
+    return open_channel(std::move(path), true, channel_options());
+}
+
+awaitable<std::shared_ptr<channel>> session::open_unix_socket(std::string path,
+                                                              channel_options options) {
+    return open_channel(std::move(path), true, options);
 }
 
 } // namespace machine::ssh

@@ -839,4 +839,169 @@ BOOST_AUTO_TEST_CASE(keepalives_are_answered_without_busy_looping) {
     BOOST_TEST(chatty.log().find("Timeout, client not responding", mark) == std::string::npos);
 }
 
+// ------------------------------------------------------------------------------------------
+// Bounded buffering (issue 13): a command (or a hostile guest) that floods a channel nobody
+// reads must not grow this process.
+
+namespace {
+
+// A field of /proc/self/status in KiB ("VmRSS", "VmHWM").
+std::size_t status_kib(const std::string& field) {
+    std::ifstream in("/proc/self/status");
+    std::string line;
+    while (std::getline(in, line)) {
+        if (line.rfind(field + ":", 0) == 0) return std::stoul(line.substr(field.size() + 1));
+    }
+    return 0;
+}
+
+// `seq 1 N`'s output, checked line by line as it streams in (so order is checked too).
+struct seq_checker {
+    std::uint64_t next = 1;
+    std::uint64_t bytes = 0;
+    std::string partial;
+    bool ok = true;
+    void feed(const std::string& chunk) {
+        bytes += chunk.size();
+        std::size_t start = 0;
+        for (;;) {
+            const auto nl = chunk.find('\n', start);
+            if (nl == std::string::npos) break;
+            partial.append(chunk, start, nl - start);
+            if (ok && partial != std::to_string(next)) ok = false;
+            ++next;
+            partial.clear();
+            start = nl + 1;
+        }
+        partial.append(chunk, start, std::string::npos);
+    }
+};
+
+awaitable<void> check_stream(channel_ptr ch, bool is_stderr, seq_checker& into) {
+    for (;;) {
+        std::optional<std::string> chunk;
+        if (is_stderr) chunk = co_await ch->read_stderr();
+        else chunk = co_await ch->read();
+        if (!chunk) co_return;
+        into.feed(*chunk);
+    }
+}
+
+constexpr std::uint64_t flood_lines = 14'000'000;  // `seq 1 14000000`: 114,888,897 bytes per stream
+
+std::uint64_t seq_bytes(std::uint64_t n) {
+    std::uint64_t total = 0;
+    for (std::uint64_t digits = 1, low = 1; low <= n; ++digits, low *= 10)
+        total += (std::min(n, low * 10 - 1) - low + 1) * (digits + 1);
+    return total;
+}
+
+awaitable<void> unread_flood(sshd_server& sshd) {
+    auto s = co_await connect(sshd);
+    const std::size_t rss0 = status_kib("VmRSS");
+    const std::string n = std::to_string(flood_lines);
+    auto ch = co_await s->exec("seq 1 " + n + " >&2 & seq 1 " + n + "; wait");
+    // Nobody reads for 3 s: both streams stop at about the mark, in our buffers and in libssh.
+    co_await sleep_for(1000ms);
+    const auto wakeups0 = s->pump_wakeups();
+    co_await sleep_for(2000ms);
+    const auto idle_wakeups = s->pump_wakeups() - wakeups0;
+    const auto b = ch->buffers();
+    const std::size_t rss_idle = status_kib("VmRSS");
+    BOOST_TEST_MESSAGE("unread flood after 3 s: buffered out " << b.out << " err " << b.err
+                       << ", in libssh out " << b.out_in_libssh << " err " << b.err_in_libssh
+                       << ", stalled " << b.stalled << ", pump woke " << idle_wakeups
+                       << " times in the last 2 s, RSS +" << (rss_idle - rss0) / 1024 << " MiB");
+    const std::size_t mark = ssh::channel_options().high_water;
+    BOOST_TEST(b.out >= mark);  // it did flood, up to the mark
+    BOOST_TEST(b.out < mark + (128u << 10));
+    BOOST_TEST(b.err < mark + (128u << 10));
+    BOOST_TEST(b.out_in_libssh < (3u << 20));  // about a window: the server stopped
+    BOOST_TEST(b.err_in_libssh < (3u << 20));
+    BOOST_TEST(idle_wakeups < 100u);  // blocked by flow control: nothing to do
+    BOOST_TEST(rss_idle < rss0 + 32 * 1024);
+
+    // Now read both streams, concurrently: everything arrives, in order, and the status.
+    seq_checker out, err;
+    co_await (check_stream(ch, false, out) && check_stream(ch, true, err));
+    const int status = co_await ch->exit_status();
+    BOOST_TEST(status == 0);
+    BOOST_TEST(out.ok);
+    BOOST_TEST(err.ok);
+    BOOST_TEST(out.bytes == seq_bytes(flood_lines));
+    BOOST_TEST(err.bytes == seq_bytes(flood_lines));
+    BOOST_TEST(out.next == flood_lines + 1);
+    BOOST_TEST(err.next == flood_lines + 1);
+    const std::size_t rss_end = status_kib("VmRSS");
+    BOOST_TEST(rss_end < rss0 + 32 * 1024);
+    BOOST_TEST_MESSAGE("FIGURE ssh unread flood: 2 x " << out.bytes / (1 << 20)
+                       << " MiB through one channel; RSS before " << rss0 / 1024
+                       << " MiB, after 3 s unread " << rss_idle / 1024 << " MiB, after reading "
+                       << rss_end / 1024 << " MiB; peak (VmHWM, whole test process) "
+                       << status_kib("VmHWM") / 1024 << " MiB");
+}
+} // namespace
+
+BOOST_AUTO_TEST_CASE(an_unread_flood_stops_at_the_high_water_mark_and_loses_nothing) {
+    const auto t0 = std::chrono::steady_clock::now();
+    co_run(ctx, unread_flood(sshd));
+    BOOST_TEST_MESSAGE("unread flood test took " << seconds_since(t0) << " s");
+}
+
+namespace {
+awaitable<void> stderr_flood_run(sshd_server& sshd, std::size_t& rss_growth_kib) {
+    auto s = co_await connect(sshd);
+    const std::size_t rss0 = status_kib("VmRSS");
+    ssh::run_options opt;
+    opt.max_output = 1 << 20;
+    opt.timeout = 20s;  // a stall would end here, as a failure
+    // 64 MiB on stderr while stdout has a small result, before and after.
+    const auto r = co_await s->run("echo begin; head -c 67108864 /dev/zero >&2; echo end", opt);
+    rss_growth_kib = status_kib("VmRSS") - rss0;
+    BOOST_TEST(!r.timed_out);
+    BOOST_TEST(r.ok());
+    BOOST_TEST(r.out == "begin\nend\n");
+    BOOST_TEST(r.err.size() == opt.max_output);
+    BOOST_TEST(r.err.find_first_not_of('\0') == std::string::npos);
+}
+} // namespace
+
+BOOST_AUTO_TEST_CASE(run_returns_with_a_capped_stderr_under_a_stderr_flood) {
+    std::size_t growth = 0;
+    const auto t0 = std::chrono::steady_clock::now();
+    co_run(ctx, stderr_flood_run(sshd, growth));
+    BOOST_TEST_MESSAGE("run under a 64 MiB stderr flood took " << seconds_since(t0) << " s, RSS +"
+                       << growth / 1024 << " MiB");
+    BOOST_TEST(growth < 32u * 1024);
+}
+
+namespace {
+awaitable<void> discarded_stderr(sshd_server& sshd) {
+    auto s = co_await connect(sshd);
+    ssh::channel_options opt;
+    opt.discard_stderr = true;
+    // Nobody ever reads stderr; stdout is read, and its result comes after the flood.
+    auto ch = co_await s->exec("head -c 67108864 /dev/zero >&2; echo done", opt);
+    std::string out;
+    std::size_t max_err = 0;
+    for (;;) {
+        auto chunk = co_await ch->read();
+        max_err = std::max(max_err, ch->buffers().err);
+        if (!chunk) break;
+        out += *chunk;
+    }
+    BOOST_TEST(out == "done\n");
+    BOOST_TEST(co_await ch->exit_status() == 0);
+    const auto b = ch->buffers();
+    BOOST_TEST(max_err == 0u);
+    BOOST_TEST(b.err == 0u);
+    BOOST_TEST(b.err_discarded == 67108864u);
+    BOOST_TEST(!(co_await ch->read_stderr()));  // at its end, with nothing kept
+}
+} // namespace
+
+BOOST_AUTO_TEST_CASE(an_exec_channel_may_discard_stderr_nobody_reads) {
+    co_run(ctx, discarded_stderr(sshd));
+}
+
 BOOST_AUTO_TEST_SUITE_END()
