@@ -2,11 +2,13 @@
 // talking to it over an SSH channel to its Unix socket.
 //
 // Everything the agent sends is untrusted: lines are capped by the protocol decoder, malformed
-// lines are reported (through `on_problem`) and skipped, and nothing in a message is ever used
-// as a host path or a host command. Text reaches the user's terminal only through the
-// sanitizing terminal sink.
+// lines are reported (through `on_problem`, at most one line a second plus a count) and
+// skipped, nothing in a message is ever used as a host path or a host command, and every
+// request has a deadline (request_deadlines; guest-agent/PROTOCOL.md §4 "Deadlines"). Text
+// reaches the user's terminal only through the sanitizing terminal sink.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -19,6 +21,7 @@
 
 #include "machine/error.hpp"
 #include "machine/protocol.hpp"
+#include "machine/text.hpp"
 
 namespace machine::ssh {
 class session;
@@ -41,32 +44,83 @@ private:
     std::string code_;
 };
 
+// The agent did not answer a request in time (request_deadlines). The message names the VM and
+// the request: "VM 'web': the guest agent did not answer secrets.discover within 20 s". The
+// connection is closed: every later request on it fails at once.
+class request_timeout : public error {
+public:
+    request_timeout(const std::string& vm, std::string request, std::chrono::milliseconds after, bool silence);
+    const std::string& request() const noexcept { return request_; }
+
+private:
+    std::string request_;
+};
+
+// How long the agent may take to answer, per request type (guest-agent/PROTOCOL.md §4,
+// "Deadlines"). A total deadline runs from sending the request to its final message; a
+// silence deadline restarts with every message for the request. Messages that are not for the
+// request (garbage, other ids) never extend one.
+struct request_deadlines {
+    using ms = std::chrono::milliseconds;
+    ms hello{10'000};
+    ms emit{10'000};
+    ms cancel{10'000};            // also: a subscription's end after its cancel
+    ms session_list{15'000};
+    ms secrets_render{30'000};
+    ms secrets_clear{15'000};
+    ms secrets_list{15'000};
+    ms secrets_discover{20'000};
+    ms subscribe_replay{30'000};  // silence, until the agent's `live`; none afterwards
+    ms run_silence{600'000};      // silence; run() callers may pass their own
+    ms provision_margin{60'000};  // on top of what the plan's own timeouts allow (provision_deadline)
+};
+
+// A provision sends nothing until its result (progress is in the journal), so its deadline is
+// the longest the agent may take by PROTOCOL.md's rules for this plan, plus `margin`: per step
+// its timeout_ms, 5 s from SIGTERM to SIGKILL, its check twice (each at most 60 s) and 1 s of
+// background output.
+std::chrono::milliseconds provision_deadline(const protocol::provision_request& request, std::chrono::milliseconds margin);
+
 // One channel to the agent. Requests are sequential on a connection; open several for
 // concurrent work (channels are cheap).
 class connection {
 public:
-    // `on_problem` hears about every line from the agent that could not be decoded or did not
-    // belong to the request in flight; such lines are skipped.
+    // `on_problem` hears about the lines from the agent that could not be decoded or did not
+    // belong to the request in flight (such lines are skipped): the first as it is, then at
+    // most one summary a second with a count, and one when the request ends.
+    // Errors name the VM of the session (ssh::session::vm_name()).
     static asio::awaitable<std::unique_ptr<connection>> open(
         std::shared_ptr<ssh::session> session, std::function<void(const std::string&)> on_problem = {},
         std::string socket = agent_socket);
     ~connection();
 
+    // The deadlines of the requests sent from now on (tests shorten them).
+    void set_deadlines(const request_deadlines& d) { deadlines_ = d; }
+    const request_deadlines& deadlines() const noexcept { return deadlines_; }
+
     asio::awaitable<protocol::hello_result> hello(std::string client);
 
-    // Runs a command as `request.user`; output chunks go to `on_output` as they arrive.
+    // Runs a command as `request.user`; output chunks go to `on_output` as they arrive. Throws
+    // request_timeout when nothing comes for the run for `silence` (default
+    // deadlines().run_silence): pass more for a command that may be quiet for longer.
     asio::awaitable<protocol::run_result> run(protocol::run_request request,
                                               std::function<void(const protocol::output_chunk&)> on_output);
+    asio::awaitable<protocol::run_result> run(protocol::run_request request,
+                                              std::function<void(const protocol::output_chunk&)> on_output,
+                                              std::chrono::milliseconds silence);
 
     // Streams every event with seq > from_seq, then live ones, to `on_event` until it returns
     // false (the subscription is then cancelled and drained). Returns the last seq delivered.
-    // Throws ssh::connection_lost when the VM or the connection goes away.
+    // Throws ssh::connection_lost when the VM or the connection goes away, request_timeout when
+    // the agent is silent for deadlines().subscribe_replay before its `live` (after it, silence
+    // is normal) or does not end the subscription within deadlines().cancel of our cancel.
     asio::awaitable<std::uint64_t> subscribe(std::uint64_t from_seq,
                                              std::function<bool(const protocol::event_record&)> on_event,
                                              std::function<void(const protocol::gap_notice&)> on_gap = {});
 
     // Applies a provisioning plan; its progress is in the journal (subscribe on another
     // connection to follow it). A failed step is a result with ok == false, not an exception.
+    // Deadline: provision_deadline(request, deadlines().provision_margin).
     asio::awaitable<protocol::provision_result> provision(protocol::provision_request request);
 
     // Appends an event to the agent's journal; returns its seq.
@@ -79,8 +133,10 @@ public:
 
     // Renders one set of secrets into the VM's tmpfs (PROTOCOL.md §4 `secrets.render`): the
     // file <dir>/<set>.env, owned by `request.user` (empty: the agent's VM user), replacing the
-    // set atomically. The values are wiped from `request` and from the encoded message once it
-    // is handed to the channel (libssh's own buffers are beyond reach); no error carries one.
+    // set atomically. The values are wiped from `request` and the JSON message once encoded, and
+    // from the encoded line once the channel has it, also when the write fails or times out
+    // (ssh::channel::write_secret; libssh's own buffers are beyond reach); no error carries one.
+    // Deadline: deadlines().secrets_render, sending the line included.
     // Throws machine::error when the set does not fit in one protocol line (1 MiB: about
     // 760 KiB of values), agent_error when the agent refuses (`bad_request` naming the
     // variable, `no_such_user`, `unsafe_target` when its directory is not a tmpfs of the VM
@@ -109,19 +165,42 @@ public:
     // sizes and times, never a value.
     asio::awaitable<std::vector<protocol::secret_set_info>> list_secrets();
 
-    connection(std::shared_ptr<ssh::channel> ch, std::function<void(const std::string&)> on_problem);
+    // `vm` names the VM in errors.
+    connection(std::shared_ptr<ssh::channel> ch, std::function<void(const std::string&)> on_problem,
+               std::string vm = {});
 
 private:
+    using clock = std::chrono::steady_clock;
+    // The request in flight and its deadline, from begin() until the scope ends.
+    class request_scope;
+    request_scope begin(const char* request, std::chrono::milliseconds limit, bool on_silence);
+    [[noreturn]] void timed_out();
+    void problem(std::string_view kind, const std::string& detail);
+    void flush_problems();
+
+    asio::awaitable<std::optional<std::string>> read_chunk();
     asio::awaitable<protocol::message> next_for(std::uint64_t id, std::uint64_t also = 0);
     asio::awaitable<protocol::message> final_for(std::uint64_t id);
     asio::awaitable<protocol::message> call(std::uint64_t id, const protocol::json& message);
     asio::awaitable<void> send(const protocol::json& message);
+    asio::awaitable<void> send_line(std::string& line, bool secret);
+
     std::shared_ptr<ssh::channel> channel_;
     std::function<void(const std::string&)> on_problem_;
+    std::string vm_;
+    request_deadlines deadlines_;
     protocol::decoder decoder_;
     std::vector<protocol::decoded> pending_;
     std::size_t next_pending_ = 0;
     std::uint64_t next_id_ = 1;
+    // The request in flight: its name, its deadline (max: none) and, for a silence deadline,
+    // how far each of its messages pushes it.
+    const char* request_ = nullptr;
+    clock::time_point deadline_ = clock::time_point::max();
+    std::chrono::milliseconds limit_{0};
+    bool on_silence_ = false;
+    bool broken_ = false;  // a request timed out: the channel is closed
+    text::log_limiter problems_{"the guest agent sent", "bad or unexpected line"};
 };
 
 // The agent binary and unit this host ships.

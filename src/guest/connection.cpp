@@ -1,6 +1,15 @@
 // A connection to the guest agent over an SSH channel: requests, streamed replies, events.
+//
+// Deadlines: every request runs inside a request_scope that names it and sets when it must be
+// answered (request_deadlines). Reads and writes race a timer set to that time (`||`), and the
+// message loop also compares the clock with it for every line, so a flood that keeps the
+// channel busy cannot keep a request alive past its deadline. A timeout closes the channel.
+#include <algorithm>
+#include <cstdio>
 #include <stdexcept>
+#include <variant>
 
+#include <asio/experimental/awaitable_operators.hpp>
 #include <asio/steady_timer.hpp>
 #include <asio/this_coro.hpp>
 #include <asio/use_awaitable.hpp>
@@ -12,9 +21,114 @@ namespace machine::guest {
 
 using asio::awaitable;
 namespace pr = machine::protocol;
+using namespace std::chrono_literals;
 
-connection::connection(std::shared_ptr<ssh::channel> ch, std::function<void(const std::string&)> on_problem)
-    : channel_(std::move(ch)), on_problem_(std::move(on_problem)),
+namespace {
+
+std::string seconds_text(std::chrono::milliseconds d) {
+    if (d.count() % 1000 == 0) return std::to_string(d.count() / 1000) + " s";
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.3g s", static_cast<double>(d.count()) / 1000.0);
+    return buf;
+}
+
+// At most `max` bytes of text from the agent for a warning, cut at a character boundary (the
+// sinks escape what is left).
+std::string clipped(std::string_view text, std::size_t max = 64) {
+    if (text.size() <= max) return std::string(text);
+    std::size_t n = max;
+    while (n > 0 && (static_cast<unsigned char>(text[n]) & 0xC0) == 0x80) --n;
+    return std::string(text.substr(0, n)) + "...";
+}
+
+// A read or a write that cannot fail: `||` waits for the first *success* (house style §4.5), so
+// a failure must complete its side of the race too.
+struct read_outcome {
+    std::optional<std::string> chunk;
+    std::exception_ptr failure;
+};
+
+awaitable<read_outcome> read_nothrow(std::shared_ptr<ssh::channel> ch) {
+    read_outcome r;
+    try {
+        r.chunk = co_await ch->read();
+    } catch (...) {
+        r.failure = std::current_exception();
+    }
+    co_return r;
+}
+
+// `line` belongs to the caller, which awaits the race this runs in until it completes. A
+// secret line is written from that buffer and wiped (ssh::channel::write_secret), however the
+// write ends.
+awaitable<std::exception_ptr> write_nothrow(std::shared_ptr<ssh::channel> ch, std::string* line, bool secret) {
+    try {
+        if (secret) co_await ch->write_secret(*line);
+        else co_await ch->write(std::move(*line));
+        co_return nullptr;
+    } catch (...) {
+        co_return std::current_exception();
+    }
+}
+
+// Completes at `when`; throws when cancelled (it lost the race).
+awaitable<void> wait_until(asio::steady_timer& timer, std::chrono::steady_clock::time_point when) {
+    timer.expires_at(when);
+    co_await timer.async_wait(asio::use_awaitable);
+}
+
+} // namespace
+
+request_timeout::request_timeout(const std::string& vm, std::string request, std::chrono::milliseconds after,
+                                 bool silence)
+    : error((vm.empty() ? std::string() : "VM '" + vm + "': ") +
+            (silence ? "the guest agent went silent during " + request + ": nothing for " + seconds_text(after)
+                     : "the guest agent did not answer " + request + " within " + seconds_text(after))),
+      request_(std::move(request)) {}
+
+std::chrono::milliseconds provision_deadline(const pr::provision_request& request, std::chrono::milliseconds margin) {
+    using ms = std::chrono::milliseconds;
+    // Capped: a day per step and 512 steps stay far below overflow, but the request is the
+    // caller's and may break the rules.
+    constexpr ms cap = std::chrono::hours(24 * 365);
+    ms total = margin;
+    for (const auto& step : request.steps) {
+        const ms timeout{static_cast<ms::rep>(std::min<std::uint64_t>(step.timeout_ms, 86'400'000))};
+        const ms check = step.check.empty() ? ms(0) : 2 * std::min<ms>(timeout, 60s);
+        total += timeout + 5s + check + 1s;
+        if (total > cap) return cap;
+    }
+    return total;
+}
+
+// The request in flight: set by begin(), cleared (and what was counted of the agent's bad
+// lines said) when the request ends, however it ends.
+class connection::request_scope {
+public:
+    explicit request_scope(connection& c) : c_(&c) {}
+    request_scope(request_scope&& o) noexcept : c_(std::exchange(o.c_, nullptr)) {}
+    request_scope(const request_scope&) = delete;
+    request_scope& operator=(const request_scope&) = delete;
+    request_scope& operator=(request_scope&&) = delete;
+    ~request_scope() {
+        if (!c_) return;
+        c_->request_ = nullptr;
+        c_->deadline_ = clock::time_point::max();
+        c_->on_silence_ = false;
+        try {
+            c_->flush_problems();
+        } catch (...) {
+            // a warning that cannot be said must not turn into another failure
+        }
+    }
+
+private:
+    connection* c_;
+};
+
+connection::connection(std::shared_ptr<ssh::channel> ch, std::function<void(const std::string&)> on_problem,
+                       std::string vm)
+    : channel_(std::move(ch)), on_problem_(std::move(on_problem)), vm_(std::move(vm)),
       // Agent messages may carry `id: null` (errors about lines it could not decode).
       decoder_(pr::decoder_options{pr::max_line_bytes, false}) {}
 
@@ -26,41 +140,104 @@ awaitable<std::unique_ptr<connection>> connection::open(std::shared_ptr<ssh::ses
                                                         std::function<void(const std::string&)> on_problem,
                                                         std::string socket) {
     auto ch = co_await session->open_unix_socket(std::move(socket));
-    co_return std::make_unique<connection>(std::move(ch), std::move(on_problem));
+    co_return std::make_unique<connection>(std::move(ch), std::move(on_problem), session->vm_name());
+}
+
+connection::request_scope connection::begin(const char* request, std::chrono::milliseconds limit, bool on_silence) {
+    if (broken_)
+        throw error((vm_.empty() ? std::string() : "VM '" + vm_ + "': ") +
+                    "this connection to the guest agent was closed after a request timed out");
+    request_ = request;
+    limit_ = limit;
+    on_silence_ = on_silence;
+    deadline_ = clock::now() + limit;
+    return request_scope(*this);
+}
+
+void connection::timed_out() {
+    broken_ = true;
+    channel_->close();  // a late answer must not be taken for the next request's
+    throw request_timeout(vm_, request_ ? request_ : "a request", limit_, on_silence_);
+}
+
+void connection::problem(std::string_view kind, const std::string& detail) {
+    if (!on_problem_) return;
+    if (auto line = problems_.note(kind, detail, clock::now())) on_problem_(*line);
+}
+
+void connection::flush_problems() {
+    if (!on_problem_) return;
+    if (auto line = problems_.flush(clock::now())) on_problem_(*line);
+}
+
+// The next chunk from the agent, or a timeout at the request's deadline.
+awaitable<std::optional<std::string>> connection::read_chunk() {
+    using namespace asio::experimental::awaitable_operators;
+    if (deadline_ == clock::time_point::max()) co_return co_await channel_->read();  // a live subscription
+    if (clock::now() >= deadline_) timed_out();
+    asio::steady_timer timer(co_await asio::this_coro::executor);
+    auto r = co_await (read_nothrow(channel_) || wait_until(timer, deadline_));
+    if (r.index() == 1) timed_out();
+    read_outcome& got = std::get<0>(r);
+    if (got.failure) std::rethrow_exception(got.failure);
+    co_return std::move(got.chunk);
+}
+
+// Writes one line (a `secret` one is wiped however the write ends), or times out at the
+// request's deadline: an agent that stops reading fills the SSH window, and the write would
+// wait forever.
+awaitable<void> connection::send_line(std::string& line, bool secret) {
+    using namespace asio::experimental::awaitable_operators;
+    if (deadline_ == clock::time_point::max()) {
+        if (secret) co_await channel_->write_secret(line);
+        else co_await channel_->write(std::move(line));
+        co_return;
+    }
+    asio::steady_timer timer(co_await asio::this_coro::executor);
+    auto r = co_await (write_nothrow(channel_, &line, secret) || wait_until(timer, deadline_));
+    if (r.index() == 1) timed_out();
+    if (auto failure = std::get<0>(r)) std::rethrow_exception(failure);
 }
 
 awaitable<void> connection::send(const pr::json& message) {
     std::string line = pr::encode(message);
-    co_await channel_->write(std::move(line));
+    co_await send_line(line, false);
 }
 
 // The next message for request `id` (or `also`, when non-zero). Anything else the agent sends
-// is reported and skipped: a misbehaving guest cannot make us act on a line we did not ask for.
+// is reported (rate-limited) and skipped: a misbehaving guest cannot make us act on a line we
+// did not ask for, nor keep us past the request's deadline by sending lines.
 awaitable<pr::message> connection::next_for(std::uint64_t id, std::uint64_t also) {
     for (;;) {
         while (next_pending_ < pending_.size()) {
+            if (clock::now() >= deadline_) timed_out();
             pr::decoded item = std::move(pending_[next_pending_++]);
             if (auto* bad = std::get_if<pr::decode_error>(&item)) {
-                if (on_problem_) on_problem_("bad line from the guest agent (" + std::string(pr::to_string(bad->code)) + "): " + bad->message);
+                const std::string code(pr::to_string(bad->code));
+                problem(code, "bad line from the guest agent (" + code + "): " + clipped(bad->message, 200));
                 continue;
             }
             auto& m = std::get<pr::message>(item);
-            if (m.id && (*m.id == id || (also && *m.id == also))) co_return std::move(m);
-            if (on_problem_) {
-                std::string what = "unexpected '" + m.type + "' message from the guest agent";
-                if (m.type == pr::type::error)
-                    if (auto e = pr::parse_error(m.body)) what = "the guest agent reported: " + e->message + " (" + e->code + ")";
-                on_problem_(what);
+            if (m.id && (*m.id == id || (also && *m.id == also))) {
+                if (on_silence_) deadline_ = clock::now() + limit_;
+                co_return std::move(m);
             }
+            const std::string kind = "unexpected '" + clipped(m.type, 32) + "'";
+            std::string what = kind + " message from the guest agent";
+            if (m.type == pr::type::error)
+                if (auto e = pr::parse_error(m.body))
+                    what = "the guest agent reported: " + clipped(e->message, 200) + " (" + clipped(e->code, 32) + ")";
+            problem(kind, what);
         }
         pending_.clear();
         next_pending_ = 0;
-        auto chunk = co_await channel_->read();
+        auto chunk = co_await read_chunk();
         if (!chunk) {
             decoder_.finish(pending_);
+            flush_problems();  // what was counted comes first
             for (auto& item : pending_)
                 if (auto* bad = std::get_if<pr::decode_error>(&item); bad && on_problem_)
-                    on_problem_("the guest agent's last line was cut off: " + bad->message);
+                    on_problem_("the guest agent's last line was cut off: " + clipped(bad->message, 200));
             pending_.clear();
             throw ssh::connection_lost("the guest agent closed the connection");
         }
@@ -86,7 +263,8 @@ awaitable<pr::message> connection::final_for(std::uint64_t id) {
     for (;;) {
         pr::message m = co_await next_for(id);
         if (pr::is_final(m.type)) co_return m;
-        if (on_problem_) on_problem_("unexpected '" + m.type + "' message from the guest agent");
+        const std::string kind = "unexpected '" + clipped(m.type, 32) + "'";
+        problem(kind, kind + " message from the guest agent");
     }
 }
 
@@ -109,6 +287,7 @@ T checked(pr::parsed<T> r, const char* what) {
 } // namespace
 
 awaitable<pr::hello_result> connection::hello(std::string client) {
+    const auto scope = begin("hello", deadlines_.hello, false);
     const std::uint64_t id = next_id_++;
     // Named first: a temporary aggregate inside a co_await expression is destroyed twice by
     // g++ 12 (house style §4).
@@ -125,6 +304,15 @@ awaitable<pr::hello_result> connection::hello(std::string client) {
 
 awaitable<pr::run_result> connection::run(pr::run_request request,
                                           std::function<void(const pr::output_chunk&)> on_output) {
+    const std::chrono::milliseconds silence = deadlines_.run_silence;
+    co_return co_await run(std::move(request), std::move(on_output), silence);
+}
+
+awaitable<pr::run_result> connection::run(pr::run_request request,
+                                          std::function<void(const pr::output_chunk&)> on_output,
+                                          std::chrono::milliseconds silence) {
+    // On silence: a command may run for hours, but not without the agent saying anything.
+    const auto scope = begin("run", silence, true);
     const std::uint64_t id = next_id_++;
     const pr::json message = pr::make_run_request(id, request);
     co_await send(message);
@@ -140,8 +328,9 @@ awaitable<pr::run_result> connection::run(pr::run_request request,
             co_return std::move(*r);
         } else if (m.type == pr::type::error) {
             refused(m);
-        } else if (on_problem_) {
-            on_problem_("unexpected '" + m.type + "' message in a run");
+        } else {
+            const std::string kind = "unexpected '" + clipped(m.type, 32) + "'";
+            problem(kind, kind + " message in a run");
         }
     }
 }
@@ -149,6 +338,9 @@ awaitable<pr::run_result> connection::run(pr::run_request request,
 awaitable<std::uint64_t> connection::subscribe(std::uint64_t from_seq,
                                                std::function<bool(const pr::event_record&)> on_event,
                                                std::function<void(const pr::gap_notice&)> on_gap) {
+    // On silence until `live` (a replay may be long, but not quiet); none once live: a journal
+    // with nothing new is normal.
+    const auto scope = begin("subscribe", deadlines_.subscribe_replay, true);
     const std::uint64_t id = next_id_++;
     pr::subscribe_request request;
     request.from_seq = from_seq;
@@ -168,12 +360,17 @@ awaitable<std::uint64_t> connection::subscribe(std::uint64_t from_seq,
             if (!e) malformed("event", e.error);
             // Exactly once, in order: a seq at or below the last one is a duplicate.
             if (e->seq <= last) {
-                if (on_problem_) on_problem_("the guest agent repeated event " + std::to_string(e->seq));
+                problem("repeated event", "the guest agent repeated event " + std::to_string(e->seq));
                 continue;
             }
             last = e->seq;
             if (!cancel_id && !on_event(*e)) {
                 cancel_id = next_id_++;
+                // From here on the agent has deadlines_.cancel to end the subscription.
+                request_ = "cancel";
+                limit_ = deadlines_.cancel;
+                on_silence_ = false;
+                deadline_ = clock::now() + limit_;
                 pr::cancel_request cancel;
                 cancel.target = id;
                 const pr::json cancel_message = pr::make_cancel_request(cancel_id, cancel);
@@ -184,7 +381,11 @@ awaitable<std::uint64_t> connection::subscribe(std::uint64_t from_seq,
             if (g && on_gap) on_gap(*g);
             if (g) last = std::max(last, g->to_seq);
         } else if (m.type == pr::type::live) {
-            // replay caught up; nothing to do
+            // Replay caught up: from now on silence is normal (unless a cancel is pending).
+            if (!cancel_id) {
+                deadline_ = clock::time_point::max();
+                on_silence_ = false;
+            }
         } else if (m.type == pr::type::result) {
             subscription_done = true;
         } else if (m.type == pr::type::error) {
@@ -195,6 +396,7 @@ awaitable<std::uint64_t> connection::subscribe(std::uint64_t from_seq,
 }
 
 awaitable<pr::provision_result> connection::provision(pr::provision_request request) {
+    const auto scope = begin("provision", provision_deadline(request, deadlines_.provision_margin), false);
     const std::uint64_t id = next_id_++;
     const pr::json message = pr::make_provision_request(id, request);
     const pr::message m = co_await call(id, message);
@@ -202,6 +404,7 @@ awaitable<pr::provision_result> connection::provision(pr::provision_request requ
 }
 
 awaitable<std::uint64_t> connection::emit(pr::emit_request request) {
+    const auto scope = begin("emit", deadlines_.emit, false);
     const std::uint64_t id = next_id_++;
     const pr::json message = pr::make_emit_request(id, request);
     const pr::message m = co_await call(id, message);
@@ -211,17 +414,27 @@ awaitable<std::uint64_t> connection::emit(pr::emit_request request) {
 }
 
 awaitable<std::vector<pr::session_info>> connection::list_sessions() {
+    const auto scope = begin("session.list", deadlines_.session_list, false);
     const std::uint64_t id = next_id_++;
     const pr::json message = pr::make_session_list_request(id);
     const pr::message m = co_await call(id, message);
     co_return checked(pr::parse_session_list_result(m.body), "session list").sessions;
 }
 
+namespace {
+// Wipes a line that holds secrets when the scope ends, whatever happened to it.
+struct wipe_at_exit {
+    std::string& line;
+    ~wipe_at_exit() { pr::wipe_secret_bytes(line); }
+};
+} // namespace
+
 awaitable<pr::secrets_render_result> connection::render_secrets(pr::secrets_render_request request) {
     const std::uint64_t id = next_id_++;
     pr::json message = pr::make_secrets_render_request(id, request);
     pr::wipe_secrets(request);
     std::string line;
+    const wipe_at_exit wipe{line};  // e.g. when begin() refuses a connection that timed out
     try {
         line = pr::encode(message);
     } catch (const std::length_error&) {
@@ -230,7 +443,8 @@ awaitable<pr::secrets_render_result> connection::render_secrets(pr::secrets_rend
                     std::to_string(pr::max_line_bytes) + " bytes, base64 included (about 760 KiB of values)");
     }
     pr::wipe_secrets(message);
-    co_await channel_->write(std::move(line));
+    const auto scope = begin("secrets.render", deadlines_.secrets_render, false);
+    co_await send_line(line, true);  // wipes `line`, written or not
     pr::message m = co_await final_for(id);
     if (m.type == pr::type::error) refused(m);
     pr::secrets_render_result r = checked(pr::parse_secrets_render_result(m.body), "secrets.render result");
@@ -239,6 +453,7 @@ awaitable<pr::secrets_render_result> connection::render_secrets(pr::secrets_rend
 }
 
 awaitable<std::vector<std::string>> connection::clear_secrets(std::optional<std::string> set) {
+    const auto scope = begin("secrets.clear", deadlines_.secrets_clear, false);
     const std::uint64_t id = next_id_++;
     pr::secrets_clear_request request;
     request.set = std::move(set);
@@ -248,6 +463,7 @@ awaitable<std::vector<std::string>> connection::clear_secrets(std::optional<std:
 }
 
 awaitable<std::vector<pr::envrc_secrets>> connection::discover_secrets() {
+    const auto scope = begin("secrets.discover", deadlines_.secrets_discover, false);
     const std::uint64_t id = next_id_++;
     const pr::json message = pr::make_secrets_discover_request(id);
     const pr::message m = co_await call(id, message);
@@ -258,6 +474,7 @@ awaitable<std::vector<pr::envrc_secrets>> connection::discover_secrets() {
 }
 
 awaitable<std::vector<pr::secret_set_info>> connection::list_secrets() {
+    const auto scope = begin("secrets.list", deadlines_.secrets_list, false);
     const std::uint64_t id = next_id_++;
     const pr::json message = pr::make_secrets_list_request(id);
     const pr::message m = co_await call(id, message);
