@@ -10,6 +10,7 @@
 // first problem in file order: `projects.toml:7:1: web.cpus: expected an integer, got "four"`.
 #pragma once
 
+#include <chrono>
 #include <filesystem>
 #include <map>
 #include <optional>
@@ -76,6 +77,9 @@ struct project {
     std::vector<secret_source> secrets;  ///< in file order
     /// Render the secrets on every `up`, and whenever `watch` sees the VM boot again.
     bool secrets_on_up = false;
+    /// How long one `git clone` of a repo may take (`clone_timeout = "45m"`); then `up` fails
+    /// naming the repo. Default 30 minutes, at most 24 hours.
+    std::chrono::seconds clone_timeout{30 * 60};
 
     /// Where the project was defined: the projects.toml or .machine.toml path; empty for a
     /// project that exists only by its name (zero-config `default`, or a VM without a table).
@@ -157,6 +161,10 @@ config load_default();
 /// Normalizes a memory/disk size: integer N >= 1 -> "NGiB"; "<num>(.<num>)?(KiB|MiB|GiB|TiB)"
 /// kept as written. Returns nullopt when invalid, zero, or too large for 63-bit bytes.
 std::optional<std::string> normalize_size(std::string_view text);
+/// A duration as profiles' step timeouts and `clone_timeout` write it: one or more
+/// `<integer><s|m|h>` ("90s", "10m", "1h30m"). nullopt when malformed or zero.
+std::optional<std::chrono::seconds> parse_duration(std::string_view text);
+
 /// Bytes in a normalized size ("4GiB" -> 4294967296), rounded down; 0 when it is not one.
 long long size_bytes(std::string_view normalized);
 

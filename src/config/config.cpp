@@ -280,6 +280,16 @@ void apply_secrets_on_up(const field& f, project& p) {
     if (auto v = detail::read_bool(f)) p.secrets_on_up = *v;
 }
 
+void apply_clone_timeout(const field& f, project& p) {
+    const auto text = detail::read_string(f);
+    if (!text) return;
+    if (auto d = parse_duration(*text); d && *d <= std::chrono::hours(24))
+        p.clone_timeout = *d;
+    else
+        f.report("expected a duration such as \"90s\", \"45m\" or \"1h\" (at most 24h), got " +
+                 detail::toml_string(*text));
+}
+
 // An entry without `set` renders into the set its Environment ID names, else the project's.
 void default_secret_sets(project& p) {
     for (auto& e : p.secrets)
@@ -392,6 +402,7 @@ constexpr key_rule<project> project_keys[] = {
     {"agent_keys", apply_agent_keys},
     {"secrets", apply_secrets},
     {"secrets_on_up", apply_secrets_on_up},
+    {"clone_timeout", apply_clone_timeout},
 };
 
 // .machine.toml: `name`, then the keys of a project table.

@@ -1,4 +1,4 @@
-// Memory and disk sizes as Lima takes them: "8GiB", "1.5GiB", "512MiB".
+// Memory and disk sizes as Lima takes them ("8GiB", "1.5GiB", "512MiB"), and durations ("45m").
 #include "machine/config.hpp"
 
 #include <array>
@@ -64,6 +64,27 @@ std::optional<std::string> normalize_size(std::string_view text) {
 long long size_bytes(std::string_view normalized) {
     const auto bytes = parse_bytes(normalized);
     return bytes ? static_cast<long long>(std::floor(*bytes)) : 0;
+}
+
+std::optional<std::chrono::seconds> parse_duration(std::string_view text) {
+    std::chrono::seconds total{0};
+    std::size_t i = 0;
+    if (text.empty()) return std::nullopt;
+    while (i < text.size()) {
+        std::size_t j = i;
+        long long n = 0;
+        while (j < text.size() && text[j] >= '0' && text[j] <= '9' && j - i < 9) n = n * 10 + (text[j++] - '0');
+        if (j == i || j >= text.size()) return std::nullopt;
+        switch (text[j]) {
+        case 's': total += std::chrono::seconds(n); break;
+        case 'm': total += std::chrono::minutes(n); break;
+        case 'h': total += std::chrono::hours(n); break;
+        default: return std::nullopt;
+        }
+        i = j + 1;
+    }
+    if (total.count() <= 0) return std::nullopt;
+    return total;
 }
 
 } // namespace machine::config

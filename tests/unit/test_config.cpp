@@ -25,7 +25,7 @@ const std::string name_rule =
     " (use a-z, 0-9 and hyphens, starting with a letter or digit, at most 63 characters)";
 const std::string project_keys_list =
     "repos, profiles, shell, forward_agent, cpus, memory, disk, ports, ca_certs, agent_keys, secrets, "
-    "secrets_on_up";
+    "secrets_on_up, clone_timeout";
 
 config parse(std::string_view text, const host_resources& host = big_host) {
     return parse_projects(text, "projects.toml", host);
@@ -657,6 +657,28 @@ BOOST_AUTO_TEST_CASE(bad_secrets_name_the_entry_and_the_key) {
     }
 }
 
+// clone_timeout: the durations profiles' step timeouts take, 30 minutes when absent.
+BOOST_AUTO_TEST_CASE(clone_timeout_is_a_duration_of_at_most_a_day) {
+    BOOST_TEST(parse("[web]\n").projects.at("web").clone_timeout.count() == 30 * 60);
+    BOOST_TEST(parse("[web]\nclone_timeout = \"45m\"").projects.at("web").clone_timeout.count() == 45 * 60);
+    BOOST_TEST(parse("[web]\nclone_timeout = \"90s\"").projects.at("web").clone_timeout.count() == 90);
+    BOOST_TEST(parse("[web]\nclone_timeout = \"24h\"").projects.at("web").clone_timeout.count() == 24 * 3600);
+    const std::string expected = "expected a duration such as \"90s\", \"45m\" or \"1h\" (at most 24h), got ";
+    const std::vector<std::pair<std::string, std::string>> cases{
+        {"[web]\nclone_timeout = \"30\"", "projects.toml:2:1: web.clone_timeout: " + expected + "\"30\""},
+        {"[web]\nclone_timeout = \"0m\"", "projects.toml:2:1: web.clone_timeout: " + expected + "\"0m\""},
+        {"[web]\nclone_timeout = \"25h\"", "projects.toml:2:1: web.clone_timeout: " + expected + "\"25h\""},
+        {"[web]\nclone_timeout = \"10 m\"", "projects.toml:2:1: web.clone_timeout: " + expected + "\"10 m\""},
+        {"[web]\ncpus = 2\nclone_timeout = 1800", "projects.toml:3:1: web.clone_timeout: expected a string, got 1800"},
+    };
+    for (const auto& [text, message] : cases) {
+        BOOST_TEST_CONTEXT(text) { BOOST_TEST(parse_error(text) == message); }
+    }
+    BOOST_TEST(parse_duration("1h30m").value_or(std::chrono::seconds(0)).count() == 5400);
+    BOOST_TEST(!parse_duration("").has_value());
+    BOOST_TEST(!parse_duration("5d").has_value());
+}
+
 BOOST_AUTO_TEST_CASE(keys_and_an_explicit_name) {
     temp_dir tmp;
     write(tmp.path / "checkout" / ".machine.toml", R"(
@@ -669,6 +691,7 @@ memory = "16GiB"
 disk = 60
 ports = [8080]
 secrets_on_up = true
+clone_timeout = "1h30m"
 [[secrets]]
 op_reference = "op://Private/api/token"
 variable = "API_TOKEN"
@@ -687,7 +710,8 @@ variable = "API_TOKEN"
     BOOST_TEST(p.secrets_on_up);
     BOOST_REQUIRE(p.secrets.size() == 1u);
     BOOST_TEST(p.secrets[0].set == "api");  // the name given in the file, not the directory's
-    BOOST_TEST(p.secrets[0].origin == (tmp.path / "checkout" / ".machine.toml").string() + ":11:1: secrets[0]");
+    BOOST_TEST(p.clone_timeout.count() == 90 * 60);
+    BOOST_TEST(p.secrets[0].origin == (tmp.path / "checkout" / ".machine.toml").string() + ":12:1: secrets[0]");
 }
 
 BOOST_AUTO_TEST_CASE(a_repository_file_names_ca_certs_inside_the_repository_only) {
