@@ -76,6 +76,8 @@ struct run_options {
     cancel_signal* cancel = nullptr;  // optional: graceful -> SIGINT..., forceful -> SIGKILL
     line_callback on_stdout_line;
     line_callback on_stderr_line;
+    // Lines also end at '\r' (progress meters such as git's redraw one line with it).
+    bool lines_end_at_cr = false;
     // The child's stdout is a secret: result.out gets all of max_output up front (no
     // reallocation leaves a copy in freed memory) and the read buffer is zeroed when done.
     // The caller wipes result.out. No line callback may be set for stdout.

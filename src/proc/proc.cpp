@@ -205,7 +205,8 @@ void append_capped(std::string& sink, std::string_view data, std::size_t cap) {
 }
 
 awaitable<void> drain(run_state& st, asio::posix::stream_descriptor& stream, std::string& sink,
-                      std::size_t cap, const line_callback& on_line, bool secret) {
+                      std::size_t cap, const line_callback& on_line, bool secret, bool cr_ends_lines = false) {
+    const char* const line_ends = cr_ends_lines ? "\n\r" : "\n";
     std::array<char, 16384> buffer;
     std::string partial;
     if (secret) sink.reserve(cap);
@@ -217,8 +218,8 @@ awaitable<void> drain(run_state& st, asio::posix::stream_descriptor& stream, std
         if (on_line) {
             partial.append(chunk);
             std::size_t start = 0;
-            for (auto nl = partial.find('\n'); nl != std::string::npos;
-                 nl = partial.find('\n', start)) {
+            for (auto nl = partial.find_first_of(line_ends); nl != std::string::npos;
+                 nl = partial.find_first_of(line_ends, start)) {
                 on_line(std::string_view(partial).substr(start, nl - start));
                 start = nl + 1;
             }
@@ -329,12 +330,12 @@ awaitable<void> watchdog(run_state& st, const run_options& opt, stop_reason& rea
 awaitable<void> supervise(run_state& st, result& res, const run_options& opt, const command& cmd) {
     const std::size_t cap = opt.limit.max_output;
     if (st.out.is_open() && st.err.is_open()) {
-        co_await (drain(st, st.out, res.out, cap, opt.on_stdout_line, opt.secret_stdout) &&
-                  drain(st, st.err, res.err, cap, opt.on_stderr_line, false) && wait_and_reap(st));
+        co_await (drain(st, st.out, res.out, cap, opt.on_stdout_line, opt.secret_stdout, opt.lines_end_at_cr) &&
+                  drain(st, st.err, res.err, cap, opt.on_stderr_line, false, opt.lines_end_at_cr) && wait_and_reap(st));
     } else if (st.out.is_open()) {
-        co_await (drain(st, st.out, res.out, cap, opt.on_stdout_line, opt.secret_stdout) && wait_and_reap(st));
+        co_await (drain(st, st.out, res.out, cap, opt.on_stdout_line, opt.secret_stdout, opt.lines_end_at_cr) && wait_and_reap(st));
     } else if (st.err.is_open()) {
-        co_await (drain(st, st.err, res.err, cap, opt.on_stderr_line, false) && wait_and_reap(st));
+        co_await (drain(st, st.err, res.err, cap, opt.on_stderr_line, false, opt.lines_end_at_cr) && wait_and_reap(st));
     } else {
         co_await wait_and_reap(st);
     }
