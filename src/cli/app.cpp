@@ -45,6 +45,7 @@ struct parsed {
     bool json = false;
     bool yes = false;
     bool force = false;  // bake
+    bool replace = false;  // pin
     int start_timeout_minutes = 30;
     std::optional<std::string> session;  // claude, codex
     std::optional<std::string> repo;     // secrets
@@ -109,6 +110,7 @@ asio::awaitable<int> dispatch(context& ctx, parsed p) {
     if (p.command == "list") co_return co_await cmd_list(ctx);
     if (p.command == "run") co_return co_await cmd_run(ctx, p.name.value_or(""), p.run_command);
     if (p.command == "ssh") co_return co_await cmd_ssh(ctx, p.name);
+    if (p.command == "pin") co_return co_await cmd_pin(ctx, p.name.value_or(""), p.replace);
     if (p.command == "claude" || p.command == "codex")
         co_return co_await cmd_agent_session(ctx, p.command, p.name, p.session);
     if (p.command == "sessions") co_return co_await cmd_sessions(ctx, p.name);
@@ -178,6 +180,18 @@ int main(int argc, char** argv) {
 
     auto* run = app.add_subcommand("run", "run a command in a project's VM: machine run NAME -- CMD...");
     run->add_option("name", p.name, "project")->required();
+
+    auto* pin = app.add_subcommand("pin", "pin the host key a project's VM presents now (for a VM machine did not create)");
+    pin->add_option("name", p.name, "project")->required();
+    pin->add_flag("--replace", p.replace, "replace a different pinned key (prints both)");
+    pin->footer(R"(
+machine checks a VM's SSH host key against the key pinned when machine created the VM, on every
+connection (up, ssh, run, claude, codex, secrets, sessions, watch, the repo clones). A VM machine
+did not create, or whose pin was lost, has none and is refused; `machine pin NAME` records the key
+the VM presents now and prints its fingerprint. When a different key is pinned, `pin` refuses and
+prints both fingerprints; `--replace` then records the new one. Only do either when you know why
+the VM has that key (you recreated it yourself): otherwise something may be intercepting the
+connection.)");
 
     auto* watch = app.add_subcommand("watch", "stream what every VM is doing until Ctrl-C");
     watch->add_option("names", p.names, "VMs to watch (default: all)");

@@ -104,6 +104,7 @@ awaitable<std::string> ensure_base(context& ctx, const up_target& t, bool force,
     paths::write_file_atomic(tmpl, render::lima_yaml(p, host), 0600);
     const auto t0 = std::chrono::steady_clock::now();
     ctx.emit(events::step_started(name, "create"));
+    expect_new_vm_key(name);  // the throwaway VM's key is pinned at its first connection
     const std::vector<std::string> no_sets;
     co_await lima.create(name, tmpl, no_sets);
     ctx.emit(events::step_finished(name, "create", true, since(t0)));

@@ -60,9 +60,12 @@ asio::awaitable<int> cmd_destroy(context& ctx, std::optional<std::string> name, 
 asio::awaitable<int> cmd_list(context& ctx);
 // Runs until interrupted (then exits 130): VM states from Lima for NAMES (all VMs when empty).
 asio::awaitable<int> cmd_watch(context& ctx, std::vector<std::string> names);
-// `run` ends by replacing this process with `limactl shell` (execv), so the terminal, signals
-// and the remote exit status behave exactly as limactl's.
+// `run`: the command in the VM through OpenSSH (interactive.cpp), pinned like `ssh`, in the
+// primary repo's directory; exits with the remote command's status (ssh's 255 when the
+// connection failed).
 asio::awaitable<int> cmd_run(context& ctx, std::string name, std::vector<std::string> command);
+// `machine pin NAME [--replace]`: records the host key the VM presents now (interactive.cpp).
+asio::awaitable<int> cmd_pin(context& ctx, std::string name, bool replace);
 // A login shell in the VM through OpenSSH (interactive.cpp); exits with ssh's status.
 asio::awaitable<int> cmd_ssh(context& ctx, std::optional<std::string> name);
 // `machine claude|codex`: attaches to the agent's tmux session in the VM (interactive.cpp).

@@ -133,30 +133,4 @@ awaitable<int> cmd_list(context& ctx) {
     co_return 0;
 }
 
-namespace {
-
-[[noreturn]] void exec(const std::vector<std::string>& argv) {
-    std::fflush(stdout);
-    std::fflush(stderr);
-    std::vector<char*> args;
-    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    spdlog::debug("exec {}", argv[0]);
-    ::execv(args[0], args.data());
-    throw error("cannot run " + argv[0] + ": " + std::strerror(errno));
-}
-
-} // namespace
-
-awaitable<int> cmd_run(context& ctx, std::string name, std::vector<std::string> command) {
-    text::require_valid_project_name(name);
-    if (command.empty()) throw usage_error("usage: machine run NAME -- COMMAND [ARGS...]");
-    const lima::instance inst = co_await require_running(ctx, name);
-    const agent_environment agent = co_await prepare_agent_forwarding(ctx, ctx.cfg().resolve(name), &inst, false);
-    // limactl (and the SSH connection it opens) inherit the agent the project may use.
-    for (const auto& [key, value] : agent.env.set) ::setenv(key.c_str(), value.c_str(), 1);
-    for (const auto& key : agent.env.unset) ::unsetenv(key.c_str());
-    exec(ctx.lima().argv().shell(name, command, ""));
-}
-
 } // namespace machine::cli

@@ -122,11 +122,47 @@ asio::awaitable<lima::instance> require_running(context& ctx, const std::string&
     co_return std::move(*existing);
 }
 
+namespace {
+fs::path pin_pending_marker(const std::string& name) { return project_state_dir(name) / "host_key.pending"; }
+}  // namespace
+
 ssh::host_key_pin pin_of(const std::string& name, bool record_if_absent) {
     ssh::host_key_pin pin{project_state_dir(name) / "host_key", name, record_if_absent};
     pin.known_hosts = project_state_dir(name) / "known_hosts";
     pin.known_hosts_alias = "machine-" + name;
+    std::error_code ec;
+    if (!record_if_absent && !fs::exists(pin.file, ec)) throw error(no_pin_message(name));
     return pin;
+}
+
+std::string no_pin_message(const std::string& name) {
+    return "VM '" + name + "' has no pinned host key (machine pins it only when it creates the VM); to trust the key " +
+           "it presents now, run 'machine pin " + name + "'";
+}
+
+void expect_new_vm_key(const std::string& name) {
+    const fs::path dir = project_state_dir(name);
+    fs::create_directories(dir);
+    std::error_code ec;
+    fs::remove(dir / "host_key", ec);
+    fs::remove(dir / "known_hosts", ec);
+    paths::write_file_atomic(pin_pending_marker(name), "the VM is being created: its first key is pinned\n", 0600);
+}
+
+bool new_vm_key_expected(const std::string& name) {
+    std::error_code ec;
+    return fs::exists(pin_pending_marker(name), ec);
+}
+
+void new_vm_key_pinned(const std::string& name) {
+    std::error_code ec;
+    fs::remove(pin_pending_marker(name), ec);
+}
+
+void forget_pin(const std::string& name) {
+    std::error_code ec;
+    fs::remove(project_state_dir(name) / "host_key", ec);
+    fs::remove(project_state_dir(name) / "known_hosts", ec);
 }
 
 asio::awaitable<std::exception_ptr> capture(asio::awaitable<void> task) {

@@ -69,8 +69,22 @@ asio::awaitable<lima::instance> require_running(context& ctx, const std::string&
 
 // The VM's host-key pin (<state>/<name>/host_key) and its OpenSSH form (known_hosts, under the
 // alias `machine-<name>`), which every verified connection keeps current. `record_if_absent`
-// only for the first connection after the VM was created.
+// only for the first connection after machine created the VM (new_vm_key_expected) and for
+// `machine pin`; otherwise a VM without a pin is refused here with no_pin_message().
 ssh::host_key_pin pin_of(const std::string& name, bool record_if_absent);
+
+// "VM 'NAME' has no pinned host key ...; run 'machine pin NAME'".
+std::string no_pin_message(const std::string& name);
+
+// Called just before machine creates (or clones) the VM `name`: a pin of an earlier VM of that
+// name is removed, and the first connection to the new one pins its key (until then
+// new_vm_key_expected() is true, also for an `up` that failed before connecting).
+void expect_new_vm_key(const std::string& name);
+bool new_vm_key_expected(const std::string& name);
+void new_vm_key_pinned(const std::string& name);
+
+// Removes the pin and its known_hosts (`machine pin --replace`).
+void forget_pin(const std::string& name);
 
 // Runs `task` and returns its exception instead of throwing it. `a || b` ends with the first
 // *successful* side, so a side that may fail must not throw.

@@ -1,6 +1,8 @@
-// `machine claude|codex [NAME] [--session S]`, `machine ssh [NAME]`: the user's terminal joined
-// to the VM through OpenSSH (a real TTY, Lima's ControlMaster for speed), with the VM's pinned
-// host key and the project's agent forwarding.
+// `machine claude|codex [NAME] [--session S]`, `machine ssh [NAME]`, `machine run NAME -- CMD`:
+// the user's terminal joined to the VM through OpenSSH (a real TTY when there is one), on a
+// connection of its own (never Lima's ControlMaster, which Lima opened without checking the
+// host key), after machine checked the VM's key against its pin, with the project's agent
+// forwarding. Also `machine pin`, which records that key explicitly.
 #include "interactive.hpp"
 
 #include <cstdio>
@@ -36,6 +38,10 @@ std::vector<std::string> openssh_argv(const openssh_target& t, bool tty, const s
         "NoHostAuthenticationForLocalhost=no",
         "CheckHostIP=no",
         "UpdateHostKeys=no",
+        // Our own connection: Lima's ssh.config shares a master (ControlMaster auto) that Lima's
+        // host agent opened with StrictHostKeyChecking no; riding it would check nothing.
+        "ControlMaster=no",
+        "ControlPath=none",
         std::string("ForwardAgent=") + (t.forward_agent ? "yes" : "no"),
         "LogLevel=ERROR",  // no "Connection to 127.0.0.1 closed." after every detach
         // A VM that vanishes without closing the connection is noticed within 15 s.
@@ -54,6 +60,56 @@ std::vector<std::string> openssh_argv(const openssh_target& t, bool tty, const s
         argv.push_back(command);
     }
     return argv;
+}
+
+std::vector<std::string> run_in_dir(const std::string& dir, const std::vector<std::string>& command) {
+    std::vector<std::string> argv{"sh", "-c", "cd -- \"$1\" 2>/dev/null; shift; exec \"$@\"", "sh", dir};
+    argv.insert(argv.end(), command.begin(), command.end());
+    return argv;
+}
+
+std::string primary_repo_dir(const config::project& p) {
+    if (p.repos.empty()) return ".";
+    const std::string dir = repo_dir_name(p.repos.front());
+    return dir.empty() ? "." : "code/" + dir;
+}
+
+awaitable<void> verify_pin(context& ctx, std::string name, lima::instance inst) {
+    const ssh::host_key_pin pin = pin_of(name, false);  // refuses a VM without one
+    const ssh::endpoint ep = ssh::endpoint_from_lima_ssh_config(ssh_config_of(inst));
+    auto session = co_await ssh::session::connect(ep, pin, &ctx.cancel);
+    session->close();
+}
+
+awaitable<pin_outcome> repin(context& ctx, std::string name, lima::instance inst, bool replace) {
+    const ssh::endpoint ep = ssh::endpoint_from_lima_ssh_config(ssh_config_of(inst));
+    pin_outcome out;
+    std::error_code ec;
+    if (fs::exists(pin_of(name, true).file, ec)) {
+        std::shared_ptr<ssh::session> same;
+        try {
+            same = co_await ssh::session::connect(ep, pin_of(name, false), &ctx.cancel);
+        } catch (const ssh::host_key_mismatch& e) {
+            if (!replace)
+                throw error(std::string(e.what()) + ". To trust the key it presents now instead, run 'machine pin " +
+                            name + " --replace'");
+            out.replaced = e.expected();
+        }
+        if (same) {
+            out.fingerprint = same->fingerprint();
+            out.key_type = same->host_key_type();
+            out.unchanged = true;
+            same->close();
+            co_return out;
+        }
+        forget_pin(name);
+    }
+    auto session = co_await ssh::session::connect(ep, pin_of(name, true), &ctx.cancel);
+    new_vm_key_pinned(name);
+    out.fingerprint = session->fingerprint();
+    out.key_type = session->host_key_type();
+    session->close();
+    co_return out;
 }
 
 void require_valid_session_name(const std::string& s) {
@@ -81,17 +137,6 @@ awaitable<lima::instance> running_vm(context& ctx, const std::string& name) {
             throw error("VM '" + name + "' is not running after 'machine up " + name + "'");
     }
     co_return *inst;
-}
-
-// OpenSSH checks the VM against the pin's known_hosts line, which every verified connection
-// writes. A VM last reached before that file existed gets one verifying connection now.
-awaitable<void> ensure_known_hosts(context& ctx, const std::string& name, const lima::instance& inst) {
-    const ssh::host_key_pin pin = pin_of(name, false);
-    std::error_code ec;
-    if (fs::exists(pin.known_hosts, ec)) co_return;
-    const ssh::endpoint ep = ssh::endpoint_from_lima_ssh_config(ssh_config_of(inst));
-    auto session = co_await ssh::session::connect(ep, pin, &ctx.cancel);
-    session->close();
 }
 
 // Runs ssh on the user's terminal and returns its exit status. ssh stays in the terminal's
@@ -137,13 +182,6 @@ openssh_target target_of(const std::string& name, const lima::instance& inst, co
     return {name, ssh_config_of(inst), pin_of(name, false).known_hosts, agent.forward};
 }
 
-// The directory sessions and shells start in: the primary repo under ~/code ("." without one).
-std::string primary_repo_dir(const config::project& p) {
-    if (p.repos.empty()) return ".";
-    const std::string dir = repo_dir_name(p.repos.front());
-    return dir.empty() ? "." : "code/" + dir;
-}
-
 } // namespace
 
 awaitable<int> cmd_agent_session(context& ctx, std::string agent, std::optional<std::string> name_opt,
@@ -153,7 +191,7 @@ awaitable<int> cmd_agent_session(context& ctx, std::string agent, std::optional<
     const std::string name = resolve_name(ctx, name_opt);
     const config::project project = ctx.cfg().resolve(name);
     const lima::instance inst = co_await running_vm(ctx, name);
-    co_await ensure_known_hosts(ctx, name, inst);
+    co_await verify_pin(ctx, name, inst);
     const agent_environment agent_env = co_await prepare_agent_forwarding(ctx, project, &inst, true);
     const std::vector<std::string> remote{guest::agent_install_path, "session", "attach", "--name", session,
                                           "--agent", agent, "--dir", primary_repo_dir(project)};
@@ -168,13 +206,42 @@ awaitable<int> cmd_ssh(context& ctx, std::optional<std::string> name_opt) {
     const std::string name = resolve_name(ctx, name_opt);
     const config::project project = ctx.cfg().resolve(name);
     const lima::instance inst = co_await require_running(ctx, name);
-    co_await ensure_known_hosts(ctx, name, inst);
+    co_await verify_pin(ctx, name, inst);
     const agent_environment agent_env = co_await prepare_agent_forwarding(ctx, project, &inst, true);
     // The user's login shell (zsh or bash, as configured), in the primary repo when it exists.
     const std::vector<std::string> remote{
         "sh", "-c", "cd -- \"$1\" 2>/dev/null; exec \"$SHELL\" -l", "sh", primary_repo_dir(project)};
     const int status = co_await run_on_terminal(openssh_argv(target_of(name, inst, agent_env), true, remote), agent_env);
     co_return co_await explain_lost_connection(ctx, name, status, "machine ssh " + name);
+}
+
+awaitable<int> cmd_run(context& ctx, std::string name, std::vector<std::string> command) {
+    text::require_valid_project_name(name);
+    if (command.empty()) throw usage_error("usage: machine run NAME -- COMMAND [ARGS...]");
+    const config::project project = ctx.cfg().resolve(name);
+    const lima::instance inst = co_await require_running(ctx, name);
+    co_await verify_pin(ctx, name, inst);
+    const agent_environment agent_env = co_await prepare_agent_forwarding(ctx, project, &inst, false);
+    // A terminal only when both ends are one (`machine run web -- vim`); pipes stay clean.
+    const bool tty = stdin_is_terminal() && stdout_is_terminal();
+    const std::vector<std::string> remote = run_in_dir(primary_repo_dir(project), command);
+    co_return co_await run_on_terminal(openssh_argv(target_of(name, inst, agent_env), tty, remote), agent_env);
+}
+
+awaitable<int> cmd_pin(context& ctx, std::string name, bool replace) {
+    text::require_valid_project_name(name);
+    const lima::instance inst = co_await require_running(ctx, name);
+    const auto lock = co_await lock_project(ctx, name, &ctx.cancel);
+    const pin_outcome out = co_await repin(ctx, name, inst, replace);
+    std::string line;
+    if (out.unchanged)
+        line = "VM '" + name + "' presents its pinned host key " + out.fingerprint + " (" + out.key_type + "); nothing to do";
+    else if (out.replaced)
+        line = "VM '" + name + "': replaced pinned host key " + *out.replaced + " with " + out.fingerprint + " (" + out.key_type + ")";
+    else
+        line = "VM '" + name + "': pinned host key " + out.fingerprint + " (" + out.key_type + ")";
+    std::printf("%s\n", text::sanitize_for_terminal(line).c_str());
+    co_return 0;
 }
 
 } // namespace machine::cli

@@ -110,13 +110,15 @@ awaitable<std::shared_ptr<ssh::session>> open_guest(context& ctx, std::string na
     const guest::agent_files files = guest::find_agent();
     const fs::path ssh_config = ssh_config_of(inst);
     const ssh::endpoint ep = ssh::endpoint_from_lima_ssh_config(ssh_config);
-    // The host key is recorded at the first connection after the VM was created, and must match
-    // on every later one.
-    const ssh::host_key_pin pin = pin_of(name, true);
+    // The host key is recorded at the first connection after machine created the VM, and must
+    // match on every later one; a VM without a pin otherwise is refused (machine pin NAME).
+    const bool first = new_vm_key_expected(name);
+    const ssh::host_key_pin pin = pin_of(name, first);
 
     ctx.emit(events::step_started(name, "agent"));
     auto t0 = std::chrono::steady_clock::now();
     auto session = co_await ssh::session::connect(ep, pin, cancel);
+    if (first) new_vm_key_pinned(name);
     const guest::deployment deployed = co_await guest::ensure_agent(session, files, ep.user);
     ctx.emit(events::step_finished(name, "agent", true, since(t0),
                                    deployed == guest::deployment::installed  ? "installed"

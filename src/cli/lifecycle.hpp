@@ -38,7 +38,8 @@ asio::awaitable<void> boot_instance(context& ctx, lima::client& lima, std::strin
                                     std::filesystem::path create_from);
 
 /// An SSH session to the VM (host key pinned in the VM's state directory) with our guest
-/// agent installed and current.
+/// agent installed and current. The key is recorded only when machine created the VM
+/// (expect_new_vm_key); a VM without a pin is refused, naming `machine pin NAME`.
 asio::awaitable<std::shared_ptr<ssh::session>> open_guest(context& ctx, std::string name, lima::instance inst,
                                                           cancel_signal* cancel);
 

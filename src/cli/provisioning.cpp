@@ -11,6 +11,7 @@
 #include <spdlog/spdlog.h>
 
 #include "common.hpp"
+#include "interactive.hpp"
 #include "machine/guest.hpp"
 #include "machine/paths.hpp"
 #include "machine/proc.hpp"
@@ -405,8 +406,62 @@ std::string package_manager(const std::string& package_json, bool has_pnpm_lock,
 
 }  // namespace
 
-awaitable<void> clone_repos(context& ctx, lima::client& lima, const config::project& p,
-                            std::shared_ptr<ssh::session> session, std::string vm_user) {
+std::vector<std::string> clone_command(const std::string& url, const std::string& path) {
+    std::vector<std::string> argv{"env"};
+    for (const auto& [k, v] : git_env()) argv.push_back(k + "=" + v);
+    for (const char* a : {"git", "-c", "protocol.ext.allow=never", "clone", "--progress", "--recurse-submodules", "--"})
+        argv.emplace_back(a);
+    argv.push_back(url);
+    argv.push_back(path);
+    return argv;
+}
+
+clone_progress::clone_progress(std::chrono::milliseconds interval, std::size_t max_bytes)
+    : interval_(interval), max_bytes_(max_bytes) {}
+
+std::optional<std::string> clone_progress::feed(std::string_view line, std::chrono::steady_clock::time_point now) {
+    std::string text = text::trim(line.substr(0, max_bytes_ * 4));
+    if (text.size() > max_bytes_) {
+        std::size_t cut = max_bytes_;
+        // Not inside a UTF-8 sequence (the sinks escape what is not well-formed anyway).
+        while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) --cut;
+        text = text.substr(0, cut) + "...";
+    }
+    if (text.empty()) return std::nullopt;
+    tail_.push_back(text);
+    if (tail_.size() > 20) tail_.pop_front();
+    if (last_shown_ && now - *last_shown_ < interval_) {
+        pending_ = std::move(text);
+        return std::nullopt;
+    }
+    last_shown_ = now;
+    pending_.reset();
+    return text;
+}
+
+std::optional<std::string> clone_progress::finish() {
+    std::optional<std::string> last = std::move(pending_);
+    pending_.reset();
+    return last;
+}
+
+std::string clone_progress::tail() const {
+    std::string out;
+    for (const auto& l : tail_) out += l + "\n";
+    return out;
+}
+
+std::string format_duration(std::chrono::seconds d) {
+    long long s = d.count();
+    std::string out;
+    if (s >= 3600) out += std::to_string(s / 3600) + "h", s %= 3600;
+    if (s >= 60) out += std::to_string(s / 60) + "m", s %= 60;
+    if (s > 0 || out.empty()) out += std::to_string(s) + "s";
+    return out;
+}
+
+awaitable<void> clone_repos(context& ctx, lima::instance inst, agent_environment agent, config::project p,
+                            std::shared_ptr<ssh::session> session, std::string vm_user, cancel_signal* cancel) {
     if (p.repos.empty()) co_return;
     const std::string vm = p.name;
     std::vector<clone_target> targets;
@@ -439,25 +494,48 @@ awaitable<void> clone_repos(context& ctx, lima::client& lima, const config::proj
         const std::string step = "clone " + t.dir;
         ctx.emit(events::step_started(vm, step));
         const auto t0 = std::chrono::steady_clock::now();
-        // Through `limactl shell`: its SSH session carries the forwarded agent git needs.
-        std::vector<std::string> argv{"env"};
-        for (const auto& [k, v] : git_env()) argv.push_back(k + "=" + v);
-        const std::vector<std::string> clone_args{"git", "-c", "protocol.ext.allow=never", "clone", "--recurse-submodules", "--"};
-        argv.insert(argv.end(), clone_args.begin(), clone_args.end());
-        argv.push_back(t.url);
-        argv.push_back(path);
-        const auto r = co_await lima.shell(vm, argv, code);
-        if (r.status != 0) {
-            const std::string why = text::last_line(r.err);
+        // Through OpenSSH on a connection of its own, pinned to the VM's key: its session
+        // carries the forwarded agent git needs.
+        const openssh_target target{vm, ssh_config_of(inst), pin_of(vm, false).known_hosts, agent.forward};
+        proc::command cmd;
+        cmd.argv = openssh_argv(target, false, clone_command(t.url, path));
+        cmd.env_set = agent.env.set;
+        cmd.env_unset = agent.env.unset;
+        clone_progress progress;
+        proc::run_options opt;
+        opt.limit.timeout = p.clone_timeout;
+        opt.limit.max_output = 64 << 10;  // what matters is in progress.tail()
+        opt.cancel = cancel;
+        opt.lines_end_at_cr = true;
+        opt.on_stderr_line = [&ctx, &progress, vm, step](std::string_view line) {
+            if (auto shown = progress.feed(line, std::chrono::steady_clock::now()))
+                ctx.emit(events::step_output(vm, step, "stderr", *shown));
+        };
+        const proc::result r = co_await proc::run(std::move(cmd), std::move(opt));
+        if (auto last = progress.finish()) ctx.emit(events::step_output(vm, step, "stderr", *last));
+        if (r.cancelled) {
+            ctx.emit(events::step_finished(vm, step, false, since(t0), "interrupted"));
+            throw interrupted_error();
+        }
+        if (r.timed_out) {
+            const std::string limit = format_duration(p.clone_timeout);
+            ctx.emit(events::step_finished(vm, step, false, since(t0), "timed out after " + limit));
+            throw error(text::sanitize_for_terminal("git clone " + t.url + " in VM '" + vm + "' timed out after " + limit +
+                                                    " (raise clone_timeout for project " + vm + ")"),
+                        exit_code::failure, progress.tail());
+        }
+        if (!r.ok()) {
+            std::string why = text::last_line(progress.tail());
+            if (why.empty()) why = "ssh exited with status " + std::to_string(r.status());
             ctx.emit(events::step_finished(vm, step, false, since(t0), why));
-            if (!p.forward_agent) {
+            if (!p.forward_agent && r.exit_code != 255) {
                 ctx.emit(events::message(vm, "warning",
                                          "clone failed for " + t.dir + ": agent forwarding is off for this project; install a "
                                          "deploy key in the VM, then run 'machine up " + vm + "' again"));
                 continue;
             }
             throw error(text::sanitize_for_terminal("git clone " + t.url + " failed in VM '" + vm + "': " + why),
-                        exit_code::failure, text::sanitize_for_terminal(r.err.substr(0, 4096)));
+                        exit_code::failure, progress.tail());
         }
         ctx.emit(events::step_finished(vm, step, true, since(t0)));
 

@@ -2,12 +2,17 @@
 // through the guest agent, and clone its repos. Also the checks that run before any VM work.
 #pragma once
 
+#include <chrono>
+#include <deque>
 #include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <asio/awaitable.hpp>
 
+#include "agent_forwarding.hpp"
 #include "cli.hpp"
 #include "machine/provision.hpp"
 
@@ -42,11 +47,42 @@ asio::awaitable<void> check_repos_reachable(context& ctx, const config::project&
 asio::awaitable<std::size_t> apply_plan(context& ctx, const std::string& vm, std::shared_ptr<ssh::session> session,
                                  const provision::plan& plan, cancel_signal* cancel);
 
-/// Clones the project's repos that are not in ~/code yet (through `limactl shell`, so git
-/// authenticates with the forwarded agent), then installs their dependencies.
-/// `lima` runs the clones (`limactl shell`), with the project's agent environment.
-asio::awaitable<void> clone_repos(context& ctx, lima::client& lima, const config::project& p,
-                                  std::shared_ptr<ssh::session> session, std::string vm_user);
+/// Clones the project's repos that are not in ~/code yet, then installs their dependencies.
+/// Each clone runs through OpenSSH pinned to the VM's key with a connection of its own
+/// (openssh_argv), forwarding `agent` when the project does (git in the VM authenticates with
+/// it); it may take the project's clone_timeout, and its progress becomes step output.
+/// `session` (already verified against the pin) reaches the guest agent for the rest.
+asio::awaitable<void> clone_repos(context& ctx, lima::instance inst, agent_environment agent, config::project p,
+                                  std::shared_ptr<ssh::session> session, std::string vm_user,
+                                  cancel_signal* cancel);
+
+/// The argv run in the VM to clone `url` into `path`: git with progress on stderr, no `ext::`
+/// transport, no prompts, and only the allowed protocols.
+std::vector<std::string> clone_command(const std::string& url, const std::string& path);
+
+/// git's stderr during a clone, split at '\r' and '\n', as step output: at most one line per
+/// `interval` (a progress meter redraws many times a second), each cut at `max_bytes`; the last
+/// lines are kept for the error message. Pure: fed lines and times.
+class clone_progress {
+public:
+    explicit clone_progress(std::chrono::milliseconds interval = std::chrono::seconds(1), std::size_t max_bytes = 200);
+    /// A line of git's stderr seen at `now`; the line to show now, if any.
+    std::optional<std::string> feed(std::string_view line, std::chrono::steady_clock::time_point now);
+    /// The newest line not shown yet (at the end of the clone), if any.
+    std::optional<std::string> finish();
+    /// The last lines seen (at most 20, each cut like the shown ones), for diagnostics.
+    std::string tail() const;
+
+private:
+    std::chrono::milliseconds interval_;
+    std::size_t max_bytes_;
+    std::optional<std::chrono::steady_clock::time_point> last_shown_;
+    std::optional<std::string> pending_;
+    std::deque<std::string> tail_;
+};
+
+/// "90s", "45m", "1h30m": a duration as the config writes it.
+std::string format_duration(std::chrono::seconds d);
 
 /// Closes the SSH ControlMaster Lima keeps for `limactl shell`: its login predates what
 /// provisioning changed (the docker group), and the next shell should see it.

@@ -75,11 +75,13 @@ awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel, co
     else
         existing = co_await lima.find(name);
     const bool was_running = existing && existing->state == lima::status::running;
+    agent_environment agent;
     {
-        // Every limactl call from here on (the start, whose SSH master outlives it, and the
-        // clones) reaches only the agent the project may use.
+        // Every limactl call from here on (the start, whose SSH master outlives it) and every
+        // clone reaches only the agent the project may use.
         const lima::instance* inst = existing ? &*existing : nullptr;
-        lima.set_environment((co_await prepare_agent_forwarding(ctx, project, inst, true)).env);
+        agent = co_await prepare_agent_forwarding(ctx, project, inst, true);
+        lima.set_environment(agent.env);
     }
     // Lima forwards the agent (or not) by the instance's ssh.forwardAgent, from its creation; a
     // project that changed forward_agent since gets it at the VM's next start (a running VM's
@@ -97,6 +99,9 @@ awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel, co
     if (!existing) {
         // Nothing is created for a project whose code cannot be fetched.
         co_await check_repos_reachable(ctx, project, cancel);
+        // This up creates the VM: its key is pinned at the first connection, and a pin left by
+        // an earlier VM of the same name (deleted outside machine) goes now.
+        expect_new_vm_key(name);
         const bool from_base = agent_enabled() && !target.base.steps.empty() &&
                                config::size_bytes(project.disk) >= config::size_bytes(base_disk);
         // The project's template, also for a clone (whose settings match it): what the VM is
@@ -133,7 +138,7 @@ awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel, co
         auto session = co_await open_guest(ctx, name, *existing, cancel);
         if (!was_running) co_await wait_until_ready(ctx, name, session);
         std::size_t ran = co_await apply_plan(ctx, name, session, target.plan, cancel);
-        co_await clone_repos(ctx, lima, project, session, render::vm_user);
+        co_await clone_repos(ctx, *existing, agent, project, session, render::vm_user, cancel);
         ran += co_await apply_plan(ctx, name, session, target.after_clone, cancel);
         if (project.secrets_on_up) {
             secrets_sync_options every_set;

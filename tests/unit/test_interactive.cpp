@@ -1,13 +1,27 @@
-// The OpenSSH command line of interactive sessions (src/cli/interactive.*): pinning options,
-// agent forwarding, and the remote command's quoting, checked by a real shell.
+// The OpenSSH command line of every connection through OpenSSH (src/cli/interactive.*): pinning
+// and no-master options, agent forwarding, the remote command's quoting (checked by a real
+// shell), `run`'s directory, the clone's argv and its progress; and real OpenSSH, with Lima's
+// ControlMaster already open, refusing a key that is not the pinned one.
 #include <boost/test/unit_test.hpp>
 
+#include <sys/syscall.h>
+
 #include <cstdio>
+#include <fstream>
+#include <sstream>
+
+#include <asio/io_context.hpp>
 
 #include "interactive.hpp"
+#include "provisioning.hpp"
 #include "machine/error.hpp"
+#include "machine/proc.hpp"
+#include "../support/sshd.hpp"
+#include "test_support.hpp"
 
 namespace cli = machine::cli;
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
 
 namespace {
 
@@ -35,9 +49,184 @@ std::string words_after_shell(const std::string& command) {
     return out;
 }
 
+// A program run to completion (no shell), with HOME in `home`.
+machine::proc::result run_program(std::vector<std::string> argv, const fs::path& home) {
+    machine::proc::command c;
+    c.argv = std::move(argv);
+    c.env_set = {{"HOME", home.string()}};
+    c.env_unset = {"SSH_AUTH_SOCK"};
+    machine::proc::run_options opt;
+    opt.limit.timeout = 30s;
+    asio::io_context io;
+    return machine::test::co_run(io, machine::proc::run(std::move(c), std::move(opt)));
+}
+
+// argv without the `-o NAME=...` pairs whose NAME starts with `name`.
+std::vector<std::string> without_option(std::vector<std::string> argv, const std::string& name) {
+    for (std::size_t i = 0; i + 1 < argv.size();) {
+        if (argv[i] == "-o" && argv[i + 1].rfind(name + "=", 0) == 0) argv.erase(argv.begin() + i, argv.begin() + i + 2);
+        else ++i;
+    }
+    return argv;
+}
+
 } // namespace
 
 BOOST_AUTO_TEST_SUITE(interactive)
+
+BOOST_AUTO_TEST_CASE(openssh_opens_a_connection_of_its_own_never_limas_master) {
+    const auto argv = cli::openssh_argv({"web", "/l/web/ssh.config", "/k", false}, false, {"true"});
+    const auto o = options_of(argv);
+    BOOST_TEST(has(o, "ControlMaster=no"));
+    BOOST_TEST(has(o, "ControlPath=none"));
+    BOOST_TEST(has(o, "StrictHostKeyChecking=yes"));
+    BOOST_TEST(has(o, "UpdateHostKeys=no"));
+    // Every -o comes before the host (ssh stops reading options there).
+    const auto host = std::find(argv.begin(), argv.end(), "lima-web");
+    BOOST_REQUIRE(host != argv.end());
+    BOOST_TEST(std::count(host, argv.end(), "-o") == 0);
+}
+
+BOOST_AUTO_TEST_CASE(run_starts_in_the_primary_repo_and_keeps_every_word) {
+    machine::config::project p;
+    p.name = "web";
+    BOOST_TEST(cli::primary_repo_dir(p) == ".");
+    p.repos = {"git@github.com:acme/web-app.git", "https://h/x/api.git"};
+    BOOST_TEST(cli::primary_repo_dir(p) == "code/web-app");
+
+    machine::test::temp_dir tmp;
+    fs::create_directories(tmp.path / "code" / "web app");
+    const std::vector<std::string> command{"sh", "-c", "pwd; printf '%s\\n' \"$@\"; exit 7", "x", "a b", "$(id)", "it's"};
+    const auto argv = cli::openssh_argv({"web", "/c", "/k", false}, false, cli::run_in_dir("code/web app", command));
+    // What the remote login shell does with the one string ssh hands it, here in `tmp` as home.
+    auto r = run_program({"sh", "-c", "cd \"$HOME\" && eval \"$0\"", argv.back()}, tmp.path);
+    BOOST_TEST(r.exit_code == 7);
+    BOOST_TEST(r.out == (tmp.path / "code" / "web app").string() + "\na b\n$(id)\nit's\n");
+    // A directory that is not there (yet): the home directory.
+    const auto home_argv = cli::openssh_argv({"web", "/c", "/k", false}, false, cli::run_in_dir("code/none", {"pwd"}));
+    r = run_program({"sh", "-c", "cd \"$HOME\" && eval \"$0\"", home_argv.back()}, tmp.path);
+    BOOST_TEST(r.exit_code == 0);
+    BOOST_TEST(r.out == tmp.path.string() + "\n");
+}
+
+BOOST_AUTO_TEST_CASE(clone_argv_shows_progress_and_takes_the_url_as_an_operand) {
+    const auto c = cli::clone_command("-oProxyCommand=touch /tmp/x", "/home/u/code/web");
+    BOOST_TEST(c.front() == "env");
+    const auto git = std::find(c.begin(), c.end(), "git");
+    BOOST_REQUIRE(has(c, "git"));
+    const std::vector<std::string> after(git, c.end());
+    BOOST_TEST((after == std::vector<std::string>{"git", "-c", "protocol.ext.allow=never", "clone", "--progress",
+                                                 "--recurse-submodules", "--", "-oProxyCommand=touch /tmp/x",
+                                                 "/home/u/code/web"}),
+               boost::test_tools::per_element());
+    BOOST_TEST(has(c, "GIT_TERMINAL_PROMPT=0"));
+    // The same OpenSSH command line as every other connection: pinned, no master, the agent
+    // when the project forwards it.
+    const auto argv = cli::openssh_argv({"web", "/c", "/k", true}, false, c);
+    BOOST_TEST(has(options_of(argv), "ControlMaster=no"));
+    BOOST_TEST(has(options_of(argv), "ForwardAgent=yes"));
+    BOOST_TEST(has(argv, "-T"));
+    std::string expected;
+    for (const auto& w : c) expected += w + "\n";
+    BOOST_TEST(words_after_shell(argv.back()) == expected);
+}
+
+BOOST_AUTO_TEST_CASE(clone_progress_is_at_most_a_line_a_second_and_bounded) {
+    cli::clone_progress progress;
+    const auto t0 = std::chrono::steady_clock::time_point{} + 1h;
+    BOOST_TEST(progress.feed("Cloning into '/home/u/code/web'...", t0).value_or("") == "Cloning into '/home/u/code/web'...");
+    int shown = 0;
+    // git redraws its meter a thousand times a second here; 2.5 s of it shows 2 lines, and the
+    // newest one at the end.
+    for (int i = 0; i < 2500; ++i)
+        shown += progress.feed("Receiving objects:  " + std::to_string(i / 30) + "% (" + std::to_string(i) + "/3000)",
+                               t0 + std::chrono::milliseconds(i + 1)).has_value();
+    BOOST_TEST(shown == 2);
+    BOOST_TEST(progress.finish().value_or("") == "Receiving objects:  83% (2499/3000)");
+    BOOST_TEST(!progress.finish().has_value());
+    BOOST_TEST(!progress.feed("   ", t0 + 10s).has_value());  // blank: nothing
+
+    const auto long_line = progress.feed(std::string(100000, 'x'), t0 + 20s);
+    BOOST_REQUIRE(long_line.has_value());
+    BOOST_TEST(long_line->size() == 203u);
+    // The tail keeps the last 20 lines, each as bounded as what was shown.
+    for (int i = 0; i < 50; ++i) progress.feed("fatal: line " + std::to_string(i), t0 + 30s);
+    const std::string tail = progress.tail();
+    BOOST_TEST(tail.find("fatal: line 49\n") != std::string::npos);
+    BOOST_TEST(tail.find("fatal: line 29\n") == std::string::npos);
+    BOOST_TEST(tail.size() < 20u * 210u);
+}
+
+BOOST_AUTO_TEST_CASE(durations_are_written_as_the_config_takes_them) {
+    BOOST_TEST(cli::format_duration(30min) == "30m");
+    BOOST_TEST(cli::format_duration(90s) == "1m30s");
+    BOOST_TEST(cli::format_duration(5400s) == "1h30m");
+    BOOST_TEST(cli::format_duration(0s) == "0s");
+}
+
+// The attack of issue 13 with real OpenSSH: Lima's ssh.config shares a ControlMaster that was
+// opened without checking the host key. With our options ssh opens its own connection and
+// checks the pin's known_hosts, so a VM presenting another key is refused although the master
+// is up; without ControlMaster=no and ControlPath=none the same command rides the master and
+// runs (which is what this test would see on the old command line).
+BOOST_AUTO_TEST_CASE(a_wrong_pin_is_refused_although_limas_master_is_open) {
+    machine::test::sshd_server sshd;
+    machine::test::temp_dir tmp;
+    const fs::path home = tmp.path / "home";
+    fs::create_directories(home);
+    const fs::path config = tmp.path / "ssh.config";
+    const fs::path sock = tmp.path / "ssh.sock";
+    std::ofstream(config) << "Host lima-web\n  IdentityFile \"" << sshd.identity_file().string()
+                          << "\"\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n"
+                          << "  NoHostAuthenticationForLocalhost yes\n  BatchMode yes\n  IdentitiesOnly yes\n"
+                          << "  User " << sshd.user() << "\n  ControlMaster auto\n  ControlPath \"" << sock.string()
+                          << "\"\n  ControlPersist yes\n  Hostname 127.0.0.1\n  Port " << sshd.port() << "\n";
+    // The master, opened the way Lima's host agent does; stopped below by its pid.
+    BOOST_REQUIRE(run_program({"ssh", "-F", config.string(), "lima-web", "true"}, home).exit_code == 0);
+    const auto check = run_program({"ssh", "-F", config.string(), "-O", "check", "lima-web"}, home);
+    const auto at = check.err.find("pid=");
+    BOOST_REQUIRE_MESSAGE(at != std::string::npos, check.err);
+    const pid_t master = static_cast<pid_t>(std::stol(check.err.substr(at + 4)));
+    const int master_fd = static_cast<int>(::syscall(SYS_pidfd_open, master, 0));
+    BOOST_REQUIRE(master_fd >= 0);
+    struct stop_master {
+        int fd;
+        std::vector<std::string> exit_argv;
+        fs::path home;
+        ~stop_master() {
+            run_program(exit_argv, home);
+            machine::test::kill_and_wait(fd);
+        }
+    } stopper{master_fd, {"ssh", "-F", config.string(), "-O", "exit", "lima-web"}, home};
+
+    // A pin of another key, in OpenSSH's form.
+    const fs::path other = sshd.make_key("other");
+    std::ifstream pub(other.string() + ".pub");
+    std::string type, blob;
+    pub >> type >> blob;
+    const fs::path wrong = tmp.path / "known_hosts";
+    std::ofstream(wrong) << "machine-web " << type << " " << blob << "\n";
+    const cli::openssh_target target{"web", config, wrong, false};
+    const auto argv = cli::openssh_argv(target, false, {"echo", "rode"});
+
+    auto r = run_program(argv, home);
+    BOOST_TEST(r.exit_code == 255);
+    BOOST_TEST(r.out.empty());
+    BOOST_TEST(r.err.find("Host key verification failed") != std::string::npos, r.err);
+    // Control: without the two no-master options the same command rides the master.
+    r = run_program(without_option(without_option(argv, "ControlMaster"), "ControlPath"), home);
+    BOOST_TEST(r.exit_code == 0);
+    BOOST_TEST(r.out == "rode\n");
+
+    // The right pin: our own connection works.
+    std::ifstream host_pub(sshd.host_public_key());
+    host_pub >> type >> blob;
+    const fs::path right = tmp.path / "known_hosts.right";
+    std::ofstream(right) << "machine-web " << type << " " << blob << "\n";
+    r = run_program(cli::openssh_argv({"web", config, right, false}, false, {"echo", "own"}), home);
+    BOOST_TEST(r.exit_code == 0, r.err);
+    BOOST_TEST(r.out == "own\n");
+}
 
 BOOST_AUTO_TEST_CASE(openssh_checks_the_pinned_key_whatever_limas_config_says) {
     const cli::openssh_target t{"web", "/l/web/ssh.config", "/s/web dir/known_hosts", true};
