@@ -455,28 +455,6 @@ BOOST_AUTO_TEST_CASE(down_destroy_lifecycle) {
     BOOST_TEST(contains(r.err, "VM 'default' does not exist"));
 }
 
-BOOST_AUTO_TEST_CASE(run_passes_the_exit_code_through) {
-    world w;
-    BOOST_REQUIRE(w.machine({"up"}).exit_code == 0);
-    auto r = w.machine({"run", "default", "--", "sh", "-c", "echo out; echo err >&2; exit 42"});
-    BOOST_TEST(r.exit_code == 42);
-    BOOST_TEST(r.out == "out\n");
-    BOOST_TEST(r.err == "err\n");
-    // Options after NAME belong to the remote command, with or without `--`.
-    r = w.machine({"run", "default", "ls", "-d", "/"});
-    BOOST_TEST(r.exit_code == 0);
-    BOOST_TEST(r.out == "/\n");
-    // The command reaches limactl as separate argv entries, never as one shell string.
-    const auto calls = w.invocations();
-    const auto& last = calls.back();
-    BOOST_TEST((std::vector<std::string>(last.end() - 4, last.end()) == std::vector<std::string>{"--", "ls", "-d", "/"}));
-
-    BOOST_REQUIRE(w.machine({"down"}).exit_code == 0);
-    r = w.machine({"run", "default", "--", "true"});
-    BOOST_TEST(r.exit_code == 1);
-    BOOST_TEST(contains(r.err, "VM 'default' is not running (run 'machine up default')"));
-}
-
 BOOST_AUTO_TEST_CASE(bad_names_are_refused_before_anything_runs) {
     world w;
     for (const std::string bad : {"../x", "a;rm -rf ~", "UPPER", "-x", "a b"}) {
@@ -527,50 +505,6 @@ BOOST_AUTO_TEST_CASE(configured_resources_reach_the_template) {
     BOOST_TEST(contains(tmpl, "\"guestPort\":3000"));
     const auto r = w.machine({"list"});
     BOOST_TEST(contains(r.out, "web"));
-}
-
-// The fake limactl runs `shell` commands on this host, so what a command in the VM would see
-// of the agent is what `machine run` hands limactl: a real ssh-agent with two keys here.
-BOOST_AUTO_TEST_CASE(agent_keys_put_a_filter_between_the_vm_and_the_agent) {
-    world w;
-    const test_agent agent(w.root / "a.sock");
-    const fs::path agent_sock = agent.socket;
-    std::string fp[2];
-    for (int i = 0; i < 2; ++i) {
-        const fs::path key = w.root / ("key" + std::to_string(i));
-        BOOST_REQUIRE(run_sync({"ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "key" + std::to_string(i), "-f", key.string()}).exit_code == 0);
-        BOOST_REQUIRE(run_sync({"ssh-add", "-q", key.string()}, agent.env()).exit_code == 0);
-        const std::string line = run_sync({"ssh-keygen", "-l", "-E", "sha256", "-f", key.string() + ".pub"}).out;
-        fp[i] = line.substr(line.find(' ') + 1, line.find(' ', line.find(' ') + 1) - line.find(' ') - 1);
-    }
-    w.set("SSH_AUTH_SOCK", agent_sock.string());
-    w.config("[web]\nagent_keys = [\"" + fp[0] + "\"]\n[open]\n[closed]\nforward_agent = false\n");
-    BOOST_REQUIRE(w.machine({"up", "web", "open", "closed"}).exit_code == 0);
-
-    // agent_keys: the VM's side lists one key, and cannot remove keys from the real agent.
-    auto r = w.machine({"run", "web", "--", "ssh-add", "-l"});
-    BOOST_TEST(r.exit_code == 0, r.err);
-    BOOST_TEST(contains(r.out, fp[0]));
-    BOOST_TEST(!contains(r.out, fp[1]));
-    r = w.machine({"run", "web", "--", "sh", "-c", "echo $SSH_AUTH_SOCK"});
-    BOOST_TEST(!contains(r.out, agent_sock.string()));
-    BOOST_TEST(w.machine({"run", "web", "--", "ssh-add", "-D"}).exit_code != 0);
-    const auto all = run_sync({"ssh-add", "-l"}, agent.env());
-    BOOST_TEST((contains(all.out, fp[0]) && contains(all.out, fp[1])));
-    // The same filter serves the next command (not a second proxy).
-    BOOST_TEST(w.machine({"run", "web", "--", "ssh-add", "-l"}).exit_code == 0);
-    BOOST_TEST(std::distance(fs::directory_iterator(w.root / "state" / "agent"), fs::directory_iterator{}) == 1);
-
-    // No agent_keys: the whole agent. forward_agent = false: no agent at all.
-    r = w.machine({"run", "open", "--", "ssh-add", "-l"});
-    BOOST_TEST((contains(r.out, fp[0]) && contains(r.out, fp[1])));
-    r = w.machine({"run", "closed", "--", "sh", "-c", "echo ${SSH_AUTH_SOCK:-none}; ssh-add -l"});
-    BOOST_TEST(r.exit_code == 2);  // ssh-add: "Could not open a connection to your authentication agent"
-    BOOST_TEST(r.out == "none\n");
-
-    // The filter would end with the VM (or its socket); the fake's VMs never end on their own.
-    // (w stops it on every way out of this test; here it must be the one filter, found by pid.)
-    BOOST_TEST(w.stop_agent_filters() == 1u);
 }
 
 // An agent that never answers, and a locked one: up says so, in bounded time, and goes on.
@@ -822,12 +756,14 @@ BOOST_AUTO_TEST_CASE(ctrl_c_during_a_long_start) {
     BOOST_TEST(signalled);
     BOOST_TEST(::kill(start_pid, 0) == -1);  // reaped, gone
     // The state dir holds the complete template and nothing half-written (agent-mode: which SSH
-    // agent the VM's connections were given, see agent_forwarding.cpp).
+    // agent the VM's connections were given, see agent_forwarding.cpp; host_key.pending: the VM
+    // machine created is pinned at its first connection, also by the next `up`).
     std::vector<std::string> files;
     for (const auto& e : fs::directory_iterator(w.state("default")))
         if (e.path().filename() != "noted-whole-agent") files.push_back(e.path().filename());
     std::sort(files.begin(), files.end());
-    BOOST_TEST(files == (std::vector<std::string>{".lock", "agent-mode", "lima.yaml"}));
+    BOOST_TEST(files == (std::vector<std::string>{".lock", "agent-mode", "host_key.pending", "lima.yaml"}),
+               boost::test_tools::per_element());
     BOOST_TEST(contains(read(w.state("default") / "lima.yaml"), "display: \"none\""));
     // The next `up` picks up where it stopped.
     w.env.pop_back();
@@ -1283,6 +1219,253 @@ BOOST_AUTO_TEST_CASE(a_machine_process_can_leave_no_core_dump_and_its_children_a
     BOOST_TEST((WIFEXITED(status) && WEXITSTATUS(status) == 130), "machine watch ended with status " << status << ": " << read(log));
     BOOST_TEST(::kill(child, 0) != 0);  // its limactl ended with it
     stop_and_reap(control, SIGKILL);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// The pinned host key on every path through OpenSSH (issue 13, item 3): `run`, `ssh`, `claude`
+// and `codex` against a real sshd that the fake limactl's instances point at.
+#include "../support/sshd.hpp"
+
+namespace {
+
+// A world whose fake VMs answer SSH: every instance's ssh.config (written by the fake at its
+// start, like Lima's: ControlMaster auto, StrictHostKeyChecking no) points at a real sshd on
+// 127.0.0.1, and Lima's identity is the key that sshd authorizes. Commands "in the VM" run on
+// this host as this user.
+struct ssh_world : world {
+    machine::test::sshd_server sshd;
+    ssh_world() {
+        set("FAKE_LIMACTL_SSH_PORT", std::to_string(sshd.port()));
+        const fs::path identity = root / "lima" / "_config" / "user";
+        fs::create_directories(identity.parent_path());
+        fs::copy_file(sshd.identity_file(), identity);
+        fs::permissions(identity, fs::perms::owner_read | fs::perms::owner_write, fs::perm_options::replace);
+    }
+    fs::path ssh_config(const std::string& name) const { return instance(name) / "ssh.config"; }
+    // `machine up ARGS`; then the user of every instance's ssh.config becomes sshd's (Lima logs
+    // in as the template's user, who has no account on this host).
+    proc::result up(std::vector<std::string> args) {
+        args.insert(args.begin(), "up");
+        proc::result r = machine(args);
+        std::error_code ec;
+        for (const auto& e : fs::directory_iterator(root / "lima", ec)) {
+            const fs::path config = e.path() / "ssh.config";
+            if (!fs::exists(config)) continue;
+            std::istringstream in(read(config));
+            std::string out;
+            for (std::string line; std::getline(in, line);)
+                out += (line.rfind("  User ", 0) == 0 ? "  User " + sshd.user() : line) + "\n";
+            std::ofstream(config) << out;
+        }
+        return r;
+    }
+    // The fingerprint of a public key file, as ssh-keygen prints it.
+    static std::string fingerprint_of(const fs::path& pub) {
+        const std::string line = run_sync({"ssh-keygen", "-l", "-E", "sha256", "-f", pub.string()}).out;
+        const auto a = line.find(' ') + 1;
+        return line.substr(a, line.find(' ', a) - a);
+    }
+    std::string host_fingerprint() const { return fingerprint_of(sshd.host_public_key()); }
+};
+
+// Lima's ControlMaster for an instance, opened as Lima's host agent opens it (the instance's
+// ssh.config: ControlMaster auto, ControlPersist yes, StrictHostKeyChecking no); stopped by
+// `ssh -O exit`, then by its pid.
+struct lima_master {
+    const ssh_world& w;
+    std::string name;
+    pid_t pid = 0;
+    int pidfd = -1;
+    lima_master(const ssh_world& world_, std::string name_) : w(world_), name(std::move(name_)) {
+        const std::string config = w.ssh_config(name).string();
+        const auto opened = run_sync({"ssh", "-F", config, "lima-" + name, "true"}, w.env);
+        BOOST_REQUIRE_MESSAGE(opened.exit_code == 0, opened.err);
+        const auto check = run_sync({"ssh", "-F", config, "-O", "check", "lima-" + name}, w.env);
+        const auto at = check.err.find("pid=");
+        BOOST_REQUIRE_MESSAGE(at != std::string::npos, check.err);
+        pid = static_cast<pid_t>(std::stol(check.err.substr(at + 4)));
+        pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+        BOOST_REQUIRE(pidfd >= 0);
+    }
+    ~lima_master() {
+        run_sync({"ssh", "-F", w.ssh_config(name).string(), "-O", "exit", "lima-" + name}, w.env);
+        ::syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, nullptr, 0);
+        pollfd p{pidfd, POLLIN, 0};
+        ::poll(&p, 1, 5000);
+        ::close(pidfd);
+    }
+    bool running() const {
+        pollfd p{pidfd, POLLIN, 0};
+        return ::poll(&p, 1, 0) == 0;
+    }
+};
+
+} // namespace
+
+BOOST_AUTO_TEST_SUITE(cli_pinned_ssh)
+
+BOOST_AUTO_TEST_CASE(run_passes_the_exit_code_through) {
+    ssh_world w;
+    BOOST_REQUIRE(w.up({}).exit_code == 0);
+    BOOST_REQUIRE(w.machine({"pin", "default"}).exit_code == 0);
+    auto r = w.machine({"run", "default", "--", "sh", "-c", "echo out; echo err >&2; exit 42"});
+    BOOST_TEST(r.exit_code == 42);
+    BOOST_TEST(r.out == "out\n");
+    BOOST_TEST(r.err == "err\n");
+    // Options after NAME belong to the remote command, with or without `--`.
+    r = w.machine({"run", "default", "ls", "-d", "/"});
+    BOOST_TEST(r.exit_code == 0);
+    BOOST_TEST(r.out == "/\n");
+    // Every word reaches the VM as it was given, none interpreted by a shell on the way.
+    r = w.machine({"run", "default", "--", "printf", "%s\\n", "a b", "$(id)", "it's", "*"});
+    BOOST_TEST(r.exit_code == 0);
+    BOOST_TEST(r.out == "a b\n$(id)\nit's\n*\n");
+    // Through OpenSSH, not `limactl shell`.
+    BOOST_TEST(!w.invoked("shell"));
+
+    BOOST_REQUIRE(w.machine({"down"}).exit_code == 0);
+    r = w.machine({"run", "default", "--", "true"});
+    BOOST_TEST(r.exit_code == 1);
+    BOOST_TEST(contains(r.err, "VM 'default' is not running (run 'machine up default')"));
+}
+
+// What a command in the VM sees of the agent is what `machine run` forwards: a real ssh-agent
+// with two keys here, the VM a real sshd.
+BOOST_AUTO_TEST_CASE(agent_keys_put_a_filter_between_the_vm_and_the_agent) {
+    ssh_world w;
+    const test_agent agent(w.root / "a.sock");
+    const fs::path agent_sock = agent.socket;
+    std::string fp[2];
+    for (int i = 0; i < 2; ++i) {
+        const fs::path key = w.root / ("key" + std::to_string(i));
+        BOOST_REQUIRE(run_sync({"ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "key" + std::to_string(i), "-f", key.string()}).exit_code == 0);
+        BOOST_REQUIRE(run_sync({"ssh-add", "-q", key.string()}, agent.env()).exit_code == 0);
+        fp[i] = ssh_world::fingerprint_of(key.string() + ".pub");
+    }
+    w.set("SSH_AUTH_SOCK", agent_sock.string());
+    w.config("[web]\nagent_keys = [\"" + fp[0] + "\"]\n[open]\n[closed]\nforward_agent = false\n");
+    BOOST_REQUIRE(w.up({"web", "open", "closed"}).exit_code == 0);
+    for (const char* name : {"web", "open", "closed"}) BOOST_REQUIRE(w.machine({"pin", name}).exit_code == 0);
+
+    // agent_keys: the VM's side lists one key, and cannot remove keys from the real agent.
+    auto r = w.machine({"run", "web", "--", "ssh-add", "-l"});
+    BOOST_TEST(r.exit_code == 0, r.err);
+    BOOST_TEST(contains(r.out, fp[0]));
+    BOOST_TEST(!contains(r.out, fp[1]));
+    r = w.machine({"run", "web", "--", "sh", "-c", "echo $SSH_AUTH_SOCK"});
+    BOOST_TEST(!contains(r.out, agent_sock.string()));
+    BOOST_TEST(w.machine({"run", "web", "--", "ssh-add", "-D"}).exit_code != 0);
+    const auto all = run_sync({"ssh-add", "-l"}, agent.env());
+    BOOST_TEST((contains(all.out, fp[0]) && contains(all.out, fp[1])));
+    // The same filter serves the next command (not a second proxy).
+    BOOST_TEST(w.machine({"run", "web", "--", "ssh-add", "-l"}).exit_code == 0);
+    BOOST_TEST(std::distance(fs::directory_iterator(w.root / "state" / "agent"), fs::directory_iterator{}) == 1);
+
+    // No agent_keys: the whole agent. forward_agent = false: no agent at all.
+    r = w.machine({"run", "open", "--", "ssh-add", "-l"});
+    BOOST_TEST((contains(r.out, fp[0]) && contains(r.out, fp[1])));
+    r = w.machine({"run", "closed", "--", "sh", "-c", "echo ${SSH_AUTH_SOCK:-none}; ssh-add -l"});
+    BOOST_TEST(r.exit_code == 2);  // ssh-add: "Could not open a connection to your authentication agent"
+    BOOST_TEST(r.out == "none\n");
+
+    // The filter would end with the VM (or its socket); the fake's VMs never end on their own.
+    BOOST_TEST(w.stop_agent_filters() == 1u);
+}
+
+// machine pins a VM's key only when it creates the VM; one it did not create (here: `up` without
+// the guest agent never connected) is refused until `machine pin` records its key explicitly.
+BOOST_AUTO_TEST_CASE(a_vm_without_a_pin_is_refused_until_machine_pin) {
+    ssh_world w;
+    w.config("[web]\n");
+    BOOST_REQUIRE(w.up({"web"}).exit_code == 0);
+    for (const std::vector<std::string>& args : std::vector<std::vector<std::string>>{
+             {"run", "web", "--", "echo", "hi"}, {"ssh", "web"}, {"claude", "web"}, {"codex", "web"}}) {
+        const auto r = w.machine(args);
+        BOOST_TEST(r.exit_code == 1, args[0]);
+        BOOST_TEST(contains(r.err, "VM 'web' has no pinned host key"), args[0] << ": " << r.err);
+        BOOST_TEST(contains(r.err, "run 'machine pin web'"), args[0]);
+        BOOST_TEST(!contains(r.out, "hi"));
+    }
+    BOOST_TEST(!fs::exists(w.state("web") / "host_key"));
+
+    auto r = w.machine({"pin", "web"});
+    BOOST_TEST(r.exit_code == 0, r.err);
+    BOOST_TEST(contains(r.out, "VM 'web': pinned host key " + w.host_fingerprint()), r.out);
+    BOOST_TEST(fs::exists(w.state("web") / "host_key"));
+    r = w.machine({"run", "web", "--", "echo", "hi"});
+    BOOST_TEST(r.exit_code == 0, r.err);
+    BOOST_TEST(r.out == "hi\n");
+    r = w.machine({"pin", "web"});
+    BOOST_TEST(r.exit_code == 0);
+    BOOST_TEST(contains(r.out, "presents its pinned host key " + w.host_fingerprint() + " (ssh-ed25519); nothing to do"), r.out);
+
+    // `pin` is for a running VM, and documented.
+    BOOST_TEST(contains(w.machine({"pin", "--help"}).out, "--replace"));
+    BOOST_REQUIRE(w.machine({"down", "web"}).exit_code == 0);
+    r = w.machine({"pin", "web"});
+    BOOST_TEST(r.exit_code == 1);
+    BOOST_TEST(contains(r.err, "VM 'web' is not running"));
+}
+
+// The attack: Lima's master (opened without checking the key) is up, and the VM presents a key
+// that is not the pinned one. Every command refuses with machine's own message naming the VM
+// and both fingerprints, before OpenSSH runs (the old code rode the master, or went through
+// `limactl shell` with no pin at all, and ran the command).
+BOOST_AUTO_TEST_CASE(a_wrong_pin_is_refused_by_every_command_although_limas_master_is_open) {
+    ssh_world w;
+    w.config("[web]\n");
+    BOOST_REQUIRE(w.up({"web"}).exit_code == 0);
+    const lima_master master(w, "web");
+
+    // The pin of another key, in both of machine's forms (as if the VM's key had changed; written
+    // here rather than by `machine pin`, so the old code meets the same files).
+    const fs::path other = w.sshd.make_key("other");
+    const std::string wrong = ssh_world::fingerprint_of(other.string() + ".pub");
+    const std::string right = w.host_fingerprint();
+    BOOST_REQUIRE(wrong != right);
+    std::ofstream(w.state("web") / "host_key") << wrong << " ssh-ed25519\n";
+    std::ofstream(w.state("web") / "known_hosts") << "machine-web " << read(other.string() + ".pub");
+    const fs::path ran = w.root / "ran";
+    for (const std::vector<std::string>& args : std::vector<std::vector<std::string>>{
+             {"run", "web", "--", "touch", ran.string()}, {"ssh", "web"}, {"claude", "web"}, {"codex", "web"}}) {
+        const auto r = w.machine(args);
+        BOOST_TEST(r.exit_code == 1, args[0]);
+        BOOST_TEST(contains(r.err, "host key of VM 'web' changed: expected " + wrong + ", got " + right),
+                   args[0] << ": " << r.err);
+    }
+    BOOST_TEST(!fs::exists(ran));
+    BOOST_TEST(master.running());  // the master was there all along
+
+    // pin refuses to trust the new key without --replace, and says both.
+    auto r = w.machine({"pin", "web"});
+    BOOST_TEST(r.exit_code == 1);
+    BOOST_TEST(contains(r.err, "expected " + wrong + ", got " + right));
+    BOOST_TEST(contains(r.err, "machine pin web --replace"));
+    r = w.machine({"pin", "web", "--replace"});
+    BOOST_TEST(r.exit_code == 0, r.err);
+    BOOST_TEST(contains(r.out, "replaced pinned host key " + wrong + " with " + right), r.out);
+    r = w.machine({"run", "web", "--", "echo", "hi"});
+    BOOST_TEST(r.exit_code == 0, r.err);
+    BOOST_TEST(r.out == "hi\n");
+}
+
+// A VM created again under the same name outside machine leaves a stale pin behind; machine's
+// own create removes it (and destroy removes everything of the VM's state).
+BOOST_AUTO_TEST_CASE(a_create_forgets_the_pin_of_an_earlier_vm_of_that_name) {
+    ssh_world w;
+    w.config("[web]\n");
+    BOOST_REQUIRE(w.up({"web"}).exit_code == 0);
+    BOOST_REQUIRE(w.machine({"pin", "web"}).exit_code == 0);
+    BOOST_REQUIRE(w.run({std::string(MACHINE_FIXTURES_DIR) + "/fake-limactl", "delete", "-f", "web"}).exit_code == 0);
+    BOOST_REQUIRE(fs::exists(w.state("web") / "host_key"));
+    BOOST_REQUIRE(w.up({"web"}).exit_code == 0);
+    BOOST_TEST(!fs::exists(w.state("web") / "host_key"));
+    BOOST_TEST(!fs::exists(w.state("web") / "known_hosts"));
+    BOOST_TEST(fs::exists(w.state("web") / "host_key.pending"));  // the first connection pins
+    BOOST_REQUIRE(w.machine({"pin", "web"}).exit_code == 0);
+    BOOST_REQUIRE(w.machine({"destroy", "-y", "web"}).exit_code == 0);
+    BOOST_TEST(!fs::exists(w.state("web")));
 }
 
 BOOST_AUTO_TEST_SUITE_END()
