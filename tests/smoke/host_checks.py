@@ -19,8 +19,10 @@ PIN_PATHS = [
     ("machine sessions", ["sessions", "{name}"], None),
     ("machine secrets --list", ["secrets", "{name}", "--list"], None),
     ("machine up", ["up", "{name}"], None),
-    ("machine run", ["run", "{name}", "--", "true"], "issue 13: run goes through limactl shell"),
-    ("machine ssh", ["ssh", "{name}"], "issue 13: OpenSSH rides Lima's unpinned ControlMaster"),
+    ("machine run", ["run", "{name}", "--", "true"], None),
+    ("machine ssh", ["ssh", "{name}"], None),
+    ("machine claude", ["claude", "{name}"], None),
+    ("machine codex", ["codex", "{name}"], None),
 ]
 
 
