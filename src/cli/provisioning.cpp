@@ -460,6 +460,50 @@ std::string format_duration(std::chrono::seconds d) {
     return out;
 }
 
+awaitable<bool> run_clone(context& ctx, clone_run run, cancel_signal* cancel) {
+    const std::string vm = run.vm, step = run.step;
+    ctx.emit(events::step_started(vm, step));
+    const auto t0 = std::chrono::steady_clock::now();
+    proc::command cmd;
+    cmd.argv = std::move(run.argv);
+    cmd.env_set = run.env.set;
+    cmd.env_unset = run.env.unset;
+    clone_progress progress;
+    proc::run_options opt;
+    opt.limit.timeout = run.timeout;
+    opt.limit.max_output = 64 << 10;  // what matters is in progress.tail()
+    opt.cancel = cancel;
+    opt.lines_end_at_cr = true;
+    opt.on_stderr_line = [&ctx, &progress, vm, step](std::string_view line) {
+        if (auto shown = progress.feed(line, std::chrono::steady_clock::now()))
+            ctx.emit(events::step_output(vm, step, "stderr", *shown));
+    };
+    const proc::result r = co_await proc::run(std::move(cmd), std::move(opt));
+    if (auto last = progress.finish()) ctx.emit(events::step_output(vm, step, "stderr", *last));
+    if (r.cancelled) {
+        ctx.emit(events::step_finished(vm, step, false, since(t0), "interrupted"));
+        throw interrupted_error();
+    }
+    if (r.timed_out) {
+        const std::string limit = format_duration(run.timeout);
+        ctx.emit(events::step_finished(vm, step, false, since(t0), "timed out after " + limit));
+        throw error(text::sanitize_for_terminal("git clone " + run.url + " in VM '" + vm + "' timed out after " + limit +
+                                                " (raise clone_timeout for project " + vm + ")"),
+                    exit_code::failure, progress.tail());
+    }
+    if (r.ok()) {
+        ctx.emit(events::step_finished(vm, step, true, since(t0)));
+        co_return true;
+    }
+    std::string why = text::last_line(progress.tail());
+    if (why.empty()) why = "ssh exited with status " + std::to_string(r.status());
+    ctx.emit(events::step_finished(vm, step, false, since(t0), why));
+    // 255: ssh itself failed (the connection, the host key), never the deploy key's fault.
+    if (!run.failure_is_fatal && r.exit_code != 255) co_return false;
+    throw error(text::sanitize_for_terminal("git clone " + run.url + " failed in VM '" + vm + "': " + why),
+                exit_code::failure, progress.tail());
+}
+
 awaitable<void> clone_repos(context& ctx, lima::instance inst, agent_environment agent, config::project p,
                             std::shared_ptr<ssh::session> session, std::string vm_user, cancel_signal* cancel) {
     if (p.repos.empty()) co_return;
@@ -492,52 +536,23 @@ awaitable<void> clone_repos(context& ctx, lima::instance inst, agent_environment
             continue;
         }
         const std::string step = "clone " + t.dir;
-        ctx.emit(events::step_started(vm, step));
-        const auto t0 = std::chrono::steady_clock::now();
         // Through OpenSSH on a connection of its own, pinned to the VM's key: its session
         // carries the forwarded agent git needs.
         const openssh_target target{vm, ssh_config_of(inst), pin_of(vm, false).known_hosts, agent.forward};
-        proc::command cmd;
-        cmd.argv = openssh_argv(target, false, clone_command(t.url, path));
-        cmd.env_set = agent.env.set;
-        cmd.env_unset = agent.env.unset;
-        clone_progress progress;
-        proc::run_options opt;
-        opt.limit.timeout = p.clone_timeout;
-        opt.limit.max_output = 64 << 10;  // what matters is in progress.tail()
-        opt.cancel = cancel;
-        opt.lines_end_at_cr = true;
-        opt.on_stderr_line = [&ctx, &progress, vm, step](std::string_view line) {
-            if (auto shown = progress.feed(line, std::chrono::steady_clock::now()))
-                ctx.emit(events::step_output(vm, step, "stderr", *shown));
-        };
-        const proc::result r = co_await proc::run(std::move(cmd), std::move(opt));
-        if (auto last = progress.finish()) ctx.emit(events::step_output(vm, step, "stderr", *last));
-        if (r.cancelled) {
-            ctx.emit(events::step_finished(vm, step, false, since(t0), "interrupted"));
-            throw interrupted_error();
+        clone_run run;
+        run.vm = vm;
+        run.step = step;
+        run.url = t.url;
+        run.argv = openssh_argv(target, false, clone_command(t.url, path));
+        run.env = agent.env;
+        run.timeout = p.clone_timeout;
+        run.failure_is_fatal = p.forward_agent;
+        if (!co_await run_clone(ctx, std::move(run), cancel)) {
+            ctx.emit(events::message(vm, "warning",
+                                     "clone failed for " + t.dir + ": agent forwarding is off for this project; install a "
+                                     "deploy key in the VM, then run 'machine up " + vm + "' again"));
+            continue;
         }
-        if (r.timed_out) {
-            const std::string limit = format_duration(p.clone_timeout);
-            ctx.emit(events::step_finished(vm, step, false, since(t0), "timed out after " + limit));
-            throw error(text::sanitize_for_terminal("git clone " + t.url + " in VM '" + vm + "' timed out after " + limit +
-                                                    " (raise clone_timeout for project " + vm + ")"),
-                        exit_code::failure, progress.tail());
-        }
-        if (!r.ok()) {
-            std::string why = text::last_line(progress.tail());
-            if (why.empty()) why = "ssh exited with status " + std::to_string(r.status());
-            ctx.emit(events::step_finished(vm, step, false, since(t0), why));
-            if (!p.forward_agent && r.exit_code != 255) {
-                ctx.emit(events::message(vm, "warning",
-                                         "clone failed for " + t.dir + ": agent forwarding is off for this project; install a "
-                                         "deploy key in the VM, then run 'machine up " + vm + "' again"));
-                continue;
-            }
-            throw error(text::sanitize_for_terminal("git clone " + t.url + " failed in VM '" + vm + "': " + why),
-                        exit_code::failure, progress.tail());
-        }
-        ctx.emit(events::step_finished(vm, step, true, since(t0)));
 
         // Dependencies, after a fresh clone only (a present clone is the user's to manage).
         std::string package_json;

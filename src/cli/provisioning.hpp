@@ -56,6 +56,21 @@ asio::awaitable<void> clone_repos(context& ctx, lima::instance inst, agent_envir
                                   std::shared_ptr<ssh::session> session, std::string vm_user,
                                   cancel_signal* cancel);
 
+/// One clone as `clone_repos` runs it (through OpenSSH: openssh_argv of clone_command).
+struct clone_run {
+    std::string vm, step, url;
+    std::vector<std::string> argv;  ///< run on the host
+    lima::environment env;          ///< the agent the connection forwards
+    std::chrono::seconds timeout{30 * 60};
+    bool failure_is_fatal = true;   ///< false: a failed git (not ssh's 255) only returns false
+};
+
+/// Runs one clone as step `step`: git's progress as its output (clone_progress), at most
+/// `timeout`. True when it cloned. Throws machine::error naming the URL and the timeout when it
+/// took too long, naming the URL and git's last line when it failed (unless !failure_is_fatal:
+/// then false), interrupted_error when `cancel` fired.
+asio::awaitable<bool> run_clone(context& ctx, clone_run run, cancel_signal* cancel);
+
 /// The argv run in the VM to clone `url` into `path`: git with progress on stderr, no `ext::`
 /// transport, no prompts, and only the allowed protocols.
 std::vector<std::string> clone_command(const std::string& url, const std::string& path);

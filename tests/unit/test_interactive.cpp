@@ -157,6 +157,58 @@ BOOST_AUTO_TEST_CASE(clone_progress_is_at_most_a_line_a_second_and_bounded) {
     BOOST_TEST(tail.size() < 20u * 210u);
 }
 
+struct recording_sink : machine::events::sink {
+    std::vector<machine::events::event> seen;
+    void write(const machine::events::event& e) override { seen.push_back(e); }
+};
+
+// One clone as up runs it, with a stand-in for `ssh ... git clone`: its progress becomes step
+// output, and its own timeout (clone_timeout) ends it with an error naming the repo and the limit.
+BOOST_AUTO_TEST_CASE(a_clone_shows_progress_and_ends_at_its_timeout_naming_the_repo) {
+    asio::io_context io;
+    cli::context ctx(io, false);
+    auto rec = std::make_shared<recording_sink>();
+    ctx.bus.add(rec);
+    cli::clone_run run;
+    run.vm = "web";
+    run.step = "clone big";
+    run.url = "git@example.com:acme/big.git";
+    run.timeout = 1s;
+    run.argv = {"sh", "-c", "printf 'Cloning into big...\\n'; printf 'Receiving objects:  1%%\\r' >&2; exec sleep 30"};
+    const auto t0 = std::chrono::steady_clock::now();
+    std::string message;
+    try {
+        machine::test::co_run(io, cli::run_clone(ctx, run, nullptr));
+    } catch (const machine::error& e) {
+        message = e.what();
+        BOOST_TEST(static_cast<int>(e.code()) == static_cast<int>(machine::exit_code::failure));
+    }
+    BOOST_TEST(message == "git clone git@example.com:acme/big.git in VM 'web' timed out after 1s (raise clone_timeout for project web)");
+    BOOST_TEST(machine::test::seconds_since(t0) < 10);
+    bool progress_shown = false, failed = false;
+    for (const auto& e : rec->seen) {
+        progress_shown |= e.type == "step.output" && e.text("line") == "Receiving objects:  1%";
+        failed |= e.type == "step.finished" && e.text("detail") == "timed out after 1s";
+    }
+    BOOST_TEST(progress_shown);
+    BOOST_TEST(failed);
+
+    // git failing: its last line, or only false when the project clones with a deploy key.
+    run.timeout = 30s;
+    run.argv = {"sh", "-c", "echo 'fatal: repository not found' >&2; exit 128"};
+    message.clear();
+    try {
+        machine::test::co_run(io, cli::run_clone(ctx, run, nullptr));
+    } catch (const machine::error& e) {
+        message = e.what();
+    }
+    BOOST_TEST(message == "git clone git@example.com:acme/big.git failed in VM 'web': fatal: repository not found");
+    run.failure_is_fatal = false;
+    BOOST_TEST(!machine::test::co_run(io, cli::run_clone(ctx, run, nullptr)));
+    run.argv = {"true"};
+    BOOST_TEST(machine::test::co_run(io, cli::run_clone(ctx, run, nullptr)));
+}
+
 BOOST_AUTO_TEST_CASE(durations_are_written_as_the_config_takes_them) {
     BOOST_TEST(cli::format_duration(30min) == "30m");
     BOOST_TEST(cli::format_duration(90s) == "1m30s");
