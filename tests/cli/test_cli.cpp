@@ -1323,6 +1323,10 @@ BOOST_AUTO_TEST_CASE(run_passes_the_exit_code_through) {
     BOOST_TEST(r.out == "a b\n$(id)\nit's\n*\n");
     // Through OpenSSH, not `limactl shell`.
     BOOST_TEST(!w.invoked("shell"));
+    // A figure, not a check: what a `run` costs end to end (the pin's libssh check, then ssh).
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < 10; ++i) w.machine({"run", "default", "--", "true"});
+    std::printf("FIGURE run_true_mean_ms %.1f\n", seconds_since(t0) * 100.0);
 
     BOOST_REQUIRE(w.machine({"down"}).exit_code == 0);
     r = w.machine({"run", "default", "--", "true"});
