@@ -73,6 +73,19 @@ struct request_deadlines {
     ms subscribe_replay{30'000};  // silence, until the agent's `live`; none afterwards
     ms run_silence{600'000};      // silence; run() callers may pass their own
     ms provision_margin{60'000};  // on top of what the plan's own timeouts allow (provision_deadline)
+    // Not a time: how many bad or unexpected lines one request puts up with. A healthy agent
+    // sends none; past this many the agent is flooding, and the request fails at once (its
+    // deadline may be hours away, e.g. a provision's or a live subscription's, which has none).
+    std::uint64_t max_bad_lines = 10'000;
+};
+
+// The agent sent more than request_deadlines::max_bad_lines lines that could not be decoded or
+// were not for the request in flight: "VM 'web': the guest agent sent 10001 bad or unexpected
+// lines during provision; gave up on it". The connection is closed, as after a timeout, and
+// on_problem hears no summary of those lines (this message is it).
+class agent_flood : public error {
+public:
+    agent_flood(const std::string& vm, const std::string& request, std::uint64_t lines);
 };
 
 // A provision sends nothing until its result (progress is in the journal), so its deadline is
@@ -82,7 +95,8 @@ struct request_deadlines {
 std::chrono::milliseconds provision_deadline(const protocol::provision_request& request, std::chrono::milliseconds margin);
 
 // One channel to the agent. Requests are sequential on a connection; open several for
-// concurrent work (channels are cheap).
+// concurrent work (channels are cheap). Every request fails with request_timeout at its
+// deadline and with agent_flood past max_bad_lines; the connection is then closed.
 class connection {
 public:
     // `on_problem` hears about the lines from the agent that could not be decoded or did not
@@ -199,7 +213,8 @@ private:
     clock::time_point deadline_ = clock::time_point::max();
     std::chrono::milliseconds limit_{0};
     bool on_silence_ = false;
-    bool broken_ = false;  // a request timed out: the channel is closed
+    bool broken_ = false;  // a request timed out or was flooded: the channel is closed
+    std::uint64_t bad_lines_ = 0;  // in the request in flight
     text::log_limiter problems_{"the guest agent sent", "bad or unexpected line"};
 };
 

@@ -3,7 +3,8 @@
 // Deadlines: every request runs inside a request_scope that names it and sets when it must be
 // answered (request_deadlines). Reads and writes race a timer set to that time (`||`), and the
 // message loop also compares the clock with it for every line, so a flood that keeps the
-// channel busy cannot keep a request alive past its deadline. A timeout closes the channel.
+// channel busy cannot keep a request alive past its deadline. A flood ends a request sooner:
+// past max_bad_lines bad or unexpected lines it fails. Either closes the channel.
 #include <algorithm>
 #include <cstdio>
 #include <stdexcept>
@@ -86,6 +87,10 @@ request_timeout::request_timeout(const std::string& vm, std::string request, std
                      : "the guest agent did not answer " + request + " within " + seconds_text(after))),
       request_(std::move(request)) {}
 
+agent_flood::agent_flood(const std::string& vm, const std::string& request, std::uint64_t lines)
+    : error((vm.empty() ? std::string() : "VM '" + vm + "': ") + "the guest agent sent " + std::to_string(lines) +
+            " bad or unexpected lines during " + request + "; gave up on it") {}
+
 std::chrono::milliseconds provision_deadline(const pr::provision_request& request, std::chrono::milliseconds margin) {
     using ms = std::chrono::milliseconds;
     // Capped: a day per step and 512 steps stay far below overflow, but the request is the
@@ -146,8 +151,9 @@ awaitable<std::unique_ptr<connection>> connection::open(std::shared_ptr<ssh::ses
 connection::request_scope connection::begin(const char* request, std::chrono::milliseconds limit, bool on_silence) {
     if (broken_)
         throw error((vm_.empty() ? std::string() : "VM '" + vm_ + "': ") +
-                    "this connection to the guest agent was closed after a request timed out");
+                    "this connection to the guest agent was closed after a request timed out or was flooded");
     request_ = request;
+    bad_lines_ = 0;
     limit_ = limit;
     on_silence_ = on_silence;
     deadline_ = clock::now() + limit;
@@ -161,8 +167,17 @@ void connection::timed_out() {
 }
 
 void connection::problem(std::string_view kind, const std::string& detail) {
-    if (!on_problem_) return;
-    if (auto line = problems_.note(kind, detail, clock::now())) on_problem_(*line);
+    ++bad_lines_;
+    if (on_problem_)
+        if (auto line = problems_.note(kind, detail, clock::now())) on_problem_(*line);
+    if (bad_lines_ > deadlines_.max_bad_lines) {
+        broken_ = true;
+        channel_->close();
+        // The error gives the count: no summary line besides it (`watch` reconnects to such an
+        // agent about once a second, and each attempt would add one).
+        problems_ = text::log_limiter{"the guest agent sent", "bad or unexpected line"};
+        throw agent_flood(vm_, request_ ? request_ : "a request", bad_lines_);
+    }
 }
 
 void connection::flush_problems() {

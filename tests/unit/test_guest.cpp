@@ -756,6 +756,7 @@ struct attempt {
     std::string request;
     bool done = false;
     bool timed_out = false;       // a guest::request_timeout
+    bool flooded = false;         // a guest::agent_flood
     std::string what;             // its message, or another failure's
     std::string reuse;            // what a second request on the same connection said
     double seconds = 0;           // from sending to the error
@@ -823,11 +824,14 @@ asio::awaitable<void> try_request(const machine::test::sshd_server& sshd, std::s
     } catch (const guest::request_timeout& e) {
         a->timed_out = true;
         a->what = e.what();
+    } catch (const guest::agent_flood& e) {
+        a->flooded = true;
+        a->what = e.what();
     } catch (const std::exception& e) {
         a->what = e.what();
     }
     a->seconds = machine::test::seconds_since(t0);
-    if (a->timed_out) {
+    if (a->timed_out || a->flooded) {
         try {
             co_await conn->hello("after the timeout");
             a->reuse = "(answered)";
@@ -883,7 +887,7 @@ BOOST_FIXTURE_TEST_CASE(a_hung_agent_fails_every_request_at_its_deadline, fixtur
             const double expected = a->request == "provision" ? 6.501 : 0.5;
             BOOST_TEST(a->seconds >= expected - 0.01, a->seconds << " s");
             BOOST_TEST(a->seconds < expected + 5, a->seconds << " s");  // the watchdog's margin, not a benchmark
-            BOOST_TEST(a->reuse.find("closed after a request timed out") != std::string::npos, a->reuse);
+            BOOST_TEST(a->reuse.find("closed after a request timed out or was flooded") != std::string::npos, a->reuse);
             BOOST_TEST_MESSAGE(a->request << ": " << a->what << " (after " << a->seconds << " s)");
         }
     }
@@ -893,7 +897,8 @@ BOOST_FIXTURE_TEST_CASE(a_hung_agent_fails_every_request_at_its_deadline, fixtur
 BOOST_FIXTURE_TEST_CASE(a_flooding_agent_cannot_hold_a_request_or_flood_the_warnings, fixture) {
     fake_agent flood(agent.dir.path / "flood.sock", fake_agent::script::flood);
     constexpr auto deadline = 2s;
-    const auto d = all_deadlines(deadline);
+    auto d = all_deadlines(deadline);
+    d.max_bad_lines = ~std::uint64_t(0);  // here the deadline must end it (see the next test)
     std::vector<std::shared_ptr<attempt>> attempts;
     std::vector<std::shared_ptr<ssh::session>> sessions;
     for (const char* r : {"hello", "run", "subscribe", "secrets.discover"}) {
@@ -923,6 +928,37 @@ BOOST_FIXTURE_TEST_CASE(a_flooding_agent_cannot_hold_a_request_or_flood_the_warn
             BOOST_TEST_MESSAGE(a->request << ": " << a->what << " after " << a->seconds << " s, "
                                           << a->problems.size() << " warnings, last: "
                                           << (a->problems.empty() ? "" : a->problems.back()));
+        }
+    }
+    BOOST_REQUIRE_MESSAGE(done, "a request to a flooding agent never ended");
+}
+
+// A request whose deadline is far away (a provision's is its plan's, a live subscription has
+// none) still ends under a flood: past max_bad_lines bad lines.
+BOOST_FIXTURE_TEST_CASE(a_flood_ends_a_request_long_before_its_deadline, fixture) {
+    fake_agent flood(agent.dir.path / "flood.sock", fake_agent::script::flood);
+    const auto d = all_deadlines(600s);
+    BOOST_REQUIRE(d.max_bad_lines == 10'000u);  // the default
+    std::vector<std::shared_ptr<attempt>> attempts;
+    std::vector<std::shared_ptr<ssh::session>> sessions;
+    for (const char* r : {"hello", "subscribe", "provision"}) {
+        auto a = std::make_shared<attempt>();
+        a->request = r;
+        attempts.push_back(a);
+        asio::co_spawn(io, try_request(sshd, flood.socket(), d, a, sessions), asio::detached);
+    }
+    const bool done = run_until_done(io, attempts, sessions, 60s);
+    flood.stop();
+    for (const auto& a : attempts) {
+        BOOST_TEST_CONTEXT(a->request) {
+            BOOST_TEST(a->done);
+            BOOST_TEST(a->flooded, a->what);
+            BOOST_TEST(a->what == "VM 'vm': the guest agent sent 10001 bad or unexpected lines during " + a->request +
+                                      "; gave up on it");
+            // The first bad line; the error says how many there were.
+            BOOST_TEST(a->problems.size() == 1u, a->problems.size() << " warnings");
+            BOOST_TEST(a->reuse.find("closed after a request timed out or was flooded") != std::string::npos, a->reuse);
+            BOOST_TEST_MESSAGE(a->request << ": " << a->what << " after " << a->seconds << " s");
         }
     }
     BOOST_REQUIRE_MESSAGE(done, "a request to a flooding agent never ended");
