@@ -4,7 +4,6 @@
 #include <map>
 
 #include <asio/experimental/awaitable_operators.hpp>
-#include <asio/multiple_exceptions.hpp>
 #include <asio/steady_timer.hpp>
 #include <asio/this_coro.hpp>
 #include <nlohmann/json.hpp>
@@ -141,12 +140,27 @@ private:
     std::string current_;
 };
 
-awaitable<void> follow_provisioning(guest::connection& conn, std::uint64_t from, step_reporter& reporter) {
-    co_await conn.subscribe(from, [&reporter](const pr::event_record& e) { return reporter.on_event(e); });
+// Both sides record the first failure of the pair: when one fails, `&&` cancels the other, and
+// Asio 1.22 rethrows the exception of the *left* operand (multiple_exceptions holds only that
+// one), which is then the cancellation ("Operation aborted"), not the reason.
+awaitable<void> follow_provisioning(guest::connection& conn, std::uint64_t from, step_reporter& reporter,
+                                    std::exception_ptr& first_failure) {
+    try {
+        co_await conn.subscribe(from, [&reporter](const pr::event_record& e) { return reporter.on_event(e); });
+    } catch (...) {
+        if (!first_failure) first_failure = std::current_exception();
+        throw;
+    }
 }
 
-awaitable<pr::provision_result> request_provisioning(guest::connection& conn, pr::provision_request request) {
-    co_return co_await conn.provision(std::move(request));
+awaitable<pr::provision_result> request_provisioning(guest::connection& conn, pr::provision_request request,
+                                                     std::exception_ptr& first_failure) {
+    try {
+        co_return co_await conn.provision(std::move(request));
+    } catch (...) {
+        if (!first_failure) first_failure = std::current_exception();
+        throw;
+    }
 }
 
 // The request and the progress it makes, together. A failure (the VM gone) is returned, not
@@ -155,14 +169,13 @@ awaitable<std::exception_ptr> provision_with_progress(guest::connection& request
                                                       pr::provision_request request, std::uint64_t from,
                                                       step_reporter& reporter, pr::provision_result& result) {
     using namespace asio::experimental::awaitable_operators;
+    std::exception_ptr first_failure;
     try {
-        result = co_await (request_provisioning(request_conn, std::move(request)) &&
-                           follow_provisioning(events_conn, from, reporter));
+        result = co_await (request_provisioning(request_conn, std::move(request), first_failure) &&
+                           follow_provisioning(events_conn, from, reporter, first_failure));
         co_return nullptr;
-    } catch (const asio::multiple_exceptions& both) {
-        co_return both.first_exception();  // both channels died with the connection: one reason
     } catch (...) {
-        co_return std::current_exception();
+        co_return first_failure ? first_failure : std::current_exception();
     }
 }
 
