@@ -185,7 +185,7 @@ public:
     std::string fingerprint() const;
     /// The server's host key type, e.g. "ssh-ed25519".
     std::string host_key_type() const;
-    /// "user@host:port", for messages.
+    /// "VM 'name' (user@host:port)" (just "user@host:port" without a VM name), for messages.
     std::string description() const;
     /// The VM's name (from its host_key_pin), for messages.
     std::string vm_name() const;

@@ -70,7 +70,9 @@ namespace detail {
 session_core::session_core(asio::any_io_executor ex, endpoint ep, host_key_pin pin)
     : ep_(std::move(ep)), pin_(std::move(pin)), socket_(ex), kick_timer_(ex),
       progress_(ex, asio::steady_timer::time_point::max()), read_buffer_(64 * 1024) {
+    // Every message about this connection names the VM (the user knows projects, not ports).
     desc_ = ep_.user + "@" + ep_.host + ":" + std::to_string(ep_.port);
+    if (!pin_.vm_name.empty()) desc_ = "VM '" + pin_.vm_name + "' (" + desc_ + ")";
 }
 
 session_core::~session_core() { teardown(false); }
@@ -383,7 +385,7 @@ void session_core::drain(channel_core& c) {
     for (const bool is_stderr : {false, true}) {
         const std::size_t held = is_stderr ? c.held_err_ : c.held_out_;
         if (held <= libssh_hold_limit) continue;
-        c.fail("ssh: VM '" + pin_.vm_name + "' (" + desc_ + ") kept sending on the " +
+        c.fail("ssh: " + desc_ + " kept sending on the " +
                (is_stderr ? "stderr" : "stdout") + " of a channel while " + std::to_string(held) +
                " bytes of it were waiting unread (the limit is " +
                std::to_string(libssh_hold_limit) + "): channel dropped");
