@@ -38,6 +38,12 @@ void require_plain_user_name(const std::string& user) {
 
 std::string defaults_text(const std::string& user) { return "MACHINE_AGENT_OPTS=--user " + user + "\n"; }
 
+// What the VM's side of these commands may print (their real output is a few lines; a hostile
+// guest's flood is read and discarded beyond this), and how long the probe may take: three
+// hashes and a systemctl query take about a second even under emulation.
+constexpr std::size_t max_command_output = 64 * 1024;
+constexpr std::chrono::seconds probe_timeout{20};
+
 // Writes `content` to `path` in the VM as root, atomically (a temporary file, then rename).
 // The command is a constant; the path is one of ours; the content travels on stdin.
 awaitable<void> install_file(std::shared_ptr<ssh::session> session, std::string path, std::string content,
@@ -47,12 +53,13 @@ awaitable<void> install_file(std::shared_ptr<ssh::session> session, std::string 
     ssh::run_options opt;
     opt.stdin_data = std::move(content);
     opt.timeout = std::chrono::seconds(120);
+    opt.max_output = max_command_output;
     const std::string command = "sudo -n sh -c " +
                                 text::shell_quote("umask 022 && mkdir -p \"$(dirname " + q + ")\" && cat > " + tmp +
                                                   " && chmod " + mode + " " + tmp + " && mv -f " + tmp + " " + q);
     const auto r = co_await session->run(command, std::move(opt));
     if (!r.ok())
-        throw error("cannot install " + path + " in the VM: " + text::trim(text::tail(r.err, 500)) +
+        throw error("cannot install " + path + " in VM '" + session->vm_name() + "': " + text::trim(text::tail(r.err, 500)) +
                     " (exit status " + std::to_string(r.status()) + ")");
 }
 
@@ -101,7 +108,13 @@ awaitable<deployment> ensure_agent(std::shared_ptr<ssh::session> session, const 
     // What is installed: three hashes (missing files print nothing) and whether it runs.
     const std::string probe = std::string("sha256sum ") + agent_install_path + " " + unit_path + " " +
                               defaults_path + " 2>/dev/null; systemctl is-active machine-agent 2>/dev/null; true";
-    const auto r = co_await session->run(probe);
+    ssh::run_options probe_opt;
+    probe_opt.timeout = probe_timeout;
+    probe_opt.max_output = max_command_output;
+    const auto r = co_await session->run(probe, std::move(probe_opt));
+    if (r.timed_out)
+        throw error("VM '" + session->vm_name() + "': looking for the guest agent's files did not finish within " +
+                    std::to_string(probe_timeout.count()) + " s");
     std::string have_binary, have_unit, have_defaults;
     bool active = false;
     for (const auto& line : text::split_lines(r.out)) {
@@ -137,9 +150,10 @@ awaitable<deployment> ensure_agent(std::shared_ptr<ssh::session> session, const 
                                              vm_user + " 2>/dev/null || true; }");
     ssh::run_options opt;
     opt.timeout = std::chrono::seconds(120);
+    opt.max_output = max_command_output;
     const auto s = co_await session->run(start, std::move(opt));
     if (!s.ok())
-        throw error("cannot start the guest agent: " + text::trim(text::tail(s.err, 500)) + " (exit status " +
+        throw error("cannot start the guest agent in VM '" + session->vm_name() + "': " + text::trim(text::tail(s.err, 500)) + " (exit status " +
                     std::to_string(s.status()) + ")");
     co_return have_binary.empty() ? deployment::installed : deployment::upgraded;
 }
