@@ -116,7 +116,4 @@ plan bakeable_prefix(const catalog& cat, const plan& p);
 /// The argv a script runs as in the guest: bash with errexit, nounset and pipefail.
 std::vector<std::string> script_argv(const std::string& script);
 
-/// Parses "90s", "10m", "1h", "1h30m"; nullopt when invalid or zero.
-std::optional<std::chrono::milliseconds> parse_duration(std::string_view text);
-
 } // namespace machine::provision

@@ -91,7 +91,7 @@ void apply_step_user(const field& f, step_draft& d) {
 }
 void apply_step_timeout(const field& f, step_draft& d) {
     if (auto v = config::detail::read_string(f)) {
-        if (auto t = parse_duration(*v); t && *t <= std::chrono::hours(24)) d.s.timeout = *t;
+        if (auto t = config::parse_duration(*v); t && *t <= std::chrono::hours(24)) d.s.timeout = *t;
         else f.report("expected a duration such as \"90s\", \"10m\" or \"1h\" (at most 24h), got " + config::detail::toml_string(*v));
     }
 }
@@ -181,27 +181,6 @@ constexpr key_rule<profile_draft> profile_keys[] = {
 };
 
 } // namespace
-
-std::optional<std::chrono::milliseconds> parse_duration(std::string_view spec) {
-    std::chrono::milliseconds total{0};
-    std::size_t i = 0;
-    if (spec.empty()) return std::nullopt;
-    while (i < spec.size()) {
-        std::size_t j = i;
-        long long n = 0;
-        while (j < spec.size() && spec[j] >= '0' && spec[j] <= '9' && j - i < 9) n = n * 10 + (spec[j++] - '0');
-        if (j == i || j >= spec.size()) return std::nullopt;
-        switch (spec[j]) {
-        case 's': total += std::chrono::seconds(n); break;
-        case 'm': total += std::chrono::minutes(n); break;
-        case 'h': total += std::chrono::hours(n); break;
-        default: return std::nullopt;
-        }
-        i = j + 1;
-    }
-    if (total.count() <= 0) return std::nullopt;
-    return total;
-}
 
 profile catalog::parse(std::string_view document, const std::string& name, const std::string& source) {
     const toml::table doc = config::detail::parse_toml(document, source);

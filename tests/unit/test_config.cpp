@@ -677,6 +677,9 @@ BOOST_AUTO_TEST_CASE(clone_timeout_is_a_duration_of_at_most_a_day) {
     BOOST_TEST(parse_duration("1h30m").value_or(std::chrono::seconds(0)).count() == 5400);
     BOOST_TEST(!parse_duration("").has_value());
     BOOST_TEST(!parse_duration("5d").has_value());
+    BOOST_TEST(parse_duration("90s").value_or(std::chrono::seconds(0)).count() == 90);
+    BOOST_TEST(!parse_duration("10").has_value());  // a unit is required
+    BOOST_TEST(!parse_duration("0s").has_value());  // zero is no timeout
 }
 
 BOOST_AUTO_TEST_CASE(keys_and_an_explicit_name) {

@@ -215,14 +215,6 @@ BOOST_AUTO_TEST_CASE(after_clone_steps_see_the_repos_rerun_when_they_change_and_
     BOOST_TEST(base.steps[0].name == "agents.pkgs");
 }
 
-BOOST_AUTO_TEST_CASE(durations) {
-    BOOST_TEST(provision::parse_duration("90s")->count() == 90000);
-    BOOST_TEST(provision::parse_duration("1h30m")->count() == 5400000);
-    BOOST_TEST(!provision::parse_duration(""));
-    BOOST_TEST(!provision::parse_duration("10"));
-    BOOST_TEST(!provision::parse_duration("0s"));
-    BOOST_TEST(!provision::parse_duration("5d"));
-}
 
 BOOST_AUTO_TEST_CASE(the_built_in_profiles_load_and_cover_the_default_set) {
     const catalog c = catalog::builtin();
