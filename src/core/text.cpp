@@ -217,7 +217,10 @@ std::string escape_for_terminal(std::string_view in) {
 }
 
 std::string shell_quote(std::string_view s) {
-    if (!s.empty() && std::all_of(s.begin(), s.end(), [](char c) {
+    // A leading '=' stays quoted: zsh (a VM user's shell may be zsh) expands an unquoted
+    // `=word` to the path of the command `word` (its EQUALS option, on by default), so
+    // `tmux kill-session -t =claude` would name /usr/bin/claude.
+    if (!s.empty() && s.front() != '=' && std::all_of(s.begin(), s.end(), [](char c) {
             return std::isalnum(static_cast<unsigned char>(c)) || std::string_view("@%_+=:,./-").find(c) != std::string_view::npos;
         }))
         return std::string(s);

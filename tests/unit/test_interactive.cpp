@@ -109,6 +109,26 @@ BOOST_AUTO_TEST_CASE(run_starts_in_the_primary_repo_and_keeps_every_word) {
     BOOST_TEST(r.out == tmp.path.string() + "\n");
 }
 
+// The VM user's login shell parses the one string ssh hands it: bash or zsh (`shell` in the
+// config). Words zsh would expand unquoted (`=sh` is the path of sh under its EQUALS option,
+// `~`, globs) reach the command as they were written, under both.
+BOOST_AUTO_TEST_CASE(run_keeps_every_word_under_bash_and_zsh) {
+    const std::vector<std::string> words{"=sh", "~", "*", "a=b", "-t", "=claude", "x y", "'q'"};
+    std::vector<std::string> command{"printf", "%s\n"};
+    command.insert(command.end(), words.begin(), words.end());
+    const auto argv = cli::openssh_argv({"web", "/c", "/k", false}, false, cli::run_in_dir(".", command));
+    std::string expected;
+    for (const auto& w : words) expected += w + "\n";
+    machine::test::temp_dir tmp;
+    for (const std::string shell : {"bash", "zsh"}) {
+        BOOST_TEST_CONTEXT(shell) {
+            auto r = run_program({shell, "-c", "cd \"$HOME\" && eval \"$0\"", argv.back()}, tmp.path);
+            BOOST_TEST(r.exit_code == 0);
+            BOOST_TEST(r.out == expected);
+        }
+    }
+}
+
 BOOST_AUTO_TEST_CASE(clone_argv_shows_progress_and_takes_the_url_as_an_operand) {
     const auto c = cli::clone_command("-oProxyCommand=touch /tmp/x", "/home/u/code/web");
     BOOST_TEST(c.front() == "env");

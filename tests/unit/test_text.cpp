@@ -100,6 +100,9 @@ BOOST_AUTO_TEST_CASE(shell_quoting) {
     BOOST_TEST(text::shell_quote("simple/path-1.2") == "simple/path-1.2");
     BOOST_TEST(text::shell_quote("") == "''");
     BOOST_TEST(text::shell_quote("a b") == "'a b'");
+    // zsh's EQUALS expansion: an unquoted `=claude` becomes the path of `claude`.
+    BOOST_TEST(text::shell_quote("=claude") == "'=claude'");
+    BOOST_TEST(text::shell_quote("KEY=value") == "KEY=value");
     BOOST_TEST(text::shell_quote("it's $(rm -rf ~)") == "'it'\\''s $(rm -rf ~)'");
 }
 
