@@ -157,11 +157,7 @@ class Sshd:
         self.fingerprint = out[1]  # SHA256:...
 
     def log_text(self):
-        try:
-            with open(self.log, errors="replace") as f:
-                return f.read()[-2000:]
-        except OSError:
-            return ""
+        return file_tail(self.log)
 
     def stop(self):
         stop_process(self.proc)
@@ -667,6 +663,24 @@ class Report:
                 return 1
             print("# all %d passed" % self.n, flush=True)
             return 0
+
+
+def file_tail(path, size=2000):
+    """The last `size` characters of a log file ("" when it cannot be read)."""
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()[-size:]
+    except OSError:
+        return ""
+
+
+def run_suite(jobs, report, machine):
+    """Runs the (name, callable) checks in parallel, notes how long they took against which
+    binary, and exits with the report's status."""
+    t0 = time.monotonic()
+    run_parallel(jobs, report)
+    report.note("%d checks in %.1f s against %s" % (len(jobs), time.monotonic() - t0, machine))
+    sys.exit(report.finish())
 
 
 def run_parallel(jobs, report):

@@ -640,10 +640,7 @@ def main():
     checks = [(n, getattr(suite, n)) for n in sorted(dir(suite)) if n.startswith("check_")]
     if args.only:
         checks = [(n, f) for n, f in checks if any(o in n for o in args.only)]
-    t0 = time.monotonic()
-    common.run_parallel(checks, suite.report)
-    suite.report.note("%d checks in %.1f s against %s" % (len(checks), time.monotonic() - t0, args.machine))
-    sys.exit(suite.report.finish())
+    common.run_suite(checks, suite.report, args.machine)
 
 
 if __name__ == "__main__":

@@ -76,11 +76,7 @@ class HostileSshd:
         self.port = int(port)
 
     def log_text(self):
-        try:
-            with open(self.log, errors="replace") as f:
-                return f.read()[-2000:]
-        except OSError:
-            return ""
+        return common.file_tail(self.log)
 
     def flooded_mib(self):
         """What it flooded in all (logged when it stops: call stop() first)."""
@@ -241,10 +237,7 @@ def main():
                 if args.only and not any(o in label for o in args.only):
                     continue
                 jobs.append((label, lambda m=mode, s=style, c=command: suite.one(m, s, c)))
-    t0 = time.monotonic()
-    common.run_parallel(jobs, suite.report)
-    suite.report.note("%d checks in %.1f s against %s" % (len(jobs), time.monotonic() - t0, args.machine))
-    sys.exit(suite.report.finish())
+    common.run_suite(jobs, suite.report, args.machine)
 
 
 if __name__ == "__main__":
