@@ -665,6 +665,39 @@ class Report:
             return 0
 
 
+# How long a command against a hostile guest may take before it is killed.
+END_LIMIT_S = int(os.environ.get("HOSTILE_END_LIMIT_S", "60"))
+
+
+def error_lines(run):
+    """The lines that report a failure: `machine: <message>` (how a command's error ends it) and
+    events that say error."""
+    return [l for l in run.lines() if "error" in l.lower() or
+            (l.startswith("machine: ") and not l.startswith(("machine: interrupt", "machine: warning")))]
+
+
+def ended_with_error(run, vm, mention=()):
+    """Why `run` did not end with exit 1 and an error line naming `vm` (and each of `mention`),
+    as a list of problems (empty: it did), with its last lines and error lines when it did not."""
+    problems = []
+    if run.killed:
+        problems.append("RSS passed %d MiB (killed)" % run.RSS_CAP_MIB if run.capped else
+                        "still running after %d s (killed)" % END_LIMIT_S)
+    elif run.rc != 1:
+        problems.append("exit status %s, expected 1" % run.rc)
+    errors = error_lines(run)
+    if not any(vm in l for l in errors):
+        problems.append("no error line names the VM")
+    for m in mention:
+        if not any(m in l for l in errors):
+            problems.append("no error line names %r" % m)
+    if problems:
+        problems.append("last lines: %s" % run.describe(6))
+        if errors:
+            problems.append("its error lines end with: %s" % " | ".join(repr(l)[1:-1][:300] for l in errors[-2:]))
+    return problems
+
+
 def file_tail(path, size=2000):
     """The last `size` characters of a log file ("" when it cannot be read)."""
     try:

@@ -38,7 +38,7 @@ import common  # noqa: E402
 from common import ScriptedAgent, HungAgent, encode  # noqa: E402
 
 RSS_LIMIT_MIB = 64
-END_LIMIT_S = int(os.environ.get("HOSTILE_END_LIMIT_S", "60"))          # a command against a hostile agent must end by then (else it is killed)
+END_LIMIT_S = common.END_LIMIT_S
 WATCH_FLOOD_S = 20
 STORM_S = 35
 
@@ -92,32 +92,6 @@ class Check:
 def line_limit(seconds):
     """Lines a command may print about a flood in `seconds`: one warning a second, a count, the error."""
     return 4 + int(1.5 * seconds)
-
-
-def error_lines(run):
-    """The lines that report a failure: `machine: <message>` (how a command's error ends it) and
-    events that say error."""
-    return [l for l in run.lines() if "error" in l.lower() or
-            (l.startswith("machine: ") and not l.startswith(("machine: interrupt", "machine: warning")))]
-
-
-def ended_with_error(run, vm, mention=()):
-    """Why `run` did not end with exit 1 and an error line naming `vm` (and each of `mention`)."""
-    problems = []
-    if run.killed:
-        problems.append("RSS passed %d MiB (killed)" % run.RSS_CAP_MIB if run.capped else
-                        "still running after %d s (killed)" % END_LIMIT_S)
-    elif run.rc != 1:
-        problems.append("exit status %s, expected 1" % run.rc)
-    errors = error_lines(run)
-    if not any(vm in l for l in errors):
-        problems.append("no error line names the VM")
-    for m in mention:
-        if not any(m in l for l in errors):
-            problems.append("no error line names %r" % m)
-    if problems:
-        problems.append("last lines: %s" % run.describe(6))
-    return "; ".join(problems)
 
 
 # --- the hostile agents ---------------------------------------------------------------------------
@@ -272,7 +246,7 @@ class Suite:
             self.figure("%s: peak RSS %.1f MiB, %s after %.1f s, %d lines printed, agent flooded %d MiB"
                         % (check_name, run.peak_mib(), "killed" if run.killed else "exit %s" % run.rc, run.elapsed,
                            run.line_count(), c.agent.flooded_bytes >> 20))
-            why = ended_with_error(run, vm)
+            why = "; ".join(common.ended_with_error(run, vm))
             # Every line it prints here is a warning about the flood, or the error.
             if run.line_count() > line_limit(run.elapsed):
                 why += "%s%d lines in %.1f s (warnings: at most one a second plus a count)" % (
@@ -333,7 +307,7 @@ class Suite:
             self.figure("%s: %s after %.1f s (hung agent, request %s), peak RSS %.1f MiB"
                         % (" ".join(["machine"] + command), "killed" if run.killed else "exit %s" % run.rc,
                            run.elapsed, request, run.peak_mib()))
-            why = ended_with_error(run, vm, mention=[request])
+            why = "; ".join(common.ended_with_error(run, vm, mention=[request]))
             if request not in c.agent.request_types():
                 why += "%sthe agent never got %s" % ("; " if why else "", request)
             self.report.check(check_name, not why, why)
@@ -585,8 +559,8 @@ class Suite:
                         % ("killed" if run.killed else "exit %s" % run.rc, run.elapsed, ", ".join(requests) or "none",
                            run.peak_mib()))
             unanswered = sorted(set(requests)) or ["hello"]
-            why = ended_with_error(run, vm)
-            if not why and not any(any(r in l for r in unanswered) for l in error_lines(run)):
+            why = "; ".join(common.ended_with_error(run, vm))
+            if not why and not any(any(r in l for r in unanswered) for l in common.error_lines(run)):
                 why = "no error line names the request (%s): %s" % (", ".join(unanswered), run.describe(4))
             if "hello" not in requests:
                 why += "%sthe agent never got hello" % ("; " if why else "")
@@ -611,7 +585,7 @@ class Suite:
             self.figure("%s: peak RSS %.1f MiB, %s after %.1f s, %d lines printed, agent flooded %d MiB"
                         % (name, run.peak_mib(), "killed" if run.killed else "exit %s" % run.rc, run.elapsed,
                            run.line_count(), c.agent.flooded_bytes >> 20))
-            why = ended_with_error(run, vm)
+            why = "; ".join(common.ended_with_error(run, vm))
             if run.line_count() > line_limit(run.elapsed) + 6:  # + up's own progress lines
                 why += "%s%d lines in %.1f s (warnings: at most one a second plus a count)" % (
                     "; " if why else "", run.line_count(), run.elapsed)

@@ -40,7 +40,7 @@ HOSTILE_SSHD = os.path.join(HERE, "hostile_sshd.py")
 PYTHON = "/usr/bin/python3"  # Debian's, with python3-paramiko
 SUITE = "hostile_sshd"
 RSS_LIMIT_MIB = 64
-END_LIMIT_S = int(os.environ.get("HOSTILE_END_LIMIT_S", "60"))
+END_LIMIT_S = common.END_LIMIT_S
 WATCH_S = 15
 FLOOD_MODES = ("agent-stderr-flood", "agent-stdout-flood", "exec-flood")
 MODES = FLOOD_MODES + ("hang",)
@@ -109,28 +109,6 @@ def agent_unit_file(machine, tmp):
     return path
 
 
-def error_lines(run):
-    return [l for l in run.lines() if "error" in l.lower() or
-            (l.startswith("machine: ") and not l.startswith(("machine: interrupt", "machine: warning")))]
-
-
-def ended_with_error(run, vm):
-    problems = []
-    if run.killed:
-        problems.append("RSS passed %d MiB (killed)" % run.RSS_CAP_MIB if run.capped else
-                        "still running after %d s (killed)" % END_LIMIT_S)
-    elif run.rc != 1:
-        problems.append("exit status %s, expected 1" % run.rc)
-    if not any(vm in l for l in error_lines(run)):
-        problems.append("no error line names the VM")
-    if problems:
-        errors = error_lines(run)[-2:]
-        problems.append("last lines: %s" % run.describe(4))
-        if errors:
-            problems.append("its error lines end with: %s" % " | ".join(repr(l)[1:-1][:300] for l in errors))
-    return problems
-
-
 class Suite:
     def __init__(self, args):
         self.args = args
@@ -196,7 +174,7 @@ class Suite:
                     problems.append("watch did not end on SIGINT" if not run.capped else
                                     "RSS passed %d MiB (killed)" % run.RSS_CAP_MIB)
             else:
-                problems += ended_with_error(run, vm)
+                problems += common.ended_with_error(run, vm)
             if run.peak_mib() >= RSS_LIMIT_MIB:
                 problems.append("peak RSS %.1f MiB >= %d MiB" % (run.peak_mib(), RSS_LIMIT_MIB))
             # "bad line" warnings: at most one a second plus a count, per flooded agent channel
