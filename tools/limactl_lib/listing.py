@@ -5,7 +5,7 @@ import re
 import sys
 import time
 
-from . import logrus, store, units, yamlmini
+from . import logrus, store, units, yaml12
 from .common import Tail, out, parse_flags
 from .logrus import Fatal
 
@@ -71,7 +71,7 @@ def _filter_match(obj, expr):
     """--filter: `.field == "x"`, `.field != "x"`, `.a.b == 3`, or a bare `.field` (truthy)."""
     m = re.match(r"^\s*(\.[\w.]+)\s*(==|!=)\s*(.+?)\s*$", expr)
     if m:
-        want = yamlmini.parse_flow_value(m.group(3))
+        want = yaml12.parse_flow_value(m.group(3))
         got = _path_value(obj, m.group(1))
         return (got == want) if m.group(2) == "==" else (got != want)
     m = re.match(r"^\s*(\.[\w.]+)\s*$", expr)
@@ -120,7 +120,7 @@ def cmd_list(args, g):
     if fmt == "json":
         out("".join(logrus.go_json(o) + "\n" for o in objs))
     elif fmt == "yaml":
-        out("".join("---\n" + yamlmini.dumps(o) for o in objs))
+        out("".join("---\n" + yaml12.dumps(o) for o in objs))
     elif fmt == "table":
         out(_table(insts, v.get("all-fields")))
     else:

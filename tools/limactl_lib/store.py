@@ -6,7 +6,7 @@ import platform
 import pwd
 import re
 
-from . import units, yamlmini
+from . import units, yaml12
 
 VERSION = "2.2.0"
 HOST_ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}.get(
@@ -116,7 +116,7 @@ def host_memory():
 
 def read_yaml_file(path):
     with open(path) as f:
-        return yamlmini.loads(f.read()) or {}
+        return yaml12.loads(f.read()) or {}
 
 
 def _merge(base, over):
@@ -403,7 +403,7 @@ class Instance:
             self.errors.append(f"open {self.lima_yaml}: no such file or directory")
             self.json_errors.append({"Op": "open", "Path": self.lima_yaml, "Err": 2})
             return
-        except (OSError, yamlmini.YAMLError) as e:
+        except (OSError, yaml12.YAMLError) as e:
             self.status = "Broken"
             self.errors.append(f"failed to load YAML file {self.lima_yaml!r}: {e}")
             self.json_errors.append({})

@@ -4,7 +4,7 @@ import re
 import sys
 import urllib.parse
 
-from . import store, yamlmini
+from . import store, yaml12
 
 # template:default. Lima's default boots Ubuntu with the home directory mounted read-only; the
 # stand-in cannot download Ubuntu, so this image location falls back to the cached Debian image.
@@ -29,8 +29,8 @@ class Template:
         self.name_hint = name_hint
         self.locator = locator
         try:
-            self.doc = yamlmini.loads(text) or {}
-        except yamlmini.YAMLError as e:
+            self.doc = yaml12.loads(text) or {}
+        except yaml12.YAMLError as e:
             raise TemplateError(f"failed to parse template `{locator}`: {e}") from e
         if not isinstance(self.doc, dict):
             raise TemplateError(f"template `{locator}` is not a YAML mapping")
@@ -228,8 +228,8 @@ def apply_set(doc, expr):
             if len(parts) == 2:
                 keys = _parse_path(parts[0])
                 try:
-                    value = yamlmini.parse_flow_value(parts[1])
-                except yamlmini.YAMLError as e:
+                    value = yaml12.parse_flow_value(parts[1])
+                except yaml12.YAMLError as e:
                     raise TemplateError(f"failed to parse --set value in `{stmt}`: {e}") from e
                 _assign(doc, keys, value, op)
                 break
@@ -286,4 +286,4 @@ def render(tmpl):
     """lima.yaml content: the template as written, or re-serialized after edits."""
     if not tmpl.edited:
         return tmpl.text if tmpl.text.endswith("\n") else tmpl.text + "\n"
-    return yamlmini.dumps(tmpl.doc)
+    return yaml12.dumps(tmpl.doc)
