@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from . import driver, lifecycle, listing, logrus, remote, store, template, yaml12
+from . import driver, lifecycle, listing, logrus, remote, store, template
 from .common import GLOBAL_FLAGS, GLOBAL_SHORT, Globals, UsageError, out, parse_flags
 from .logrus import Fatal, q
 
@@ -57,6 +57,7 @@ def cmd_validate(args, g):
         if err:
             raise Fatal(f"failed to validate YAML file {f!r}: {err}")
         if v.get("fill"):
+            from . import yaml12
             out(yaml12.dumps(cfg))
         logrus.info(f"{json.dumps(f)}: OK")
     return 0

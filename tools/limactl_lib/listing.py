@@ -5,7 +5,7 @@ import re
 import sys
 import time
 
-from . import driver, logrus, store, units, yaml12
+from . import driver, logrus, store, units
 from .common import Tail, out, parse_flags
 from .logrus import Fatal, q
 
@@ -85,6 +85,7 @@ def _filter_match(obj, expr):
     """--filter: `.field == "x"`, `.field != "x"`, `.a.b == 3`, or a bare `.field` (truthy)."""
     m = re.match(r"^\s*(\.[\w.]+)\s*(==|!=)\s*(.+?)\s*$", expr)
     if m:
+        from . import yaml12
         try:
             want = yaml12.parse_flow_value(m.group(3))
         except yaml12.YAMLError as e:
@@ -167,6 +168,7 @@ def cmd_list(args, g):
             text = driver.get().malformed_list(recs)
             out(json_lines(recs, pretty) if text is None else text)
         elif fmt == "yaml":
+            from . import yaml12
             out("".join("---\n" + yaml12.dumps(r) for r in recs))
         elif fmt == "table":
             out(render_table(recs, v.get("all-fields")) if recs else "")

@@ -104,6 +104,10 @@ class QemuDriver:
         """Status from the pid files of live processes (a stale file is removed, as Lima does)."""
         inst.set_status(store.read_pid_file(inst.path("ha.pid")), store.read_pid_file(inst.path("qemu.pid")))
 
+    @staticmethod
+    def load_yaml(path):
+        return store.read_yaml_file(path)
+
     def lima_version_file(self):
         return store.VERSION
 

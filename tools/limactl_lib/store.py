@@ -1,18 +1,16 @@
 """$LIMA_HOME layout, template defaults and instance inspection (Lima's pkg/store, pkg/limayaml)."""
 import contextlib
-import getpass
 import os
-import platform
 import pwd
 import re
 
 import functools
 
-from . import driver, logrus, units, yaml12
+from . import driver, logrus, units
 
 VERSION = "2.2.0"
 HOST_ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}.get(
-    platform.machine(), platform.machine())
+    os.uname().machine, os.uname().machine)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9]+(?:[._-](?:[A-Za-z0-9]+))*$")
 
@@ -30,8 +28,12 @@ DEFAULT_CONTAINERD_ARCHIVES = [
 # ---------------------------------------------------------------------------- paths
 
 def lima_home():
-    home = os.environ.get("LIMA_HOME") or os.path.join(os.path.expanduser("~"), ".lima")
-    return os.path.realpath(home)
+    return _realpath(os.environ.get("LIMA_HOME") or os.path.join(os.path.expanduser("~"), ".lima"))
+
+
+@functools.lru_cache(maxsize=None)
+def _realpath(path):
+    return os.path.realpath(path)
 
 
 def config_dir():
@@ -103,7 +105,7 @@ def host_user():
         pw = pwd.getpwuid(uid)
         name, comment = pw.pw_name, pw.pw_gecos.split(",")[0]
     except KeyError:
-        name, comment = getpass.getuser(), ""
+        name, comment = os.environ.get("USER") or os.environ.get("LOGNAME") or "", ""
     if uid == 0 or not re.match(r"^[a-z_][a-z0-9_-]*$", name):
         return {"name": "lima", "comment": "lima", "uid": 1000}
     return {"name": name, "comment": comment or name, "uid": uid}
@@ -140,8 +142,11 @@ def host_memory():
 # ---------------------------------------------------------------------------- config
 
 def read_yaml_file(path):
+    """lima.yaml or a _config/ file as Lima reads it; ValueError (yaml12.YAMLError) if it does not parse."""
     with open(path) as f:
-        return yaml12.loads(f.read()) or {}
+        text = f.read()
+    from . import yaml12  # python3-yaml takes a while to import; `list` with cached configs skips it
+    return yaml12.loads(text) or {}
 
 
 def _merge(base, over):
@@ -423,14 +428,14 @@ class Instance:
 
     def _load(self):
         try:
-            self.raw = read_yaml_file(self.lima_yaml)
+            self.raw = driver.get().load_yaml(self.lima_yaml)
         except FileNotFoundError:
             self.yaml_missing = True
             self.status = "Broken"
             self.errors.append(f"open {self.lima_yaml}: no such file or directory")
             self.json_errors.append({"Op": "open", "Path": self.lima_yaml, "Err": 2})
             return
-        except (OSError, yaml12.YAMLError) as e:
+        except (OSError, ValueError) as e:
             self.status = "Broken"
             self.errors.append(f"failed to load YAML file {self.lima_yaml!r}: {e}")
             self.json_errors.append({})

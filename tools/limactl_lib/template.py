@@ -5,7 +5,7 @@ import re
 import sys
 import urllib.parse
 
-from . import logrus, store, yaml12
+from . import logrus, store
 
 # template:default: Lima's boots Ubuntu with the home directory mounted read-only (the image
 # URL and digest are the ones in cli-outcomes.json). The stand-in cannot download Ubuntu: the
@@ -34,6 +34,7 @@ class Template:
         self.text = text
         self.name_hint = name_hint
         self.locator = locator
+        from . import yaml12
         try:
             self.doc = yaml12.loads(text) or {}
         except yaml12.YAMLError as e:
@@ -235,6 +236,7 @@ def apply_set(doc, expr):
             parts = _split_top(stmt, op)
             if len(parts) == 2:
                 keys = _parse_path(parts[0])
+                from . import yaml12
                 try:
                     value = yaml12.parse_flow_value(parts[1])
                 except yaml12.YAMLError as e:
@@ -298,4 +300,5 @@ def render(tmpl):
     """lima.yaml content: the template as written, or re-serialized after edits."""
     if not tmpl.edited:
         return tmpl.text if tmpl.text.endswith("\n") else tmpl.text + "\n"
+    from . import yaml12
     return yaml12.dumps(tmpl.doc)

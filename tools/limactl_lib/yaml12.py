@@ -22,7 +22,10 @@ except ImportError:  # pragma: no cover
     from yaml import SafeDumper as _BaseDumper
     from yaml import SafeLoader as _BaseLoader
 
-YAMLError = yaml.YAMLError
+
+
+class YAMLError(ValueError):
+    """A document that does not parse (PyYAML's error text)."""
 
 _NULL = re.compile(r"^(?:~|null|Null|NULL|)$")
 _BOOL = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
@@ -90,7 +93,10 @@ Dumper.add_representer(str, _represent_str)
 
 def loads(text):
     """One YAML document (an empty one is None)."""
-    return yaml.load(text, Loader=Loader)
+    try:
+        return yaml.load(text, Loader=Loader)
+    except yaml.YAMLError as e:
+        raise YAMLError(str(e)) from e
 
 
 def dumps(value):
