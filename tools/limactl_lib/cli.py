@@ -5,7 +5,6 @@ The commands live in lifecycle.py (create/start/stop/delete/clone/edit/restart),
 """
 import json
 import os
-import sys
 
 from . import driver, lifecycle, listing, logrus, remote, store, template
 from .common import GLOBAL_FLAGS, GLOBAL_SHORT, Globals, UsageError, out, parse_flags
