@@ -268,12 +268,12 @@ PLAN = {
     "unknown-flag": ([], {}, {}),
 }
 NOT_COVERED = {
-    "snapshot-create": "snapshot is not implemented by the fake",
-    "snapshot-list": "snapshot is not implemented by the fake",
-    "snapshot-list-quiet": "snapshot is not implemented by the fake",
-    "snapshot-no-tag": "snapshot is not implemented by the fake",
-    "disk-ls-json": "disk is not implemented by the fake",
-    "watch-json": "watch is not implemented by the fake",
+    "snapshot-create": "snapshot is not implemented by the stand-in",
+    "snapshot-list": "snapshot is not implemented by the stand-in",
+    "snapshot-list-quiet": "snapshot is not implemented by the stand-in",
+    "snapshot-no-tag": "snapshot is not implemented by the stand-in",
+    "disk-ls-json": "disk is not implemented by the stand-in",
+    "watch-json": "watch runs until SIGINT: not compared",
 }
 
 # Top-level list fields compared verbatim; `config` is compared on these keys only (the rest
