@@ -21,12 +21,13 @@ GLOBAL_SHORT = {"y": "yes", "h": "help"}
 
 
 def parse_bool(text, flag):
-    t = text.lower()
-    if t in ("1", "t", "true"):
+    """Go's strconv.ParseBool."""
+    if text in ("1", "t", "T", "TRUE", "true", "True"):
         return True
-    if t in ("0", "f", "false"):
+    if text in ("0", "f", "F", "FALSE", "false", "False"):
         return False
-    raise UsageError(f'invalid argument "{text}" for "--{flag}" flag: strconv.ParseBool: parsing "{text}": invalid syntax')
+    raise UsageError(f"invalid argument {logrus.go_quote(text)} for {logrus.go_quote('--' + flag)} flag: "
+                     f"strconv.ParseBool: parsing {logrus.go_quote(text)}: invalid syntax")
 
 
 def parse_flags(args, spec, short=None, interspersed=True):
@@ -102,7 +103,7 @@ class Globals:
             self.tty = False
         if "log-format" in values:
             if values["log-format"] not in ("text", "json"):
-                raise UsageError(f"unsupported log-format: {values['log-format']}")
+                raise UsageError(f"unsupported log-format: {logrus.go_quote(values['log-format'])}")
             self.log_format = values["log-format"]
         if "log-level" in values:
             self.log_level = {"warn": "warning"}.get(values["log-level"], values["log-level"])
@@ -123,7 +124,7 @@ def edit_values(v):
     return {"set": v.get("set"), "cpus": v.get("cpus"), "memory": v.get("memory"), "disk": v.get("disk"),
             "mount": v.get("mount"), "mount_only": v.get("mount-only"), "mount_none": v.get("mount-none"),
             "mount_writable": v.get("mount-writable"), "ssh_port": v.get("ssh-port"), "param": v.get("param"),
-            "shell": v.get("shell")}
+            "shell": v.get("shell"), "vm_type": v.get("vm-type"), "arch": v.get("arch")}
 
 
 def out(text):

@@ -18,10 +18,12 @@ LEVELS = ["trace", "debug", "info", "warning", "error", "fatal", "panic"]
 # `limactl start` can interleave events and log lines in the order they happened.
 EVENT_MARK = "event written to ha.stdout.log"
 
-_state = {"format": "text", "level": "info", "stream": sys.stderr}
+_state = {"format": "text", "level": "info", "stream": sys.stderr, "before_v22": False}
 
 
-def configure(fmt=None, level=None, stream=None):
+def configure(fmt=None, level=None, stream=None, before_v22=None):
+    if before_v22 is not None:  # the messages of Lima <= v2.1 (the test fake can play one)
+        _state["before_v22"] = before_v22
     if fmt is not None:
         _state["format"] = fmt
     if level is not None:
@@ -50,29 +52,41 @@ def rfc3339nano(ns=None):
     return f"{head}.{digits}{zone}" if digits else f"{head}{zone}"
 
 
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r", "\a": "\\a", "\b": "\\b",
+            "\f": "\\f", "\v": "\\v"}
+
+
 def go_quote(s):
-    """Go's %q: a double-quoted string with Go escapes."""
+    """Go's strconv.Quote (%q): a double-quoted string with Go escapes."""
     out = ['"']
     for ch in s:
         o = ord(ch)
-        if ch == '"':
-            out.append('\\"')
-        elif ch == "\\":
-            out.append("\\\\")
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\r":
-            out.append("\\r")
-        elif ch == "\t":
-            out.append("\\t")
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
         elif o < 0x20 or o == 0x7F:
             out.append(f"\\x{o:02x}")
-        elif not ch.isprintable() and o > 0x7F:
+        elif not ch.isprintable() and ch != " ":
             out.append(f"\\u{o:04x}" if o <= 0xFFFF else f"\\U{o:08x}")
         else:
             out.append(ch)
     out.append('"')
     return "".join(out)
+
+
+def go_backquote(s):
+    """Go's %#q: backquoted when strconv.CanBackquote, else %q."""
+    if any(ch in "`\ufeff" or (ord(ch) < 0x20 and ch != "\t") or ord(ch) == 0x7F for ch in s):
+        return go_quote(s)
+    return "`" + s + "`"
+
+
+def q(s):
+    """How names and paths are quoted in messages: %#q since Lima v2.2, %q before (see configure)."""
+    return go_quote(s) if _state["before_v22"] else go_backquote(s)
+
+
+def before_v22():
+    return _state["before_v22"]
 
 
 _BARE = re.compile(r"^[A-Za-z0-9\-._/@^+]*$")
@@ -92,7 +106,12 @@ def _go_str(v):
         return "<nil>"
     if isinstance(v, (list, tuple)):
         return "[" + " ".join(_go_str(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "map[" + " ".join(f"{k}:{_go_str(v[k])}" for k in sorted(v)) + "]"
     return str(v)
+
+
+go_sprint = _go_str  # fmt.Sprint of a value decoded from YAML/JSON
 
 
 def go_json(obj):
@@ -123,9 +142,16 @@ def enabled(level):
 def log(level, msg, fields=None, ts=None):
     if not enabled(level):
         return
-    stream = _state["stream"]
-    stream.write(format_line(level, msg, fields, ts=ts) + "\n")
-    stream.flush()
+    write_line(format_line(level, msg, fields, ts=ts))
+
+
+def write_line(line):
+    """A line on the log stream; a closed stderr is not worth a traceback."""
+    try:
+        _state["stream"].write(line + "\n")
+        _state["stream"].flush()
+    except OSError:
+        pass
 
 
 def debug(msg, **fields):
@@ -147,12 +173,15 @@ def error(msg, **fields):
 class Fatal(Exception):
     """Raised instead of exiting, so the CLI prints `level=fatal` and exits 1 in one place."""
 
-    def __init__(self, msg, fmt=None):
+    def __init__(self, msg, fields=None):
         super().__init__(msg)
         self.msg = msg
-        self.fmt = fmt
+        self.fields = fields
 
 
-def fatal(msg, **fields):
-    log("fatal", msg, fields)
-    sys.exit(1)
+class Exit(Exception):
+    """Exit with this status and nothing logged (a command run in the guest set it)."""
+
+    def __init__(self, code):
+        super().__init__(code)
+        self.code = code

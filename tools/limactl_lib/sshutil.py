@@ -2,7 +2,6 @@
 import fcntl
 import glob
 import os
-import subprocess
 
 from . import store
 
@@ -22,6 +21,7 @@ def ensure_user_key():
 
 
 def _generate_key(key):
+    import subprocess
     tmp = key + f".tmp{os.getpid()}"
     for p in (tmp, tmp + ".pub"):
         if os.path.exists(p):

@@ -1,16 +1,16 @@
 """$LIMA_HOME layout, template defaults and instance inspection (Lima's pkg/store, pkg/limayaml)."""
 import contextlib
-import getpass
 import os
-import platform
 import pwd
 import re
 
-from . import units, yamlmini
+import functools
+
+from . import driver, logrus, units
 
 VERSION = "2.2.0"
 HOST_ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}.get(
-    platform.machine(), platform.machine())
+    os.uname().machine, os.uname().machine)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9]+(?:[._-](?:[A-Za-z0-9]+))*$")
 
@@ -28,8 +28,12 @@ DEFAULT_CONTAINERD_ARCHIVES = [
 # ---------------------------------------------------------------------------- paths
 
 def lima_home():
-    home = os.environ.get("LIMA_HOME") or os.path.join(os.path.expanduser("~"), ".lima")
-    return os.path.realpath(home)
+    return _realpath(os.environ.get("LIMA_HOME") or os.path.join(os.path.expanduser("~"), ".lima"))
+
+
+@functools.lru_cache(maxsize=None)
+def _realpath(path):
+    return os.path.realpath(path)
 
 
 def config_dir():
@@ -44,15 +48,35 @@ def identity_file():
     return os.path.join(config_dir(), "user")
 
 
+UNIX_PATH_MAX = 108
+
+
 def validate_name(name):
-    """Return an error message for an invalid instance name, or None."""
-    if not NAME_RE.match(name) or len(name) > 76 or name.endswith((".yaml", ".yml")):
-        return (f"instance name `{name}` is not a valid identifier: identifier `{name}` must match "
-                r"^[A-Za-z0-9]+(?:[._-](?:[A-Za-z0-9]+))*$")
+    """Lima's identifier check where an instance is created: an error message, or None."""
+    q = logrus.q
+    if not name:
+        return f"instance name {q(name)} is not a valid identifier: identifier must not be empty"
+    if len(name) > 76:
+        return (f"instance name {q(name)} is not a valid identifier: identifier {q(name)} greater than "
+                "maximum length (76 characters)")
+    if not NAME_RE.match(name):
+        return f"instance name {q(name)} is not a valid identifier: identifier {q(name)} must match {NAME_RE.pattern}"
+    if name.endswith((".yaml", ".yml")):
+        return f"instance name {q(name)} must not end with .yaml or .yml suffix"
     sock = os.path.join(instance_dir(name), "ssh.sock.1234567890123456")
-    if len(sock) >= 108:
-        return f"instance name `{name}` too long: socket path `{sock}` must be less than 108 bytes"
+    if len(sock) >= UNIX_PATH_MAX:
+        return (f"instance name {q(name)} too long: {q(sock)} must be less than UNIX_PATH_MAX={UNIX_PATH_MAX} "
+                f"characters, but is {len(sock)}")
     return None
+
+
+def lookup(name):
+    """store.Inspect for an existing instance: an invalid name is an error, never a path.
+    None when `<dir>/lima.yaml` does not exist."""
+    if not NAME_RE.match(name or "") or len(name) > 76:
+        raise logrus.Fatal(f"identifier {logrus.q(name)} must match {NAME_RE.pattern}")
+    inst = Instance(name)
+    return None if inst.yaml_missing else inst
 
 
 def instance_names():
@@ -72,6 +96,7 @@ def hostname_for(name):
 
 # ---------------------------------------------------------------------------- host facts
 
+@functools.lru_cache(maxsize=None)
 def host_user():
     """The guest user Lima would copy from the host. We run as root here; Lima refuses root, so
     the stand-in falls back to Lima's own fallback name `lima` with uid 1000 for it."""
@@ -80,12 +105,13 @@ def host_user():
         pw = pwd.getpwuid(uid)
         name, comment = pw.pw_name, pw.pw_gecos.split(",")[0]
     except KeyError:
-        name, comment = getpass.getuser(), ""
+        name, comment = os.environ.get("USER") or os.environ.get("LOGNAME") or "", ""
     if uid == 0 or not re.match(r"^[a-z_][a-z0-9_-]*$", name):
         return {"name": "lima", "comment": "lima", "uid": 1000}
     return {"name": name, "comment": comment or name, "uid": uid}
 
 
+@functools.lru_cache(maxsize=None)
 def host_timezone():
     with contextlib.suppress(OSError):
         with open("/etc/timezone") as f:
@@ -103,6 +129,7 @@ def host_cpus():
     return os.cpu_count() or 1
 
 
+@functools.lru_cache(maxsize=None)
 def host_memory():
     with contextlib.suppress(OSError, ValueError):
         with open("/proc/meminfo") as f:
@@ -115,8 +142,11 @@ def host_memory():
 # ---------------------------------------------------------------------------- config
 
 def read_yaml_file(path):
+    """lima.yaml or a _config/ file as Lima reads it; ValueError (yaml12.YAMLError) if it does not parse."""
     with open(path) as f:
-        return yamlmini.loads(f.read()) or {}
+        text = f.read()
+    from . import yaml12  # python3-yaml takes a while to import; `list` with cached configs skips it
+    return yaml12.loads(text) or {}
 
 
 def _merge(base, over):
@@ -279,7 +309,8 @@ def fill_defaults(y):
     if y.get("env"):
         out["env"] = {str(k): ("" if v is None else str(v)) for k, v in y["env"].items()}
     if y.get("param"):
-        out["param"] = {str(k): ("" if v is None else str(v)) for k, v in y["param"].items()}
+        out["param"] = {str(k): ("" if v is None else v if isinstance(v, str) else logrus.go_sprint(v))
+                        for k, v in y["param"].items()}
     if y.get("dns"):
         out["dns"] = y["dns"]
     hr = dict(y.get("hostResolver") or {})
@@ -385,6 +416,7 @@ class Instance:
         self.ha_pid = self.qemu_pid = None
         self.ssh_port = None
         self.yaml_missing = False
+        self.extra = {}           # driver-specific record fields (autoStartedIdentifier)
         self._load()
 
     @property
@@ -396,14 +428,14 @@ class Instance:
 
     def _load(self):
         try:
-            self.raw = read_yaml_file(self.lima_yaml)
+            self.raw = driver.get().load_yaml(self.lima_yaml)
         except FileNotFoundError:
             self.yaml_missing = True
             self.status = "Broken"
             self.errors.append(f"open {self.lima_yaml}: no such file or directory")
             self.json_errors.append({"Op": "open", "Path": self.lima_yaml, "Err": 2})
             return
-        except (OSError, yamlmini.YAMLError) as e:
+        except (OSError, ValueError) as e:
             self.status = "Broken"
             self.errors.append(f"failed to load YAML file {self.lima_yaml!r}: {e}")
             self.json_errors.append({})
@@ -415,19 +447,24 @@ class Instance:
             self.errors.append(f"invalid config {self.lima_yaml!r}: {e}")
             self.json_errors.append({})
             return
-        self.ha_pid = read_pid_file(self.path("ha.pid"))
-        self.qemu_pid = read_pid_file(self.path("qemu.pid"))
-        if self.ha_pid and self.qemu_pid:
+        driver.get().inspect(self)
+        self.ssh_port = ssh_port_from_config(self.path("ssh.config"))
+
+    def set_status(self, ha_pid, qemu_pid, errors=()):
+        """Lima's rule: both processes Running, neither Stopped, one of them Broken."""
+        self.ha_pid, self.qemu_pid = ha_pid, qemu_pid
+        if errors:
+            self.status = "Broken"
+        elif ha_pid and qemu_pid:
             self.status = "Running"
-        elif not self.ha_pid and not self.qemu_pid:
+        elif not ha_pid and not qemu_pid:
             self.status = "Stopped"
         else:
             self.status = "Broken"
-            msg = ("host agent is running but driver is not" if self.ha_pid
-                   else "qemu driver is running but host agent is not")
-            self.errors.append(msg)
-            self.json_errors.append({})
-        self.ssh_port = ssh_port_from_config(self.path("ssh.config"))
+            errors = ["host agent is running but driver is not" if ha_pid
+                      else "qemu driver is running but host agent is not"]
+        self.errors += list(errors)
+        self.json_errors += [{} for _ in errors]  # errors.New values marshal as {} (pruned)
 
     @property
     def protected(self):
@@ -478,6 +515,7 @@ class Instance:
         d["limaVersion"] = self.lima_version
         if c.get("param"):
             d["param"] = c["param"]
+        d.update(self.extra)
         d.update(common_tail)
         return prune_empty_objects(d)
 

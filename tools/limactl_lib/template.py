@@ -1,19 +1,25 @@
 """Template locators, `--set` expressions (a small yq subset) and create/start edit flags."""
+import json
 import os
 import re
 import sys
 import urllib.parse
 
-from . import store, yamlmini
+from . import logrus, store
 
-# template:default. Lima's default boots Ubuntu with the home directory mounted read-only; the
-# stand-in cannot download Ubuntu, so this image location falls back to the cached Debian image.
+# template:default: Lima's boots Ubuntu with the home directory mounted read-only (the image
+# URL and digest are the ones in cli-outcomes.json). The stand-in cannot download Ubuntu: the
+# QEMU driver falls back to the image tools/build-guest-image cached.
 DEFAULT_TEMPLATE = """\
-# Stand-in for Lima's template:default (the image falls back to tools/build-guest-image's).
+# Stand-in for Lima's template:default (Ubuntu, host home mounted read-only).
 minimumLimaVersion: 2.0.0
+vmType: qemu
+os: Linux
+arch: x86_64
 images:
-- location: "https://cloud-images.ubuntu.com/releases/noble/release/ubuntu-24.04-server-cloudimg-amd64.img"
+- location: "https://cloud-images.ubuntu.com/releases/noble/release-20260705/ubuntu-24.04-server-cloudimg-amd64.img"
   arch: "x86_64"
+  digest: "sha256:ffe6203da54deeb6db5d2a98a83f9ec8e55f149d3f7ba622e1abe5fa966ee3d6"
 mounts:
 - location: "~"
 """
@@ -28,9 +34,10 @@ class Template:
         self.text = text
         self.name_hint = name_hint
         self.locator = locator
+        from . import yaml12
         try:
-            self.doc = yamlmini.loads(text) or {}
-        except yamlmini.YAMLError as e:
+            self.doc = yaml12.loads(text) or {}
+        except yaml12.YAMLError as e:
             raise TemplateError(f"failed to parse template `{locator}`: {e}") from e
         if not isinstance(self.doc, dict):
             raise TemplateError(f"template `{locator}` is not a YAML mapping")
@@ -53,15 +60,17 @@ def template_dirs():
 
 
 def find_template(name):
+    if ".." in name.split("/"):
+        raise TemplateError(f"template {logrus.q(name)} not found")
     for d in template_dirs():
         for ext in (".yaml", ".yml"):
             path = os.path.join(d, name + ext)
             if os.path.isfile(path):
                 with open(path) as f:
-                    return Template(f.read(), name, f"template:{name}")
+                    return Template(f.read(), os.path.basename(name), f"template:{name}")
     if name == "default":
         return Template(DEFAULT_TEMPLATE, "default", "template:default")
-    raise TemplateError(f"template `{name}` not found")
+    raise TemplateError(f"template {logrus.q(name)} not found")
 
 
 def is_locator(arg):
@@ -76,7 +85,7 @@ def load(arg, warn):
         return Template(sys.stdin.read(), None, "-")
     if arg.startswith("template://"):
         name = arg[len("template://"):]
-        warn(f"Template locator `{arg}` should be written `template:{name}` since Lima v2.0")
+        warn(f"Template locator {logrus.q(arg)} should be written {logrus.q('template:' + name)} since Lima v2.0")
         return find_template(name)
     if arg.startswith("template:"):
         return find_template(arg[len("template:"):])
@@ -227,9 +236,10 @@ def apply_set(doc, expr):
             parts = _split_top(stmt, op)
             if len(parts) == 2:
                 keys = _parse_path(parts[0])
+                from . import yaml12
                 try:
-                    value = yamlmini.parse_flow_value(parts[1])
-                except yamlmini.YAMLError as e:
+                    value = yaml12.parse_flow_value(parts[1])
+                except yaml12.YAMLError as e:
                     raise TemplateError(f"failed to parse --set value in `{stmt}`: {e}") from e
                 _assign(doc, keys, value, op)
                 break
@@ -251,6 +261,10 @@ def apply_edit_flags(tmpl, flags):
         exprs.append(f'.memory = "{_go_float(flags["memory"])}GiB"')
     if flags.get("disk") is not None:
         exprs.append(f'.disk = "{_go_float(flags["disk"])}GiB"')
+    if flags.get("vm_type") is not None:
+        exprs.append(f".vmType = {json.dumps(flags['vm_type'])}")
+    if flags.get("arch") is not None:
+        exprs.append(f".arch = {json.dumps(flags['arch'])}")
     if flags.get("mount_none"):
         exprs.append(".mounts = null")
     for m in flags.get("mount_only") or []:
@@ -267,7 +281,7 @@ def apply_edit_flags(tmpl, flags):
     if flags.get("ssh_port") is not None:
         exprs.append(f".ssh.localPort = {int(flags['ssh_port'])}")
     if flags.get("shell"):
-        exprs.append(f'.user.shell = "{flags["shell"]}"')
+        exprs.append(f".user.shell = {json.dumps(flags['shell'])}")
     for kv in flags.get("param") or []:
         k, _, v = kv.partition("=")
         if k not in (tmpl.doc.get("param") or {}):
@@ -286,4 +300,5 @@ def render(tmpl):
     """lima.yaml content: the template as written, or re-serialized after edits."""
     if not tmpl.edited:
         return tmpl.text if tmpl.text.endswith("\n") else tmpl.text + "\n"
-    return yamlmini.dumps(tmpl.doc)
+    from . import yaml12
+    return yaml12.dumps(tmpl.doc)
