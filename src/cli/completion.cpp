@@ -294,8 +294,10 @@ std::string zsh_script(std::span<const command> rows, std::span<const option> gl
         std::string pattern = sh_quote(row->name);
         for (const auto& alias : row->aliases) pattern += "|" + sh_quote(alias);
         s << "    (" << pattern << ")\n";
-        // A trailing command line is not completed.
-        s << zsh_arguments(zsh_specs(row->options, false), "      ", " && ret=0 ;;\n");
+        auto specs = zsh_specs(row->options, false);
+        // A trailing command line is not completed (nor taken for machine's options).
+        if (!row->trailing.empty()) specs.push_back(sh_quote("*::" + zsh_description(row->trailing) + ": "));
+        s << zsh_arguments(specs, "      ", " && ret=0 ;;\n");
     }
     s << "    esac ;;\n"
       << "  esac\n"
@@ -406,6 +408,9 @@ std::string fish_script(std::span<const command> rows, std::span<const option> g
     for (const command* row : shown) {
         s << "complete -c machine -n " << fish_quote("__machine_using ''") << " -a " << fish_quote(row->name)
           << " -d " << fish_quote(row->help) << "\n";
+        for (const auto& alias : row->aliases)
+            s << "complete -c machine -n " << fish_quote("__machine_using ''") << " -a " << fish_quote(alias)
+              << " -d " << fish_quote(row->help) << "\n";
     }
     for (const command* row : shown) {
         const std::string using_row = "__machine_using " + sh_quote(row->name);
