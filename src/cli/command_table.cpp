@@ -1,5 +1,7 @@
 // The rows of the command table, and the handlers that hand each command's arguments to its
-// cmd_* function. A new command: its handler in a file of its own, and a row here.
+// cmd_* function. A new command: its handler in a file of its own (src/cli/NAME.cpp, picked up
+// by CMake), `asio::awaitable<int> NAME_command(context&, const arguments&)` declared here, and
+// its row below (and a probe in tests/cli/test_cli.cpp, which fails without one).
 #include <cstdio>
 
 #include "agent_forwarding.hpp"

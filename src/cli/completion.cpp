@@ -41,10 +41,10 @@ std::vector<const option*> named_options_of(std::span<const option> options) {
     return out;
 }
 
-// Single-quoted for sh, bash, zsh and fish alike when it has nothing but `'` to escape... which
-// fish spells differently: see fish_quote.
+// A word for bash and zsh (POSIX quoting: as it is when plain, else in single quotes).
 std::string sh_quote(std::string_view s) { return text::shell_quote(s); }
 
+// A word for fish, whose single quotes take \' and \\ as escapes.
 std::string fish_quote(std::string_view s) {
     std::string out = "'";
     for (char c : s) {
@@ -161,7 +161,11 @@ std::string bash_script(std::span<const command> rows, std::span<const option> g
         for (const auto& alias : row->aliases) s << "    " << sh_quote(alias) << ") cmd=" << sh_quote(row->name) << " ;;\n";
     s << "    esac\n";
     s << "    case $cmd:$prev in\n";
-    for (const auto& [pattern, o] : values) s << "    " << pattern << ") " << bash_action(*o) << "; return ;;\n";
+    for (const auto& [pattern, o] : values) {
+        s << "    " << pattern << ") ";
+        if (o->to != completes::nothing) s << bash_action(*o) << "; ";
+        s << "return ;;\n";
+    }
     s << "    esac\n";
     std::vector<std::string> names;
     for (const command* row : shown) {
