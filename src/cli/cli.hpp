@@ -91,8 +91,8 @@ std::string human_bytes(std::int64_t bytes);
 // machine's logger on stderr, at `level` ("warn", "debug"...); once per process (app.cpp).
 void setup_logging(const std::string& level);
 
-// The whole command line: parses argv with the command table (command_table.hpp) and runs the
-// command (app.cpp).
+// machine: parses argv as the command table declares (command_line.cpp) and runs the command
+// (app.cpp); returns the exit status.
 int main(int argc, char** argv);
 
 } // namespace machine::cli

@@ -1,6 +1,7 @@
 // The command table: every `machine` command as one row (name, help, options, handler). The
-// command line and `--help` (app.cpp) and the shell completions (completion.cpp) are made from
-// it, so adding a command is a handler and a row (command_table.cpp).
+// command line and `--help` (command_line.cpp), the dispatch (app.cpp) and the shell
+// completions (completion.cpp) are made from it, so adding a command is a handler and a row
+// (command_table.cpp).
 #pragma once
 
 #include <map>
@@ -66,7 +67,7 @@ public:
 
     std::string command;                // the row's name (also when an alias was typed)
     std::vector<std::string> trailing;  // a row with `trailing`: the words after its positionals
-    std::map<std::string, slot> slots;  // filled by the parser (app.cpp)
+    std::map<std::string, slot> slots;  // filled by the parser (command_line.cpp)
 
     bool has(const std::string& key) const { return slots.count(key) != 0; }
     bool flag(const std::string& key) const;

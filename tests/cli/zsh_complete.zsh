@@ -38,11 +38,12 @@ INIT
 zpty shell zsh -f -i
 zpty -w shell "source ${(q)init}"
 local out= chunk= i
-# Wait until vared runs (its terminal is raw then), then type the line and TAB.
-for i in {1..200}; do
-  if zpty -r -t shell chunk; then out+=$chunk; [[ $out == *$'\x01'* ]] && break; else sleep 0.05; fi
+# Wait until vared's line editor runs (it switches bracketed paste on: the terminal is raw
+# then, and TAB reaches the widget), then type the line and TAB.
+for i in {1..400}; do
+  if zpty -r -t shell chunk; then out+=$chunk; [[ $out == *$'\x01'*$'\e[?2004h'* ]] && break; else sleep 0.05; fi
 done
-sleep 0.2
+[[ $out == *$'\x01'*$'\e[?2004h'* ]] || { zpty -d shell; rm -f $init; exit 1 }
 zpty -w -n shell "$line"$'\t'
 out=
 for i in {1..400}; do
