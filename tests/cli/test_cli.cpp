@@ -27,6 +27,7 @@
 #include <asio/use_awaitable.hpp>
 #include <nlohmann/json.hpp>
 
+#include "command_table.hpp"
 #include "machine/cancel.hpp"
 #include "machine/proc.hpp"
 
@@ -1470,6 +1471,271 @@ BOOST_AUTO_TEST_CASE(a_create_forgets_the_pin_of_an_earlier_vm_of_that_name) {
     BOOST_REQUIRE(w.machine({"pin", "web"}).exit_code == 0);
     BOOST_REQUIRE(w.machine({"destroy", "-y", "web"}).exit_code == 0);
     BOOST_TEST(!fs::exists(w.state("web")));
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// The command table (src/cli/command_table.cpp): every row is in --help and runs, and the
+// completion scripts made from it complete through the real bash, zsh and fish.
+namespace {
+
+namespace cli = machine::cli;
+
+// How a test sees a row run: its arguments, its exit status and a piece of what it prints
+// (stdout and stderr together), in a world with projects alpha and beta-2, run in table order.
+// A row without a probe fails the table test: a new command comes with one.
+struct probe {
+    std::vector<std::string> args;
+    int exit_code;
+    std::string output;
+};
+
+const std::map<std::string, probe>& probes() {
+    static const std::map<std::string, probe> all{
+        {"up", {{"up"}, 0, "[default] ready in"}},
+        {"bake", {{"bake"}, 2, "bake needs the guest agent"}},
+        {"down", {{"down", "nosuch"}, 1, "VM 'nosuch' does not exist\n"}},
+        {"destroy", {{"destroy", "nosuch", "-y"}, 0, "nothing to destroy"}},
+        {"list", {{"list"}, 0, "beta-2 "}},
+        {"run", {{"run", "nosuch", "--", "true"}, 1, "VM 'nosuch' does not exist (run 'machine up nosuch')"}},
+        {"pin", {{"pin", "nosuch"}, 1, "VM 'nosuch' does not exist (run 'machine up nosuch')"}},
+        {"watch", {{"watch", "Bad_Name"}, 2, "invalid project name 'Bad_Name'"}},
+        {"ssh", {{"ssh", "nosuch"}, 1, "VM 'nosuch' does not exist (run 'machine up nosuch')"}},
+        {"claude", {{"claude", "--session", "Bad!"}, 2, "invalid session name 'Bad!'"}},
+        {"codex", {{"codex", "--session", "Bad!"}, 2, "invalid session name 'Bad!'"}},
+        {"sessions", {{"sessions", "nosuch"}, 1, "VM 'nosuch' does not exist (run 'machine up nosuch')"}},
+        {"secrets", {{"secrets", "nosuch"}, 1, "VM 'nosuch' does not exist (run 'machine up nosuch')"}},
+        {"init", {{"init"}, 1, "projects.toml already exists"}},
+        {"doctor", {{"doctor", "--json"}, 1, "\"checks\""}},
+        {"completion", {{"completion", "fish"}, 0, "complete -c machine"}},
+        {"project-names", {{"project-names"}, 0, "alpha\nbeta-2\n"}},
+        {"agent-proxy", {{"agent-proxy", "--listen", "/nonexistent/s", "--upstream", "/nonexistent/u", "--vm-dir",
+                          "/nonexistent", "--allow", "all"},
+                         1, "agent proxy: cannot use directory /nonexistent"}},
+    };
+    return all;
+}
+
+std::vector<std::string> lines_of(const std::string& text) {
+    std::vector<std::string> out;
+    std::istringstream in(text);
+    for (std::string line; std::getline(in, line);)
+        if (!line.empty()) out.push_back(line);
+    return out;
+}
+
+std::set<std::string> set_of(std::vector<std::string> words) { return {words.begin(), words.end()}; }
+
+// A world whose PATH starts with the directory of the `machine` under test (completion scripts
+// run `machine project-names`), and optionally with `first` before it.
+void put_machine_on_path(world& w, const std::string& first = {}) {
+    const char* path = std::getenv("PATH");
+    w.set("PATH", (first.empty() ? "" : first + ":") + fs::path(MACHINE_BINARY).parent_path().string() + ":" +
+                      (path ? path : "/usr/bin:/bin"));
+}
+
+// What a shell offers for a command line, and what it printed on stderr meanwhile.
+struct offered {
+    std::set<std::string> words;
+    std::string err;
+    int exit_code;
+};
+
+// bash: the script from `source <(machine completion bash)`, then the completion function called
+// as bash calls it on TAB; `words` are COMP_WORDS, the last one being completed.
+offered bash_completes(world& w, std::vector<std::string> words) {
+    const std::string script = "source <(machine completion bash) || exit 3\n"
+                               "COMP_WORDS=(\"$@\"); COMP_CWORD=$(($# - 1)); COMPREPLY=()\n"
+                               "_machine\n"
+                               "printf '%s\\n' \"${COMPREPLY[@]}\"\n";
+    std::vector<std::string> argv{"bash", "--norc", "--noprofile", "-c", script, "bash"};
+    argv.insert(argv.end(), words.begin(), words.end());
+    const proc::result r = w.run(argv);
+    return {set_of(lines_of(r.out)), r.err, r.exit_code};
+}
+
+// zsh: compinit and the script in an interactive zsh on a pseudo-terminal, the line typed and
+// TAB pressed (tests/cli/zsh_complete.zsh).
+offered zsh_completes(world& w, const std::string& line) {
+    const proc::result script = w.machine({"completion", "zsh"});
+    std::ofstream(w.root / "_machine") << script.out;
+    const proc::result r = w.run({"zsh", "-f", std::string(MACHINE_SOURCE_DIR) + "/tests/cli/zsh_complete.zsh",
+                                  (w.root / "_machine").string(), line});
+    return {set_of(lines_of(r.out)), r.err, r.exit_code};
+}
+
+// fish: the script sourced, then fish's own completion query for the line.
+offered fish_completes(world& w, const std::string& line) {
+    const proc::result r = w.run({"fish", "--no-config", "-c",
+                                  "machine completion fish | source; or exit 3; complete -C $argv[1]", line});
+    std::vector<std::string> words;
+    for (const auto& l : lines_of(r.out)) words.push_back(l.substr(0, l.find('\t')));  // word<TAB>description
+    return {set_of(words), r.err, r.exit_code};
+}
+
+// The `--` spellings of a row's options, and --help.
+std::set<std::string> long_options_of(const std::string& name) {
+    std::set<std::string> out{"--help"};
+    for (const auto& row : cli::commands())
+        if (row.name == name)
+            for (const auto& o : row.options)
+                for (const auto& s : o.spellings())
+                    if (s.rfind("--", 0) == 0) out.insert(s);
+    return out;
+}
+
+} // namespace
+
+BOOST_AUTO_TEST_SUITE(cli_command_table)
+
+BOOST_AUTO_TEST_CASE(every_row_is_in_help_and_runs) {
+    world w;
+    w.config("[alpha]\n[beta-2]\n");
+    const proc::result help = w.machine({"--help"});
+    BOOST_TEST(help.exit_code == 0);
+    std::set<std::string> rows;
+    for (const auto& row : cli::commands()) {
+        BOOST_TEST_CONTEXT("row " << row.name) {
+            rows.insert(row.name);
+            // `--help` lists a command as "  name   help" or "  name, alias   help".
+            const bool listed = contains(help.out, "\n  " + row.name + " ") || contains(help.out, "\n  " + row.name + ",");
+            BOOST_TEST(listed == !row.hidden);
+            if (!row.hidden) BOOST_TEST(contains(help.out, row.help));
+            const proc::result own = w.machine({row.name, "--help"});
+            BOOST_TEST(own.exit_code == 0);
+            for (const auto& o : row.options) BOOST_TEST(contains(own.out, "  " + o.names + " "), o.names);
+            for (const auto& alias : row.aliases) {
+                BOOST_TEST(contains(help.out, alias));
+                BOOST_TEST(contains(w.machine({alias, "--help"}).out, row.help));
+            }
+            const auto p = probes().find(row.name);
+            BOOST_TEST_REQUIRE((p != probes().end()), "no probe for the row " << row.name);
+            const proc::result r = w.machine(p->second.args);
+            BOOST_TEST(r.exit_code == p->second.exit_code);
+            BOOST_TEST(contains(r.out + r.err, p->second.output), "expected: " << p->second.output);
+        }
+    }
+    BOOST_TEST(rows.size() == probes().size());  // no probe for a row that is gone
+}
+
+// The log level's value is not the command: `run`'s split still finds it (it stopped there,
+// and `machine --log-level` alone read past argv).
+BOOST_AUTO_TEST_CASE(options_before_run_keep_its_command_line_apart) {
+    world w;
+    const proc::result r = w.machine({"--log-level", "debug", "run", "nosuch", "--", "ls", "-l"});
+    BOOST_TEST(r.exit_code == 1);
+    BOOST_TEST(contains(r.err, "VM 'nosuch' does not exist"));
+    BOOST_TEST(w.machine({"--log-level"}).exit_code == 2);
+}
+
+BOOST_AUTO_TEST_CASE(project_names_come_from_projects_toml_alone_and_a_broken_one_prints_nothing) {
+    world w;
+    auto r = w.machine({"project-names"});
+    BOOST_TEST(r.exit_code == 0);
+    BOOST_TEST(r.out.empty());
+    w.config("[beta-2]\n[alpha]\n");
+    std::ofstream(w.root / "cwd" / ".machine.toml") << "name = \"local\"\n";
+    r = w.machine({"project-names"});
+    BOOST_TEST(r.out == "alpha\nbeta-2\n");
+    BOOST_TEST(w.fake_log().empty());  // no limactl
+    for (const char* broken : {"[alpha\n", "[Bad_Name]\n", "[alpha]\nbogus = 1\n"}) {
+        w.config(broken);
+        r = w.machine({"project-names"});
+        BOOST_TEST(r.exit_code == 2);
+        BOOST_TEST((r.out + r.err).empty(), broken);
+    }
+}
+
+BOOST_AUTO_TEST_CASE(bash_completes_commands_projects_and_options) {
+    world w;
+    put_machine_on_path(w);
+    w.config("[alpha]\n[beta-2]\n");
+    BOOST_TEST((bash_completes(w, {"machine", "u"}).words == std::set<std::string>{"up"}));
+    BOOST_TEST((bash_completes(w, {"machine", "l"}).words == std::set<std::string>{"list", "ls"}));
+    BOOST_TEST((bash_completes(w, {"machine", "up", ""}).words == std::set<std::string>{"alpha", "beta-2"}));
+    BOOST_TEST((bash_completes(w, {"machine", "up", "alpha", "b"}).words == std::set<std::string>{"beta-2"}));
+    BOOST_TEST((bash_completes(w, {"machine", "--log-level", "info", "down", "a"}).words == std::set<std::string>{"alpha"}));
+    BOOST_TEST(bash_completes(w, {"machine", "down", "alpha", ""}).words.empty());  // one NAME only
+    BOOST_TEST(bash_completes(w, {"machine", "run", "alpha", ""}).words.empty());   // the VM's command line
+    BOOST_TEST(bash_completes(w, {"machine", "up", "--timeout", ""}).words.empty());  // a number
+    BOOST_TEST((bash_completes(w, {"machine", "secrets", "--"}).words == long_options_of("secrets")));
+    BOOST_TEST((bash_completes(w, {"machine", "--log-level", "d"}).words == std::set<std::string>{"debug"}));
+    BOOST_TEST((bash_completes(w, {"machine", "--log-level", "=", "d"}).words == std::set<std::string>{"debug"}));
+    BOOST_TEST((bash_completes(w, {"machine", "completion", ""}).words == std::set<std::string>{"bash", "zsh", "fish"}));
+    // Hidden commands are not offered.
+    BOOST_TEST(bash_completes(w, {"machine", "a"}).words.empty());
+    BOOST_TEST(bash_completes(w, {"machine", "pro"}).words.empty());
+}
+
+BOOST_AUTO_TEST_CASE(zsh_completes_commands_projects_and_options) {
+    world w;
+    put_machine_on_path(w);
+    w.config("[alpha]\n[beta-2]\n");
+    auto o = zsh_completes(w, "machine u");
+    BOOST_TEST(o.exit_code == 0, o.err);
+    BOOST_TEST((o.words == std::set<std::string>{"up"}));
+    BOOST_TEST((zsh_completes(w, "machine up ").words == std::set<std::string>{"alpha", "beta-2"}));
+    BOOST_TEST((zsh_completes(w, "machine --log-level debug down a").words == std::set<std::string>{"alpha"}));
+    BOOST_TEST((zsh_completes(w, "machine secrets --").words == long_options_of("secrets")));
+    BOOST_TEST((zsh_completes(w, "machine completion ").words == std::set<std::string>{"bash", "zsh", "fish"}));
+}
+
+BOOST_AUTO_TEST_CASE(fish_completes_commands_projects_and_options) {
+    world w;
+    put_machine_on_path(w);
+    w.config("[alpha]\n[beta-2]\n");
+    auto o = fish_completes(w, "machine u");
+    BOOST_TEST(o.exit_code == 0, o.err);
+    BOOST_TEST((o.words == std::set<std::string>{"up"}));
+    BOOST_TEST((fish_completes(w, "machine up ").words == std::set<std::string>{"alpha", "beta-2"}));
+    BOOST_TEST((fish_completes(w, "machine --log-level debug down a").words == std::set<std::string>{"alpha"}));
+    BOOST_TEST(fish_completes(w, "machine down alpha ").words.empty());  // one NAME only
+    BOOST_TEST((fish_completes(w, "machine secrets --").words == long_options_of("secrets")));
+    BOOST_TEST((fish_completes(w, "machine completion ").words == std::set<std::string>{"bash", "zsh", "fish"}));
+}
+
+// Names are checked by config, but a script must not trust that: a `machine project-names`
+// printing shell syntax is offered word for word, and nothing in it runs or expands.
+BOOST_AUTO_TEST_CASE(no_shell_evaluates_what_project_names_prints) {
+    world w;
+    const fs::path bin = w.root / "hostile-bin";
+    fs::create_directories(bin);
+    const std::string pwned = (w.root / "pwned").string();
+    const std::vector<std::string> names{"$(touch " + pwned + ")", "`touch " + pwned + "`", "; touch " + pwned,
+                                         "*", "a b", "{x,y}", "~", "'q'"};
+    {
+        std::ofstream script(bin / "machine");
+        script << "#!/bin/sh\nif [ \"$1\" = project-names ]; then\n";
+        for (const auto& n : names) {
+            std::string quoted = "'";
+            for (char c : n) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
+            script << "  printf '%s\\n' " << quoted << "'\n";
+        }
+        script << "  exit 0\nfi\nexec " << MACHINE_BINARY << " \"$@\"\n";
+    }
+    fs::permissions(bin / "machine", fs::perms::owner_all);
+    put_machine_on_path(w, bin.string());
+    std::ofstream(w.root / "cwd" / "a-file").flush();  // what an expanded * would find
+    const std::set<std::string> expected(names.begin(), names.end());
+    BOOST_TEST((bash_completes(w, {"machine", "up", ""}).words == expected));
+    BOOST_TEST((zsh_completes(w, "machine up ").words == expected));
+    BOOST_TEST((fish_completes(w, "machine up ").words == expected));
+    BOOST_TEST(!fs::exists(pwned));
+}
+
+// A broken projects.toml: no names, and nothing on the terminal.
+BOOST_AUTO_TEST_CASE(a_broken_config_completes_nothing_and_prints_nothing) {
+    world w;
+    put_machine_on_path(w);
+    w.config("[alpha\n");
+    const offered bash = bash_completes(w, {"machine", "up", ""});
+    BOOST_TEST(bash.words.empty());
+    BOOST_TEST(bash.err.empty());
+    const offered fish = fish_completes(w, "machine up ");
+    BOOST_TEST(fish.words.empty());
+    BOOST_TEST(fish.err.empty());
+    // zsh offers the options instead, as it does whenever a positional has no candidates.
+    for (const auto& word : zsh_completes(w, "machine up ").words) BOOST_TEST(word.rfind("--", 0) == 0, word);
 }
 
 BOOST_AUTO_TEST_SUITE_END()
