@@ -8,7 +8,7 @@
 #include <spdlog/spdlog.h>
 
 #include "cli.hpp"
-#include "command_line.hpp"
+#include "command_table.hpp"
 #include "machine/text.hpp"
 
 namespace machine::cli {
@@ -44,13 +44,13 @@ void report(context* ctx, const std::string& vm, const error& e) {
 } // namespace
 
 int main(int argc, char** argv) {
-    command_line line = parse_command_line(argc, argv);
-    if (!line.row) return line.exit_code;  // help, version or a usage error: printed
-    const command& row = *line.row;
+    const cmdline::parsed line = cmdline::parse(program(), argc, argv);
+    if (!line.chosen) return line.exit_code;  // help, version or a usage error: printed
+    const command& row = commands()[*line.chosen];
     const arguments& a = line.args;
 
     if (row.run_now) return row.run_now(a);
-    setup_logging(line.log_level);
+    setup_logging(*line.globals.value("--log-level"));
     asio::io_context io;
     const bool json = a.has("--json") && a.flag("--json");
     context ctx(io, json);

@@ -1,16 +1,32 @@
 // The rows of the command table, and the handlers that hand each command's arguments to its
 // cmd_* function. A new command: its handler in a file of its own (src/cli/NAME.cpp, picked up
 // by CMake), `asio::awaitable<int> NAME_command(context&, const arguments&)` declared here, and
-// its row below (and a probe in tests/cli/test_cli.cpp, which fails without one).
+// its row below (and a probe in tests/cli/test_cli.cpp, which fails without one). How a row
+// becomes the parser, --help and the completion scripts is src/cmdline's business
+// (include/machine/cmdline.hpp), which knows nothing of machine's handlers or configuration.
 #include <cstdio>
+#include <fstream>
+#include <sstream>
 
 #include "agent_forwarding.hpp"
 #include "command_table.hpp"
-#include "completion.hpp"
+#include "machine/config.hpp"
+#include "machine/paths.hpp"
 
 namespace machine::cli {
 
 namespace {
+
+using cmdline::completes;
+using cmdline::excluding;
+using cmdline::flag;
+using cmdline::number;
+using cmdline::one_of;
+using cmdline::positional;
+using cmdline::positionals;
+using cmdline::repeatable;
+using cmdline::required;
+using cmdline::value;
 
 const char* const kProject = "project";
 const char* const kAmbient = "project (default: the .machine.toml project, else 'default')";
@@ -70,8 +86,43 @@ asio::awaitable<int> init(context& ctx, const arguments&) { co_return co_await c
 asio::awaitable<int> doctor(context& ctx, const arguments&) { co_return co_await cmd_doctor(ctx); }
 
 int completion(const arguments& a) {
-    std::fputs(completion_script(a.value("shell").value_or(""), commands(), global_options()).c_str(), stdout);
+    std::fputs(cmdline::completion_script(a.value("shell").value_or(""), program().commands, global_options()).c_str(),
+               stdout);
     return 0;
+}
+
+// `machine project-names`: the projects configured in projects.toml, one per line, read from
+// that file alone (no Lima, no .machine.toml), for completion scripts (completes::project). A
+// broken configuration prints nothing at all (exit 2): a script completes nothing rather than
+// show an error.
+int print_project_names(const arguments&) {
+    try {
+        const auto file = paths::config_dir() / "projects.toml";
+        std::ifstream in(file, std::ios::binary);
+        if (!in) return 0;  // no projects.toml: no projects
+        std::ostringstream text;
+        text << in.rdbuf();
+        // The host's resources only size VMs: fixed ones spare detecting them.
+        const config::config cfg = config::parse_projects(text.str(), file, config::host_resources{});
+        for (const auto& [name, project] : cfg.projects) std::printf("%s\n", name.c_str());
+        return 0;
+    } catch (...) {
+        return static_cast<int>(exit_code::usage);
+    }
+}
+
+command row(cmdline::spec spec, asio::awaitable<int> (*run)(context&, const arguments&)) {
+    command c;
+    static_cast<cmdline::spec&>(c) = std::move(spec);
+    c.run = run;
+    return c;
+}
+
+command row(cmdline::spec spec, int (*run_now)(const arguments&)) {
+    command c;
+    static_cast<cmdline::spec&>(c) = std::move(spec);
+    c.run_now = run_now;
+    return c;
 }
 
 int agent_proxy(const arguments& a) {
@@ -81,119 +132,137 @@ int agent_proxy(const arguments& a) {
 
 const std::vector<command>& table() {
     static const std::vector<command> rows{
-        {.name = "up",
-         .help = "create and start projects' VMs (a fast no-op when they run)",
-         .options = {positionals("names", "projects (default: the .machine.toml project, else 'default')",
-                                 completes::project),
-                     flag("--all", "every configured project"),
-                     number("--parallel", "VMs booting at once (default: as many as fit in free memory)"),
-                     flag("--fail-fast", "cancel the others when one VM fails"), json_flag(),
-                     number("--timeout", "minutes to wait for the VM to boot", 30)},
-         .run = up},
-        {.name = "bake",
-         .help = "build the cached base new VMs are cloned from (up does it when needed)",
-         .options = {positional("name", "project whose profiles to bake (default: the .machine.toml project, else 'default')",
-                                completes::project),
-                     flag("--force", "rebuild even when the cached base is fresh"), json_flag()},
-         .run = bake},
-        {.name = "down",
-         .help = "stop a project's VM (its disk is kept)",
-         .options = {positional("name", kProject, completes::project), json_flag()},
-         .run = down},
-        {.name = "destroy",
-         .help = "delete a project's VM and its disk",
-         .options = {positional("name", kProject, completes::project), flag("-y,--yes", "do not ask for confirmation"),
-                     json_flag()},
-         .run = destroy},
-        {.name = "list",
-         .help = "VMs and configured projects",
-         .options = {json_flag("one JSON object per line")},
-         .run = list,
-         .aliases = {"ls"}},
-        {.name = "run",
-         .help = "run a command in a project's VM: machine run NAME -- CMD...",
-         .options = {required(positional("name", kProject, completes::project))},
-         .run = run,
-         .trailing = "COMMAND [ARGS...]"},
-        {.name = "pin",
-         .help = "pin the host key a project's VM presents now (for a VM machine did not create)",
-         .options = {required(positional("name", kProject, completes::project)),
-                     flag("--replace", "replace a different pinned key (prints both)")},
-         .run = pin,
-         .footer = R"(
+        row({.name = "up",
+             .help = "create and start projects' VMs (a fast no-op when they run)",
+             .options = {positionals("names", "projects (default: the .machine.toml project, else 'default')",
+                                     completes::project),
+                         flag("--all", "every configured project"),
+                         number("--parallel", "VMs booting at once (default: as many as fit in free memory)"),
+                         flag("--fail-fast", "cancel the others when one VM fails"), json_flag(),
+                         number("--timeout", "minutes to wait for the VM to boot", 30)}}, up),
+        row({.name = "bake",
+             .help = "build the cached base new VMs are cloned from (up does it when needed)",
+             .options = {positional("name", "project whose profiles to bake (default: the .machine.toml project, else 'default')",
+                                    completes::project),
+                         flag("--force", "rebuild even when the cached base is fresh"), json_flag()}}, bake),
+        row({.name = "down",
+             .help = "stop a project's VM (its disk is kept)",
+             .options = {positional("name", kProject, completes::project), json_flag()}}, down),
+        row({.name = "destroy",
+             .help = "delete a project's VM and its disk",
+             .options = {positional("name", kProject, completes::project), flag("-y,--yes", "do not ask for confirmation"),
+                         json_flag()}}, destroy),
+        row({.name = "list",
+             .help = "VMs and configured projects",
+             .options = {json_flag("one JSON object per line")},
+             .aliases = {"ls"}}, list),
+        row({.name = "run",
+             .help = "run a command in a project's VM: machine run NAME -- CMD...",
+             .options = {required(positional("name", kProject, completes::project))},
+             .trailing = "COMMAND [ARGS...]"}, run),
+        row({.name = "pin",
+             .help = "pin the host key a project's VM presents now (for a VM machine did not create)",
+             .options = {required(positional("name", kProject, completes::project)),
+                         flag("--replace", "replace a different pinned key (prints both)")},
+             .footer = R"(
 machine checks a VM's SSH host key against the key pinned when machine created the VM, on every
 connection (up, ssh, run, claude, codex, secrets, sessions, watch, the repo clones). A VM machine
 did not create, or whose pin was lost, has none and is refused; `machine pin NAME` records the key
 the VM presents now and prints its fingerprint. When a different key is pinned, `pin` refuses and
 prints both fingerprints; `--replace` then records the new one. Only do either when you know why
 the VM has that key (you recreated it yourself): otherwise something may be intercepting the
-connection.)"},
-        {.name = "watch",
-         .help = "stream what every VM is doing until Ctrl-C",
-         .options = {positionals("names", "VMs to watch (default: all)", completes::project),
-                     json_flag("one JSON envelope per line")},
-         .run = watch,
-         .live = true},
-        {.name = "ssh",
-         .help = "open a login shell in a project's VM",
-         .options = {positional("name", kProject, completes::project)},
-         .run = ssh,
-         .aliases = {"shell"}},
-        {.name = "claude",
-         .help = "attach to Claude Code in the VM's tmux session (started, and the VM brought up, when needed)",
-         .options = {positional("name", kProject, completes::project),
-                     value("--session", "session name, for more than one per VM (default: claude)")},
-         .run = agent_session},
-        {.name = "codex",
-         .help = "attach to Codex in the VM's tmux session (started, and the VM brought up, when needed)",
-         .options = {positional("name", kProject, completes::project),
-                     value("--session", "session name, for more than one per VM (default: codex)")},
-         .run = agent_session},
-        {.name = "sessions",
-         .help = "agent sessions in a project's VM, and who is attached",
-         .options = {positional("name", kProject, completes::project), json_flag("one JSON object per session")},
-         .run = sessions},
-        {.name = "secrets",
-         .help = "render a project's secrets into its VM's memory (tmpfs), or clear them",
-         .options = {positional("name", kProject, completes::project),
-                     value("--repo", "only the sets this repo's .envrc uses (use op_env ID)"),
-                     flag("--clear", "overwrite the rendered secrets with zeros and remove them"),
-                     excluding(flag("--list", "the sets rendered in the VM: names, variable counts, sizes, times"),
-                               {"--clear", "--repo"}),
-                     json_flag()},
-         .run = secrets},
-        {.name = "init",
-         .help = "write a documented projects.toml to start from (never over an existing one)",
-         .run = init},
-        {.name = "doctor",
-         .help = "check what machine needs on this computer, with a fix for each failure",
-         .options = {json_flag("one JSON object: checks and a summary")},
-         .run = doctor},
-        {.name = "completion",
-         .help = "print a shell completion script (see README: Shell completion)",
-         .options = {required(one_of(positional("shell", "the shell to complete in"), {"bash", "zsh", "fish"}))},
-         .run_now = completion},
-        // For completion scripts: the configured project names, one per line (completion.cpp).
-        {.name = "project-names", .help = "", .run_now = print_project_names, .hidden = true},
+connection.)"}, pin),
+        row({.name = "watch",
+             .help = "stream what every VM is doing until Ctrl-C",
+             .options = {positionals("names", "VMs to watch (default: all)", completes::project),
+                         json_flag("one JSON envelope per line")},
+             .live = true}, watch),
+        row({.name = "ssh",
+             .help = "open a login shell in a project's VM",
+             .options = {positional("name", kProject, completes::project)},
+             .aliases = {"shell"}}, ssh),
+        row({.name = "claude",
+             .help = "attach to Claude Code in the VM's tmux session (started, and the VM brought up, when needed)",
+             .options = {positional("name", kProject, completes::project),
+                         value("--session", "session name, for more than one per VM (default: claude)")}}, agent_session),
+        row({.name = "codex",
+             .help = "attach to Codex in the VM's tmux session (started, and the VM brought up, when needed)",
+             .options = {positional("name", kProject, completes::project),
+                         value("--session", "session name, for more than one per VM (default: codex)")}}, agent_session),
+        row({.name = "sessions",
+             .help = "agent sessions in a project's VM, and who is attached",
+             .options = {positional("name", kProject, completes::project), json_flag("one JSON object per session")}}, sessions),
+        row({.name = "secrets",
+             .help = "render a project's secrets into its VM's memory (tmpfs), or clear them",
+             .options = {positional("name", kProject, completes::project),
+                         value("--repo", "only the sets this repo's .envrc uses (use op_env ID)"),
+                         flag("--clear", "overwrite the rendered secrets with zeros and remove them"),
+                         excluding(flag("--list", "the sets rendered in the VM: names, variable counts, sizes, times"),
+                                   {"--clear", "--repo"}),
+                         json_flag()}}, secrets),
+        row({.name = "init",
+             .help = "write a documented projects.toml to start from (never over an existing one)"}, init),
+        row({.name = "doctor",
+             .help = "check what machine needs on this computer, with a fix for each failure",
+             .options = {json_flag("one JSON object: checks and a summary")}}, doctor),
+        row({.name = "completion",
+             .help = "print a shell completion script (see README: Shell completion)",
+             .options = {required(one_of(positional("shell", "the shell to complete in"), {"bash", "zsh", "fish"}))}}, completion),
+        // For completion scripts: the configured project names, one per line (above).
+        row({.name = "project-names", .help = "", .hidden = true}, print_project_names),
         // Started by machine itself (detached) to filter a project's forwarded SSH agent.
-        {.name = "agent-proxy",
-         .help = "",
-         .options = {required(value("--listen", "", completes::file)), required(value("--upstream", "", completes::file)),
-                     required(value("--vm-dir", "", completes::file)), required(repeatable(value("--allow", "")))},
-         .run_now = agent_proxy,
-         .hidden = true},
+        row({.name = "agent-proxy",
+             .help = "",
+             .options = {required(value("--listen", "", completes::file)), required(value("--upstream", "", completes::file)),
+                         required(value("--vm-dir", "", completes::file)), required(repeatable(value("--allow", "")))},
+             .hidden = true}, agent_proxy),
     };
     return rows;
 }
+
+const char* const kFooter = R"(
+Exit codes:
+  0    success
+  1    failure (Lima or the VM reported an error; the message says which)
+  2    usage or configuration error (nothing was run)
+  130  interrupted (Ctrl-C; a second Ctrl-C stops children at once)
+  `run` and `ssh` exit with the remote command's status, `claude` and `codex` with ssh's:
+  0 after detaching or when the agent ended, 255 when the connection to the VM was lost
+  (machine then says whether the VM stopped).
+
+Environment:
+  MACHINE_LIMACTL      the limactl to use (else limactl in PATH); on Linux without Lima,
+                       point it at tools/limactl from machine's source tree
+  MACHINE_CONFIG_DIR   where projects.toml lives (default $XDG_CONFIG_HOME/machine)
+  MACHINE_STATE_DIR    rendered templates and locks (default $XDG_STATE_HOME/machine)
+  MACHINE_LIMACTL_TIMEOUT  seconds a limactl list/create/stop/delete may take (default 60/300)
+)";
 
 } // namespace
 
 std::span<const command> commands() { return table(); }
 
 std::span<const option> global_options() {
-    static const std::vector<option> options{
-        choice("--log-level", "log detail on stderr", {"trace", "debug", "info", "warn", "error", "off"}, "warn")};
+    static const std::vector<option> options{cmdline::choice(
+        "--log-level", "log detail on stderr", {"trace", "debug", "info", "warn", "error", "off"}, "warn")};
     return options;
+}
+
+const cmdline::program& program() {
+    static const std::vector<const cmdline::spec*> specs = [] {
+        std::vector<const cmdline::spec*> out;
+        for (const command& row : commands()) out.push_back(&row);
+        return out;
+    }();
+    static const cmdline::program machine{
+        .name = "machine",
+        .description = "machine: one disposable VM per project, for coding agents.",
+        .footer = kFooter,
+        .version = "machine " MACHINE_VERSION,
+        .globals = global_options(),
+        .commands = specs,
+    };
+    return machine;
 }
 
 } // namespace machine::cli

@@ -1,6 +1,6 @@
-// The command line: argv parsed with CLI11 as the command table declares it (--help, usage
-// errors), after splitting off a trailing command line (`machine run NAME -- CMD...`).
-#include "command_line.hpp"
+// The command line: argv parsed with CLI11 as the specs declare it (--help, usage errors), after
+// splitting off a trailing command line (`machine run NAME -- CMD...`).
+#include "machine/cmdline.hpp"
 
 #include <algorithm>
 #include <cctype>
@@ -8,34 +8,18 @@
 
 #include <CLI/CLI.hpp>
 
-namespace machine::cli {
+#include "machine/error.hpp"
+
+namespace machine::cmdline {
 
 namespace {
 
-constexpr const char* kFooter = R"(
-Exit codes:
-  0    success
-  1    failure (Lima or the VM reported an error; the message says which)
-  2    usage or configuration error (nothing was run)
-  130  interrupted (Ctrl-C; a second Ctrl-C stops children at once)
-  `run` and `ssh` exit with the remote command's status, `claude` and `codex` with ssh's:
-  0 after detaching or when the agent ended, 255 when the connection to the VM was lost
-  (machine then says whether the VM stopped).
-
-Environment:
-  MACHINE_LIMACTL      the limactl to use (else limactl in PATH); on Linux without Lima,
-                       point it at tools/limactl from machine's source tree
-  MACHINE_CONFIG_DIR   where projects.toml lives (default $XDG_CONFIG_HOME/machine)
-  MACHINE_STATE_DIR    rendered templates and locks (default $XDG_STATE_HOME/machine)
-  MACHINE_LIMACTL_TIMEOUT  seconds a limactl list/create/stop/delete may take (default 60/300)
-)";
-
-// Registers a row's options on its CLI11 command, bound to `into`'s slots.
+// Registers a spec's options on its CLI11 command, bound to `into`'s slots.
 void add_options(CLI::App& app, std::span<const option> options, arguments& into,
                  std::vector<std::pair<CLI::Option*, arguments::slot*>>& bound) {
     for (const option& o : options) {
         arguments::slot& slot = into.slots[o.key()];
-        slot.spec = &o;
+        slot.declared = &o;
         CLI::Option* added = nullptr;
         switch (o.kind) {
         case option_kind::flag: added = app.add_flag(o.names, slot.flag, o.help); break;
@@ -62,30 +46,30 @@ void add_options(CLI::App& app, std::span<const option> options, arguments& into
 }
 
 // The spellings of the options before the command that take a value.
-std::vector<std::string> global_value_options() {
+std::vector<std::string> global_value_options(const program& p) {
     std::vector<std::string> out;
-    for (const auto& o : global_options())
+    for (const auto& o : p.globals)
         if (o.takes_value())
             for (const auto& spelling : o.spellings()) out.push_back(spelling);
     return out;
 }
 
-const command* row_named(const std::string& word) {
-    for (const auto& row : commands()) {
-        if (row.name == word) return &row;
-        for (const auto& alias : row.aliases)
-            if (alias == word) return &row;
+const spec* command_named(const program& p, const std::string& word) {
+    for (const spec* command : p.commands) {
+        if (command->name == word) return command;
+        for (const auto& alias : command->aliases)
+            if (alias == word) return command;
     }
     return nullptr;
 }
 
-// A row with a trailing command line (`machine run NAME [--] CMD...`): everything after its
+// A command with a trailing command line (`machine run NAME [--] CMD...`): everything after its
 // positionals belongs to that command, options included, so it is split off before CLI11 sees it.
-std::vector<std::string> split_trailing_command(std::vector<std::string>& args) {
+std::vector<std::string> split_trailing_command(const program& p, std::vector<std::string>& args) {
     std::vector<std::string> remote;
-    const auto value_options = global_value_options();
+    const auto value_options = global_value_options(p);
     for (std::size_t i = 0; i < args.size(); ++i) {
-        const command* row = row_named(args[i]);
+        const spec* row = command_named(p, args[i]);
         if (!row || row->trailing.empty()) {
             if (std::find(value_options.begin(), value_options.end(), args[i]) != value_options.end()) {
                 ++i;  // its value
@@ -117,8 +101,8 @@ std::vector<std::string> split_trailing_command(std::vector<std::string>& args) 
 }
 
 // `machine run NAME -- COMMAND [ARGS...]`
-std::string trailing_usage(const command& row) {
-    std::string usage = "machine " + row.name;
+std::string trailing_usage(const program& p, const spec& row) {
+    std::string usage = p.name + " " + row.name;
     for (const auto& o : row.options) {
         if (o.kind != option_kind::positional) continue;
         std::string upper = o.key();
@@ -130,30 +114,29 @@ std::string trailing_usage(const command& row) {
 
 } // namespace
 
-command_line parse_command_line(int argc, char** argv) {
+parsed parse(const program& p, int argc, char** argv) {
     std::vector<std::string> args(argv + 1, argv + argc);
-    const std::vector<std::string> trailing = split_trailing_command(args);
+    const std::vector<std::string> trailing = split_trailing_command(p, args);
 
-    CLI::App app{"machine: one disposable VM per project, for coding agents."};
-    app.name("machine");
-    app.footer(kFooter);
-    app.set_version_flag("--version", "machine " MACHINE_VERSION);
+    CLI::App app{p.description};
+    app.name(p.name);
+    app.footer(p.footer);
+    app.set_version_flag("--version", p.version);
     app.require_subcommand(1);
-    arguments global;
+    parsed out;
     std::vector<std::pair<CLI::Option*, arguments::slot*>> bound;
-    add_options(app, global_options(), global, bound);
+    add_options(app, p.globals, out.globals, bound);
 
-    const auto rows = commands();
-    std::vector<arguments> parsed(rows.size());
+    std::vector<arguments> given(p.commands.size());
     std::vector<CLI::App*> subcommands;
-    for (std::size_t i = 0; i < rows.size(); ++i) {
-        const command& row = rows[i];
+    for (std::size_t i = 0; i < p.commands.size(); ++i) {
+        const spec& row = *p.commands[i];
         auto* sub = app.add_subcommand(row.name, row.help);
         for (const auto& alias : row.aliases) sub->alias(alias);
         if (!row.footer.empty()) sub->footer(row.footer);
         if (row.hidden) sub->group("");
-        parsed[i].command = row.name;
-        add_options(*sub, row.options, parsed[i], bound);
+        given[i].command = row.name;
+        add_options(*sub, row.options, given[i], bound);
         subcommands.push_back(sub);
     }
 
@@ -174,14 +157,15 @@ command_line parse_command_line(int argc, char** argv) {
     for (auto& [opt, slot] : bound) slot->given = opt->count() > 0;
     std::size_t chosen = 0;
     while (!subcommands[chosen]->parsed()) ++chosen;  // require_subcommand(1): there is one
-    const command& row = rows[chosen];
+    const spec& row = *p.commands[chosen];
     if (!row.trailing.empty() && trailing.empty()) {
-        std::fprintf(stderr, "machine: usage: %s\n", trailing_usage(row).c_str());
+        std::fprintf(stderr, "%s: usage: %s\n", p.name.c_str(), trailing_usage(p, row).c_str());
         return {.exit_code = static_cast<int>(exit_code::usage)};
     }
-    command_line line{.row = &row, .args = std::move(parsed[chosen]), .log_level = *global.value("--log-level")};
-    line.args.trailing = trailing;
-    return line;
+    out.chosen = chosen;
+    out.args = std::move(given[chosen]);
+    out.args.trailing = trailing;
+    return out;
 }
 
-} // namespace machine::cli
+} // namespace machine::cmdline

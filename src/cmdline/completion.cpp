@@ -1,17 +1,12 @@
-// The bash, zsh and fish completion scripts, made from the command table. What the scripts read
-// at completion time (project names) is only ever added as literal words: no script evaluates
-// it. Words from the table are quoted too, so a help text can hold any character.
-#include "completion.hpp"
-
-#include <cstdio>
-#include <fstream>
+// The bash, zsh and fish completion scripts, made from the specs. What the scripts read at
+// completion time (project names) is only ever added as literal words: no script evaluates it.
+// Words from the specs are quoted too, so a help text can hold any character.
 #include <sstream>
 
-#include "machine/config.hpp"
-#include "machine/paths.hpp"
+#include "machine/cmdline.hpp"
 #include "machine/text.hpp"
 
-namespace machine::cli {
+namespace machine::cmdline {
 
 namespace {
 
@@ -20,14 +15,14 @@ const char* const kHelpNames = "-h,--help";
 const char* const kHelpText = "Print this help message and exit";
 const char* const kVersionText = "Display program version information and exit";
 
-std::vector<const command*> visible(std::span<const command> rows) {
-    std::vector<const command*> out;
-    for (const auto& row : rows)
-        if (!row.hidden) out.push_back(&row);
+std::vector<const spec*> visible(std::span<const spec* const> rows) {
+    std::vector<const spec*> out;
+    for (const spec* row : rows)
+        if (!row->hidden) out.push_back(row);
     return out;
 }
 
-std::vector<const option*> positionals_of(const command& row) {
+std::vector<const option*> positionals_of(const spec& row) {
     std::vector<const option*> out;
     for (const auto& o : row.options)
         if (o.kind == option_kind::positional) out.push_back(&o);
@@ -135,10 +130,10 @@ std::vector<std::string> option_words(std::span<const option> options, bool with
     return words;
 }
 
-std::string bash_script(std::span<const command> rows, std::span<const option> globals) {
+std::string bash_script(std::span<const spec* const> rows, std::span<const option> globals) {
     const auto shown = visible(rows);
     std::vector<std::pair<std::string, const option*>> values = bash_value_patterns("", globals);
-    for (const command* row : shown) {
+    for (const spec* row : shown) {
         auto more = bash_value_patterns(row->name, row->options);
         values.insert(values.end(), more.begin(), more.end());
     }
@@ -157,7 +152,7 @@ std::string bash_script(std::span<const command> rows, std::span<const option> g
       << "        esac\n"
       << "    done\n";
     s << "    case $cmd in\n";
-    for (const command* row : shown)
+    for (const spec* row : shown)
         for (const auto& alias : row->aliases) s << "    " << sh_quote(alias) << ") cmd=" << sh_quote(row->name) << " ;;\n";
     s << "    esac\n";
     s << "    case $cmd:$prev in\n";
@@ -168,7 +163,7 @@ std::string bash_script(std::span<const command> rows, std::span<const option> g
     }
     s << "    esac\n";
     std::vector<std::string> names;
-    for (const command* row : shown) {
+    for (const spec* row : shown) {
         names.push_back(row->name);
         names.insert(names.end(), row->aliases.begin(), row->aliases.end());
     }
@@ -176,7 +171,7 @@ std::string bash_script(std::span<const command> rows, std::span<const option> g
       << "    '')\n"
       << "        if [[ $cur == -* ]]; then _machine_add " << joined(option_words(globals, true), sh_quote) << "\n"
       << "        else _machine_add " << joined(names, sh_quote) << "; fi ;;\n";
-    for (const command* row : shown) {
+    for (const spec* row : shown) {
         const auto positionals = positionals_of(*row);
         s << "    " << sh_quote(row->name) << ")\n";
         if (!row->trailing.empty())
@@ -273,7 +268,7 @@ std::string zsh_arguments(const std::vector<std::string>& specs, const std::stri
     return out + tail;
 }
 
-std::string zsh_script(std::span<const command> rows, std::span<const option> globals) {
+std::string zsh_script(std::span<const spec* const> rows, std::span<const option> globals) {
     const auto shown = visible(rows);
     std::ostringstream s;
     s << kZshHead;
@@ -284,7 +279,7 @@ std::string zsh_script(std::span<const command> rows, std::span<const option> gl
     s << "  case $state in\n"
       << "  (command)\n"
       << "    local -a commands=(\n";
-    for (const command* row : shown) {
+    for (const spec* row : shown) {
         s << "      " << sh_quote(row->name + ":" + zsh_description(row->help)) << "\n";
         for (const auto& alias : row->aliases)
             s << "      " << sh_quote(alias + ":" + zsh_description(row->help)) << "\n";
@@ -294,7 +289,7 @@ std::string zsh_script(std::span<const command> rows, std::span<const option> gl
       << "  (argument)\n"
       << "    curcontext=${curcontext%:*:*}:machine-$words[1]:\n"
       << "    case $words[1] in\n";
-    for (const command* row : shown) {
+    for (const spec* row : shown) {
         std::string pattern = sh_quote(row->name);
         for (const auto& alias : row->aliases) pattern += "|" + sh_quote(alias);
         s << "    (" << pattern << ")\n";
@@ -377,14 +372,14 @@ std::string fish_option(const std::string& condition, const option& o) {
     return line + " -d " + fish_quote(o.help) + "\n";
 }
 
-std::string fish_script(std::span<const command> rows, std::span<const option> globals) {
+std::string fish_script(std::span<const spec* const> rows, std::span<const option> globals) {
     const auto shown = visible(rows);
     std::ostringstream s;
     s << kFishHead;
     std::string patterns;
     for (const option* o : named_options_of(globals))
         for (const auto& spelling : o->spellings()) patterns += " " + fish_quote(":" + spelling);
-    for (const command* row : shown)
+    for (const spec* row : shown)
         for (const option* o : named_options_of(row->options))
             if (o->takes_value())
                 for (const auto& spelling : o->spellings()) patterns += " " + fish_quote(row->name + ":" + spelling);
@@ -397,7 +392,7 @@ std::string fish_script(std::span<const command> rows, std::span<const option> g
       << "        end\n"
       << "    end\n"
       << "    switch $cmd\n";
-    for (const command* row : shown)
+    for (const spec* row : shown)
         for (const auto& alias : row->aliases)
             s << "        case " << fish_quote(alias) << "\n            set cmd " << fish_quote(row->name) << "\n";
     s << "    end\n"
@@ -409,14 +404,14 @@ std::string fish_script(std::span<const command> rows, std::span<const option> g
     s << fish_option("__machine_using ''", help);
     s << fish_option("__machine_using ''", option{.names = "--version", .help = kVersionText});
     for (const option* o : named_options_of(globals)) s << fish_option("__machine_using ''", *o);
-    for (const command* row : shown) {
+    for (const spec* row : shown) {
         s << "complete -c machine -n " << fish_quote("__machine_using ''") << " -a " << fish_quote(row->name)
           << " -d " << fish_quote(row->help) << "\n";
         for (const auto& alias : row->aliases)
             s << "complete -c machine -n " << fish_quote("__machine_using ''") << " -a " << fish_quote(alias)
               << " -d " << fish_quote(row->help) << "\n";
     }
-    for (const command* row : shown) {
+    for (const spec* row : shown) {
         const std::string using_row = "__machine_using " + sh_quote(row->name);
         s << "\n# " << row->name << "\n";
         const auto positionals = positionals_of(*row);
@@ -436,27 +431,11 @@ std::string fish_script(std::span<const command> rows, std::span<const option> g
 
 } // namespace
 
-std::string completion_script(std::string_view shell, std::span<const command> rows, std::span<const option> globals) {
+std::string completion_script(std::string_view shell, std::span<const spec* const> rows, std::span<const option> globals) {
     if (shell == "bash") return bash_script(rows, globals);
     if (shell == "zsh") return zsh_script(rows, globals);
     if (shell == "fish") return fish_script(rows, globals);
     return "";
 }
 
-int print_project_names(const arguments&) {
-    try {
-        const auto file = paths::config_dir() / "projects.toml";
-        std::ifstream in(file, std::ios::binary);
-        if (!in) return 0;  // no projects.toml: no projects
-        std::ostringstream text;
-        text << in.rdbuf();
-        // The host's resources only size VMs: fixed ones spare detecting them.
-        const config::config cfg = config::parse_projects(text.str(), file, config::host_resources{});
-        for (const auto& [name, project] : cfg.projects) std::printf("%s\n", name.c_str());
-        return 0;
-    } catch (...) {
-        return static_cast<int>(exit_code::usage);
-    }
-}
-
-} // namespace machine::cli
+} // namespace machine::cmdline

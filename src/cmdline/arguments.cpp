@@ -1,10 +1,10 @@
-// The command table's vocabulary (flag, value, positional...) and what handlers read the parsed
-// command line through (arguments).
+// The specs' vocabulary (flag, value, positional...) and what callers read the parsed command
+// line through (arguments).
 #include <stdexcept>
 
-#include "command_table.hpp"
+#include "machine/cmdline.hpp"
 
-namespace machine::cli {
+namespace machine::cmdline {
 
 std::vector<std::string> option::spellings() const {
     std::vector<std::string> out;
@@ -102,11 +102,11 @@ int arguments::number(const std::string& key) const { return at(key).number; }
 std::string arguments::named_project() const {
     std::vector<std::string> given;
     for (const auto& [key, s] : slots) {
-        if (s.spec->kind != option_kind::positional || !s.given) continue;
-        if (s.spec->many) given.insert(given.end(), s.texts.begin(), s.texts.end());
+        if (s.declared->kind != option_kind::positional || !s.given) continue;
+        if (s.declared->many) given.insert(given.end(), s.texts.begin(), s.texts.end());
         else given.push_back(s.text);
     }
     return given.size() == 1 ? given.front() : "";
 }
 
-} // namespace machine::cli
+} // namespace machine::cmdline
