@@ -28,7 +28,8 @@ struct command : cmdline::spec {
 std::span<const command> commands();
 // machine's own options (before the command).
 std::span<const option> global_options();
-// The command line the rows make: machine's name, help, version, options and commands.
+// The command line the rows make: machine's name, help, version, options, and the rows as its
+// commands in the same order (cmdline::parsed::chosen indexes commands()).
 const cmdline::program& program();
 
 } // namespace machine::cli
