@@ -91,7 +91,7 @@ std::string human_bytes(std::int64_t bytes);
 // machine's logger on stderr, at `level` ("warn", "debug"...); once per process (app.cpp).
 void setup_logging(const std::string& level);
 
-// machine: parses argv as the command table declares (command_line.cpp) and runs the command
+// machine: parses argv as the command table declares (src/cmdline/parse.cpp) and runs the command
 // (app.cpp); returns the exit status.
 int main(int argc, char** argv);
 

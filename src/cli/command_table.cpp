@@ -29,7 +29,6 @@ using cmdline::required;
 using cmdline::value;
 
 const char* const kProject = "project";
-const char* const kAmbient = "project (default: the .machine.toml project, else 'default')";
 
 option json_flag(std::string help = "events as JSON lines on stdout") { return flag("--json", std::move(help)); }
 
