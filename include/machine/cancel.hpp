@@ -6,6 +6,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 
 #include <asio/any_io_executor.hpp>
 #include <asio/awaitable.hpp>
@@ -25,7 +26,12 @@ public:
     void trigger(level to);
     level current() const noexcept;
 
-    // Completes once the level is above `seen`; returns the new level.
+    // Waits until the level is above `seen` and returns it; nullopt when this wait was
+    // cancelled instead (it lost a race): it never throws to lose.
+    asio::awaitable<std::optional<level>> until_above(level seen);
+
+    // Deprecated, to be removed once src/cli, src/proc and src/ssh/run.cpp use until_above():
+    // the same, but throws operation_aborted when cancelled (so that it can lose an `a || b`).
     asio::awaitable<level> wait_above(level seen);
 
 private:

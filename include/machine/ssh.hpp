@@ -8,14 +8,17 @@
 // for. After that, ONE pump coroutine per session reads the socket, lets libssh process the
 // packets and moves every channel's data into per-channel buffers, bounded per stream (see
 // channel_options and channel); channel operations wait on those buffers (a broadcast from
-// the pump), never on the socket. Everything here must run on the io_context's single thread.
+// the pump), never on the socket. The session owns its pump (as Boost.Redis's connection owns
+// its async_run): close() ends it, closed() waits until it has finished, and when it fails the
+// failure is what every pending and later operation reports. Everything here must run on the
+// io_context's single thread.
 //
 // Host keys are pinned per VM: no known_hosts, no ~/.ssh, no agent. The first connection after
 // `machine create` records the key's SHA256 fingerprint; every later connection must match.
 //
 // Cancellation: every awaitable below can be cancelled through Asio's per-operation
-// cancellation (so `op || timer` works); connect() and run() also take a timeout and a
-// cancel_signal.
+// cancellation (so it can lose a race: machine::first_of(op, sleep_for(d))); connect() and run()
+// also take a timeout and a cancel_signal.
 #pragma once
 
 #include <chrono>
@@ -176,9 +179,17 @@ public:
     /// a brace-initialized aggregate default argument of a coroutine called inside co_await.)
     asio::awaitable<exec_result> run(std::string command);
 
-    /// Closes the connection (sends SSH_MSG_DISCONNECT when it is still healthy). Pending
-    /// operations on the session and its channels fail with connection_lost. Idempotent.
+    /// Closes the connection (sends SSH_MSG_DISCONNECT when it is still healthy) and stops the
+    /// pump. Pending operations on the session and its channels fail with connection_lost.
+    /// Idempotent. The pump finishes at the loop's next turn: co_await closed() to know it has.
     void close();
+    /// Waits until the connection is gone - close() was called or it was lost - and the pump
+    /// has finished: from then on nothing of this session runs on the loop. Throws
+    /// operation_aborted when cancelled.
+    asio::awaitable<void> closed();
+    /// True while the pump runs: from connect() until it has finished after the connection
+    /// was closed or lost.
+    bool pump_running() const;
     /// False once the connection was closed or found dead.
     bool alive() const;
     /// The server's host key fingerprint, "SHA256:...".

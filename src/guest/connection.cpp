@@ -1,20 +1,19 @@
 // A connection to the guest agent over an SSH channel: requests, streamed replies, events.
 //
 // Deadlines: every request runs inside a request_scope that names it and sets when it must be
-// answered (request_deadlines). Reads and writes race a timer set to that time (`||`), and the
+// answered (request_deadlines). Reads and writes race a sleep until that time (first_of), and the
 // message loop also compares the clock with it for every line, so a flood that keeps the
 // channel busy cannot keep a request alive past its deadline. A flood ends a request sooner:
 // past max_bad_lines bad or unexpected lines it fails. Either closes the channel.
 #include <algorithm>
 #include <cstdio>
 #include <stdexcept>
+#include <system_error>
 #include <variant>
 
-#include <asio/experimental/awaitable_operators.hpp>
-#include <asio/steady_timer.hpp>
-#include <asio/this_coro.hpp>
-#include <asio/use_awaitable.hpp>
+#include <asio/error.hpp>
 
+#include "machine/async.hpp"
 #include "machine/guest.hpp"
 #include "machine/ssh.hpp"
 
@@ -42,41 +41,8 @@ std::string clipped(std::string_view text, std::size_t max = 64) {
     return std::string(text.substr(0, n)) + "...";
 }
 
-// A read or a write that cannot fail: `||` waits for the first *success* (house style §4.5), so
-// a failure must complete its side of the race too.
-struct read_outcome {
-    std::optional<std::string> chunk;
-    std::exception_ptr failure;
-};
-
-awaitable<read_outcome> read_nothrow(std::shared_ptr<ssh::channel> ch) {
-    read_outcome r;
-    try {
-        r.chunk = co_await ch->read();
-    } catch (...) {
-        r.failure = std::current_exception();
-    }
-    co_return r;
-}
-
-// `line` belongs to the caller, which awaits the race this runs in until it completes. A
-// secret line is written from that buffer and wiped (ssh::channel::write_secret), however the
-// write ends.
-awaitable<std::exception_ptr> write_nothrow(std::shared_ptr<ssh::channel> ch, std::string* line, bool secret) {
-    try {
-        if (secret) co_await ch->write_secret(*line);
-        else co_await ch->write(std::move(*line));
-        co_return nullptr;
-    } catch (...) {
-        co_return std::current_exception();
-    }
-}
-
-// Completes at `when`; throws when cancelled (it lost the race).
-awaitable<void> wait_until(asio::steady_timer& timer, std::chrono::steady_clock::time_point when) {
-    timer.expires_at(when);
-    co_await timer.async_wait(asio::use_awaitable);
-}
+// The deadline's side of a race ended because the race itself was cancelled.
+[[noreturn]] void aborted() { throw std::system_error(asio::error::operation_aborted); }
 
 } // namespace
 
@@ -187,31 +153,33 @@ void connection::flush_problems() {
 
 // The next chunk from the agent, or a timeout at the request's deadline.
 awaitable<std::optional<std::string>> connection::read_chunk() {
-    using namespace asio::experimental::awaitable_operators;
     if (deadline_ == clock::time_point::max()) co_return co_await channel_->read();  // a live subscription
     if (clock::now() >= deadline_) timed_out();
-    asio::steady_timer timer(co_await asio::this_coro::executor);
-    auto r = co_await (read_nothrow(channel_) || wait_until(timer, deadline_));
-    if (r.index() == 1) timed_out();
-    read_outcome& got = std::get<0>(r);
-    if (got.failure) std::rethrow_exception(got.failure);
-    co_return std::move(got.chunk);
+    // A failed read ends the race too (and is rethrown here).
+    auto r = co_await first_of(channel_->read(), sleep_until(deadline_));
+    if (r.index() == 1) {
+        if (!std::get<1>(r)) aborted();
+        timed_out();
+    }
+    co_return std::move(std::get<0>(r));
 }
 
 // Writes one line (a `secret` one is wiped however the write ends), or times out at the
 // request's deadline: an agent that stops reading fills the SSH window, and the write would
 // wait forever.
 awaitable<void> connection::send_line(std::string& line, bool secret) {
-    using namespace asio::experimental::awaitable_operators;
+    // `line` stays the caller's until this completes: a secret one is written from that buffer
+    // and wiped (ssh::channel::write_secret), however the write ends.
+    awaitable<void> write = secret ? channel_->write_secret(line) : channel_->write(std::move(line));
     if (deadline_ == clock::time_point::max()) {
-        if (secret) co_await channel_->write_secret(line);
-        else co_await channel_->write(std::move(line));
+        co_await std::move(write);
         co_return;
     }
-    asio::steady_timer timer(co_await asio::this_coro::executor);
-    auto r = co_await (write_nothrow(channel_, &line, secret) || wait_until(timer, deadline_));
-    if (r.index() == 1) timed_out();
-    if (auto failure = std::get<0>(r)) std::rethrow_exception(failure);
+    auto r = co_await first_of(std::move(write), sleep_until(deadline_));
+    if (r.index() == 1) {
+        if (!std::get<1>(r)) aborted();
+        timed_out();
+    }
 }
 
 awaitable<void> connection::send(const pr::json& message) {
@@ -500,7 +468,6 @@ awaitable<std::unique_ptr<connection>> connect_agent(std::shared_ptr<ssh::sessio
                                                      std::chrono::milliseconds patience,
                                                      std::function<void(const std::string&)> on_problem) {
     const auto deadline = std::chrono::steady_clock::now() + patience;
-    asio::steady_timer retry(co_await asio::this_coro::executor);
     for (;;) {
         std::exception_ptr failure;
         try {
@@ -512,8 +479,8 @@ awaitable<std::unique_ptr<connection>> connect_agent(std::shared_ptr<ssh::sessio
             failure = std::current_exception();  // the agent is not listening yet
         }
         if (std::chrono::steady_clock::now() >= deadline) std::rethrow_exception(failure);
-        retry.expires_after(std::chrono::milliseconds(250));
-        co_await retry.async_wait(asio::use_awaitable);
+        const bool slept = co_await sleep_for(std::chrono::milliseconds(250));  // named: see async.hpp
+        if (!slept) aborted();
     }
 }
 

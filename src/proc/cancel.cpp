@@ -1,15 +1,16 @@
 #include "machine/cancel.hpp"
 
-#include <asio/experimental/as_tuple.hpp>
-#include <asio/steady_timer.hpp>
-#include <asio/this_coro.hpp>
-#include <asio/use_awaitable.hpp>
+#include <system_error>
+
+#include <asio/error.hpp>
+
+#include "machine/async.hpp"
 
 namespace machine {
 
 struct cancel_signal::state {
-    explicit state(asio::any_io_executor ex) : wakeup(ex, asio::steady_timer::time_point::max()) {}
-    asio::steady_timer wakeup;  // never expires; cancel() is the broadcast
+    explicit state(asio::any_io_executor ex) : raised(std::move(ex)) {}
+    notifier raised;  // every trigger() wakes every waiter
     level current = none;
 };
 
@@ -21,23 +22,24 @@ cancel_signal::~cancel_signal() = default;
 void cancel_signal::trigger(level to) {
     if (to <= state_->current) return;
     state_->current = to;
-    state_->wakeup.cancel();
+    state_->raised.notify_all();
 }
 
 cancel_signal::level cancel_signal::current() const noexcept { return state_->current; }
 
-asio::awaitable<cancel_signal::level> cancel_signal::wait_above(level seen) {
-    const auto st = state_;  // keeps the timer alive even if *this goes first
+asio::awaitable<std::optional<cancel_signal::level>> cancel_signal::until_above(level seen) {
+    const auto st = state_;  // keeps the notifier alive even if *this goes first
     while (st->current <= seen) {
-        co_await st->wakeup.async_wait(asio::experimental::as_tuple(asio::use_awaitable));
-        // A wake-up is either our broadcast or the cancellation of this very wait (for example
-        // the losing side of `||`). Cancellation is not sticky, so leave now rather than wait
-        // again forever.
-        const auto cs = co_await asio::this_coro::cancellation_state;
-        if (cs.cancelled() != asio::cancellation_type::none)
-            throw std::system_error(asio::error::operation_aborted);
+        const bool woken = co_await st->raised.wait();  // named: see async.hpp on g++ 12
+        if (!woken) co_return std::nullopt;
     }
     co_return st->current;
+}
+
+asio::awaitable<cancel_signal::level> cancel_signal::wait_above(level seen) {
+    const auto reached = co_await until_above(seen);
+    if (!reached) throw std::system_error(asio::error::operation_aborted);
+    co_return *reached;
 }
 
 } // namespace machine

@@ -101,6 +101,36 @@ parsed<T> done(field_reader& r, T value) {
 
 bool is_envelope_key(std::string_view k) { return k == "v" || k == "id" || k == "type"; }
 
+// `items`, the array field `field` of r's message: at most `max` objects, each read from its own
+// field_reader by `read_item(item_reader, item_json, value, where)` into a T appended to `out`.
+// read_item may check the item against those before it (in `out`) and add to `where` (the
+// item's place in messages, "field[i]") what is known to be safe to show. The first problem
+// fails `r`, naming the item: "field[i] must be an object", "field[i]: <what>". A rejected item
+// is appended all the same, so that a caller wiping secrets on failure reaches it.
+template <class T, class ReadItem>
+void read_objects(field_reader& r, const json& items, const char* field, std::size_t max, std::vector<T>& out,
+                  ReadItem read_item) {
+    if (items.size() > max) r.fail(std::string("'") + field + "' has more than " + std::to_string(max) + " items");
+    if (!r.ok()) return;
+    out.reserve(out.size() + items.size());
+    for (std::size_t i = 0; i < items.size(); ++i) {
+        std::string where = std::string(field) + "[" + std::to_string(i) + "]";
+        const json& item = items[i];
+        if (!item.is_object()) {
+            r.fail(where + " must be an object");
+            return;
+        }
+        field_reader ir(item);
+        T value;
+        read_item(ir, item, value, where);
+        out.push_back(std::move(value));
+        if (!ir.ok()) {
+            r.fail(where + ": " + ir.error());
+            return;
+        }
+    }
+}
+
 // An argv array (`field` names it in errors): 1..max_argv strings without NUL, argv[0] not empty.
 void read_argv(field_reader& r, const json& argv, const std::string& field, std::vector<std::string>& out) {
     if (argv.empty()) r.fail("'" + field + "' must not be empty");
@@ -516,17 +546,8 @@ parsed<provision_request> parse_provision_request(const json& body) {
     if (auto f = r.boolean("force", false)) q.force = *f;
     if (const json* steps = r.array("steps", true)) {
         if (steps->empty()) r.fail("'steps' must not be empty");
-        else if (steps->size() > max_provision_steps)
-            r.fail("'steps' has more than " + std::to_string(max_provision_steps) + " items");
-        for (std::size_t i = 0; r.ok() && i < steps->size(); ++i) {
-            const std::string where = "steps[" + std::to_string(i) + "]";
-            const json& js = (*steps)[i];
-            if (!js.is_object()) {
-                r.fail(where + " must be an object");
-                break;
-            }
-            field_reader sr(js);
-            provision_step s;
+        read_objects(r, *steps, "steps", max_provision_steps, q.steps,
+                     [&q](field_reader& sr, const json&, provision_step& s, std::string&) {
             if (auto n = sr.string("name", true)) {
                 if (!is_valid_step_name(*n))
                     sr.fail("'name' must be 1-64 characters of a-z 0-9 . _ - starting with a letter or digit");
@@ -547,18 +568,14 @@ parsed<provision_request> parse_provision_request(const json& body) {
                 if (!is_step_hash(*h)) sr.fail("'hash' must be 1-128 characters of 0-9 a-f");
                 s.hash = *h;
             }
-            if (!sr.ok()) {
-                r.fail(where + ": " + sr.error());
-                break;
-            }
+            if (!sr.ok()) return;
             for (std::size_t k = 0; k < q.steps.size(); ++k) {
                 if (q.steps[k].name == s.name) {
-                    r.fail(where + ": 'name' '" + s.name + "' is already used by steps[" + std::to_string(k) + "]");
+                    sr.fail("'name' '" + s.name + "' is already used by steps[" + std::to_string(k) + "]");
                     break;
                 }
             }
-            q.steps.push_back(std::move(s));
-        }
+        });
     }
     return done(r, std::move(q));
 }
@@ -738,17 +755,8 @@ parsed<session_list_result> parse_session_list_result(const json& body) {
     field_reader r(body);
     session_list_result q;
     if (const json* sessions = r.array("sessions", true)) {
-        if (sessions->size() > max_sessions)
-            r.fail("'sessions' has more than " + std::to_string(max_sessions) + " items");
-        for (std::size_t i = 0; r.ok() && i < sessions->size(); ++i) {
-            const std::string where = "sessions[" + std::to_string(i) + "]";
-            const json& js = (*sessions)[i];
-            if (!js.is_object()) {
-                r.fail(where + " must be an object");
-                break;
-            }
-            field_reader sr(js);
-            session_info s;
+        read_objects(r, *sessions, "sessions", max_sessions, q.sessions,
+                     [&q](field_reader& sr, const json&, session_info& s, std::string&) {
             if (auto n = sr.string("name", true)) {
                 if (!is_valid_session_name(*n)) sr.fail("'name' is not a session name");
                 else s.name = *n;
@@ -772,9 +780,7 @@ parsed<session_list_result> parse_session_list_result(const json& body) {
                 for (const auto& other : q.sessions)
                     if (other.name == s.name) sr.fail("'name' '" + s.name + "' is listed twice");
             }
-            if (!sr.ok()) r.fail(where + ": " + sr.error());
-            else q.sessions.push_back(std::move(s));
-        }
+        });
     }
     return done(r, std::move(q));
 }
@@ -862,20 +868,10 @@ parsed<secrets_render_request> parse_secrets_render_request(const json& body) {
         q.user = *u;
     }
     if (const json* vars = r.array("variables", true); vars && r.ok()) {
-        if (vars->size() > max_secret_variables)
-            r.fail("'variables' has more than " + std::to_string(max_secret_variables) + " items");
-        q.variables.reserve(r.ok() ? vars->size() : 0);
-        for (std::size_t i = 0; r.ok() && i < vars->size(); ++i) {
+        read_objects(r, *vars, "variables", max_secret_variables, q.variables,
+                     [&q](field_reader& vr, const json& jv, secret_variable& v, std::string& where) {
             // Only the index until the name is known to be one: a value pasted into the name
             // field must not come back in the error.
-            std::string where = "variables[" + std::to_string(i) + "]";
-            const json& jv = (*vars)[i];
-            if (!jv.is_object()) {
-                r.fail(where + " must be an object");
-                break;
-            }
-            field_reader vr(jv);
-            secret_variable v;
             if (auto n = vr.string("name", true, true)) {
                 if (!is_valid_secret_name(*n))
                     vr.fail("'name' must be 1-128 characters of A-Z a-z 0-9 _, not starting with a digit, and not "
@@ -896,19 +892,14 @@ parsed<secrets_render_request> parse_secrets_render_request(const json& body) {
             if (vr.ok() && v.value.find('\0') != std::string::npos) vr.fail("the value contains a NUL byte");
             if (vr.ok() && v.value.size() > max_secret_value_bytes)
                 vr.fail("the value is longer than " + std::to_string(max_secret_value_bytes) + " bytes");
-            if (!vr.ok()) {
-                wipe_secret_bytes(v.value);
-                r.fail(where + ": " + vr.error());
-                break;
-            }
+            if (!vr.ok()) return;  // appended all the same: wiped with the others below
             for (std::size_t k = 0; k < q.variables.size(); ++k) {
                 if (q.variables[k].name == v.name) {
-                    r.fail(where + ": the name is already used by variables[" + std::to_string(k) + "]");
+                    vr.fail("the name is already used by variables[" + std::to_string(k) + "]");
                     break;
                 }
             }
-            q.variables.push_back(std::move(v));
-        }
+        });
     }
     if (!r.ok()) wipe_secrets(q);
     return done(r, std::move(q));
@@ -987,17 +978,8 @@ parsed<secrets_list_result> parse_secrets_list_result(const json& body) {
     field_reader r(body);
     secrets_list_result q;
     if (const json* sets = r.array("sets", true)) {
-        if (sets->size() > max_secret_sets)
-            r.fail("'sets' has more than " + std::to_string(max_secret_sets) + " items");
-        for (std::size_t i = 0; r.ok() && i < sets->size(); ++i) {
-            const std::string where = "sets[" + std::to_string(i) + "]";
-            const json& js = (*sets)[i];
-            if (!js.is_object()) {
-                r.fail(where + " must be an object");
-                break;
-            }
-            field_reader sr(js);
-            secret_set_info s;
+        read_objects(r, *sets, "sets", max_secret_sets, q.sets,
+                     [&q](field_reader& sr, const json&, secret_set_info& s, std::string&) {
             if (auto n = sr.string("set", true)) {
                 if (!is_valid_secret_set_name(*n)) sr.fail(set_name_rule);
                 else s.set = *n;
@@ -1012,9 +994,7 @@ parsed<secrets_list_result> parse_secrets_list_result(const json& body) {
                 for (const auto& other : q.sets)
                     if (other.set == s.set) sr.fail("'set' '" + s.set + "' is listed twice");
             }
-            if (!sr.ok()) r.fail(where + ": " + sr.error());
-            else q.sets.push_back(std::move(s));
-        }
+        });
     }
     return done(r, std::move(q));
 }
@@ -1078,18 +1058,9 @@ parsed<secrets_discover_result> parse_secrets_discover_result(const json& body) 
     field_reader r(body);
     secrets_discover_result q;
     if (const json* repos = r.array("repos", true)) {
-        if (repos->size() > max_discovered_repos)
-            r.fail("'repos' has more than " + std::to_string(max_discovered_repos) + " items");
-        for (std::size_t i = 0; r.ok() && i < repos->size(); ++i) {
-            // Only the index: a hostile dir must not come back in the error.
-            const std::string where = "repos[" + std::to_string(i) + "]";
-            const json& jr = (*repos)[i];
-            if (!jr.is_object()) {
-                r.fail(where + " must be an object");
-                break;
-            }
-            field_reader rr(jr);
-            envrc_secrets repo;
+        // Only the index in messages: a hostile dir must not come back in the error.
+        read_objects(r, *repos, "repos", max_discovered_repos, q.repos,
+                     [&q](field_reader& rr, const json&, envrc_secrets& repo, std::string&) {
             if (auto d = rr.string("dir", true)) {
                 if (!is_valid_repo_dir(*d))
                     rr.fail("'dir' must be one or two path components of printable characters");
@@ -1104,15 +1075,8 @@ parsed<secrets_discover_result> parse_secrets_discover_result(const json& body) 
             if (const json* uses = rr.array("uses", true); uses && rr.ok()) {
                 if (uses->empty() || uses->size() > max_envrc_uses)
                     rr.fail("'uses' must have 1 to " + std::to_string(max_envrc_uses) + " items");
-                for (std::size_t k = 0; rr.ok() && k < uses->size(); ++k) {
-                    const json& ju = (*uses)[k];
-                    const std::string uwhere = "uses[" + std::to_string(k) + "]";
-                    if (!ju.is_object()) {
-                        rr.fail(uwhere + " must be an object");
-                        break;
-                    }
-                    field_reader ur(ju);
-                    envrc_use u;
+                read_objects(rr, *uses, "uses", max_envrc_uses, repo.uses,
+                             [&repo](field_reader& ur, const json&, envrc_use& u, std::string&) {
                     if (auto s = ur.string("set", true)) {
                         if (!is_valid_envrc_token(*s)) ur.fail("'set' must be 1-128 printable bytes");
                         else u.set = *s;
@@ -1124,15 +1088,11 @@ parsed<secrets_discover_result> parse_secrets_discover_result(const json& body) 
                     }
                     if (ur.ok() && !repo.uses.empty() && u.line < repo.uses.back().line)
                         ur.fail("'line' is before the previous use's");
-                    if (!ur.ok()) rr.fail(uwhere + ": " + ur.error());
-                    else repo.uses.push_back(std::move(u));
-                }
+                });
             }
             if (rr.ok() && !q.repos.empty() && repo.dir <= q.repos.back().dir)
                 rr.fail("'dir' is not after the previous repo's (they are sorted, each once)");
-            if (!rr.ok()) r.fail(where + ": " + rr.error());
-            else q.repos.push_back(std::move(repo));
-        }
+        });
     }
     if (auto t = r.boolean("truncated", false)) q.truncated = *t;
     return done(r, std::move(q));

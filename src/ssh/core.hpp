@@ -6,6 +6,7 @@
 #include <string.h>  // explicit_bzero
 
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -14,9 +15,10 @@
 
 #include <asio/any_io_executor.hpp>
 #include <asio/awaitable.hpp>
+#include <asio/cancellation_signal.hpp>
 #include <asio/ip/tcp.hpp>
-#include <asio/steady_timer.hpp>
 
+#include "machine/async.hpp"
 #include "machine/ssh.hpp"
 
 namespace machine::ssh::detail {
@@ -72,7 +74,14 @@ inline constexpr std::size_t default_high_water = 1 << 20;
 inline constexpr std::size_t libssh_hold_limit = 8 << 20;
 
 // Everything about one connection. Owned by ssh::session, by every channel_core (through their
-// session) and by the pump coroutine while it runs.
+// session) and by the pump while it runs.
+//
+// The pump is owned by the session the way Boost.Redis's connection owns its async_run: it is
+// spawned once the handshake is done, bound to pump_stop_; close() ends it (the socket closes
+// and pump_stop_ cancels its wait); pump_ended() runs when it has finished, however it finished
+// (an exception it threw becomes the reason the connection is lost, for every waiter), and
+// closed() waits for that. It never outlives the session by more than the loop turn that
+// resumes it after close().
 struct session_core : std::enable_shared_from_this<session_core> {
     session_core(asio::any_io_executor ex, endpoint ep, host_key_pin pin);
     ~session_core();
@@ -87,15 +96,23 @@ struct session_core : std::enable_shared_from_this<session_core> {
     asio::awaitable<int> drive_socket(std::function<int()> step, int again);
     // Starts the pump (after a successful handshake).
     void start_pump();
+    // The pump: process(), then wait_io(), until the connection is gone. Only start_pump() runs it.
+    asio::awaitable<void> pump();
+    // The pump's completion: records a failure, frees libssh after a loss, wakes every waiter.
+    void pump_ended(std::exception_ptr failure);
+    // Until the connection is gone and the pump has finished (see ssh::session::closed()).
+    asio::awaitable<void> closed();
 
     // ---- after set-up ----
     // Retries `step` while it returns `again`, waiting for the pump to report progress.
     asio::awaitable<int> drive(std::function<int()> step, int again);
     // Wakes the pump: some libssh call outside it may have read packets into libssh's buffers.
+    // A kick while the pump is busy is kept: its next wait_io() returns at once.
     void kick();
     // Wakes every coroutine waiting in wait_progress().
     void notify();
-    // Waits for the next notify(). Honours Asio cancellation (throws operation_aborted).
+    // Waits for the next notify(). Honours Asio cancellation (throws operation_aborted), which
+    // ends the caller's wait-and-recheck loop.
     asio::awaitable<void> wait_progress();
 
     // One pump round: let libssh read and process what arrived, flush what is pending, move
@@ -138,12 +155,12 @@ struct session_core : std::enable_shared_from_this<session_core> {
     ssh_event event_ = nullptr;
     ssh_counter_struct counters_{};  // bytes read/written on the socket, updated by libssh
 
-    asio::steady_timer kick_timer_;  // cancelled to wake the pump
-    asio::steady_timer progress_;    // never expires; cancel() broadcasts progress
-    bool kicked_ = false;
+    notifier kick_;                  // wakes the pump (notify_one: kept while it is busy)
+    notifier progress_;              // the pump's broadcast to channel operations (notify_all)
     bool changed_ = false;           // channel state changed since the last notify
     std::uint64_t notified_in_ = 0, notified_out_ = 0;
-    bool pump_running_ = false;
+    asio::cancellation_signal pump_stop_;  // the pump's cancellation slot: close() ends it
+    bool pump_running_ = false;      // from start_pump() until pump_ended()
     std::uint64_t wakeups_ = 0;
 
     bool closed_ = false;   // close() was called

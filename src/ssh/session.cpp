@@ -5,9 +5,9 @@
 #include <cerrno>
 #include <cstring>
 
+#include <asio/bind_cancellation_slot.hpp>
 #include <asio/co_spawn.hpp>
 #include <asio/experimental/as_tuple.hpp>
-#include <asio/experimental/awaitable_operators.hpp>
 #include <asio/ip/address.hpp>
 #include <asio/ip/tcp.hpp>
 #include <asio/connect.hpp>
@@ -16,6 +16,7 @@
 #include <spdlog/spdlog.h>
 
 #include "core.hpp"
+#include "machine/async.hpp"
 #include "machine/cancel.hpp"
 #include "machine/paths.hpp"
 
@@ -26,7 +27,6 @@ namespace {
 using asio::awaitable;
 using asio::use_awaitable;
 using asio::experimental::as_tuple;
-using namespace asio::experimental::awaitable_operators;
 using tcp = asio::ip::tcp;
 
 // libssh objects with their own deleters.
@@ -68,8 +68,7 @@ namespace detail {
 // session_core: set-up
 
 session_core::session_core(asio::any_io_executor ex, endpoint ep, host_key_pin pin)
-    : ep_(std::move(ep)), pin_(std::move(pin)), socket_(ex), kick_timer_(ex),
-      progress_(ex, asio::steady_timer::time_point::max()), read_buffer_(64 * 1024) {
+    : ep_(std::move(ep)), pin_(std::move(pin)), socket_(ex), kick_(ex), progress_(ex), read_buffer_(64 * 1024) {
     // Every message about this connection names the VM (the user knows projects, not ports).
     desc_ = ep_.user + "@" + ep_.host + ":" + std::to_string(ep_.port);
     if (!pin_.vm_name.empty()) desc_ = "VM '" + pin_.vm_name + "' (" + desc_ + ")";
@@ -238,38 +237,32 @@ awaitable<void> session_core::handshake() {
 // ------------------------------------------------------------------------------------------
 // The pump
 
-namespace {
-
-// The one reader of the socket once the session is up. Ends when the session is closed or
-// found dead; never throws.
-awaitable<void> pump(std::shared_ptr<session_core> s) {
-    try {
-        while (!s->gone()) {
-            s->kicked_ = false;
-            s->process();
-            if (s->gone()) break;
-            if (s->kicked_) continue;  // someone called libssh meanwhile: look again first
-            co_await s->wait_io();
-        }
-    } catch (const std::exception& e) {
-        if (!s->gone()) s->mark_lost(std::string("internal error: ") + e.what());
-    } catch (...) {
-        if (!s->gone()) s->mark_lost("internal error");
+// The one reader of the socket once the session is up. Ends when the session is closed or found
+// dead; what it throws ends it too (pump_ended() says so to every waiter).
+awaitable<void> session_core::pump() {
+    while (!gone()) {
+        process();
+        if (gone()) break;
+        // Returns at once when something kicked the pump during process(): someone called
+        // libssh meanwhile, look again first.
+        co_await wait_io();
     }
-    s->pump_running_ = false;
-    if (!s->closed_) s->teardown(false);  // lost: libssh cannot be used any more
-    s->notify();
 }
 
-awaitable<void> wait_socket(tcp::socket& socket, tcp::socket::wait_type what) {
-    co_await socket.async_wait(what, as_tuple(use_awaitable));
+void session_core::pump_ended(std::exception_ptr failure) {
+    if (failure && !gone()) {
+        try {
+            std::rethrow_exception(failure);
+        } catch (const std::exception& e) {
+            mark_lost(std::string("internal error: ") + e.what());
+        } catch (...) {
+            mark_lost("internal error");
+        }
+    }
+    pump_running_ = false;
+    if (!closed_) teardown(false);  // lost: libssh cannot be used any more
+    notify();
 }
-
-awaitable<void> wait_timer(asio::steady_timer& timer) {
-    co_await timer.async_wait(as_tuple(use_awaitable));
-}
-
-} // namespace
 
 void session_core::start_pump() {
     event_ = ssh_event_new();
@@ -278,23 +271,27 @@ void session_core::start_pump() {
     pump_running_ = true;
     notified_in_ = counters_.in_bytes;
     notified_out_ = counters_.out_bytes;
-    asio::co_spawn(socket_.get_executor(), pump(shared_from_this()), [](std::exception_ptr) {});
+    // The completion handler holds the session state until the pump has finished.
+    auto on_end = [self = shared_from_this()](std::exception_ptr e) { self->pump_ended(e); };
+    asio::co_spawn(socket_.get_executor(), pump(), asio::bind_cancellation_slot(pump_stop_.slot(), std::move(on_end)));
 }
 
-void session_core::kick() {
-    kicked_ = true;
-    kick_timer_.cancel();
+awaitable<void> session_core::closed() {
+    while (pump_running_) {
+        const bool woken = co_await progress_.wait();  // named: see async.hpp on g++ 12
+        if (!woken) throw std::system_error(asio::error::operation_aborted);
+    }
 }
 
-void session_core::notify() { progress_.cancel(); }
+void session_core::kick() { kick_.notify_one(); }
+
+void session_core::notify() { progress_.notify_all(); }
 
 awaitable<void> session_core::wait_progress() {
-    // Woken by notify() (operation_aborted from cancel()) or by the cancellation of this very
-    // wait, e.g. the losing side of `||`; only the latter leaves the cancellation state set.
-    co_await progress_.async_wait(as_tuple(use_awaitable));
-    const auto cs = co_await asio::this_coro::cancellation_state;
-    if (cs.cancelled() != asio::cancellation_type::none)
-        throw std::system_error(asio::error::operation_aborted);
+    // Woken by notify(), or by the cancellation of this very wait (e.g. the losing side of a
+    // race), which must end the caller's loop.
+    const bool woken = co_await progress_.wait();  // named: see async.hpp on g++ 12
+    if (!woken) throw std::system_error(asio::error::operation_aborted);
 }
 
 awaitable<int> session_core::drive(std::function<int()> step, int again) {
@@ -402,16 +399,23 @@ void session_core::check_alive() {
     }
 }
 
+namespace {
+// Until the socket is ready for `what` (or closed: the error is the pump's next round's to see).
+awaitable<void> wait_socket(tcp::socket& socket, tcp::socket::wait_type what) {
+    co_await socket.async_wait(what, as_tuple(use_awaitable));
+}
+} // namespace
+
 awaitable<void> session_core::wait_io() {
-    kick_timer_.expires_at(asio::steady_timer::time_point::max());
     const bool want_write = raw_ && (ssh_get_status(raw_) & SSH_WRITE_PENDING);
     // Completes on readability (data, keepalive or EOF), on writability while libssh holds
-    // unsent output, or on kick(); close() closes the socket, which ends the waits too.
+    // unsent output, or on kick(); close() closes the socket and cancels the pump, which ends
+    // the waits too.
     if (want_write) {
-        co_await (wait_socket(socket_, tcp::socket::wait_read) ||
-                  wait_socket(socket_, tcp::socket::wait_write) || wait_timer(kick_timer_));
+        co_await first_of(wait_socket(socket_, tcp::socket::wait_read), wait_socket(socket_, tcp::socket::wait_write),
+                          kick_.wait());
     } else {
-        co_await (wait_socket(socket_, tcp::socket::wait_read) || wait_timer(kick_timer_));
+        co_await first_of(wait_socket(socket_, tcp::socket::wait_read), kick_.wait());
     }
 }
 
@@ -436,6 +440,7 @@ void session_core::close() {
     const bool healthy = lost_.empty();
     closed_ = true;
     teardown(healthy);
+    if (pump_running_) pump_stop_.emit(asio::cancellation_type::terminal);
     notify();
 }
 
@@ -462,8 +467,7 @@ void session_core::teardown(bool send_disconnect) {
         libssh_fd_ = -1;
     }
     std::error_code ec;
-    socket_.close(ec);  // ends the pump's waits
-    kick_timer_.cancel();
+    socket_.close(ec);  // ends the pump's socket waits
 }
 
 void session_core::add_channel(channel_core* c) { channels_.push_back(c); }
@@ -479,25 +483,6 @@ void session_core::remove_channel(channel_core* c) {
 
 namespace {
 
-awaitable<std::exception_ptr> handshake_nothrow(std::shared_ptr<detail::session_core> core) {
-    // A failure must count as a completion for `||` (which waits for the first success).
-    try {
-        co_await core->handshake();
-        co_return nullptr;
-    } catch (...) {
-        co_return std::current_exception();
-    }
-}
-
-awaitable<void> sleep_for(asio::steady_timer& timer, std::chrono::milliseconds d) {
-    timer.expires_after(d);
-    co_await timer.async_wait(use_awaitable);  // throws when cancelled (it lost the race)
-}
-
-awaitable<cancel_signal::level> wait_cancel(cancel_signal& cancel) {
-    co_return co_await cancel.wait_above(cancel_signal::none);
-}
-
 std::string seconds_text(std::chrono::milliseconds d) {
     const auto ms = d.count();
     if (ms % 1000 == 0) return std::to_string(ms / 1000) + " s";
@@ -508,6 +493,7 @@ std::string seconds_text(std::chrono::milliseconds d) {
 
 session::session(std::shared_ptr<detail::session_core> core) : core_(std::move(core)) {}
 
+// The pump ends at the loop's next turn (closed() is for a caller that must know it has).
 session::~session() { core_->close(); }
 
 awaitable<std::shared_ptr<session>> session::connect(endpoint ep, host_key_pin pin,
@@ -521,20 +507,25 @@ awaitable<std::shared_ptr<session>> session::connect(endpoint ep, host_key_pin p
     auto core = std::make_shared<detail::session_core>(ex, std::move(ep), std::move(pin));
     core->pinned_ = detail::read_pin(core->pin_.file);  // a corrupt pin fails before connecting
 
-    asio::steady_timer timer(ex);
+    // One race either way: without a cancel_signal of the caller's, one that never fires.
+    cancel_signal never(ex);
+    cancel_signal& stop = cancel ? *cancel : never;
     std::size_t winner = 0;
     std::exception_ptr failure;
-    // The handshake races the timeout (and the cancel signal); the loser is cancelled, which
-    // for the handshake means its socket wait ends with operation_aborted.
-    if (cancel) {
-        auto r = co_await (handshake_nothrow(core) || sleep_for(timer, timeout) ||
-                           wait_cancel(*cancel));
+    // The handshake races the timeout and the cancel signal; the losers are cancelled and
+    // awaited, which for the handshake means its socket wait ends with operation_aborted. Cancelling
+    // connect() itself cancels all three: the first to end says operation_aborted.
+    try {
+        const auto r = co_await first_of(core->handshake(), sleep_for(timeout), stop.until_above(cancel_signal::none));
         winner = r.index();
-        if (winner == 0) failure = std::get<0>(r);
-    } else {
-        auto r = co_await (handshake_nothrow(core) || sleep_for(timer, timeout));
-        winner = r.index();
-        if (winner == 0) failure = std::get<0>(r);
+        if ((winner == 1 && !std::get<1>(r)) || (winner == 2 && !std::get<2>(r)))
+            failure = std::make_exception_ptr(std::system_error(asio::error::operation_aborted));
+    } catch (...) {
+        failure = std::current_exception();
+    }
+    if (failure) {
+        core->teardown(false);  // in particular after a host key mismatch: send nothing more
+        std::rethrow_exception(failure);
     }
     if (winner == 1) {
         const std::string phase = core->phase_;
@@ -546,10 +537,6 @@ awaitable<std::shared_ptr<session>> session::connect(endpoint ep, host_key_pin p
         core->teardown(false);
         throw interrupted_error();
     }
-    if (failure) {
-        core->teardown(false);  // in particular after a host key mismatch: send nothing more
-        std::rethrow_exception(failure);
-    }
     core->start_pump();
     spdlog::debug("ssh: vm={} connected to {} ({})", core->pin_.vm_name, core->desc_,
                   core->fingerprint_);
@@ -557,6 +544,13 @@ awaitable<std::shared_ptr<session>> session::connect(endpoint ep, host_key_pin p
 }
 
 void session::close() { core_->close(); }
+
+awaitable<void> session::closed() {
+    const auto core = core_;  // keeps the state alive even if *this goes first
+    co_await core->closed();
+}
+
+bool session::pump_running() const { return core_->pump_running_; }
 
 bool session::alive() const { return !core_->gone() && core_->raw_ != nullptr; }
 

@@ -692,6 +692,76 @@ BOOST_AUTO_TEST_CASE(secrets_discover_result_rejects_hostile_input) {
     bad(t, "'truncated'");
 }
 
+// Every capped array of objects (one reader, read_objects, serves them all): one item too many
+// fails naming the field; exactly the cap gets past the count (to the first item's own check).
+BOOST_AUTO_TEST_CASE(capped_arrays_name_the_field_when_too_long) {
+    auto empties = [](std::size_t n) {
+        proto::json a = proto::json::array();
+        for (std::size_t i = 0; i < n; ++i) a.push_back(proto::json::object());
+        return a;
+    };
+    auto expect = [](const auto& parsed, const std::string& expected) {
+        BOOST_TEST_CONTEXT(expected) {
+            BOOST_TEST(!parsed);
+            BOOST_TEST(parsed.error.find(expected) != std::string::npos, parsed.error);
+        }
+    };
+    auto more_than = [](const char* field, std::size_t max) {
+        return std::string("'") + field + "' has more than " + std::to_string(max) + " items";
+    };
+    auto steps = [&](std::size_t n) {
+        proto::json b = proto::make_request(1, proto::type::provision);
+        b["plan"] = "p";
+        b["steps"] = empties(n);
+        return proto::parse_provision_request(b);
+    };
+    expect(steps(proto::max_provision_steps + 1), more_than("steps", proto::max_provision_steps));
+    expect(steps(proto::max_provision_steps), "steps[0]: missing 'name'");
+
+    auto sessions = [&](std::size_t n) {
+        proto::json b = proto::make_envelope(1, proto::type::result);
+        b["sessions"] = empties(n);
+        return proto::parse_session_list_result(b);
+    };
+    expect(sessions(proto::max_sessions + 1), more_than("sessions", proto::max_sessions));
+    expect(sessions(proto::max_sessions), "sessions[0]: missing 'name'");
+
+    auto variables = [&](std::size_t n) {
+        proto::json b = proto::make_request(1, proto::type::secrets_render);
+        b["set"] = "web";
+        b["variables"] = empties(n);
+        return proto::parse_secrets_render_request(b);
+    };
+    expect(variables(proto::max_secret_variables + 1), more_than("variables", proto::max_secret_variables));
+    expect(variables(proto::max_secret_variables), "variables[0]: missing 'name'");
+
+    auto sets = [&](std::size_t n) {
+        proto::json b = proto::make_envelope(1, proto::type::result);
+        b["sets"] = empties(n);
+        return proto::parse_secrets_list_result(b);
+    };
+    expect(sets(proto::max_secret_sets + 1), more_than("sets", proto::max_secret_sets));
+    expect(sets(proto::max_secret_sets), "sets[0]: missing 'set'");
+
+    auto repos = [&](std::size_t n) {
+        proto::json b = proto::make_envelope(1, proto::type::result);
+        b["repos"] = empties(n);
+        return proto::parse_secrets_discover_result(b);
+    };
+    expect(repos(proto::max_discovered_repos + 1), more_than("repos", proto::max_discovered_repos));
+    expect(repos(proto::max_discovered_repos), "repos[0]: missing 'dir'");
+
+    auto uses = [&](std::size_t n) {
+        proto::json repo = {{"dir", "web"}, {"path", "/home/u/code/web/.envrc"}, {"uses", empties(n)}};
+        proto::json b = proto::make_envelope(1, proto::type::result);
+        b["repos"] = proto::json::array({repo});
+        return proto::parse_secrets_discover_result(b);
+    };
+    expect(uses(proto::max_envrc_uses + 1),
+           "repos[0]: 'uses' must have 1 to " + std::to_string(proto::max_envrc_uses) + " items");
+    expect(uses(proto::max_envrc_uses), "repos[0]: uses[0]: missing 'set'");
+}
+
 BOOST_AUTO_TEST_CASE(finality) {
     BOOST_TEST(proto::is_final("result"));
     BOOST_TEST(proto::is_final("error"));

@@ -27,6 +27,7 @@
 #include <asio/write.hpp>
 
 #include "../support/sshd.hpp"
+#include "machine/async.hpp"
 #include "machine/cancel.hpp"
 #include "machine/proc.hpp"
 #include "machine/ssh.hpp"
@@ -805,6 +806,44 @@ BOOST_AUTO_TEST_CASE(closing_the_session_ends_pending_reads) {
     double waited = 99;
     co_run(ctx, close_while_reading(sshd, waited));
     BOOST_TEST(waited < 1.0);
+}
+
+namespace {
+awaitable<void> close_and_await_the_pump(sshd_server& sshd) {
+    auto s = co_await connect(sshd);
+    auto ch = co_await s->exec("sleep 10");
+    BOOST_TEST(s->pump_running());
+    // closed() waits while the connection is up.
+    const auto early = co_await first_of(s->closed(), sleep_for(100ms));
+    BOOST_TEST(early.index() == 1u);
+    BOOST_TEST(s->pump_running());
+    s->close();
+    co_await s->closed();
+    // The pump has finished: nothing of the session is left on the loop.
+    BOOST_TEST(!s->pump_running());
+    BOOST_CHECK_THROW(co_await ch->read(), ssh::connection_lost);
+}
+
+awaitable<void> lose_and_await_the_pump(sshd_server& sshd) {
+    auto s = co_await connect(sshd);
+    auto ch = co_await s->exec("sleep 10");
+    sshd.stop();  // the server goes away: nobody calls close()
+    const auto r = co_await first_of(s->closed(), sleep_for(5000ms));
+    BOOST_TEST(r.index() == 0u);
+    BOOST_TEST(!s->pump_running());
+    BOOST_TEST(!s->alive());
+    BOOST_CHECK_THROW(co_await ch->read(), ssh::connection_lost);
+}
+} // namespace
+
+BOOST_AUTO_TEST_CASE(close_ends_the_pump_and_closed_awaits_it) {
+    const auto fds_before = open_fds();
+    co_run(ctx, close_and_await_the_pump(sshd));
+    BOOST_TEST(open_fds() == fds_before);
+}
+
+BOOST_AUTO_TEST_CASE(a_lost_connection_ends_the_pump_too) {
+    co_run(ctx, lose_and_await_the_pump(sshd));
 }
 
 namespace {
