@@ -2,8 +2,8 @@
 // type, its handler (in requests/<name>.cpp) and what the dispatcher checks before calling it.
 // `hello`'s capabilities are the table's advertised types, in table order.
 //
-// Adding a request: its message in protocol (messages.hpp), a row in dispatch.cpp, and a handler
-// file in requests/ declared below.
+// Adding a request: its message in protocol (include/machine/protocol.hpp), a row in
+// dispatch.cpp, and a handler file in requests/ declared below.
 #pragma once
 
 #include <cstdint>
