@@ -7,10 +7,8 @@
 #include <deque>
 #include <map>
 
-#include <asio/experimental/as_tuple.hpp>
 #include <asio/experimental/awaitable_operators.hpp>
 #include <asio/this_coro.hpp>
-#include <asio/use_awaitable.hpp>
 
 #include "log.hpp"
 #include "machine/events.hpp"
@@ -23,11 +21,9 @@ namespace {
 
 namespace proto = machine::protocol;
 using asio::awaitable;
-using asio::use_awaitable;
 using namespace asio::experimental::awaitable_operators;
 using namespace std::chrono_literals;
 using clock = std::chrono::steady_clock;
-
 
 constexpr std::size_t max_line = 2000;            // bytes of one step.output line
 constexpr std::size_t max_output_events = 2000;   // per step; later lines are only counted
