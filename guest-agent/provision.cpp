@@ -7,14 +7,12 @@
 #include <deque>
 #include <map>
 
-#include <asio/experimental/as_tuple.hpp>
 #include <asio/experimental/awaitable_operators.hpp>
-#include <asio/posix/stream_descriptor.hpp>
 #include <asio/this_coro.hpp>
-#include <asio/use_awaitable.hpp>
 
 #include "log.hpp"
 #include "machine/events.hpp"
+#include "machine/supervise.hpp"
 #include "spawn.hpp"
 
 namespace machine::agent {
@@ -23,19 +21,14 @@ namespace {
 
 namespace proto = machine::protocol;
 using asio::awaitable;
-using asio::use_awaitable;
 using namespace asio::experimental::awaitable_operators;
 using namespace std::chrono_literals;
 using clock = std::chrono::steady_clock;
-using descriptor = asio::posix::stream_descriptor;
-
-constexpr auto use_nothrow = asio::experimental::as_tuple(use_awaitable);
 
 constexpr std::size_t max_line = 2000;            // bytes of one step.output line
 constexpr std::size_t max_output_events = 2000;   // per step; later lines are only counted
 constexpr std::size_t tail_lines = 20;            // kept for step.failed and the result
 constexpr auto check_timeout_cap = 60000ms;       // a check is a quick question
-constexpr auto pipe_linger = 500ms;               // output of leftovers after the child exits
 
 std::uint64_t ms_since(clock::time_point t0) {
     return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(clock::now() - t0).count());
@@ -82,19 +75,6 @@ std::string clean_line(std::string_view raw, std::size_t max) {
 } // namespace
 
 // --- one process: a check or a run --------------------------------------------------------------
-
-// The process running now; cancel() and kill_now() reach it through current_.
-struct provision_job::child {
-    child(asio::any_io_executor ex, pid_t p, clock::time_point d) : pid(p), deadline(d), wake(ex) {}
-    pid_t pid;                    // also its process group's id (spawn makes it a session leader)
-    clock::time_point deadline;
-    clock::time_point kill_at{};
-    asio::steady_timer wake;      // wakes supervise(): a deadline, a cancel, the exit
-    bool term_sent = false;
-    bool kill_sent = false;
-    bool timed_out = false;       // the SIGTERM was the deadline's, not a cancel's
-    bool exited = false;
-};
 
 struct provision_job::process_end {
     std::optional<int> exit_code;
@@ -174,72 +154,6 @@ private:
     std::deque<std::string> tail_;
 };
 
-namespace {
-
-struct child_io {
-    explicit child_io(asio::any_io_executor ex) : out(ex), err(ex), linger(ex) {}
-    descriptor out, err;
-    asio::steady_timer linger;
-    int open_streams = 2;
-};
-
-// Reads one pipe to its end. `sink` null: the output is read and dropped (a check's).
-template <class Sink>
-awaitable<void> read_output(child_io& io, descriptor& d, int stream, Sink* sink) {
-    std::string buf(16384, '\0');
-    while (d.is_open()) {
-        auto [ec, n] = co_await d.async_read_some(asio::buffer(buf), use_nothrow);
-        if (ec) break;  // EOF, or closed after the linger period
-        if (sink) sink->feed(stream, std::string_view(buf.data(), n));
-    }
-    if (sink) sink->finish(stream);
-    if (d.is_open()) d.close();
-    if (--io.open_streams == 0) io.linger.cancel();
-}
-
-} // namespace
-
-awaitable<void> provision_job::supervise(child& c) {
-    // Re-evaluated on every wake-up: the deadline, a cancel (which cancels `wake`), the exit.
-    for (;;) {
-        if (c.exited) co_return;
-        const auto now = clock::now();
-        if (!c.term_sent && (cancelled_ || now >= c.deadline)) {
-            c.timed_out = !cancelled_;
-            c.term_sent = true;
-            c.kill_at = now + setup_.kill_grace;
-            ::kill(-c.pid, SIGTERM);
-        } else if (c.term_sent && !c.kill_sent && now >= c.kill_at) {
-            c.kill_sent = true;
-            ::kill(-c.pid, SIGKILL);
-        }
-        c.wake.expires_at(!c.term_sent ? c.deadline : !c.kill_sent ? c.kill_at : clock::time_point::max());
-        co_await c.wake.async_wait(use_nothrow);
-    }
-}
-
-namespace {
-
-template <class Child>
-awaitable<void> wait_child(Child& c, child_io& io, int pidfd, int& status) {
-    const bool exited = co_await wait_exited(c.pid, pidfd);
-    // A step we stopped (timeout, cancel) must not leave anything of its group behind, and
-    // while its leader is an unreaped zombie the group's id cannot belong to anyone else.
-    if (exited && c.term_sent) ::kill(-c.pid, SIGKILL);
-    status = reap_child(c.pid, exited);
-    c.exited = true;
-    c.wake.cancel();
-    if (io.open_streams > 0) {
-        // Background processes the step left may hold its pipes open for ever.
-        io.linger.expires_after(pipe_linger);
-        co_await io.linger.async_wait(use_nothrow);
-        if (io.out.is_open()) io.out.close();
-        if (io.err.is_open()) io.err.close();
-    }
-}
-
-} // namespace
-
 awaitable<provision_job::process_end> provision_job::run_process(std::vector<std::string> argv, std::size_t index,
                                                                  std::chrono::milliseconds timeout,
                                                                  output_sink* sink) {
@@ -256,31 +170,57 @@ awaitable<provision_job::process_end> provision_job::run_process(std::vector<std
     spec.env = child_environment(user, setup_.runtime_dir_root, extra);
     spec.cwd = home_or_root(user);
     spec.as_user = user;
-    child_process proc;
+    child_process started;
     try {
-        proc = spawn(spec);
+        started = spawn(spec);
     } catch (const spawn_failure& e) {
         end.spawn_error = e.what();
         co_return end;
     }
-    log::debug("provision " + request_.plan + ": step " + step.name + ": pid " + std::to_string(proc.pid) + " as " +
+    log::debug("provision " + request_.plan + ": step " + step.name + ": pid " + std::to_string(started.pid) + " as " +
                user.name + ": " + spec.argv[0]);
 
     auto ex = co_await asio::this_coro::executor;
-    child c(ex, proc.pid, clock::now() + timeout);
-    child_io io(ex);
-    io.out.assign(proc.stdout_fd);
-    io.err.assign(proc.stderr_fd);
-    int status = 0;
-    current_ = &c;
-    co_await (read_output(io, io.out, 0, sink) && read_output(io, io.err, 1, sink) && supervise(c) &&
-              wait_child(c, io, proc.pidfd, status));
+    const pid_t pid = started.pid;  // also its process group's id (spawn makes it a session leader)
+    // SIGTERM on the deadline or a cancel, SIGKILL after kill_grace.
+    proc::stopper stopper(ex, proc::stop_ladder::term_kill(setup_.kill_grace), [pid](int sig) { ::kill(-pid, sig); });
+    stopper.deadline(clock::now() + timeout);
+    if (cancelled_) stopper.request();
+    proc::child_watch watch;
+    watch.pid = pid;
+    watch.pidfd = started.pidfd;
+    watch.out.fd = started.stdout_fd;
+    watch.err.fd = started.stderr_fd;
+    if (sink) {
+        watch.out.on_chunk = [sink](std::string_view chunk) -> awaitable<bool> {
+            sink->feed(0, chunk);
+            co_return true;
+        };
+        watch.err.on_chunk = [sink](std::string_view chunk) -> awaitable<bool> {
+            sink->feed(1, chunk);
+            co_return true;
+        };
+    }
+    // A step we stopped (timeout, cancel) must not leave anything of its group behind, and
+    // while its leader is an unreaped zombie the group's id cannot belong to anyone else.
+    watch.on_exit = [&stopper, pid] {
+        if (stopper.stopping()) ::kill(-pid, SIGKILL);
+    };
+    watch.on_reaped = [&stopper] { stopper.exited(); };
+    current_ = &stopper;
+    auto draining = proc::drain_and_reap(std::move(watch));  // named first: house style §4
+    const int status = co_await (std::move(draining) && stopper.run());
     current_ = nullptr;
+    if (sink) {
+        // An unterminated last line still counts.
+        sink->finish(0);
+        sink->finish(1);
+    }
 
     if (WIFSIGNALED(status)) end.signal = WTERMSIG(status);
     else end.exit_code = WEXITSTATUS(status);
-    end.timed_out = c.timed_out;
-    end.cancelled = c.term_sent && !c.timed_out;
+    end.timed_out = stopper.why() == proc::stopper::reason::deadline;
+    end.cancelled = stopper.stopping() && !end.timed_out;
     co_return end;
 }
 
@@ -309,12 +249,12 @@ std::optional<std::string> provision_job::resolve_users() {
 
 void provision_job::cancel() {
     cancelled_ = true;
-    if (current_) current_->wake.cancel();  // supervise() sends the SIGTERM
+    if (current_) current_->request();
 }
 
 void provision_job::kill_now() {
     cancelled_ = true;
-    if (current_ && !current_->exited) ::kill(-current_->pid, SIGKILL);
+    if (current_) current_->force();
 }
 
 proto::json provision_job::fields_for(const std::string& step) const {

@@ -28,6 +28,10 @@
 #include "steps_state.hpp"
 #include "users.hpp"
 
+namespace machine::proc {
+class stopper;
+}
+
 namespace machine::agent {
 
 struct provision_setup {
@@ -63,14 +67,12 @@ public:
     const std::string& plan() const noexcept { return request_.plan; }
 
 private:
-    struct child;
     struct process_end;
     class output_sink;
 
     asio::awaitable<protocol::step_outcome> run_step(std::size_t index);
     asio::awaitable<process_end> run_process(std::vector<std::string> argv, std::size_t index,
                                              std::chrono::milliseconds timeout, output_sink* sink);
-    asio::awaitable<void> supervise(child& c);
     void fail_step(protocol::step_outcome& o, std::string reason, const process_end* end,
                    std::chrono::steady_clock::time_point t0, std::uint64_t dropped_lines);
     void emit(std::string_view event, const protocol::json& fields);
@@ -81,7 +83,7 @@ private:
     std::vector<user_info> users_;   // per step, from resolve_users()
     bool cancelled_ = false;
     bool emit_failed_ = false;
-    child* current_ = nullptr;       // the process running now, if any
+    proc::stopper* current_ = nullptr;  // stops the process running now, if any
 };
 
 } // namespace machine::agent

@@ -10,15 +10,9 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <chrono>
 #include <csignal>
 #include <utility>
 
-#include <asio/experimental/as_tuple.hpp>
-#include <asio/posix/stream_descriptor.hpp>
-#include <asio/steady_timer.hpp>
-#include <asio/this_coro.hpp>
-#include <asio/use_awaitable.hpp>
 
 #include "files.hpp"
 
@@ -231,35 +225,6 @@ std::vector<std::string> child_environment(const user_info& user, const std::str
 std::string home_or_root(const user_info& user) {
     struct stat sb {};
     return (!user.home.empty() && ::stat(user.home.c_str(), &sb) == 0 && S_ISDIR(sb.st_mode)) ? user.home : "/";
-}
-
-asio::awaitable<bool> wait_exited(pid_t pid, int pidfd_raw) {
-    using asio::experimental::as_tuple;
-    using asio::use_awaitable;
-    auto ex = co_await asio::this_coro::executor;
-    if (pidfd_raw >= 0) {
-        asio::posix::stream_descriptor pidfd(ex, pidfd_raw);
-        // A pidfd polls readable once the process has exited (it stays a zombie until reaped).
-        auto [ec] = co_await pidfd.async_wait(asio::posix::stream_descriptor::wait_read, as_tuple(use_awaitable));
-        co_return !ec;
-    }
-    // No pidfd (Linux < 5.3): poll, with WNOWAIT so that the child stays a zombie.
-    asio::steady_timer poll(ex);
-    for (;;) {
-        siginfo_t info{};
-        const int r = ::waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOHANG | WNOWAIT);
-        if ((r == 0 && info.si_pid == pid) || (r < 0 && errno != EINTR)) co_return true;
-        poll.expires_after(std::chrono::milliseconds(20));
-        auto [ec] = co_await poll.async_wait(as_tuple(use_awaitable));
-        if (ec) co_return false;
-    }
-}
-
-int reap_child(pid_t pid, bool block) {
-    int status = 0;
-    while (::waitpid(pid, &status, block ? 0 : WNOHANG) < 0 && errno == EINTR) {
-    }
-    return status;
 }
 
 } // namespace machine::agent

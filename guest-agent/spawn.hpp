@@ -12,8 +12,6 @@
 #include <string>
 #include <vector>
 
-#include <asio/awaitable.hpp>
-
 #include "users.hpp"
 
 namespace machine::agent {
@@ -62,13 +60,6 @@ std::vector<std::string> child_environment(const user_info& user, const std::str
 /// The user's home directory when it exists, else "/": a command's default cwd.
 std::string home_or_root(const user_info& user);
 
-/// Waits, without blocking the loop, until the child has exited, and does NOT reap it: until it
-/// is reaped its pid, which is also its process group's id, cannot be reused, so the group can
-/// still be signalled safely. Takes ownership of `pidfd` (-1: poll instead). False when the
-/// wait was cancelled (the loop is going away) before the child exited.
-asio::awaitable<bool> wait_exited(pid_t pid, int pidfd);
-
-/// Reaps the child and returns its wait status; `block` false: only if it has exited (0 if not).
-int reap_child(pid_t pid, bool block = true);
+// Waiting for the child, reaping it and stopping it: machine/supervise.hpp (proc).
 
 } // namespace machine::agent

@@ -24,6 +24,7 @@
 
 #include "machine/cancel.hpp"
 #include "machine/paths.hpp"
+#include "machine/supervise.hpp"
 
 extern char** environ;
 
@@ -283,48 +284,11 @@ awaitable<void> sleep_for(asio::steady_timer& timer, std::chrono::milliseconds d
     co_await timer.async_wait(use_awaitable);
 }
 
-awaitable<void> wait_cancel(cancel_signal& cancel, cancel_signal::level above) {
-    co_await cancel.wait_above(above);
-}
-
-enum class stop_reason { none, timeout, cancelled };
-
-// Waits for a reason to stop the child, then escalates: SIGINT, SIGTERM, SIGKILL with a grace
-// period between them (straight to SIGKILL when a forceful cancel arrives). Never completes on
-// its own: the `||` in run() ends it when the child has been reaped.
-awaitable<void> watchdog(run_state& st, const run_options& opt, stop_reason& reason) {
-    if (opt.cancel && opt.cancel->current() != cancel_signal::none) {
-        reason = stop_reason::cancelled;
-    } else if (opt.limit.timeout && opt.cancel) {
-        auto v = co_await (sleep_for(st.watchdog_timer, *opt.limit.timeout) ||
-                           wait_cancel(*opt.cancel, cancel_signal::none));
-        reason = v.index() == 0 ? stop_reason::timeout : stop_reason::cancelled;
-    } else if (opt.limit.timeout) {
-        co_await sleep_for(st.watchdog_timer, *opt.limit.timeout);
-        reason = stop_reason::timeout;
-    } else if (opt.cancel) {
-        co_await wait_cancel(*opt.cancel, cancel_signal::none);
-        reason = stop_reason::cancelled;
-    } else {
-        co_await wait_forever(st.watchdog_timer);
-    }
-
-    // An interactive child shares our terminal: it got the Ctrl-C itself.
-    const bool child_saw_sigint = reason == stop_reason::cancelled && !st.own_group;
-    const std::array<int, 3> ladder{SIGINT, SIGTERM, SIGKILL};
-    for (std::size_t i = child_saw_sigint ? 1 : 0; i < ladder.size(); ++i) {
-        const bool forceful = opt.cancel && opt.cancel->current() == cancel_signal::forceful;
-        const int sig = forceful ? SIGKILL : ladder[i];
-        st.signal_child(sig);
-        if (sig == SIGKILL) break;
-        if (opt.cancel) {
-            co_await (sleep_for(st.watchdog_timer, opt.limit.grace) ||
-                      wait_cancel(*opt.cancel, cancel_signal::graceful));
-        } else {
-            co_await sleep_for(st.watchdog_timer, opt.limit.grace);
-        }
-    }
-    co_await wait_forever(st.watchdog_timer);
+// Climbs the stop ladder once there is a reason to (supervise.hpp's stopper). Never completes
+// on its own: the `||` in run() ends it when the child has been reaped.
+awaitable<void> watchdog(run_state& st, stopper& stop) {
+    co_await stop.run();
+    if (!stop.interrupted()) co_await wait_forever(st.watchdog_timer);
 }
 
 awaitable<void> supervise(run_state& st, result& res, const run_options& opt, const command& cmd) {
@@ -399,12 +363,18 @@ awaitable<result> run(command cmd, run_options options) {
     if (child.pidfd.fd >= 0) st.pidfd.assign(child.pidfd.release());
 
     result res;
-    stop_reason reason = stop_reason::none;
+    // On a timeout or a cancel: SIGINT, SIGTERM, SIGKILL a grace apart (SIGKILL at once on a
+    // forceful cancel).
+    stopper stop(ex, stop_ladder::int_term_kill(options.limit.grace), [&st](int sig) { st.signal_child(sig); });
+    if (options.limit.timeout) stop.deadline(std::chrono::steady_clock::now() + *options.limit.timeout);
+    stop.follow(options.cancel);
+    // An interactive child shares our terminal: it got the Ctrl-C itself.
+    stop.cancel_skips_first_rung(!st.own_group);
     try {
         if (st.in.is_open()) {
-            co_await (supervise_with_stdin(st, res, options, cmd) || watchdog(st, options, reason));
+            co_await (supervise_with_stdin(st, res, options, cmd) || watchdog(st, stop));
         } else {
-            co_await (supervise(st, res, options, cmd) || watchdog(st, options, reason));
+            co_await (supervise(st, res, options, cmd) || watchdog(st, stop));
         }
     } catch (...) {
         // Only reachable if the loop itself is being torn down: never leave a zombie.
@@ -417,11 +387,11 @@ awaitable<result> run(command cmd, run_options options) {
         }
         throw;
     }
-    if (reason != stop_reason::none && st.own_group) {
+    if (stop.stopping() && st.own_group) {
         ::kill(-st.pid, SIGKILL);  // stragglers left in the child's group
     }
-    res.timed_out = reason == stop_reason::timeout;
-    res.cancelled = reason == stop_reason::cancelled;
+    res.timed_out = stop.why() == stopper::reason::deadline;
+    res.cancelled = stop.why() == stopper::reason::cancelled;
     if (WIFEXITED(st.wait_status)) res.exit_code = WEXITSTATUS(st.wait_status);
     else if (WIFSIGNALED(st.wait_status)) res.signal = WTERMSIG(st.wait_status);
     co_return res;

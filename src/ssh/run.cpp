@@ -1,5 +1,7 @@
 // session::run(): a remote command to completion, with timeout and cancellation.
-#include <array>
+#include <signal.h>
+
+
 
 #include <asio/experimental/awaitable_operators.hpp>
 #include <asio/steady_timer.hpp>
@@ -8,6 +10,7 @@
 
 #include "core.hpp"
 #include "machine/cancel.hpp"
+#include "machine/supervise.hpp"
 
 namespace machine::ssh {
 
@@ -102,25 +105,21 @@ awaitable<void> collect(std::shared_ptr<channel> ch, std::string stdin_data, std
     }
 }
 
-// Waits for a reason to stop, then escalates like proc: INT, TERM, KILL with a grace period in
-// between (KILL at once on a forceful cancel), then closes the channel. Ends the race in run()
+// The remote command's stop ladder: INT, TERM, KILL a grace apart (KILL at once on a forceful
+// cancel), each sent as an SSH signal request.
+std::string ssh_signal_name(int sig) {
+    return sig == SIGKILL ? "KILL" : sig == SIGTERM ? "TERM" : "INT";
+}
+
+// Climbs the stop ladder once there is a reason to, then gives the server one more grace and
+// closes the channel (the server ignores signals: stop waiting for it). Ends the race in run()
 // only if the command outlives all of that.
-awaitable<void> watchdog(std::shared_ptr<channel> ch, asio::steady_timer& timer,
-                         clock::time_point deadline, const run_options& opt, stop_reason& reason) {
-    reason = co_await wait_stop(timer, deadline, opt.cancel);
-    static constexpr std::array<const char*, 3> ladder{"INT", "TERM", "KILL"};
-    for (const char* sig : ladder) {
-        const bool forceful = opt.cancel && opt.cancel->current() == cancel_signal::forceful;
-        const std::string name = forceful ? "KILL" : sig;
-        ch->send_signal(name);
-        if (opt.cancel && name != "KILL") {
-            co_await (sleep_for(timer, opt.grace) || wait_cancel(*opt.cancel, cancel_signal::graceful));
-        } else {
-            co_await sleep_for(timer, opt.grace);
-        }
-        if (name == "KILL") break;
-    }
-    ch->close();  // the server ignores signals: stop waiting for it
+awaitable<void> watchdog(std::shared_ptr<channel> ch, asio::steady_timer& timer, proc::stopper& stop,
+                         std::chrono::milliseconds grace) {
+    co_await stop.run();
+    if (stop.interrupted()) co_return;
+    co_await sleep_for(timer, grace);
+    ch->close();
 }
 
 } // namespace
@@ -154,13 +153,17 @@ awaitable<exec_result> session::run(std::string command, run_options options) {
     std::shared_ptr<channel> ch = o.ch;
 
     // 2. Collect everything until the channel closes, unless the watchdog fires first.
-    stop_reason reason = stop_reason::none;
+    proc::stopper stop(ex, proc::stop_ladder::int_term_kill(options.grace),
+                       [ch](int sig) { ch->send_signal(ssh_signal_name(sig)); });
+    stop.deadline(deadline);
+    stop.follow(options.cancel);
     std::exception_ptr failure;
     co_await (collect(ch, std::move(options.stdin_data), options.max_output, res, failure) ||
-              watchdog(ch, timer, deadline, options, reason));
+              watchdog(ch, timer, stop, options.grace));
     ch->close();
-    res.timed_out = reason == stop_reason::timeout;
-    res.cancelled = reason == stop_reason::cancelled;
+    const bool stopped = stop.stopping();
+    res.timed_out = stop.why() == proc::stopper::reason::deadline;
+    res.cancelled = stop.why() == proc::stopper::reason::cancelled;
     if (failure) {
         // After a timeout or a cancellation the channel was closed under the collectors: only
         // a dead connection is still worth reporting.
@@ -169,7 +172,7 @@ awaitable<exec_result> session::run(std::string command, run_options options) {
         } catch (const connection_lost&) {
             throw;
         } catch (...) {
-            if (reason == stop_reason::none) throw;
+            if (!stopped) throw;
         }
     }
     co_return res;

@@ -1,7 +1,9 @@
 // proc against real /bin/sh children: exit codes, signals, timeouts, cancellation, pipes, fds.
 #include <boost/test/unit_test.hpp>
 
+#include <fcntl.h>
 #include <poll.h>
+#include <spawn.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -23,6 +25,7 @@
 
 #include "machine/cancel.hpp"
 #include "machine/proc.hpp"
+#include "machine/supervise.hpp"
 #include "machine/text.hpp"
 #include "test_support.hpp"
 
@@ -322,6 +325,199 @@ BOOST_AUTO_TEST_CASE(find_program_searches_path) {
     BOOST_TEST(proc::find_program("sh").has_value());
     BOOST_TEST(!proc::find_program("machine-no-such-program").has_value());
     BOOST_TEST(proc::find_program("/bin/sh").value() == "/bin/sh");
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// --- the stop ladder and child supervision (machine/supervise.hpp) -------------------------------
+
+extern char** environ;
+
+namespace {
+
+using namespace asio::experimental::awaitable_operators;
+
+// A real child of this process running `script` with its stdout on a pipe (not through proc::run,
+// which supervises its own children).
+struct started_child {
+    pid_t pid = -1;
+    int pidfd = -1;
+    int out = -1;
+};
+
+started_child start_sh(const std::string& script) {
+    int p[2];
+    BOOST_REQUIRE(::pipe2(p, O_CLOEXEC) == 0);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, p[1], 1);
+    std::vector<std::string> args{"/bin/sh", "-c", script};
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    started_child c;
+    const int rc = ::posix_spawn(&c.pid, "/bin/sh", &fa, nullptr, argv.data(), environ);
+    posix_spawn_file_actions_destroy(&fa);
+    ::close(p[1]);
+    BOOST_REQUIRE(rc == 0);
+    c.pidfd = static_cast<int>(::syscall(SYS_pidfd_open, c.pid, 0));
+    c.out = p[0];
+    return c;
+}
+
+// Ignores SIGINT and SIGTERM (SIG_IGN survives exec), says so, then sleeps far longer than a test.
+const std::string stubborn = "trap '' INT TERM; echo ready; exec sleep 60";
+
+struct ladder_run {
+    std::vector<int> sent;  // in order, each sent to the child's pid
+    int status = 0;
+    double seconds = 0;
+    proc::stopper::reason why = proc::stopper::reason::none;
+};
+
+// Runs `script`, and once its first output has arrived asks the stopper to stop it, gently or
+// forcefully, then sees it to its end.
+ladder_run stop_child(const std::string& script, proc::stop_ladder ladder, bool forceful) {
+    asio::io_context ctx;
+    ladder_run r;
+    const auto c = start_sh(script);
+    const pid_t pid = c.pid;
+    proc::stopper stop(ctx.get_executor(), std::move(ladder), [&r, pid](int sig) {
+        r.sent.push_back(sig);
+        ::kill(pid, sig);
+    });
+    const auto t0 = std::chrono::steady_clock::now();
+    auto task = [&]() -> asio::awaitable<void> {
+        proc::child_watch w;
+        w.pid = c.pid;
+        w.pidfd = c.pidfd;
+        w.out.fd = c.out;
+        w.out.on_chunk = [&](std::string_view) -> asio::awaitable<bool> {
+            if (forceful) stop.force();
+            else stop.request();
+            co_return true;
+        };
+        w.on_reaped = [&] { stop.exited(); };
+        auto draining = proc::drain_and_reap(std::move(w));
+        r.status = co_await (std::move(draining) && stop.run());
+    };
+    co_run(ctx, task());
+    r.seconds = seconds_since(t0);
+    r.why = stop.why();
+    return r;
+}
+
+} // namespace
+
+BOOST_AUTO_TEST_SUITE(proc_supervise)
+
+BOOST_AUTO_TEST_CASE(the_ladder_climbs_in_order_and_a_forceful_request_jumps_to_the_top) {
+    auto l = proc::stop_ladder::int_term_kill(100ms);
+    BOOST_TEST(l.next().value() == SIGINT);
+    BOOST_TEST(l.next().value() == SIGTERM);
+    BOOST_TEST(l.next().value() == SIGKILL);
+    BOOST_TEST(!l.next().has_value());
+    BOOST_TEST(l.finished());
+
+    auto f = proc::stop_ladder::int_term_kill(100ms);
+    BOOST_TEST(f.next(true).value() == SIGKILL);
+    BOOST_TEST(!f.next().has_value());
+
+    auto s = proc::stop_ladder::int_term_kill(100ms);
+    s.skip_first();  // the child got the terminal's Ctrl-C itself
+    BOOST_TEST(s.next().value() == SIGTERM);
+}
+
+BOOST_FIXTURE_TEST_CASE(a_child_ignoring_int_and_term_gets_kill_after_the_graces, no_zombies) {
+    const auto r = stop_child(stubborn, proc::stop_ladder::int_term_kill(150ms), false);
+    BOOST_TEST(r.sent == (std::vector<int>{SIGINT, SIGTERM, SIGKILL}), boost::test_tools::per_element());
+    BOOST_TEST(WIFSIGNALED(r.status));
+    BOOST_TEST(WTERMSIG(r.status) == SIGKILL);
+    BOOST_TEST(r.seconds >= 0.3);  // two graces
+    BOOST_TEST(r.seconds < 10.0);  // not the child's 60 s
+    BOOST_TEST((r.why == proc::stopper::reason::requested));
+}
+
+BOOST_FIXTURE_TEST_CASE(a_forceful_request_skips_to_kill, no_zombies) {
+    const auto r = stop_child(stubborn, proc::stop_ladder::int_term_kill(10s), true);
+    BOOST_TEST(r.sent == (std::vector<int>{SIGKILL}), boost::test_tools::per_element());
+    BOOST_TEST(WIFSIGNALED(r.status));
+    BOOST_TEST(WTERMSIG(r.status) == SIGKILL);
+    BOOST_TEST(r.seconds < 5.0);  // no grace waited
+}
+
+BOOST_FIXTURE_TEST_CASE(a_child_that_obeys_ends_the_climb, no_zombies) {
+    // Exits on SIGTERM: no SIGKILL follows, and nothing waits out the grace.
+    const auto r = stop_child("echo ready; exec sleep 60", proc::stop_ladder::term_kill(10s), false);
+    BOOST_TEST(r.sent == (std::vector<int>{SIGTERM}), boost::test_tools::per_element());
+    BOOST_TEST(WIFSIGNALED(r.status));
+    BOOST_TEST(WTERMSIG(r.status) == SIGTERM);
+    BOOST_TEST(r.seconds < 5.0);
+}
+
+BOOST_FIXTURE_TEST_CASE(a_deadline_starts_the_climb, no_zombies) {
+    asio::io_context ctx;
+    std::vector<int> sent;
+    const auto c = start_sh(stubborn);
+    const pid_t pid = c.pid;
+    proc::stopper stop(ctx.get_executor(), proc::stop_ladder::term_kill(100ms), [&sent, pid](int sig) {
+        sent.push_back(sig);
+        ::kill(pid, sig);
+    });
+    // Long enough for the shell to have set its traps.
+    stop.deadline(std::chrono::steady_clock::now() + 300ms);
+    std::string out;
+    int status = 0;
+    auto task = [&]() -> asio::awaitable<void> {
+        proc::child_watch w;
+        w.pid = c.pid;
+        w.pidfd = c.pidfd;
+        w.out.fd = c.out;
+        w.out.into = &out;
+        w.out.cap = 3;  // "ready\n" is cut to its first 3 bytes, the rest read and dropped
+        w.on_reaped = [&] { stop.exited(); };
+        auto draining = proc::drain_and_reap(std::move(w));
+        status = co_await (std::move(draining) && stop.run());
+    };
+    co_run(ctx, task());
+    BOOST_TEST((stop.why() == proc::stopper::reason::deadline));
+    BOOST_TEST(sent == (std::vector<int>{SIGTERM, SIGKILL}), boost::test_tools::per_element());
+    BOOST_TEST(WTERMSIG(status) == SIGKILL);
+    BOOST_TEST(out == "rea");
+}
+
+BOOST_FIXTURE_TEST_CASE(a_forceful_cancel_cuts_the_grace_short, no_zombies) {
+    asio::io_context ctx;
+    cancel_signal cancel(ctx.get_executor());
+    std::vector<int> sent;
+    const auto c = start_sh(stubborn);
+    const pid_t pid = c.pid;
+    proc::stopper stop(ctx.get_executor(), proc::stop_ladder::int_term_kill(10s), [&sent, pid](int sig) {
+        sent.push_back(sig);
+        ::kill(pid, sig);
+    });
+    stop.follow(&cancel);
+    asio::steady_timer second_ctrl_c(ctx);
+    const auto t0 = std::chrono::steady_clock::now();
+    auto task = [&]() -> asio::awaitable<void> {
+        proc::child_watch w;
+        w.pid = c.pid;
+        w.pidfd = c.pidfd;
+        w.out.fd = c.out;
+        w.out.on_chunk = [&](std::string_view) -> asio::awaitable<bool> {
+            cancel.trigger(cancel_signal::graceful);
+            second_ctrl_c.expires_after(200ms);
+            second_ctrl_c.async_wait([&](const asio::error_code&) { cancel.trigger(cancel_signal::forceful); });
+            co_return true;
+        };
+        w.on_reaped = [&] { stop.exited(); };
+        auto draining = proc::drain_and_reap(std::move(w));
+        co_await (std::move(draining) && stop.run());
+    };
+    co_run(ctx, task());
+    BOOST_TEST((stop.why() == proc::stopper::reason::cancelled));
+    BOOST_TEST(sent == (std::vector<int>{SIGINT, SIGKILL}), boost::test_tools::per_element());
+    BOOST_TEST(seconds_since(t0) < 5.0);
 }
 
 BOOST_AUTO_TEST_SUITE_END()
