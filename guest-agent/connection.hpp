@@ -20,7 +20,7 @@
 #include <asio/steady_timer.hpp>
 
 #include "machine/protocol.hpp"
-#include "notifier.hpp"
+#include "machine/async.hpp"
 #include "requests.hpp"
 
 namespace machine::agent {

@@ -22,7 +22,7 @@
 
 #include "journal.hpp"
 #include "machine/protocol.hpp"
-#include "notifier.hpp"
+#include "machine/async.hpp"
 #include "provision.hpp"
 #include "secrets.hpp"
 #include "server.hpp"

@@ -22,6 +22,7 @@
 #include <asio/use_awaitable.hpp>
 #include <asio/write.hpp>
 
+#include "machine/async.hpp"
 #include "machine/cancel.hpp"
 #include "machine/paths.hpp"
 #include "machine/supervise.hpp"
@@ -184,10 +185,10 @@ spawned spawn_child(const command& cmd) {
 // Shared by the coroutines that make up one run().
 struct run_state {
     run_state(asio::any_io_executor ex, pid_t p, bool own_group)
-        : out(ex), err(ex), in(ex), pidfd(ex), linger(ex), watchdog_timer(ex), pid(p),
+        : out(ex), err(ex), in(ex), pidfd(ex), linger(ex), pid(p),
           own_group(own_group) {}
     asio::posix::stream_descriptor out, err, in, pidfd;
-    asio::steady_timer linger, watchdog_timer;
+    asio::steady_timer linger;
     pid_t pid;
     bool own_group;
     int open_streams = 0;
@@ -274,21 +275,11 @@ awaitable<void> wait_and_reap(run_state& st) {
     }
 }
 
-awaitable<void> wait_forever(asio::steady_timer& timer) {
-    timer.expires_at(asio::steady_timer::time_point::max());
-    co_await timer.async_wait(use_awaitable);  // throws when the other side of `||` wins
-}
-
-awaitable<void> sleep_for(asio::steady_timer& timer, std::chrono::milliseconds d) {
-    timer.expires_after(d);
-    co_await timer.async_wait(use_awaitable);
-}
-
 // Climbs the stop ladder once there is a reason to (supervise.hpp's stopper). Never completes
-// on its own: the `||` in run() ends it when the child has been reaped.
-awaitable<void> watchdog(run_state& st, stopper& stop) {
+// on its own: the race in run() ends it when the child has been reaped.
+awaitable<void> watchdog(stopper& stop) {
     co_await stop.run();
-    if (!stop.interrupted()) co_await wait_forever(st.watchdog_timer);
+    if (!stop.interrupted()) co_await sleep_until(steady_clock::time_point::max());  // until it loses
 }
 
 awaitable<void> supervise(run_state& st, result& res, const run_options& opt, const command& cmd) {
@@ -372,9 +363,9 @@ awaitable<result> run(command cmd, run_options options) {
     stop.cancel_skips_first_rung(!st.own_group);
     try {
         if (st.in.is_open()) {
-            co_await (supervise_with_stdin(st, res, options, cmd) || watchdog(st, stop));
+            co_await first_of(supervise_with_stdin(st, res, options, cmd), watchdog(stop));
         } else {
-            co_await (supervise(st, res, options, cmd) || watchdog(st, stop));
+            co_await first_of(supervise(st, res, options, cmd), watchdog(stop));
         }
     } catch (...) {
         // Only reachable if the loop itself is being torn down: never leave a zombie.

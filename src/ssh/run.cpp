@@ -1,14 +1,11 @@
 // session::run(): a remote command to completion, with timeout and cancellation.
 #include <signal.h>
 
-
-
 #include <asio/experimental/awaitable_operators.hpp>
-#include <asio/steady_timer.hpp>
 #include <asio/this_coro.hpp>
-#include <asio/use_awaitable.hpp>
 
 #include "core.hpp"
+#include "machine/async.hpp"
 #include "machine/cancel.hpp"
 #include "machine/supervise.hpp"
 
@@ -17,52 +14,20 @@ namespace machine::ssh {
 namespace {
 
 using asio::awaitable;
-using asio::use_awaitable;
 using namespace asio::experimental::awaitable_operators;
 using clock = std::chrono::steady_clock;
 
 enum class stop_reason { none, timeout, cancelled };
 
-awaitable<void> sleep_until(asio::steady_timer& timer, clock::time_point t) {
-    timer.expires_at(t);
-    co_await timer.async_wait(use_awaitable);  // throws when cancelled (it lost a race)
-}
-
-awaitable<void> sleep_for(asio::steady_timer& timer, std::chrono::milliseconds d) {
-    timer.expires_after(d);
-    co_await timer.async_wait(use_awaitable);
-}
-
-awaitable<void> wait_cancel(cancel_signal& cancel, cancel_signal::level above) {
-    co_await cancel.wait_above(above);
-}
-
 // Completes when the deadline passes or the cancel signal fires (never, without either).
-awaitable<stop_reason> wait_stop(asio::steady_timer& timer, clock::time_point deadline,
-                                 cancel_signal* cancel) {
+awaitable<stop_reason> wait_stop(clock::time_point deadline, cancel_signal* cancel) {
     if (cancel && cancel->current() != cancel_signal::none) co_return stop_reason::cancelled;
-    if (cancel) {
-        auto r = co_await (sleep_until(timer, deadline) || wait_cancel(*cancel, cancel_signal::none));
-        co_return r.index() == 0 ? stop_reason::timeout : stop_reason::cancelled;
+    if (!cancel) {
+        co_await sleep_until(deadline);
+        co_return stop_reason::timeout;
     }
-    co_await sleep_until(timer, deadline);
-    co_return stop_reason::timeout;
-}
-
-struct opened {
-    std::shared_ptr<channel> ch;
-    std::exception_ptr failure;
-};
-
-awaitable<opened> open_nothrow(std::shared_ptr<session> s, std::string command) {
-    // A failure must count as a completion for `||` (which waits for the first success).
-    opened o;
-    try {
-        o.ch = co_await s->exec(std::move(command));
-    } catch (...) {
-        o.failure = std::current_exception();
-    }
-    co_return o;
+    auto r = co_await first_of(sleep_until(deadline), cancel->until_above(cancel_signal::none));
+    co_return r.index() == 0 ? stop_reason::timeout : stop_reason::cancelled;
 }
 
 awaitable<void> feed(std::shared_ptr<channel> ch, std::string data) {
@@ -114,12 +79,11 @@ std::string ssh_signal_name(int sig) {
 // Climbs the stop ladder once there is a reason to, then gives the server one more grace and
 // closes the channel (the server ignores signals: stop waiting for it). Ends the race in run()
 // only if the command outlives all of that.
-awaitable<void> watchdog(std::shared_ptr<channel> ch, asio::steady_timer& timer, proc::stopper& stop,
-                         std::chrono::milliseconds grace) {
+awaitable<void> watchdog(std::shared_ptr<channel> ch, proc::stopper& stop, std::chrono::milliseconds grace) {
     co_await stop.run();
     if (stop.interrupted()) co_return;
-    co_await sleep_for(timer, grace);
-    ch->close();
+    const bool waited = co_await sleep_for(grace);  // false: the command ended first
+    if (waited) ch->close();
 }
 
 } // namespace
@@ -136,21 +100,18 @@ awaitable<exec_result> session::run(std::string command, run_options options) {
         co_return res;
     }
     auto ex = co_await asio::this_coro::executor;
-    asio::steady_timer timer(ex);
     const auto deadline = options.timeout ? clock::now() + *options.timeout : clock::time_point::max();
 
     // 1. Open the channel and start the command; a stuck server must not outlast the deadline.
-    auto first = co_await (open_nothrow(self, std::move(command)) ||
-                           wait_stop(timer, deadline, options.cancel));
+    // A failure to open ends the race too (first_of rethrows it).
+    auto first = co_await first_of(self->exec(std::move(command)), wait_stop(deadline, options.cancel));
     if (first.index() == 1) {
         const stop_reason why = std::get<1>(first);
         res.timed_out = why == stop_reason::timeout;
         res.cancelled = why == stop_reason::cancelled;
         co_return res;
     }
-    opened o = std::get<0>(std::move(first));
-    if (o.failure) std::rethrow_exception(o.failure);
-    std::shared_ptr<channel> ch = o.ch;
+    std::shared_ptr<channel> ch = std::get<0>(std::move(first));
 
     // 2. Collect everything until the channel closes, unless the watchdog fires first.
     proc::stopper stop(ex, proc::stop_ladder::int_term_kill(options.grace),
@@ -158,8 +119,8 @@ awaitable<exec_result> session::run(std::string command, run_options options) {
     stop.deadline(deadline);
     stop.follow(options.cancel);
     std::exception_ptr failure;
-    co_await (collect(ch, std::move(options.stdin_data), options.max_output, res, failure) ||
-              watchdog(ch, timer, stop, options.grace));
+    co_await first_of(collect(ch, std::move(options.stdin_data), options.max_output, res, failure),
+                      watchdog(ch, stop, options.grace));
     ch->close();
     const bool stopped = stop.stopping();
     res.timed_out = stop.why() == proc::stopper::reason::deadline;
