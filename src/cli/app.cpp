@@ -8,7 +8,6 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
-#include "agent_forwarding.hpp"
 #include "cli.hpp"
 #include "machine/text.hpp"
 
@@ -256,7 +255,7 @@ connection.)");
 
     if (p.command == "agent-proxy") {
         setup_logging("info");
-        return run_agent_proxy(p.listen, p.upstream, p.vm_dir, p.allowed);
+        return vm::run_agent_proxy(p.listen, p.upstream, p.vm_dir, p.allowed);
     }
     setup_logging(p.log_level);
     asio::io_context io;

@@ -17,9 +17,8 @@
 #include <spdlog/spdlog.h>
 
 #include "cli.hpp"
-#include "common.hpp"
+#include "../vm/async_compat.hpp"
 #include "render_gate.hpp"
-#include "secrets_sync.hpp"
 #include "machine/guest.hpp"
 #include "machine/paths.hpp"
 #include "machine/ssh.hpp"
@@ -117,17 +116,17 @@ awaitable<void> stream_agent_once(context& ctx, std::string name, fs::path ssh_c
     using namespace asio::experimental::awaitable_operators;
     const ssh::endpoint ep = ssh::endpoint_from_lima_ssh_config(ssh_config);
     // watch never records a host key: only `machine up` pins it when it creates the VM.
-    const ssh::host_key_pin pin = pin_of(name, false);
+    const ssh::host_key_pin pin = vm::pin_of(name, false);
     auto session = co_await ssh::session::connect(ep, pin, nullptr, 10s);
     auto on_problem = [&ctx, name](const std::string& p) { ctx.emit(events::message(name, "warning", p)); };
     // An agent (or an sshd) that accepts but never answers must not stall this VM's stream
     // forever: opening the channel and the hello each get a deadline.
     asio::steady_timer deadline(co_await asio::this_coro::executor);
-    auto opened = co_await (guest::connect_agent(session, 5s, on_problem) || sleep_for(deadline, 15s));
+    auto opened = co_await (guest::connect_agent(session, 5s, on_problem) || vm::sleep_for(deadline, 15s));
     if (opened.index() != 0) throw error("no channel to the guest agent within 15 s");
     auto conn = std::get<0>(std::move(opened));
     spdlog::debug("vm={} agent channel open", name);
-    auto greeted = co_await (conn->hello("machine watch " MACHINE_VERSION) || sleep_for(deadline, 10s));
+    auto greeted = co_await (conn->hello("machine watch " MACHINE_VERSION) || vm::sleep_for(deadline, 10s));
     if (greeted.index() != 0) throw error("the guest agent did not answer hello within 10 s");
     const protocol::hello_result hello = std::get<0>(std::move(greeted));
     spdlog::debug("vm={} agent hello: journal {} last seq {}; subscribing after {}", name, hello.journal.id,
@@ -152,7 +151,7 @@ awaitable<void> stream_agent_once(context& ctx, std::string name, fs::path ssh_c
             const std::string boot_id = id != e.fields.end() && id->is_string() ? id->get<std::string>() : "";
             tell_gate(name, "the guest's user.ready", cursor->gate.guest_ready(boot_id, std::chrono::steady_clock::now()));
         }
-        ctx.emit(from_guest(name, e));
+        ctx.emit(vm::from_guest(name, e));
         return true;
     };
     auto on_gap = [&ctx, name](const protocol::gap_notice& g) {
@@ -178,7 +177,7 @@ awaitable<void> follow_agent(context& ctx, std::string name, fs::path ssh_config
     std::string last_problem;
     while (stop->current() == cancel_signal::none) {
         bool connected = false;
-        auto attempt = co_await (capture(stream_agent_once(ctx, name, ssh_config, cursor, connected)) ||
+        auto attempt = co_await (vm::capture(stream_agent_once(ctx, name, ssh_config, cursor, connected)) ||
                                  until_cancelled(*stop));
         if (attempt.index() == 1) break;  // stopped
         if (connected) backoff = 1000ms;
@@ -208,12 +207,12 @@ awaitable<void> follow_agent(context& ctx, std::string name, fs::path ssh_config
 awaitable<void> rerender_secrets(context& ctx, config::project project, fs::path ssh_config) {
     const std::string name = project.name;
     try {
-        const auto lock = co_await lock_project(ctx, name, &ctx.cancel);
+        const auto lock = co_await vm::lock_project(ctx.vm(), name, &ctx.cancel);
         const ssh::endpoint ep = ssh::endpoint_from_lima_ssh_config(ssh_config);
-        auto session = co_await ssh::session::connect(ep, pin_of(name, false), &ctx.cancel, 10s);
-        secrets_sync_options missing;
+        auto session = co_await ssh::session::connect(ep, vm::pin_of(name, false), &ctx.cancel, 10s);
+        vm::secrets_sync_options missing;
         missing.only_missing = true;
-        co_await sync_secrets(ctx, project, session, missing);
+        co_await vm::sync_secrets(ctx.vm(), project, session, missing);
         session->close();
     } catch (const interrupted_error&) {
         throw;
@@ -247,7 +246,7 @@ awaitable<int> cmd_watch(context& ctx, std::vector<std::string> names) {
     for (const auto& n : names) text::require_valid_project_name(n);
     auto& lima = ctx.lima();
     auto ex = co_await asio::this_coro::executor;
-    task_group followers(ex);
+    vm::task_group followers(ex);
     std::map<std::string, watched_vm> vms;
     asio::steady_timer tick(ex);
     std::string last_error;
@@ -255,7 +254,7 @@ awaitable<int> cmd_watch(context& ctx, std::vector<std::string> names) {
 
     // A VM that appears between two polls may have logged events before we saw it: follow it
     // from the previous poll on. VMs there from the start are followed from now.
-    const bool agents_wanted = paths::env("MACHINE_AGENT") != "off";
+    const bool agents_wanted = ctx.agent;
     auto previous_poll = std::chrono::system_clock::now();
     bool first_poll = true;
     while (ctx.cancel.current() == cancel_signal::none) {
@@ -310,7 +309,7 @@ awaitable<int> cmd_watch(context& ctx, std::vector<std::string> names) {
                 watched_vm& vm = known->second;
                 if (status == "running" && !vm.agent_stop && agents_wanted) {
                     vm.agent_stop = std::make_shared<cancel_signal>(ex);
-                    const fs::path ssh_config = ssh_config_of(*inst);
+                    const fs::path ssh_config = vm::ssh_config_of(*inst);
                     auto agent = [&ctx, name, ssh_config, stop = vm.agent_stop, cursor = vm.cursor]() {
                         return follow_agent(ctx, name, ssh_config, stop, cursor);
                     };
@@ -319,7 +318,7 @@ awaitable<int> cmd_watch(context& ctx, std::vector<std::string> names) {
                 if (vm.cursor->gate.take(std::chrono::steady_clock::now())) {
                     spdlog::debug("vm={} secrets: rendering after a boot", name);
                     if (auto project = secrets_on_up_project(ctx, name)) {
-                        auto rerender = [&ctx, p = std::move(*project), ssh_config = ssh_config_of(*inst)]() {
+                        auto rerender = [&ctx, p = std::move(*project), ssh_config = vm::ssh_config_of(*inst)]() {
                             return rerender_secrets(ctx, p, ssh_config);
                         };
                         followers.spawn(std::move(rerender));
@@ -335,7 +334,7 @@ awaitable<int> cmd_watch(context& ctx, std::vector<std::string> names) {
             previous_poll = this_poll;
             first_poll = false;
         }
-        co_await (sleep_for(tick, poll) || until_cancelled(ctx.cancel));
+        co_await (vm::sleep_for(tick, poll) || until_cancelled(ctx.cancel));
     }
     for (auto& [name, vm] : vms) {
         vm.stop->trigger(cancel_signal::graceful);

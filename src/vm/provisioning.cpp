@@ -9,8 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
-#include "common.hpp"
-#include "interactive.hpp"
+#include "async_compat.hpp"
 #include "machine/guest.hpp"
 #include "machine/paths.hpp"
 #include "machine/proc.hpp"
@@ -19,7 +18,7 @@
 #include "machine/render.hpp"
 #include "machine/text.hpp"
 
-namespace machine::cli {
+namespace machine::vm {
 
 namespace fs = std::filesystem;
 namespace pr = protocol;
@@ -102,7 +101,7 @@ public:
 
     // false once the agent said the provisioning is over.
     bool on_event(const pr::event_record& e) {
-        if (ctx_.json) ctx_.emit(from_guest(vm_, e));
+        if (ctx_.raw_guest_events) ctx_.emit(from_guest(vm_, e));
         const auto text = [&e](const char* key) {
             const auto it = e.fields.find(key);
             return it != e.fields.end() && it->is_string() ? it->get<std::string>() : std::string();
@@ -595,4 +594,4 @@ awaitable<void> clone_repos(context& ctx, lima::instance inst, agent_environment
     }
 }
 
-} // namespace machine::cli
+} // namespace machine::vm
