@@ -8,6 +8,7 @@
 #include <spdlog/spdlog.h>
 
 #include "async_compat.hpp"
+#include "bake.hpp"
 #include "lifecycle.hpp"
 #include "machine/paths.hpp"
 #include "machine/render.hpp"
@@ -39,10 +40,10 @@ config::project base_project(const up_target& t) {
     return p;
 }
 
-std::string base_key(const std::string& rendered, const provision::plan& base) {
+std::string base_key(const up_target& t, const render::host_facts& host) {
     sha256 h;
-    h.update(rendered);
-    for (const auto& s : base.steps) h.update("\n" + s.hash);
+    h.update(render::lima_yaml(base_project(t), host));
+    for (const auto& s : t.base.steps) h.update("\n" + s.hash);
     return h.hex_digest();
 }
 
@@ -79,10 +80,14 @@ awaitable<void> prune_stale_bases(context& ctx, const std::string& keep, const s
 
 } // namespace
 
+std::string base_name(const up_target& t) {
+    return std::string(base_prefix) + base_key(t, render::detect_host()).substr(0, 12);
+}
+
 awaitable<std::string> ensure_base(context& ctx, const up_target& t, bool force, cancel_signal* cancel) {
     const render::host_facts host = render::detect_host();
     const config::project proto = base_project(t);
-    const std::string key = base_key(render::lima_yaml(proto, host), t.base);
+    const std::string key = base_key(t, host);
     const std::string name = std::string(base_prefix) + key.substr(0, 12);
     const auto lock = co_await lock_project(ctx, name, cancel);
     const fs::path marker = project_state_dir(name) / "baked";
