@@ -6,7 +6,6 @@
 #include <spdlog/spdlog.h>
 
 #include "async_compat.hpp"
-#include "provisioning.hpp"
 #include "machine/guest.hpp"
 #include "machine/paths.hpp"
 #include "machine/protocol.hpp"
@@ -17,21 +16,6 @@ namespace machine::vm {
 namespace fs = std::filesystem;
 using asio::awaitable;
 using namespace std::chrono_literals;
-
-up_target make_target(const provision::catalog& cat, provision::host_values host, config::project p) {
-    up_target t;
-    const auto profiles = profiles_of(cat, p);
-    for (const auto& url : p.repos) host.repo_dirs.push_back(repo_dir_name(url));
-    // Without a forwarded agent nothing in the VM can sign: commits would fail, so no signing.
-    if (!p.forward_agent) host.git_signing_key.clear();
-    host.vm_shell = p.shell;
-    const provision::plan all = provision::make_plan(cat, profiles, host);
-    t.plan.profiles = t.after_clone.profiles = all.profiles;
-    for (const auto& s : all.steps) (s.after_clone ? t.after_clone : t.plan).steps.push_back(s);
-    t.base = provision::bakeable_prefix(cat, t.plan);
-    t.project = std::move(p);
-    return t;
-}
 
 namespace {
 

@@ -22,6 +22,10 @@ class session;
 
 namespace machine::vm {
 
+/// git without prompts and with only the allowed transports (never ext::, which runs a command):
+/// the environment of every git machine runs, on the host and in the VM.
+std::vector<std::pair<std::string, std::string>> git_env();
+
 /// `git ls-remote` on the host for each of the project's repos, all at once; throws an error
 /// listing every unreachable one (nothing has been created yet when this runs).
 asio::awaitable<void> check_repos_reachable(context& ctx, const config::project& p, cancel_signal* cancel);
