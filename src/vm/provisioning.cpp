@@ -122,6 +122,26 @@ awaitable<std::exception_ptr> provision_with_progress(guest::connection& request
     }
 }
 
+// The plan as the agent's request. The one translation between the two step types: the plan's
+// (src/provision) and the wire's (src/protocol, shared with the agent) are kept apart so that
+// neither module depends on the other; this module is the one that knows both.
+pr::provision_request provision_request_of(const std::string& vm, const provision::plan& plan) {
+    pr::provision_request request;
+    request.plan = vm;
+    for (const auto& s : plan.steps) {
+        pr::provision_step step;
+        step.name = s.name;
+        step.user = s.user;
+        step.env = s.env;
+        step.check = s.check;
+        step.run = s.run;
+        step.timeout_ms = s.timeout_ms;
+        step.hash = s.hash;
+        request.steps.push_back(std::move(step));
+    }
+    return request;
+}
+
 awaitable<void> wait_for_cancel(cancel_signal& cancel) { co_await cancel.wait_above(cancel_signal::none); }
 
 }  // namespace
@@ -176,19 +196,7 @@ awaitable<std::size_t> apply_plan(context& ctx, const std::string& vm, std::shar
     const pr::hello_result hello = co_await events_conn->hello("machine " MACHINE_VERSION);
     auto request_conn = co_await guest::connect_agent(session, 20s, on_problem);
 
-    pr::provision_request request;
-    request.plan = vm;
-    for (const auto& s : plan.steps) {
-        pr::provision_step step;
-        step.name = s.name;
-        step.user = s.user;
-        step.env = s.env;
-        step.check = s.check;
-        step.run = s.run;
-        step.timeout_ms = s.timeout_ms;
-        step.hash = s.hash;
-        request.steps.push_back(std::move(step));
-    }
+    pr::provision_request request = provision_request_of(vm, plan);
     const auto t0 = std::chrono::steady_clock::now();
     step_reporter reporter(ctx, vm);
     cancel_signal& interrupt = cancel ? *cancel : ctx.cancel;

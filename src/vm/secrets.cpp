@@ -37,6 +37,9 @@ fs::path resolve_path(const std::string& written, const config::project& p) {
     return p.source.parent_path() / path;
 }
 
+// A declared source as the providers read it. The one translation between config's
+// secret_kind and the providers' source::kind: the providers (src/secrets) know nothing of
+// projects.toml, and config nothing of reading secrets; this module is the one that knows both.
 secrets::source to_provider(const config::secret_source& s, const config::project& p) {
     secrets::source out;
     switch (s.kind) {
