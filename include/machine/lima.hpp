@@ -203,9 +203,9 @@ public:
                                                 std::string workdir) = 0;
     // Where Lima keeps instance `name` (before it is listed: a start that creates it).
     virtual std::filesystem::path instance_dir(const std::string& name) const = 0;
-    // Follows the host agent's events of a boot (see follow_events below) until `on_event`
-    // returns false or `cancel` fires.
-    virtual asio::awaitable<void> follow_boot(std::filesystem::path ha_log, std::function<bool(const ha_event&)> on_event,
+    // Follows the host agent's events (see follow_events below: `ha_log` is the instance's
+    // ha.stdout.log) until `on_event` returns false or `cancel` fires.
+    virtual asio::awaitable<void> follow_host_agent(std::filesystem::path ha_log, std::function<bool(const ha_event&)> on_event,
                                               cancel_signal* cancel, std::chrono::system_clock::time_point since) = 0;
 };
 
@@ -234,7 +234,7 @@ public:
                                         std::string workdir = {}) override;
     std::filesystem::path instance_dir(const std::string& name) const override;
     // lima::follow_events on the log file.
-    asio::awaitable<void> follow_boot(std::filesystem::path ha_log, std::function<bool(const ha_event&)> on_event,
+    asio::awaitable<void> follow_host_agent(std::filesystem::path ha_log, std::function<bool(const ha_event&)> on_event,
                                       cancel_signal* cancel, std::chrono::system_clock::time_point since) override;
 
 private:

@@ -191,6 +191,21 @@ asio::awaitable<void> down(context& ctx, const std::string& name);
 /// on; false aborts with an error.
 asio::awaitable<void> destroy(context& ctx, const std::string& name, std::function<bool()> confirm);
 
+// ---- Watching ----------------------------------------------------------------------------------
+
+struct watch_options {
+    std::vector<std::string> names;             // the VMs to watch; none: every VM
+    std::chrono::milliseconds poll{2000};       // how often Lima's list is polled
+    // The project `name` when its secrets are rendered again after a boot (secrets_on_up).
+    std::function<std::optional<config::project>(const std::string& name)> secrets_on_up;
+};
+
+/// Runs until ctx.cancel fires, then throws interrupted_error: VMs appearing, changing state and
+/// disappearing (Lima's list), each VM's host agent events, each running VM's guest agent
+/// events (with ctx.agent), and the secrets of a project with secrets_on_up rendered again after
+/// a boot, all told as events. Nothing it started is left running.
+asio::awaitable<void> watch(context& ctx, watch_options opt);
+
 // ---- Agent forwarding --------------------------------------------------------------------------
 
 /// The environment of every ssh or limactl process that connects to the VM: the agent a VM can

@@ -250,7 +250,7 @@ awaitable<void> client::start(std::string name, log_handler on_log) {
 
 fs::path client::instance_dir(const std::string& name) const { return lima::instance_dir(name); }
 
-awaitable<void> client::follow_boot(fs::path ha_log, std::function<bool(const ha_event&)> on_event,
+awaitable<void> client::follow_host_agent(fs::path ha_log, std::function<bool(const ha_event&)> on_event,
                                     cancel_signal* cancel, std::chrono::system_clock::time_point since) {
     co_await follow_events(std::move(ha_log), std::move(on_event), cancel, since);
 }

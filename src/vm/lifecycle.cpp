@@ -48,7 +48,7 @@ awaitable<void> boot(context& ctx, lima::driver& lima, std::string name, fs::pat
     // The follower never succeeds on its own; it is cancelled when the start is done.
     auto starting = create_from.empty() ? lima.start(name, on_log) : lima.start_new(name, create_from, on_log);
     auto outcome = co_await (capture(std::move(starting)) ||
-                             lima.follow_boot(ha_log, on_event, cancel, started_at));
+                             lima.follow_host_agent(ha_log, on_event, cancel, started_at));
     if (outcome.index() == 0) {
         if (auto failure = std::get<0>(outcome)) std::rethrow_exception(failure);
     }

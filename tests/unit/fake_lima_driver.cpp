@@ -132,7 +132,7 @@ awaitable<lima::shell_result> fake_lima_driver::shell(std::string name, std::vec
 fs::path fake_lima_driver::instance_dir(const std::string& name) const { return world_->lima_home / name; }
 
 // Reports the scripted events, then follows "forever": the start it races against ends it.
-awaitable<void> fake_lima_driver::follow_boot(fs::path, std::function<bool(const lima::ha_event&)> on_event,
+awaitable<void> fake_lima_driver::follow_host_agent(fs::path, std::function<bool(const lima::ha_event&)> on_event,
                                               cancel_signal*, std::chrono::system_clock::time_point) {
     for (const auto& e : world_->boot_events)
         if (!on_event(e)) co_return;

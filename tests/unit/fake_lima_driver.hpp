@@ -27,7 +27,7 @@ public:
         std::map<std::string, lima::instance> instances;
         std::vector<std::string> calls;                      // "verb arg...", in order
         std::set<std::string> failing;                       // verbs that throw lima::command_error
-        std::vector<lima::ha_event> boot_events;             // what follow_boot reports during a start
+        std::vector<lima::ha_event> boot_events;             // what follow_host_agent reports during a start
         std::vector<lima::environment> environments;         // set_environment, in order
     };
 
@@ -53,7 +53,7 @@ public:
     asio::awaitable<lima::shell_result> shell(std::string name, std::vector<std::string> cmd,
                                               std::string workdir) override;
     std::filesystem::path instance_dir(const std::string& name) const override;
-    asio::awaitable<void> follow_boot(std::filesystem::path ha_log, std::function<bool(const lima::ha_event&)> on_event,
+    asio::awaitable<void> follow_host_agent(std::filesystem::path ha_log, std::function<bool(const lima::ha_event&)> on_event,
                                       cancel_signal* cancel, std::chrono::system_clock::time_point since) override;
 
 private:
