@@ -4,7 +4,6 @@
 #include <nlohmann/json.hpp>
 
 #include "cli.hpp"
-#include "../vm/async_compat.hpp"
 #include "machine/guest.hpp"
 #include "machine/ssh.hpp"
 #include "machine/text.hpp"
