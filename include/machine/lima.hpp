@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -155,42 +156,86 @@ struct environment {
     std::vector<std::string> unset;
 };
 
-class client {
+// ---- The seam: what machine's workflows need from Lima ---------------------------------------
+
+using log_handler = std::function<void(const log_line&)>;
+
+// Runs a command in the guest with captured output (`limactl shell`).
+struct shell_result {
+    int status;
+    std::string out;
+    std::string err;
+};
+
+// Lima as the workflows (src/vm) see it. `client` runs limactl; the unit tests' fake keeps
+// instances in memory and records every call (Ninja's CommandRunner / FakeCommandRunner).
+class driver {
+public:
+    virtual ~driver() = default;
+
+    // A driver of the same Lima whose calls `cancel` interrupts, with `t` and an environment of
+    // its own (one per VM of `up --all`).
+    virtual std::unique_ptr<driver> fork(cancel_signal* cancel, timeouts t) const = 0;
+    // The environment of every limactl process this driver runs from now on.
+    virtual void set_environment(environment env) = 0;
+
+    virtual asio::awaitable<std::string> version() = 0;
+    virtual asio::awaitable<std::vector<instance>> list() = 0;
+    // nullopt when no such instance exists.
+    virtual asio::awaitable<std::optional<instance>> find(std::string name) = 0;
+    // The named instances that exist (one call for many names; missing ones are left out).
+    virtual asio::awaitable<std::vector<instance>> find_all(std::vector<std::string> names) = 0;
+    virtual asio::awaitable<void> create(std::string name, std::filesystem::path tmpl,
+                                         std::vector<std::string> sets) = 0;
+    // `on_log` receives each parsed stderr line as it arrives (progress).
+    virtual asio::awaitable<void> start(std::string name, log_handler on_log) = 0;
+    // Creates `name` from `tmpl` and boots it (one limactl call instead of create + start).
+    virtual asio::awaitable<void> start_new(std::string name, std::filesystem::path tmpl, log_handler on_log) = 0;
+    virtual asio::awaitable<void> stop(std::string name, bool force) = 0;
+    virtual asio::awaitable<void> remove(std::string name, bool force) = 0;
+    // A copy-on-write copy of a stopped instance, with a new identity; `sets` are yq
+    // expressions applied to the copy's lima.yaml (--set).
+    virtual asio::awaitable<void> clone(std::string from, std::string to, std::vector<std::string> sets) = 0;
+    // Applies yq expressions to a stopped instance's lima.yaml (`limactl edit --set`).
+    virtual asio::awaitable<void> edit(std::string name, std::vector<std::string> sets) = 0;
+    // Returns the remote exit status with the captured output.
+    virtual asio::awaitable<shell_result> shell(std::string name, std::vector<std::string> cmd,
+                                                std::string workdir) = 0;
+    // Where Lima keeps instance `name` (before it is listed: a start that creates it).
+    virtual std::filesystem::path instance_dir(const std::string& name) const = 0;
+    // Follows the host agent's events (see follow_events below: `ha_log` is the instance's
+    // ha.stdout.log) until `on_event` returns false or `cancel` fires.
+    virtual asio::awaitable<void> follow_host_agent(std::filesystem::path ha_log, std::function<bool(const ha_event&)> on_event,
+                                              cancel_signal* cancel, std::chrono::system_clock::time_point since) = 0;
+};
+
+// The real driver: runs limactl (argv vectors, bounded in time and output).
+class client final : public driver {
 public:
     client(std::filesystem::path limactl, cancel_signal* cancel, timeouts t = {});
-    void set_environment(environment env) { env_ = std::move(env); }
+    std::unique_ptr<driver> fork(cancel_signal* cancel, timeouts t) const override;
+    void set_environment(environment env) override { env_ = std::move(env); }
 
     const std::filesystem::path& limactl() const { return limactl_; }
     const argv_builder& argv() const { return argv_; }
 
-    asio::awaitable<std::string> version();
-    asio::awaitable<std::vector<instance>> list();
-    // nullopt when no such instance exists.
-    asio::awaitable<std::optional<instance>> find(std::string name);
-    // The named instances that exist (one call for many names; missing ones are left out).
-    asio::awaitable<std::vector<instance>> find_all(std::vector<std::string> names);
-    asio::awaitable<void> create(std::string name, std::filesystem::path tmpl,
-                                 std::vector<std::string> sets);
-    // `on_log` receives each parsed stderr line as it arrives (progress).
-    asio::awaitable<void> start(std::string name, std::function<void(const log_line&)> on_log = {});
-    // Creates `name` from `tmpl` and boots it (one limactl call instead of create + start).
-    asio::awaitable<void> start_new(std::string name, std::filesystem::path tmpl,
-                                    std::function<void(const log_line&)> on_log);
-    asio::awaitable<void> stop(std::string name, bool force);
-    asio::awaitable<void> remove(std::string name, bool force);
-    // A copy-on-write copy of a stopped instance, with a new identity; `sets` are yq
-    // expressions applied to the copy's lima.yaml (--set).
-    asio::awaitable<void> clone(std::string from, std::string to, std::vector<std::string> sets);
-    // Applies yq expressions to a stopped instance's lima.yaml (`limactl edit --set`).
-    asio::awaitable<void> edit(std::string name, std::vector<std::string> sets);
-    // Runs a command in the guest with captured output; returns the remote exit status.
-    struct shell_result {
-        int status;
-        std::string out;
-        std::string err;
-    };
+    asio::awaitable<std::string> version() override;
+    asio::awaitable<std::vector<instance>> list() override;
+    asio::awaitable<std::optional<instance>> find(std::string name) override;
+    asio::awaitable<std::vector<instance>> find_all(std::vector<std::string> names) override;
+    asio::awaitable<void> create(std::string name, std::filesystem::path tmpl, std::vector<std::string> sets) override;
+    asio::awaitable<void> start(std::string name, log_handler on_log = {}) override;
+    asio::awaitable<void> start_new(std::string name, std::filesystem::path tmpl, log_handler on_log) override;
+    asio::awaitable<void> stop(std::string name, bool force) override;
+    asio::awaitable<void> remove(std::string name, bool force) override;
+    asio::awaitable<void> clone(std::string from, std::string to, std::vector<std::string> sets) override;
+    asio::awaitable<void> edit(std::string name, std::vector<std::string> sets) override;
     asio::awaitable<shell_result> shell(std::string name, std::vector<std::string> cmd,
-                                        std::string workdir = {});
+                                        std::string workdir = {}) override;
+    std::filesystem::path instance_dir(const std::string& name) const override;
+    // lima::follow_events on the log file.
+    asio::awaitable<void> follow_host_agent(std::filesystem::path ha_log, std::function<bool(const ha_event&)> on_event,
+                                      cancel_signal* cancel, std::chrono::system_clock::time_point since) override;
 
 private:
     std::filesystem::path limactl_;

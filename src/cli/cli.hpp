@@ -9,16 +9,16 @@
 #include <asio/awaitable.hpp>
 #include <asio/io_context.hpp>
 
-#include "machine/agent_proxy.hpp"
 #include "machine/cancel.hpp"
 #include "machine/config.hpp"
 #include "machine/events.hpp"
 #include "machine/lima.hpp"
+#include "machine/vm.hpp"
 
 namespace machine::cli {
 
 // What every command gets: the loop, the Ctrl-C signal, the event bus, and lazily loaded
-// configuration and Lima client (so `--help` and bad names cost nothing).
+// configuration, Lima client and workflow context (so `--help` and bad names cost nothing).
 class context {
 public:
     context(asio::io_context& io, bool json);
@@ -28,12 +28,14 @@ public:
     events::bus bus;
     bool json;
     lima::timeouts timeouts;  // from $MACHINE_LIMACTL_TIMEOUT and `up --timeout`
-    // The user's SSH agent, probed once per command (agent_forwarding.cpp): `up --all` with a
-    // hung agent waits for it once, not once per project.
-    std::optional<agent_proxy::agent_probe> agent_probe;
+    // False when MACHINE_AGENT=off (tests against a fake limactl): no guest-side work at all.
+    const bool agent;
 
     const config::config& cfg();
     lima::client& lima();
+    // The workflows' context (src/vm) on this command's signal, bus and Lima client, with its
+    // current timeouts. Built at first use: it needs limactl.
+    vm::context& vm();
 
     // Emits an event for `vm` through the bus.
     void emit(events::event e) { bus.emit(std::move(e)); }
@@ -42,7 +44,14 @@ public:
 private:
     std::optional<config::config> cfg_;
     std::unique_ptr<lima::client> lima_;
+    std::optional<vm::context> vm_;
 };
+
+// The name given (validated), else the ambient project (.machine.toml, else "default").
+std::string resolve_name(context& ctx, const std::optional<std::string>& name);
+
+// usage_error: no such project, with a did-you-mean among the configured ones.
+[[noreturn]] void unknown_project(const config::config& cfg, const std::string& name);
 
 struct up_options {
     std::vector<std::string> names;  // none: the ambient project

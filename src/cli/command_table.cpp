@@ -8,7 +8,6 @@
 #include <fstream>
 #include <sstream>
 
-#include "agent_forwarding.hpp"
 #include "command_table.hpp"
 #include "machine/config.hpp"
 #include "machine/paths.hpp"
@@ -126,7 +125,7 @@ command row(cmdline::spec spec, int (*run_now)(const arguments&)) {
 
 int agent_proxy(const arguments& a) {
     setup_logging("info");
-    return run_agent_proxy(*a.value("--listen"), *a.value("--upstream"), *a.value("--vm-dir"), a.values("--allow"));
+    return vm::run_agent_proxy(*a.value("--listen"), *a.value("--upstream"), *a.value("--vm-dir"), a.values("--allow"));
 }
 
 const std::vector<command>& table() {

@@ -1,17 +1,12 @@
-// The commands other than up and watch. Each is a coroutine on the one event loop; errors are exceptions that app.cpp
+// The context every command gets, and the commands other than up, watch, secrets and the
+// attaching ones. Each is a coroutine on the one event loop; errors are exceptions that app.cpp
 // turns into a message and an exit code.
-#include <unistd.h>
-
-#include <cerrno>
-#include <cstring>
 #include <set>
 
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
-#include "agent_forwarding.hpp"
 #include "cli.hpp"
-#include "common.hpp"
 #include "machine/paths.hpp"
 #include "machine/text.hpp"
 
@@ -21,7 +16,8 @@ namespace fs = std::filesystem;
 using asio::awaitable;
 using namespace std::chrono_literals;
 
-context::context(asio::io_context& io_, bool json_) : io(io_), cancel(io_.get_executor()), json(json_) {
+context::context(asio::io_context& io_, bool json_)
+    : io(io_), cancel(io_.get_executor()), json(json_), agent(paths::env("MACHINE_AGENT") != "off") {
     if (const auto v = paths::env("MACHINE_LIMACTL_TIMEOUT"); !v.empty()) {
         // A debugging knob: how long list/create/stop/delete may take.
         timeouts.query = timeouts.change = std::chrono::seconds(std::max(1, std::atoi(v.c_str())));
@@ -38,47 +34,55 @@ lima::client& context::lima() {
     return *lima_;
 }
 
+vm::context& context::vm() {
+    if (!vm_) {
+        vm_.emplace(cancel, bus, lima());
+        vm_->agent = agent;
+        vm_->raw_guest_events = json;
+    }
+    vm_->timeouts = timeouts;
+    return *vm_;
+}
+
+std::string resolve_name(context& ctx, const std::optional<std::string>& name) {
+    if (name) {
+        text::require_valid_project_name(*name);
+        return *name;
+    }
+    return ctx.cfg().ambient_project();
+}
+
+void unknown_project(const config::config& cfg, const std::string& name) {
+    std::vector<std::string> names;
+    for (const auto& [n, p] : cfg.projects) names.push_back(n);
+    std::string msg = "no project '" + name + "' in " + cfg.projects_file.string();
+    if (const auto near = text::closest_match(name, names); !near.empty())
+        msg += " (did you mean '" + near + "'?)";
+    msg += "; add a [" + name + "] table there, or run machine in a repository with a .machine.toml";
+    throw usage_error(msg);
+}
+
 awaitable<int> cmd_down(context& ctx, std::optional<std::string> name_opt) {
     const std::string name = resolve_name(ctx, name_opt);
-    auto& lima = ctx.lima();
-    const auto lock = co_await lock_project(ctx, name, &ctx.cancel);
-    const auto existing = co_await lima.find(name);
-    if (!existing) throw error("VM '" + name + "' does not exist");
-    if (existing->state == lima::status::stopped) {
-        ctx.emit(events::vm_state(name, "stopped", "already stopped; nothing to do"));
-        co_return 0;
-    }
-    const auto t0 = std::chrono::steady_clock::now();
-    ctx.emit(events::step_started(name, "stop"));
-    // A broken VM (one of its processes gone) cannot stop gracefully: force it.
-    co_await lima.stop(name, existing->state != lima::status::running);
-    ctx.emit(events::step_finished(name, "stop", true, since(t0)));
-    ctx.emit(events::vm_state(name, "stopped"));
+    co_await vm::down(ctx.vm(), name);
     co_return 0;
 }
 
 awaitable<int> cmd_destroy(context& ctx, std::optional<std::string> name_opt, bool yes) {
     const std::string name = resolve_name(ctx, name_opt);
-    auto& lima = ctx.lima();
-    const auto existing = co_await lima.find(name);
-    if (!existing) {
-        std::error_code ec;
-        fs::remove_all(project_state_dir(name), ec);
-        ctx.emit(events::vm_state(name, "deleted", "does not exist; nothing to destroy"));
-        co_return 0;
-    }
-    if (!yes && !confirm("Destroy VM '" + name + "' and everything in it?")) {
-        throw error("aborted; VM '" + name + "' was not destroyed");
-    }
-    const auto lock = co_await lock_project(ctx, name, &ctx.cancel);
-    const auto t0 = std::chrono::steady_clock::now();
-    ctx.emit(events::step_started(name, "delete"));
-    if (existing->is_protected) throw error("VM '" + name + "' is protected (limactl unprotect " + name + ")");
-    co_await lima.remove(name, true);  // -f stops it first, whatever its state
-    std::error_code ec;
-    fs::remove_all(project_state_dir(name), ec);
-    ctx.emit(events::step_finished(name, "delete", true, since(t0)));
-    ctx.emit(events::vm_state(name, "deleted"));
+    auto ask = [yes, name] { return yes || confirm("Destroy VM '" + name + "' and everything in it?"); };
+    co_await vm::destroy(ctx.vm(), name, ask);
+    co_return 0;
+}
+
+awaitable<int> cmd_bake(context& ctx, std::optional<std::string> project_name, bool force) {
+    if (!ctx.agent) throw usage_error("bake needs the guest agent (MACHINE_AGENT=off)");
+    const std::string name = resolve_name(ctx, project_name);
+    const provision::catalog cat = vm::load_catalog();
+    config::project project = ctx.cfg().resolve(name);
+    std::vector<config::project> projects{project};
+    const provision::host_values host = co_await vm::host_values_for(cat, projects);
+    co_await vm::bake(ctx.vm(), vm::make_target(cat, host, std::move(project)), force);
     co_return 0;
 }
 

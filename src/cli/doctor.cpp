@@ -13,7 +13,6 @@
 #include "machine/paths.hpp"
 #include "machine/proc.hpp"
 #include "machine/text.hpp"
-#include "provisioning.hpp"
 
 namespace machine::cli {
 
@@ -87,7 +86,7 @@ check agent_check() {
 
 awaitable<std::vector<check>> git_checks() {
     std::vector<check> out;
-    const provision::host_values v = co_await detect_host_values("");
+    const provision::host_values v = co_await vm::detect_host_values("");
     if (v.git_name.empty()) out.push_back(failed("git user.name", "not set", "git config --global user.name 'Your Name'"));
     else out.push_back(passed("git user.name", text::sanitize_for_terminal(v.git_name)));
     if (v.git_email.empty())

@@ -12,55 +12,18 @@
 
 #include <spdlog/spdlog.h>
 
-#include "agent_forwarding.hpp"
 #include "cli.hpp"
-#include "common.hpp"
+#include "../vm/async_compat.hpp"
 #include "machine/guest.hpp"
 #include "machine/proc.hpp"
 #include "machine/ssh.hpp"
 #include "machine/text.hpp"
-#include "provisioning.hpp"
+#include "machine/vm.hpp"
 
 namespace machine::cli {
 
 namespace fs = std::filesystem;
 using asio::awaitable;
-
-std::vector<std::string> openssh_argv(const openssh_target& t, bool tty, const std::vector<std::string>& remote) {
-    std::vector<std::string> argv{"ssh", "-F", t.ssh_config.string(), tty ? "-t" : "-T"};
-    // Quoted: ssh parses -o values like config lines, where a space would end the path.
-    const std::string known_hosts = "\"" + t.known_hosts.string() + "\"";
-    const std::vector<std::string> options{
-        "StrictHostKeyChecking=yes",
-        "UserKnownHostsFile=" + known_hosts,
-        "GlobalKnownHostsFile=/dev/null",
-        "HostKeyAlias=machine-" + t.name,  // also ends NoHostAuthenticationForLocalhost's exemption
-        "NoHostAuthenticationForLocalhost=no",
-        "CheckHostIP=no",
-        "UpdateHostKeys=no",
-        // Our own connection: Lima's ssh.config shares a master (ControlMaster auto) that Lima's
-        // host agent opened with StrictHostKeyChecking no; riding it would check nothing.
-        "ControlMaster=no",
-        "ControlPath=none",
-        std::string("ForwardAgent=") + (t.forward_agent ? "yes" : "no"),
-        "LogLevel=ERROR",  // no "Connection to 127.0.0.1 closed." after every detach
-        // A VM that vanishes without closing the connection is noticed within 15 s.
-        "ServerAliveInterval=5",
-        "ServerAliveCountMax=3",
-    };
-    for (const auto& o : options) {
-        argv.push_back("-o");
-        argv.push_back(o);
-    }
-    argv.push_back("lima-" + t.name);
-    if (!remote.empty()) {
-        std::string command;
-        for (const auto& word : remote) command += (command.empty() ? "" : " ") + text::shell_quote(word);
-        argv.push_back("--");
-        argv.push_back(command);
-    }
-    return argv;
-}
 
 std::vector<std::string> run_in_dir(const std::string& dir, const std::vector<std::string>& command) {
     std::vector<std::string> argv{"sh", "-c", "cd -- \"$1\" 2>/dev/null; shift; exec \"$@\"", "sh", dir};
@@ -70,25 +33,25 @@ std::vector<std::string> run_in_dir(const std::string& dir, const std::vector<st
 
 std::string primary_repo_dir(const config::project& p) {
     if (p.repos.empty()) return ".";
-    const std::string dir = repo_dir_name(p.repos.front());
+    const std::string dir = vm::repo_dir_name(p.repos.front());
     return dir.empty() ? "." : "code/" + dir;
 }
 
 awaitable<void> verify_pin(context& ctx, std::string name, lima::instance inst) {
-    const ssh::host_key_pin pin = pin_of(name, false);  // refuses a VM without one
-    const ssh::endpoint ep = ssh::endpoint_from_lima_ssh_config(ssh_config_of(inst));
+    const ssh::host_key_pin pin = vm::pin_of(name, false);  // refuses a VM without one
+    const ssh::endpoint ep = ssh::endpoint_from_lima_ssh_config(vm::ssh_config_of(inst));
     auto session = co_await ssh::session::connect(ep, pin, &ctx.cancel);
     session->close();
 }
 
 awaitable<pin_outcome> repin(context& ctx, std::string name, lima::instance inst, bool replace) {
-    const ssh::endpoint ep = ssh::endpoint_from_lima_ssh_config(ssh_config_of(inst));
+    const ssh::endpoint ep = ssh::endpoint_from_lima_ssh_config(vm::ssh_config_of(inst));
     pin_outcome out;
     std::error_code ec;
-    if (fs::exists(pin_of(name, true).file, ec)) {
+    if (fs::exists(vm::pin_of(name, true).file, ec)) {
         std::shared_ptr<ssh::session> same;
         try {
-            same = co_await ssh::session::connect(ep, pin_of(name, false), &ctx.cancel);
+            same = co_await ssh::session::connect(ep, vm::pin_of(name, false), &ctx.cancel);
         } catch (const ssh::host_key_mismatch& e) {
             if (!replace)
                 throw error(std::string(e.what()) + ". To trust the key it presents now instead, run 'machine pin " +
@@ -102,10 +65,10 @@ awaitable<pin_outcome> repin(context& ctx, std::string name, lima::instance inst
             same->close();
             co_return out;
         }
-        forget_pin(name);
+        vm::forget_pin(name);
     }
-    auto session = co_await ssh::session::connect(ep, pin_of(name, true), &ctx.cancel);
-    new_vm_key_pinned(name);
+    auto session = co_await ssh::session::connect(ep, vm::pin_of(name, true), &ctx.cancel);
+    vm::new_vm_key_pinned(name);
     out.fingerprint = session->fingerprint();
     out.key_type = session->host_key_type();
     session->close();
@@ -141,7 +104,7 @@ awaitable<lima::instance> running_vm(context& ctx, const std::string& name) {
 
 // Runs ssh on the user's terminal and returns its exit status. ssh stays in the terminal's
 // foreground group (it owns the TTY); machine only waits.
-awaitable<int> run_on_terminal(std::vector<std::string> argv, const agent_environment& agent) {
+awaitable<int> run_on_terminal(std::vector<std::string> argv, const vm::agent_environment& agent) {
     proc::command cmd;
     cmd.argv = std::move(argv);
     cmd.in = proc::stdio::inherit;
@@ -165,7 +128,7 @@ awaitable<int> explain_lost_connection(context& ctx, const std::string& name, in
     for (int i = 0; i < 20; ++i) {
         inst = co_await ctx.lima().find(name);
         if (!inst || inst->state != lima::status::running) break;
-        co_await sleep_for(timer, std::chrono::milliseconds(500));
+        co_await vm::sleep_for(timer, std::chrono::milliseconds(500));
     }
     if (!inst || inst->state != lima::status::running) {
         std::fprintf(stderr,
@@ -178,8 +141,8 @@ awaitable<int> explain_lost_connection(context& ctx, const std::string& name, in
     co_return status;
 }
 
-openssh_target target_of(const std::string& name, const lima::instance& inst, const agent_environment& agent) {
-    return {name, ssh_config_of(inst), pin_of(name, false).known_hosts, agent.forward};
+vm::openssh_target target_of(const std::string& name, const lima::instance& inst, const vm::agent_environment& agent) {
+    return {name, vm::ssh_config_of(inst), vm::pin_of(name, false).known_hosts, agent.forward};
 }
 
 } // namespace
@@ -192,26 +155,26 @@ awaitable<int> cmd_agent_session(context& ctx, std::string agent, std::optional<
     const config::project project = ctx.cfg().resolve(name);
     const lima::instance inst = co_await running_vm(ctx, name);
     co_await verify_pin(ctx, name, inst);
-    const agent_environment agent_env = co_await prepare_agent_forwarding(ctx, project, &inst, true);
+    const vm::agent_environment agent_env = co_await vm::prepare_agent_forwarding(ctx.vm(), project, &inst, true);
     const std::vector<std::string> remote{guest::agent_install_path, "session", "attach", "--name", session,
                                           "--agent", agent, "--dir", primary_repo_dir(project)};
     std::string again = "machine " + agent + " " + name;
     if (session != agent) again += " --session " + session;
     std::fprintf(stderr, "detach: ctrl-b d (%s keeps running); reattach: %s\n", agent.c_str(), again.c_str());
-    const int status = co_await run_on_terminal(openssh_argv(target_of(name, inst, agent_env), true, remote), agent_env);
+    const int status = co_await run_on_terminal(vm::openssh_argv(target_of(name, inst, agent_env), true, remote), agent_env);
     co_return co_await explain_lost_connection(ctx, name, status, again);
 }
 
 awaitable<int> cmd_ssh(context& ctx, std::optional<std::string> name_opt) {
     const std::string name = resolve_name(ctx, name_opt);
     const config::project project = ctx.cfg().resolve(name);
-    const lima::instance inst = co_await require_running(ctx, name);
+    const lima::instance inst = co_await vm::require_running(ctx.vm(), name);
     co_await verify_pin(ctx, name, inst);
-    const agent_environment agent_env = co_await prepare_agent_forwarding(ctx, project, &inst, true);
+    const vm::agent_environment agent_env = co_await vm::prepare_agent_forwarding(ctx.vm(), project, &inst, true);
     // The user's login shell (zsh or bash, as configured), in the primary repo when it exists.
     const std::vector<std::string> remote{
         "sh", "-c", "cd -- \"$1\" 2>/dev/null; exec \"$SHELL\" -l", "sh", primary_repo_dir(project)};
-    const int status = co_await run_on_terminal(openssh_argv(target_of(name, inst, agent_env), true, remote), agent_env);
+    const int status = co_await run_on_terminal(vm::openssh_argv(target_of(name, inst, agent_env), true, remote), agent_env);
     co_return co_await explain_lost_connection(ctx, name, status, "machine ssh " + name);
 }
 
@@ -219,19 +182,19 @@ awaitable<int> cmd_run(context& ctx, std::string name, std::vector<std::string> 
     text::require_valid_project_name(name);
     if (command.empty()) throw usage_error("usage: machine run NAME -- COMMAND [ARGS...]");
     const config::project project = ctx.cfg().resolve(name);
-    const lima::instance inst = co_await require_running(ctx, name);
+    const lima::instance inst = co_await vm::require_running(ctx.vm(), name);
     co_await verify_pin(ctx, name, inst);
-    const agent_environment agent_env = co_await prepare_agent_forwarding(ctx, project, &inst, false);
+    const vm::agent_environment agent_env = co_await vm::prepare_agent_forwarding(ctx.vm(), project, &inst, false);
     // A terminal only when both ends are one (`machine run web -- vim`); pipes stay clean.
     const bool tty = stdin_is_terminal() && stdout_is_terminal();
     const std::vector<std::string> remote = run_in_dir(primary_repo_dir(project), command);
-    co_return co_await run_on_terminal(openssh_argv(target_of(name, inst, agent_env), tty, remote), agent_env);
+    co_return co_await run_on_terminal(vm::openssh_argv(target_of(name, inst, agent_env), tty, remote), agent_env);
 }
 
 awaitable<int> cmd_pin(context& ctx, std::string name, bool replace) {
     text::require_valid_project_name(name);
-    const lima::instance inst = co_await require_running(ctx, name);
-    const auto lock = co_await lock_project(ctx, name, &ctx.cancel);
+    const lima::instance inst = co_await vm::require_running(ctx.vm(), name);
+    const auto lock = co_await vm::lock_project(ctx.vm(), name, &ctx.cancel);
     const pin_outcome out = co_await repin(ctx, name, inst, replace);
     std::string line;
     if (out.unchanged)

@@ -1,6 +1,5 @@
-// Sessions through OpenSSH: `machine claude|codex` (the agent's tmux session), `machine ssh`
-// (a login shell), `machine run` (one command) and the repo clones of `up`. Internal to the CLI
-// module.
+// Sessions through OpenSSH (vm::openssh_argv): `machine claude|codex` (the agent's tmux session),
+// `machine ssh` (a login shell), `machine run` (one command). Internal to the CLI module.
 #pragma once
 
 #include <filesystem>
@@ -15,23 +14,6 @@
 #include "machine/config.hpp"
 
 namespace machine::cli {
-
-/// What `ssh` needs to reach a VM with its pinned host key (pure: tested without a VM).
-struct openssh_target {
-    std::string name;                     ///< the project (Lima's host alias is lima-<name>)
-    std::filesystem::path ssh_config;     ///< Lima's ssh.config for the instance
-    std::filesystem::path known_hosts;    ///< the pin's known_hosts file
-    bool forward_agent = false;
-};
-
-/// `ssh -F <ssh.config> [-t|-T] <pinning, no-master and forwarding options> lima-<name> [-- <remote>]`:
-/// the one way every OpenSSH connection to a VM is built (ssh, claude, codex, run, clones).
-/// Lima's ssh.config turns host-key checking off and shares one ControlMaster, which Lima opened
-/// without checking the key; these options turn checking back on against our pin and open a
-/// connection of our own (ControlMaster=no, ControlPath=none: OpenSSH takes the first value it
-/// obtains, and -o comes before -F's file). `remote` is argv for the VM: each word is quoted for
-/// the remote shell (ssh hands the remote side one string).
-std::vector<std::string> openssh_argv(const openssh_target& t, bool tty, const std::vector<std::string>& remote);
 
 /// `machine run`'s argv for the VM: `command` run in `dir` (relative to the home directory; the
 /// home directory itself when `dir` does not exist), as `machine ssh` starts its shell there.

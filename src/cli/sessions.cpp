@@ -4,7 +4,6 @@
 #include <nlohmann/json.hpp>
 
 #include "cli.hpp"
-#include "common.hpp"
 #include "machine/guest.hpp"
 #include "machine/ssh.hpp"
 #include "machine/text.hpp"
@@ -16,9 +15,9 @@ using namespace std::chrono_literals;
 
 awaitable<int> cmd_sessions(context& ctx, std::optional<std::string> name_opt) {
     const std::string name = resolve_name(ctx, name_opt);
-    const lima::instance inst = co_await require_running(ctx, name);
-    const ssh::endpoint ep = ssh::endpoint_from_lima_ssh_config(ssh_config_of(inst));
-    auto session = co_await ssh::session::connect(ep, pin_of(name, false), &ctx.cancel);
+    const lima::instance inst = co_await vm::require_running(ctx.vm(), name);
+    const ssh::endpoint ep = ssh::endpoint_from_lima_ssh_config(vm::ssh_config_of(inst));
+    auto session = co_await ssh::session::connect(ep, vm::pin_of(name, false), &ctx.cancel);
     auto on_problem = [&ctx, name](const std::string& m) { ctx.emit(events::message(name, "warning", m)); };
     auto conn = co_await guest::connect_agent(session, 10s, on_problem);
     std::vector<protocol::session_info> sessions;

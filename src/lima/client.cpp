@@ -176,6 +176,10 @@ awaitable<void> invoke_checked(std::vector<std::string> argv, std::chrono::secon
 
 } // namespace
 
+std::unique_ptr<driver> client::fork(cancel_signal* cancel, timeouts t) const {
+    return std::make_unique<client>(limactl_, cancel, t);
+}
+
 awaitable<std::string> client::version() {
     auto argv = argv_.version();
     const auto r = co_await invoke(std::move(argv), timeouts_.query, cancel_, env_);
@@ -218,7 +222,7 @@ awaitable<void> client::create(std::string name, fs::path tmpl, std::vector<std:
 
 namespace {
 
-proc::line_callback log_lines_to(std::function<void(const log_line&)> on_log) {
+proc::line_callback log_lines_to(log_handler on_log) {
     proc::line_callback on_line;
     if (on_log) {
         on_line = [on_log = std::move(on_log)](std::string_view raw) {
@@ -230,18 +234,25 @@ proc::line_callback log_lines_to(std::function<void(const log_line&)> on_log) {
 
 } // namespace
 
-awaitable<void> client::start_new(std::string name, fs::path tmpl, std::function<void(const log_line&)> on_log) {
+awaitable<void> client::start_new(std::string name, fs::path tmpl, log_handler on_log) {
     auto argv = argv_.start_new(name, tmpl, timeouts_.start);
     // Creating may download an image first: the same allowance as a start, plus the change's.
     co_await invoke_checked(std::move(argv), timeouts_.start + timeouts_.change, cancel_, env_,
                             log_lines_to(std::move(on_log)));
 }
 
-awaitable<void> client::start(std::string name, std::function<void(const log_line&)> on_log) {
+awaitable<void> client::start(std::string name, log_handler on_log) {
     auto argv = argv_.start(name, timeouts_.start);
     // limactl's own --timeout governs the boot; ours only catches a wedged limactl.
     co_await invoke_checked(std::move(argv), timeouts_.start + std::chrono::seconds(60), cancel_, env_,
                             log_lines_to(std::move(on_log)));
+}
+
+fs::path client::instance_dir(const std::string& name) const { return lima::instance_dir(name); }
+
+awaitable<void> client::follow_host_agent(fs::path ha_log, std::function<bool(const ha_event&)> on_event,
+                                    cancel_signal* cancel, std::chrono::system_clock::time_point since) {
+    co_await follow_events(std::move(ha_log), std::move(on_event), cancel, since);
 }
 
 fs::path instance_dir(const std::string& name) {
@@ -269,7 +280,7 @@ awaitable<void> client::clone(std::string from, std::string to, std::vector<std:
     co_await invoke_checked(std::move(argv), timeouts_.change, cancel_, env_);
 }
 
-awaitable<client::shell_result> client::shell(std::string name, std::vector<std::string> cmd,
+awaitable<shell_result> client::shell(std::string name, std::vector<std::string> cmd,
                                               std::string workdir) {
     auto argv = argv_.shell(name, cmd, workdir);
     const auto r = co_await invoke(std::move(argv), timeouts_.change, cancel_, env_);

@@ -26,9 +26,9 @@
 #include <spdlog/sinks/ostream_sink.h>
 #include <spdlog/spdlog.h>
 
-#include "agent_forwarding.hpp"
 #include "filter.hpp"
 #include "machine/agent_proxy.hpp"
+#include "machine/vm.hpp"
 #include "machine/proc.hpp"
 #include "machine/protocol.hpp"
 #include "machine/text.hpp"
@@ -182,7 +182,7 @@ struct log_capture {
 // (capped, one rotated copy) for the guard's lifetime.
 struct filter_log {
     std::shared_ptr<spdlog::logger> previous = spdlog::default_logger();
-    explicit filter_log(const fs::path& file) { spdlog::set_default_logger(cli::agent_filter_logger(file)); }
+    explicit filter_log(const fs::path& file) { spdlog::set_default_logger(vm::agent_filter_logger(file)); }
     ~filter_log() { spdlog::set_default_logger(previous); }
     filter_log(const filter_log&) = delete;
     filter_log& operator=(const filter_log&) = delete;
@@ -1301,7 +1301,7 @@ BOOST_AUTO_TEST_CASE(the_filter_log_keeps_one_rotated_file_of_at_most_1_mib) {
     write_file(file, "from an earlier run\n");
     constexpr int lines = 40000; // about 5 MB
     {
-        auto logger = cli::agent_filter_logger(file);
+        auto logger = vm::agent_filter_logger(file);
         for (int i = 0; i < lines; ++i) logger->info("agent-proxy: client {}: refused add identity (not forwarded) {}", i, std::string(60, 'x'));
     }
     std::vector<std::string> names;

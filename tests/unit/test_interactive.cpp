@@ -13,6 +13,7 @@
 #include <asio/io_context.hpp>
 
 #include "interactive.hpp"
+#include "fake_lima_driver.hpp"
 #include "provisioning.hpp"
 #include "machine/error.hpp"
 #include "machine/proc.hpp"
@@ -20,6 +21,7 @@
 #include "test_support.hpp"
 
 namespace cli = machine::cli;
+namespace vm = machine::vm;
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 
@@ -75,7 +77,7 @@ std::vector<std::string> without_option(std::vector<std::string> argv, const std
 BOOST_AUTO_TEST_SUITE(interactive)
 
 BOOST_AUTO_TEST_CASE(openssh_opens_a_connection_of_its_own_never_limas_master) {
-    const auto argv = cli::openssh_argv({"web", "/l/web/ssh.config", "/k", false}, false, {"true"});
+    const auto argv = vm::openssh_argv({"web", "/l/web/ssh.config", "/k", false}, false, {"true"});
     const auto o = options_of(argv);
     BOOST_TEST(has(o, "ControlMaster=no"));
     BOOST_TEST(has(o, "ControlPath=none"));
@@ -97,13 +99,13 @@ BOOST_AUTO_TEST_CASE(run_starts_in_the_primary_repo_and_keeps_every_word) {
     machine::test::temp_dir tmp;
     fs::create_directories(tmp.path / "code" / "web app");
     const std::vector<std::string> command{"sh", "-c", "pwd; printf '%s\\n' \"$@\"; exit 7", "x", "a b", "$(id)", "it's"};
-    const auto argv = cli::openssh_argv({"web", "/c", "/k", false}, false, cli::run_in_dir("code/web app", command));
+    const auto argv = vm::openssh_argv({"web", "/c", "/k", false}, false, cli::run_in_dir("code/web app", command));
     // What the remote login shell does with the one string ssh hands it, here in `tmp` as home.
     auto r = run_program({"sh", "-c", "cd \"$HOME\" && eval \"$0\"", argv.back()}, tmp.path);
     BOOST_TEST(r.exit_code == 7);
     BOOST_TEST(r.out == (tmp.path / "code" / "web app").string() + "\na b\n$(id)\nit's\n");
     // A directory that is not there (yet): the home directory.
-    const auto home_argv = cli::openssh_argv({"web", "/c", "/k", false}, false, cli::run_in_dir("code/none", {"pwd"}));
+    const auto home_argv = vm::openssh_argv({"web", "/c", "/k", false}, false, cli::run_in_dir("code/none", {"pwd"}));
     r = run_program({"sh", "-c", "cd \"$HOME\" && eval \"$0\"", home_argv.back()}, tmp.path);
     BOOST_TEST(r.exit_code == 0);
     BOOST_TEST(r.out == tmp.path.string() + "\n");
@@ -116,7 +118,7 @@ BOOST_AUTO_TEST_CASE(run_keeps_every_word_under_bash_and_zsh) {
     const std::vector<std::string> words{"=sh", "~", "*", "a=b", "-t", "=claude", "x y", "'q'"};
     std::vector<std::string> command{"printf", "%s\n"};
     command.insert(command.end(), words.begin(), words.end());
-    const auto argv = cli::openssh_argv({"web", "/c", "/k", false}, false, cli::run_in_dir(".", command));
+    const auto argv = vm::openssh_argv({"web", "/c", "/k", false}, false, cli::run_in_dir(".", command));
     std::string expected;
     for (const auto& w : words) expected += w + "\n";
     machine::test::temp_dir tmp;
@@ -130,7 +132,7 @@ BOOST_AUTO_TEST_CASE(run_keeps_every_word_under_bash_and_zsh) {
 }
 
 BOOST_AUTO_TEST_CASE(clone_argv_shows_progress_and_takes_the_url_as_an_operand) {
-    const auto c = cli::clone_command("-oProxyCommand=touch /tmp/x", "/home/u/code/web");
+    const auto c = vm::clone_command("-oProxyCommand=touch /tmp/x", "/home/u/code/web");
     BOOST_TEST(c.front() == "env");
     const auto git = std::find(c.begin(), c.end(), "git");
     BOOST_REQUIRE(has(c, "git"));
@@ -142,7 +144,7 @@ BOOST_AUTO_TEST_CASE(clone_argv_shows_progress_and_takes_the_url_as_an_operand) 
     BOOST_TEST(has(c, "GIT_TERMINAL_PROMPT=0"));
     // The same OpenSSH command line as every other connection: pinned, no master, the agent
     // when the project forwards it.
-    const auto argv = cli::openssh_argv({"web", "/c", "/k", true}, false, c);
+    const auto argv = vm::openssh_argv({"web", "/c", "/k", true}, false, c);
     BOOST_TEST(has(options_of(argv), "ControlMaster=no"));
     BOOST_TEST(has(options_of(argv), "ForwardAgent=yes"));
     BOOST_TEST(has(argv, "-T"));
@@ -152,7 +154,7 @@ BOOST_AUTO_TEST_CASE(clone_argv_shows_progress_and_takes_the_url_as_an_operand) 
 }
 
 BOOST_AUTO_TEST_CASE(clone_progress_is_at_most_a_line_a_second_and_bounded) {
-    cli::clone_progress progress;
+    vm::clone_progress progress;
     const auto t0 = std::chrono::steady_clock::time_point{} + 1h;
     BOOST_TEST(progress.feed("Cloning into '/home/u/code/web'...", t0).value_or("") == "Cloning into '/home/u/code/web'...");
     int shown = 0;
@@ -185,11 +187,12 @@ struct recording_sink : machine::events::sink {
 // One clone as up runs it, with a stand-in for `ssh ... git clone`: its progress becomes step
 // output, and its own timeout (clone_timeout) ends it with an error naming the repo and the limit.
 BOOST_AUTO_TEST_CASE(a_clone_shows_progress_and_ends_at_its_timeout_naming_the_repo) {
-    asio::io_context io;
-    cli::context ctx(io, false);
+    machine::test::fake_vm_context fake;
+    asio::io_context& io = fake.io;
+    vm::context& ctx = fake.ctx;
     auto rec = std::make_shared<recording_sink>();
     ctx.bus.add(rec);
-    cli::clone_run run;
+    vm::clone_run run;
     run.vm = "web";
     run.step = "clone big";
     run.url = "git@example.com:acme/big.git";
@@ -198,7 +201,7 @@ BOOST_AUTO_TEST_CASE(a_clone_shows_progress_and_ends_at_its_timeout_naming_the_r
     const auto t0 = std::chrono::steady_clock::now();
     std::string message;
     try {
-        machine::test::co_run(io, cli::run_clone(ctx, run, nullptr));
+        machine::test::co_run(io, vm::run_clone(ctx, run, nullptr));
     } catch (const machine::error& e) {
         message = e.what();
         BOOST_TEST(static_cast<int>(e.code()) == static_cast<int>(machine::exit_code::failure));
@@ -218,22 +221,22 @@ BOOST_AUTO_TEST_CASE(a_clone_shows_progress_and_ends_at_its_timeout_naming_the_r
     run.argv = {"sh", "-c", "echo 'fatal: repository not found' >&2; exit 128"};
     message.clear();
     try {
-        machine::test::co_run(io, cli::run_clone(ctx, run, nullptr));
+        machine::test::co_run(io, vm::run_clone(ctx, run, nullptr));
     } catch (const machine::error& e) {
         message = e.what();
     }
     BOOST_TEST(message == "git clone git@example.com:acme/big.git failed in VM 'web': fatal: repository not found");
     run.failure_is_fatal = false;
-    BOOST_TEST(!machine::test::co_run(io, cli::run_clone(ctx, run, nullptr)));
+    BOOST_TEST(!machine::test::co_run(io, vm::run_clone(ctx, run, nullptr)));
     run.argv = {"true"};
-    BOOST_TEST(machine::test::co_run(io, cli::run_clone(ctx, run, nullptr)));
+    BOOST_TEST(machine::test::co_run(io, vm::run_clone(ctx, run, nullptr)));
 }
 
 BOOST_AUTO_TEST_CASE(durations_are_written_as_the_config_takes_them) {
-    BOOST_TEST(cli::format_duration(30min) == "30m");
-    BOOST_TEST(cli::format_duration(90s) == "1m30s");
-    BOOST_TEST(cli::format_duration(5400s) == "1h30m");
-    BOOST_TEST(cli::format_duration(0s) == "0s");
+    BOOST_TEST(vm::format_duration(30min) == "30m");
+    BOOST_TEST(vm::format_duration(90s) == "1m30s");
+    BOOST_TEST(vm::format_duration(5400s) == "1h30m");
+    BOOST_TEST(vm::format_duration(0s) == "0s");
 }
 
 // The attack of issue 13 with real OpenSSH: Lima's ssh.config shares a ControlMaster that was
@@ -278,8 +281,8 @@ BOOST_AUTO_TEST_CASE(a_wrong_pin_is_refused_although_limas_master_is_open) {
     pub >> type >> blob;
     const fs::path wrong = tmp.path / "known_hosts";
     std::ofstream(wrong) << "machine-web " << type << " " << blob << "\n";
-    const cli::openssh_target target{"web", config, wrong, false};
-    const auto argv = cli::openssh_argv(target, false, {"echo", "rode"});
+    const vm::openssh_target target{"web", config, wrong, false};
+    const auto argv = vm::openssh_argv(target, false, {"echo", "rode"});
 
     auto r = run_program(argv, home);
     BOOST_TEST(r.exit_code == 255);
@@ -295,14 +298,14 @@ BOOST_AUTO_TEST_CASE(a_wrong_pin_is_refused_although_limas_master_is_open) {
     host_pub >> type >> blob;
     const fs::path right = tmp.path / "known_hosts.right";
     std::ofstream(right) << "machine-web " << type << " " << blob << "\n";
-    r = run_program(cli::openssh_argv({"web", config, right, false}, false, {"echo", "own"}), home);
+    r = run_program(vm::openssh_argv({"web", config, right, false}, false, {"echo", "own"}), home);
     BOOST_TEST(r.exit_code == 0, r.err);
     BOOST_TEST(r.out == "own\n");
 }
 
 BOOST_AUTO_TEST_CASE(openssh_checks_the_pinned_key_whatever_limas_config_says) {
-    const cli::openssh_target t{"web", "/l/web/ssh.config", "/s/web dir/known_hosts", true};
-    const auto argv = cli::openssh_argv(t, true, {});
+    const vm::openssh_target t{"web", "/l/web/ssh.config", "/s/web dir/known_hosts", true};
+    const auto argv = vm::openssh_argv(t, true, {});
     BOOST_TEST(argv[0] == "ssh");
     BOOST_TEST((argv[1] == "-F" && argv[2] == "/l/web/ssh.config" && argv[3] == "-t"));
     const auto o = options_of(argv);
@@ -314,8 +317,8 @@ BOOST_AUTO_TEST_CASE(openssh_checks_the_pinned_key_whatever_limas_config_says) {
     BOOST_TEST(has(o, "ForwardAgent=yes"));
     BOOST_TEST(argv.back() == "lima-web");  // no remote command: the login shell
 
-    const cli::openssh_target closed{"web", "/l/web/ssh.config", "/k", false};
-    const auto no_tty = cli::openssh_argv(closed, false, {"true"});
+    const vm::openssh_target closed{"web", "/l/web/ssh.config", "/k", false};
+    const auto no_tty = vm::openssh_argv(closed, false, {"true"});
     BOOST_TEST(has(options_of(no_tty), "ForwardAgent=no"));
     BOOST_TEST(!has(options_of(no_tty), "ForwardAgent=yes"));
     BOOST_TEST(has(no_tty, "-T"));
@@ -324,7 +327,7 @@ BOOST_AUTO_TEST_CASE(openssh_checks_the_pinned_key_whatever_limas_config_says) {
 BOOST_AUTO_TEST_CASE(the_remote_command_reaches_the_vm_word_for_word) {
     const std::vector<std::string> remote{"/usr/local/bin/machine-agent", "a b", "$(touch /tmp/pwned)", "it's",
                                           "`x`;y", "\"q\"", "*", ""};
-    const auto argv = cli::openssh_argv({"web", "/c", "/k", true}, true, remote);
+    const auto argv = vm::openssh_argv({"web", "/c", "/k", true}, true, remote);
     BOOST_TEST(argv[argv.size() - 2] == "--");
     std::string expected;
     for (const auto& w : remote) expected += w + "\n";

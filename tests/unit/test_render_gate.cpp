@@ -1,4 +1,4 @@
-// When `machine watch` renders secrets again after a boot (src/cli/render_gate.cpp): a boot Lima
+// When `machine watch` renders secrets again after a boot (src/vm/render_gate.cpp): a boot Lima
 // reports, or a guest boot_id not rendered for; once per boot, never twice in 30 s per VM, and
 // never because a guest repeats or invents `user.ready`.
 #include <boost/test/unit_test.hpp>
@@ -9,13 +9,13 @@
 
 #include "render_gate.hpp"
 
-namespace machine::cli {
+namespace machine::vm {
 // Boost.Test prints outcomes when a check fails.
 inline std::ostream& operator<<(std::ostream& os, render_gate::outcome o) { return os << to_string(o); }
-} // namespace machine::cli
+} // namespace machine::vm
 
-namespace cli = machine::cli;
-using gate = cli::render_gate;
+namespace vm = machine::vm;
+using gate = vm::render_gate;
 using namespace std::chrono_literals;
 
 namespace {

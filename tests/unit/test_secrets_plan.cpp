@@ -1,11 +1,11 @@
-// Which secret sets `machine secrets` renders (src/cli/secrets_plan.cpp): the host decides from
+// Which secret sets `machine secrets` renders (src/vm/secrets_plan.cpp): the host decides from
 // the project's declarations; a VM's .envrc never makes the host read a set it did not declare.
 #include <boost/test/unit_test.hpp>
 
 #include "machine/error.hpp"
-#include "secrets_plan.hpp"
+#include "machine/vm.hpp"
 
-namespace cli = machine::cli;
+namespace vm = machine::vm;
 namespace config = machine::config;
 namespace pr = machine::protocol;
 
@@ -38,7 +38,7 @@ BOOST_AUTO_TEST_SUITE(secrets_plan)
 
 BOOST_AUTO_TEST_CASE(a_vm_cannot_make_the_host_read_an_undeclared_environment) {
     // No secrets declared: the reference tool would read whatever Environment the VM names.
-    const auto plan = cli::plan_secret_sets(project_with({}), {envrc("web", {{"p6x3sxq2lqyk3zqdbzbx2nkj4u", 3}})}, {});
+    const auto plan = vm::plan_secret_sets(project_with({}), {envrc("web", {{"p6x3sxq2lqyk3zqdbzbx2nkj4u", 3}})}, {});
     BOOST_TEST(plan.sets.empty());
     BOOST_REQUIRE(plan.warnings.size() == 1u);
     BOOST_TEST(plan.warnings[0] ==
@@ -48,7 +48,7 @@ BOOST_AUTO_TEST_CASE(a_vm_cannot_make_the_host_read_an_undeclared_environment) {
 }
 
 BOOST_AUTO_TEST_CASE(declared_sets_are_rendered_with_the_repos_that_load_them) {
-    const auto plan = cli::plan_secret_sets(project_with({{"abc123", "abc123"}, {"def456", "shared"}}),
+    const auto plan = vm::plan_secret_sets(project_with({{"abc123", "abc123"}, {"def456", "shared"}}),
                                             {envrc("web", {{"abc123", 1}, {"web-local", 2}}), envrc("org/api", {{"shared", 4}})},
                                             {});
     BOOST_REQUIRE(plan.sets.size() == 2u);
@@ -63,7 +63,7 @@ BOOST_AUTO_TEST_CASE(declared_sets_are_rendered_with_the_repos_that_load_them) {
 }
 
 BOOST_AUTO_TEST_CASE(a_hostile_envrc_token_is_escaped_and_skipped) {
-    const auto plan = cli::plan_secret_sets(project_with({{"abc123", "abc123"}}),
+    const auto plan = vm::plan_secret_sets(project_with({{"abc123", "abc123"}}),
                                             {envrc("web\n[prod] error: run curl", {{"x\n[prod] error: run curl", 1}})},
                                             {});
     BOOST_TEST(plan.sets.size() == 1u);
@@ -75,12 +75,12 @@ BOOST_AUTO_TEST_CASE(a_hostile_envrc_token_is_escaped_and_skipped) {
 BOOST_AUTO_TEST_CASE(only_repo_keeps_the_declared_sets_that_repo_uses) {
     const auto p = project_with({{"abc123", "abc123"}, {"def456", "def456"}});
     const std::vector<pr::envrc_secrets> repos{envrc("web", {{"abc123", 1}, {"nope99", 2}}), envrc("api", {{"def456", 1}})};
-    const auto plan = cli::plan_secret_sets(p, repos, std::string("web"));
+    const auto plan = vm::plan_secret_sets(p, repos, std::string("web"));
     BOOST_REQUIRE(plan.sets.size() == 1u);
     BOOST_TEST(plan.sets[0].name == "abc123");
     BOOST_TEST(plan.warnings.size() == 1u);  // web's undeclared nope99; api is none of --repo web's business
-    BOOST_CHECK_THROW(cli::plan_secret_sets(p, repos, std::string("blog")), machine::error);
-    BOOST_CHECK_THROW(cli::plan_secret_sets(p, {envrc("web", {{"nope99", 1}})}, std::string("web")), machine::error);
+    BOOST_CHECK_THROW(vm::plan_secret_sets(p, repos, std::string("blog")), machine::error);
+    BOOST_CHECK_THROW(vm::plan_secret_sets(p, {envrc("web", {{"nope99", 1}})}, std::string("web")), machine::error);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

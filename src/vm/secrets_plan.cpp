@@ -1,13 +1,13 @@
 // Which secret sets `machine secrets` renders: the host decides, from the project's declarations;
 // the VM's .envrc files only say which repos load which declared set.
-#include "secrets_plan.hpp"
+#include "machine/vm.hpp"
 
 #include <algorithm>
 
 #include "machine/error.hpp"
 #include "machine/text.hpp"
 
-namespace machine::cli {
+namespace machine::vm {
 
 namespace pr = machine::protocol;
 
@@ -87,4 +87,4 @@ secrets_plan plan_secret_sets(const config::project& p, const std::vector<pr::en
     return plan;
 }
 
-} // namespace machine::cli
+} // namespace machine::vm

@@ -1,4 +1,5 @@
-#include "common.hpp"
+// A project's state on this computer: its directory, its lock, its VM's host-key pin.
+#include "machine/vm.hpp"
 
 #include <fcntl.h>
 #include <sys/file.h>
@@ -9,7 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 
-#include <asio/experimental/as_tuple.hpp>
+#include <asio/steady_timer.hpp>
 #include <asio/this_coro.hpp>
 #include <asio/use_awaitable.hpp>
 #include <spdlog/spdlog.h>
@@ -17,14 +18,10 @@
 #include "machine/paths.hpp"
 #include "machine/text.hpp"
 
-namespace machine::cli {
+namespace machine::vm {
 
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
-
-std::chrono::milliseconds since(std::chrono::steady_clock::time_point t0) {
-    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0);
-}
 
 fs::path project_state_dir(const std::string& name) { return paths::state_dir() / name; }
 
@@ -87,35 +84,12 @@ asio::awaitable<std::unique_ptr<project_lock>> lock_project(context& ctx, std::s
     co_return lock;
 }
 
-std::string resolve_name(context& ctx, const std::optional<std::string>& name) {
-    if (name) {
-        text::require_valid_project_name(*name);
-        return *name;
-    }
-    return ctx.cfg().ambient_project();
-}
-
-void unknown_project(const config::config& cfg, const std::string& name) {
-    std::vector<std::string> names;
-    for (const auto& [n, p] : cfg.projects) names.push_back(n);
-    std::string msg = "no project '" + name + "' in " + cfg.projects_file.string();
-    if (const auto near = text::closest_match(name, names); !near.empty())
-        msg += " (did you mean '" + near + "'?)";
-    msg += "; add a [" + name + "] table there, or run machine in a repository with a .machine.toml";
-    throw usage_error(msg);
-}
-
-asio::awaitable<void> sleep_for(asio::steady_timer& timer, std::chrono::milliseconds d) {
-    timer.expires_after(d);
-    co_await timer.async_wait(asio::use_awaitable);
-}
-
 fs::path ssh_config_of(const lima::instance& inst) {
     return inst.ssh_config_file.empty() ? fs::path(inst.dir) / "ssh.config" : fs::path(inst.ssh_config_file);
 }
 
 asio::awaitable<lima::instance> require_running(context& ctx, const std::string& name) {
-    auto existing = co_await ctx.lima().find(name);
+    auto existing = co_await ctx.lima.find(name);
     if (!existing) throw error("VM '" + name + "' does not exist (run 'machine up " + name + "')");
     if (existing->state != lima::status::running)
         throw error("VM '" + name + "' is not running (run 'machine up " + name + "')");
@@ -165,38 +139,4 @@ void forget_pin(const std::string& name) {
     fs::remove(project_state_dir(name) / "known_hosts", ec);
 }
 
-asio::awaitable<std::exception_ptr> capture(asio::awaitable<void> task) {
-    try {
-        co_await std::move(task);
-    } catch (...) {
-        co_return std::current_exception();
-    }
-    co_return nullptr;
-}
-
-events::event from_guest(const std::string& vm, const protocol::event_record& e) {
-    constexpr std::size_t max_fields = 32, max_value = 1024;
-    std::vector<std::pair<std::string, events::value>> fields;
-    for (const auto& [key, v] : e.fields.items()) {
-        if (fields.size() == max_fields) break;
-        if (v.is_string()) fields.emplace_back(key, v.get<std::string>().substr(0, max_value));
-        else if (v.is_boolean()) fields.emplace_back(key, v.get<bool>());
-        else if (v.is_number_integer()) fields.emplace_back(key, v.get<std::int64_t>());
-        else fields.emplace_back(key, v.dump(-1, ' ', false, protocol::json::error_handler_t::replace).substr(0, max_value));
-    }
-    return events::guest_event(vm, e.event, e.seq, std::move(fields));
-}
-
-asio::awaitable<void> task_group::join() {
-    while (running_ > 0) co_await idle_.async_wait(asio::experimental::as_tuple(asio::use_awaitable));
-}
-
-void task_group::log_task_failure(std::exception_ptr e) {
-    try {
-        std::rethrow_exception(e);
-    } catch (const std::exception& x) {
-        spdlog::debug("task ended: {}", x.what());
-    }
-}
-
-} // namespace machine::cli
+} // namespace machine::vm

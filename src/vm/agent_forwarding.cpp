@@ -1,4 +1,6 @@
-#include "agent_forwarding.hpp"
+// Which SSH agent a project's VM may reach: none (forward_agent = false), the user's whole
+// agent, or, with `agent_keys`, a filtering proxy (src/agent_proxy) that offers only those keys.
+#include "machine/vm.hpp"
 
 #include <fcntl.h>
 #include <signal.h>
@@ -15,13 +17,13 @@
 #include <spdlog/sinks/rotating_file_sink.h>
 #include <spdlog/spdlog.h>
 
-#include "common.hpp"
+#include "async_compat.hpp"
 #include "machine/agent_proxy.hpp"
 #include "machine/paths.hpp"
 #include "machine/sha256.hpp"
 #include "machine/text.hpp"
 
-namespace machine::cli {
+namespace machine::vm {
 
 namespace fs = std::filesystem;
 using asio::awaitable;
@@ -271,4 +273,4 @@ int run_agent_proxy(const std::string& listen, const std::string& upstream, cons
     return agent_proxy::run(opt);
 }
 
-} // namespace machine::cli
+} // namespace machine::vm

@@ -2,7 +2,7 @@
 
 #include <algorithm>
 
-namespace machine::cli {
+namespace machine::vm {
 
 bool render_gate::valid_boot_id(std::string_view id) {
     if (id.size() != 36) return false;
@@ -90,4 +90,4 @@ const char* to_string(render_gate::outcome o) {
     return "?";
 }
 
-} // namespace machine::cli
+} // namespace machine::vm

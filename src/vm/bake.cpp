@@ -7,7 +7,8 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
-#include "common.hpp"
+#include "async_compat.hpp"
+#include "bake.hpp"
 #include "lifecycle.hpp"
 #include "machine/paths.hpp"
 #include "machine/render.hpp"
@@ -16,7 +17,7 @@
 #include "machine/text.hpp"
 #include "provisioning.hpp"
 
-namespace machine::cli {
+namespace machine::vm {
 
 namespace fs = std::filesystem;
 using asio::awaitable;
@@ -39,10 +40,10 @@ config::project base_project(const up_target& t) {
     return p;
 }
 
-std::string base_key(const std::string& rendered, const provision::plan& base) {
+std::string base_key(const up_target& t, const render::host_facts& host) {
     sha256 h;
-    h.update(rendered);
-    for (const auto& s : base.steps) h.update("\n" + s.hash);
+    h.update(render::lima_yaml(base_project(t), host));
+    for (const auto& s : t.base.steps) h.update("\n" + s.hash);
     return h.hex_digest();
 }
 
@@ -63,7 +64,7 @@ awaitable<void> forget_journal(std::shared_ptr<ssh::session> session) {
 
 // Older bases of the same profiles are stale once a new one is complete.
 awaitable<void> prune_stale_bases(context& ctx, const std::string& keep, const std::vector<std::string>& profiles) {
-    for (const auto& inst : co_await ctx.lima().list()) {
+    for (const auto& inst : co_await ctx.lima.list()) {
         if (inst.name == keep || inst.name.rfind(base_prefix, 0) != 0) continue;
         const fs::path marker = project_state_dir(inst.name) / "baked";
         std::error_code ec;
@@ -72,21 +73,26 @@ awaitable<void> prune_stale_bases(context& ctx, const std::string& keep, const s
             if (!doc.is_object() || doc.value("profiles", std::vector<std::string>{}) != profiles) continue;
         }
         ctx.say(inst.name, "removing stale base");
-        co_await ctx.lima().remove(inst.name, true);
+        co_await ctx.lima.remove(inst.name, true);
         fs::remove_all(project_state_dir(inst.name), ec);
     }
 }
 
 } // namespace
 
+std::string base_name(const up_target& t) {
+    return std::string(base_prefix) + base_key(t, render::detect_host()).substr(0, 12);
+}
+
 awaitable<std::string> ensure_base(context& ctx, const up_target& t, bool force, cancel_signal* cancel) {
     const render::host_facts host = render::detect_host();
     const config::project proto = base_project(t);
-    const std::string key = base_key(render::lima_yaml(proto, host), t.base);
+    const std::string key = base_key(t, host);
     const std::string name = std::string(base_prefix) + key.substr(0, 12);
     const auto lock = co_await lock_project(ctx, name, cancel);
     const fs::path marker = project_state_dir(name) / "baked";
-    lima::client lima(ctx.lima().limactl(), cancel, ctx.timeouts);
+    const auto driver = ctx.lima.fork(cancel, ctx.timeouts);
+    lima::driver& lima = *driver;
     auto existing = co_await lima.find(name);
     std::error_code ec;
     if (!force && existing && fs::exists(marker, ec)) co_return name;
@@ -127,22 +133,15 @@ awaitable<std::string> ensure_base(context& ctx, const up_target& t, bool force,
     co_return name;
 }
 
-awaitable<int> cmd_bake(context& ctx, std::optional<std::string> project_name, bool force) {
-    if (!agent_enabled()) throw usage_error("bake needs the guest agent (MACHINE_AGENT=off)");
-    const std::string name = resolve_name(ctx, project_name);
-    const provision::catalog cat = load_catalog();
-    config::project project = ctx.cfg().resolve(name);
-    std::vector<config::project> projects{project};
-    const provision::host_values host = co_await host_values_for(cat, projects);
-    const up_target t = make_target(cat, host, std::move(project));
+awaitable<void> bake(context& ctx, const up_target& t, bool force) {
+    const std::string& name = t.project.name;
     if (t.base.steps.empty()) {
         ctx.say(name, "nothing to bake: none of its profiles goes into a cached base");
-        co_return 0;
+        co_return;
     }
     const std::string base = co_await ensure_base(ctx, t, force, &ctx.cancel);
     ctx.say(name, "cached base " + base + " is fresh (" + profile_list(t.base.profiles) + ")" +
                       (force ? "" : "; use --force to rebuild it"));
-    co_return 0;
 }
 
-} // namespace machine::cli
+} // namespace machine::vm

@@ -5,40 +5,22 @@
 #include <asio/this_coro.hpp>
 #include <spdlog/spdlog.h>
 
-#include "common.hpp"
-#include "provisioning.hpp"
+#include "async_compat.hpp"
 #include "machine/guest.hpp"
 #include "machine/paths.hpp"
 #include "machine/protocol.hpp"
 #include "machine/ssh.hpp"
 
-namespace machine::cli {
+namespace machine::vm {
 
 namespace fs = std::filesystem;
 using asio::awaitable;
 using namespace std::chrono_literals;
 
-bool agent_enabled() { return paths::env("MACHINE_AGENT") != "off"; }
-
-up_target make_target(const provision::catalog& cat, provision::host_values host, config::project p) {
-    up_target t;
-    const auto profiles = profiles_of(cat, p);
-    for (const auto& url : p.repos) host.repo_dirs.push_back(repo_dir_name(url));
-    // Without a forwarded agent nothing in the VM can sign: commits would fail, so no signing.
-    if (!p.forward_agent) host.git_signing_key.clear();
-    host.vm_shell = p.shell;
-    const provision::plan all = provision::make_plan(cat, profiles, host);
-    t.plan.profiles = t.after_clone.profiles = all.profiles;
-    for (const auto& s : all.steps) (s.after_clone ? t.after_clone : t.plan).steps.push_back(s);
-    t.base = provision::bakeable_prefix(cat, t.plan);
-    t.project = std::move(p);
-    return t;
-}
-
 namespace {
 
 // Runs `limactl start` while following the host agent's events, which become vm.state events.
-awaitable<void> boot(context& ctx, lima::client& lima, std::string name, fs::path ha_log,
+awaitable<void> boot(context& ctx, lima::driver& lima, std::string name, fs::path ha_log,
                      cancel_signal* cancel, fs::path create_from) {
     using namespace asio::experimental::awaitable_operators;
     bool saw_running = false;
@@ -66,7 +48,7 @@ awaitable<void> boot(context& ctx, lima::client& lima, std::string name, fs::pat
     // The follower never succeeds on its own; it is cancelled when the start is done.
     auto starting = create_from.empty() ? lima.start(name, on_log) : lima.start_new(name, create_from, on_log);
     auto outcome = co_await (capture(std::move(starting)) ||
-                             lima::follow_events(ha_log, on_event, cancel, started_at));
+                             lima.follow_host_agent(ha_log, on_event, cancel, started_at));
     if (outcome.index() == 0) {
         if (auto failure = std::get<0>(outcome)) std::rethrow_exception(failure);
     }
@@ -78,9 +60,9 @@ awaitable<void> boot(context& ctx, lima::client& lima, std::string name, fs::pat
 // our children): stop them, so nothing half-booted stays behind.
 awaitable<void> stop_after_interrupt(context& ctx, std::string name) {
     ctx.emit(events::message(name, "warning", "interrupted while booting; stopping the VM"));
-    lima::client cleanup(ctx.lima().limactl(), nullptr, ctx.timeouts);
+    const auto cleanup = ctx.lima.fork(nullptr, ctx.timeouts);
     try {
-        co_await cleanup.stop(name, true);
+        co_await cleanup->stop(name, true);
     } catch (const error& e) {
         ctx.emit(events::error(name, std::string("could not stop the VM: ") + e.what(), e.diagnostics()));
     }
@@ -93,7 +75,7 @@ awaitable<void> subscribe_until(guest::connection& conn, std::uint64_t from,
 
 } // namespace
 
-awaitable<void> boot_instance(context& ctx, lima::client& lima, std::string name, fs::path ha_log,
+awaitable<void> boot_instance(context& ctx, lima::driver& lima, std::string name, fs::path ha_log,
                               cancel_signal* cancel, fs::path create_from) {
     ctx.emit(events::step_started(name, create_from.empty() ? "boot" : "create+boot"));
     const auto tb = std::chrono::steady_clock::now();
@@ -164,4 +146,17 @@ awaitable<void> wait_until_ready(context& ctx, std::string name, std::shared_ptr
     ctx.emit(events::step_finished(name, "ready", true, since(t0)));
 }
 
-} // namespace machine::cli
+events::event from_guest(const std::string& vm, const protocol::event_record& e) {
+    constexpr std::size_t max_fields = 32, max_value = 1024;
+    std::vector<std::pair<std::string, events::value>> fields;
+    for (const auto& [key, v] : e.fields.items()) {
+        if (fields.size() == max_fields) break;
+        if (v.is_string()) fields.emplace_back(key, v.get<std::string>().substr(0, max_value));
+        else if (v.is_boolean()) fields.emplace_back(key, v.get<bool>());
+        else if (v.is_number_integer()) fields.emplace_back(key, v.get<std::int64_t>());
+        else fields.emplace_back(key, v.dump(-1, ' ', false, protocol::json::error_handler_t::replace).substr(0, max_value));
+    }
+    return events::guest_event(vm, e.event, e.seq, std::move(fields));
+}
+
+} // namespace machine::vm

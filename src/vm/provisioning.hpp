@@ -1,5 +1,6 @@
 // What `up` and `bake` do inside a VM once it is booted: apply the project's provisioning plan
 // through the guest agent, and clone its repos. Also the checks that run before any VM work.
+// Internal to the vm module (the unit tests reach the pure parts).
 #pragma once
 
 #include <chrono>
@@ -12,31 +13,18 @@
 
 #include <asio/awaitable.hpp>
 
-#include "agent_forwarding.hpp"
-#include "cli.hpp"
 #include "machine/provision.hpp"
+#include "machine/vm.hpp"
 
 namespace machine::ssh {
 class session;
 }
 
-namespace machine::cli {
+namespace machine::vm {
 
-/// The built-in profiles plus the user's own (<config dir>/profiles/*.toml).
-provision::catalog load_catalog();
-
-/// The profiles project `p` gets, requirements first. config_error (exit 2) for an unknown
-/// profile, naming where it was written.
-std::vector<std::string> profiles_of(const provision::catalog& cat, const config::project& p);
-
-/// The host's git identity and signing key, for the git-signing profile: $GIT_SIGNING_KEY, else
-/// `git config --global user.signingkey` (a key, `key::` + a key, or a path to a public key).
-asio::awaitable<provision::host_values> detect_host_values(std::string vm_user);
-
-/// The values `projects`' profiles use: the VM user always, the host's git settings only when
-/// one of those profiles copies them (reading them runs git).
-asio::awaitable<provision::host_values> host_values_for(const provision::catalog& cat,
-                                                        const std::vector<config::project>& projects);
+/// git without prompts and with only the allowed transports (never ext::, which runs a command):
+/// the environment of every git machine runs, on the host and in the VM.
+std::vector<std::pair<std::string, std::string>> git_env();
 
 /// `git ls-remote` on the host for each of the project's repos, all at once; throws an error
 /// listing every unreachable one (nothing has been created yet when this runs).
@@ -103,8 +91,4 @@ std::string format_duration(std::chrono::seconds d);
 /// provisioning changed (the docker group), and the next shell should see it.
 asio::awaitable<void> close_lima_ssh_master(const lima::instance& inst, const std::string& name);
 
-/// The directory `git clone URL` makes ("https://h/a/web.git" -> "web"); "" when the URL has
-/// no usable name.
-std::string repo_dir_name(std::string_view url);
-
-} // namespace machine::cli
+} // namespace machine::vm

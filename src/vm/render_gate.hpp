@@ -1,5 +1,5 @@
 // When `machine watch` renders a project's secrets again after a boot (pure: no I/O, no Asio,
-// the clock passed in; tested directly). Internal to the CLI module.
+// the clock passed in; tested directly). Internal to the vm module.
 //
 // The guest chooses when it says `user.ready` and which boot_id it puts in it, so a guest event
 // alone must not decide how often the host runs a secret provider. The gate renders:
@@ -17,7 +17,7 @@
 #include <string>
 #include <string_view>
 
-namespace machine::cli {
+namespace machine::vm {
 
 class render_gate {
 public:
@@ -75,4 +75,4 @@ private:
 
 const char* to_string(render_gate::outcome o);
 
-} // namespace machine::cli
+} // namespace machine::vm

@@ -1,0 +1,327 @@
+// The product's workflows on a project's VM: bringing it up (created, from a cached base when its
+// profiles allow, booted, its guest agent current, provisioned, its repos cloned), cached bases,
+// down and destroy, project locks and host-key pins, agent forwarding, secrets planning and sync.
+// Lima is reached only through lima::driver; what happens is told as events on the bus, and
+// printing them is the caller's (the CLI's) business.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <asio/awaitable.hpp>
+
+#include "machine/agent_proxy.hpp"
+#include "machine/cancel.hpp"
+#include "machine/config.hpp"
+#include "machine/events.hpp"
+#include "machine/lima.hpp"
+#include "machine/protocol.hpp"
+#include "machine/provision.hpp"
+#include "machine/ssh.hpp"
+
+namespace spdlog {
+class logger;
+}
+
+namespace machine::vm {
+
+// What every workflow gets. The caller owns what it refers to and keeps it alive.
+class context {
+public:
+    context(cancel_signal& cancel_, events::bus& bus_, lima::driver& lima_) : cancel(cancel_), bus(bus_), lima(lima_) {}
+
+    cancel_signal& cancel;  // the command's Ctrl-C
+    events::bus& bus;
+    lima::driver& lima;     // every Lima call of a workflow goes through it (or through its forks)
+    lima::timeouts timeouts;  // of the drivers a workflow forks (one per VM)
+    // False when MACHINE_AGENT=off (tests against a fake limactl): no guest-side work at all.
+    bool agent = true;
+    // The output is read by a program (--json): the guest's own provisioning events are passed on too.
+    bool raw_guest_events = false;
+    // The user's SSH agent, probed once per command (agent_forwarding.cpp): `up --all` with a
+    // hung agent waits for it once, not once per project.
+    std::optional<agent_proxy::agent_probe> agent_probe;
+
+    void emit(events::event e) { bus.emit(std::move(e)); }
+    void say(const std::string& vm, const std::string& text) { emit(events::message(vm, "info", text)); }
+};
+
+// ---- A project's state on this computer ------------------------------------------------------
+
+// $MACHINE_STATE_DIR/<name>: the rendered template, the host-key pin, the lock.
+std::filesystem::path project_state_dir(const std::string& name);
+
+// One machine command at a time per project: two `up`s racing on one VM would each call
+// `limactl create` or `start`. A second command waits for the first, then sees its result.
+// The lock is released when the process exits, however it exits.
+//
+// The lock file also counts releases (its generation). A command that read the generation,
+// then listed the VM, then took the lock and finds the same generation knows no machine
+// command has changed the VM in between, so `up --all` can list every VM in one call.
+class project_lock {
+public:
+    explicit project_lock(const std::string& name);
+    ~project_lock();  // bumps the generation when this lock was held
+    project_lock(const project_lock&) = delete;
+    project_lock& operator=(const project_lock&) = delete;
+    bool try_lock();
+    std::uint64_t generation() const;
+    // Without taking the lock (0 when no command has locked the project yet).
+    static std::uint64_t generation_of(const std::string& name);
+
+private:
+    int fd_ = -1;
+    bool held_ = false;
+};
+
+// Waits (cancellably, saying so) until no other machine command works on `name`.
+asio::awaitable<std::unique_ptr<project_lock>> lock_project(context& ctx, std::string name,
+                                                            cancel_signal* cancel);
+
+// The instance's ssh.config (as `limactl list` names it, else in its directory).
+std::filesystem::path ssh_config_of(const lima::instance& inst);
+
+// The VM, running; otherwise an error saying to run `machine up NAME`.
+asio::awaitable<lima::instance> require_running(context& ctx, const std::string& name);
+
+// The VM's host-key pin (<state>/<name>/host_key) and its OpenSSH form (known_hosts, under the
+// alias `machine-<name>`), which every verified connection keeps current. `record_if_absent`
+// only for the first connection after machine created the VM (new_vm_key_expected) and for
+// `machine pin`; otherwise a VM without a pin is refused here with no_pin_message().
+ssh::host_key_pin pin_of(const std::string& name, bool record_if_absent);
+
+// "VM 'NAME' has no pinned host key ...; run 'machine pin NAME'".
+std::string no_pin_message(const std::string& name);
+
+// Called just before machine creates (or clones) the VM `name`: a pin of an earlier VM of that
+// name is removed, and the first connection to the new one pins its key (until then
+// new_vm_key_expected() is true, also for an `up` that failed before connecting).
+void expect_new_vm_key(const std::string& name);
+bool new_vm_key_expected(const std::string& name);
+void new_vm_key_pinned(const std::string& name);
+
+// Removes the pin and its known_hosts (`machine pin --replace`).
+void forget_pin(const std::string& name);
+
+// ---- Bring-up ----------------------------------------------------------------------------------
+
+/// A project with its provisioning plan, decided before anything runs (so a bad profile is a
+/// config error, exit 2, with nothing created).
+struct up_target {
+    config::project project;
+    provision::plan plan;         ///< what the project's profiles do before its repos are cloned
+    provision::plan after_clone;  ///< what they do once the repos are there
+    provision::plan base;         ///< the part a cached base disk holds (bake profiles, in order)
+};
+
+/// The built-in profiles plus the user's own (<config dir>/profiles/*.toml).
+provision::catalog load_catalog();
+
+/// The profiles project `p` gets, requirements first. config_error (exit 2) for an unknown
+/// profile, naming where it was written.
+std::vector<std::string> profiles_of(const provision::catalog& cat, const config::project& p);
+
+/// The host's git identity and signing key, for the git-signing profile: $GIT_SIGNING_KEY, else
+/// `git config --global user.signingkey` (a key, `key::` + a key, or a path to a public key).
+asio::awaitable<provision::host_values> detect_host_values(std::string vm_user);
+
+/// The values `projects`' profiles use: the VM user always, the host's git settings only when
+/// one of those profiles copies them (reading them runs git).
+asio::awaitable<provision::host_values> host_values_for(const provision::catalog& cat,
+                                                        const std::vector<config::project>& projects);
+
+up_target make_target(const provision::catalog& cat, provision::host_values host, config::project p);
+
+/// The disk a base is made with; projects with a smaller disk start from the plain image.
+inline constexpr const char* base_disk = "16GiB";
+
+/// Whether a new VM for `t` is cloned from a cached base (rather than created from its template):
+/// only with the guest agent (a base is baked through it), when some of its profiles go into a
+/// base, and when its disk is at least the base's (a clone can grow a disk, not shrink it).
+bool starts_from_base(const up_target& t, bool agent);
+
+/// What one `limactl list` for many projects said about one of them, and the project's lock
+/// generation read just before: still true if nobody has held the lock since (and it is recent).
+struct prelisted {
+    std::uint64_t generation = 0;
+    std::chrono::steady_clock::time_point at;
+    std::optional<lima::instance> instance;
+};
+
+/// Brings one VM up: created (from the cached base when its profiles allow), booted, its
+/// agent current, provisioned, its repos cloned. On a running VM only what changed is
+/// re-applied. Throws on failure; `cancel` interrupts it. `seen` (may be null) is what a list of
+/// many VMs said before the lock was taken.
+asio::awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel, const prelisted* seen);
+
+/// How one VM of `up_many` ended.
+struct up_outcome {
+    std::string state = "cancelled";  ///< ready | failed | cancelled
+    std::string message;
+    std::chrono::milliseconds took{0};
+};
+
+/// Brings several VMs up, at most `parallel` at once; with `fail_fast` the first failure
+/// cancels the rest. Ctrl-C (ctx.cancel) reaches every VM. One outcome per target, in order.
+asio::awaitable<std::vector<up_outcome>> up_many(context& ctx, std::vector<up_target> targets, int parallel,
+                                                 bool fail_fast);
+
+/// How many VMs may boot at once: as many as fit their configured memory into the host's
+/// available memory (at least one).
+int default_parallelism(const std::vector<config::project>& projects);
+
+/// The name of a fresh cached base for `t` (a stopped instance holding t.base), baking it
+/// first when there is none or `force` is set.
+asio::awaitable<std::string> ensure_base(context& ctx, const up_target& t, bool force, cancel_signal* cancel);
+
+/// `machine bake`: ensure_base for the project's bake profiles, saying what it found or did.
+asio::awaitable<void> bake(context& ctx, const up_target& t, bool force);
+
+/// Stops the VM (forcibly when it is broken); "already stopped" when it is.
+asio::awaitable<void> down(context& ctx, const std::string& name);
+
+/// Deletes the VM and its state; `confirm` is asked (once the VM is known to exist) whether to go
+/// on; false aborts with an error.
+asio::awaitable<void> destroy(context& ctx, const std::string& name, std::function<bool()> confirm);
+
+// ---- Watching ----------------------------------------------------------------------------------
+
+struct watch_options {
+    std::vector<std::string> names;             // the VMs to watch; none: every VM
+    std::chrono::milliseconds poll{2000};       // how often Lima's list is polled
+    // The project `name` when its secrets are rendered again after a boot (secrets_on_up).
+    std::function<std::optional<config::project>(const std::string& name)> secrets_on_up;
+};
+
+/// Runs until ctx.cancel fires, then throws interrupted_error: VMs appearing, changing state and
+/// disappearing (Lima's list), each VM's host agent events, each running VM's guest agent
+/// events (with ctx.agent), and the secrets of a project with secrets_on_up rendered again after
+/// a boot, all told as events. Nothing it started is left running.
+asio::awaitable<void> watch(context& ctx, watch_options opt);
+
+// ---- Agent forwarding --------------------------------------------------------------------------
+
+/// The environment of every ssh or limactl process that connects to the VM: the agent a VM can
+/// use is the one in SSH_AUTH_SOCK of whichever process opens the SSH connection (including
+/// Lima's ControlMaster, which outlives the command that started it).
+struct agent_environment {
+    bool forward = false;  ///< ssh -o ForwardAgent=…
+    lima::environment env;
+};
+
+/// Decides and prepares the project's agent forwarding: with `agent_keys`, makes sure its
+/// filter runs (started detached, it ends after the VM stops). The choice applies from the VM's
+/// next start (`inst` not running, or null); for a running VM started with another choice it
+/// says so (Lima's host agent keeps the agent it was started with).
+/// With `speak`, says once per project when the whole agent is forwarded and warns when no
+/// agent answers (`run` stays quiet: its output is the remote command's).
+asio::awaitable<agent_environment> prepare_agent_forwarding(context& ctx, const config::project& p,
+                                                            const lima::instance* inst, bool speak);
+
+/// `machine agent-proxy` (hidden; started by prepare_agent_forwarding): serves the filter on
+/// `listen` until the VM whose Lima directory is `vm_dir` has stopped.
+int run_agent_proxy(const std::string& listen, const std::string& upstream, const std::string& vm_dir,
+                    const std::vector<std::string>& allowed);
+
+/// The agent filter's log: `file` (a project's agent-filter.log) holds at most 1 MiB, then
+/// becomes agent-filter.1.log (replacing the previous one) and a new file starts, so the
+/// filter never keeps more than 2 MiB of log whatever the VM sends. Throws spdlog::spdlog_ex
+/// when the file cannot be opened.
+std::shared_ptr<spdlog::logger> agent_filter_logger(const std::filesystem::path& file);
+
+// ---- OpenSSH to a VM ---------------------------------------------------------------------------
+
+/// What `ssh` needs to reach a VM with its pinned host key (pure: tested without a VM).
+struct openssh_target {
+    std::string name;                     ///< the project (Lima's host alias is lima-<name>)
+    std::filesystem::path ssh_config;     ///< Lima's ssh.config for the instance
+    std::filesystem::path known_hosts;    ///< the pin's known_hosts file
+    bool forward_agent = false;
+};
+
+/// `ssh -F <ssh.config> [-t|-T] <pinning, no-master and forwarding options> lima-<name> [-- <remote>]`:
+/// the one way every OpenSSH connection to a VM is built (ssh, claude, codex, run, clones).
+/// Lima's ssh.config turns host-key checking off and shares one ControlMaster, which Lima opened
+/// without checking the key; these options turn checking back on against our pin and open a
+/// connection of our own (ControlMaster=no, ControlPath=none: OpenSSH takes the first value it
+/// obtains, and -o comes before -F's file). `remote` is argv for the VM: each word is quoted for
+/// the remote shell (ssh hands the remote side one string).
+std::vector<std::string> openssh_argv(const openssh_target& t, bool tty, const std::vector<std::string>& remote);
+
+/// The directory `git clone URL` makes ("https://h/a/web.git" -> "web"); "" when the URL has
+/// no usable name.
+std::string repo_dir_name(std::string_view url);
+
+// ---- Events from the guest ---------------------------------------------------------------------
+
+// An agent event as one of ours. The guest is untrusted: at most 32 fields, values cut at 1 KiB,
+// nested values flattened to JSON text (the terminal sink sanitizes what it prints).
+events::event from_guest(const std::string& vm, const protocol::event_record& e);
+
+// ---- Secrets -----------------------------------------------------------------------------------
+
+/// One set to render: where its variables come from, and which repos load it.
+struct planned_set {
+    std::string name;
+    std::vector<config::secret_source> sources;
+    std::vector<std::string> used_by;  ///< "~/code/web/.envrc"
+};
+
+struct secrets_plan {
+    std::vector<planned_set> sets;
+    std::vector<std::string> warnings;  ///< one line each, escaped: a .envrc is the VM's text
+};
+
+/// The project's declared sets, each with the repos whose .envrc loads it. The VM only says
+/// which repos use which set: it never chooses what the host reads. A `use op_env X` for a set
+/// the project does not declare is a warning naming the file and line, and the entry to add to
+/// projects.toml. With `only_repo`, just the sets that repo uses (an error when it has no
+/// .envrc, or uses no declared set). Pure: no I/O.
+secrets_plan plan_secret_sets(const config::project& p, const std::vector<protocol::envrc_secrets>& repos,
+                              const std::optional<std::string>& only_repo);
+
+/// `~/code/<dir>/.envrc`, escaped for the terminal.
+std::string shown_envrc(const protocol::envrc_secrets& r);
+
+/// `--repo web` names ~/code/web, or a nested ~/code/org/web by either spelling.
+bool repo_matches(const protocol::envrc_secrets& r, const std::string& repo);
+
+struct secrets_sync_options {
+    // Only the sets this repo's .envrc uses (`~/code/<repo>/.envrc`; a nested repo by its path
+    // under ~/code or its last component).
+    std::optional<std::string> repo;
+    // Leave sets the VM already has alone (watch after a boot: `up` may have rendered them).
+    bool only_missing = false;
+    // Nothing to render is an error (`machine secrets`), or only a warning (`up` with
+    // secrets_on_up, before any repo says `use op_env`).
+    bool required = true;
+};
+
+// Reads every set the project declares ([[NAME.secrets]]) and every 1Password Environment the
+// VM's repos ask for (`use op_env ID`), all of them into memory before anything is sent: a
+// source that fails renders nothing. Then one `secrets.render` per set over `session`. Says
+// which sets it rendered and how many variables, never a value. Throws machine::error (exit 1)
+// when a source fails or nothing is there to render.
+asio::awaitable<void> sync_secrets(context& ctx, const config::project& project,
+                                   std::shared_ptr<ssh::session> session, secrets_sync_options options);
+
+// The same for the running VM of `project`, over a connection of its own (`machine secrets`).
+asio::awaitable<void> sync_secrets(context& ctx, const config::project& project, secrets_sync_options options);
+
+// Clears the sets rendered in the VM (every set, or with `repo` those its .envrc uses); returns
+// the names of the sets cleared.
+asio::awaitable<std::vector<std::string>> clear_secrets(context& ctx, const config::project& p,
+                                                        std::optional<std::string> repo);
+
+// The sets rendered in the VM now, by name, count, size and time; never a value. Everything in
+// them came from the VM: capped by the parser, to be sanitized before it is printed.
+asio::awaitable<std::vector<protocol::secret_set_info>> list_secrets(context& ctx, const config::project& p);
+
+} // namespace machine::vm

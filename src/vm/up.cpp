@@ -1,0 +1,258 @@
+// Bringing VMs up: one (up_one), or several at once within a bounded window (up_many).
+#include <fstream>
+
+#include <asio/experimental/as_tuple.hpp>
+#include <asio/experimental/awaitable_operators.hpp>
+#include <asio/steady_timer.hpp>
+#include <asio/this_coro.hpp>
+#include <asio/use_awaitable.hpp>
+#include <spdlog/spdlog.h>
+
+#include "async_compat.hpp"
+#include "machine/guest.hpp"
+#include "machine/paths.hpp"
+#include "machine/render.hpp"
+#include "machine/ssh.hpp"
+#include "machine/vm.hpp"
+#include "lifecycle.hpp"
+#include "provisioning.hpp"
+
+namespace machine::vm {
+
+namespace fs = std::filesystem;
+using asio::awaitable;
+using namespace std::chrono_literals;
+
+namespace {
+
+// Lists every project's VM in one call, for `up` of many (one limactl process instead of one
+// per project). Empty when that list fails: each project then lists its own VM after its lock.
+awaitable<std::vector<prelisted>> list_before_locking(context& ctx, std::vector<std::string> names) {
+    std::vector<prelisted> seen(names.size());
+    for (std::size_t i = 0; i < names.size(); ++i) seen[i].generation = project_lock::generation_of(names[i]);
+    std::vector<lima::instance> found;
+    try {
+        found = co_await ctx.lima.find_all(names);
+    } catch (const error& e) {
+        // Lima <= 2.1 fails a list naming a VM another command is creating right now.
+        spdlog::debug("listing {} VMs at once failed ({}); each lists its own", names.size(), e.what());
+        co_return std::vector<prelisted>{};
+    }
+    const auto now = std::chrono::steady_clock::now();
+    for (std::size_t i = 0; i < names.size(); ++i) {
+        seen[i].at = now;
+        for (auto& inst : found)
+            if (inst.name == names[i]) seen[i].instance = inst;
+    }
+    co_return seen;
+}
+
+} // namespace
+
+bool starts_from_base(const up_target& t, bool agent) {
+    return agent && !t.base.steps.empty() && config::size_bytes(t.project.disk) >= config::size_bytes(base_disk);
+}
+
+awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel, const prelisted* seen) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const config::project& project = target.project;
+    const std::string name = project.name;
+    const auto driver = ctx.lima.fork(cancel, ctx.timeouts);
+    lima::driver& lima = *driver;
+    const auto lock = co_await lock_project(ctx, name, cancel);
+    std::optional<lima::instance> existing;
+    if (seen && lock->generation() == seen->generation && since(seen->at) < 5s)
+        existing = seen->instance;
+    else
+        existing = co_await lima.find(name);
+    const bool was_running = existing && existing->state == lima::status::running;
+    agent_environment agent;
+    {
+        // Every limactl call from here on (the start, whose SSH master outlives it) and every
+        // clone reaches only the agent the project may use.
+        const lima::instance* inst = existing ? &*existing : nullptr;
+        agent = co_await prepare_agent_forwarding(ctx, project, inst, true);
+        lima.set_environment(agent.env);
+    }
+    // Lima forwards the agent (or not) by the instance's ssh.forwardAgent, from its creation; a
+    // project that changed forward_agent since gets it at the VM's next start (a running VM's
+    // user was told by prepare_agent_forwarding).
+    if (existing && !was_running && existing->forward_agent && *existing->forward_agent != project.forward_agent) {
+        std::vector<std::string> sets{std::string(".ssh.forwardAgent = ") + (project.forward_agent ? "true" : "false")};
+        co_await lima.edit(name, sets);
+    }
+    if (was_running && !ctx.agent) {
+        ctx.emit(events::vm_state(name, "running", "already running; nothing to do"));
+        ctx.emit(events::vm_done(name, "ready", since(t0)));
+        co_return;
+    }
+    fs::path create_from;  // set when the start creates the VM from the project's template
+    if (!existing) {
+        // Nothing is created for a project whose code cannot be fetched.
+        co_await check_repos_reachable(ctx, project, cancel);
+        // This up creates the VM: its key is pinned at the first connection, and a pin left by
+        // an earlier VM of the same name (deleted outside machine) goes now.
+        expect_new_vm_key(name);
+        const bool from_base = starts_from_base(target, ctx.agent);
+        // The project's template, also for a clone (whose settings match it): what the VM is
+        // meant to be, for people and tools to read.
+        const render::host_facts host = render::detect_host();
+        const fs::path tmpl = project_state_dir(name) / "lima.yaml";
+        paths::write_file_atomic(tmpl, render::lima_yaml(project, host), 0600);
+        spdlog::debug("vm={} rendered {}", name, tmpl.string());
+        if (from_base) {
+            const std::string base = co_await ensure_base(ctx, target, false, cancel);
+            ctx.emit(events::step_started(name, "create"));
+            const auto tc = std::chrono::steady_clock::now();
+            std::vector<std::string> sets{render::clone_settings(project, host)};
+            co_await lima.clone(base, name, sets);
+            ctx.emit(events::step_finished(name, "create", true, since(tc), "copy-on-write clone of " + base));
+            existing = co_await lima.find(name);
+            if (!existing) throw error("limactl clone succeeded but instance '" + name + "' is not listed");
+        } else {
+            create_from = tmpl;
+        }
+    } else if (existing->state == lima::status::broken) {
+        std::string why = existing->errors.empty() ? "" : " (" + existing->errors[0] + ")";
+        ctx.emit(events::message(name, "warning", "the VM is broken" + why + "; stopping it forcibly before starting"));
+        co_await lima.stop(name, true);
+    }
+
+    if (!was_running) {
+        const fs::path dir = existing ? fs::path(existing->dir) : lima.instance_dir(name);
+        co_await boot_instance(ctx, lima, name, dir / "ha.stdout.log", cancel, create_from);
+    }
+    if (ctx.agent) {
+        if (!existing) existing = co_await lima.find(name);  // created by the start: its SSH settings
+        if (!existing) throw error("limactl start succeeded but instance '" + name + "' is not listed");
+        auto session = co_await open_guest(ctx, name, *existing, cancel);
+        if (!was_running) co_await wait_until_ready(ctx, name, session);
+        std::size_t ran = co_await apply_plan(ctx, name, session, target.plan, cancel);
+        co_await clone_repos(ctx, *existing, agent, project, session, render::vm_user, cancel);
+        ran += co_await apply_plan(ctx, name, session, target.after_clone, cancel);
+        if (project.secrets_on_up) {
+            secrets_sync_options every_set;
+            every_set.required = false;
+            co_await sync_secrets(ctx, project, session, every_set);
+        }
+        session->close();
+        if (ran > 0) co_await close_lima_ssh_master(*existing, name);
+    }
+    ctx.emit(events::vm_done(name, "ready", since(t0)));
+}
+
+int default_parallelism(const std::vector<config::project>& projects) {
+    long long available = 0;
+    std::ifstream meminfo("/proc/meminfo");
+    for (std::string key; meminfo >> key;) {
+        long long kib = 0;
+        meminfo >> kib;
+        if (key == "MemAvailable:") available = kib * 1024;
+        meminfo.ignore(64, '\n');
+    }
+    if (available <= 0) return 2;
+    std::vector<long long> sizes;
+    for (const auto& p : projects) sizes.push_back(std::max(1LL, config::size_bytes(p.memory)));
+    std::sort(sizes.begin(), sizes.end());
+    int fit = 0;
+    long long used = 0;
+    for (long long s : sizes) {
+        if (used + s > available) break;
+        used += s;
+        ++fit;
+    }
+    return std::max(1, fit);
+}
+
+namespace {
+
+// A counting semaphore on the loop: at most `n` holders.
+class window {
+public:
+    window(asio::any_io_executor ex, int n) : free_(n), freed_(ex, asio::steady_timer::time_point::max()) {}
+    awaitable<void> acquire() {
+        while (free_ == 0) co_await freed_.async_wait(asio::experimental::as_tuple(asio::use_awaitable));
+        --free_;
+    }
+    void release() {
+        ++free_;
+        freed_.cancel();  // every waiter re-checks
+    }
+
+private:
+    int free_;
+    asio::steady_timer freed_;
+};
+
+awaitable<void> up_in_window(context& ctx, up_target target, const prelisted* seen, window& slots,
+                             std::shared_ptr<cancel_signal> cancel, up_outcome& result,
+                             std::function<void()> on_failure) {
+    co_await slots.acquire();
+    const auto t0 = std::chrono::steady_clock::now();
+    if (cancel->current() == cancel_signal::none) {
+        const std::string name = target.project.name;
+        std::exception_ptr failure = co_await capture(up_one(ctx, std::move(target), cancel.get(), seen));
+        result.took = since(t0);
+        if (!failure) {
+            result.state = "ready";
+        } else {
+            try {
+                std::rethrow_exception(failure);
+            } catch (const interrupted_error&) {
+                result.state = "cancelled";
+            } catch (const error& e) {
+                result.state = "failed";
+                result.message = e.what();
+                ctx.emit(events::error(name, e.what(), e.diagnostics()));
+            } catch (const std::exception& e) {
+                result.state = "failed";
+                result.message = e.what();
+                ctx.emit(events::error(name, e.what()));
+            }
+            if (result.state != "ready") ctx.emit(events::vm_done(name, result.state, result.took));
+            if (result.state == "failed") on_failure();
+        }
+    }
+    slots.release();
+}
+
+// Forwards the CLI's Ctrl-C to every VM's own signal until `done` is cancelled.
+awaitable<void> forward_cancel(cancel_signal& from, std::vector<std::shared_ptr<cancel_signal>> to) {
+    cancel_signal::level seen = cancel_signal::none;
+    for (;;) {
+        seen = co_await from.wait_above(seen);
+        for (auto& s : to) s->trigger(seen);
+    }
+}
+
+} // namespace
+
+awaitable<std::vector<up_outcome>> up_many(context& ctx, std::vector<up_target> targets, int parallel, bool fail_fast) {
+    using namespace asio::experimental::awaitable_operators;
+    auto ex = co_await asio::this_coro::executor;
+    std::vector<std::string> names;
+    for (const auto& t : targets) names.push_back(t.project.name);
+    const std::vector<prelisted> seen = co_await list_before_locking(ctx, names);
+    window slots(ex, parallel);
+    std::vector<std::shared_ptr<cancel_signal>> cancels;
+    for (std::size_t i = 0; i < targets.size(); ++i) cancels.push_back(std::make_shared<cancel_signal>(ex));
+    std::vector<up_outcome> results(targets.size());
+    auto cancel_all = [&cancels] {
+        for (auto& c : cancels) c->trigger(cancel_signal::graceful);
+    };
+    auto on_failure = [&] {
+        if (fail_fast) cancel_all();
+    };
+    task_group tasks(ex);
+    for (std::size_t i = 0; i < targets.size(); ++i) {
+        const prelisted* listed = seen.empty() ? nullptr : &seen[i];
+        auto task = [&ctx, target = targets[i], listed, &slots, cancel = cancels[i], &result = results[i], on_failure]() {
+            return up_in_window(ctx, target, listed, slots, cancel, result, on_failure);
+        };
+        tasks.spawn(std::move(task));
+    }
+    co_await (tasks.join() || forward_cancel(ctx.cancel, cancels));
+    co_return results;
+}
+
+} // namespace machine::vm

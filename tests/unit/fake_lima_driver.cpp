@@ -1,0 +1,156 @@
+#include "fake_lima_driver.hpp"
+
+#include <asio/steady_timer.hpp>
+#include <asio/this_coro.hpp>
+#include <asio/use_awaitable.hpp>
+
+namespace machine::test {
+
+namespace fs = std::filesystem;
+using asio::awaitable;
+
+lima::instance& fake_lima_driver::add(const std::string& name, lima::status s) {
+    lima::instance& i = world_->instances[name];
+    i.name = name;
+    i.state = s;
+    i.dir = instance_dir(name).string();
+    i.disk_bytes = 16LL << 30;
+    return i;
+}
+
+void fake_lima_driver::call(const std::string& verb, const std::vector<std::string>& args) {
+    std::string line = verb;
+    for (const auto& a : args) line += " " + a;
+    world_->calls.push_back(line);
+    if (world_->failing.count(verb)) throw lima::command_error("fake limactl " + verb + " failed", 1, "");
+}
+
+lima::instance& fake_lima_driver::existing(const std::string& name, const std::string& verb) {
+    const auto it = world_->instances.find(name);
+    if (it == world_->instances.end())
+        throw lima::command_error("fake limactl " + verb + ": instance \"" + name + "\" does not exist", 1, "");
+    return it->second;
+}
+
+std::unique_ptr<lima::driver> fake_lima_driver::fork(cancel_signal*, lima::timeouts) const {
+    return std::make_unique<fake_lima_driver>(world_);
+}
+
+void fake_lima_driver::set_environment(lima::environment env) { world_->environments.push_back(std::move(env)); }
+
+awaitable<std::string> fake_lima_driver::version() {
+    call("version", {});
+    co_return "2.2.0";
+}
+
+awaitable<std::vector<lima::instance>> fake_lima_driver::list() {
+    call("list", {});
+    std::vector<lima::instance> out;
+    for (const auto& [name, i] : world_->instances) out.push_back(i);
+    co_return out;
+}
+
+awaitable<std::optional<lima::instance>> fake_lima_driver::find(std::string name) {
+    call("list", {name});
+    const auto it = world_->instances.find(name);
+    if (it == world_->instances.end()) co_return std::nullopt;
+    co_return it->second;
+}
+
+awaitable<std::vector<lima::instance>> fake_lima_driver::find_all(std::vector<std::string> names) {
+    call("list", names);
+    std::vector<lima::instance> out;
+    for (const auto& n : names)
+        if (const auto it = world_->instances.find(n); it != world_->instances.end()) out.push_back(it->second);
+    co_return out;
+}
+
+awaitable<void> fake_lima_driver::create(std::string name, fs::path tmpl, std::vector<std::string> sets) {
+    std::vector<std::string> args{name, tmpl.string()};
+    args.insert(args.end(), sets.begin(), sets.end());
+    call("create", args);
+    add(name, lima::status::stopped);
+    co_return;
+}
+
+awaitable<void> fake_lima_driver::start(std::string name, lima::log_handler) {
+    call("start", {name});
+    existing(name, "start").state = lima::status::running;
+    co_return;
+}
+
+awaitable<void> fake_lima_driver::start_new(std::string name, fs::path tmpl, lima::log_handler) {
+    call("start_new", {name, tmpl.string()});
+    add(name, lima::status::running);
+    co_return;
+}
+
+awaitable<void> fake_lima_driver::stop(std::string name, bool force) {
+    call("stop", force ? std::vector<std::string>{name, "--force"} : std::vector<std::string>{name});
+    existing(name, "stop").state = lima::status::stopped;
+    co_return;
+}
+
+awaitable<void> fake_lima_driver::remove(std::string name, bool force) {
+    call("delete", force ? std::vector<std::string>{name, "--force"} : std::vector<std::string>{name});
+    existing(name, "delete");
+    world_->instances.erase(name);
+    co_return;
+}
+
+awaitable<void> fake_lima_driver::clone(std::string from, std::string to, std::vector<std::string> sets) {
+    std::vector<std::string> args{from, to};
+    args.insert(args.end(), sets.begin(), sets.end());
+    call("clone", args);
+    lima::instance copy = existing(from, "clone");
+    copy.name = to;
+    copy.dir = instance_dir(to).string();
+    copy.state = lima::status::stopped;
+    world_->instances[to] = copy;
+    co_return;
+}
+
+awaitable<void> fake_lima_driver::edit(std::string name, std::vector<std::string> sets) {
+    std::vector<std::string> args{name};
+    args.insert(args.end(), sets.begin(), sets.end());
+    call("edit", args);
+    lima::instance& i = existing(name, "edit");
+    for (const auto& s : sets) {
+        if (s == ".ssh.forwardAgent = true") i.forward_agent = true;
+        if (s == ".ssh.forwardAgent = false") i.forward_agent = false;
+    }
+    co_return;
+}
+
+awaitable<lima::shell_result> fake_lima_driver::shell(std::string name, std::vector<std::string> cmd, std::string) {
+    std::vector<std::string> args{name};
+    args.insert(args.end(), cmd.begin(), cmd.end());
+    call("shell", args);
+    co_return lima::shell_result{0, "", ""};
+}
+
+fs::path fake_lima_driver::instance_dir(const std::string& name) const { return world_->lima_home / name; }
+
+// Reports the scripted events, then follows "forever": the start it races against ends it.
+awaitable<void> fake_lima_driver::follow_host_agent(fs::path, std::function<bool(const lima::ha_event&)> on_event,
+                                              cancel_signal*, std::chrono::system_clock::time_point) {
+    for (const auto& e : world_->boot_events)
+        if (!on_event(e)) co_return;
+    asio::steady_timer forever(co_await asio::this_coro::executor, asio::steady_timer::time_point::max());
+    co_await forever.async_wait(asio::use_awaitable);
+}
+
+std::vector<std::string> recorded_events::lines() const {
+    std::vector<std::string> out;
+    for (const auto& e : seen) {
+        std::string line = e.type + " " + e.vm;
+        for (const auto& [key, v] : e.fields) {
+            if (const auto* s = std::get_if<std::string>(&v); s && !s->empty()) line += " " + *s;
+            else if (const auto* b = std::get_if<bool>(&v)) line += *b ? " ok" : " failed";
+        }
+        out.push_back(line);
+    }
+    return out;
+}
+
+} // namespace machine::test
