@@ -30,10 +30,6 @@ public:
     // cancelled instead (it lost a race): it never throws to lose.
     asio::awaitable<std::optional<level>> until_above(level seen);
 
-    // Deprecated, to be removed once src/cli, src/proc and src/ssh/run.cpp use until_above():
-    // the same, but throws operation_aborted when cancelled (so that it can lose an `a || b`).
-    asio::awaitable<level> wait_above(level seen);
-
 private:
     struct state;
     std::shared_ptr<state> state_;

@@ -16,7 +16,8 @@
 
 #include <asio/any_io_executor.hpp>
 #include <asio/awaitable.hpp>
-#include <asio/steady_timer.hpp>
+
+#include "machine/async.hpp"
 
 namespace machine {
 class cancel_signal;
@@ -92,7 +93,7 @@ private:
     void start(reason r);
     void send_next();
 
-    asio::steady_timer timer_;
+    notifier wake_;  // a reason to look again: request(), force(), exited()
     stop_ladder ladder_;
     send_fn send_;
     cancel_signal* cancel_ = nullptr;

@@ -7,13 +7,10 @@
 
 #include <cstdio>
 
-#include <asio/steady_timer.hpp>
-#include <asio/this_coro.hpp>
-
 #include <spdlog/spdlog.h>
 
 #include "cli.hpp"
-#include "../vm/async_compat.hpp"
+#include "machine/async.hpp"
 #include "machine/guest.hpp"
 #include "machine/proc.hpp"
 #include "machine/ssh.hpp"
@@ -124,11 +121,10 @@ awaitable<int> run_on_terminal(std::vector<std::string> argv, const vm::agent_en
 awaitable<int> explain_lost_connection(context& ctx, const std::string& name, int status, const std::string& again) {
     if (status != 255) co_return status;
     std::optional<lima::instance> inst;
-    asio::steady_timer timer(co_await asio::this_coro::executor);
     for (int i = 0; i < 20; ++i) {
         inst = co_await ctx.lima().find(name);
         if (!inst || inst->state != lima::status::running) break;
-        co_await vm::sleep_for(timer, std::chrono::milliseconds(500));
+        co_await sleep_for(std::chrono::milliseconds(500));
     }
     if (!inst || inst->state != lima::status::running) {
         std::fprintf(stderr,

@@ -2,12 +2,10 @@
 // view on a terminal and a summary line per VM.
 #include <cstdio>
 
-#include <asio/experimental/awaitable_operators.hpp>
-#include <asio/steady_timer.hpp>
 #include <asio/this_coro.hpp>
-#include <asio/use_awaitable.hpp>
 
 #include "cli.hpp"
+#include "machine/async.hpp"
 #include "machine/text.hpp"
 #include "progress.hpp"
 
@@ -59,10 +57,11 @@ void notes_before_up(context& ctx, const config::project& p) {
         ctx.say(p.name, ".machine.toml shadows [" + p.name + "] in " + cfg.projects_file.string() + "; using the local file");
 }
 
-awaitable<void> tick(progress_view& view, asio::steady_timer& timer) {
+// Redraws the view every second until it loses its race.
+awaitable<void> tick(progress_view& view) {
     for (;;) {
-        timer.expires_after(1s);
-        co_await timer.async_wait(asio::use_awaitable);
+        const bool slept = co_await sleep_for(1s);
+        if (!slept) co_return;
         view.redraw();
     }
 }
@@ -70,7 +69,6 @@ awaitable<void> tick(progress_view& view, asio::steady_timer& timer) {
 } // namespace
 
 awaitable<int> cmd_up(context& ctx, up_options opt) {
-    using namespace asio::experimental::awaitable_operators;
     ctx.timeouts.start = opt.start_timeout;
     const auto projects = resolve_targets(ctx, opt);
     co_await refuse_unknown(ctx, projects);
@@ -99,9 +97,8 @@ awaitable<int> cmd_up(context& ctx, up_options opt) {
     }
 
     std::vector<vm::up_outcome> results;
-    asio::steady_timer ticker(ex);
     if (view) {
-        auto outcome = co_await (vm::up_many(ctx.vm(), targets, parallel, opt.fail_fast) || tick(*view, ticker));
+        auto outcome = co_await first_of(vm::up_many(ctx.vm(), targets, parallel, opt.fail_fast), tick(*view));
         results = std::get<0>(std::move(outcome));
         view->redraw();
     } else {

@@ -36,10 +36,4 @@ asio::awaitable<std::optional<cancel_signal::level>> cancel_signal::until_above(
     co_return st->current;
 }
 
-asio::awaitable<cancel_signal::level> cancel_signal::wait_above(level seen) {
-    const auto reached = co_await until_above(seen);
-    if (!reached) throw std::system_error(asio::error::operation_aborted);
-    co_return *reached;
-}
-
 } // namespace machine

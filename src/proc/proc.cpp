@@ -185,10 +185,10 @@ spawned spawn_child(const command& cmd) {
 // Shared by the coroutines that make up one run().
 struct run_state {
     run_state(asio::any_io_executor ex, pid_t p, bool own_group)
-        : out(ex), err(ex), in(ex), pidfd(ex), linger(ex), pid(p),
+        : out(ex), err(ex), in(ex), pidfd(ex), streams_closed(ex), pid(p),
           own_group(own_group) {}
     asio::posix::stream_descriptor out, err, in, pidfd;
-    asio::steady_timer linger;
+    notifier streams_closed;  // every pipe reached EOF (or was closed)
     pid_t pid;
     bool own_group;
     int open_streams = 0;
@@ -236,7 +236,7 @@ awaitable<void> drain(run_state& st, asio::posix::stream_descriptor& stream, std
         for (std::size_t i = 0; i < buffer.size(); ++i) p[i] = 0;
     }
     stream.close();
-    if (--st.open_streams == 0) st.linger.cancel();
+    if (--st.open_streams == 0) st.streams_closed.notify_all();
 }
 
 awaitable<void> feed_stdin(asio::posix::stream_descriptor& stream, const std::string& data) {
@@ -267,8 +267,7 @@ awaitable<void> wait_and_reap(run_state& st) {
     }
     --g_live_children;
     if (st.open_streams > 0) {
-        st.linger.expires_after(pipe_linger);
-        co_await st.linger.async_wait(as_tuple(use_awaitable));
+        co_await st.streams_closed.wait_until(steady_clock::now() + pipe_linger);
         // Whatever still holds the pipes open is not our child any more.
         if (st.out.is_open()) st.out.cancel();
         if (st.err.is_open()) st.err.cancel();

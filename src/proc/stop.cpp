@@ -1,27 +1,15 @@
 // The stop ladder and the stopper that climbs it (machine/supervise.hpp).
 #include <signal.h>
 
-#include <asio/experimental/as_tuple.hpp>
-#include <asio/experimental/awaitable_operators.hpp>
 #include <asio/this_coro.hpp>
-#include <asio/use_awaitable.hpp>
 
+#include "machine/async.hpp"
 #include "machine/cancel.hpp"
 #include "machine/supervise.hpp"
 
 namespace machine::proc {
 
-namespace {
-
 using asio::awaitable;
-using namespace asio::experimental::awaitable_operators;
-constexpr auto use_nothrow = asio::experimental::as_tuple(asio::use_awaitable);
-
-awaitable<void> wait_cancel(cancel_signal& cancel, cancel_signal::level above) {
-    co_await cancel.wait_above(above);  // throws when it loses the race: `||` ignores that
-}
-
-} // namespace
 
 stop_ladder::stop_ladder(std::vector<int> rungs, std::chrono::milliseconds grace)
     : rungs_(std::move(rungs)), grace_(grace) {}
@@ -45,7 +33,7 @@ void stop_ladder::skip_first() {
 }
 
 stopper::stopper(asio::any_io_executor ex, stop_ladder ladder, send_fn send)
-    : timer_(ex), ladder_(std::move(ladder)), send_(std::move(send)) {}
+    : wake_(ex), ladder_(std::move(ladder)), send_(std::move(send)) {}
 
 void stopper::deadline(std::chrono::steady_clock::time_point at) { deadline_ = at; }
 
@@ -63,7 +51,7 @@ void stopper::start(reason r) {
     reason_ = r;
     if (r == reason::cancelled && cancel_skips_first_) ladder_.skip_first();
     send_next();
-    timer_.cancel();  // run() starts the grace
+    wake_.notify_all();  // run() starts the grace
 }
 
 void stopper::request() { start(reason::requested); }
@@ -72,12 +60,12 @@ void stopper::force() {
     forced_ = true;
     if (reason_ == reason::none) start(reason::requested);
     else send_next();  // a rung before the last is pending: the last one now
-    timer_.cancel();
+    wake_.notify_all();
 }
 
 void stopper::exited() {
     exited_ = true;
-    timer_.cancel();
+    wake_.notify_all();
 }
 
 awaitable<void> stopper::run() {
@@ -91,10 +79,9 @@ awaitable<void> stopper::run() {
             start(reason::deadline);
             break;
         }
-        timer_.expires_at(deadline_);
-        if (cancel_) co_await (timer_.async_wait(use_nothrow) || wait_cancel(*cancel_, cancel_signal::none));
-        else co_await timer_.async_wait(use_nothrow);
-        // Cancelled from outside (the `||` this stopper is in has been decided): start nothing
+        if (cancel_) co_await first_of(wake_.wait_until(deadline_), cancel_->until_above(cancel_signal::none));
+        else co_await wake_.wait_until(deadline_);
+        // Cancelled from outside (the race this stopper is in has been decided): start nothing
         // new. Read here, in this frame: g++ 12 miscompiles `if (co_await f())` in this loop.
         const auto cs = co_await asio::this_coro::cancellation_state;
         if (cs.cancelled() != asio::cancellation_type::none) {
@@ -104,12 +91,12 @@ awaitable<void> stopper::run() {
     }
     // 2. The rungs, a grace apart; a forceful cancel cuts the grace short.
     while (!exited_ && !ladder_.finished()) {
-        timer_.expires_after(ladder_.grace());
+        const auto grace_ends = std::chrono::steady_clock::now() + ladder_.grace();
         if (cancel_ && !forceful())
-            co_await (timer_.async_wait(use_nothrow) || wait_cancel(*cancel_, cancel_signal::graceful));
+            co_await first_of(wake_.wait_until(grace_ends), cancel_->until_above(cancel_signal::graceful));
         else
-            co_await timer_.async_wait(use_nothrow);
-        // Cancelled from outside (the `||` this stopper is in has been decided): start nothing
+            co_await wake_.wait_until(grace_ends);
+        // Cancelled from outside (the race this stopper is in has been decided): start nothing
         // new. Read here, in this frame: g++ 12 miscompiles `if (co_await f())` in this loop.
         const auto cs = co_await asio::this_coro::cancellation_state;
         if (cs.cancelled() != asio::cancellation_type::none) {

@@ -10,6 +10,7 @@
 #include <asio/this_coro.hpp>
 #include <asio/use_awaitable.hpp>
 
+#include "machine/async.hpp"
 #include "machine/supervise.hpp"
 
 namespace machine::proc {
@@ -22,9 +23,9 @@ using namespace asio::experimental::awaitable_operators;
 constexpr auto use_nothrow = asio::experimental::as_tuple(asio::use_awaitable);
 
 struct watch_state {
-    explicit watch_state(asio::any_io_executor ex) : out(ex), err(ex), linger(ex) {}
+    explicit watch_state(asio::any_io_executor ex) : out(ex), err(ex), streams_closed(ex) {}
     descriptor out, err;
-    asio::steady_timer linger;
+    notifier streams_closed;
     int open_streams = 0;
 };
 
@@ -42,7 +43,7 @@ awaitable<void> drain(watch_state& st, descriptor& d, output_pipe& pipe) {
         }
     }
     if (d.is_open()) d.close();  // a child still writing gets SIGPIPE: nobody reads any more
-    if (--st.open_streams == 0) st.linger.cancel();
+    if (--st.open_streams == 0) st.streams_closed.notify_all();
 }
 
 awaitable<void> exit_and_reap(watch_state& st, child_watch& w, int& status) {
@@ -53,8 +54,7 @@ awaitable<void> exit_and_reap(watch_state& st, child_watch& w, int& status) {
     if (w.on_reaped) w.on_reaped();
     if (exited && st.open_streams > 0) {
         // Background processes the child left may keep its pipes open for ever.
-        st.linger.expires_after(w.linger);
-        co_await st.linger.async_wait(use_nothrow);
+        co_await st.streams_closed.wait_until(steady_clock::now() + w.linger);
         // close, not cancel: a reader waiting on a slow consumer must not read again afterwards.
         if (st.out.is_open()) st.out.close();
         if (st.err.is_open()) st.err.close();
@@ -64,22 +64,19 @@ awaitable<void> exit_and_reap(watch_state& st, child_watch& w, int& status) {
 } // namespace
 
 awaitable<bool> wait_exited(pid_t pid, int pidfd_raw) {
-    auto ex = co_await asio::this_coro::executor;
     if (pidfd_raw >= 0) {
-        descriptor pidfd(ex, pidfd_raw);
+        descriptor pidfd(co_await asio::this_coro::executor, pidfd_raw);
         // A pidfd polls readable once the process has exited (it stays a zombie until reaped).
         auto [ec] = co_await pidfd.async_wait(descriptor::wait_read, use_nothrow);
         co_return !ec;
     }
     // No pidfd (Linux < 5.3): poll, with WNOWAIT so that the child stays a zombie.
-    asio::steady_timer poll(ex);
     for (;;) {
         siginfo_t info{};
         const int r = ::waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOHANG | WNOWAIT);
         if ((r == 0 && info.si_pid == pid) || (r < 0 && errno != EINTR)) co_return true;
-        poll.expires_after(std::chrono::milliseconds(20));
-        auto [ec] = co_await poll.async_wait(use_nothrow);
-        if (ec) co_return false;
+        const bool slept = co_await sleep_for(std::chrono::milliseconds(20));
+        if (!slept) co_return false;
     }
 }
 

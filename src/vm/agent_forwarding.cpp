@@ -17,7 +17,7 @@
 #include <spdlog/sinks/rotating_file_sink.h>
 #include <spdlog/spdlog.h>
 
-#include "async_compat.hpp"
+#include "machine/async.hpp"
 #include "machine/agent_proxy.hpp"
 #include "machine/paths.hpp"
 #include "machine/sha256.hpp"
@@ -139,8 +139,7 @@ awaitable<bool> ensure_filter(const config::project& p, const fs::path& socket_p
         argv.push_back(fp);
     }
     spawn_detached(argv, project_state_dir(p.name) / "agent-filter.log");
-    asio::steady_timer timer(co_await asio::this_coro::executor);
-    for (int i = 0; i < 100 && !accepts(socket_path); ++i) co_await sleep_for(timer, 20ms);
+    for (int i = 0; i < 100 && !accepts(socket_path); ++i) co_await sleep_for(20ms);
     if (!accepts(socket_path))
         throw error("the SSH agent filter for '" + p.name + "' did not start; see " +
                     (project_state_dir(p.name) / "agent-filter.log").string());

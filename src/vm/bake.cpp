@@ -7,7 +7,7 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
-#include "async_compat.hpp"
+#include "machine/async.hpp"
 #include "bake.hpp"
 #include "lifecycle.hpp"
 #include "machine/paths.hpp"

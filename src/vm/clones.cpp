@@ -6,7 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "async_compat.hpp"
+#include "machine/async.hpp"
 #include "machine/guest.hpp"
 #include "machine/proc.hpp"
 #include "machine/protocol.hpp"

@@ -1,7 +1,7 @@
 // Stopping and deleting a project's VM.
 #include <filesystem>
 
-#include "async_compat.hpp"
+#include "machine/async.hpp"
 #include "machine/vm.hpp"
 
 namespace machine::vm {

@@ -7,7 +7,8 @@
 #include <asio/this_coro.hpp>
 #include <spdlog/spdlog.h>
 
-#include "async_compat.hpp"
+#include "machine/async.hpp"
+#include "tasks.hpp"
 #include "machine/paths.hpp"
 #include "machine/proc.hpp"
 #include "machine/render.hpp"
@@ -115,7 +116,7 @@ awaitable<void> check_repos_reachable(context& ctx, const config::project& p, ca
     if (p.repos.empty()) co_return;
     ctx.say(p.name, "checking access to " + std::to_string(p.repos.size()) + " repo(s)");
     std::vector<std::string> problems(p.repos.size());
-    task_group checks(co_await asio::this_coro::executor);
+    task_group checks(co_await asio::this_coro::executor, log_task_failure);
     for (std::size_t i = 0; i < p.repos.size(); ++i) {
         checks.spawn([url = p.repos[i], &problem = problems[i], cancel]() -> awaitable<void> {
             proc::command cmd;

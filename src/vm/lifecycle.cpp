@@ -1,11 +1,8 @@
 #include "lifecycle.hpp"
 
-#include <asio/experimental/awaitable_operators.hpp>
-#include <asio/steady_timer.hpp>
-#include <asio/this_coro.hpp>
 #include <spdlog/spdlog.h>
 
-#include "async_compat.hpp"
+#include "machine/async.hpp"
 #include "machine/guest.hpp"
 #include "machine/paths.hpp"
 #include "machine/protocol.hpp"
@@ -47,11 +44,8 @@ awaitable<void> boot(context& ctx, lima::driver& lima, std::string name, fs::pat
     const auto started_at = std::chrono::system_clock::now();
     // The follower never succeeds on its own; it is cancelled when the start is done.
     auto starting = create_from.empty() ? lima.start(name, on_log) : lima.start_new(name, create_from, on_log);
-    auto outcome = co_await (capture(std::move(starting)) ||
-                             lima.follow_host_agent(ha_log, on_event, cancel, started_at));
-    if (outcome.index() == 0) {
-        if (auto failure = std::get<0>(outcome)) std::rethrow_exception(failure);
-    }
+    // A failed start ends the race with its error.
+    co_await first_of(std::move(starting), lima.follow_host_agent(ha_log, on_event, cancel, started_at));
     // `limactl start` succeeded: the VM is running even if we were too quick to see the event.
     if (!saw_running) ctx.emit(events::vm_state(name, "running"));
 }
@@ -68,18 +62,18 @@ awaitable<void> stop_after_interrupt(context& ctx, std::string name) {
     }
 }
 
-awaitable<void> subscribe_until(guest::connection& conn, std::uint64_t from,
-                                std::function<bool(const protocol::event_record&)> on_event) {
-    co_await conn.subscribe(from, std::move(on_event));
-}
-
 } // namespace
 
 awaitable<void> boot_instance(context& ctx, lima::driver& lima, std::string name, fs::path ha_log,
                               cancel_signal* cancel, fs::path create_from) {
     ctx.emit(events::step_started(name, create_from.empty() ? "boot" : "create+boot"));
     const auto tb = std::chrono::steady_clock::now();
-    std::exception_ptr failure = co_await capture(boot(ctx, lima, name, ha_log, cancel, create_from));
+    std::exception_ptr failure;
+    try {
+        co_await boot(ctx, lima, name, ha_log, cancel, create_from);
+    } catch (...) {
+        failure = std::current_exception();  // cleaned up below: no co_await in a handler
+    }
     if (failure) {
         if (cancel && cancel->current() != cancel_signal::none) co_await stop_after_interrupt(ctx, name);
         std::rethrow_exception(failure);
@@ -112,7 +106,6 @@ awaitable<std::shared_ptr<ssh::session>> open_guest(context& ctx, std::string na
 // After boot: the agent says the VM is ready (systemd reached its default target, the user's
 // session exists), instead of us polling for it.
 awaitable<void> wait_until_ready(context& ctx, std::string name, std::shared_ptr<ssh::session> session) {
-    using namespace asio::experimental::awaitable_operators;
     ctx.emit(events::step_started(name, "ready"));
     const auto t0 = std::chrono::steady_clock::now();
     auto on_problem = [&ctx, name](const std::string& p) { ctx.emit(events::message(name, "warning", p)); };
@@ -132,11 +125,11 @@ awaitable<void> wait_until_ready(context& ctx, std::string name, std::shared_ptr
     };
     // This boot's readiness events are among the newest; no need to replay a long journal.
     const std::uint64_t from = hello.journal.last_seq > 200 ? hello.journal.last_seq - 200 : 0;
-    asio::steady_timer patience(co_await asio::this_coro::executor);
-    auto outcome = co_await (capture(subscribe_until(*conn, from, on_event)) ||
-                             sleep_for(patience, std::chrono::seconds(180)));
-    if (outcome.index() == 0 && std::get<0>(outcome) && !(booted && user_ready))
-        std::rethrow_exception(std::get<0>(outcome));  // the connection failed
+    try {
+        co_await first_of(conn->subscribe(from, on_event), sleep_for(std::chrono::seconds(180)));
+    } catch (...) {
+        if (!(booted && user_ready)) throw;  // the connection failed before the VM was ready
+    }
     if (!booted || !user_ready) {
         std::string missing = !booted ? "boot.finished" : "";
         if (!user_ready) missing += std::string(missing.empty() ? "" : " and ") + "user.ready";

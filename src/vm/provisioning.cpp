@@ -6,12 +6,11 @@
 #include <map>
 
 #include <asio/experimental/awaitable_operators.hpp>
-#include <asio/steady_timer.hpp>
 #include <asio/this_coro.hpp>
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
-#include "async_compat.hpp"
+#include "machine/async.hpp"
 #include "machine/guest.hpp"
 #include "machine/paths.hpp"
 #include "machine/proc.hpp"
@@ -108,18 +107,19 @@ awaitable<pr::provision_result> request_provisioning(guest::connection& conn, pr
 
 // The request and the progress it makes, together. A failure (the VM gone) is returned, not
 // thrown: `||` waits for the first *success*, so a throwing side would leave it waiting for Ctrl-C.
-awaitable<std::exception_ptr> provision_with_progress(guest::connection& request_conn, guest::connection& events_conn,
-                                                      pr::provision_request request, std::uint64_t from,
-                                                      step_reporter& reporter, pr::provision_result& result) {
+awaitable<void> provision_with_progress(guest::connection& request_conn, guest::connection& events_conn,
+                                        pr::provision_request request, std::uint64_t from,
+                                        step_reporter& reporter, pr::provision_result& result) {
     using namespace asio::experimental::awaitable_operators;
     std::exception_ptr first_failure;
+    std::exception_ptr failure;
     try {
         result = co_await (request_provisioning(request_conn, std::move(request), first_failure) &&
                            follow_provisioning(events_conn, from, reporter, first_failure));
-        co_return nullptr;
     } catch (...) {
-        co_return first_failure ? first_failure : std::current_exception();
+        failure = first_failure ? first_failure : std::current_exception();
     }
+    if (failure) std::rethrow_exception(failure);
 }
 
 // The plan as the agent's request. The one translation between the two step types: the plan's
@@ -141,8 +141,6 @@ pr::provision_request provision_request_of(const std::string& vm, const provisio
     }
     return request;
 }
-
-awaitable<void> wait_for_cancel(cancel_signal& cancel) { co_await cancel.wait_above(cancel_signal::none); }
 
 }  // namespace
 
@@ -188,7 +186,6 @@ std::string repo_dir_name(std::string_view url) {
 
 awaitable<std::size_t> apply_plan(context& ctx, const std::string& vm, std::shared_ptr<ssh::session> session,
                                   const provision::plan& plan, cancel_signal* cancel) {
-    using namespace asio::experimental::awaitable_operators;
     if (plan.steps.empty()) co_return 0;
     auto on_problem = [&ctx, vm](const std::string& p) { ctx.emit(events::message(vm, "warning", p)); };
     // Two channels: one follows the journal (live progress), the other carries the request.
@@ -201,23 +198,20 @@ awaitable<std::size_t> apply_plan(context& ctx, const std::string& vm, std::shar
     step_reporter reporter(ctx, vm);
     cancel_signal& interrupt = cancel ? *cancel : ctx.cancel;
     pr::provision_result result;
-    auto outcome = co_await (provision_with_progress(*request_conn, *events_conn, std::move(request),
-                                                     hello.journal.last_seq, reporter, result) ||
-                             wait_for_cancel(interrupt));
-    if (outcome.index() == 1) {
-        // Closing the session ends our channels: the agent stops the running step.
-        session->close();
-        throw interrupted_error();
-    }
-    if (auto failure = std::get<0>(outcome)) {
-        try {
-            std::rethrow_exception(failure);
-        } catch (const ssh::connection_lost& e) {
-            // Powered off, crashed or stopped: the next `up` runs the unfinished step again.
-            throw error("VM '" + vm + "' went away while provisioning" +
-                        (reporter.current().empty() ? "" : " (step " + reporter.current() + ")") + ": " + e.what() +
-                        "; 'machine up " + vm + "' finishes it");
+    try {
+        auto outcome = co_await first_of(provision_with_progress(*request_conn, *events_conn, std::move(request),
+                                                                 hello.journal.last_seq, reporter, result),
+                                          interrupt.until_above(cancel_signal::none));
+        if (outcome.index() == 1) {
+            // Closing the session ends our channels: the agent stops the running step.
+            session->close();
+            throw interrupted_error();
         }
+    } catch (const ssh::connection_lost& e) {
+        // Powered off, crashed or stopped: the next `up` runs the unfinished step again.
+        throw error("VM '" + vm + "' went away while provisioning" +
+                    (reporter.current().empty() ? "" : " (step " + reporter.current() + ")") + ": " + e.what() +
+                    "; 'machine up " + vm + "' finishes it");
     }
 
     std::vector<std::string> ran;

@@ -12,7 +12,7 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
-#include "async_compat.hpp"
+#include "machine/async.hpp"
 #include "machine/guest.hpp"
 #include "machine/paths.hpp"
 #include "machine/secrets.hpp"

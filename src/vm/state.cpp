@@ -10,11 +10,9 @@
 #include <cstdlib>
 #include <cstring>
 
-#include <asio/steady_timer.hpp>
-#include <asio/this_coro.hpp>
-#include <asio/use_awaitable.hpp>
 #include <spdlog/spdlog.h>
 
+#include "machine/async.hpp"
 #include "machine/paths.hpp"
 #include "machine/text.hpp"
 
@@ -75,11 +73,9 @@ asio::awaitable<std::unique_ptr<project_lock>> lock_project(context& ctx, std::s
     auto lock = std::make_unique<project_lock>(name);
     if (lock->try_lock()) co_return lock;
     ctx.say(name, "waiting for another machine command working on '" + name + "'");
-    asio::steady_timer retry(co_await asio::this_coro::executor);
     while (!lock->try_lock()) {
         if (cancel && cancel->current() != cancel_signal::none) throw interrupted_error();
-        retry.expires_after(100ms);
-        co_await retry.async_wait(asio::use_awaitable);
+        co_await sleep_for(100ms);
     }
     co_return lock;
 }

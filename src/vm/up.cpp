@@ -1,14 +1,10 @@
 // Bringing VMs up: one (up_one), or several at once within a bounded window (up_many).
 #include <fstream>
 
-#include <asio/experimental/as_tuple.hpp>
-#include <asio/experimental/awaitable_operators.hpp>
-#include <asio/steady_timer.hpp>
 #include <asio/this_coro.hpp>
-#include <asio/use_awaitable.hpp>
 #include <spdlog/spdlog.h>
 
-#include "async_compat.hpp"
+#include "machine/async.hpp"
 #include "machine/guest.hpp"
 #include "machine/paths.hpp"
 #include "machine/render.hpp"
@@ -16,6 +12,7 @@
 #include "machine/vm.hpp"
 #include "lifecycle.hpp"
 #include "provisioning.hpp"
+#include "tasks.hpp"
 
 namespace machine::vm {
 
@@ -169,19 +166,19 @@ namespace {
 // A counting semaphore on the loop: at most `n` holders.
 class window {
 public:
-    window(asio::any_io_executor ex, int n) : free_(n), freed_(ex, asio::steady_timer::time_point::max()) {}
+    window(asio::any_io_executor ex, int n) : free_(n), freed_(ex) {}
     awaitable<void> acquire() {
-        while (free_ == 0) co_await freed_.async_wait(asio::experimental::as_tuple(asio::use_awaitable));
+        while (free_ == 0) co_await freed_.wait();
         --free_;
     }
     void release() {
         ++free_;
-        freed_.cancel();  // every waiter re-checks
+        freed_.notify_all();  // every waiter re-checks
     }
 
 private:
     int free_;
-    asio::steady_timer freed_;
+    notifier freed_;
 };
 
 awaitable<void> up_in_window(context& ctx, up_target target, const prelisted* seen, window& slots,
@@ -191,7 +188,12 @@ awaitable<void> up_in_window(context& ctx, up_target target, const prelisted* se
     const auto t0 = std::chrono::steady_clock::now();
     if (cancel->current() == cancel_signal::none) {
         const std::string name = target.project.name;
-        std::exception_ptr failure = co_await capture(up_one(ctx, std::move(target), cancel.get(), seen));
+        std::exception_ptr failure;
+        try {
+            co_await up_one(ctx, std::move(target), cancel.get(), seen);
+        } catch (...) {
+            failure = std::current_exception();
+        }
         result.took = since(t0);
         if (!failure) {
             result.state = "ready";
@@ -216,11 +218,13 @@ awaitable<void> up_in_window(context& ctx, up_target target, const prelisted* se
     slots.release();
 }
 
-// Forwards the CLI's Ctrl-C to every VM's own signal until `done` is cancelled.
+// Forwards the CLI's Ctrl-C to every VM's own signal until it loses its race.
 awaitable<void> forward_cancel(cancel_signal& from, std::vector<std::shared_ptr<cancel_signal>> to) {
     cancel_signal::level seen = cancel_signal::none;
     for (;;) {
-        seen = co_await from.wait_above(seen);
+        const std::optional<cancel_signal::level> next = co_await from.until_above(seen);
+        if (!next) co_return;
+        seen = *next;
         for (auto& s : to) s->trigger(seen);
     }
 }
@@ -228,7 +232,6 @@ awaitable<void> forward_cancel(cancel_signal& from, std::vector<std::shared_ptr<
 } // namespace
 
 awaitable<std::vector<up_outcome>> up_many(context& ctx, std::vector<up_target> targets, int parallel, bool fail_fast) {
-    using namespace asio::experimental::awaitable_operators;
     auto ex = co_await asio::this_coro::executor;
     std::vector<std::string> names;
     for (const auto& t : targets) names.push_back(t.project.name);
@@ -243,7 +246,7 @@ awaitable<std::vector<up_outcome>> up_many(context& ctx, std::vector<up_target> 
     auto on_failure = [&] {
         if (fail_fast) cancel_all();
     };
-    task_group tasks(ex);
+    task_group tasks(ex, log_task_failure);
     for (std::size_t i = 0; i < targets.size(); ++i) {
         const prelisted* listed = seen.empty() ? nullptr : &seen[i];
         auto task = [&ctx, target = targets[i], listed, &slots, cancel = cancels[i], &result = results[i], on_failure]() {
@@ -251,7 +254,7 @@ awaitable<std::vector<up_outcome>> up_many(context& ctx, std::vector<up_target> 
         };
         tasks.spawn(std::move(task));
     }
-    co_await (tasks.join() || forward_cancel(ctx.cancel, cancels));
+    co_await first_of(tasks.join(), forward_cancel(ctx.cancel, cancels));
     co_return results;
 }
 

@@ -8,16 +8,12 @@
 // nothing running behind it.
 #include <map>
 
-#include <asio/co_spawn.hpp>
-#include <asio/experimental/as_tuple.hpp>
-#include <asio/experimental/awaitable_operators.hpp>
-#include <asio/steady_timer.hpp>
 #include <asio/this_coro.hpp>
-#include <asio/use_awaitable.hpp>
 #include <spdlog/spdlog.h>
 
-#include "async_compat.hpp"
 #include "render_gate.hpp"
+#include "tasks.hpp"
+#include "machine/async.hpp"
 #include "machine/guest.hpp"
 #include "machine/paths.hpp"
 #include "machine/ssh.hpp"
@@ -34,7 +30,7 @@ namespace {
 
 // Where a VM's agent stream stands, kept across reconnections and restarts of the VM.
 struct agent_cursor {
-    explicit agent_cursor(asio::any_io_executor ex) : retry(std::make_unique<asio::steady_timer>(ex)) {}
+    explicit agent_cursor(asio::any_io_executor ex) : retry(ex) {}
     std::string journal_id;
     std::uint64_t last_seq = 0;
     // At first contact the journal's recent past is replayed, but only events stamped after
@@ -42,9 +38,9 @@ struct agent_cursor {
     // shows its readiness events, and older history stays out.
     std::uint64_t history_until_seq = 0;
     std::chrono::system_clock::time_point not_before = std::chrono::system_clock::now() - 2s;
-    // The agent follower's backoff; cancelled (a kick) when Lima says the VM is ready, so the
-    // agent is reached as soon as it can be rather than after the backoff.
-    std::unique_ptr<asio::steady_timer> retry;
+    // Ends the agent follower's backoff (a kick) when Lima says the VM is ready, so the agent
+    // is reached as soon as it can be rather than after the backoff.
+    notifier retry;
     // Whether this VM's secrets are rendered again (a project with secrets_on_up: the tmpfs
     // they were in is gone after a boot). Lima's reports and the guest's user.ready feed it; the
     // poll loop renders when it says so. The guest's events alone never decide how often.
@@ -76,7 +72,7 @@ awaitable<void> follow_vm(context& ctx, std::string name, fs::path ha_log, std::
                           std::chrono::system_clock::time_point since, std::shared_ptr<agent_cursor> cursor) {
     auto on_event = [&ctx, name, cursor](const lima::ha_event& e) {
         if (e.running && !e.forward) {
-            cursor->retry->cancel();  // the VM is up: try its agent now
+            cursor->retry.notify_all();  // the VM is up: try its agent now
             // Lima's requirements are met (ssh among them): the boot Lima reports.
             tell_gate(name, "Lima reports the VM running", cursor->gate.lima_booted(std::chrono::steady_clock::now()));
         }
@@ -102,18 +98,12 @@ awaitable<void> follow_vm(context& ctx, std::string name, fs::path ha_log, std::
 }
 
 
-awaitable<void> until_cancelled(cancel_signal& cancel) { co_await cancel.wait_above(cancel_signal::none); }
-
-awaitable<void> subscribe_all(guest::connection& conn, std::uint64_t from,
-                              std::function<bool(const protocol::event_record&)> on_event,
-                              std::function<void(const protocol::gap_notice&)> on_gap) {
-    co_await conn.subscribe(from, std::move(on_event), std::move(on_gap));
-}
+// Until `cancel` fires (or this wait loses its race).
+awaitable<void> until_cancelled(cancel_signal& cancel) { co_await cancel.until_above(cancel_signal::none); }
 
 // One connection's worth of agent events: connect, say hello, subscribe from the cursor.
 awaitable<void> stream_agent_once(context& ctx, std::string name, fs::path ssh_config,
                                   std::shared_ptr<agent_cursor> cursor, bool& connected) {
-    using namespace asio::experimental::awaitable_operators;
     const ssh::endpoint ep = ssh::endpoint_from_lima_ssh_config(ssh_config);
     // watch never records a host key: only `machine up` pins it when it creates the VM.
     const ssh::host_key_pin pin = pin_of(name, false);
@@ -121,12 +111,11 @@ awaitable<void> stream_agent_once(context& ctx, std::string name, fs::path ssh_c
     auto on_problem = [&ctx, name](const std::string& p) { ctx.emit(events::message(name, "warning", p)); };
     // An agent (or an sshd) that accepts but never answers must not stall this VM's stream
     // forever: opening the channel and the hello each get a deadline.
-    asio::steady_timer deadline(co_await asio::this_coro::executor);
-    auto opened = co_await (guest::connect_agent(session, 5s, on_problem) || sleep_for(deadline, 15s));
+    auto opened = co_await first_of(guest::connect_agent(session, 5s, on_problem), sleep_for(15s));
     if (opened.index() != 0) throw error("no channel to the guest agent within 15 s");
     auto conn = std::get<0>(std::move(opened));
     spdlog::debug("vm={} agent channel open", name);
-    auto greeted = co_await (conn->hello("machine watch " MACHINE_VERSION) || sleep_for(deadline, 10s));
+    auto greeted = co_await first_of(conn->hello("machine watch " MACHINE_VERSION), sleep_for(10s));
     if (greeted.index() != 0) throw error("the guest agent did not answer hello within 10 s");
     const protocol::hello_result hello = std::get<0>(std::move(greeted));
     spdlog::debug("vm={} agent hello: journal {} last seq {}; subscribing after {}", name, hello.journal.id,
@@ -158,45 +147,35 @@ awaitable<void> stream_agent_once(context& ctx, std::string name, fs::path ssh_c
         ctx.emit(events::message(name, "warning", "agent events " + std::to_string(g.from_seq) + " to " +
                                                       std::to_string(g.to_seq) + " were dropped from its journal"));
     };
-    co_await subscribe_all(*conn, cursor->last_seq, on_event, on_gap);
+    co_await conn->subscribe(cursor->last_seq, on_event, on_gap);
 }
 
 // Follows a running VM's agent until `stop`: reconnects with backoff (1 s doubling to 30 s)
 // whenever the VM restarts or the connection drops, resuming after the last event seen.
-// Sleeps for `d`, or less when the timer is cancelled (a kick); never throws for that.
-awaitable<void> sleep_unless_kicked(asio::steady_timer& timer, std::chrono::milliseconds d) {
-    timer.expires_after(d);
-    co_await timer.async_wait(asio::experimental::as_tuple(asio::use_awaitable));
-}
-
 awaitable<void> follow_agent(context& ctx, std::string name, fs::path ssh_config, std::shared_ptr<cancel_signal> stop,
                              std::shared_ptr<agent_cursor> cursor) {
-    using namespace asio::experimental::awaitable_operators;
-    asio::steady_timer& backoff_timer = *cursor->retry;
     auto backoff = 1000ms;
     std::string last_problem;
     while (stop->current() == cancel_signal::none) {
         bool connected = false;
-        auto attempt = co_await (capture(stream_agent_once(ctx, name, ssh_config, cursor, connected)) ||
-                                 until_cancelled(*stop));
-        if (attempt.index() == 1) break;  // stopped
-        if (connected) backoff = 1000ms;
         std::string problem = "the agent stream ended";
-        if (auto failure = std::get<0>(attempt)) {
-            try {
-                std::rethrow_exception(failure);
-            } catch (const ssh::host_key_mismatch& e) {
-                ctx.emit(events::error(name, e.what()));
-                break;  // never retry against a changed key
-            } catch (const std::exception& e) {
-                problem = e.what();
-            }
+        try {
+            auto attempt = co_await first_of(stream_agent_once(ctx, name, ssh_config, cursor, connected),
+                                             until_cancelled(*stop));
+            if (attempt.index() == 1) break;  // stopped
+        } catch (const ssh::host_key_mismatch& e) {
+            ctx.emit(events::error(name, e.what()));
+            break;  // never retry against a changed key
+        } catch (const std::exception& e) {
+            problem = e.what();
         }
+        if (connected) backoff = 1000ms;
         if (problem != last_problem)
             ctx.emit(events::message(name, "info", "agent: " + problem + "; reconnecting"));
         spdlog::debug("vm={} agent stream: {}; retrying in {} ms", name, problem, backoff.count());
         last_problem = problem;
-        co_await (sleep_unless_kicked(backoff_timer, backoff) || until_cancelled(*stop));
+        // The backoff, cut short by a kick or by `stop`.
+        co_await first_of(cursor->retry.wait_until(steady_clock::now() + backoff), until_cancelled(*stop));
         backoff = std::min<std::chrono::milliseconds>(backoff * 2, 30s);
     }
 }
@@ -224,13 +203,11 @@ awaitable<void> rerender_secrets(context& ctx, config::project project, fs::path
 } // namespace
 
 awaitable<void> watch(context& ctx, watch_options opt) {
-    using namespace asio::experimental::awaitable_operators;
     const std::vector<std::string>& names = opt.names;
     auto& lima = ctx.lima;
     auto ex = co_await asio::this_coro::executor;
-    task_group followers(ex);
+    task_group followers(ex, log_task_failure);
     std::map<std::string, watched_vm> vms;
-    asio::steady_timer tick(ex);
     std::string last_error;
     const auto poll = opt.poll;
 
@@ -316,7 +293,7 @@ awaitable<void> watch(context& ctx, watch_options opt) {
             previous_poll = this_poll;
             first_poll = false;
         }
-        co_await (sleep_for(tick, poll) || until_cancelled(ctx.cancel));
+        co_await first_of(sleep_for(poll), until_cancelled(ctx.cancel));
     }
     for (auto& [name, vm] : vms) {
         vm.stop->trigger(cancel_signal::graceful);
