@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "machine/error.hpp"
+#include "machine/secret_kind.hpp"
 
 namespace machine::config {
 
@@ -39,7 +40,7 @@ struct port_forwarding {
 /// and rendered into the VM's tmpfs as the set `set` (/run/machine-secrets/<set>.env, loaded in
 /// a repo by `use op_env <set>` in its .envrc). Entries of one set are read in file order; a
 /// later entry's variable replaces an earlier one of the same name.
-enum class secret_kind { op_environment, op_reference, dotenv_file, command };
+using machine::secret_kind;
 struct secret_source {
     secret_kind kind = secret_kind::dotenv_file;
     /// op_environment: the 1Password Environment ID; op_reference: `op://vault/item/field`;

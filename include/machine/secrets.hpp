@@ -16,6 +16,7 @@
 #include <asio/awaitable.hpp>
 
 #include "machine/error.hpp"
+#include "machine/secret_kind.hpp"
 
 namespace machine::secrets {
 
@@ -61,8 +62,7 @@ std::vector<variable> parse_dotenv(std::string_view text, const std::string& ori
 std::string render_dotenv(const std::vector<variable>& vars);
 
 struct source {
-    enum class kind { op_environment, op_reference, dotenv_file, command };
-    kind kind = kind::dotenv_file;
+    secret_kind kind = secret_kind::dotenv_file;
     /// op_environment: the Environment ID (^[a-z0-9]+$); op_reference: `op://vault/item/field`;
     /// dotenv_file: the file's path. Unused for command.
     std::string id_or_ref_or_path;

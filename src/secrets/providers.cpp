@@ -271,14 +271,14 @@ asio::awaitable<std::vector<variable>> read_command(std::vector<std::string> arg
 
 asio::awaitable<std::vector<variable>> read(source src, std::filesystem::path op_binary) {
     switch (src.kind) {
-    case source::kind::op_environment:
+    case secret_kind::op_environment:
         co_return co_await read_op_environment(std::move(src.id_or_ref_or_path), std::move(op_binary));
-    case source::kind::op_reference:
+    case secret_kind::op_reference:
         co_return co_await read_op_reference(std::move(src.id_or_ref_or_path), std::move(src.name),
                                              std::move(op_binary));
-    case source::kind::dotenv_file:
+    case secret_kind::dotenv_file:
         co_return read_dotenv_file(src.id_or_ref_or_path);
-    case source::kind::command:
+    case secret_kind::command:
         co_return co_await read_command(std::move(src.argv));
     }
     throw usage_error("unknown secrets source");

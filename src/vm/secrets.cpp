@@ -37,27 +37,25 @@ fs::path resolve_path(const std::string& written, const config::project& p) {
     return p.source.parent_path() / path;
 }
 
-// A declared source as the providers read it. The one translation between config's
-// secret_kind and the providers' source::kind: the providers (src/secrets) know nothing of
-// projects.toml, and config nothing of reading secrets; this module is the one that knows both.
+// A declared source as the providers read it: both use one secret_kind (machine/secret_kind.hpp);
+// this maps config's fields (the path as written, relative to its file) onto the provider's.
+// The providers (src/secrets) know nothing of projects.toml, and config nothing of reading
+// secrets; this module is the one that knows both.
 secrets::source to_provider(const config::secret_source& s, const config::project& p) {
     secrets::source out;
+    out.kind = s.kind;
     switch (s.kind) {
-    case config::secret_kind::op_environment:
-        out.kind = secrets::source::kind::op_environment;
+    case secret_kind::op_environment:
         out.id_or_ref_or_path = s.value;
         break;
-    case config::secret_kind::op_reference:
-        out.kind = secrets::source::kind::op_reference;
+    case secret_kind::op_reference:
         out.id_or_ref_or_path = s.value;
         out.name = s.variable;
         break;
-    case config::secret_kind::dotenv_file:
-        out.kind = secrets::source::kind::dotenv_file;
+    case secret_kind::dotenv_file:
         out.id_or_ref_or_path = resolve_path(s.value, p).string();
         break;
-    case config::secret_kind::command:
-        out.kind = secrets::source::kind::command;
+    case secret_kind::command:
         out.argv = s.argv;
         break;
     }

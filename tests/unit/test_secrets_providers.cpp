@@ -122,14 +122,14 @@ std::string read_error(const secrets::source& src, const std::filesystem::path& 
 
 secrets::source environment(const std::string& id) {
     secrets::source s;
-    s.kind = secrets::source::kind::op_environment;
+    s.kind = secret_kind::op_environment;
     s.id_or_ref_or_path = id;
     return s;
 }
 
 secrets::source reference(const std::string& name, const std::string& ref) {
     secrets::source s;
-    s.kind = secrets::source::kind::op_reference;
+    s.kind = secret_kind::op_reference;
     s.name = name;
     s.id_or_ref_or_path = ref;
     return s;
@@ -137,7 +137,7 @@ secrets::source reference(const std::string& name, const std::string& ref) {
 
 secrets::source command(std::vector<std::string> argv) {
     secrets::source s;
-    s.kind = secrets::source::kind::command;
+    s.kind = secret_kind::command;
     s.argv = std::move(argv);
     return s;
 }
@@ -405,7 +405,7 @@ BOOST_AUTO_TEST_CASE(dotenv_file_reads_and_reports_the_file) {
     const auto path = dir.path / "app.env";
     write_file(path, "export A='" + marker + "'\nB=2\n");
     secrets::source s;
-    s.kind = secrets::source::kind::dotenv_file;
+    s.kind = secret_kind::dotenv_file;
     s.id_or_ref_or_path = path.string();
     auto vars = read_source(s);
     BOOST_TEST(value_of(vars, "A") == marker);
