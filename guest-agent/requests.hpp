@@ -1,9 +1,9 @@
-// The agent's requests, declared in one table (dispatch.cpp, `requests`): each row is a request
+// The agent's requests, declared in one table (dispatch.cpp, `requests_table`): each row is a request
 // type, its handler (in requests/<name>.cpp) and what the dispatcher checks before calling it.
 // `hello`'s capabilities are the table's advertised types, in table order.
 //
 // Adding a request: its message in protocol (include/machine/protocol.hpp), a row in
-// dispatch.cpp, and a handler file in requests/ declared below.
+// dispatch.cpp, and a handler file in requests/ (CMake picks it up) declared below.
 #pragma once
 
 #include <cstdint>

@@ -1,7 +1,7 @@
 // The rows of the command table, and the handlers that hand each command's arguments to its
-// cmd_* function. A new command: its handler in a file of its own (src/cli/NAME.cpp, picked up
-// by CMake), `asio::awaitable<int> NAME_command(context&, const arguments&)` declared here, and
-// its row below (and a probe in tests/cli/test_cli.cpp, which fails without one). How a row
+// cmd_* function. A new command: `cmd_NAME` declared in cli.hpp and written in a file of its own
+// (src/cli/NAME.cpp, picked up by CMake), a handler below that reads its arguments and calls it,
+// and its row (and a probe in tests/cli/test_cli.cpp, which fails without one). How a row
 // becomes the parser, --help and the completion scripts is src/cmdline's business
 // (include/machine/cmdline.hpp), which knows nothing of machine's handlers or configuration.
 #include <cstdio>
