@@ -362,10 +362,7 @@ awaitable<void> server::watch_boot() {
     proc::child_watch watch;
     watch.pid = child.pid;
     watch.pidfd = child.pidfd;
-    watch.out.fd = child.stdout_fd;
-    watch.out.into = &text;
-    watch.out.cap = 4096;
-    watch.out.read_size = 512;
+    watch.out = proc::output_pipe::collected(child.stdout_fd, text, 4096, 512);
     auto draining = proc::drain_and_reap(std::move(watch));  // named first: house style §4
     co_await std::move(draining);
     const std::string state = trim(text);

@@ -79,10 +79,7 @@ awaitable<std::map<std::string, std::uint64_t>> tmux_sessions_of(server& srv, st
     proc::child_watch watch;
     watch.pid = child.pid;
     watch.pidfd = child.pidfd;
-    watch.out.fd = child.stdout_fd;
-    watch.out.into = &text;
-    watch.out.cap = tmux_output_cap;
-    watch.out.read_size = 4096;
+    watch.out = proc::output_pipe::collected(child.stdout_fd, text, tmux_output_cap, 4096);
     watch.on_reaped = [&stopper] { stopper.exited(); };
     auto draining = proc::drain_and_reap(std::move(watch));  // named first: house style §4
     const int status = co_await (std::move(draining) && stopper.run());

@@ -123,6 +123,16 @@ struct output_pipe {
     std::string* into = nullptr;
     std::size_t cap = 0;
     std::size_t read_size = 16384;
+
+    /// The pipe `fd` read into `text`, keeping its first `cap` bytes.
+    static output_pipe collected(int fd, std::string& text, std::size_t cap, std::size_t read_size) {
+        output_pipe p;
+        p.fd = fd;
+        p.into = &text;
+        p.cap = cap;
+        p.read_size = read_size;
+        return p;
+    }
 };
 
 /// A local child to see through to its end.
