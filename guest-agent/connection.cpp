@@ -33,7 +33,7 @@ constexpr auto close_linger = 5s;                   // to flush replies to a cli
 
 connection::connection(server& srv, unix_socket socket)
     : srv_(srv), socket_(std::move(socket)), writer_wake_(socket_.get_executor()),
-      space_(socket_.get_executor()), idle_(socket_.get_executor()), close_timer_(socket_.get_executor()) {}
+      space_(socket_.get_executor()), idle_(socket_.get_executor()), writer_finished_(socket_.get_executor()) {}
 
 awaitable<void> connection::serve() {
     co_await (read_loop() && write_loop());
@@ -178,8 +178,7 @@ awaitable<void> connection::read_loop() {
     closing_ = true;
     writer_wake_.notify_all();
     if (!writer_done_) {
-        close_timer_.expires_after(close_linger);
-        co_await close_timer_.async_wait(use_nothrow);
+        co_await writer_finished_.wait_until(std::chrono::steady_clock::now() + close_linger);
         if (!writer_done_) {
             asio::error_code ignored;
             socket_.close(ignored);  // a client that will not read what is left
@@ -211,7 +210,7 @@ awaitable<void> connection::write_loop() {
         space_.notify_all();
     }
     writer_done_ = true;
-    close_timer_.cancel();
+    writer_finished_.notify_all();
 }
 
 void connection::handle(proto::decoded& item) {

@@ -84,7 +84,7 @@ private:
     bool closing_ = false;  // no more lines will be queued
     bool writer_done_ = false;
     notifier writer_wake_, space_, idle_;
-    asio::steady_timer close_timer_;
+    notifier writer_finished_;  // writer_done_ became true
     std::map<std::uint64_t, std::shared_ptr<request_state>> in_flight_;
     std::vector<std::shared_ptr<request_state>> running_at_shutdown_;
     std::string session_;  // the session registered on this connection, if any

@@ -18,7 +18,6 @@
 #include <asio/io_context.hpp>
 #include <asio/local/stream_protocol.hpp>
 #include <asio/read.hpp>
-#include <asio/steady_timer.hpp>
 #include <asio/this_coro.hpp>
 #include <asio/use_awaitable.hpp>
 #include <asio/write.hpp>
@@ -26,6 +25,7 @@
 
 #include "filter.hpp"
 #include "machine/agent_proxy.hpp"
+#include "machine/async.hpp"
 #include "machine/error.hpp"
 
 namespace machine::agent_proxy {
@@ -178,13 +178,11 @@ awaitable<exchange_result> talk_to_upstream(unix_socket& up, unix_endpoint ep, s
 // problem the upstream connection is dropped (the next request opens a fresh one) and the
 // result says what went wrong; the caller answers SSH_AGENT_FAILURE.
 awaitable<exchange_result> ask_upstream(unix_socket& up, std::shared_ptr<server> srv, std::string request) {
-    asio::steady_timer deadline(co_await asio::this_coro::executor, srv->upstream_timeout);
-    // Both sides complete without throwing, so `||` ends with whichever finishes first and
-    // cancels the other (a socket read/connect or the timer; both honour cancellation).
-    // Named before the co_await: g++ 12 (house style §4).
+    // Ends with whichever finishes first and cancels the other (a socket read/connect or the
+    // sleep; both honour cancellation). Named before the co_await: g++ 12 (house style §4).
     auto talk = talk_to_upstream(up, srv->upstream, std::move(request));
-    auto expiry = deadline.async_wait(nothrow);
-    auto r = co_await (std::move(talk) || std::move(expiry));
+    auto expiry = sleep_for(srv->upstream_timeout);
+    auto r = co_await first_of(std::move(talk), std::move(expiry));
     exchange_result out;
     if (r.index() == 0) out = std::move(std::get<0>(r));
     else out.problem = "the agent did not answer within " + std::to_string(srv->upstream_timeout.count()) + " ms";

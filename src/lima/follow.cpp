@@ -12,11 +12,9 @@
 #include <utility>
 #include <vector>
 
-#include <asio/steady_timer.hpp>
-#include <asio/this_coro.hpp>
-#include <asio/use_awaitable.hpp>
 #include <spdlog/spdlog.h>
 
+#include "machine/async.hpp"
 #include "machine/cancel.hpp"
 #include "machine/lima.hpp"
 
@@ -163,7 +161,6 @@ asio::awaitable<void> follow_events(std::filesystem::path log_file,
                                     cancel_signal* cancel,
                                     time_point since,
                                     std::chrono::milliseconds poll) {
-    asio::steady_timer timer(co_await asio::this_coro::executor);
     std::vector<char> buf(chunk_size);
     position at;
     std::uint64_t next_skip_report = 1;
@@ -194,8 +191,8 @@ asio::awaitable<void> follow_events(std::filesystem::path log_file,
             }
         }
         report_skipped(log_file, at.lines.skipped(), next_skip_report);
-        timer.expires_after(caught_up ? poll : std::chrono::milliseconds(0));
-        co_await timer.async_wait(asio::use_awaitable);  // throws when cancelled (e.g. by `||`)
+        const bool slept = co_await sleep_for(caught_up ? poll : std::chrono::milliseconds(0));
+        if (!slept) co_return;  // it lost a race
     }
 }
 
