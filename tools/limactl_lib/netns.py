@@ -53,6 +53,7 @@ import sys
 TCP_PORT = 15001
 DNS_PORT = 15053
 SSH_MARK = 1
+SSH_INNER_PORT = 10022  # QEMU's hostfwd inside the namespace (the host agent tells QEMU and us)
 # the namespace's own address, source of the connections slirp makes (RFC 2544 benchmark range:
 # never a real destination; the redirect takes every destination anyway)
 SOURCE_ADDRESS = "198.18.0.1"
