@@ -183,18 +183,34 @@ def guest_output(r):
 
 def case_host_loopback(tmp):
     host, eg = HostListener(), Egress(os.path.join(tmp, "egress.sock"))
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    udp.setblocking(False)
     try:
         r = run_boundary(f'''
             out["lo"] = tcp("127.0.0.1", {host.port})
+            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            for dst in (("127.0.0.1", {udp.getsockname()[1]}), ("203.0.113.9", 443)):
+                try:
+                    u.sendto(b"udp-from-guest", dst)
+                except OSError:
+                    pass
+            time.sleep(0.3)
             done()''', eg.path)
         g = guest_output(r)
         record("host loopback: the host listener gets nothing", host.accepted == 0, f"accepted={host.accepted}")
+        try:
+            got = udp.recv(100)
+        except BlockingIOError:
+            got = None
+        record("host loopback: UDP (not DNS) to the host's loopback goes nowhere", got is None, got)
         record("host loopback: it arrives at the egress socket as 127.0.0.1:port",
                any(line.startswith("PROXY TCP4 127.0.0.1 127.0.0.1 ") and line.endswith(f" {host.port}\r\n")
                    for line in eg.lines), f"{eg.lines} {r.stderr[-500:]}")
         record("host loopback: the guest talks to the egress proxy (echo)", g["lo"] == ["ok", "hello\n"], g)
     finally:
         host.close()
+        udp.close()
         eg.close()
 
 

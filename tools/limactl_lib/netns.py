@@ -35,7 +35,8 @@ Caps: MAX_RELAYS connections at once (more are reset at once), MAX_DNS_IN_FLIGHT
 exchange; bytes go through one pipe per direction (splice), so a slow side stops reading the
 other and nothing is buffered in this process.
 
-IPv4 only: the host agent gives QEMU's user network `ipv6=off` with the boundary.
+IPv4 only: the host agent gives QEMU's user network `ipv6=off` with the boundary. UDP other than
+port 53 has nowhere to go (QUIC falls back to TCP); so does anything not IPv4.
 
 `--probe` checks that all this can work here (namespace, `ip`, `nft`) and exits 0 or 1; the
 QEMU driver runs it (cached) for `limactl info`'s `machineEgress`.
@@ -114,9 +115,14 @@ def enter_namespace():
     """A new network namespace for this (single-threaded) process; a user namespace too when
     not root, our uid and gid mapped to root in it so `ip` and `nft` keep CAP_NET_ADMIN."""
     uid, gid = os.getuid(), os.getgid()
-    flags = CLONE_NEWNET if uid == 0 and not os.environ.get("LIMACTL_NETNS_USERNS") else CLONE_NEWNET | CLONE_NEWUSER
-    if _libc().unshare(flags) != 0:
+    tries = [CLONE_NEWNET | CLONE_NEWUSER]
+    if uid == 0 and not os.environ.get("LIMACTL_NETNS_USERNS"):
+        tries.insert(0, CLONE_NEWNET)  # root without CAP_SYS_ADMIN (a container) falls back
+    for flags in tries:
+        if _libc().unshare(flags) == 0:
+            break
         e = ctypes.get_errno()
+    else:
         raise OSError(e, f"unshare: {os.strerror(e)}")
     if flags & CLONE_NEWUSER:
         _write("/proc/self/setgroups", "deny")
@@ -191,6 +197,7 @@ class Bridge:
         self.relays = 0
         self.ssh_relays = 0
         self.dns_in_flight = 0
+        self.accept_error_logged = False
         self.resolver = slirp_resolver()
         self.loop = None
         self.tasks = set()
@@ -278,10 +285,24 @@ class Bridge:
             return
         await self._relay(conn, up)
 
+    async def _accept(self, lsock):
+        """The next connection; an accept error (out of fds) waits a little rather than ending
+        the accept loop, which would leave the VM without network or SSH for good."""
+        while True:
+            try:
+                conn, peer = await self.loop.sock_accept(lsock)
+            except OSError as e:
+                if not self.accept_error_logged:
+                    log(f"accept: {e} (retrying; logged once)")
+                    self.accept_error_logged = True
+                await asyncio.sleep(0.1)
+                continue
+            conn.setblocking(False)
+            return conn, peer
+
     async def _serve_tcp(self, lsock):
         while True:
-            conn, peer = await self.loop.sock_accept(lsock)
-            conn.setblocking(False)
+            conn, peer = await self._accept(lsock)
             if self.relays >= MAX_RELAYS:
                 reset(conn)
                 continue
@@ -309,8 +330,7 @@ class Bridge:
 
     async def _serve_ssh(self):
         while True:
-            conn, _ = await self.loop.sock_accept(self.ssh_sock)
-            conn.setblocking(False)
+            conn, _ = await self._accept(self.ssh_sock)
             if self.ssh_relays >= MAX_SSH:
                 reset(conn)
                 continue
