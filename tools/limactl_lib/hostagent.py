@@ -233,7 +233,7 @@ class HostAgent:
             if not os.path.exists(egress):
                 self.log("warning", f"the egress socket {egress} does not exist (yet): "
                                     "the guest's connections fail until it does")
-            argv = [sys.executable, netns.__file__, "--egress-socket", egress,
+            argv = [sys.executable, "-SE", netns.__file__, "--egress-socket", egress,
                     "--ssh-fd", str(ssh_listener.fileno()), "--ssh-inner-port", str(netns.SSH_INNER_PORT),
                     "--", *argv]
         with contextlib.suppress(FileNotFoundError):

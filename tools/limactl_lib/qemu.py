@@ -99,7 +99,7 @@ def machine_egress_supported():
     with contextlib.suppress(OSError):
         with open("/proc/sys/kernel/random/boot_id") as f:
             parts.append(f.read().strip())
-    for tool in ("nft", "ip", "unshare"):
+    for tool in ("nft", "ip"):
         with contextlib.suppress(OSError, TypeError):
             st = os.stat(shutil.which(tool, path="/usr/sbin:/sbin:/usr/bin:/bin"))
             parts.append(f"{tool}:{st.st_size}:{st.st_mtime_ns}")
@@ -111,7 +111,7 @@ def machine_egress_supported():
         if cached.get("key") == key:
             return bool(cached["ok"])
     try:
-        ok = subprocess.run([sys.executable, netns.__file__, "--probe"], stdin=subprocess.DEVNULL,
+        ok = subprocess.run([sys.executable, "-SE", netns.__file__, "--probe"], stdin=subprocess.DEVNULL,
                             capture_output=True, timeout=30).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         ok = False
