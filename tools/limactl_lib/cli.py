@@ -70,6 +70,7 @@ def cmd_info(args, g):
     info = {"version": driver.get().version(), "templates": [], "defaultTemplate": store.fill_defaults(
         template.find_template("default").doc), "limaHome": store.lima_home(), "vmTypes": ["qemu"],
         "guestAgents": {}, "hostOS": "linux", "hostArch": store.HOST_ARCH, "identityFile": store.identity_file()}
+    info.update(driver.get().info_extra())
     out(json.dumps(info, indent=4) + "\n")
     return 0
 

@@ -7,6 +7,7 @@ a driver does what needs a VM:
 
 What a driver provides (both classes, same names):
   description, version(), lima_version_file(), commands()   extra commands (`hostagent`, `_seed`)
+  info_extra()                          `limactl info` keys of the stand-in's own (machineEgress)
   load_yaml(path), inspect(inst)        lima.yaml parsed; status and PIDs (inst.set_status)
   created(dir), ensure_identity(), prepare_disk(inst)       create
   boot(inst, timeout, print_ready)      start, once the contract has said `Starting the instance`

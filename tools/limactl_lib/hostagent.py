@@ -1,12 +1,14 @@
 """The host agent: one detached process per running instance (`limactl hostagent NAME`).
 
 stdout is `<dir>/ha.stdout.log` (JSON-lines events), stderr is `<dir>/ha.stderr.log` (logrus
-JSON at debug level). It runs QEMU as its child, waits for the guest's readiness requirements
+JSON at debug level). It runs QEMU as its child (inside the network boundary, netns.py, when the
+config has `machineEgress`), waits for the guest's readiness requirements
 over SSH, emits the `running` event, forwards guest ports, and on SIGINT/SIGTERM powers the
 guest down (QMP system_powerdown, SIGKILL after a grace period) and emits `exiting`.
 """
 import contextlib
 import ctypes
+import errno
 import http.server
 import json
 import os
@@ -20,7 +22,7 @@ import threading
 import time
 import uuid
 
-from . import cidata, image, logrus, portfwd, qemu, sshutil, store
+from . import cidata, image, logrus, netns, portfwd, qemu, sshutil, store
 
 REQUIREMENT_RETRIES = int(os.environ.get("LIMACTL_REQUIREMENT_RETRIES", "200"))
 # Lima retries every 3 s; 1 s gets the `running` event out sooner (checks are cheap ssh logins)
@@ -219,15 +221,36 @@ class HostAgent:
         if not os.path.exists(os.path.join(self.dir, "kernel")):
             self.log("warning", "no kernel for this image (images[].kernel, or vmlinuz next to the disk): "
                                 "booting the disk through the BIOS, which the stand-in's images cannot do")
-        argv = qemu.build_argv(self.name, self.dir, self.cfg, accel, self.port, self._kernel_cmdline(), mounts)
+        problem = store.machine_egress_problem(self.cfg.get("machineEgress"))  # lima.yaml edited by hand
+        if problem:
+            raise RuntimeError(problem)
+        egress = (self.cfg.get("machineEgress") or {}).get("socket")
+        ssh_listener = self._bind_ssh_port() if egress else None
+        argv = qemu.build_argv(self.name, self.dir, self.cfg, accel,
+                               netns.SSH_INNER_PORT if egress else self.port, self._kernel_cmdline(), mounts,
+                               boundary=bool(egress))
+        if egress:
+            if not os.path.exists(egress):
+                self.log("warning", f"the egress socket {egress} does not exist (yet): "
+                                    "the guest's connections fail until it does")
+            argv = [sys.executable, "-SE", netns.__file__, "--egress-socket", egress,
+                    "--ssh-fd", str(ssh_listener.fileno()), "--ssh-inner-port", str(netns.SSH_INNER_PORT),
+                    "--", *argv]
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(self.dir, "serial.log"))
         self.log("info", f"Starting QEMU (hint: to watch the boot progress, see `{os.path.join(self.dir, 'serial*.log')}`)")
         self.log("debug", "qemu argv: " + " ".join(argv))
         qemu_log = open(os.path.join(self.dir, "qemu.stderr.log"), "w")
-        self.qemu = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=qemu_log, stderr=qemu_log,
-                                     preexec_fn=_die_with_parent)
-        qemu_log.close()
+        try:
+            # with the boundary, self.qemu is the boundary: it exits with QEMU's status, and
+            # QEMU dies with it (so kill() and wait() mean the same); QMP and qemu.pid are QEMU's
+            self.qemu = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=qemu_log, stderr=qemu_log,
+                                         preexec_fn=_die_with_parent,
+                                         pass_fds=(ssh_listener.fileno(),) if ssh_listener else ())
+        finally:
+            qemu_log.close()
+            if ssh_listener:
+                ssh_listener.close()  # the boundary has its own copy
         # wait for QEMU's pidfile and QMP socket (or its early death, e.g. a taken port)
         for _ in range(100):
             if self.qemu.poll() is not None:
@@ -239,6 +262,20 @@ class HostAgent:
             if os.path.exists(os.path.join(self.dir, "qemu.pid")) and os.path.exists(os.path.join(self.dir, "qmp.sock")):
                 break
             time.sleep(0.1)
+
+    def _bind_ssh_port(self):
+        """The host's SSH port, bound here for the network boundary (which accepts on it and
+        relays into the namespace), so a taken port is found before anything starts."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.bind(("127.0.0.1", self.port))
+            sock.listen(64)
+        except OSError as e:
+            sock.close()
+            if e.errno == errno.EADDRINUSE:
+                raise PortTaken(f"could not set up host forwarding rule 'tcp:127.0.0.1:{self.port}-:22'") from e
+            raise
+        return sock
 
     def _shutdown_guest(self):
         self.log("info", "Shutting down QEMU with the power button")

@@ -252,6 +252,10 @@ class NoVMDriver:
 
     # ------------------------------------------------------------------ knobs
     @staticmethod
+    def info_extra():
+        return {}  # no VM, no network boundary: machineEgress is not advertised
+
+    @staticmethod
     def fail_point(cmd, name=None):
         """FAKE_LIMACTL_FAIL_<CMD> (after DELAY_<CMD>), limited by FAIL_<CMD>_ONLY to some names."""
         key = "FAIL_" + cmd.upper().replace("-", "_")

@@ -6,6 +6,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -86,6 +87,43 @@ def choose_accel(kernel):
     return ("kvm" if ok else "tcg"), reason
 
 
+def _netns_cache_path():
+    return os.path.join(image.machine_cache_dir(), "netns.json")
+
+
+def machine_egress_supported():
+    """Can the network boundary (netns.py) work here? `netns.py --probe` sets up a namespace with
+    its rules; cached per host boot, user and `nft`/`ip` binaries, like the KVM probe."""
+    from . import netns
+    parts = [str(os.getuid())]
+    with contextlib.suppress(OSError):
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            parts.append(f.read().strip())
+    for tool in ("nft", "ip"):
+        with contextlib.suppress(OSError, TypeError):
+            st = os.stat(shutil.which(tool, path="/usr/sbin:/sbin:/usr/bin:/bin"))
+            parts.append(f"{tool}:{st.st_size}:{st.st_mtime_ns}")
+    key = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+    path = _netns_cache_path()
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        with open(path) as f:
+            cached = json.load(f)
+        if cached.get("key") == key:
+            return bool(cached["ok"])
+    try:
+        ok = subprocess.run([sys.executable, "-SE", netns.__file__, "--probe"], stdin=subprocess.DEVNULL,
+                            capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        ok = False
+    with contextlib.suppress(OSError):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump({"key": key, "ok": ok, "probed_at": time.time()}, f)
+        os.replace(tmp, path)
+    return ok
+
+
 def mac_address(name):
     """Stable per instance, like Lima's (52:55:55 prefix)."""
     h = hashlib.sha256(name.encode()).digest()
@@ -98,8 +136,10 @@ def msize_bytes(v):
     return 131072
 
 
-def build_argv(name, inst_dir, cfg, accel, ssh_port, kernel_cmdline, mounts):
-    """The QEMU command line of one instance (the host agent runs it as a child)."""
+def build_argv(name, inst_dir, cfg, accel, ssh_port, kernel_cmdline, mounts, boundary=False):
+    """The QEMU command line of one instance (the host agent runs it as a child). `boundary`:
+    it runs in the network boundary's namespace (netns.py), where ssh_port is the inner port the
+    boundary relays the host's SSH port to, and the user network is IPv4 only."""
     p = lambda *a: os.path.join(inst_dir, *a)  # noqa: E731
     mem_mib = units.ram_in_bytes(cfg["memory"]) // (1 << 20)
     cpus = cfg["cpus"]
@@ -119,7 +159,7 @@ def build_argv(name, inst_dir, cfg, accel, ssh_port, kernel_cmdline, mounts):
              "-drive", f"file={p('cidata.img')},if=none,id=cidata,format=raw,readonly=on",
              "-device", "virtio-blk-pci,drive=cidata,serial=cidata",
              "-netdev", f"user,id=net0,net=192.168.5.0/24,dhcpstart=192.168.5.15,"
-                        f"hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
+                        f"hostfwd=tcp:127.0.0.1:{ssh_port}-:22" + (",ipv6=off" if boundary else ""),
              "-device", f"virtio-net-pci,netdev=net0,mac={mac_address(name)}",
              "-device", "virtio-rng-pci"]
     for i, m in enumerate(mounts):

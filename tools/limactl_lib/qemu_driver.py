@@ -89,6 +89,13 @@ class QemuDriver:
             return ha.main(args)
         return {"hostagent": hostagent}
 
+    @staticmethod
+    def info_extra():
+        """`limactl info` keys of the stand-in's own: machineEgress when the network boundary
+        (netns.py) works on this host, so machine knows it may write the template key."""
+        from . import qemu
+        return {"machineEgress": True} if qemu.machine_egress_supported() else {}
+
     # ------------------------------------------------------------------ the test fake's knobs
     def fail_point(self, cmd, name=None):
         pass

@@ -336,6 +336,10 @@ def fill_defaults(y):
                    "uid": int(u.get("uid") if u.get("uid") is not None else hu["uid"]),
                    "passwordlessSudo": _b(u.get("passwordlessSudo"), True)}
     out["tpm"] = _b(y.get("tpm"), False)
+    # not Lima's: machine's egress proxy, which the stand-in's network boundary sends every guest
+    # connection to (netns.py); machine writes it only when `limactl info` says machineEgress
+    if y.get("machineEgress") is not None:
+        out["machineEgress"] = y["machineEgress"]
     return out
 
 
@@ -358,6 +362,23 @@ def validate_config(cfg):
     for i, m in enumerate(cfg.get("mounts", [])):
         if not os.path.isabs(m["location"]):
             return f"field `mounts[{i}].location` must be an absolute path, got `{m['location']}`"
+    return machine_egress_problem(cfg.get("machineEgress"))
+
+
+def machine_egress_problem(v):
+    if v is None:
+        return None
+    if not isinstance(v, dict):
+        return "field `machineEgress` must be a mapping with the key `socket`"
+    sock = v.get("socket")
+    if sock is None:
+        return "field `machineEgress.socket` must be set"
+    if not isinstance(sock, str):
+        return "field `machineEgress.socket` must be a string"
+    if not os.path.isabs(sock):
+        return f"field `machineEgress.socket` must be an absolute path, got `{sock}`"
+    if len(sock.encode()) > 107:
+        return f"field `machineEgress.socket` must be at most 107 bytes (a Unix socket path), got {len(sock.encode())}"
     return None
 
 
