@@ -503,7 +503,10 @@ sniff_result sniff(std::string_view buf, std::size_t max_bytes) {
         return sniff_tls(buf, max_bytes);
     }
     if (may_be_http(buf)) {
-        if (buf.find(' ') == std::string_view::npos) return need_more();  // still in the method
+        if (buf.find(' ') == std::string_view::npos) {  // still in the method
+            return buf.size() >= max_bytes ? bad("request head over " + std::to_string(max_bytes) + " bytes")
+                                            : need_more();
+        }
         return sniff_http(buf, max_bytes);
     }
     sniff_result r;
