@@ -77,13 +77,19 @@ struct splice_state {
 };
 
 // One direction: a 64 KiB buffer, each chunk written in full before the next read (so neither
-// side is read faster than the other takes its bytes). At EOF the write side is shut down
-// (half-close: the other direction goes on); on an error both sockets are closed, which ends
-// the other direction too.
+// side is read faster than the other takes its bytes). The buffer exists only while bytes are
+// flowing: an idle connection (most of them, most of the time) holds none. At EOF the write
+// side is shut down (half-close: the other direction goes on); on an error both sockets are
+// closed, which ends the other direction too.
 template <class From, class To>
 asio::awaitable<void> pump(From& from, To& to, std::shared_ptr<splice_state> st, bool upward) {
-    auto buffer = std::make_unique<std::array<char, 64 * 1024>>();
+    std::unique_ptr<std::array<char, 64 * 1024>> buffer;
     for (;;) {
+        if (!buffer) {
+            auto [wec] = co_await from.async_wait(asio::socket_base::wait_read, nothrow);
+            if (wec) break;
+            buffer = std::make_unique<std::array<char, 64 * 1024>>();
+        }
         auto [rec, n] = co_await from.async_read_some(asio::buffer(*buffer), nothrow);
         if (n > 0) {
             auto [wec, written] = co_await asio::async_write(to, asio::buffer(buffer->data(), n), nothrow);
@@ -97,6 +103,8 @@ asio::awaitable<void> pump(From& from, To& to, std::shared_ptr<splice_state> st,
             co_return;
         }
         if (rec) break;
+        std::error_code ec;
+        if (from.available(ec) == 0) buffer.reset();
     }
     std::error_code ignored;
     from.close(ignored);
