@@ -469,7 +469,10 @@ awaitable<void> serve_tcp(server& srv, unix_socket& guest, std::string buf, cons
     const auto counts = co_await io::splice(guest, upstream, srv.opt.caps.idle_timeout);
     o.rec.bytes_up += counts.up;
     o.rec.bytes_down += counts.down;
-    if (counts.idle_timeout) o.rec.reason = "idle for " + std::to_string(srv.opt.caps.idle_timeout.count() / 1000) + " s";
+    if (counts.idle_timeout) {
+        const auto idle = srv.opt.caps.idle_timeout.count();
+        o.rec.reason = "idle for " + (idle % 1000 ? std::to_string(idle) + " ms" : std::to_string(idle / 1000) + " s");
+    }
     std::error_code ignored;
     upstream.close(ignored);
     finish(srv, o);

@@ -315,7 +315,13 @@ struct proxy_fixture {
         sockaddr_un a{};
         a.sun_family = AF_UNIX;
         std::strncpy(a.sun_path, socket.c_str(), sizeof a.sun_path - 1);
-        BOOST_REQUIRE(::connect(c.fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+        // The socket file appears at bind(), a moment before listen(): retry meanwhile.
+        int rc = -1;
+        for (int i = 0; i < 100 && (rc = ::connect(c.fd, reinterpret_cast<sockaddr*>(&a), sizeof a)) != 0 &&
+                        errno == ECONNREFUSED;
+             ++i)
+            std::this_thread::sleep_for(5ms);
+        BOOST_REQUIRE(rc == 0);
         set_timeouts(c.fd, 5s);
         // (may fail: a connection over the caps is closed at once)
         if (!dst.empty()) send_all(c.fd, proxy_line(dst, port));
@@ -380,6 +386,7 @@ BOOST_AUTO_TEST_CASE(refuses_the_host_loopback_on_any_port) {
     send_all(c.fd, "hello");
     BOOST_TEST(closed_within(c.fd, 1000ms));
     BOOST_TEST(f.upstream.accepted() == 0);
+    ::close(std::exchange(c.fd, -1));  // the proxy stops once no connection is open
     const auto rs = f.records();
     const auto* r = find_record(rs, "127.0.0.1");
     BOOST_REQUIRE(r);
@@ -438,6 +445,26 @@ BOOST_AUTO_TEST_CASE(host_ports_open_exactly_the_named_port) {
     BOOST_TEST(f.upstream.accepted() == 1);
 }
 
+BOOST_AUTO_TEST_CASE(a_connection_idle_both_ways_is_closed) {
+    proxy_fixture f;
+    f.opt.caps.idle_timeout = 300ms;
+    f.start();
+    auto c = f.connect(public_address, 80);
+    send_all(c.fd, "ping");
+    BOOST_TEST(read_exactly(c.fd, 4) == "ping");
+    const auto t0 = std::chrono::steady_clock::now();
+    BOOST_TEST(closed_within(c.fd, 2000ms));
+    BOOST_TEST(seconds_since(t0) >= 0.25);
+    ::close(std::exchange(c.fd, -1));  // the proxy stops once no connection is open
+    const auto rs = f.records();
+    const auto* r = find_record(rs, public_address);
+    BOOST_REQUIRE(r);
+    BOOST_TEST(r->allowed);
+    BOOST_TEST(r->bytes_up == 4);
+    BOOST_TEST(r->bytes_down == 4);
+    BOOST_TEST(r->reason.find("idle") != std::string::npos);
+}
+
 BOOST_AUTO_TEST_SUITE_END()
 
 BOOST_AUTO_TEST_SUITE(net_proxy_allowlist)
@@ -471,6 +498,7 @@ BOOST_AUTO_TEST_CASE(refused_sni_closes_within_a_second_even_to_an_allowed_addre
     BOOST_TEST(closed_within(c.fd, 1000ms));
     BOOST_TEST(seconds_since(t0) < 1.0);
     BOOST_TEST(f.upstream.accepted() == 0);
+    ::close(std::exchange(c.fd, -1));  // the proxy stops once no connection is open
     const auto rs = f.records();
     const auto* r = find_record(rs, "evil.test");
     BOOST_REQUIRE(r);
@@ -487,6 +515,7 @@ BOOST_AUTO_TEST_CASE(tls_without_sni_is_refused) {
     send_all(c.fd, client_hello(""));
     BOOST_TEST(closed_within(c.fd, 1000ms));
     BOOST_TEST(f.upstream.accepted() == 0);
+    ::close(std::exchange(c.fd, -1));  // the proxy stops once no connection is open
     const auto rs = f.records();
     const auto* r = find_record(rs, allowed_address);
     BOOST_REQUIRE(r);
@@ -640,10 +669,12 @@ BOOST_AUTO_TEST_CASE(a_megabyte_header_without_its_end_is_refused_at_the_cap) {
     const bool sent_all = send_all(c.fd, head);
     BOOST_TEST(!sent_all);
     BOOST_TEST(f.upstream.accepted() == 0);
+    ::close(std::exchange(c.fd, -1));  // the proxy stops once no connection is open
     const auto rs = f.records();
     const auto* r = find_record(rs, allowed_address);
     BOOST_REQUIRE(r);
     BOOST_TEST(!r->allowed);
+    BOOST_TEST(r->reason.find("16384") != std::string::npos);
 }
 
 BOOST_AUTO_TEST_CASE(a_slow_loris_first_byte_is_closed_at_first_bytes_timeout) {
@@ -663,6 +694,7 @@ BOOST_AUTO_TEST_CASE(a_slow_loris_first_byte_is_closed_at_first_bytes_timeout) {
     BOOST_TEST(closed);
     BOOST_TEST(seconds_since(t0) < 1.5);
     BOOST_TEST(f.upstream.accepted() == 0);
+    ::close(std::exchange(c.fd, -1));  // the proxy stops once no connection is open
     const auto rs = f.records();
     const auto* r = find_record(rs, allowed_address);
     BOOST_REQUIRE(r);
