@@ -701,6 +701,26 @@ BOOST_AUTO_TEST_CASE(a_slow_loris_first_byte_is_closed_at_first_bytes_timeout) {
     BOOST_TEST(r->reason.find("no host name within") != std::string::npos);
 }
 
+BOOST_AUTO_TEST_CASE(an_oversized_or_malformed_dns_message_closes_the_connection) {
+    proxy_fixture f;
+    dns_server dns(false);
+    f.opt.dns_port = dns.port();
+    f.start();
+    {
+        // Announces 5000 bytes (over 4096): closed before the proxy holds them.
+        auto c = f.connect("192.168.5.3", 53);
+        send_all(c.fd, std::string("\x13\x88", 2) + std::string(100, 'q'));
+        BOOST_TEST(closed_within(c.fd, 1000ms));
+    }
+    {
+        // Not a query (no question): closed, nothing asked upstream.
+        auto c = f.connect("192.168.5.3", 53);
+        send_all(c.fd, framed(std::string(12, '\0')));
+        BOOST_TEST(closed_within(c.fd, 1000ms));
+    }
+    BOOST_TEST(dns.queries() == 0);
+}
+
 // Process-wide descriptors now.
 std::size_t open_fds() {
     std::size_t n = 0;
