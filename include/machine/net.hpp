@@ -22,6 +22,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace machine::net {
@@ -62,6 +63,8 @@ struct limits {
     double connections_per_second = 50;             ///< sustained new connections, per VM
     double connection_burst = 200;                  ///< ... and the burst above that rate
     std::size_t max_events_per_second = 20;         ///< audit lines per second; the rest counted
+    std::chrono::milliseconds proxy_header_timeout{5000};  ///< the bridge's PROXY line must come by then
+    std::chrono::milliseconds idle_timeout{10 * 60 * 1000};  ///< a connection without a byte either way ends
 };
 
 struct proxy_options {
@@ -74,6 +77,18 @@ struct proxy_options {
     /// Polled every `idle_check`; the proxy exits when it returns false. Called on its thread.
     std::function<bool()> still_wanted;
     std::chrono::milliseconds idle_check{5000};
+
+    /// The resolver guest DNS queries go to (UDP): an IPv4/IPv6 address; "" means the first
+    /// `nameserver` of /etc/resolv.conf.
+    std::string dns_server;
+    int dns_port = 53;
+
+    // ---- seams for tests and tests/bench (machine leaves them empty) ----
+    /// Name -> addresses (as text), instead of the host's resolver (getaddrinfo).
+    std::function<std::vector<std::string>(const std::string& name)> resolve;
+    /// The destination the policy chose (address, port) -> where to connect instead, so that
+    /// servers on 127.0.0.1 can stand for public addresses. Decisions still see the chosen one.
+    std::function<std::pair<std::string, int>(const std::string& address, int port)> redirect;
 };
 
 /// Serves until still_wanted() says no. Blocking; runs its own io_context on the calling thread.

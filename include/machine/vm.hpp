@@ -230,6 +230,19 @@ asio::awaitable<agent_environment> prepare_agent_forwarding(context& ctx, const 
 int run_agent_proxy(const std::string& listen, const std::string& upstream, const std::string& vm_dir,
                     const std::vector<std::string>& allowed);
 
+/// `machine net-proxy` (hidden; started detached when a VM starts) as its command line gave it:
+///   machine net-proxy --vm NAME --listen SOCKET --vm-dir LIMA_INSTANCE_DIR --audit-log FILE
+///                     --egress open|allowlist [--allow PATTERN]... [--host-port N]...
+struct net_proxy_arguments {
+    std::string vm, listen, vm_dir, audit_log, egress;
+    std::vector<std::string> allow, host_ports;
+};
+
+/// Serves the VM's egress proxy (net::run_proxy) on `listen` until the VM whose Lima directory
+/// is `vm_dir` has stopped. Logs to the file spawn_detached named (src/vm/detached.hpp), else
+/// stderr. 2 for bad arguments, 1 when the socket cannot be set up.
+int run_net_proxy(const net_proxy_arguments& args);
+
 /// The agent filter's log: `file` (a project's agent-filter.log) holds at most 1 MiB, then
 /// becomes agent-filter.1.log (replacing the previous one) and a new file starts, so the
 /// filter never keeps more than 2 MiB of log whatever the VM sends. Throws spdlog::spdlog_ex

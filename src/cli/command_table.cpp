@@ -128,6 +128,19 @@ int agent_proxy(const arguments& a) {
     return vm::run_agent_proxy(*a.value("--listen"), *a.value("--upstream"), *a.value("--vm-dir"), a.values("--allow"));
 }
 
+int net_proxy(const arguments& a) {
+    setup_logging("info");
+    vm::net_proxy_arguments args;
+    args.vm = *a.value("--vm");
+    args.listen = *a.value("--listen");
+    args.vm_dir = *a.value("--vm-dir");
+    args.audit_log = *a.value("--audit-log");
+    args.egress = *a.value("--egress");
+    args.allow = a.values("--allow");
+    args.host_ports = a.values("--host-port");
+    return vm::run_net_proxy(args);
+}
+
 const std::vector<command>& table() {
     static const std::vector<command> rows{
         row({.name = "up",
@@ -214,6 +227,15 @@ connection.)"}, pin),
              .options = {required(value("--listen", "", completes::file)), required(value("--upstream", "", completes::file)),
                          required(value("--vm-dir", "", completes::file)), required(repeatable(value("--allow", "")))},
              .hidden = true}, agent_proxy),
+        // Started by machine itself (detached) as a VM's egress proxy (src/net).
+        row({.name = "net-proxy",
+             .help = "",
+             .options = {required(value("--vm", "")), required(value("--listen", "", completes::file)),
+                         required(value("--vm-dir", "", completes::file)),
+                         required(value("--audit-log", "", completes::file)),
+                         required(one_of(value("--egress", ""), {"open", "allowlist"})),
+                         repeatable(value("--allow", "")), repeatable(value("--host-port", ""))},
+             .hidden = true}, net_proxy),
     };
     return rows;
 }

@@ -2,21 +2,18 @@
 // agent, or, with `agent_keys`, a filtering proxy (src/agent_proxy) that offers only those keys.
 #include "machine/vm.hpp"
 
-#include <fcntl.h>
-#include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
 #include <fstream>
 
-#include <spdlog/sinks/rotating_file_sink.h>
 #include <spdlog/spdlog.h>
 
+#include "detached.hpp"
 #include "machine/async.hpp"
 #include "machine/agent_proxy.hpp"
 #include "machine/paths.hpp"
@@ -31,9 +28,9 @@ using namespace std::chrono_literals;
 
 namespace {
 
-// How machine tells the filter where its log is (agent-proxy's options are parsed elsewhere).
+// Where a filter started by hand (tests, benchmarks) logs; machine's own spawn_detached names
+// the log in detached_log_variable.
 constexpr const char* filter_log_variable = "MACHINE_AGENT_FILTER_LOG";
-constexpr std::size_t filter_log_max_bytes = 1024 * 1024;
 
 // One filter per project, upstream agent and key list: a change of any of them is a new socket
 // (and a new proxy); the old one ends with its VM. Short, so the path fits sockaddr_un.
@@ -53,73 +50,6 @@ bool accepts(const fs::path& socket_path) {
     const bool ok = ::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0;
     ::close(fd);
     return ok;
-}
-
-// Starts `argv` in its own session, detached from machine (double fork: nobody has to reap
-// it), stdin from /dev/null, stdout and stderr appended to `log`, with `log` in the
-// environment as filter_log_variable.
-void spawn_detached(const std::vector<std::string>& argv, const fs::path& log) {
-    std::vector<char*> args;
-    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    // Built before fork(): the child may only make async-signal-safe calls.
-    const std::string log_var = std::string(filter_log_variable) + "=";
-    std::vector<std::string> env_strings{log_var + log.string()};
-    for (char** e = environ; *e; ++e)
-        if (!std::string_view(*e).starts_with(log_var)) env_strings.emplace_back(*e);
-    std::vector<char*> env;
-    for (auto& e : env_strings) env.push_back(e.data());
-    env.push_back(nullptr);
-    const int log_fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-    if (log_fd < 0) throw error("cannot open " + log.string() + ": " + std::strerror(errno));
-    const int null_fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
-    const pid_t child = ::fork();
-    if (child < 0) {
-        ::close(log_fd);
-        if (null_fd >= 0) ::close(null_fd);
-        throw error(std::string("cannot start the agent filter: fork: ") + std::strerror(errno));
-    }
-    if (child == 0) {
-        // Only async-signal-safe calls from here on.
-        ::setsid();
-        if (::fork() != 0) ::_exit(0);
-        if (null_fd >= 0) ::dup2(null_fd, 0);
-        ::dup2(log_fd, 1);
-        ::dup2(log_fd, 2);
-        sigset_t none;
-        sigemptyset(&none);
-        ::sigprocmask(SIG_SETMASK, &none, nullptr);
-        ::execve(args[0], args.data(), env.data());
-        ::_exit(127);
-    }
-    ::close(log_fd);
-    if (null_fd >= 0) ::close(null_fd);
-    int status = 0;
-    while (::waitpid(child, &status, 0) < 0 && errno == EINTR) {
-    }
-}
-
-// Makes the capped `log` the filter's only output; false (said on stderr) when it cannot be
-// opened.
-bool log_only_to(const fs::path& log) {
-    // The files spdlog creates when it rotates stay as private as the one machine opened.
-    ::umask(077);
-    try {
-        spdlog::set_default_logger(agent_filter_logger(log));
-    } catch (const spdlog::spdlog_ex& e) {
-        spdlog::error("agent filter: cannot log to {}: {}", log.string(), e.what());
-        return false;
-    }
-    // stdout and stderr are that same file, opened by machine for what goes wrong before this
-    // point. Left open they would keep its first version on disk after it rotates away, and
-    // grow it unseen with whatever reached them.
-    const int null_fd = ::open("/dev/null", O_WRONLY | O_CLOEXEC);
-    if (null_fd >= 0) {
-        ::dup2(null_fd, 1);
-        ::dup2(null_fd, 2);
-        ::close(null_fd);
-    }
-    return true;
 }
 
 // Starts the project's filter unless it already serves; true when it had to be started.
@@ -237,37 +167,21 @@ awaitable<agent_environment> prepare_agent_forwarding(context& ctx, const config
 }
 
 std::shared_ptr<spdlog::logger> agent_filter_logger(const fs::path& file) {
-    // spdlog rotates before a line would take the file past the cap: agent-filter.log becomes
-    // agent-filter.1.log (the older one is removed) and a new agent-filter.log starts.
-    auto sink = std::make_shared<spdlog::sinks::rotating_file_sink_mt>(file.string(), filter_log_max_bytes, 1);
-    auto logger = std::make_shared<spdlog::logger>("agent-filter", std::move(sink));
-    logger->set_pattern("%Y-%m-%d %H:%M:%S.%e %l: %v");
-    logger->set_level(spdlog::level::info);
-    // Each line reaches the file at once, as it did on stderr: someone may be watching it.
-    logger->flush_on(spdlog::level::info);
-    return logger;
+    return detached_logger("agent-filter", file);
 }
 
 int run_agent_proxy(const std::string& listen, const std::string& upstream, const std::string& vm_dir,
                     const std::vector<std::string>& allowed) {
     // Started by hand (no log named), the filter logs to stderr.
-    if (const std::string log = paths::env(filter_log_variable); !log.empty() && !log_only_to(log)) return 1;
+    std::string log = paths::env(filter_log_variable);
+    if (log.empty()) log = paths::env(detached_log_variable);
+    if (!log.empty() && !log_only_to("agent-filter", log)) return 1;
     agent_proxy::options opt;
     opt.listen = listen;
     opt.upstream = upstream;
     opt.allowed = allowed;
-    const auto started = std::chrono::steady_clock::now();
-    // Serves while the VM's Lima host agent lives (with time to boot first), and while its
-    // socket is there (the state directory may be removed).
     opt.idle_check = 5s;
-    opt.still_wanted = [vm_dir, listen, started] {
-        std::error_code ec;
-        if (!fs::exists(listen, ec)) return false;
-        if (std::chrono::steady_clock::now() - started < 10min) return true;
-        std::ifstream pid_file(fs::path(vm_dir) / "ha.pid");
-        long pid = 0;
-        return static_cast<bool>(pid_file >> pid) && pid > 0 && ::kill(static_cast<pid_t>(pid), 0) == 0;
-    };
+    opt.still_wanted = while_vm_lives(vm_dir, listen);
     spdlog::info("agent filter on {} for {} key(s)", listen, allowed.size());
     return agent_proxy::run(opt);
 }

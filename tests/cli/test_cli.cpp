@@ -1512,6 +1512,9 @@ const std::map<std::string, probe>& probes() {
         {"agent-proxy", {{"agent-proxy", "--listen", "/nonexistent/s", "--upstream", "/nonexistent/u", "--vm-dir",
                           "/nonexistent", "--allow", "all"},
                          1, "agent proxy: cannot use directory /nonexistent"}},
+        {"net-proxy", {{"net-proxy", "--vm", "x", "--listen", "/nonexistent/s", "--vm-dir", "/nonexistent", "--audit-log",
+                        "/nonexistent/a", "--egress", "open", "--host-port", "5432"},
+                       1, "net proxy: cannot use directory /nonexistent"}},
     };
     return all;
 }

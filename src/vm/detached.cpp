@@ -1,0 +1,116 @@
+#include "detached.hpp"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <fstream>
+
+#include <spdlog/sinks/rotating_file_sink.h>
+#include <spdlog/spdlog.h>
+
+#include "machine/error.hpp"
+
+namespace machine::vm {
+
+namespace fs = std::filesystem;
+
+namespace {
+constexpr std::size_t log_max_bytes = 1024 * 1024;
+}
+
+void spawn_detached(const std::vector<std::string>& argv, const fs::path& log) {
+    if (argv.empty()) throw error("spawn_detached: no command");
+    std::vector<char*> args;
+    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    // Built before fork(): the child may only make async-signal-safe calls.
+    const std::string log_var = std::string(detached_log_variable) + "=";
+    std::vector<std::string> env_strings{log_var + log.string()};
+    for (char** e = environ; *e; ++e)
+        if (!std::string_view(*e).starts_with(log_var)) env_strings.emplace_back(*e);
+    std::vector<char*> env;
+    for (auto& e : env_strings) env.push_back(e.data());
+    env.push_back(nullptr);
+    const int log_fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    if (log_fd < 0) throw error("cannot open " + log.string() + ": " + std::strerror(errno));
+    const int null_fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+    const pid_t child = ::fork();
+    if (child < 0) {
+        ::close(log_fd);
+        if (null_fd >= 0) ::close(null_fd);
+        throw error("cannot start " + (argv.size() > 1 ? argv[1] : argv[0]) + ": fork: " + std::strerror(errno));
+    }
+    if (child == 0) {
+        // Only async-signal-safe calls from here on.
+        ::setsid();
+        if (::fork() != 0) ::_exit(0);
+        if (null_fd >= 0) ::dup2(null_fd, 0);
+        ::dup2(log_fd, 1);
+        ::dup2(log_fd, 2);
+        sigset_t none;
+        sigemptyset(&none);
+        ::sigprocmask(SIG_SETMASK, &none, nullptr);
+        ::execve(args[0], args.data(), env.data());
+        ::_exit(127);
+    }
+    ::close(log_fd);
+    if (null_fd >= 0) ::close(null_fd);
+    int status = 0;
+    while (::waitpid(child, &status, 0) < 0 && errno == EINTR) {
+    }
+}
+
+std::shared_ptr<spdlog::logger> detached_logger(const std::string& name, const fs::path& file) {
+    // spdlog rotates before a line would take the file past the cap: x.log becomes x.1.log
+    // (the older one is removed) and a new x.log starts.
+    auto sink = std::make_shared<spdlog::sinks::rotating_file_sink_mt>(file.string(), log_max_bytes, 1);
+    auto logger = std::make_shared<spdlog::logger>(name, std::move(sink));
+    logger->set_pattern("%Y-%m-%d %H:%M:%S.%e %l: %v");
+    logger->set_level(spdlog::level::info);
+    // Each line reaches the file at once, as it did on stderr: someone may be watching it.
+    logger->flush_on(spdlog::level::info);
+    return logger;
+}
+
+bool log_only_to(const std::string& name, const fs::path& log) {
+    // The files spdlog creates when it rotates stay as private as the one machine opened.
+    ::umask(077);
+    try {
+        spdlog::set_default_logger(detached_logger(name, log));
+    } catch (const spdlog::spdlog_ex& e) {
+        spdlog::error("{}: cannot log to {}: {}", name, log.string(), e.what());
+        return false;
+    }
+    // stdout and stderr are that same file, opened by machine for what goes wrong before this
+    // point. Left open they would keep its first version on disk after it rotates away, and
+    // grow it unseen with whatever reached them.
+    const int null_fd = ::open("/dev/null", O_WRONLY | O_CLOEXEC);
+    if (null_fd >= 0) {
+        ::dup2(null_fd, 1);
+        ::dup2(null_fd, 2);
+        ::close(null_fd);
+    }
+    return true;
+}
+
+std::function<bool()> while_vm_lives(const fs::path& vm_dir, const fs::path& socket) {
+    const auto started = std::chrono::steady_clock::now();
+    // Serves while the VM's Lima host agent lives (with time to boot first), and while its
+    // socket is there (the state directory may be removed).
+    return [vm_dir, socket, started] {
+        std::error_code ec;
+        if (!fs::exists(socket, ec)) return false;
+        if (std::chrono::steady_clock::now() - started < std::chrono::minutes(10)) return true;
+        std::ifstream pid_file(vm_dir / "ha.pid");
+        long pid = 0;
+        return static_cast<bool>(pid_file >> pid) && pid > 0 && ::kill(static_cast<pid_t>(pid), 0) == 0;
+    };
+}
+
+} // namespace machine::vm
