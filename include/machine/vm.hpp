@@ -266,6 +266,7 @@ asio::awaitable<void> ensure_egress_proxy(context& ctx, std::string name, net::p
 struct watch_options {
     std::vector<std::string> names;             // the VMs to watch; none: every VM
     std::chrono::milliseconds poll{2000};       // how often Lima's list is polled
+    std::chrono::milliseconds audit_poll{250};  // how often each VM's audit log is read
     // The project `name` when its secrets are rendered again after a boot (secrets_on_up).
     std::function<std::optional<config::project>(const std::string& name)> secrets_on_up;
 };
@@ -275,6 +276,12 @@ struct watch_options {
 /// events (with ctx.agent), and the secrets of a project with secrets_on_up rendered again after
 /// a boot, all told as events. Nothing it started is left running.
 asio::awaitable<void> watch(context& ctx, watch_options opt);
+
+/// watch's follower of one VM's network: each record appended to `audit_log` (its egress
+/// proxy's, audit_log_of) while it runs becomes a net.allowed or net.refused event, across the
+/// log's rotations, a torn last line waited for. Runs until `stop` fires.
+asio::awaitable<void> follow_connections(context& ctx, std::string name, std::filesystem::path audit_log,
+                                         std::shared_ptr<cancel_signal> stop, std::chrono::milliseconds poll);
 
 // ---- Agent forwarding --------------------------------------------------------------------------
 
