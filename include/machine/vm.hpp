@@ -244,8 +244,9 @@ enum class proxy_action { keep, start, replace };
 /// another policy (or has stopped accepting); start one when none runs. Pure.
 proxy_action decide_proxy(const proxy_seen& seen, const std::string& wanted_fingerprint);
 
-/// Whether /proc/<pid>/cmdline is `... net-proxy ... --vm NAME ...` (only such a process is
-/// ever signalled).
+/// Whether a command line (NUL-separated, as /proc/<pid>/cmdline) is `EXE net-proxy ... --vm
+/// NAME ...`, and whether process `pid` runs one: only such a process is ever signalled.
+bool is_net_proxy_cmdline(std::string_view cmdline, const std::string& name);
 bool is_net_proxy_for(int pid, const std::string& name);
 
 /// Makes sure VM `name` has a network machine can allow: when ctx.lima isolates VMs, starts (or

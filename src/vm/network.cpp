@@ -245,21 +245,25 @@ proxy_action decide_proxy(const proxy_seen& seen, const std::string& wanted_fing
     return proxy_action::keep;
 }
 
-bool is_net_proxy_for(int pid, const std::string& name) {
-    if (pid <= 0) return false;
-    std::ifstream in("/proc/" + std::to_string(pid) + "/cmdline", std::ios::binary);
-    std::string raw((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    std::vector<std::string> argv;
+bool is_net_proxy_cmdline(std::string_view raw, const std::string& name) {
+    std::vector<std::string_view> argv;
     for (std::size_t at = 0; at < raw.size();) {
         const auto end = raw.find('\0', at);
-        argv.push_back(raw.substr(at, end == std::string::npos ? std::string::npos : end - at));
-        if (end == std::string::npos) break;
+        argv.push_back(raw.substr(at, end == std::string_view::npos ? std::string_view::npos : end - at));
+        if (end == std::string_view::npos) break;
         at = end + 1;
     }
     if (argv.size() < 2 || argv[1] != "net-proxy") return false;
     for (std::size_t i = 2; i + 1 < argv.size(); ++i)
         if (argv[i] == "--vm") return argv[i + 1] == name;
     return false;
+}
+
+bool is_net_proxy_for(int pid, const std::string& name) {
+    if (pid <= 0) return false;
+    std::ifstream in("/proc/" + std::to_string(pid) + "/cmdline", std::ios::binary);
+    const std::string raw((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    return is_net_proxy_cmdline(raw, name);
 }
 
 awaitable<void> ensure_egress_proxy(context& ctx, std::string name, net::policy rules) {
@@ -302,7 +306,9 @@ awaitable<std::optional<fs::path>> prepare_network(context& ctx, const std::stri
                 "project '" + name + "': egress allowlists need a network machine can enforce outside the VM; "
                 "this Lima's cannot (the VM reaches the network directly): remove `egress` from its config, or use "
                 "machine's Lima stand-in on Linux (tools/limactl)");
-        if (first_time(name, "guest-firewall-only"))
+        // The firewall inside the VM is the guest agent's to install: without it (MACHINE_AGENT=off)
+        // there is no second line to speak of.
+        if (ctx.agent && first_time(name, "guest-firewall-only"))
             ctx.emit(events::message(name, "warning",
                                      "this Lima cannot keep the VM off the host's ports and other VMs from outside "
                                      "the VM: machine's firewall inside the VM is the only line, and root in the VM "
