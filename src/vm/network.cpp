@@ -268,6 +268,9 @@ bool is_net_proxy_for(int pid, const std::string& name) {
 
 awaitable<void> ensure_egress_proxy(context& ctx, std::string name, net::policy rules) {
     const fs::path socket_path = egress_socket(name);
+    if (socket_path.native().size() >= sizeof(sockaddr_un{}.sun_path))
+        throw error("the egress proxy's socket path is too long: " + socket_path.string() +
+                    " (set MACHINE_STATE_DIR to a shorter directory)");
     const auto argv = net_proxy_argv(fs::read_symlink("/proc/self/exe"), name, ctx.lima.instance_dir(name), rules);
     const std::string wanted = fingerprint_of(argv);
     const int pid = recorded_pid(name);

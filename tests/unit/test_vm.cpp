@@ -6,6 +6,12 @@
 #include <cstdlib>
 #include <fstream>
 
+#include <asio/co_spawn.hpp>
+#include <asio/detached.hpp>
+
+#include "machine/async.hpp"
+
+#include "audit_tail.hpp"
 #include "bake.hpp"
 #include "fake_lima_driver.hpp"
 #include "machine/error.hpp"
@@ -362,7 +368,7 @@ BOOST_AUTO_TEST_CASE(an_allowlist_on_a_lima_that_cannot_isolate_is_refused_befor
         const std::string message = e.what();
         BOOST_TEST(message.find("project 'web': egress allowlists need a network machine can enforce outside the VM") == 0u,
                    message);
-        BOOST_TEST(e.code() == machine::exit_code::usage);
+        BOOST_TEST((e.code() == machine::exit_code::usage));
     }
     BOOST_TEST(f.lima.state().calls == strings{"list web"}, boost::test_tools::per_element());
     BOOST_TEST(f.proxies.empty());
@@ -466,7 +472,7 @@ BOOST_AUTO_TEST_CASE(the_proxy_argv_carries_the_policy_and_its_socket_fits_a_uni
     BOOST_TEST(open.back() == "open");
 
     const std::string long_name(63, 'a');
-    ::setenv("MACHINE_STATE_DIR", (state.dir.path / std::string(60, 's')).c_str(), 1);
+    ::setenv("MACHINE_STATE_DIR", (state.dir.path / std::string(20, 's')).c_str(), 1);
     const fs::path hashed = vm::egress_socket(long_name);
     BOOST_TEST(hashed.native().size() <= 107u, hashed);
     BOOST_TEST(hashed.filename().string().size() == 16u + 5u);
@@ -511,6 +517,67 @@ BOOST_AUTO_TEST_CASE(a_tail_sees_new_lines_only_waits_for_a_torn_line_and_follow
     fs::resize_file(log, 0);
     append(log, "after truncation\n");
     BOOST_TEST(tail.poll() == strings{"after truncation"}, boost::test_tools::per_element());
+}
+
+// The VM appends (through its proxy) while watch follows: each record is one event, a torn
+// line waits for its end, a foreign line is skipped, rotation loses nothing.
+BOOST_AUTO_TEST_CASE(appended_records_become_net_events_as_they_come) {
+    machine::test::temp_dir dir;
+    const fs::path log = dir.path / "net.jsonl";
+    machine::net::audit_record before;
+    before.host = "old.example";
+    append(log, machine::net::to_json_line(before) + "\n");  // before watch: not shown
+
+    fake_vm_context f;
+    auto stop = std::make_shared<machine::cancel_signal>(f.io.get_executor());
+    machine::net::audit_record allowed;
+    allowed.allowed = true;
+    allowed.kind = "tcp";
+    allowed.host = "github.com";
+    allowed.port = 443;
+    allowed.bytes_up = 517;
+    allowed.bytes_down = 4096;
+    allowed.duration_ms = 80;
+    machine::net::audit_record refused;
+    refused.kind = "tcp";
+    refused.host = "\x1b[2Jevil.example";
+    refused.port = 443;
+    refused.reason = "not in egress";
+    refused.suppressed = 7;
+    const std::string torn = machine::net::to_json_line(refused);
+
+    auto vm_side = [&]() -> asio::awaitable<void> {
+        co_await machine::sleep_for(std::chrono::milliseconds(30));
+        append(log, machine::net::to_json_line(allowed) + "\nnot json\n" + torn.substr(0, 10));
+        co_await machine::sleep_for(std::chrono::milliseconds(30));
+        append(log, torn.substr(10) + "\n");
+        co_await machine::sleep_for(std::chrono::milliseconds(30));
+        fs::rename(log, dir.path / "net.jsonl.1");
+        append(log, machine::net::to_json_line(allowed) + "\n");
+        co_await machine::sleep_for(std::chrono::milliseconds(30));
+        stop->trigger(machine::cancel_signal::graceful);
+    };
+    asio::co_spawn(f.io, vm_side, asio::detached);
+    co_run(f.io, vm::follow_connections(f.ctx, "web", log, stop, std::chrono::milliseconds(5)));
+
+    strings types;
+    for (const auto& e : f.events->seen) types.push_back(e.type + " " + e.vm);
+    BOOST_TEST(types == (strings{"net.allowed web", "net.refused web", "net.allowed web"}), boost::test_tools::per_element());
+    BOOST_REQUIRE(f.events->seen.size() == 3u);
+    const auto& a = f.events->seen[0];
+    BOOST_TEST(a.text("host") == "github.com");
+    BOOST_TEST(std::get<std::int64_t>(*a.find("port")) == 443);
+    BOOST_TEST(std::get<std::int64_t>(*a.find("bytes_up")) == 517);
+    BOOST_TEST(std::get<std::int64_t>(*a.find("bytes_down")) == 4096);
+    BOOST_TEST(std::get<std::int64_t>(*a.find("duration_ms")) == 80);
+    const auto& r = f.events->seen[1];
+    BOOST_TEST(r.text("reason") == "not in egress");
+    BOOST_TEST(std::get<std::int64_t>(*r.find("suppressed")) == 7);
+    // The human line: short, escaped.
+    const std::string line = machine::events::terminal_sink::render(r);
+    BOOST_TEST(line.find('\x1b') == std::string::npos, line);
+    BOOST_TEST(line.find("net: REFUSED tcp ") == 0u, line);
+    BOOST_TEST(line.find("evil.example:443: not in egress (+7 like it)") != std::string::npos, line);
 }
 
 BOOST_AUTO_TEST_CASE(a_tail_drops_an_overlong_line_whole_and_reads_in_bounded_chunks) {
