@@ -71,12 +71,6 @@ awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel, co
         agent = co_await prepare_agent_forwarding(ctx, project, inst, true);
         lima.set_environment(agent.env);
     }
-    // The VM's network before it starts: with a Lima that isolates VMs, its egress proxy serves
-    // the project's policy (a running VM's too, so a changed policy applies at once). An
-    // allowlist this Lima cannot enforce fails here, before anything is created.
-    const std::optional<fs::path> egress = co_await prepare_network(ctx, name, target.network);
-    if (const std::string said = describe_egress(target.network, target.allowed); !said.empty()) ctx.say(name, said);
-    const fs::path egress_socket_path = egress.value_or(fs::path());
     // Lima forwards the agent (or not) by the instance's ssh.forwardAgent, from its creation; a
     // project that changed forward_agent since gets it at the VM's next start (a running VM's
     // user was told by prepare_agent_forwarding).
@@ -89,6 +83,12 @@ awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel, co
         ctx.emit(events::vm_done(name, "ready", since(t0)));
         co_return;
     }
+    // The VM's network before it starts: with a Lima that isolates VMs, its egress proxy serves
+    // the project's policy (a running VM's too, so a changed policy applies at once). An
+    // allowlist this Lima cannot enforce fails here, before anything is created.
+    const std::optional<fs::path> egress = co_await prepare_network(ctx, name, target.network);
+    if (const std::string said = describe_egress(target.network, target.allowed); !said.empty()) ctx.say(name, said);
+    const fs::path egress_socket_path = egress.value_or(fs::path());
     fs::path create_from;  // set when the start creates the VM from the project's template
     if (!existing) {
         // Nothing is created for a project whose code cannot be fetched.
