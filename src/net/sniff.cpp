@@ -174,13 +174,10 @@ sniff_result sniff_tls(std::string_view buf, std::size_t max_bytes) {
     std::size_t pos = 0;
     for (;;) {
         // Enough handshake bytes: is the message whole, and is it a ClientHello?
-        if (handshake.size() >= 4) {
-            if (static_cast<unsigned char>(handshake[0]) != tls_client_hello) return bad("not a ClientHello");
-            std::uint32_t length = 0;
-            reader h(handshake);
-            std::uint32_t type = 0;
-            h.u8(type);
-            h.u24(length);
+        reader h(handshake);
+        std::uint32_t type = 0, length = 0;
+        if (h.u8(type) && h.u24(length)) {
+            if (type != tls_client_hello) return bad("not a ClientHello");
             // The records carrying it cost at least one 5-byte header per 16 KiB on top.
             if (std::size_t{length} + 4 + 5 > max_bytes) return bad("ClientHello over " + std::to_string(max_bytes) + " bytes");
             if (handshake.size() >= std::size_t{length} + 4) {
@@ -189,17 +186,19 @@ sniff_result sniff_tls(std::string_view buf, std::size_t max_bytes) {
         }
         if (buf.size() - pos < 5) break;
         reader rec(buf.substr(pos, 5));
-        std::uint32_t type = 0, version = 0, length = 0;
-        rec.u8(type);
+        std::uint32_t record_type = 0, version = 0, record_length = 0;
+        rec.u8(record_type);
         rec.u16(version);
-        rec.u16(length);
-        if (type != tls_handshake_record) return bad("TLS record before the ClientHello is whole");
+        rec.u16(record_length);
+        if (record_type != tls_handshake_record) return bad("TLS record before the ClientHello is whole");
         if ((version >> 8) != 3) return bad("bad TLS record version");
-        if (length == 0 || length > tls_max_fragment) return bad("bad TLS record length");
-        if (pos + 5 + length > max_bytes) return bad("ClientHello over " + std::to_string(max_bytes) + " bytes");
-        if (buf.size() - pos - 5 < length) break;
-        handshake.append(buf.substr(pos + 5, length));
-        pos += 5 + length;
+        if (record_length == 0 || record_length > tls_max_fragment) return bad("bad TLS record length");
+        if (pos + 5 + record_length > max_bytes) {
+            return bad("ClientHello over " + std::to_string(max_bytes) + " bytes");
+        }
+        if (buf.size() - pos - 5 < record_length) break;
+        handshake.append(buf.substr(pos + 5, record_length));
+        pos += 5 + record_length;
     }
     if (buf.size() >= max_bytes) return bad("ClientHello over " + std::to_string(max_bytes) + " bytes");
     return need_more();
@@ -504,7 +503,10 @@ sniff_result sniff(std::string_view buf, std::size_t max_bytes) {
         return sniff_tls(buf, max_bytes);
     }
     if (may_be_http(buf)) {
-        if (buf.find(' ') == std::string_view::npos) return need_more();  // still in the method
+        if (buf.find(' ') == std::string_view::npos) {  // still in the method
+            return buf.size() >= max_bytes ? bad("request head over " + std::to_string(max_bytes) + " bytes")
+                                            : need_more();
+        }
         return sniff_http(buf, max_bytes);
     }
     sniff_result r;

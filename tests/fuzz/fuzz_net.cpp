@@ -67,7 +67,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     if (size < 2) return 0;
     const std::string_view in(reinterpret_cast<const char*>(data + 2), size - 2);
     switch (data[0] % 3) {
-    case 0: check_sniff(in, 16 + data[1] * 4, in.size() * data[1] / 255); break;
+    case 0: check_sniff(in, 1 + data[1] * 8, in.size() * data[1] / 255); break;
     case 1: check_proxy(in); break;
     default: check_dns(in); break;
     }

@@ -419,6 +419,9 @@ BOOST_AUTO_TEST_CASE(http_oversized_head) {
     const auto r = sniff(std::string_view(endless).substr(0, 1024), 1024);
     BOOST_TEST(r.state == parse_state::bad);
     BOOST_TEST(r.problem == "request head over 1024 bytes");
+    // Even a limit shorter than a method holds.
+    BOOST_TEST(sniff("CONNEC", 6).state == parse_state::bad);
+    BOOST_TEST(sniff("CONNE", 6).state == parse_state::need_more);
 }
 
 BOOST_AUTO_TEST_CASE(other_protocols_decided_at_once) {
