@@ -540,7 +540,7 @@ BOOST_AUTO_TEST_CASE(appended_records_become_net_events_as_they_come) {
     allowed.duration_ms = 80;
     machine::net::audit_record refused;
     refused.kind = "tcp";
-    refused.host = "\x1b[2Jevil.example";
+    refused.host = "evil.example";
     refused.port = 443;
     refused.reason = "not in egress";
     refused.suppressed = 7;
@@ -548,7 +548,12 @@ BOOST_AUTO_TEST_CASE(appended_records_become_net_events_as_they_come) {
 
     auto vm_side = [&]() -> asio::awaitable<void> {
         co_await machine::sleep_for(std::chrono::milliseconds(30));
-        append(log, machine::net::to_json_line(allowed) + "\nnot json\n" + torn.substr(0, 10));
+        // A record with a raw control byte was not written by the proxy (it escapes what it
+        // records): skipped like any foreign line.
+        machine::net::audit_record forged = refused;
+        forged.host = "\x1b]0;pwned\x07.example";
+        append(log, machine::net::to_json_line(allowed) + "\nnot json\n" + machine::net::to_json_line(forged) + "\n" +
+                        torn.substr(0, 10));
         co_await machine::sleep_for(std::chrono::milliseconds(30));
         append(log, torn.substr(10) + "\n");
         co_await machine::sleep_for(std::chrono::milliseconds(30));
@@ -573,11 +578,9 @@ BOOST_AUTO_TEST_CASE(appended_records_become_net_events_as_they_come) {
     const auto& r = f.events->seen[1];
     BOOST_TEST(r.text("reason") == "not in egress");
     BOOST_TEST(std::get<std::int64_t>(*r.find("suppressed")) == 7);
-    // The human line: short, escaped.
-    const std::string line = machine::events::terminal_sink::render(r);
-    BOOST_TEST(line.find('\x1b') == std::string::npos, line);
-    BOOST_TEST(line.find("net: REFUSED tcp ") == 0u, line);
-    BOOST_TEST(line.find("evil.example:443: not in egress (+7 like it)") != std::string::npos, line);
+    // The human lines: short.
+    BOOST_TEST(machine::events::terminal_sink::render(r) == "net: REFUSED tcp evil.example:443: not in egress (+7 like it)");
+    BOOST_TEST(machine::events::terminal_sink::render(a) == "net: allowed tcp github.com:443 (517 B up, 4096 B down, 80 ms)");
 }
 
 BOOST_AUTO_TEST_CASE(a_tail_drops_an_overlong_line_whole_and_reads_in_bounded_chunks) {
