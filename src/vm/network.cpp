@@ -11,6 +11,7 @@
 
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -115,12 +116,18 @@ bool first_time(const std::string& name, const std::string& what) {
     return true;
 }
 
-// SIGTERM to the recorded proxy of `name`, only when that pid is still its net-proxy, then a
-// short wait for it to go.
+// SIGTERM to the proxy of `name` at `pid`, only when that pid is still its net-proxy (checked
+// through a pidfd, so a process given the pid meanwhile is never hit), then a short wait for it
+// to go.
 awaitable<void> stop_proxy(const std::string& name, int pid) {
-    if (pid <= 0 || !is_net_proxy_for(pid, name)) co_return;
-    ::kill(pid, SIGTERM);
-    for (int i = 0; i < 100 && is_net_proxy_for(pid, name); ++i) co_await sleep_for(20ms);
+    if (pid <= 0) co_return;
+    const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+    if (pidfd < 0) co_return;
+    if (is_net_proxy_for(pid, name)) {
+        ::syscall(SYS_pidfd_send_signal, pidfd, SIGTERM, nullptr, 0);
+        for (int i = 0; i < 100 && is_net_proxy_for(pid, name); ++i) co_await sleep_for(20ms);
+    }
+    ::close(pidfd);
 }
 
 } // namespace
@@ -273,7 +280,10 @@ awaitable<void> ensure_egress_proxy(context& ctx, std::string name, net::policy 
                     " (set MACHINE_STATE_DIR to a shorter directory)");
     const auto argv = net_proxy_argv(fs::read_symlink("/proc/self/exe"), name, ctx.lima.instance_dir(name), rules);
     const std::string wanted = fingerprint_of(argv);
-    const int pid = recorded_pid(name);
+    int pid = recorded_pid(name);
+    // A proxy that lost its record (its state directory was removed) is still found by its
+    // socket: replaced, not left serving beside a new one.
+    if (!is_net_proxy_for(pid, name)) pid = listener_pid(socket_path);
     proxy_seen seen;
     seen.running = is_net_proxy_for(pid, name);
     seen.accepts = seen.running && listener_pid(socket_path) == pid;
