@@ -291,7 +291,8 @@ awaitable<void> ensure_egress_proxy(context& ctx, std::string name, net::policy 
     const proxy_action action = decide_proxy(seen, wanted);
     if (action == proxy_action::keep) co_return;
     if (action == proxy_action::replace) {
-        ctx.say(name, "the VM's network policy changed: restarting its egress proxy");
+        ctx.say(name, seen.fingerprint.empty() ? "restarting the VM's egress proxy (its policy was not recorded)"
+                                               : "the VM's network policy changed: restarting its egress proxy");
         co_await stop_proxy(name, pid);
     }
     std::error_code ec;
