@@ -73,6 +73,16 @@ struct project {
     /// CA certificates for the guest's trust store: file paths, or "host" for the host's
     /// locally added CAs (/usr/local/share/ca-certificates). Default ["host"].
     std::vector<std::string> ca_certs{"host"};
+    /// Ports on the host's 127.0.0.1 the VM may reach through its gateway (`host_ports = [5432]`);
+    /// nothing else on the host is reachable. Each 1..65535, no duplicates, in file order.
+    std::vector<int> host_ports;
+    /// `egress = ["github.com", "*.githubusercontent.com"]`: the hosts the VM may reach. nullopt
+    /// (the key absent): the open internet; present, even empty: only these (plus what the
+    /// project's profiles and machine's own provisioning need). Each a net::host_pattern_problem
+    /// -free pattern.
+    std::optional<std::vector<std::string>> egress;
+    /// Where each `egress` entry was written (`projects.toml:4:11: web.egress[0]`).
+    std::vector<std::string> egress_origins;
     /// Key fingerprints ("SHA256:...") the forwarded agent is limited to; empty = whole agent.
     std::vector<std::string> agent_keys;
     std::vector<secret_source> secrets;  ///< in file order
@@ -165,6 +175,10 @@ std::optional<std::string> normalize_size(std::string_view text);
 /// A duration as profiles' step timeouts and `clone_timeout` write it: one or more
 /// `<integer><s|m|h>` ("90s", "10m", "1h30m"). nullopt when malformed or zero.
 std::optional<std::chrono::seconds> parse_duration(std::string_view text);
+
+/// Why `entry` cannot be an `egress` entry (projects.toml, .machine.toml, a profile): longer than
+/// 255 bytes, or net::host_pattern_problem's reason with the entry (escaped); "" when it can.
+std::string egress_entry_problem(std::string_view entry);
 
 /// Bytes in a normalized size ("4GiB" -> 4294967296), rounded down; 0 when it is not one.
 long long size_bytes(std::string_view normalized);

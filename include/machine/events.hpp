@@ -42,6 +42,10 @@ inline constexpr const char* message = "message";          // level, text
 inline constexpr const char* error = "error";              // message, [diagnostics]
 inline constexpr const char* vm_done = "vm.done";          // outcome, duration_ms
 inline constexpr const char* guest = "guest.event";        // event, agent_seq, then the agent's fields
+// A connection (or DNS question) of the VM, from its egress proxy's audit log: kind, host, port,
+// bytes_up, bytes_down, duration_ms, [reason], [suppressed]
+inline constexpr const char* net_allowed = "net.allowed";
+inline constexpr const char* net_refused = "net.refused";
 } // namespace type
 
 // VM lifecycle states as machine reports them.
@@ -57,6 +61,21 @@ event vm_done(std::string vm, std::string outcome, std::chrono::milliseconds too
 // An event from the VM's guest agent (its journal), with the agent's own fields after ours.
 event guest_event(std::string vm, std::string name, std::uint64_t seq,
                   std::vector<std::pair<std::string, value>> fields);
+
+// One audit record of a VM's egress proxy (net::audit_record without its time: the event has
+// its own). Everything in it came from the VM's traffic.
+struct connection {
+    bool allowed = false;
+    std::string kind;  ///< "tcp" or "dns"
+    std::string host;
+    int port = 0;
+    std::int64_t bytes_up = 0;
+    std::int64_t bytes_down = 0;
+    std::int64_t duration_ms = 0;
+    std::string reason;           ///< why it was refused ("" when allowed)
+    std::int64_t suppressed = 0;  ///< records the proxy's rate limit folded into this one
+};
+event net_connection(std::string vm, connection c);
 
 // The envelope as one JSON line (without the newline).
 std::string to_json_line(const event& e);

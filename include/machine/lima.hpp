@@ -49,6 +49,9 @@ struct instance {
     std::optional<bool> forward_agent;  // config.ssh.forwardAgent, when listed
 };
 
+// `machineEgress` of `limactl info`'s JSON: true only when it says so.
+bool parse_info_isolates(std::string_view json_text);
+
 // limactl printed something we cannot understand.
 class protocol_error : public error {
 public:
@@ -145,6 +148,7 @@ struct argv_builder {
     std::vector<std::string> shell(const std::string& name, const std::vector<std::string>& cmd,
                                    const std::string& workdir) const;
     std::vector<std::string> version() const;
+    std::vector<std::string> info() const;
 };
 
 using line_handler = std::function<void(std::string_view)>;
@@ -180,6 +184,10 @@ public:
     virtual void set_environment(environment env) = 0;
 
     virtual asio::awaitable<std::string> version() = 0;
+    // Whether this Lima runs each VM's network outside the guest's reach, through machine's
+    // egress proxy (`limactl info` says `"machineEgress": true`: the stand-in). Asked once per
+    // process.
+    virtual asio::awaitable<bool> isolates_network() = 0;
     virtual asio::awaitable<std::vector<instance>> list() = 0;
     // nullopt when no such instance exists.
     virtual asio::awaitable<std::optional<instance>> find(std::string name) = 0;
@@ -220,6 +228,7 @@ public:
     const argv_builder& argv() const { return argv_; }
 
     asio::awaitable<std::string> version() override;
+    asio::awaitable<bool> isolates_network() override;
     asio::awaitable<std::vector<instance>> list() override;
     asio::awaitable<std::optional<instance>> find(std::string name) override;
     asio::awaitable<std::vector<instance>> find_all(std::vector<std::string> names) override;

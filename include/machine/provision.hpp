@@ -41,6 +41,9 @@ struct profile {
     bool bake = true;                    ///< may be part of the cached base disk
     bool uses_git_values = false;        ///< some step's env holds ${git.*}
     std::vector<step> steps;
+    /// Hosts its steps fetch from (`egress = ["registry.npmjs.org"]`): a project with an egress
+    /// allowlist gets them too, so it still provisions. Empty: none declared.
+    std::vector<std::string> egress;
     std::string source;                  ///< "builtin:<name>.toml" or the file's path
 };
 

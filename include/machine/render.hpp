@@ -39,13 +39,18 @@ host_facts detect_host();
 // entry and the reason.
 std::vector<std::string> resolve_ca_certs(const config::project& p, const host_facts& host);
 
-// The rendered lima.yaml for `p`.
-std::string lima_yaml(const config::project& p, const host_facts& host);
+// The rendered lima.yaml for `p`. With `egress_socket` (a Lima that isolates the VM's
+// network, lima::driver::isolates_network), it ends with `machineEgress: {socket: PATH}`: the
+// Unix socket of machine's egress proxy, the VM's only way out.
+std::string lima_yaml(const config::project& p, const host_facts& host,
+                      const std::filesystem::path& egress_socket = {});
 
 // What a clone of a cached base must change to become project `p`'s VM: a `limactl clone
 // --set` expression (yq) assigning p's own cpus, memory, disk, agent forwarding, port rules and
 // CA certificates. Every value is JSON, never raw text from the config.
-std::string clone_settings(const config::project& p, const host_facts& host);
+// With `egress_socket`, the clone's `machineEgress.socket` is set to it (a base has its own).
+std::string clone_settings(const config::project& p, const host_facts& host,
+                           const std::filesystem::path& egress_socket = {});
 
 // The template's text as compiled in.
 std::string_view base_template();

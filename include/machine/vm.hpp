@@ -22,6 +22,7 @@
 #include "machine/config.hpp"
 #include "machine/events.hpp"
 #include "machine/lima.hpp"
+#include "machine/net.hpp"
 #include "machine/protocol.hpp"
 #include "machine/provision.hpp"
 #include "machine/ssh.hpp"
@@ -48,6 +49,9 @@ public:
     // The user's SSH agent, probed once per command (agent_forwarding.cpp): `up --all` with a
     // hung agent waits for it once, not once per project.
     std::optional<agent_proxy::agent_probe> agent_probe;
+    // Starts a VM's egress proxy (prepare_network); unset: ensure_egress_proxy. Tests replace
+    // it to see what would run without starting a process.
+    std::function<asio::awaitable<void>(std::string name, net::policy rules)> egress_proxy;
 
     void emit(events::event e) { bus.emit(std::move(e)); }
     void say(const std::string& vm, const std::string& text) { emit(events::message(vm, "info", text)); }
@@ -119,6 +123,9 @@ struct up_target {
     provision::plan plan;         ///< what the project's profiles do before its repos are cloned
     provision::plan after_clone;  ///< what they do once the repos are there
     provision::plan base;         ///< the part a cached base disk holds (bake profiles, in order)
+    /// What the VM may reach (egress_policy_of), with where each allowed host came from.
+    net::policy network;
+    std::vector<net::allow_entry> allowed;
 };
 
 /// The built-in profiles plus the user's own (<config dir>/profiles/*.toml).
@@ -191,11 +198,76 @@ asio::awaitable<void> down(context& ctx, const std::string& name);
 /// on; false aborts with an error.
 asio::awaitable<void> destroy(context& ctx, const std::string& name, std::function<bool()> confirm);
 
+// ---- The VM's network ---------------------------------------------------------------------------
+
+/// Who adds hosts to a project's allowlist, besides the project itself.
+inline constexpr const char* provisioning_origin = "machine's provisioning";
+
+/// The hosts machine itself makes the VM fetch from during `up`: each repo's host (the clone
+/// runs in the VM) and the npm registry (a fresh clone's dependencies). Repos on a local path
+/// or an IP address add nothing.
+std::vector<std::string> provisioning_hosts(const config::project& p);
+
+/// The host a git URL fetches from ("git@github.com:a/b" -> "github.com"); "" for a local path.
+std::string repo_host(std::string_view url);
+
+/// The policy project `p` gets with its (resolved) profiles: the open internet without
+/// `egress`; with it, the project's entries, then each profile's `egress`, then
+/// provisioning_hosts(p), each pattern once (its first origin kept). host_ports as written.
+/// Throws config_error for a profile declaring a bad host.
+net::policy egress_policy_of(const config::project& p, const provision::catalog& cat,
+                             const std::vector<std::string>& profiles, std::vector<net::allow_entry>* allowed);
+
+/// One line for `up`: "egress: 3 hosts from projects.toml, 2 from profiles (node, agents), 2 for
+/// machine's provisioning (github.com, registry.npmjs.org)"; "" for the open internet.
+std::string describe_egress(const net::policy& rules, const std::vector<net::allow_entry>& allowed);
+
+/// `<state>/net/<name>.sock` (hashed when the path would not fit a Unix socket address).
+std::filesystem::path egress_socket(const std::string& name);
+
+/// `<state>/<name>/net.jsonl`: the VM's audit log, written by its proxy (rotated to net.jsonl.1).
+std::filesystem::path audit_log_of(const std::string& name);
+
+/// `machine net-proxy ...` for VM `name` (Lima directory `vm_dir`) with `rules`, the
+/// executable first.
+std::vector<std::string> net_proxy_argv(const std::filesystem::path& exe, const std::string& name,
+                                        const std::filesystem::path& vm_dir, const net::policy& rules);
+
+/// What is known about a VM's egress proxy, from its pidfile and fingerprint file.
+struct proxy_seen {
+    bool running = false;      ///< the recorded pid is a live `machine net-proxy --vm NAME`
+    bool accepts = false;      ///< its socket accepts a connection
+    std::string fingerprint;   ///< of the argv it was started with ("" when none recorded)
+};
+enum class proxy_action { keep, start, replace };
+/// Keep a running proxy with the wanted fingerprint that accepts; replace one that runs with
+/// another policy (or has stopped accepting); start one when none runs. Pure.
+proxy_action decide_proxy(const proxy_seen& seen, const std::string& wanted_fingerprint);
+
+/// Whether a command line (NUL-separated, as /proc/<pid>/cmdline) is `EXE net-proxy ... --vm
+/// NAME ...`, and whether process `pid` runs one: only such a process is ever signalled.
+bool is_net_proxy_cmdline(std::string_view cmdline, const std::string& name);
+bool is_net_proxy_for(int pid, const std::string& name);
+
+/// Makes sure VM `name` has a network machine can allow: when ctx.lima isolates VMs, starts (or
+/// replaces, saying so) its egress proxy with `rules` and returns the socket for its template;
+/// otherwise refuses an allowlist (config_error naming the project) and returns nullopt, noting
+/// once per project that host isolation is then only the guest's own firewall.
+asio::awaitable<std::optional<std::filesystem::path>> prepare_network(context& ctx, const std::string& name,
+                                                                      const net::policy& rules);
+
+/// The proxy part of prepare_network: VM `name`'s `machine net-proxy` serving `rules` on
+/// egress_socket(name), started detached (log `<state>/<name>/net-proxy.log`) and waited for,
+/// or kept when one already serves that policy, or replaced (saying so) when one serves another.
+/// Its pid and policy fingerprint are recorded next to its log.
+asio::awaitable<void> ensure_egress_proxy(context& ctx, std::string name, net::policy rules);
+
 // ---- Watching ----------------------------------------------------------------------------------
 
 struct watch_options {
     std::vector<std::string> names;             // the VMs to watch; none: every VM
     std::chrono::milliseconds poll{2000};       // how often Lima's list is polled
+    std::chrono::milliseconds audit_poll{250};  // how often each VM's audit log is read
     // The project `name` when its secrets are rendered again after a boot (secrets_on_up).
     std::function<std::optional<config::project>(const std::string& name)> secrets_on_up;
 };
@@ -205,6 +277,12 @@ struct watch_options {
 /// events (with ctx.agent), and the secrets of a project with secrets_on_up rendered again after
 /// a boot, all told as events. Nothing it started is left running.
 asio::awaitable<void> watch(context& ctx, watch_options opt);
+
+/// watch's follower of one VM's network: each record appended to `audit_log` (its egress
+/// proxy's, audit_log_of) while it runs becomes a net.allowed or net.refused event, across the
+/// log's rotations, a torn last line waited for. Runs until `stop` fires.
+asio::awaitable<void> follow_connections(context& ctx, std::string name, std::filesystem::path audit_log,
+                                         std::shared_ptr<cancel_signal> stop, std::chrono::milliseconds poll);
 
 // ---- Agent forwarding --------------------------------------------------------------------------
 

@@ -83,6 +83,9 @@ asio::awaitable<int> cmd_agent_session(context& ctx, std::string agent, std::opt
 // `machine sessions`: the agent sessions of a VM (sessions.cpp).
 asio::awaitable<int> cmd_sessions(context& ctx, std::optional<std::string> name);
 // `machine secrets`: renders a project's secrets into its running VM, or clears them (secrets.cpp).
+// `machine net`: the last `last` connections of a project's VM and a summary by destination,
+// from its egress proxy's audit log (net.cpp).
+asio::awaitable<int> cmd_net(context& ctx, std::optional<std::string> name, int last);
 // `machine doctor`: preflight checks of this computer (doctor.cpp); exit 1 when one failed.
 asio::awaitable<int> cmd_doctor(context& ctx);
 // `machine init`: the documented example as the user's projects.toml (init.cpp).

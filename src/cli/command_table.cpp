@@ -79,6 +79,10 @@ asio::awaitable<int> secrets(context& ctx, const arguments& a) {
     co_return co_await cmd_secrets(ctx, a.value("name"), a.value("--repo"), action);
 }
 
+asio::awaitable<int> net(context& ctx, const arguments& a) {
+    co_return co_await cmd_net(ctx, a.value("name"), a.number("--last"));
+}
+
 asio::awaitable<int> init(context& ctx, const arguments&) { co_return co_await cmd_init(ctx); }
 
 asio::awaitable<int> doctor(context& ctx, const arguments&) { co_return co_await cmd_doctor(ctx); }
@@ -211,6 +215,11 @@ connection.)"}, pin),
                          excluding(flag("--list", "the sets rendered in the VM: names, variable counts, sizes, times"),
                                    {"--clear", "--repo"}),
                          json_flag()}}, secrets),
+        row({.name = "net",
+             .help = "a VM's last connections (allowed and refused) and a summary by destination",
+             .options = {positional("name", kProject, completes::project),
+                         number("--last", "how many of the last connections to list", 20),
+                         json_flag("one JSON object: records and summary")}}, net),
         row({.name = "init",
              .help = "write a documented projects.toml to start from (never over an existing one)"}, init),
         row({.name = "doctor",

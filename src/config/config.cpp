@@ -4,9 +4,11 @@
 #include "git_origin.hpp"
 #include "toml_fields.hpp"
 
+#include "machine/net.hpp"
 #include "machine/text.hpp"
 
 #include <algorithm>
+#include <set>
 #include <span>
 
 namespace machine::config {
@@ -184,6 +186,35 @@ std::optional<port_forwarding> read_ports(const field& f) {
     return listed;
 }
 
+// `host_ports = [5432, 6379]`: host loopback ports the VM may reach, each once.
+std::optional<std::vector<int>> read_host_ports(const field& f) {
+    const auto* array = f.value.as_array();
+    if (!array) {
+        f.report("expected an array of port numbers, got " + describe(f.value));
+        return std::nullopt;
+    }
+    std::vector<int> ports;
+    std::set<int> seen;
+    bool ok = true;
+    for (std::size_t i = 0; i < array->size(); ++i) {
+        const field e = detail::element_field(f, *array, i);
+        const auto port = read_port(e);
+        if (port && !seen.insert(*port).second) {
+            e.report("port " + std::to_string(*port) + " is listed twice");
+            ok = false;
+        } else if (port) {
+            ports.push_back(*port);
+        }
+        ok = ok && port;
+    }
+    if (!ok) return std::nullopt;
+    return ports;
+}
+
+// A cloned repository's .machine.toml is hostile: its allowlist is bounded like everything
+// else read from it (and projects.toml gets the same bounds, one rule for both).
+constexpr std::size_t max_egress_entries = 256;
+
 // ---- [[web.secrets]]: one source of secrets per table ----
 
 // What one entry may say; read_secret_entry() then checks the combination.
@@ -298,9 +329,9 @@ void default_secret_sets(project& p) {
 
 // ---- projects.toml top-level settings ----
 
-// Where each profile name of `f` was written, so that later checks (an unknown profile) can
-// point at it.
-std::vector<std::string> profile_origins(const field& f) {
+// Where each element of `f` was written (each profile name, each egress entry), so that later
+// checks (an unknown profile) and messages (where an allowed host came from) can point at it.
+std::vector<std::string> element_origins(const field& f) {
     std::vector<std::string> at;
     if (const auto* array = f.value.as_array()) {
         for (std::size_t i = 0; i < array->size(); ++i) {
@@ -323,7 +354,7 @@ void apply_default_profile(const field& f, settings& s) {
         return;
     }
     s.default_profile_set = true;
-    s.default_profile_origins = profile_origins(f);
+    s.default_profile_origins = element_origins(f);
 }
 
 void apply_default_shell(const field& f, settings& s) {
@@ -347,7 +378,7 @@ void apply_repos(const field& f, project& p) {
 }
 void apply_profiles(const field& f, project& p) {
     if (auto v = detail::read_strings(f, profile_problem)) p.profiles = std::move(*v);
-    p.profile_origins = profile_origins(f);
+    p.profile_origins = element_origins(f);
     p.builtin_profiles = false;
 }
 void apply_shell(const field& f, project& p) {
@@ -378,6 +409,19 @@ void apply_ports(const field& f, project& p) {
 void apply_ca_certs(const field& f, project& p) {
     if (auto v = detail::read_strings(f, ca_cert_problem)) p.ca_certs = std::move(*v);
 }
+void apply_host_ports(const field& f, project& p) {
+    if (auto v = read_host_ports(f)) p.host_ports = std::move(*v);
+}
+void apply_egress(const field& f, project& p) {
+    if (const auto* array = f.value.as_array(); array && array->size() > max_egress_entries) {
+        f.report("at most " + std::to_string(max_egress_entries) + " entries, got " + std::to_string(array->size()));
+        return;
+    }
+    auto v = detail::read_strings(f, egress_entry_problem);
+    if (!v) return;
+    p.egress = std::move(*v);
+    p.egress_origins = element_origins(f);
+}
 void apply_repo_ca_certs(const field& f, project& p) {
     if (auto v = detail::read_strings(f, repo_ca_cert_problem)) p.ca_certs = std::move(*v);
 }
@@ -398,6 +442,8 @@ constexpr key_rule<project> project_keys[] = {
     {"memory", apply_memory},
     {"disk", apply_disk},
     {"ports", apply_ports},
+    {"host_ports", apply_host_ports},
+    {"egress", apply_egress},
     {"ca_certs", apply_ca_certs},
     {"agent_keys", apply_agent_keys},
     {"secrets", apply_secrets},
@@ -482,6 +528,14 @@ std::vector<std::string> origin_repos(const fs::path& dir) {
 }
 
 } // namespace
+
+std::string egress_entry_problem(std::string_view entry) {
+    constexpr std::size_t max_bytes = 255;
+    if (entry.size() > max_bytes) return "longer than " + std::to_string(max_bytes) + " bytes: not a host name";
+    if (std::string problem = net::host_pattern_problem(entry); !problem.empty())
+        return problem + ", got " + toml_string(entry);
+    return {};
+}
 
 project settings::defaults_for(const std::string& name) const {
     project p;

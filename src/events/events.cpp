@@ -68,6 +68,18 @@ event vm_done(std::string vm, std::string outcome, std::chrono::milliseconds too
                 {{"outcome", std::move(outcome)}, {"duration_ms", std::int64_t(took.count())}});
 }
 
+event net_connection(std::string vm, connection c) {
+    std::vector<std::pair<std::string, value>> f{{"kind", std::move(c.kind)},
+                                                 {"host", std::move(c.host)},
+                                                 {"port", static_cast<std::int64_t>(c.port)},
+                                                 {"bytes_up", c.bytes_up},
+                                                 {"bytes_down", c.bytes_down},
+                                                 {"duration_ms", c.duration_ms}};
+    if (!c.reason.empty()) f.emplace_back("reason", std::move(c.reason));
+    if (c.suppressed > 0) f.emplace_back("suppressed", c.suppressed);
+    return make(std::move(vm), c.allowed ? type::net_allowed : type::net_refused, std::move(f));
+}
+
 event guest_event(std::string vm, std::string name, std::uint64_t seq,
                   std::vector<std::pair<std::string, value>> fields) {
     // The agent's own seq is `agent_seq`: `seq` is the envelope's. Fields may not shadow

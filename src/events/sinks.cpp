@@ -59,6 +59,21 @@ value escaped(const value& v) {
     return v;  // numbers and booleans print as themselves
 }
 
+// "net: allowed tcp github.com:443 (1200 B up, 3400 B down, 812 ms)",
+// "net: REFUSED tcp evil.example:443: not in egress (+12 like it)".
+std::string describe_connection(const event& e) {
+    const bool allowed = e.type == type::net_allowed;
+    std::string line = std::string("net: ") + (allowed ? "allowed " : "REFUSED ") + e.text("kind") + " " +
+                       e.text("host") + ":" + number(e, "port");
+    if (allowed)
+        line += " (" + number(e, "bytes_up") + " B up, " + number(e, "bytes_down") + " B down, " +
+                number(e, "duration_ms") + " ms)";
+    else if (const std::string reason = e.text("reason"); !reason.empty())
+        line += ": " + reason;
+    if (e.find("suppressed")) line += " (+" + number(e, "suppressed") + " like it)";
+    return line;
+}
+
 // The line for an event whose text is already escaped.
 std::string describe(const event& e) {
     const std::string_view t = e.type;
@@ -87,6 +102,7 @@ std::string describe(const event& e) {
         }
         return line;
     }
+    if (t == type::net_allowed || t == type::net_refused) return describe_connection(e);
     return {};  // lima.status and other machine-oriented events stay out of the human view
 }
 

@@ -311,4 +311,11 @@ std::optional<std::chrono::system_clock::time_point> parse_rfc3339(std::string_v
            std::chrono::duration_cast<std::chrono::system_clock::duration>(std::chrono::nanoseconds(nanos));
 }
 
+bool parse_info_isolates(std::string_view json_text) {
+    const json doc = json::parse(json_text, nullptr, false);
+    if (!doc.is_object()) return false;
+    const auto it = doc.find("machineEgress");
+    return it != doc.end() && it->is_boolean() && it->get<bool>();
+}
+
 } // namespace machine::lima

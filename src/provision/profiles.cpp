@@ -151,6 +151,9 @@ void apply_requires(const field& f, profile_draft& d) {
 void apply_bake(const field& f, profile_draft& d) {
     if (auto v = config::detail::read_bool(f)) d.p.bake = *v;
 }
+void apply_egress(const field& f, profile_draft& d) {
+    if (auto v = config::detail::read_strings(f, config::egress_entry_problem)) d.p.egress = std::move(*v);
+}
 void apply_steps(const field& f, profile_draft& d) {
     const auto* array = f.value.as_array();
     if (!array || !array->is_array_of_tables()) {
@@ -178,6 +181,7 @@ void apply_steps(const field& f, profile_draft& d) {
 constexpr key_rule<profile_draft> profile_keys[] = {
     {"description", apply_description}, {"requires", apply_requires},
     {"bake", apply_bake},               {"step", apply_steps},
+    {"egress", apply_egress},
 };
 
 } // namespace

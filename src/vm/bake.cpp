@@ -106,8 +106,11 @@ awaitable<std::string> ensure_base(context& ctx, const up_target& t, bool force,
 
     config::project p = proto;
     p.name = name;
+    // The base fetches what its profiles install: the open internet (a base is shared by every
+    // project; each clone gets its own project's policy), never the host.
+    const std::optional<fs::path> egress = co_await prepare_network(ctx, name, net::policy{});
     const fs::path tmpl = project_state_dir(name) / "lima.yaml";
-    paths::write_file_atomic(tmpl, render::lima_yaml(p, host), 0600);
+    paths::write_file_atomic(tmpl, render::lima_yaml(p, host, egress.value_or(fs::path())), 0600);
     const auto t0 = std::chrono::steady_clock::now();
     ctx.emit(events::step_started(name, "create"));
     expect_new_vm_key(name);  // the throwaway VM's key is pinned at its first connection

@@ -165,6 +165,7 @@ up_target make_target(const provision::catalog& cat, provision::host_values host
     t.plan.profiles = t.after_clone.profiles = all.profiles;
     for (const auto& s : all.steps) (s.after_clone ? t.after_clone : t.plan).steps.push_back(s);
     t.base = provision::bakeable_prefix(cat, t.plan);
+    t.network = egress_policy_of(p, cat, all.profiles, &t.allowed);
     t.project = std::move(p);
     return t;
 }

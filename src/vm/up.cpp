@@ -83,6 +83,12 @@ awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel, co
         ctx.emit(events::vm_done(name, "ready", since(t0)));
         co_return;
     }
+    // The VM's network before it starts: with a Lima that isolates VMs, its egress proxy serves
+    // the project's policy (a running VM's too, so a changed policy applies at once). An
+    // allowlist this Lima cannot enforce fails here, before anything is created.
+    const std::optional<fs::path> egress = co_await prepare_network(ctx, name, target.network);
+    if (const std::string said = describe_egress(target.network, target.allowed); !said.empty()) ctx.say(name, said);
+    const fs::path egress_socket_path = egress.value_or(fs::path());
     fs::path create_from;  // set when the start creates the VM from the project's template
     if (!existing) {
         // Nothing is created for a project whose code cannot be fetched.
@@ -95,13 +101,13 @@ awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel, co
         // meant to be, for people and tools to read.
         const render::host_facts host = render::detect_host();
         const fs::path tmpl = project_state_dir(name) / "lima.yaml";
-        paths::write_file_atomic(tmpl, render::lima_yaml(project, host), 0600);
+        paths::write_file_atomic(tmpl, render::lima_yaml(project, host, egress_socket_path), 0600);
         spdlog::debug("vm={} rendered {}", name, tmpl.string());
         if (from_base) {
             const std::string base = co_await ensure_base(ctx, target, false, cancel);
             ctx.emit(events::step_started(name, "create"));
             const auto tc = std::chrono::steady_clock::now();
-            std::vector<std::string> sets{render::clone_settings(project, host)};
+            std::vector<std::string> sets{render::clone_settings(project, host, egress_socket_path)};
             co_await lima.clone(base, name, sets);
             ctx.emit(events::step_finished(name, "create", true, since(tc), "copy-on-write clone of " + base));
             existing = co_await lima.find(name);

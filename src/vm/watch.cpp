@@ -11,6 +11,7 @@
 #include <asio/this_coro.hpp>
 #include <spdlog/spdlog.h>
 
+#include "audit_tail.hpp"
 #include "render_gate.hpp"
 #include "tasks.hpp"
 #include "machine/async.hpp"
@@ -100,6 +101,20 @@ awaitable<void> follow_vm(context& ctx, std::string name, fs::path ha_log, std::
 
 // Until `cancel` fires (or this wait loses its race).
 awaitable<void> until_cancelled(cancel_signal& cancel) { co_await cancel.until_above(cancel_signal::none); }
+
+events::connection connection_of(net::audit_record r) {
+    events::connection c;
+    c.allowed = r.allowed;
+    c.kind = std::move(r.kind);
+    c.host = std::move(r.host);
+    c.port = r.port;
+    c.bytes_up = r.bytes_up;
+    c.bytes_down = r.bytes_down;
+    c.duration_ms = r.duration_ms;
+    c.reason = std::move(r.reason);
+    c.suppressed = r.suppressed;
+    return c;
+}
 
 // One connection's worth of agent events: connect, say hello, subscribe from the cursor.
 awaitable<void> stream_agent_once(context& ctx, std::string name, fs::path ssh_config,
@@ -202,6 +217,24 @@ awaitable<void> rerender_secrets(context& ctx, config::project project, fs::path
 
 } // namespace
 
+awaitable<void> follow_connections(context& ctx, std::string name, fs::path audit_log, std::shared_ptr<cancel_signal> stop,
+                                   std::chrono::milliseconds poll) {
+    // The log's past is not news; a log that appears later (a new VM's) is, from its start.
+    line_tail tail(audit_log);
+    std::uint64_t dropped = 0;
+    while (stop->current() == cancel_signal::none) {
+        // A torn or foreign line is skipped (parse_audit_line); the proxy caps how fast lines come.
+        for (const auto& line : tail.poll())
+            if (auto r = net::parse_audit_line(line)) ctx.emit(events::net_connection(name, connection_of(std::move(*r))));
+        if (tail.dropped_lines() != dropped) {
+            ctx.emit(events::message(name, "warning", "skipped " + std::to_string(tail.dropped_lines() - dropped) +
+                                                          " overlong line(s) of its audit log"));
+            dropped = tail.dropped_lines();
+        }
+        co_await first_of(sleep_for(poll), until_cancelled(*stop));
+    }
+}
+
 awaitable<void> watch(context& ctx, watch_options opt) {
     const std::vector<std::string>& names = opt.names;
     auto& lima = ctx.lima;
@@ -258,6 +291,10 @@ awaitable<void> watch(context& ctx, watch_options opt) {
                         return follow_vm(ctx, name, log, stop, follow_since, cursor);
                     };
                     followers.spawn(std::move(follow));
+                    auto connections = [&ctx, name, stop = vm.stop, poll = opt.audit_poll]() {
+                        return follow_connections(ctx, name, audit_log_of(name), stop, poll);
+                    };
+                    followers.spawn(std::move(connections));
                     known = vms.emplace(name, std::move(vm)).first;
                 } else if (known->second.status != status) {
                     if (known->second.status == "running") known->second.cursor->gate.lima_stopped();

@@ -29,6 +29,7 @@
 
 #include "command_table.hpp"
 #include "machine/cancel.hpp"
+#include "machine/net.hpp"
 #include "machine/proc.hpp"
 
 extern char** environ;
@@ -1505,6 +1506,7 @@ const std::map<std::string, probe>& probes() {
         {"codex", {{"codex", "--session", "Bad!"}, 2, "invalid session name 'Bad!'"}},
         {"sessions", {{"sessions", "nosuch"}, 1, "VM 'nosuch' does not exist (run 'machine up nosuch')"}},
         {"secrets", {{"secrets", "nosuch"}, 1, "VM 'nosuch' does not exist (run 'machine up nosuch')"}},
+        {"net", {{"net", "nosuch"}, 0, "no connections recorded for 'nosuch' yet"}},
         {"init", {{"init"}, 1, "projects.toml already exists"}},
         {"doctor", {{"doctor", "--json"}, 1, "\"checks\""}},
         {"completion", {{"completion", "fish"}, 0, "complete -c machine"}},
@@ -1739,6 +1741,95 @@ BOOST_AUTO_TEST_CASE(a_broken_config_completes_nothing_and_prints_nothing) {
     BOOST_TEST(fish.err.empty());
     // zsh offers the options instead, as it does whenever a positional has no candidates.
     for (const auto& word : zsh_completes(w, "machine up ").words) BOOST_TEST(word.rfind("--", 0) == 0, word);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// `machine net`: a VM's audit log (written by its egress proxy; here by hand) as a table and a
+// summary, or as JSON. The records came from a VM: nothing in them reaches the terminal raw.
+BOOST_AUTO_TEST_SUITE(cli_net)
+
+namespace {
+
+machine::net::audit_record record(bool allowed, std::string host, int port, std::int64_t up, std::int64_t down,
+                                  std::string reason = {}, std::string kind = "tcp") {
+    machine::net::audit_record r;
+    r.ts = std::chrono::system_clock::time_point(std::chrono::seconds(1796000000));
+    r.allowed = allowed;
+    r.kind = std::move(kind);
+    r.host = std::move(host);
+    r.port = port;
+    r.bytes_up = up;
+    r.bytes_down = down;
+    r.duration_ms = 42;
+    r.reason = std::move(reason);
+    return r;
+}
+
+void write_audit_log(world& w, const std::string& name, const std::vector<machine::net::audit_record>& records,
+                     const std::string& tail = {}) {
+    fs::create_directories(w.root / "state" / name);
+    std::ofstream out(w.root / "state" / name / "net.jsonl", std::ios::binary);
+    for (const auto& r : records) out << machine::net::to_json_line(r) << "\n";
+    out << tail;
+}
+
+} // namespace
+
+BOOST_AUTO_TEST_CASE(net_lists_the_last_connections_then_a_summary_by_destination) {
+    world w;
+    // What the proxy writes is escaped already; a line with a raw control byte is forged, and
+    // skipped like a torn or foreign one.
+    const std::string escaped_host = "\\x1b]0;pwned\\x07evil.example";
+    write_audit_log(w, "web",
+                    {record(true, "github.com", 443, 100, 2000), record(false, escaped_host, 443, 0, 0, "not in egress"),
+                     record(true, "github.com", 443, 10, 20), record(false, "\x1b[2Jforged.example", 443, 0, 0),
+                     record(false, "tracker.example", 53, 0, 0, "not in egress", "dns"),
+                     record(true, "github.com", 443, 1, 2)},
+                    "not a record\n{\"torn\": ");
+    const proc::result r = w.machine({"net", "web"});
+    BOOST_TEST(r.exit_code == 0, r.err);
+    BOOST_TEST(contains(r.out, "last 5 of 5 connections of 'web'"), r.out);
+    BOOST_TEST(contains(r.out, "REFUSED"));
+    BOOST_TEST(contains(r.out, "tracker.example (dns)"));
+    BOOST_TEST(contains(r.out, "evil.example:443"));
+    BOOST_TEST(!contains(r.out, "forged.example"));
+    BOOST_TEST(r.out.find('\x1b') == std::string::npos, r.out);
+    BOOST_TEST(r.out.find('\x07') == std::string::npos);
+    // The summary: github.com first (3 connections), with its bytes added up.
+    const auto summary = r.out.find("by destination:");
+    BOOST_REQUIRE(summary != std::string::npos);
+    const std::vector<std::string> rows = lines_of(r.out.substr(summary));
+    BOOST_REQUIRE(rows.size() == 5u);  // heading, columns, three destinations
+    BOOST_TEST(rows[2].rfind("github.com:443 ", 0) == 0u, rows[2]);
+    BOOST_TEST(contains(rows[2], "       3        0"), rows[2]);
+
+    const proc::result last = w.machine({"net", "web", "--last", "2"});
+    BOOST_TEST(contains(last.out, "last 2 of 5 connections"));
+    BOOST_TEST(!contains(last.out.substr(0, last.out.find("by destination:")), "evil.example"));
+
+    const proc::result j = w.machine({"net", "web", "--json", "--last", "3"});
+    BOOST_TEST(j.exit_code == 0);
+    const json doc = json::parse(j.out);
+    BOOST_TEST(doc["vm"] == "web");
+    BOOST_REQUIRE(doc["records"].size() == 3u);
+    BOOST_TEST(doc["records"][0]["allowed"] == true);
+    BOOST_TEST(doc["records"][1]["kind"] == "dns");
+    BOOST_TEST(doc["records"][1]["reason"] == "not in egress");
+    BOOST_REQUIRE(doc["summary"].size() == 3u);
+    BOOST_TEST(doc["summary"][0]["destination"] == "github.com:443");
+    BOOST_TEST(doc["summary"][0]["allowed"] == 3);
+    BOOST_TEST(doc["summary"][0]["bytes_down"] == 2022);
+}
+
+BOOST_AUTO_TEST_CASE(net_without_a_log_says_so_and_succeeds) {
+    world w;
+    const proc::result r = w.machine({"net", "web"});
+    BOOST_TEST(r.exit_code == 0);
+    BOOST_TEST(contains(r.out, "no connections recorded for 'web' yet"), r.out);
+    const proc::result j = w.machine({"net", "web", "--json"});
+    BOOST_TEST(json::parse(j.out)["records"].empty());
+    BOOST_TEST(w.machine({"net", "web", "--last", "0"}).exit_code == 2);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

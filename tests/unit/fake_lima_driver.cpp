@@ -43,6 +43,9 @@ awaitable<std::string> fake_lima_driver::version() {
     co_return "2.2.0";
 }
 
+// A property of the Lima, not a call to record: the real client asks once per process.
+awaitable<bool> fake_lima_driver::isolates_network() { co_return world_->isolates_network; }
+
 awaitable<std::vector<lima::instance>> fake_lima_driver::list() {
     call("list", {});
     std::vector<lima::instance> out;

@@ -29,6 +29,7 @@ public:
         std::set<std::string> failing;                       // verbs that throw lima::command_error
         std::vector<lima::ha_event> boot_events;             // what follow_host_agent reports during a start
         std::vector<lima::environment> environments;         // set_environment, in order
+        bool isolates_network = false;                       // what `limactl info` would say
     };
 
     explicit fake_lima_driver(std::shared_ptr<world> w = std::make_shared<world>()) : world_(std::move(w)) {}
@@ -40,6 +41,7 @@ public:
     std::unique_ptr<lima::driver> fork(cancel_signal* cancel, lima::timeouts t) const override;
     void set_environment(lima::environment env) override;
     asio::awaitable<std::string> version() override;
+    asio::awaitable<bool> isolates_network() override;
     asio::awaitable<std::vector<lima::instance>> list() override;
     asio::awaitable<std::optional<lima::instance>> find(std::string name) override;
     asio::awaitable<std::vector<lima::instance>> find_all(std::vector<std::string> names) override;

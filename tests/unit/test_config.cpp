@@ -24,7 +24,7 @@ const host_resources big_host{.cpus = 8, .memory_bytes = 32LL << 30};
 const std::string name_rule =
     " (use a-z, 0-9 and hyphens, starting with a letter or digit, at most 63 characters)";
 const std::string project_keys_list =
-    "repos, profiles, shell, forward_agent, cpus, memory, disk, ports, ca_certs, agent_keys, secrets, "
+    "repos, profiles, shell, forward_agent, cpus, memory, disk, ports, host_ports, egress, ca_certs, agent_keys, secrets, "
     "secrets_on_up, clone_timeout";
 
 config parse(std::string_view text, const host_resources& host = big_host) {
@@ -450,6 +450,82 @@ BOOST_AUTO_TEST_CASE(bad_ports_point_at_the_element) {
     BOOST_TEST(parse_error("[web]\nports = 8080\n") ==
                "projects.toml:2:1: web.ports: expected true, false or an array of port numbers, got "
                "8080");
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// What a VM may reach: host loopback ports, and an egress allowlist (absent: the open internet).
+BOOST_AUTO_TEST_SUITE(config_network)
+
+BOOST_AUTO_TEST_CASE(host_ports_and_egress_are_read_with_where_each_host_was_written) {
+    const config c = parse(R"([open]
+[web]
+host_ports = [5432, 6379]
+egress = ["github.com", "*.githubusercontent.com"]
+[closed]
+egress = []
+)");
+    const project& open = c.projects.at("open");
+    BOOST_TEST(open.host_ports.empty());
+    BOOST_TEST(!open.egress.has_value());  // the open internet
+    const project& web = c.projects.at("web");
+    BOOST_TEST(web.host_ports == (std::vector<int>{5432, 6379}), boost::test_tools::per_element());
+    BOOST_REQUIRE(web.egress.has_value());
+    BOOST_TEST(*web.egress == (std::vector<std::string>{"github.com", "*.githubusercontent.com"}),
+               boost::test_tools::per_element());
+    BOOST_TEST(web.egress_origins ==
+                   (std::vector<std::string>{"projects.toml:4:11: web.egress[0]", "projects.toml:4:25: web.egress[1]"}),
+               boost::test_tools::per_element());
+    // Present and empty is an allowlist of nothing, not the open internet.
+    BOOST_REQUIRE(c.projects.at("closed").egress.has_value());
+    BOOST_TEST(c.projects.at("closed").egress->empty());
+}
+
+BOOST_AUTO_TEST_CASE(bad_host_ports_point_at_the_element) {
+    BOOST_TEST(parse_error("[web]\nhost_ports = [5432, 0]\n") ==
+               "projects.toml:2:21: web.host_ports[1]: expected a port from 1 to 65535, got 0");
+    BOOST_TEST(parse_error("[web]\nhost_ports = [5432, 6379, 5432]\n") ==
+               "projects.toml:2:27: web.host_ports[2]: port 5432 is listed twice");
+    BOOST_TEST(parse_error("[web]\nhost_ports = true\n") ==
+               "projects.toml:2:1: web.host_ports: expected an array of port numbers, got true");
+}
+
+BOOST_AUTO_TEST_CASE(an_egress_entry_that_is_no_host_pattern_is_refused_where_it_was_written) {
+    for (const char* bad : {"10.0.0.1", "https://github.com", "git hub.com", "*github.com", "localhost", ""}) {
+        BOOST_TEST_CONTEXT(bad) {
+            const std::string message = parse_error(std::string("[web]\negress = [\"github.com\", \"") + bad + "\"]\n");
+            BOOST_TEST(message.rfind("projects.toml:2:25: web.egress[1]: ", 0) == 0u, message);
+        }
+    }
+    BOOST_TEST(parse_error("[web]\negress = \"github.com\"\n") ==
+               "projects.toml:2:1: web.egress: expected an array of strings, got \"github.com\"");
+}
+
+// A cloned repository's .machine.toml is as hostile as the rest of it: the list and each entry
+// are bounded, and what it wrote reaches a message escaped.
+BOOST_AUTO_TEST_CASE(a_repository_cannot_hand_machine_an_unbounded_or_hostile_allowlist) {
+    temp_dir tmp;
+    std::string many = "egress = [";
+    for (int i = 0; i < 257; ++i) many += "\"h" + std::to_string(i) + ".example.com\", ";
+    many += "]\n";
+    write(tmp.path / "app" / ".machine.toml", many);
+    const std::string too_many = load_error(options_in(tmp, tmp.path / "app"));
+    BOOST_TEST(too_many == (tmp.path / "app" / ".machine.toml").string() + ":1:1: egress: at most 256 entries, got 257");
+
+    write(tmp.path / "app" / ".machine.toml", "egress = [\"" + std::string(300, 'a') + ".com\"]\n");
+    const std::string too_long = load_error(options_in(tmp, tmp.path / "app"));
+    BOOST_TEST(too_long.find("egress[0]: longer than 255 bytes") != std::string::npos, too_long);
+
+    write(tmp.path / "app" / ".machine.toml", "egress = [\"evil\\u001b]0;pwned\\u0007.com\"]\n");
+    const std::string hostile = load_error(options_in(tmp, tmp.path / "app"));
+    BOOST_TEST(hostile.find("egress[0]: ") != std::string::npos, hostile);
+    BOOST_TEST(!has_raw_control(hostile), hostile);
+
+    write(tmp.path / "app" / ".machine.toml", "egress = [\"api.example.com\"]\nhost_ports = [5432]\n");
+    const project p = load(options_in(tmp, tmp.path / "app")).resolve("app");
+    BOOST_TEST(p.egress.value_or(std::vector<std::string>{}) == (std::vector<std::string>{"api.example.com"}),
+               boost::test_tools::per_element());
+    BOOST_TEST(p.host_ports == (std::vector<int>{5432}), boost::test_tools::per_element());
 }
 
 BOOST_AUTO_TEST_SUITE_END()

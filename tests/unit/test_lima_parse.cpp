@@ -35,6 +35,17 @@ std::string fixture(const std::string& name) {
 
 BOOST_AUTO_TEST_SUITE(lima_parse)
 
+// `limactl info`: only an explicit `"machineEgress": true` (the stand-in with its network
+// boundary) makes machine rely on isolation outside the VM.
+BOOST_AUTO_TEST_CASE(info_says_whether_lima_isolates_the_network) {
+    BOOST_TEST(lima::parse_info_isolates(R"({"version": "2.0.0", "machineEgress": true})"));
+    BOOST_TEST(!lima::parse_info_isolates(R"({"version": "2.0.0"})"));  // Lima itself
+    BOOST_TEST(!lima::parse_info_isolates(R"({"machineEgress": false})"));
+    BOOST_TEST(!lima::parse_info_isolates(R"({"machineEgress": "true"})"));
+    BOOST_TEST(!lima::parse_info_isolates("not json"));
+    BOOST_TEST(!lima::parse_info_isolates("[true]"));
+}
+
 BOOST_AUTO_TEST_CASE(list_running) {
     const auto list = lima::parse_list(fixture("list-running.jsonl"));
     BOOST_REQUIRE(list.size() == 1u);

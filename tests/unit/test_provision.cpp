@@ -111,10 +111,15 @@ BOOST_AUTO_TEST_CASE(bad_profile_files_name_file_line_column_and_key) {
          "p.toml:4:9: step[0].env.S: ${git.*} and ${vm.shell} need `bake = false`: a cached base is shared by every project"},
         {"description = \"nothing\"\n", "p.toml:1:1: a profile needs at least one [[step]]"},
         {"[[step]]\nname = \"x\"\nrun = \"a\"\nenv = { \"1X\" = \"v\" }\n", "p.toml:4:9: step[0].env.1X: not a valid environment variable name"},
+        {"egress = [\"registry.npmjs.org\", \"10.0.0.1\"]\n[[step]]\nname = \"x\"\nrun = \"a\"\n",
+         "p.toml:1:33: egress[1]: "},
     };
     for (const auto& c : cases) {
         BOOST_TEST_CONTEXT(c.text) {
-            BOOST_TEST(error_of([&] { catalog::parse(c.text, "p", "p.toml"); }) == c.message);
+            const std::string message = error_of([&] { catalog::parse(c.text, "p", "p.toml"); });
+            // An egress entry's reason is net::host_pattern_problem's: only where it points is ours.
+            if (std::string_view(c.message).ends_with(": ")) BOOST_TEST(message.rfind(c.message, 0) == 0u, message);
+            else BOOST_TEST(message == c.message);
         }
     }
 }
@@ -226,6 +231,15 @@ BOOST_AUTO_TEST_CASE(the_built_in_profiles_load_and_cover_the_default_set) {
             BOOST_TEST(!p->steps.empty());
         }
     }
+    // Each built-in profile whose steps fetch declares the hosts (for projects with an egress
+    // allowlist): Debian's archive for the apt ones, the npm registry for node and the agents.
+    using hosts = std::vector<std::string>;
+    const hosts debian{"deb.debian.org", "security.debian.org"};
+    for (const char* apt : {"base", "docker", "gh"}) BOOST_TEST(c.find(apt)->egress == debian, apt);
+    for (const char* npm : {"node", "agents"}) BOOST_TEST(c.find(npm)->egress == hosts{"registry.npmjs.org"}, npm);
+    for (const char* none : {"shell", "git-signing"}) BOOST_TEST(c.find(none)->egress.empty(), none);
+    const auto declared = catalog::parse("egress = [\"*.example.com\"]\n[[step]]\nname = \"x\"\nrun = \"a\"\n", "p", "p.toml");
+    BOOST_TEST(declared.egress == hosts{"*.example.com"}, boost::test_tools::per_element());
     // The default set plans without error, and only the per-project ones (the login shell,
     // git-signing) stay out of the base.
     const auto order = provision::resolve_profiles(c, provision::default_profiles(), at("default"));

@@ -6,6 +6,12 @@
 #include <cstdlib>
 #include <fstream>
 
+#include <asio/co_spawn.hpp>
+#include <asio/detached.hpp>
+
+#include "machine/async.hpp"
+
+#include "audit_tail.hpp"
 #include "bake.hpp"
 #include "fake_lima_driver.hpp"
 #include "machine/error.hpp"
@@ -271,6 +277,323 @@ BOOST_AUTO_TEST_CASE(destroy_asks_first_and_refuses_a_protected_vm) {
     BOOST_TEST(f.lima.state().calls.back() == "delete web --force");
     BOOST_TEST(f.lima.state().instances.count("web") == 0u);
     BOOST_TEST(!fs::exists(state.of("web")));
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// ---- The VM's network: its policy, its template key and its egress proxy ----------------------
+
+namespace {
+
+std::string read_text(const fs::path& p) {
+    std::ifstream in(p);
+    return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+// A fake context whose egress proxy is recorded, not started.
+struct network_context : fake_vm_context {
+    std::vector<std::pair<std::string, machine::net::policy>> proxies;
+    explicit network_context(bool isolating) {
+        lima.state().isolates_network = isolating;
+        ctx.egress_proxy = [this](std::string name, machine::net::policy rules) -> asio::awaitable<void> {
+            proxies.emplace_back(std::move(name), std::move(rules));
+            co_return;
+        };
+    }
+};
+
+vm::up_target with_allowlist(vm::up_target t, strings hosts) {
+    t.project.egress = hosts;
+    t.network.allow = hosts;
+    return t;
+}
+
+} // namespace
+
+BOOST_AUTO_TEST_SUITE(vm_network)
+
+BOOST_AUTO_TEST_CASE(an_isolating_lima_gets_the_proxy_socket_in_the_template_and_the_proxy_first) {
+    state_dir state;
+    network_context f(true);
+    vm::up_target t = target("web");
+    t.network.host_ports = {5432};
+    co_run(f.io, vm::up_one(f.ctx, t, &f.cancel, nullptr));
+
+    const std::string yaml = read_text(state.of("web") / "lima.yaml");
+    const fs::path socket = vm::egress_socket("web");
+    BOOST_TEST(yaml.find("\nmachineEgress:\n  socket: \"" + socket.string() + "\"\n") != std::string::npos, yaml);
+    BOOST_REQUIRE(f.proxies.size() == 1u);
+    BOOST_TEST(f.proxies[0].first == "web");
+    BOOST_TEST(!f.proxies[0].second.allow.has_value());  // the open internet
+    BOOST_TEST(f.proxies[0].second.host_ports == (std::vector<int>{5432}), boost::test_tools::per_element());
+}
+
+BOOST_AUTO_TEST_CASE(a_lima_that_cannot_isolate_gets_no_key_and_no_proxy) {
+    state_dir state;
+    network_context f(false);
+    co_run(f.io, vm::up_one(f.ctx, target("web"), &f.cancel, nullptr));
+
+    BOOST_TEST(read_text(state.of("web") / "lima.yaml").find("machineEgress") == std::string::npos);
+    BOOST_TEST(f.proxies.empty());
+}
+
+BOOST_AUTO_TEST_CASE(a_clone_of_a_base_is_pointed_at_its_own_proxy) {
+    state_dir state;
+    network_context f(true);
+    f.ctx.agent = true;  // a base is only used with the guest agent
+    const vm::up_target t = with_base(target("web"));
+    f.lima.add(vm::base_name(t), lima::status::stopped);
+    fs::create_directories(state.of(vm::base_name(t)));
+    std::ofstream(state.of(vm::base_name(t)) / "baked") << "{}\n";
+    // The clone is made; the start after it fails (the fake has no guest), which is past what
+    // this test looks at.
+    f.lima.state().failing = {"start"};
+    BOOST_CHECK_THROW(co_run(f.io, vm::up_one(f.ctx, t, &f.cancel, nullptr)), std::exception);
+
+    std::string clone_call;
+    for (const auto& c : f.lima.state().calls)
+        if (c.rfind("clone ", 0) == 0) clone_call = c;
+    BOOST_TEST(clone_call.find(".machineEgress.socket = \"" + vm::egress_socket("web").string() + "\"") !=
+                   std::string::npos,
+               clone_call);
+}
+
+BOOST_AUTO_TEST_CASE(an_allowlist_on_a_lima_that_cannot_isolate_is_refused_before_anything_is_created) {
+    state_dir state;
+    network_context f(false);
+    try {
+        co_run(f.io, vm::up_one(f.ctx, with_allowlist(target("web"), {"github.com"}), &f.cancel, nullptr));
+        BOOST_FAIL("an allowlist nobody can enforce was accepted");
+    } catch (const config::config_error& e) {
+        const std::string message = e.what();
+        BOOST_TEST(message.find("project 'web': egress allowlists need a network machine can enforce outside the VM") == 0u,
+                   message);
+        BOOST_TEST((e.code() == machine::exit_code::usage));
+    }
+    BOOST_TEST(f.lima.state().calls == strings{"list web"}, boost::test_tools::per_element());
+    BOOST_TEST(f.proxies.empty());
+}
+
+BOOST_AUTO_TEST_CASE(without_isolation_the_guest_firewall_notice_comes_once_per_project) {
+    state_dir state;
+    network_context f(false);
+    f.ctx.agent = true;  // the firewall in the VM is the agent's to install
+    const machine::net::policy open;
+    BOOST_TEST(!co_run(f.io, vm::prepare_network(f.ctx, "web", open)).has_value());
+    BOOST_TEST(!co_run(f.io, vm::prepare_network(f.ctx, "web", open)).has_value());
+    const strings lines = f.events->lines();
+    BOOST_REQUIRE(lines.size() == 1u);
+    BOOST_TEST(lines[0].find("message web warning this Lima cannot keep the VM off the host's ports") == 0u, lines[0]);
+    BOOST_TEST(lines[0].find("root in the VM can remove it") != std::string::npos);
+}
+
+BOOST_AUTO_TEST_CASE(the_policy_lists_the_projects_hosts_then_its_profiles_then_machines_with_origins) {
+    const auto cat = machine::provision::catalog::builtin();
+    config::project p;
+    p.name = "web";
+    p.repos = {"git@github.com:acme/web.git", "https://GitLab.com/acme/api", "/srv/git/local.git", "ssh://git@10.0.0.5/x.git"};
+    p.egress = strings{"api.anthropic.com", "registry.npmjs.org"};
+    p.egress_origins = {"/home/u/.config/machine/projects.toml:4:11: web.egress[0]",
+                        "/home/u/.config/machine/projects.toml:4:32: web.egress[1]"};
+    p.host_ports = {5432};
+    std::vector<machine::net::allow_entry> allowed;
+    const auto rules = vm::egress_policy_of(p, cat, {"base", "node", "agents"}, &allowed);
+
+    std::vector<std::string> shown;
+    for (const auto& e : allowed) shown.push_back(e.pattern + " <- " + e.origin);
+    BOOST_TEST(shown == (strings{"api.anthropic.com <- /home/u/.config/machine/projects.toml:4:11: web.egress[0]",
+                                 "registry.npmjs.org <- /home/u/.config/machine/projects.toml:4:32: web.egress[1]",
+                                 "deb.debian.org <- profile base",
+                                 "security.debian.org <- profile base",
+                                 // node's and agents' registry.npmjs.org: the project named it first
+                                 "github.com <- machine's provisioning",
+                                 "gitlab.com <- machine's provisioning",
+                                 "registry.yarnpkg.com <- machine's provisioning"}),
+               boost::test_tools::per_element());
+    BOOST_REQUIRE(rules.allow.has_value());
+    BOOST_TEST(rules.allow->size() == allowed.size());
+    BOOST_TEST(rules.host_ports == (std::vector<int>{5432}), boost::test_tools::per_element());
+    BOOST_TEST(vm::describe_egress(rules, allowed) ==
+               "egress: 2 hosts from projects.toml, 2 hosts from profiles (base), 3 hosts for machine's provisioning "
+               "(github.com, gitlab.com, registry.yarnpkg.com)");
+
+    // Without `egress`: the open internet, whatever the profiles declare.
+    p.egress.reset();
+    const auto open = vm::egress_policy_of(p, cat, {"base", "node"}, &allowed);
+    BOOST_TEST(!open.allow.has_value());
+    BOOST_TEST(allowed.empty());
+    BOOST_TEST(vm::describe_egress(open, allowed).empty());
+}
+
+BOOST_AUTO_TEST_CASE(repo_hosts_are_names_only) {
+    BOOST_TEST(vm::repo_host("git@github.com:acme/web.git") == "github.com");
+    BOOST_TEST(vm::repo_host("https://user:tok@Git.Example.com:8443/a/b") == "git.example.com");
+    BOOST_TEST(vm::repo_host("ssh://git@[::1]:22/x") == "");
+    BOOST_TEST(vm::repo_host("git://127.0.0.1/x") == "");
+    BOOST_TEST(vm::repo_host("file:///srv/x.git") == "");
+    BOOST_TEST(vm::repo_host("/srv/git/x.git") == "");
+    BOOST_TEST(vm::repo_host("./x:y") == "");
+    BOOST_TEST(vm::repo_host("localhost:x.git") == "");
+}
+
+BOOST_AUTO_TEST_CASE(the_proxy_is_kept_replaced_or_started_by_what_was_recorded) {
+    using vm::proxy_action;
+    auto seen = [](bool running, bool accepts, std::string fp) { return vm::proxy_seen{running, accepts, std::move(fp)}; };
+    BOOST_TEST((vm::decide_proxy(seen(true, true, "abc"), "abc") == proxy_action::keep));
+    BOOST_TEST((vm::decide_proxy(seen(true, true, "abc"), "def") == proxy_action::replace));  // policy changed
+    BOOST_TEST((vm::decide_proxy(seen(true, false, "abc"), "abc") == proxy_action::replace)); // stopped accepting
+    BOOST_TEST((vm::decide_proxy(seen(false, false, "abc"), "abc") == proxy_action::start));  // died, or a stale pid
+    BOOST_TEST((vm::decide_proxy(seen(false, false, ""), "abc") == proxy_action::start));     // never started
+}
+
+BOOST_AUTO_TEST_CASE(only_that_vms_net_proxy_is_ever_signalled) {
+    BOOST_TEST(vm::is_net_proxy_cmdline(std::string("/usr/bin/machine\0net-proxy\0--vm\0web\0--listen\0/s\0", 43), "web"));
+    BOOST_TEST(!vm::is_net_proxy_cmdline(std::string("/usr/bin/machine\0net-proxy\0--vm\0web2\0", 37), "web"));
+    BOOST_TEST(!vm::is_net_proxy_cmdline(std::string("/usr/bin/machine\0agent-proxy\0--vm\0web\0", 38), "web"));
+    BOOST_TEST(!vm::is_net_proxy_cmdline(std::string("/bin/sh\0-c\0net-proxy --vm web\0", 30), "web"));
+    BOOST_TEST(!vm::is_net_proxy_cmdline("", "web"));
+    // This test process (a recycled pid would look like this) is no proxy.
+    BOOST_TEST(!vm::is_net_proxy_for(static_cast<int>(::getpid()), "web"));
+    BOOST_TEST(!vm::is_net_proxy_for(0, "web"));
+}
+
+BOOST_AUTO_TEST_CASE(the_proxy_argv_carries_the_policy_and_its_socket_fits_a_unix_address) {
+    state_dir state;
+    machine::net::policy rules;
+    rules.allow = strings{"github.com", "*.npmjs.org"};
+    rules.host_ports = {5432};
+    const strings argv = vm::net_proxy_argv("/usr/bin/machine", "web", "/lima/web", rules);
+    BOOST_TEST(argv == (strings{"/usr/bin/machine", "net-proxy", "--vm", "web", "--listen", vm::egress_socket("web").string(),
+                                "--vm-dir", "/lima/web", "--audit-log", (state.of("web") / "net.jsonl").string(),
+                                "--egress", "allowlist", "--allow", "github.com", "--allow", "*.npmjs.org",
+                                "--host-port", "5432"}),
+               boost::test_tools::per_element());
+    const strings open = vm::net_proxy_argv("/usr/bin/machine", "web", "/lima/web", machine::net::policy{});
+    BOOST_TEST(open.back() == "open");
+
+    const std::string long_name(63, 'a');
+    ::setenv("MACHINE_STATE_DIR", (state.dir.path / std::string(20, 's')).c_str(), 1);
+    const fs::path hashed = vm::egress_socket(long_name);
+    BOOST_TEST(hashed.native().size() <= 107u, hashed);
+    BOOST_TEST(hashed.filename().string().size() == 16u + 5u);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// ---- watch's view of a VM's network: its audit log followed -------------------------------------
+
+namespace {
+
+void append(const fs::path& file, const std::string& text) {
+    std::ofstream out(file, std::ios::app | std::ios::binary);
+    out << text;
+}
+
+} // namespace
+
+BOOST_AUTO_TEST_SUITE(vm_watch_network)
+
+BOOST_AUTO_TEST_CASE(a_tail_sees_new_lines_only_waits_for_a_torn_line_and_follows_rotation) {
+    machine::test::temp_dir dir;
+    const fs::path log = dir.path / "net.jsonl";
+    append(log, "old 1\nold 2\n");
+    vm::line_tail tail(log);
+    BOOST_TEST(tail.poll().empty());  // its past is not news
+
+    append(log, "new 1\nnew 2 is torn");
+    BOOST_TEST(tail.poll() == strings{"new 1"}, boost::test_tools::per_element());
+    append(log, " and ends here\n");
+    BOOST_TEST(tail.poll() == strings{"new 2 is torn and ends here"}, boost::test_tools::per_element());
+
+    // Rotation as the proxy does it: the last lines land in the old file, which is renamed; a
+    // new file starts.
+    append(log, "last of the old file\n");
+    fs::rename(log, dir.path / "net.jsonl.1");
+    append(log, "first of the new file\n");
+    BOOST_TEST(tail.poll() == (strings{"last of the old file", "first of the new file"}),
+               boost::test_tools::per_element());
+
+    // Truncated in place: read again from its start.
+    fs::resize_file(log, 0);
+    append(log, "after truncation\n");
+    BOOST_TEST(tail.poll() == strings{"after truncation"}, boost::test_tools::per_element());
+}
+
+// The VM appends (through its proxy) while watch follows: each record is one event, a torn
+// line waits for its end, a foreign line is skipped, rotation loses nothing.
+BOOST_AUTO_TEST_CASE(appended_records_become_net_events_as_they_come) {
+    machine::test::temp_dir dir;
+    const fs::path log = dir.path / "net.jsonl";
+    machine::net::audit_record before;
+    before.host = "old.example";
+    append(log, machine::net::to_json_line(before) + "\n");  // before watch: not shown
+
+    fake_vm_context f;
+    auto stop = std::make_shared<machine::cancel_signal>(f.io.get_executor());
+    machine::net::audit_record allowed;
+    allowed.allowed = true;
+    allowed.kind = "tcp";
+    allowed.host = "github.com";
+    allowed.port = 443;
+    allowed.bytes_up = 517;
+    allowed.bytes_down = 4096;
+    allowed.duration_ms = 80;
+    machine::net::audit_record refused;
+    refused.kind = "tcp";
+    refused.host = "evil.example";
+    refused.port = 443;
+    refused.reason = "not in egress";
+    refused.suppressed = 7;
+    const std::string torn = machine::net::to_json_line(refused);
+
+    auto vm_side = [&]() -> asio::awaitable<void> {
+        co_await machine::sleep_for(std::chrono::milliseconds(30));
+        // A record with a raw control byte was not written by the proxy (it escapes what it
+        // records): skipped like any foreign line.
+        machine::net::audit_record forged = refused;
+        forged.host = "\x1b]0;pwned\x07.example";
+        append(log, machine::net::to_json_line(allowed) + "\nnot json\n" + machine::net::to_json_line(forged) + "\n" +
+                        torn.substr(0, 10));
+        co_await machine::sleep_for(std::chrono::milliseconds(30));
+        append(log, torn.substr(10) + "\n");
+        co_await machine::sleep_for(std::chrono::milliseconds(30));
+        fs::rename(log, dir.path / "net.jsonl.1");
+        append(log, machine::net::to_json_line(allowed) + "\n");
+        co_await machine::sleep_for(std::chrono::milliseconds(30));
+        stop->trigger(machine::cancel_signal::graceful);
+    };
+    asio::co_spawn(f.io, vm_side, asio::detached);
+    co_run(f.io, vm::follow_connections(f.ctx, "web", log, stop, std::chrono::milliseconds(5)));
+
+    strings types;
+    for (const auto& e : f.events->seen) types.push_back(e.type + " " + e.vm);
+    BOOST_TEST(types == (strings{"net.allowed web", "net.refused web", "net.allowed web"}), boost::test_tools::per_element());
+    BOOST_REQUIRE(f.events->seen.size() == 3u);
+    const auto& a = f.events->seen[0];
+    BOOST_TEST(a.text("host") == "github.com");
+    BOOST_TEST(std::get<std::int64_t>(*a.find("port")) == 443);
+    BOOST_TEST(std::get<std::int64_t>(*a.find("bytes_up")) == 517);
+    BOOST_TEST(std::get<std::int64_t>(*a.find("bytes_down")) == 4096);
+    BOOST_TEST(std::get<std::int64_t>(*a.find("duration_ms")) == 80);
+    const auto& r = f.events->seen[1];
+    BOOST_TEST(r.text("reason") == "not in egress");
+    BOOST_TEST(std::get<std::int64_t>(*r.find("suppressed")) == 7);
+    // The human lines: short.
+    BOOST_TEST(machine::events::terminal_sink::render(r) == "net: REFUSED tcp evil.example:443: not in egress (+7 like it)");
+    BOOST_TEST(machine::events::terminal_sink::render(a) == "net: allowed tcp github.com:443 (517 B up, 4096 B down, 80 ms)");
+}
+
+BOOST_AUTO_TEST_CASE(a_tail_drops_an_overlong_line_whole_and_reads_in_bounded_chunks) {
+    machine::test::temp_dir dir;
+    const fs::path log = dir.path / "net.jsonl";
+    vm::line_tail tail(log);  // no file yet: whatever appears is new
+    BOOST_TEST(tail.poll().empty());
+    append(log, std::string(vm::line_tail::max_line + 10, 'x') + "\nshort\n");
+    std::vector<std::string> seen;
+    for (int i = 0; i < 10; ++i)
+        for (auto& l : tail.poll(16 * 1024)) seen.push_back(std::move(l));
+    BOOST_TEST(seen == strings{"short"}, boost::test_tools::per_element());
+    BOOST_TEST(tail.dropped_lines() == 1u);
 }
 
 BOOST_AUTO_TEST_SUITE_END()
