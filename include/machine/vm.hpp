@@ -61,6 +61,9 @@ public:
 
 // $MACHINE_STATE_DIR/<name>: the rendered template, the host-key pin, the lock.
 std::filesystem::path project_state_dir(const std::string& name);
+/// True the first time it is asked for this project and `what` (a marker in its state
+/// directory): for a note said once per project, not on every command.
+bool first_time(const std::string& name, const std::string& what);
 
 // One machine command at a time per project: two `up`s racing on one VM would each call
 // `limactl create` or `start`. A second command waits for the first, then sees its result.

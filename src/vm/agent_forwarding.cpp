@@ -82,16 +82,6 @@ std::string key_list(const std::vector<std::string>& fps) {
     return out;
 }
 
-// Once per project (a marker in its state directory), not on every command.
-bool first_time(const std::string& name, const std::string& what) {
-    const fs::path marker = project_state_dir(name) / ("noted-" + what);
-    std::error_code ec;
-    if (fs::exists(marker, ec)) return false;
-    fs::create_directories(marker.parent_path(), ec);
-    std::ofstream(marker) << "\n";
-    return true;
-}
-
 // The agent a VM's SSH connections get is fixed when the VM starts: Lima's host agent keeps the
 // environment of `limactl start` and (re)opens the SSH master with it. `<state>/<name>/agent-mode`
 // records the choice the VM was started with; a different choice for a running VM is said, and

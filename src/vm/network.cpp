@@ -104,16 +104,6 @@ std::string fingerprint_of(const std::vector<std::string>& argv) {
     return sha256::hex(all);
 }
 
-// Once per project (a marker in its state directory), not on every command.
-bool first_time(const std::string& name, const std::string& what) {
-    const fs::path marker = project_state_dir(name) / ("noted-" + what);
-    std::error_code ec;
-    if (fs::exists(marker, ec)) return false;
-    fs::create_directories(marker.parent_path(), ec);
-    std::ofstream(marker) << "\n";
-    return true;
-}
-
 // SIGTERM to the proxy of `name` at `pid`, only when that pid is still its net-proxy (checked
 // through a pidfd, so a process given the pid meanwhile is never hit), then a short wait for it
 // to go.

@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 
 #include <spdlog/spdlog.h>
 
@@ -22,6 +23,16 @@ namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 
 fs::path project_state_dir(const std::string& name) { return paths::state_dir() / name; }
+
+bool first_time(const std::string& name, const std::string& what) {
+    const fs::path marker = project_state_dir(name) / ("noted-" + what);
+    std::error_code ec;
+    if (fs::exists(marker, ec)) return false;
+    fs::create_directories(marker.parent_path(), ec);
+    std::ofstream(marker) << "\n";
+    return true;
+}
+
 
 project_lock::project_lock(const std::string& name) {
     const fs::path dir = project_state_dir(name);
