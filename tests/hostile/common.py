@@ -167,7 +167,7 @@ class Sshd:
 
 HELLO_CAPABILITIES = ["run", "cancel", "health", "subscribe", "emit", "provision", "session.register",
                       "session.end", "session.list", "secrets.render", "secrets.clear", "secrets.list",
-                      "secrets.discover"]
+                      "secrets.discover", "network.apply"]
 
 
 def encode(obj):
