@@ -10,6 +10,7 @@
 #include "machine/render.hpp"
 #include "machine/ssh.hpp"
 #include "machine/vm.hpp"
+#include "guest_network.hpp"
 #include "lifecycle.hpp"
 #include "provisioning.hpp"
 #include "tasks.hpp"
@@ -43,6 +44,12 @@ awaitable<std::vector<prelisted>> list_before_locking(context& ctx, std::vector<
     }
     co_return seen;
 }
+
+// The guest's network rules need the project's policy and to know whether the VM's network is
+// isolated outside it. Neither exists yet on this branch: the project config's `host_ports` and
+// the driver's reading of `limactl info`'s `machineEgress` replace these two when they land.
+net::policy guest_rules_policy(const config::project&) { return {}; }
+bool isolated_outside(const context&) { return false; }
 
 } // namespace
 
@@ -124,7 +131,18 @@ awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel, co
         if (!existing) throw error("limactl start succeeded but instance '" + name + "' is not listed");
         auto session = co_await open_guest(ctx, name, *existing, cancel);
         if (!was_running) co_await wait_until_ready(ctx, name, session);
+        // The network rules go in before provisioning runs anything; a VM without nft yet gets
+        // them once the base profile has installed it.
+        guest_rules_options rules_opt;
+        rules_opt.nft_may_come = true;
+        rules_opt.isolated_outside = isolated_outside(ctx);
+        const net::policy rules_policy = guest_rules_policy(project);
+        const guest_rules_state rules = co_await install_guest_rules(ctx, name, session, rules_policy, rules_opt);
         std::size_t ran = co_await apply_plan(ctx, name, session, target.plan, cancel);
+        if (rules == guest_rules_state::waiting_for_nft) {
+            rules_opt.nft_may_come = false;
+            co_await install_guest_rules(ctx, name, session, rules_policy, rules_opt);
+        }
         co_await clone_repos(ctx, *existing, agent, project, session, render::vm_user, cancel);
         ran += co_await apply_plan(ctx, name, session, target.after_clone, cancel);
         if (project.secrets_on_up) {
