@@ -77,6 +77,11 @@ std::vector<std::string> quoted_names(std::string_view msg);
 // "limactl version 2.2.0" / "v2.2.0" / "2.2.0-153-g183a60d7" -> "2.2.0..." without the "v".
 std::string normalize_version(std::string_view text);
 
+// `limactl info`: whether this Lima isolates a VM's network outside the VM (the stand-in says
+// `"machineEgress": true` when it can run QEMU in a network namespace of its own). Anything but
+// a JSON object with exactly `true` there (Lima itself, which has no such key) is false.
+bool info_isolates_network(std::string_view info_json);
+
 // One event of the host agent's `ha.stdout.log`.
 struct port_forward {
     std::string type;  // forwarding | not-forwarding | stopping | failed
@@ -145,6 +150,7 @@ struct argv_builder {
     std::vector<std::string> shell(const std::string& name, const std::vector<std::string>& cmd,
                                    const std::string& workdir) const;
     std::vector<std::string> version() const;
+    std::vector<std::string> info() const;
 };
 
 using line_handler = std::function<void(std::string_view)>;
@@ -220,6 +226,8 @@ public:
     const argv_builder& argv() const { return argv_; }
 
     asio::awaitable<std::string> version() override;
+    // `limactl info`, read for info_isolates_network().
+    asio::awaitable<bool> isolates_network_outside();
     asio::awaitable<std::vector<instance>> list() override;
     asio::awaitable<std::optional<instance>> find(std::string name) override;
     asio::awaitable<std::vector<instance>> find_all(std::vector<std::string> names) override;

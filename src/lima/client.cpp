@@ -106,6 +106,7 @@ std::vector<std::string> argv_builder::shell(const std::string& name, const std:
 }
 
 std::vector<std::string> argv_builder::version() const { return {limactl, "--version"}; }
+std::vector<std::string> argv_builder::info() const { return {limactl, "info"}; }
 
 // ---- client ----------------------------------------------------------------------------------
 
@@ -185,6 +186,13 @@ awaitable<std::string> client::version() {
     const auto r = co_await invoke(std::move(argv), timeouts_.query, cancel_, env_);
     if (!r.ok()) fail("limactl --version", r);
     co_return normalize_version(text::trim(r.out));
+}
+
+awaitable<bool> client::isolates_network_outside() {
+    auto argv = argv_.info();
+    const auto r = co_await invoke(std::move(argv), timeouts_.query, cancel_, env_);
+    if (!r.ok()) fail("limactl info", r);
+    co_return info_isolates_network(r.out);
 }
 
 awaitable<std::vector<instance>> client::list() {

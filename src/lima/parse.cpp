@@ -22,6 +22,13 @@ std::string_view to_string(status s) {
     return "Unknown";
 }
 
+bool info_isolates_network(std::string_view info_json) {
+    const json j = json::parse(info_json, nullptr, false);
+    if (!j.is_object()) return false;
+    const auto it = j.find("machineEgress");
+    return it != j.end() && it->is_boolean() && it->get<bool>();
+}
+
 std::string normalize_version(std::string_view text) {
     std::string t = text::trim(text);
     if (const auto sp = t.rfind(' '); sp != std::string::npos) t = t.substr(sp + 1);

@@ -255,6 +255,19 @@ BOOST_AUTO_TEST_CASE(argv_vectors_never_shell_strings) {
                (std::vector<std::string>{"limactl", "--tty=false", "shell", "--workdir", "/home/dev/code/x",
                                          "web", "--", "sh", "-c", "echo $HOME; exit 3"}));
     BOOST_TEST(b.list_json({"web"}) == (std::vector<std::string>{"limactl", "--tty=false", "list", "--json", "web"}));
+    BOOST_TEST(b.info() == (std::vector<std::string>{"limactl", "info"}));
+}
+
+// `limactl info`: only an explicit `"machineEgress": true` means the VM's network is isolated
+// outside it; Lima's own output (no such key) and anything odd mean it is not.
+BOOST_AUTO_TEST_CASE(machine_egress_in_limactl_info) {
+    BOOST_TEST(lima::info_isolates_network(R"({"version": "2.2.0", "vmTypes": ["qemu"], "machineEgress": true})"));
+    BOOST_TEST(!lima::info_isolates_network(R"({"version": "2.2.0", "vmTypes": ["qemu"]})"));
+    BOOST_TEST(!lima::info_isolates_network(R"({"machineEgress": false})"));
+    BOOST_TEST(!lima::info_isolates_network(R"({"machineEgress": "true"})"));
+    BOOST_TEST(!lima::info_isolates_network(R"([{"machineEgress": true}])"));
+    BOOST_TEST(!lima::info_isolates_network("level=fatal msg=\"no\""));
+    BOOST_TEST(!lima::info_isolates_network(""));
 }
 
 BOOST_AUTO_TEST_SUITE_END()
