@@ -353,6 +353,9 @@ class ScriptedAgent:
     def on_secrets_clear(self, conn, msg):
         conn.result(msg["id"], cleared=[])
 
+    def on_network_apply(self, conn, msg):
+        conn.result(msg["id"], path="/etc/machine/network.nft", applied=True, nft_found=True)
+
     def on_health(self, conn, msg):
         conn.result(msg["id"], uptime_ms=1000, rss_kib=1000, clients=1, running=0, subscribers=0,
                     journal={"first_seq": 1, "last_seq": self.seq, "events": self.seq, "bytes": 0})
