@@ -93,10 +93,12 @@ std::string guest_ruleset(const policy& p) {
     r += "\t\tip6 daddr fec0::3 th dport 53 accept\n";
     r += "\t\tip6 daddr { fec0::/64, fe80::/10 } goto refuse\n";
     r += "\t}\n";
-    // Refused at once, so that tools fail fast instead of waiting for a timeout.
+    // Refused at once, so that tools fail fast instead of waiting for a timeout. The counters
+    // show that this table refused (`nft list chain inet machine_host_isolation refuse`), also
+    // where the namespace outside would have refused too.
     r += "\tchain refuse {\n";
-    r += "\t\tmeta l4proto tcp reject with tcp reset\n";
-    r += "\t\treject with icmpx type admin-prohibited\n";
+    r += "\t\tmeta l4proto tcp counter reject with tcp reset\n";
+    r += "\t\tcounter reject with icmpx type admin-prohibited\n";
     r += "\t}\n";
     r += "}\n";
     return r;

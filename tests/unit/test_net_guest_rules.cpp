@@ -153,7 +153,8 @@ BOOST_AUTO_TEST_CASE(what_is_refused_and_what_stays_open) {
     BOOST_TEST(contains(r, "ip6 daddr fec0::3 th dport 53 accept"));
     BOOST_TEST(contains(r, "udp dport 67 accept"));  // DHCP renewals
     BOOST_TEST(contains(r, "ct state established,related accept"));  // the host's SSH, port forwards
-    BOOST_TEST(contains(r, "meta l4proto tcp reject with tcp reset"));
+    BOOST_TEST(contains(r, "meta l4proto tcp counter reject with tcp reset"));
+    BOOST_TEST(contains(r, "counter reject with icmpx type admin-prohibited"));
     // No host port: no rule opening the gateway.
     BOOST_TEST(!contains(r, "ip daddr 192.168.5.2 tcp dport"));
 }
