@@ -1,5 +1,9 @@
 #include "guest_network.hpp"
 
+#include <arpa/inet.h>
+#include <ifaddrs.h>
+#include <netinet/in.h>
+
 #include "machine/async.hpp"
 #include "machine/guest.hpp"
 #include "machine/ssh.hpp"
@@ -21,11 +25,27 @@ std::string ports_text(const std::vector<int>& ports) {
 
 } // namespace
 
+std::vector<std::string> host_interface_addresses() {
+    std::vector<std::string> out;
+    ifaddrs* list = nullptr;
+    if (::getifaddrs(&list) != 0) return out;
+    for (const ifaddrs* i = list; i; i = i->ifa_next) {
+        if (!i->ifa_addr) continue;
+        char buf[INET6_ADDRSTRLEN] = {};
+        const void* raw = nullptr;
+        if (i->ifa_addr->sa_family == AF_INET) raw = &reinterpret_cast<const sockaddr_in*>(i->ifa_addr)->sin_addr;
+        else if (i->ifa_addr->sa_family == AF_INET6) raw = &reinterpret_cast<const sockaddr_in6*>(i->ifa_addr)->sin6_addr;
+        if (raw && ::inet_ntop(i->ifa_addr->sa_family, raw, buf, sizeof buf)) out.emplace_back(buf);
+    }
+    ::freeifaddrs(list);
+    return out;
+}
+
 awaitable<guest_rules_state> install_guest_rules(context& ctx, std::string vm, guest::connection& conn,
                                                  net::policy policy, guest_rules_options opt) {
     ctx.emit(events::step_started(vm, "firewall"));
     const auto t0 = std::chrono::steady_clock::now();
-    std::string ruleset = net::guest_ruleset(policy);
+    std::string ruleset = net::guest_ruleset(policy, opt.host_addresses);
     const protocol::network_apply_result r = co_await conn.apply_network(std::move(ruleset));
     if (r.applied) {
         const std::string line = opt.isolated_outside

@@ -6,6 +6,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <asio/awaitable.hpp>
 
@@ -33,7 +34,13 @@ struct guest_rules_options {
     /// machine's network boundary outside the VM holds (the stand-in's namespace): the rules
     /// repeat it. Else they are the only line, and up says so.
     bool isolated_outside = false;
+    /// The host's own addresses, refused in the VM too (host_interface_addresses()).
+    std::vector<std::string> host_addresses;
 };
+
+/// This computer's interface addresses (getifaddrs), as text: what a guest could reach the
+/// host's services on besides the gateway. guest_ruleset leaves loopback and link-local out.
+std::vector<std::string> host_interface_addresses();
 
 /// Sends `net::guest_ruleset(policy)` through `conn` as step "firewall". Applied: the step's
 /// detail says which line it is. Not applied (nft refused it, or nft is missing and cannot

@@ -136,6 +136,7 @@ awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel, co
         guest_rules_options rules_opt;
         rules_opt.nft_may_come = true;
         rules_opt.isolated_outside = isolated_outside(ctx);
+        rules_opt.host_addresses = host_interface_addresses();
         const net::policy rules_policy = guest_rules_policy(project);
         const guest_rules_state rules = co_await install_guest_rules(ctx, name, session, rules_policy, rules_opt);
         std::size_t ran = co_await apply_plan(ctx, name, session, target.plan, cancel);

@@ -44,9 +44,9 @@ bool namespaces_available() {
     return ok;
 }
 
-fs::path write_ruleset(const test::temp_dir& dir, const net::policy& p) {
+fs::path write_ruleset(const test::temp_dir& dir, const net::policy& p, const std::vector<std::string>& hosts = {}) {
     const fs::path file = dir.path / "network.nft";
-    std::ofstream(file) << net::guest_ruleset(p);
+    std::ofstream(file) << net::guest_ruleset(p, hosts);
     return file;
 }
 
@@ -88,9 +88,9 @@ for target in sys.argv[1:]:
 // Sets up a guest-like namespace (a veth whose peer answers nothing), applies the ruleset (when
 // `apply`), probes `targets` and returns target -> "refused" | "open".
 std::map<std::string, std::string> probe_in_namespace(const net::policy& p, const std::vector<std::string>& targets,
-                                                      bool apply = true) {
+                                                      bool apply = true, const std::vector<std::string>& hosts = {}) {
     test::temp_dir dir;
-    const fs::path rules = write_ruleset(dir, p);
+    const fs::path rules = write_ruleset(dir, p, hosts);
     const fs::path script = dir.path / "probe.py";
     std::ofstream(script) << probe_script;
     std::string setup =
@@ -166,6 +166,24 @@ BOOST_AUTO_TEST_CASE(host_ports_open_exactly_those_ports_on_the_gateway) {
     BOOST_TEST(r.find("tcp dport { 3000-3002, 5432, 6379 }") < r.find("192.168.5.0/24"));
 }
 
+BOOST_AUTO_TEST_CASE(the_hosts_own_addresses_are_refused_but_never_the_guests_loopback) {
+    const std::string r = net::guest_ruleset(
+        {}, {"10.0.0.5", "172.17.0.1", "10.0.0.5", "127.0.0.1", "127.1.2.3", "169.254.3.4", "0.0.0.0", "::1",
+             "fe80::1", "2001:DB8::5", "::ffff:10.0.0.5", "not an address", "10.0.0.5; flush ruleset"});
+    BOOST_TEST(contains(r, "\t\tip daddr { 10.0.0.5, 172.17.0.1 } goto refuse\n"), r);
+    BOOST_TEST(contains(r, "\t\tip6 daddr { 2001:db8::5 } goto refuse\n"), r);
+    BOOST_TEST(!contains(r, "127."));
+    BOOST_TEST(!contains(r, "::1 "));
+    BOOST_TEST(!contains(r, "flush"));
+    // None given, or none usable: no rule for them.
+    BOOST_TEST(net::guest_ruleset({}, {"127.0.0.1", "::1"}) == net::guest_ruleset({}));
+    std::vector<std::string> many;
+    for (int i = 0; i < 300; ++i) many.push_back("10.1." + std::to_string(i / 250) + "." + std::to_string(i % 250));
+    const std::string capped = net::guest_ruleset({}, many);
+    BOOST_TEST(contains(capped, "10.1.0.0,"));
+    BOOST_TEST(!contains(capped, "10.1.1.6,"));  // the 257th
+}
+
 BOOST_AUTO_TEST_CASE(a_port_out_of_range_is_a_bug_not_a_rule) {
     BOOST_CHECK_THROW(net::guest_ruleset(with_ports({0})), std::invalid_argument);
     BOOST_CHECK_THROW(net::guest_ruleset(with_ports({65536})), std::invalid_argument);
@@ -188,6 +206,11 @@ BOOST_AUTO_TEST_CASE(nft_accepts_it) {
     BOOST_TEST(nft_check({}) == "");
     BOOST_TEST(nft_check(with_ports({5432, 6379, 8080})) == "");
     BOOST_TEST(nft_check(with_ports({1, 65535})) == "");
+    test::temp_dir dir;
+    const fs::path with_hosts = dir.path / "hosts.nft";
+    std::ofstream(with_hosts) << net::guest_ruleset(with_ports({22}), {"10.0.0.5", "2001:db8::5"});
+    const proc::result r = run({"unshare", "-rn", "nft", "-c", "-f", with_hosts.string()});
+    BOOST_TEST(r.ok(), r.err);
     BOOST_TEST(nft_check(with_ports(separate_ports(4096))) == "");  // the most it allows
     std::vector<int> all;
     for (int port = 1; port <= 65535; ++port) all.push_back(port);
@@ -211,13 +234,14 @@ BOOST_AUTO_TEST_CASE(applied_it_refuses_the_host_and_keeps_the_rest) {
         "192.168.5.15:8080",  // the guest's own address
         "127.0.0.1:8080",     // the guest's loopback
         "203.0.113.5:443",    // the internet
+        "198.51.100.7:80",    // the host's own LAN address
     };
-    const auto seen = probe_in_namespace(with_ports({5432}), targets);
+    const auto seen = probe_in_namespace(with_ports({5432}), targets, true, {"198.51.100.7"});
     const std::map<std::string, std::string> want = {
         {"192.168.5.2:5432", "open"},    {"192.168.5.2:6000", "refused"},   {"192.168.5.2:22", "refused"},
         {"192.168.5.9:80", "refused"},   {"192.168.5.3:53", "open"},        {"192.168.5.3:80", "refused"},
         {"192.168.104.7:80", "refused"}, {"169.254.169.254:80", "refused"}, {"192.168.5.15:8080", "open"},
-        {"127.0.0.1:8080", "open"},      {"203.0.113.5:443", "open"},
+        {"127.0.0.1:8080", "open"},      {"203.0.113.5:443", "open"},       {"198.51.100.7:80", "refused"},
     };
     BOOST_TEST((seen == want), "seen: " << describe(seen));
     // Without the rules nothing is refused: the verdicts above are the ruleset's.
