@@ -60,8 +60,9 @@ awaitable<check> network_line_check(lima::client& lima) {
                     "only inside the VM (nftables): root in the VM can remove it" + unknown +
                         ". The VM user has passwordless sudo, so a process in the VM that gains root "
                         "(`sudo nft flush ruleset`) reaches the host's loopback services (192.168.5.2, "
-                        "host.lima.internal) and other VMs' forwarded ports; the host's own LAN addresses are "
-                        "not covered; `egress` allowlists cannot be enforced (a project that sets one is refused)",
+                        "host.lima.internal) and other VMs' forwarded ports; the host's other addresses are refused as they were at the VM's "
+                        "last `machine up` (after a change of network, until the next); `egress` allowlists cannot be "
+                        "enforced (a project that sets one is refused)",
                     "a boundary the VM cannot remove needs a limactl whose `limactl info` says "
                     "\"machineEgress\": true (machine's Lima stand-in on Linux)"};
 }
