@@ -32,6 +32,8 @@ constexpr std::array requests_table{
     request_row{t::secrets_clear,    requests::secrets_clear,    slot::immediate, false, true},
     request_row{t::secrets_list,     requests::secrets_list,     slot::immediate, false, true},
     request_row{t::secrets_discover, requests::secrets_discover, slot::immediate, false, true},
+    // In flight: runs `nft -f` (at most 20 s).
+    request_row{t::network_apply,    requests::network_apply,    slot::in_flight, true,  true},
 };
 
 } // namespace

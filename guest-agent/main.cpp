@@ -47,6 +47,8 @@ constexpr const char* usage_text =
     "  --runtime-dir-root DIR where user runtime directories live (default /run/user)\n"
     "  --boot-id-file FILE    boot id source (default /proc/sys/kernel/random/boot_id)\n"
     "  --unit-file FILE       its systemd unit, hashed for hello (default /etc/systemd/system/machine-agent.service)\n"
+    "  --network-rules FILE   machine's nftables table, applied at start (default /etc/machine/network.nft)\n"
+    "  --nft PROGRAM          nft to apply it with (default nft)\n"
     "  --max-events N         journal bound in events (default 100000)\n"
     "  --max-bytes N          journal bound in bytes (default 16777216)\n"
     "  --max-clients N        concurrent connections (default 64)\n"
@@ -122,6 +124,8 @@ int main(int argc, char** argv) {
         else if (a == "--runtime-dir-root") opt.runtime_dir_root = value("--runtime-dir-root");
         else if (a == "--boot-id-file") opt.boot_id_file = value("--boot-id-file");
         else if (a == "--unit-file") opt.unit_file = value("--unit-file");
+        else if (a == "--network-rules") opt.network_rules = value("--network-rules");
+        else if (a == "--nft") opt.nft = value("--nft");
         else if (a == "--max-events") {
             if (!parse_size(value("--max-events"), n)) return usage_error("--max-events needs a positive number");
             opt.journal_limits.max_events = n;

@@ -92,6 +92,7 @@ void secrets_render(const request_call&);
 void secrets_clear(const request_call&);
 void secrets_list(const request_call&);
 void secrets_discover(const request_call&);
+void network_apply(const request_call&);
 } // namespace requests
 
 } // namespace machine::agent

@@ -29,6 +29,7 @@
 #include "machine/events.hpp"
 #include "machine/sha256.hpp"
 #include "machine/supervise.hpp"
+#include "network.hpp"
 #include "requests.hpp"
 #include "spawn.hpp"
 #include "users.hpp"
@@ -285,8 +286,37 @@ int server::start() {
         spawn_task(watch_user(), "user watch");
     else if (!options_.user.empty())
         log::info("user.ready of this boot is in the journal: not watching for the user");
-    if (options_.systemd) sd_notify("READY=1");
+    // machine's network rules go in before systemd hears we are ready: the unit is ordered
+    // before network-pre.target, so the VM's network comes up with them in place.
+    struct stat rules {};
+    if (::stat(options_.network_rules.c_str(), &rules) == 0) spawn_task(apply_network_then_notify(), "network rules");
+    else if (options_.systemd) sd_notify("READY=1");
     return 0;
+}
+
+void server::report_network(const network_outcome& outcome, std::string_view trigger) {
+    if (outcome.applied) {
+        log::info("network rules " + options_.network_rules + " applied (" + std::string(trigger) + ")");
+        append_event("network.applied", proto::json{{"path", options_.network_rules},
+                                                    {"trigger", std::string(trigger)},
+                                                    {"boot_id", boot_id_}});
+        return;
+    }
+    // Loud: without them, a VM on Lima's own network reaches the host.
+    log::error("network rules " + options_.network_rules + " NOT applied (" + std::string(trigger) +
+               "): " + outcome.error);
+    append_event("network.failed", proto::json{{"path", options_.network_rules},
+                                               {"trigger", std::string(trigger)},
+                                               {"boot_id", boot_id_},
+                                               {"nft_found", outcome.nft_found},
+                                               {"error", outcome.error}});
+}
+
+awaitable<void> server::apply_network_then_notify() {
+    const network_outcome outcome =
+        co_await apply_network_rules(options_.nft, options_.network_rules, std::chrono::seconds(20));
+    report_network(outcome, "start");
+    if (options_.systemd) sd_notify("READY=1");
 }
 
 void server::stop(int signal_number) {

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "journal.hpp"
+#include "network.hpp"
 
 namespace machine::agent {
 
@@ -29,6 +30,9 @@ struct server_options {
     /// The unit that runs the agent: its hash goes into hello, so the host can tell the
     /// installation is current without running anything in the VM.
     std::string unit_file = "/etc/systemd/system/machine-agent.service";
+    /// machine's nftables table for the VM (network.apply), applied at every start when present.
+    std::string network_rules = default_network_rules;
+    std::string nft = "nft";
     journal::limits journal_limits;
     std::size_t max_clients = 64;
     std::chrono::milliseconds sync_interval{200};

@@ -51,6 +51,9 @@ public:
     secrets_store& secrets() { return secrets_; }
     session_registry& sessions() { return sessions_; }
     protocol::hello_result hello() const;
+    /// Journals and logs what became of machine's network rules (`trigger`: "start" or
+    /// "request"): network.applied, or network.failed with nft's complaint.
+    void report_network(const network_outcome& outcome, std::string_view trigger);
     protocol::health_result health() const;
 
     std::size_t running = 0;
@@ -65,6 +68,7 @@ private:
     asio::awaitable<void> sync_later();
     asio::awaitable<void> watch_boot();
     asio::awaitable<void> watch_user();
+    asio::awaitable<void> apply_network_then_notify();
     void stop(int signal_number);
     void spawn_task(asio::awaitable<void> task, const char* what);
 

@@ -70,6 +70,7 @@ struct request_deadlines {
     ms secrets_clear{15'000};
     ms secrets_list{15'000};
     ms secrets_discover{20'000};
+    ms network_apply{30'000};     // a small file, then `nft -f` (the agent kills it after 20 s)
     ms subscribe_replay{30'000};  // silence, until the agent's `live`; none afterwards
     ms run_silence{600'000};      // silence; run() callers may pass their own
     ms provision_margin{60'000};  // on top of what the plan's own timeouts allow (provision_deadline)
@@ -178,6 +179,10 @@ public:
     // The sets rendered in the VM now (PROTOCOL.md §4 `secrets.list`): names, variable counts,
     // sizes and times, never a value.
     asio::awaitable<std::vector<protocol::secret_set_info>> list_secrets();
+    /// network.apply: the agent keeps `ruleset` (an `nft -f` file: net::guest_ruleset) as the
+    /// VM's network rules and applies it now and at every start. Not being applied is in the
+    /// result (applied, nft_found, error), not an exception.
+    asio::awaitable<protocol::network_apply_result> apply_network(std::string ruleset);
 
     // `vm` names the VM in errors.
     connection(std::shared_ptr<ssh::channel> ch, std::function<void(const std::string&)> on_problem,

@@ -47,6 +47,7 @@ struct instance {
     std::string lima_version;   // normalized: "2.2.0" for both "2.2.0" and "v2.2.0"
     std::vector<std::string> errors;  // strings, or a description of error objects
     std::optional<bool> forward_agent;  // config.ssh.forwardAgent, when listed
+    std::string egress_socket;          // config.machineEgress.socket (the stand-in's), or ""
 };
 
 // `machineEgress` of `limactl info`'s JSON: true only when it says so.

@@ -122,6 +122,9 @@ std::vector<audit_record> read_audit_log(const std::filesystem::path& log, std::
 /// The nftables ruleset (`nft -f` input) machine installs in the guest: no connection to the
 /// gateway or the host except `host_ports` and DNS. With Lima's own network it is the only line
 /// (root in the VM can remove it); with the stand-in it repeats what the namespace enforces.
-std::string guest_ruleset(const policy& p);
+/// `host_addresses`: the host's own interface addresses (IPv4 or IPv6 text), refused too: through
+/// the user network they reach the host's services that listen on all addresses. Loopback,
+/// link-local and text that is not an address are left out; at most 256 are used.
+std::string guest_ruleset(const policy& p, const std::vector<std::string>& host_addresses = {});
 
 } // namespace machine::net

@@ -61,6 +61,7 @@ inline constexpr std::string_view secrets_render = "secrets.render";
 inline constexpr std::string_view secrets_clear = "secrets.clear";
 inline constexpr std::string_view secrets_list = "secrets.list";
 inline constexpr std::string_view secrets_discover = "secrets.discover";
+inline constexpr std::string_view network_apply = "network.apply";
 // agent messages: final
 inline constexpr std::string_view result = "result";
 inline constexpr std::string_view error = "error";
@@ -476,6 +477,25 @@ struct secrets_render_result {
 };
 json make_secrets_render_result(std::uint64_t id, const secrets_render_result& r);
 parsed<secrets_render_result> parse_secrets_render_result(const json& body);
+
+// network.apply: machine's nftables table for the VM (the second line: net::guest_ruleset),
+// kept by the agent in a root-owned file and applied now and at every start.
+inline constexpr std::size_t max_network_ruleset_bytes = 256 << 10;
+inline constexpr std::size_t max_network_error_bytes = 4096;
+struct network_apply_request {
+    std::string ruleset;  ///< `nft -f` input, text without NUL, at most max_network_ruleset_bytes
+};
+json make_network_apply_request(std::uint64_t id, const network_apply_request& r);
+parsed<network_apply_request> parse_network_apply_request(const json& body);
+
+struct network_apply_result {
+    std::string path;       ///< where the agent keeps it, e.g. /etc/machine/network.nft
+    bool applied = false;   ///< `nft -f` succeeded
+    bool nft_found = true;  ///< false: nft is not installed (the file is kept for the next try)
+    std::string error;      ///< when not applied: nft's complaint (from the VM: escape it to show it)
+};
+json make_network_apply_result(std::uint64_t id, const network_apply_result& r);
+parsed<network_apply_result> parse_network_apply_result(const json& body);
 
 struct secrets_clear_request {
     std::optional<std::string> set;  ///< nullopt: every set

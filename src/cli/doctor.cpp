@@ -40,6 +40,33 @@ int major_version(const std::string& v) {
     return i == 0 ? -1 : std::atoi(v.substr(0, i).c_str());
 }
 
+// Which line keeps a VM away from the host and other VMs (issue 15). Never a failure: Lima's own
+// network is a supported choice, and the residual risks are said in the detail.
+awaitable<check> network_line_check(lima::client& lima) {
+    const std::string name = "VM network isolation";
+    bool outside = false;
+    std::string unknown;
+    try {
+        outside = co_await lima.isolates_network();
+    } catch (const error& e) {
+        unknown = std::string(" (`limactl info` failed: ") + e.what() + ")";
+    }
+    if (outside)
+        co_return passed(name, "isolated outside the VM (the stand-in's network namespace): the VM reaches neither "
+                               "the host nor other VMs, however root in the VM changes its firewall; egress "
+                               "allowlists are enforced there too. machine's nftables rules in the VM repeat it. "
+                               "Outbound internet is open unless a project sets `egress`");
+    co_return check{name, "note",
+                    "only inside the VM (nftables): root in the VM can remove it" + unknown +
+                        ". The VM user has passwordless sudo, so a process in the VM that gains root "
+                        "(`sudo nft flush ruleset`) reaches the host's loopback services (192.168.5.2, "
+                        "host.lima.internal) and other VMs' forwarded ports; the host's other addresses are refused as they were at the VM's "
+                        "last `machine up` (after a change of network, until the next); `egress` allowlists cannot be "
+                        "enforced (a project that sets one is refused)",
+                    "a boundary the VM cannot remove needs a limactl whose `limactl info` says "
+                    "\"machineEgress\": true (machine's Lima stand-in on Linux)"};
+}
+
 awaitable<std::vector<check>> lima_checks(context& ctx) {
     std::vector<check> out;
     lima::client* lima = nullptr;
@@ -59,6 +86,7 @@ awaitable<std::vector<check>> lima_checks(context& ctx) {
     } catch (const error& e) {
         out.push_back(failed("Lima >= 2.0", e.what(), "check that `limactl --version` works"));
     }
+    out.push_back(co_await network_line_check(*lima));
     co_return out;
 }
 

@@ -464,6 +464,16 @@ awaitable<std::vector<pr::secret_set_info>> connection::list_secrets() {
     co_return checked(pr::parse_secrets_list_result(m.body), "secrets.list result").sets;
 }
 
+awaitable<pr::network_apply_result> connection::apply_network(std::string ruleset) {
+    const auto scope = begin("network.apply", deadlines_.network_apply, false);
+    const std::uint64_t id = next_id_++;
+    pr::network_apply_request request;
+    request.ruleset = std::move(ruleset);
+    const pr::json message = pr::make_network_apply_request(id, request);
+    const pr::message m = co_await call(id, message);
+    co_return checked(pr::parse_network_apply_result(m.body), "network.apply result");
+}
+
 awaitable<std::unique_ptr<connection>> connect_agent(std::shared_ptr<ssh::session> session,
                                                      std::chrono::milliseconds patience,
                                                      std::function<void(const std::string&)> on_problem) {

@@ -86,10 +86,15 @@ instance to_instance(const json& j) {
     i.is_protected = get_or<bool>(j, "protected", false);
     i.lima_version = normalize_version(get_or<std::string>(j, "limaVersion", ""));
     i.errors = parse_errors(j);
-    if (const auto c = j.find("config"); c != j.end() && c->is_object())
+    if (const auto c = j.find("config"); c != j.end() && c->is_object()) {
         if (const auto sh = c->find("ssh"); sh != c->end() && sh->is_object())
             if (const auto fa = sh->find("forwardAgent"); fa != sh->end() && fa->is_boolean())
                 i.forward_agent = fa->get<bool>();
+        // The stand-in's extension (absent with Lima itself): where the VM's network leads.
+        if (const auto eg = c->find("machineEgress"); eg != c->end() && eg->is_object())
+            if (const auto so = eg->find("socket"); so != eg->end() && so->is_string())
+                i.egress_socket = so->get<std::string>();
+    }
     return i;
 }
 

@@ -928,6 +928,50 @@ parsed<secrets_render_result> parse_secrets_render_result(const json& body) {
     return done(r, std::move(q));
 }
 
+json make_network_apply_request(std::uint64_t id, const network_apply_request& q) {
+    json j = make_request(id, type::network_apply);
+    j["ruleset"] = q.ruleset;
+    return j;
+}
+
+parsed<network_apply_request> parse_network_apply_request(const json& body) {
+    field_reader r(body);
+    network_apply_request q;
+    if (auto s = r.string("ruleset", true)) {
+        if (s->size() > max_network_ruleset_bytes)
+            r.fail("'ruleset' is longer than " + std::to_string(max_network_ruleset_bytes) + " bytes");
+        else q.ruleset = std::move(*s);
+    }
+    return done(r, std::move(q));
+}
+
+json make_network_apply_result(std::uint64_t id, const network_apply_result& q) {
+    json j = make_envelope(id, type::result);
+    j["path"] = q.path;
+    j["applied"] = q.applied;
+    j["nft_found"] = q.nft_found;
+    if (!q.error.empty()) j["error"] = q.error;
+    return j;
+}
+
+parsed<network_apply_result> parse_network_apply_result(const json& body) {
+    field_reader r(body);
+    network_apply_result q;
+    if (auto p = r.string("path", true)) {
+        if (!is_secret_path(*p)) r.fail("'path' must be an absolute path of printable characters");
+        q.path = *p;
+    }
+    if (auto b = r.boolean("applied", true)) q.applied = *b;
+    if (auto b = r.boolean("nft_found", true)) q.nft_found = *b;
+    if (auto e = r.string("error", false)) {
+        if (e->size() > max_network_error_bytes)
+            r.fail("'error' is longer than " + std::to_string(max_network_error_bytes) + " bytes");
+        q.error = *e;
+    }
+    if (r.ok() && !q.applied && q.error.empty()) r.fail("a ruleset that was not applied needs an 'error'");
+    return done(r, std::move(q));
+}
+
 json make_secrets_clear_request(std::uint64_t id, const secrets_clear_request& q) {
     json j = make_request(id, type::secrets_clear);
     if (q.set) j["set"] = *q.set;

@@ -2,6 +2,7 @@
 #include <fstream>
 
 #include <asio/this_coro.hpp>
+#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
 #include "machine/async.hpp"
@@ -10,6 +11,7 @@
 #include "machine/render.hpp"
 #include "machine/ssh.hpp"
 #include "machine/vm.hpp"
+#include "guest_network.hpp"
 #include "lifecycle.hpp"
 #include "provisioning.hpp"
 #include "tasks.hpp"
@@ -89,6 +91,19 @@ awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel, co
     const std::optional<fs::path> egress = co_await prepare_network(ctx, name, target.network);
     if (const std::string said = describe_egress(target.network, target.allowed); !said.empty()) ctx.say(name, said);
     const fs::path egress_socket_path = egress.value_or(fs::path());
+    // A VM made before its Lima isolated VMs (or whose socket moved) gets its egress at its next
+    // start; a running one is told it is not isolated until then.
+    if (egress && existing && existing->egress_socket != egress_socket_path.string()) {
+        if (was_running) {
+            ctx.emit(events::message(name, "warning",
+                                     "the VM runs without machine's network isolation (it was started before it "
+                                     "existed); it applies when the VM restarts: machine down " + name +
+                                         "; machine up " + name));
+        } else {
+            std::vector<std::string> sets{".machineEgress.socket = " + nlohmann::json(egress_socket_path.string()).dump()};
+            co_await lima.edit(name, sets);
+        }
+    }
     fs::path create_from;  // set when the start creates the VM from the project's template
     if (!existing) {
         // Nothing is created for a project whose code cannot be fetched.
@@ -130,7 +145,19 @@ awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel, co
         if (!existing) throw error("limactl start succeeded but instance '" + name + "' is not listed");
         auto session = co_await open_guest(ctx, name, *existing, cancel);
         if (!was_running) co_await wait_until_ready(ctx, name, session);
+        // The network rules go in before provisioning runs anything; a VM without nft yet gets
+        // them once the base profile has installed it.
+        guest_rules_options rules_opt;
+        rules_opt.nft_may_come = true;
+        rules_opt.isolated_outside = egress.has_value();
+        rules_opt.host_addresses = host_interface_addresses();
+        const net::policy& rules_policy = target.network;
+        const guest_rules_state rules = co_await install_guest_rules(ctx, name, session, rules_policy, rules_opt);
         std::size_t ran = co_await apply_plan(ctx, name, session, target.plan, cancel);
+        if (rules == guest_rules_state::waiting_for_nft) {
+            rules_opt.nft_may_come = false;
+            co_await install_guest_rules(ctx, name, session, rules_policy, rules_opt);
+        }
         co_await clone_repos(ctx, *existing, agent, project, session, render::vm_user, cancel);
         ran += co_await apply_plan(ctx, name, session, target.after_clone, cancel);
         if (project.secrets_on_up) {

@@ -199,6 +199,9 @@ class Agent:
             argv += ["--user", self.user]
         if not any(a.startswith("--systemctl") for a in self.extra):
             argv.append("--no-systemd")
+        # Never the machine's own /etc/machine/network.nft.
+        if "--network-rules" not in self.extra:
+            argv += ["--network-rules", os.path.join(self.root, "etc-machine", "network.nft")]
         argv += self.extra
         env = dict(os.environ)
         env["MACHINE_AGENT_TEST_SECRET"] = "must-not-leak"
@@ -364,7 +367,7 @@ class Basics(AgentTest):
         self.assertEqual(set(r["capabilities"]), {"run", "cancel", "health", "subscribe", "emit", "provision",
                                                  "session.register", "session.end", "session.list",
                                                  "secrets.render", "secrets.clear", "secrets.list",
-                                                 "secrets.discover"})
+                                                 "secrets.discover", "network.apply"})
         self.assertEqual(r["boot_id"], "11111111-2222-3333-4444-555555555555")
         self.assertEqual(r["journal"]["first_seq"], 1)
         self.assertEqual(r["journal"]["last_seq"], 1)  # agent.up

@@ -644,6 +644,11 @@ BOOST_AUTO_TEST_CASE(doctor_checks_this_computer_and_names_each_fix) {
     BOOST_TEST(contains(r.out, "[ok  ] git user.name: Doc Tor"), r.out);
     BOOST_TEST(contains(r.out, "[ok  ] SSH signing key resolves: ssh-ed25519"), r.out);
     BOOST_TEST(contains(r.out, "[ok  ] 1Password CLI: " + (bin / "op").string()), r.out);
+    // The fake limactl (the stand-in without VMs) isolates nothing: the rules in the VM are the
+    // only line, said plainly, and no failure.
+    BOOST_TEST(contains(r.out, "[note] VM network isolation: only inside the VM (nftables): root in the VM can remove it."),
+               r.out);
+    BOOST_TEST(contains(r.out, "\"machineEgress\": true"), r.out);
     BOOST_TEST(contains(r.out, "all checks passed"), r.out);
 
     w.config("[web]\ncpus = \"four\"\n");

@@ -167,7 +167,7 @@ class Sshd:
 
 HELLO_CAPABILITIES = ["run", "cancel", "health", "subscribe", "emit", "provision", "session.register",
                       "session.end", "session.list", "secrets.render", "secrets.clear", "secrets.list",
-                      "secrets.discover"]
+                      "secrets.discover", "network.apply"]
 
 
 def encode(obj):
@@ -352,6 +352,9 @@ class ScriptedAgent:
 
     def on_secrets_clear(self, conn, msg):
         conn.result(msg["id"], cleared=[])
+
+    def on_network_apply(self, conn, msg):
+        conn.result(msg["id"], path="/etc/machine/network.nft", applied=True, nft_found=True)
 
     def on_health(self, conn, msg):
         conn.result(msg["id"], uptime_ms=1000, rss_kib=1000, clients=1, running=0, subscribers=0,

@@ -34,10 +34,13 @@
 #include <asio/write.hpp>
 
 #include "machine/guest.hpp"
+#include "machine/net.hpp"
 #include "machine/paths.hpp"
 #include "machine/ssh.hpp"
 #include "machine/text.hpp"
 #include "../support/sshd.hpp"
+#include "fake_lima_driver.hpp"
+#include "guest_network.hpp"
 #include "test_support.hpp"
 
 using namespace machine;
@@ -77,6 +80,7 @@ struct host_agent {
     pid_t pid = -1;
     std::optional<fs::path> user_home;
     fs::path socket() const { return dir.path / "agent.sock"; }
+    fs::path network_rules() const { return dir.path / "etc-machine" / "network.nft"; }
 
     host_agent() { start(); }
     explicit host_agent(fs::path home) : user_home(std::move(home)) { start(); }
@@ -91,6 +95,8 @@ struct host_agent {
         group = group.substr(0, group.find('\n'));
         const std::string passwd = (dir.path / "passwd").string();
         if (user_home) write_passwd_with_home(passwd, user, *user_home);
+        write_fake_nft();
+        const std::string rules = network_rules().string(), nft = (dir.path / "nft").string();
         pid = ::fork();
         if (pid == 0) {
             for (int fd = 3; fd < 1024; ++fd) ::close(fd);
@@ -103,7 +109,8 @@ struct host_agent {
             }
             ::execl(MACHINE_AGENT_BINARY, "machine-agent", "--socket", socket().c_str(), "--journal",
                     (dir.path / "journal.jsonl").c_str(), "--user", user.c_str(), "--group", group.c_str(),
-                    "--secrets-dir", secrets.dir.c_str(), "--no-systemd", nullptr);
+                    "--secrets-dir", secrets.dir.c_str(), "--no-systemd", "--network-rules", rules.c_str(), "--nft",
+                    nft.c_str(), nullptr);
             ::_exit(127);
         }
         for (int i = 0; i < 200 && !fs::exists(socket()); ++i) ::usleep(10000);
@@ -118,6 +125,17 @@ struct host_agent {
     }
 
 private:
+    // The agent's nft (network.apply): records its arguments (nft-args) and the file it was given
+    // (nft-applied); fails with an escape sequence in its complaint when nft-fails exists.
+    void write_fake_nft() {
+        const fs::path nft = dir.path / "nft";
+        std::ofstream(nft) << "#!/bin/sh\nd=" << machine::text::shell_quote(dir.path.string())
+                           << "\necho \"$*\" > \"$d/nft-args\"\ncp \"$2\" \"$d/nft-applied\"\n"
+                              "if [ -e \"$d/nft-fails\" ]; then printf 'Error: \\033[31mred\\033[0m syntax error\\n' >&2; "
+                              "exit 1; fi\n";
+        fs::permissions(nft, fs::perms::owner_all);
+    }
+
     // /etc/passwd with `user`'s home (the 6th field) replaced by `home`, into `file`.
     static void write_passwd_with_home(const std::string& file, const std::string& user, const fs::path& home) {
         std::ifstream in("/etc/passwd");
@@ -210,6 +228,76 @@ BOOST_FIXTURE_TEST_CASE(hello_and_run_through_the_channel, fixture) {
     };
     machine::test::co_run(io, task());
     BOOST_TEST(problems.empty());
+}
+
+// `up`'s firewall step: the project's ruleset reaches the agent, which keeps it and runs nft on it.
+struct firewall_fixture : fixture {
+    machine::test::fake_vm_context f;
+    std::optional<vm::guest_rules_state> state;
+    std::string failure;
+
+    void install(const net::policy& p, vm::guest_rules_options opt) {
+        auto task = [&]() -> asio::awaitable<void> {
+            auto session = co_await connect(sshd);
+            auto conn = co_await guest::connection::open(session, on_problem(), agent.socket().string());
+            try {
+                state = co_await vm::install_guest_rules(f.ctx, "web", *conn, p, opt);
+            } catch (const machine::error& e) {
+                failure = std::string(e.what()) + " | " + e.diagnostics();
+            }
+            session->close();
+        };
+        machine::test::co_run(io, task());
+    }
+    std::string firewall_detail() const {
+        for (const auto& e : f.events->seen)
+            if (e.type == events::type::step_finished && e.text("step") == "firewall") return e.text("detail");
+        return "(no firewall step)";
+    }
+};
+
+BOOST_FIXTURE_TEST_CASE(up_sends_the_projects_ruleset_to_the_agent, firewall_fixture) {
+    net::policy p;
+    p.host_ports = {5432, 6379};
+    install(p, {});
+    BOOST_TEST(failure == "");
+    BOOST_TEST((state == vm::guest_rules_state::applied));
+    // The agent kept exactly the project's ruleset, and nft applied that file.
+    BOOST_TEST(paths::read_file(agent.network_rules()) == net::guest_ruleset(p));
+    BOOST_TEST(paths::read_file(agent.dir.path / "nft-applied") == net::guest_ruleset(p));
+    BOOST_TEST(paths::read_file(agent.dir.path / "nft-args") == "-f " + agent.network_rules().string() + "\n");
+    // up says which line it is: on Lima's own network, the only one.
+    BOOST_TEST(firewall_detail() ==
+               "nftables in the VM, host ports 5432, 6379 open (the only line on Lima's network: root in the VM can "
+               "remove it)");
+}
+
+BOOST_FIXTURE_TEST_CASE(rules_nft_refuses_fail_up_loudly_and_escaped, firewall_fixture) {
+    std::ofstream(agent.dir.path / "nft-fails") << "";
+    install({}, {});
+    BOOST_TEST(!state.has_value());
+    BOOST_TEST(failure.find("VM 'web': machine's network rules are NOT in place inside the VM") == 0, failure);
+    BOOST_TEST(failure.find("syntax error") != std::string::npos, failure);
+    BOOST_TEST(failure.find("the VM can reach the host's services") != std::string::npos, failure);
+    // The VM's bytes never reach a terminal raw.
+    BOOST_TEST(failure.find('\033') == std::string::npos, failure);
+    BOOST_TEST(firewall_detail().find('\033') == std::string::npos);
+}
+
+BOOST_FIXTURE_TEST_CASE(rules_wait_for_nft_only_while_provisioning_may_install_it, firewall_fixture) {
+    fs::remove(agent.dir.path / "nft");  // nft is not installed
+    vm::guest_rules_options opt;
+    opt.nft_may_come = true;
+    install({}, opt);
+    BOOST_TEST(failure == "");
+    BOOST_TEST((state == vm::guest_rules_state::waiting_for_nft));
+    BOOST_TEST(firewall_detail() == "kept in the VM, applied once provisioning installs nftables");
+    BOOST_TEST(fs::exists(agent.network_rules()));
+    // After provisioning, still no nft: an error that says how to fix it.
+    state.reset();
+    install({}, {});
+    BOOST_TEST(!state.has_value());
+    BOOST_TEST(failure.find("install nftables in the VM") != std::string::npos, failure);
 }
 
 BOOST_FIXTURE_TEST_CASE(ten_thousand_events_arrive_in_order, fixture) {
