@@ -125,6 +125,11 @@ std::string guest_ruleset(const policy& p, const std::vector<std::string>& host_
     r += "\tchain isolate {\n";
     r += "\t\tmeta l4proto != { tcp, udp } accept\n";
     r += "\t\tct state established,related accept\n";
+    // Only a new connection (a SYN) is refused, whatever conntrack knows: a connection the host
+    // opened to the guest (SSH, the agent) while no ruleset tracked it (after `nft flush
+    // ruleset`) is picked up mid-stream as new, and its replies must still flow when the table
+    // comes back.
+    r += "\t\ttcp flags & (syn | ack) != syn accept\n";
     r += "\t\tfib daddr type local accept\n";
     r += "\t\tip daddr { 192.168.5.3, 192.168.104.1 } th dport 53 accept\n";
     r += "\t\tip daddr { 192.168.5.2, 192.168.104.1 } udp dport 67 accept\n";

@@ -100,13 +100,15 @@ bool log_only_to(const std::string& name, const fs::path& log) {
 }
 
 std::function<bool()> while_vm_lives(const fs::path& vm_dir, const fs::path& socket) {
-    const auto started = std::chrono::steady_clock::now();
-    // Serves while the VM's Lima host agent lives (with time to boot first), and while its
-    // socket is there (the state directory may be removed).
-    return [vm_dir, socket, started] {
+    // Serves while the VM's Lima host agent lives, and while its socket is there (the state
+    // directory may be removed). Before the VM boots there is no host agent: it waits 10 minutes
+    // from the socket's time, which machine renews each time it finds the helper serving (a
+    // base baked before the VM's first boot can take longer than that).
+    return [vm_dir, socket] {
         std::error_code ec;
         if (!fs::exists(socket, ec)) return false;
-        if (std::chrono::steady_clock::now() - started < std::chrono::minutes(10)) return true;
+        const auto touched = fs::last_write_time(socket, ec);
+        if (!ec && fs::file_time_type::clock::now() - touched < std::chrono::minutes(10)) return true;
         std::ifstream pid_file(vm_dir / "ha.pid");
         long pid = 0;
         return static_cast<bool>(pid_file >> pid) && pid > 0 && ::kill(static_cast<pid_t>(pid), 0) == 0;

@@ -25,6 +25,8 @@ namespace machine::vm {
 enum class guest_rules_state {
     applied,
     waiting_for_nft,  ///< kept in the VM, not applied yet: nftables is not installed (yet)
+    without_nft,      ///< nftables is not in the VM (a project without the base profile): only
+                      ///< the boundary outside the VM holds, and up said so
 };
 
 struct guest_rules_options {

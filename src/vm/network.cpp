@@ -277,7 +277,12 @@ awaitable<void> ensure_egress_proxy(context& ctx, std::string name, net::policy 
     seen.accepts = seen.running && listener_pid(socket_path) == pid;
     seen.fingerprint = recorded_fingerprint(name);
     const proxy_action action = decide_proxy(seen, wanted);
-    if (action == proxy_action::keep) co_return;
+    if (action == proxy_action::keep) {
+        // Renews the proxy's wait for its VM (while_vm_lives counts from the socket's time).
+        std::error_code ec;
+        fs::last_write_time(socket_path, fs::file_time_type::clock::now(), ec);
+        co_return;
+    }
     if (action == proxy_action::replace) {
         ctx.say(name, seen.fingerprint.empty() ? "restarting the VM's egress proxy (its policy was not recorded)"
                                                : "the VM's network policy changed: restarting its egress proxy");

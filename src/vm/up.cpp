@@ -137,6 +137,9 @@ awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel, co
     }
 
     if (!was_running) {
+        // Again just before the boot: a base baked meanwhile can take longer than a proxy waits for
+        // its VM's host agent to appear (it ends without one), and the guest must find it serving.
+        if (egress) co_await prepare_network(ctx, name, target.network);
         const fs::path dir = existing ? fs::path(existing->dir) : lima.instance_dir(name);
         co_await boot_instance(ctx, lima, name, dir / "ha.stdout.log", cancel, create_from);
     }

@@ -83,12 +83,16 @@ def guest_sh(guest, script, *args, timeout=60):
 
 
 def curl_status(guest, url, *extra):
-    """(http status or "000", milliseconds, stderr) of one curl in the guest."""
-    script = ('s=$(date +%s%N); code=$(curl -sS -o /dev/null --max-time 15 -w "%{http_code}" "$@"); rc=$?; '
-              'e=$(date +%s%N); echo "$code $(( (e - s) / 1000000 )) $rc"')
+    """(http status or "000", milliseconds, stderr) of one curl in the guest; the time is curl's
+    own (from its start of the transfer to its end), not the emulated VM's process start-up."""
+    script = 'curl -sS -o /dev/null --max-time 15 -w "%{http_code} %{time_total}" "$@"'
     rc, out, err = guest_sh(guest, script, *extra, "--", url)
-    parts = (out.split() + ["000", "0", "99"])[:3]
-    return parts[0], int(parts[1]), err.strip()[:300]
+    parts = (out.split() + ["000", "0"])[:2]
+    try:
+        ms = int(float(parts[1]) * 1000)
+    except ValueError:
+        ms = -1
+    return parts[0], ms, err.strip()[:300]
 
 
 def resolves(guest, name):
@@ -219,11 +223,11 @@ def check_egress_allowlist(tap, args, env, guest, write_project):
             since = time.time()
             code, ms, err = curl_status(guest, "https://%s/" % REFUSED_NAME, "--resolve",
                                         "%s:443:%s" % (REFUSED_NAME, npm_ip or "203.0.113.80"))
-            tap.result(code == "000" and ms < 1000, label + "TLS naming a refused host (SNI %s) at an allowed host's "
+            tap.result(code == "000" and 0 <= ms < 1000, label + "TLS naming a refused host (SNI %s) at an allowed host's "
                        "address fails within 1 s (%d ms)" % (REFUSED_NAME, ms), err)
             code, ms, err = curl_status(guest, "http://%s/" % REFUSED_NAME, "--resolve",
                                         "%s:80:%s" % (REFUSED_NAME, npm_ip or "203.0.113.80"))
-            tap.result(code in ("000", "403") and ms < 1000, label + "plain HTTP for a refused Host is refused (%s in %d ms)"
+            tap.result(code in ("000", "403") and 0 <= ms < 1000, label + "plain HTTP for a refused Host is refused (%s in %d ms)"
                        % (code, ms), err)
             records, diag = net_records(args, env)
             events = [r for r in records if r.get("host") == REFUSED_NAME and not r.get("allowed")
