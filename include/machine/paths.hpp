@@ -25,4 +25,11 @@ void write_file_atomic(const std::filesystem::path& path, std::string_view conte
 
 std::string read_file(const std::filesystem::path& path);
 
+// Makes `socket` ready for a helper to bind (the agent filter, the egress proxy): its directory
+// must belong to this user and be private (the socket exists with the umask's mode between
+// bind() and chmod(), and only the directory keeps others out meanwhile); a stale socket there
+// (nobody accepts on it) is removed, and then true is returned; a live one belongs to another
+// process, and anything else at the path is an error. `who` starts each message.
+bool prepare_socket_path(const std::filesystem::path& socket, std::string_view who);
+
 } // namespace machine::paths

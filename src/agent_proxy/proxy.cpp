@@ -25,6 +25,7 @@
 
 #include "filter.hpp"
 #include "machine/agent_proxy.hpp"
+#include "machine/paths.hpp"
 #include "machine/async.hpp"
 #include "machine/error.hpp"
 
@@ -316,51 +317,14 @@ awaitable<void> watch_idle(unix_acceptor& acceptor, std::shared_ptr<server> srv,
     }
 }
 
-// The socket's directory must be ours and private: the socket exists with the umask's mode
-// between bind() and chmod(), and only the directory keeps others out meanwhile.
-void check_listen_path(const std::filesystem::path& listen) {
-    const auto dir = listen.has_parent_path() ? listen.parent_path() : std::filesystem::path(".");
-    struct stat st {};
-    if (::stat(dir.c_str(), &st) != 0)
-        throw error("agent proxy: cannot use directory " + dir.string() + ": " + std::strerror(errno));
-    if (!S_ISDIR(st.st_mode)) throw error("agent proxy: " + dir.string() + " is not a directory");
-    if (st.st_uid != ::geteuid() || (st.st_mode & 077) != 0)
-        throw error("agent proxy: directory " + dir.string() + " must belong to this user and be private (0700)");
-
-    if (::lstat(listen.c_str(), &st) != 0) {
-        if (errno == ENOENT) return;
-        throw error("agent proxy: cannot use " + listen.string() + ": " + std::strerror(errno));
-    }
-    if (!S_ISSOCK(st.st_mode)) throw error("agent proxy: " + listen.string() + " exists and is not a socket");
-
-    // A socket: stale if nobody accepts on it. A live one belongs to another proxy.
-    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd < 0) throw error(std::string("agent proxy: socket: ") + std::strerror(errno));
-    sockaddr_un sa{};
-    sa.sun_family = AF_UNIX;
-    const auto s = listen.string();
-    if (s.size() >= sizeof(sa.sun_path)) {
-        ::close(fd);
-        throw error("agent proxy: socket path too long: " + s);
-    }
-    std::memcpy(sa.sun_path, s.c_str(), s.size() + 1);
-    const int rc = ::connect(fd, reinterpret_cast<const sockaddr*>(&sa), sizeof(sa));
-    const int err = errno;
-    ::close(fd);
-    if (rc == 0 || err == EAGAIN)
-        throw error("agent proxy: " + listen.string() + " is in use by a running process");
-    if (::unlink(listen.c_str()) != 0 && errno != ENOENT)
-        throw error("agent proxy: cannot remove stale socket " + listen.string() + ": " + std::strerror(errno));
-    spdlog::debug("agent-proxy: removed stale socket {}", listen.string());
-}
-
 } // namespace
 
 int run(const options& opt) {
     try {
         if (opt.upstream.empty()) throw error("agent proxy: no upstream agent socket given");
         if (opt.allowed.empty()) spdlog::warn("agent-proxy: no key is allowed; every request will be refused");
-        check_listen_path(opt.listen);
+        if (paths::prepare_socket_path(opt.listen, "agent proxy"))
+            spdlog::debug("agent-proxy: removed stale socket {}", opt.listen.string());
 
         auto srv = std::make_shared<server>();
         srv->allowed = allow_list(opt.allowed.begin(), opt.allowed.end());

@@ -1,6 +1,9 @@
 #include "machine/paths.hpp"
 
 #include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <pwd.h>
 #include <unistd.h>
 
@@ -83,6 +86,39 @@ std::string read_file(const fs::path& path) {
     std::ostringstream ss;
     ss << in.rdbuf();
     return ss.str();
+}
+
+bool prepare_socket_path(const std::filesystem::path& listen, std::string_view who_) {
+    const std::string who(who_);
+    const auto dir = listen.has_parent_path() ? listen.parent_path() : std::filesystem::path(".");
+    struct stat st {};
+    if (::stat(dir.c_str(), &st) != 0)
+        throw error(who + ": cannot use directory " + dir.string() + ": " + std::strerror(errno));
+    if (!S_ISDIR(st.st_mode)) throw error(who + ": " + dir.string() + " is not a directory");
+    if (st.st_uid != ::geteuid() || (st.st_mode & 077) != 0)
+        throw error(who + ": directory " + dir.string() + " must belong to this user and be private (0700)");
+    if (::lstat(listen.c_str(), &st) != 0) {
+        if (errno == ENOENT) return false;
+        throw error(who + ": cannot use " + listen.string() + ": " + std::strerror(errno));
+    }
+    if (!S_ISSOCK(st.st_mode)) throw error(who + ": " + listen.string() + " exists and is not a socket");
+    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) throw error(who + ": socket: " + std::strerror(errno));
+    sockaddr_un sa{};
+    sa.sun_family = AF_UNIX;
+    const auto s = listen.string();
+    if (s.size() >= sizeof(sa.sun_path)) {
+        ::close(fd);
+        throw error(who + ": socket path too long: " + s);
+    }
+    std::memcpy(sa.sun_path, s.c_str(), s.size() + 1);
+    const int rc = ::connect(fd, reinterpret_cast<const sockaddr*>(&sa), sizeof(sa));
+    const int err = errno;
+    ::close(fd);
+    if (rc == 0 || err == EAGAIN) throw error(who + ": " + listen.string() + " is in use by a running process");
+    if (::unlink(listen.c_str()) != 0 && errno != ENOENT)
+        throw error(who + ": cannot remove stale socket " + listen.string() + ": " + std::strerror(errno));
+    return true;
 }
 
 } // namespace machine::paths

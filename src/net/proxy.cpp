@@ -28,6 +28,7 @@
 #include "audit_writer.hpp"
 #include "machine/error.hpp"
 #include "machine/net.hpp"
+#include "machine/paths.hpp"
 #include "machine/text.hpp"
 #include "proxy_io.hpp"
 #include "sniff.hpp"
@@ -576,40 +577,6 @@ std::string system_nameserver() {
     return "127.0.0.1";
 }
 
-// The socket's directory must be ours and private: the socket exists with the umask's mode
-// between bind() and chmod(), and only the directory keeps others out meanwhile. A stale
-// socket (nobody accepts on it) is replaced; a live one belongs to another proxy.
-void check_listen_path(const std::filesystem::path& listen) {
-    const auto dir = listen.has_parent_path() ? listen.parent_path() : std::filesystem::path(".");
-    struct stat st {};
-    if (::stat(dir.c_str(), &st) != 0)
-        throw error("net proxy: cannot use directory " + dir.string() + ": " + std::strerror(errno));
-    if (!S_ISDIR(st.st_mode)) throw error("net proxy: " + dir.string() + " is not a directory");
-    if (st.st_uid != ::geteuid() || (st.st_mode & 077) != 0)
-        throw error("net proxy: directory " + dir.string() + " must belong to this user and be private (0700)");
-    if (::lstat(listen.c_str(), &st) != 0) {
-        if (errno == ENOENT) return;
-        throw error("net proxy: cannot use " + listen.string() + ": " + std::strerror(errno));
-    }
-    if (!S_ISSOCK(st.st_mode)) throw error("net proxy: " + listen.string() + " exists and is not a socket");
-    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd < 0) throw error(std::string("net proxy: socket: ") + std::strerror(errno));
-    sockaddr_un sa{};
-    sa.sun_family = AF_UNIX;
-    const auto s = listen.string();
-    if (s.size() >= sizeof(sa.sun_path)) {
-        ::close(fd);
-        throw error("net proxy: socket path too long: " + s);
-    }
-    std::memcpy(sa.sun_path, s.c_str(), s.size() + 1);
-    const int rc = ::connect(fd, reinterpret_cast<const sockaddr*>(&sa), sizeof(sa));
-    const int err = errno;
-    ::close(fd);
-    if (rc == 0 || err == EAGAIN) throw error("net proxy: " + listen.string() + " is in use by a running process");
-    if (::unlink(listen.c_str()) != 0 && errno != ENOENT)
-        throw error("net proxy: cannot remove stale socket " + listen.string() + ": " + std::strerror(errno));
-}
-
 void flush_logs(server& srv) {
     const auto now = text::log_limiter::clock::now();
     for (auto* l : {&srv.capped, &srv.refused, &srv.failed, &srv.unrecorded})
@@ -620,7 +587,7 @@ void flush_logs(server& srv) {
 
 int run_proxy(const proxy_options& opt) {
     try {
-        check_listen_path(opt.listen);
+        paths::prepare_socket_path(opt.listen, "net proxy");
         auto srv = std::make_shared<server>(opt);
         srv->audit = std::make_unique<audit_writer>(opt.audit_log, opt.audit_log_max_bytes, opt.caps.max_events_per_second);
         srv->host_addresses = host_interface_addresses();
