@@ -162,12 +162,12 @@ def check_default_policy(tap, args, env, guest):
     check_outbound(tap, guest)
     ok, resolved = resolves(guest, REFUSED_NAME)
     tap.result(ok, "DNS answers for any name under the default policy (%s: %s)" % (REFUSED_NAME, resolved))
+    # The probes of the host above are refused inside the guest first (machine's table), so they
+    # reach the proxy only once that table is flushed (check_egress_allowlist shows those).
     records, diag = net_records(args, env)
-    refused = [r for r in records if not r.get("allowed") and str(r.get("port")) != "53"]
-    allowed = [r for r in records if r.get("allowed") and r.get("host") in (ALLOWED_HTTPS, ALLOWED_HTTP)
-               or r.get("allowed") and r.get("port") in (80, 443)]
-    tap.result(bool(refused) and bool(allowed), "machine net lists the refused host connections and the allowed "
-               "ones (%d refused, %d allowed)" % (len(refused), len(allowed)), diag + "\n" + json.dumps(records[-10:]))
+    allowed = [r for r in records if r.get("allowed") and r.get("kind") == "tcp" and r.get("port") in (80, 443)]
+    tap.result(bool(allowed), "machine net lists the VM's outbound connections (%d to ports 80/443)" % len(allowed),
+               diag + "\n" + json.dumps(records[-10:]))
 
 
 def check_host_ports(tap, args, env, guest, write_project):
