@@ -32,4 +32,19 @@ std::string read_file(const std::filesystem::path& path);
 // process, and anything else at the path is an error. `who` starts each message.
 bool prepare_socket_path(const std::filesystem::path& socket, std::string_view who);
 
+// The socket file a listener of this process has just bound at `socket` (after
+// prepare_socket_path): made private (0600) at once, and removed when this goes out of scope,
+// unless another file has taken the path since (an old process never unlinks a newer one's).
+class owned_socket_file {
+public:
+    owned_socket_file(std::filesystem::path socket, std::string_view who);
+    ~owned_socket_file();
+    owned_socket_file(const owned_socket_file&) = delete;
+    owned_socket_file& operator=(const owned_socket_file&) = delete;
+
+private:
+    std::filesystem::path path_;
+    unsigned long long device_ = 0, inode_ = 0;
+};
+
 } // namespace machine::paths

@@ -2,13 +2,11 @@
 // connection, each with its own lazily opened connection to the real agent.
 #include <fcntl.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include <array>
 #include <cerrno>
-#include <cstring>
 #include <memory>
 #include <system_error>
 
@@ -336,18 +334,7 @@ int run(const options& opt) {
         acceptor.open(asio::local::stream_protocol());
         set_cloexec(acceptor.native_handle());
         acceptor.bind(unix_endpoint(opt.listen.string()));
-        // From here on the socket file is ours: remove it on every way out.
-        struct socket_file {
-            const std::filesystem::path& path;
-            struct stat st {};
-            ~socket_file() {
-                struct stat now {};
-                if (::lstat(path.c_str(), &now) == 0 && now.st_ino == st.st_ino && now.st_dev == st.st_dev)
-                    ::unlink(path.c_str());
-            }
-        } file{opt.listen};
-        if (::lstat(opt.listen.c_str(), &file.st) != 0 || ::chmod(opt.listen.c_str(), 0600) != 0)
-            throw error("agent proxy: cannot make " + opt.listen.string() + " private: " + std::strerror(errno));
+        const paths::owned_socket_file file(opt.listen, "agent proxy");  // removed on every way out
         acceptor.listen();
         spdlog::debug("agent-proxy: serving {} for {} ({} allowed key(s))", opt.listen.string(),
                       opt.upstream.string(), srv->allowed.size());

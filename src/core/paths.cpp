@@ -121,4 +121,22 @@ bool prepare_socket_path(const std::filesystem::path& listen, std::string_view w
     return true;
 }
 
+owned_socket_file::owned_socket_file(std::filesystem::path socket, std::string_view who) : path_(std::move(socket)) {
+    struct stat st {};
+    if (::lstat(path_.c_str(), &st) != 0)
+        throw error(std::string(who) + ": cannot use " + path_.string() + ": " + std::strerror(errno));
+    device_ = st.st_dev;
+    inode_ = st.st_ino;
+    if (::chmod(path_.c_str(), 0600) != 0) {
+        const int err = errno;
+        ::unlink(path_.c_str());
+        throw error(std::string(who) + ": cannot make " + path_.string() + " private: " + std::strerror(err));
+    }
+}
+
+owned_socket_file::~owned_socket_file() {
+    struct stat now {};
+    if (::lstat(path_.c_str(), &now) == 0 && now.st_dev == device_ && now.st_ino == inode_) ::unlink(path_.c_str());
+}
+
 } // namespace machine::paths

@@ -6,13 +6,11 @@
 // reads the name from the guest's first bytes, resolves it on the host and dials that, never
 // the address the guest chose. Every connection and DNS question becomes one audit record.
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
-#include <cstring>
 #include <fstream>
 #include <memory>
 #include <sstream>
@@ -599,18 +597,7 @@ int run_proxy(const proxy_options& opt) {
         acceptor.open(asio::local::stream_protocol());
         io::set_cloexec(acceptor.native_handle());
         acceptor.bind(unix_endpoint(opt.listen.string()));
-        // From here on the socket file is ours: remove it on every way out.
-        struct socket_file {
-            const std::filesystem::path& path;
-            struct stat st {};
-            ~socket_file() {
-                struct stat now {};
-                if (::lstat(path.c_str(), &now) == 0 && now.st_ino == st.st_ino && now.st_dev == st.st_dev)
-                    ::unlink(path.c_str());
-            }
-        } file{opt.listen};
-        if (::lstat(opt.listen.c_str(), &file.st) != 0 || ::chmod(opt.listen.c_str(), 0600) != 0)
-            throw error("net proxy: cannot make " + opt.listen.string() + " private: " + std::strerror(errno));
+        const paths::owned_socket_file file(opt.listen, "net proxy");  // removed on every way out
         acceptor.listen();
         spdlog::info("net-proxy: serving {} for {} ({}; DNS to {})", opt.listen.string(), opt.vm,
                      opt.rules.allow ? std::to_string(opt.rules.allow->size()) + " allowed name pattern(s)"
