@@ -5,12 +5,16 @@ flushing its own firewall changes none of it.
 
 Every "unreachable" check is paired with the same probe succeeding where it must (a host port
 in host_ports, an allowed name), so a probe that cannot connect at all would fail the pair."""
+import contextlib
 import json
+import os
 import secrets
 import socket
 import subprocess
 import threading
 import time
+
+import harness
 
 GATEWAY = "192.168.5.2"
 # Resolvable on this CI network but never in the allowlist below: the subject of refusals.
@@ -191,9 +195,65 @@ def check_host_ports(tap, args, env, guest, write_project):
         tap.result(ok, "machine up back to the default policy", out)
 
 
-def check_other_vm(tap, guest, other_ssh_port, other_name):
-    """Another VM's forwarded port (its SSH) is on the host's loopback: unreachable from this VM,
-    while the host itself reaches it (the control that the port is live)."""
+class GuestListener:
+    """A TCP service in a VM on its 127.0.0.1 (what a dev server is): it greets every connection
+    with a banner until `seconds` pass. perl-base is in every Debian guest; nothing else is assumed."""
+
+    SERVE = ('use IO::Socket::INET; $| = 1; my $s = IO::Socket::INET->new(LocalAddr => "127.0.0.1", '
+             'LocalPort => $ARGV[0], Listen => 16, ReuseAddr => 1) or die "listen: $!"; '
+             'while (my $c = $s->accept) { print $c "$ARGV[1]\n"; close $c; }')
+
+    def __init__(self, guest, port, seconds=120):
+        self.port = port
+        self.banner = "guest-service-" + secrets.token_hex(6)
+        self.outcome = None
+        self.thread = threading.Thread(target=self._run, args=(guest, seconds), daemon=True)
+        self.thread.start()
+
+    def _run(self, guest, seconds):
+        self.outcome = guest.run("timeout", str(seconds), "perl", "-e", self.SERVE, str(self.port), self.banner,
+                                 timeout=seconds + 60)
+
+    def read_on_host(self, timeout=30):
+        """The banner as the host reads it on 127.0.0.1:port once the VM's port is forwarded there
+        ("" when it never was within `timeout`)."""
+        seen = [""]
+
+        def once():
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=3) as s:
+                    s.settimeout(3)
+                    seen[0] = s.recv(256).decode(errors="replace")
+            except OSError:
+                pass
+            return self.banner in seen[0]
+
+        harness.wait_until(once, timeout, interval=0.5)
+        return seen[0]
+
+    def diagnostics(self):
+        return "guest listener: %r" % (self.outcome,) if self.outcome else "guest listener still running"
+
+
+def free_host_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def check_host_reaches_forwarded_port(tap, guest):
+    """The boundary keeps the host's way in: a service on the VM's loopback is forwarded to the
+    host's 127.0.0.1 and answers there (the VM's SSH answers too: every check runs through it)."""
+    service = GuestListener(guest, free_host_port())
+    got = service.read_on_host()
+    tap.result(service.banner in got, "the host reaches a VM service through its forwarded port (127.0.0.1:%d)"
+               % service.port, "host read %r; %s" % (got, service.diagnostics()))
+
+
+def check_other_vm(tap, guest, other_guest, other_ssh_port, other_name):
+    """Another VM's forwarded ports (its SSH, a service on its loopback) are on the host's
+    loopback: unreachable from this VM, while the host itself reaches them (the control that each
+    port is live)."""
     with socket.create_connection(("127.0.0.1", other_ssh_port), timeout=5) as s:
         s.settimeout(5)
         host_sees = s.recv(64).decode(errors="replace")
@@ -201,6 +261,49 @@ def check_other_vm(tap, guest, other_ssh_port, other_name):
     tap.result(host_sees.startswith("SSH-") and "SSH-" not in out,
                "another VM's forwarded SSH port (%s, 127.0.0.1:%d) is unreachable from this VM" % (other_name, other_ssh_port),
                "host reads %r; %s" % (host_sees.strip(), diag))
+    service = GuestListener(other_guest, free_host_port())
+    host_sees = service.read_on_host()
+    out, diag = probe(guest, GATEWAY, service.port)
+    tap.result(service.banner in host_sees and service.banner not in out,
+               "another VM's forwarded service port (127.0.0.1:%d) is unreachable from this VM" % service.port,
+               "host reads %r; %s; %s" % (host_sees.strip(), diag, service.diagnostics()))
+
+
+@contextlib.contextmanager
+def forwarded_into_guest(args, env, guest, host_port):
+    """The host's 127.0.0.1:host_port appears in the VM at its own 127.0.0.1:<port> (yielded) for
+    as long as the block runs: an OpenSSH remote forward over a connection pinned to the VM's host
+    key, the way a user opens one host service to one VM without host_ports. Yields (port, "") or
+    (None, why not)."""
+    limactl = env.get("MACHINE_LIMACTL") or "limactl"
+    listing = subprocess.run([limactl, "list", "--json", args.name], env=env, capture_output=True, text=True).stdout
+    inst_dir = next((json.loads(l).get("dir") for l in listing.splitlines() if l.strip()), None)
+    state = os.path.join(args.state_dir, args.name)
+    guest_port = free_host_port()
+    argv = ["ssh", "-F", os.path.join(inst_dir or "", "ssh.config"), "-N", "-T"]
+    for option in ("StrictHostKeyChecking=yes", "UserKnownHostsFile=\"%s\"" % os.path.join(state, "known_hosts"),
+                   "GlobalKnownHostsFile=/dev/null", "HostKeyAlias=machine-" + args.name, "CheckHostIP=no",
+                   "NoHostAuthenticationForLocalhost=no", "ControlMaster=no", "ControlPath=none",
+                   "ExitOnForwardFailure=yes", "LogLevel=ERROR"):
+        argv += ["-o", option]
+    argv += ["-R", "127.0.0.1:%d:127.0.0.1:%d" % (guest_port, host_port), "lima-" + args.name]
+    ssh = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        script = 'exec 3<>"/dev/tcp/127.0.0.1/$0"'
+        harness.wait_until(lambda: ssh.poll() is not None or guest.run("bash", "-c", script, str(guest_port))[0] == 0,
+                           30, interval=0.5)
+        if ssh.poll() is None:
+            yield guest_port, ""
+        else:
+            yield None, "ssh exited %s: %s" % (ssh.returncode, ssh.stderr.read().decode(errors="replace")[-800:])
+    finally:
+        if ssh.poll() is None:
+            ssh.terminate()
+        try:
+            ssh.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            ssh.kill()
+            ssh.wait()
 
 
 def check_egress_allowlist(tap, args, env, guest, write_project):
