@@ -265,6 +265,11 @@ asio::awaitable<std::optional<std::filesystem::path>> prepare_network(context& c
 /// Its pid and policy fingerprint are recorded next to its log.
 asio::awaitable<void> ensure_egress_proxy(context& ctx, std::string name, net::policy rules);
 
+/// Stops VM `name`'s egress proxy, if one serves (down, destroy, after a bake): nothing needs it
+/// while the VM is stopped, and without this it would wait out its 10 minutes for a VM that is
+/// gone. Only a process that is that VM's net-proxy is signalled.
+asio::awaitable<void> stop_egress_proxy(const std::string& name);
+
 // ---- Watching ----------------------------------------------------------------------------------
 
 struct watch_options {

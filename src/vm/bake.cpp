@@ -74,6 +74,7 @@ awaitable<void> prune_stale_bases(context& ctx, const std::string& keep, const s
         }
         ctx.say(inst.name, "removing stale base");
         co_await ctx.lima.remove(inst.name, true);
+        co_await stop_egress_proxy(inst.name);
         fs::remove_all(project_state_dir(inst.name), ec);
     }
 }
@@ -129,6 +130,7 @@ awaitable<std::string> ensure_base(context& ctx, const up_target& t, bool force,
         session->close();
     }
     co_await lima.stop(name, false);
+    co_await stop_egress_proxy(name);
     nlohmann::json doc{{"key", key}, {"profiles", t.base.profiles}, {"baked_at", events::format_timestamp(std::chrono::system_clock::now())}};
     paths::write_file_atomic(marker, doc.dump() + "\n", 0600);
     ctx.emit(events::step_finished(name, "bake", true, since(t0), "base " + key.substr(0, 12) + " for " + profiles));

@@ -15,6 +15,7 @@ awaitable<void> down(context& ctx, const std::string& name) {
     const auto existing = co_await lima.find(name);
     if (!existing) throw error("VM '" + name + "' does not exist");
     if (existing->state == lima::status::stopped) {
+        co_await stop_egress_proxy(name);
         ctx.emit(events::vm_state(name, "stopped", "already stopped; nothing to do"));
         co_return;
     }
@@ -22,6 +23,7 @@ awaitable<void> down(context& ctx, const std::string& name) {
     ctx.emit(events::step_started(name, "stop"));
     // A broken VM (one of its processes gone) cannot stop gracefully: force it.
     co_await lima.stop(name, existing->state != lima::status::running);
+    co_await stop_egress_proxy(name);
     ctx.emit(events::step_finished(name, "stop", true, since(t0)));
     ctx.emit(events::vm_state(name, "stopped"));
 }
@@ -41,6 +43,7 @@ awaitable<void> destroy(context& ctx, const std::string& name, std::function<boo
     ctx.emit(events::step_started(name, "delete"));
     if (existing->is_protected) throw error("VM '" + name + "' is protected (limactl unprotect " + name + ")");
     co_await lima.remove(name, true);  // -f stops it first, whatever its state
+    co_await stop_egress_proxy(name);
     std::error_code ec;
     fs::remove_all(project_state_dir(name), ec);
     ctx.emit(events::step_finished(name, "delete", true, since(t0)));

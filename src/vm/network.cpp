@@ -305,6 +305,15 @@ awaitable<void> ensure_egress_proxy(context& ctx, std::string name, net::policy 
     paths::write_file_atomic(fingerprint_file(name), wanted + "\n", 0600);
 }
 
+awaitable<void> stop_egress_proxy(const std::string& name) {
+    int pid = recorded_pid(name);
+    if (!is_net_proxy_for(pid, name)) pid = listener_pid(egress_socket(name));
+    co_await stop_proxy(name, pid);
+    std::error_code ec;
+    fs::remove(pid_file(name), ec);
+    fs::remove(fingerprint_file(name), ec);
+}
+
 awaitable<std::optional<fs::path>> prepare_network(context& ctx, const std::string& name, const net::policy& rules) {
     const bool isolating = co_await ctx.lima.isolates_network();
     if (!isolating) {

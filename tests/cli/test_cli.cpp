@@ -185,6 +185,7 @@ struct world {
     }
     ~world() {
         stop_agent_filters();  // before their sockets go with root
+        stop_egress_proxies();
         std::error_code ec;
         fs::remove_all(root, ec);
     }
@@ -214,6 +215,16 @@ struct world {
             const std::string args = std::string("agent-proxy") + '\0' + "--listen" + '\0' + e.path().string() + '\0';
             stopped += stop_listener(e.path(), args);
         }
+        return stopped;
+    }
+
+    // The egress proxies (`machine net-proxy`, detached) serving sockets in this world's state
+    // dir, stopped by pid; how many there were.
+    std::size_t stop_egress_proxies() const {
+        std::size_t stopped = 0;
+        std::error_code ec;
+        for (const auto& e : fs::directory_iterator(root / "state" / "net", ec))
+            if (e.path().extension() == ".sock") stopped += stop_listener(e.path(), std::string("net-proxy") + '\0');
         return stopped;
     }
 
@@ -455,6 +466,33 @@ BOOST_AUTO_TEST_CASE(down_destroy_lifecycle) {
     r = w.machine({"down"});
     BOOST_TEST(r.exit_code == 1);
     BOOST_TEST(contains(r.err, "VM 'default' does not exist"));
+}
+
+// The pid of VM `name`'s egress proxy while it runs (0 when none does): from its pid file, and
+// only when that process is a net-proxy (a zombie or a reused pid is not).
+int running_egress_proxy(const world& w, const std::string& name) {
+    std::ifstream in(w.state(name) / "net-proxy.pid");
+    int pid = 0;
+    if (!(in >> pid) || pid <= 0) return 0;
+    return contains(read_proc_file(pid, "cmdline"), std::string("net-proxy") + '\0') ? pid : 0;
+}
+
+BOOST_AUTO_TEST_CASE(the_egress_proxy_ends_with_down_and_with_destroy) {
+    // Left running, a proxy waits 10 minutes for a VM that is stopped or gone.
+    world w;
+    w.set("FAKE_LIMACTL_MACHINE_EGRESS", "1");
+    BOOST_REQUIRE(w.machine({"up"}).exit_code == 0);
+    const int first = running_egress_proxy(w, "default");
+    BOOST_REQUIRE_MESSAGE(first > 0, "up started no egress proxy");
+    BOOST_TEST(w.machine({"down"}).exit_code == 0);
+    BOOST_TEST(!contains(read_proc_file(first, "cmdline"), "net-proxy"), "the proxy outlived down");
+
+    BOOST_REQUIRE(w.machine({"up"}).exit_code == 0);
+    const int second = running_egress_proxy(w, "default");
+    BOOST_REQUIRE_MESSAGE(second > 0, "up started no egress proxy after down");
+    BOOST_TEST(w.machine({"destroy", "-y"}).exit_code == 0);
+    BOOST_TEST(!contains(read_proc_file(second, "cmdline"), "net-proxy"), "the proxy outlived destroy");
+    BOOST_TEST(w.stop_egress_proxies() == 0u);
 }
 
 BOOST_AUTO_TEST_CASE(bad_names_are_refused_before_anything_runs) {

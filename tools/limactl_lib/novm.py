@@ -253,7 +253,9 @@ class NoVMDriver:
     # ------------------------------------------------------------------ knobs
     @staticmethod
     def info_extra():
-        return {}  # no VM, no network boundary: machineEgress is not advertised
+        # No VM, no network boundary: machineEgress is not advertised, unless a test asks the fake
+        # to claim it (to see machine start and stop its egress proxies; nothing is enforced).
+        return {"machineEgress": True} if os.environ.get("FAKE_LIMACTL_MACHINE_EGRESS") == "1" else {}
 
     @staticmethod
     def fail_point(cmd, name=None):
