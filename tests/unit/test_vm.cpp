@@ -726,6 +726,22 @@ BOOST_AUTO_TEST_CASE(a_project_without_a_table_asks_for_no_resources) {
     BOOST_TEST(f.lima.state().calls == (strings{"list web", "start web"}), boost::test_tools::per_element());
 }
 
+BOOST_AUTO_TEST_CASE(values_lima_did_not_list_or_that_make_no_sense_are_left_alone) {
+    lima::instance inst;
+    inst.name = "web";
+    config::project p = bigger(target("web")).project;
+    BOOST_TEST(vm::resource_changes(p, inst).empty());  // cpus, memory and disk absent from the list
+    inst.cpus = -3;
+    inst.memory_bytes = -1;
+    inst.disk_bytes = -(40LL << 30);
+    BOOST_TEST(vm::resource_changes(p, inst).empty());
+    // Within a KiB is Lima's float parsing of the same text, no change.
+    inst.cpus = 4;
+    inst.memory_bytes = (8LL << 30) - 1;
+    inst.disk_bytes = (40LL << 30) + 1;
+    BOOST_TEST(vm::resource_changes(p, inst).empty());
+}
+
 BOOST_AUTO_TEST_CASE(sizes_read_as_they_are_written) {
     BOOST_TEST(vm::size_text(4LL << 30) == "4GiB");
     BOOST_TEST(vm::size_text(3LL << 29) == "1.5GiB");
