@@ -2,7 +2,6 @@
 #include <fstream>
 
 #include <asio/this_coro.hpp>
-#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
 #include "machine/async.hpp"
@@ -12,6 +11,7 @@
 #include "machine/ssh.hpp"
 #include "machine/vm.hpp"
 #include "guest_network.hpp"
+#include "instance_edits.hpp"
 #include "lifecycle.hpp"
 #include "provisioning.hpp"
 #include "tasks.hpp"
@@ -65,6 +65,15 @@ awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel, co
     else
         existing = co_await lima.find(name);
     const bool was_running = existing && existing->state == lima::status::running;
+    // cpus, memory and disk change only when the VM starts, and a disk only grows: a smaller one
+    // is refused here, before anything runs.
+    if (existing) {
+        const std::vector<setting_change> resources = resource_changes(project, *existing);
+        if (was_running && !resources.empty())
+            ctx.emit(events::message(name, "warning",
+                                     describe_changes(resources) + " apply when the VM restarts: machine down " + name +
+                                         " && machine up " + name));
+    }
     agent_environment agent;
     {
         // Every limactl call from here on (the start, whose SSH master outlives it) and every
@@ -72,13 +81,6 @@ awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel, co
         const lima::instance* inst = existing ? &*existing : nullptr;
         agent = co_await prepare_agent_forwarding(ctx, project, inst, true);
         lima.set_environment(agent.env);
-    }
-    // Lima forwards the agent (or not) by the instance's ssh.forwardAgent, from its creation; a
-    // project that changed forward_agent since gets it at the VM's next start (a running VM's
-    // user was told by prepare_agent_forwarding).
-    if (existing && !was_running && existing->forward_agent && *existing->forward_agent != project.forward_agent) {
-        std::vector<std::string> sets{std::string(".ssh.forwardAgent = ") + (project.forward_agent ? "true" : "false")};
-        co_await lima.edit(name, sets);
     }
     if (was_running && !ctx.agent) {
         ctx.emit(events::vm_state(name, "running", "already running; nothing to do"));
@@ -93,17 +95,15 @@ awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel, co
     const fs::path egress_socket_path = egress.value_or(fs::path());
     // A VM made before its Lima isolated VMs (or whose socket moved) gets its egress at its next
     // start; a running one is told it is not isolated until then.
-    if (egress && existing && existing->egress_socket != egress_socket_path.string()) {
-        if (was_running) {
-            ctx.emit(events::message(name, "warning",
-                                     "the VM runs without machine's network isolation (it was started before it "
-                                     "existed); it applies when the VM restarts: machine down " + name +
-                                         "; machine up " + name));
-        } else {
-            std::vector<std::string> sets{".machineEgress.socket = " + nlohmann::json(egress_socket_path.string()).dump()};
-            co_await lima.edit(name, sets);
-        }
+    if (was_running && egress && existing->egress_socket != egress_socket_path.string()) {
+        ctx.emit(events::message(name, "warning",
+                                 "the VM runs without machine's network isolation (it was started before it "
+                                 "existed); it applies when the VM restarts: machine down " + name +
+                                     "; machine up " + name));
     }
+    // What the stopped VM's lima.yaml must change to match the project (edited before its boot).
+    std::vector<setting_change> before_start;
+    if (existing && !was_running) before_start = changes_before_start(project, *existing, egress_socket_path.string());
     fs::path create_from;  // set when the start creates the VM from the project's template
     if (!existing) {
         // Nothing is created for a project whose code cannot be fetched.
@@ -140,6 +140,7 @@ awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel, co
         // Again just before the boot: a base baked meanwhile can take longer than a proxy waits for
         // its VM's host agent to appear (it ends without one), and the guest must find it serving.
         if (egress) co_await prepare_network(ctx, name, target.network);
+        co_await edit_before_start(ctx, lima, name, before_start);
         const fs::path dir = existing ? fs::path(existing->dir) : lima.instance_dir(name);
         co_await boot_instance(ctx, lima, name, dir / "ha.stdout.log", cancel, create_from);
     }

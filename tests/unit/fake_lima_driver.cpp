@@ -4,6 +4,9 @@
 #include <asio/this_coro.hpp>
 #include <asio/use_awaitable.hpp>
 
+#include <optional>
+#include <string_view>
+
 namespace machine::test {
 
 namespace fs = std::filesystem;
@@ -14,7 +17,7 @@ lima::instance& fake_lima_driver::add(const std::string& name, lima::status s) {
     i.name = name;
     i.state = s;
     i.dir = instance_dir(name).string();
-    i.disk_bytes = 16LL << 30;
+    // cpus, memory and disk stay 0 (not listed): a test that compares resources sets them.
     return i;
 }
 
@@ -121,6 +124,17 @@ awaitable<void> fake_lima_driver::edit(std::string name, std::vector<std::string
     for (const auto& s : sets) {
         if (s == ".ssh.forwardAgent = true") i.forward_agent = true;
         if (s == ".ssh.forwardAgent = false") i.forward_agent = false;
+        // `.cpus = 4`, `.memory = "8GiB"`, `.disk = "40GiB"`, as `limactl list` would show them after
+        const auto value = [&s](std::string_view key) -> std::optional<std::string> {
+            const std::string prefix = std::string(key) + " = ";
+            if (s.rfind(prefix, 0) != 0) return std::nullopt;
+            std::string v = s.substr(prefix.size());
+            if (v.size() >= 2 && v.front() == '"') v = v.substr(1, v.size() - 2);
+            return v;
+        };
+        if (const auto v = value(".cpus")) i.cpus = std::stoi(*v);
+        if (const auto v = value(".memory")) i.memory_bytes = config::size_bytes(*v);
+        if (const auto v = value(".disk")) i.disk_bytes = config::size_bytes(*v);
     }
     co_return;
 }

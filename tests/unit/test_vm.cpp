@@ -14,6 +14,7 @@
 #include "audit_tail.hpp"
 #include "bake.hpp"
 #include "fake_lima_driver.hpp"
+#include "instance_edits.hpp"
 #include "machine/error.hpp"
 #include "machine/render.hpp"
 #include "machine/vm.hpp"
@@ -598,6 +599,156 @@ BOOST_AUTO_TEST_CASE(a_tail_drops_an_overlong_line_whole_and_reads_in_bounded_ch
         for (auto& l : tail.poll(16 * 1024)) seen.push_back(std::move(l));
     BOOST_TEST(seen == strings{"short"}, boost::test_tools::per_element());
     BOOST_TEST(tail.dropped_lines() == 1u);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// ---- A VM's resources: cpus, memory and disk change at its next start --------------------------
+
+namespace {
+
+// A stopped or running VM as Lima lists it: 2 cpus, 4GiB of memory, a 30GiB disk, no agent
+// forwarding, no egress socket.
+lima::instance& small_vm(machine::test::fake_lima_driver& lima, lima::status s) {
+    lima::instance& i = lima.add("web", s);
+    i.cpus = 2;
+    i.memory_bytes = 4LL << 30;
+    i.disk_bytes = 30LL << 30;
+    i.forward_agent = false;
+    return i;
+}
+
+// The project asks for 4 cpus, 8GiB and a 40GiB disk.
+vm::up_target bigger(vm::up_target t) {
+    t.project.cpus = 4;
+    t.project.memory = "8GiB";
+    t.project.disk = "40GiB";
+    return t;
+}
+
+} // namespace
+
+BOOST_AUTO_TEST_SUITE(vm_resources)
+
+BOOST_AUTO_TEST_CASE(a_stopped_vm_gets_its_resources_and_egress_in_one_edit_before_it_starts) {
+    state_dir state;
+    network_context f(true);
+    small_vm(f.lima, lima::status::stopped).forward_agent = true;  // the project says false
+    co_run(f.io, vm::up_one(f.ctx, bigger(target("web")), &f.cancel, nullptr));
+
+    const std::string socket = vm::egress_socket("web").string();
+    BOOST_TEST(f.lima.state().calls == (strings{"list web",
+                                                "edit web .cpus = 4 .memory = \"8GiB\" .disk = \"40GiB\" "
+                                                ".ssh.forwardAgent = false .machineEgress.socket = \"" + socket + "\"",
+                                                "start web"}),
+               boost::test_tools::per_element());
+    BOOST_TEST(contains(f.events->lines(),
+                        "message web info cpus 2 -> 4, memory 4GiB -> 8GiB, disk 30GiB -> 40GiB, applied at this start"));
+    const lima::instance& after = f.lima.state().instances["web"];
+    BOOST_TEST(after.cpus == 4);
+    BOOST_TEST(after.memory_bytes == 8LL << 30);
+    BOOST_TEST(after.disk_bytes == 40LL << 30);
+}
+
+BOOST_AUTO_TEST_CASE(only_what_changed_is_edited_and_said) {
+    state_dir state;
+    fake_vm_context f;
+    small_vm(f.lima, lima::status::stopped);
+    vm::up_target t = target("web", "30GiB");
+    t.project.cpus = 2;
+    t.project.memory = "6GiB";
+    co_run(f.io, vm::up_one(f.ctx, t, &f.cancel, nullptr));
+
+    BOOST_TEST(f.lima.state().calls == (strings{"list web", "edit web .memory = \"6GiB\"", "start web"}),
+               boost::test_tools::per_element());
+    BOOST_TEST(contains(f.events->lines(), "message web info memory 4GiB -> 6GiB, applied at this start"));
+}
+
+BOOST_AUTO_TEST_CASE(a_vm_whose_resources_match_is_not_edited) {
+    state_dir state;
+    fake_vm_context f;
+    small_vm(f.lima, lima::status::stopped);
+    vm::up_target t = target("web", "30GiB");
+    t.project.cpus = 2;
+    t.project.memory = "4GiB";
+    co_run(f.io, vm::up_one(f.ctx, t, &f.cancel, nullptr));
+
+    BOOST_TEST(f.lima.state().calls == (strings{"list web", "start web"}), boost::test_tools::per_element());
+    for (const auto& line : f.events->lines()) BOOST_TEST(line.find("applied at this start") == std::string::npos, line);
+}
+
+BOOST_AUTO_TEST_CASE(a_running_vm_whose_resources_differ_is_told_the_restart_and_left_alone) {
+    state_dir state;
+    network_context f(true);
+    small_vm(f.lima, lima::status::running);
+    co_run(f.io, vm::up_one(f.ctx, bigger(target("web")), &f.cancel, nullptr));
+
+    BOOST_TEST(f.lima.state().calls == strings{"list web"}, boost::test_tools::per_element());
+    BOOST_TEST(f.events->lines() ==
+                   (strings{"message web warning cpus 2 -> 4, memory 4GiB -> 8GiB, disk 30GiB -> 40GiB apply when the "
+                            "VM restarts: machine down web && machine up web",
+                            "vm.state web running already running; nothing to do", "vm.done web ready"}),
+               boost::test_tools::per_element());
+    BOOST_TEST(f.lima.state().instances["web"].cpus == 2);
+}
+
+BOOST_AUTO_TEST_CASE(a_smaller_disk_is_a_config_error_and_nothing_runs) {
+    for (const lima::status s : {lima::status::stopped, lima::status::running}) {
+        state_dir state;
+        network_context f(true);
+        small_vm(f.lima, s);
+        vm::up_target t = bigger(target("web"));
+        t.project.disk = "20GiB";
+        t.project.source = "/home/u/.config/machine/projects.toml";
+        try {
+            co_run(f.io, vm::up_one(f.ctx, t, &f.cancel, nullptr));
+            BOOST_FAIL("a disk was asked to shrink and up went on");
+        } catch (const config::config_error& e) {
+            BOOST_TEST(std::string(e.what()) ==
+                       "/home/u/.config/machine/projects.toml: web.disk: 20GiB is smaller than the VM's disk (30GiB); a "
+                       "VM's disk only grows: set disk = \"30GiB\" or more, or start over with machine destroy web");
+            BOOST_TEST((e.code() == machine::exit_code::usage));
+        }
+        BOOST_TEST(f.lima.state().calls == strings{"list web"}, boost::test_tools::per_element());
+        BOOST_TEST(f.proxies.empty());
+        BOOST_TEST(f.events->lines().empty());
+    }
+}
+
+BOOST_AUTO_TEST_CASE(a_project_without_a_table_asks_for_no_resources) {
+    state_dir state;
+    fake_vm_context f;
+    small_vm(f.lima, lima::status::stopped);
+    vm::up_target t = bigger(target("web"));
+    t.project.disk = "20GiB";  // a smaller disk too: not asked for either
+    t.project.configured = false;
+    co_run(f.io, vm::up_one(f.ctx, t, &f.cancel, nullptr));
+    BOOST_TEST(f.lima.state().calls == (strings{"list web", "start web"}), boost::test_tools::per_element());
+}
+
+BOOST_AUTO_TEST_CASE(values_lima_did_not_list_or_that_make_no_sense_are_left_alone) {
+    lima::instance inst;
+    inst.name = "web";
+    config::project p = bigger(target("web")).project;
+    BOOST_TEST(vm::resource_changes(p, inst).empty());  // cpus, memory and disk absent from the list
+    inst.cpus = -3;
+    inst.memory_bytes = -1;
+    inst.disk_bytes = -(40LL << 30);
+    BOOST_TEST(vm::resource_changes(p, inst).empty());
+    // Within a KiB is Lima's float parsing of the same text, no change.
+    inst.cpus = 4;
+    inst.memory_bytes = (8LL << 30) - 1;
+    inst.disk_bytes = (40LL << 30) + 1;
+    BOOST_TEST(vm::resource_changes(p, inst).empty());
+}
+
+BOOST_AUTO_TEST_CASE(sizes_read_as_they_are_written) {
+    BOOST_TEST(vm::size_text(4LL << 30) == "4GiB");
+    BOOST_TEST(vm::size_text(3LL << 29) == "1.5GiB");
+    BOOST_TEST(vm::size_text(512LL << 20) == "512MiB");
+    BOOST_TEST(vm::size_text(2LL << 40) == "2TiB");
+    BOOST_TEST(vm::size_text(1395864371) == "1.3GiB");  // "1.3GiB" as Lima lists it
+    BOOST_TEST(vm::size_text(100) == "100B");
 }
 
 BOOST_AUTO_TEST_SUITE_END()
