@@ -65,6 +65,9 @@ struct project {
     /// (the provision module knows it). `profiles` is then empty.
     bool builtin_profiles = false;
     std::string shell = "zsh";           ///< "zsh" or "bash"
+    /// Claude Code's permissions.defaultMode in the VM: "auto" (full autonomy, Claude's own
+    /// safety checks as a second line) or "bypassPermissions" (no checks at all).
+    std::string claude_mode = "auto";
     bool forward_agent = true;
     int cpus = 4;
     std::string memory = "8GiB";         ///< normalized "<number><KiB|MiB|GiB|TiB>"

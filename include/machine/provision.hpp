@@ -32,6 +32,9 @@ struct step {
     /// Runs after the project's repos are cloned (and again whenever its repos change), e.g. to
     /// trust every repo for the agents. Never part of a cached base.
     bool after_clone = false;
+    /// `bake = false` on a step of a baked profile: the step is applied at `up`, never in a cached
+    /// base, so it may use project values (${claude.mode}) while the rest of its profile is baked.
+    bool bake = true;
 };
 
 struct profile {
@@ -73,13 +76,15 @@ private:
 const std::vector<std::string>& default_profiles();
 
 /// Host values a step may use in its env: ${git.name}, ${git.email}, ${git.signing_key},
-/// ${vm.user}, ${vm.shell}.
+/// ${vm.user}, ${vm.shell}, ${claude.mode}; and ${forge.known_hosts}, the forges' SSH host keys
+/// machine ships (machine/forge_keys.hpp), the same for every project.
 struct host_values {
     std::string git_name;
     std::string git_email;
     std::string git_signing_key;  ///< an SSH public key line, or empty
     std::string vm_user = "dev";
     std::string vm_shell = "bash";  ///< the project's login shell: "zsh" or "bash"
+    std::string claude_mode = "auto";  ///< the project's claude_mode: "auto" or "bypassPermissions"
     /// The directories the project's repos are cloned into: after_clone steps get them as
     /// $MACHINE_REPOS (space-separated), so they run again when the repos change.
     std::vector<std::string> repo_dirs;
@@ -96,6 +101,9 @@ struct planned_step {
     std::uint64_t timeout_ms = 0;
     bool after_clone = false;
     std::string hash;                ///< sha256 hex over everything above but `profile`
+    /// false: kept out of a cached base (the step's `bake = false`). Not hashed: it changes where
+    /// the step runs, not what it does.
+    bool bake = true;
 };
 
 struct plan {
@@ -113,7 +121,8 @@ std::vector<std::string> resolve_profiles(const catalog& cat, const std::vector<
 plan make_plan(const catalog& cat, const std::vector<std::string>& profiles, const host_values& host);
 
 /// The steps of `p` that may go into a cached base: those of its bake profiles, up to the first
-/// profile that cannot be baked (what follows may depend on it), without after_clone steps.
+/// profile that cannot be baked (what follows may depend on it), without after_clone steps and
+/// steps marked `bake = false`.
 plan bakeable_prefix(const catalog& cat, const plan& p);
 
 /// The argv a script runs as in the guest: bash with errexit, nounset and pipefail.

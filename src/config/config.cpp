@@ -62,6 +62,12 @@ std::string profile_problem(std::string_view name) {
            " (use a-z, 0-9, \"-\" and \"_\", starting with a letter or digit)";
 }
 
+std::string claude_mode_problem(std::string_view mode) {
+    if (mode == "auto" || mode == "bypassPermissions") return {};
+    return "expected \"auto\" (full autonomy with Claude's own safety checks) or \"bypassPermissions\" (no checks), got " +
+           toml_string(mode);
+}
+
 std::string shell_problem(std::string_view shell) {
     if (shell == "zsh" || shell == "bash") return {};
     return "expected \"zsh\" or \"bash\", got " + toml_string(shell);
@@ -384,6 +390,9 @@ void apply_profiles(const field& f, project& p) {
 void apply_shell(const field& f, project& p) {
     if (auto v = detail::read_string(f, shell_problem)) p.shell = *v;
 }
+void apply_claude_mode(const field& f, project& p) {
+    if (auto v = detail::read_string(f, claude_mode_problem)) p.claude_mode = *v;
+}
 void apply_forward_agent(const field& f, project& p) {
     if (auto v = detail::read_bool(f)) p.forward_agent = *v;
 }
@@ -437,6 +446,7 @@ constexpr key_rule<project> project_keys[] = {
     {"repos", apply_repos},
     {"profiles", apply_profiles},
     {"shell", apply_shell},
+    {"claude_mode", apply_claude_mode},
     {"forward_agent", apply_forward_agent},
     {"cpus", apply_cpus},
     {"memory", apply_memory},

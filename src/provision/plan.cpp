@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "machine/forge_keys.hpp"
 #include "machine/sha256.hpp"
 #include "machine/text.hpp"
 
@@ -31,6 +32,8 @@ std::string expand(std::string_view value, const host_values& host) {
         else if (key == "git.signing_key") out += host.git_signing_key;
         else if (key == "vm.user") out += host.vm_user;
         else if (key == "vm.shell") out += host.vm_shell;
+        else if (key == "claude.mode") out += host.claude_mode;
+        else if (key == "forge.known_hosts") out += forge::known_hosts_text();
         pos = end + 1;
     }
     out.append(value.substr(pos));
@@ -108,6 +111,7 @@ plan make_plan(const catalog& cat, const std::vector<std::string>& profiles, con
             ps.user = s.user == run_as::root ? "root" : host.vm_user;
             for (const auto& [k, v] : s.env) ps.env.emplace_back(k, expand(v, host));
             ps.after_clone = s.after_clone;
+            ps.bake = s.bake;
             if (s.after_clone) {
                 std::string dirs;
                 for (const auto& d : host.repo_dirs) dirs += (dirs.empty() ? "" : " ") + d;
@@ -132,7 +136,7 @@ plan bakeable_prefix(const catalog& cat, const plan& p) {
         out.profiles.push_back(name);
     }
     for (const auto& s : p.steps)
-        if (!s.after_clone && std::find(out.profiles.begin(), out.profiles.end(), s.profile) != out.profiles.end())
+        if (!s.after_clone && s.bake && std::find(out.profiles.begin(), out.profiles.end(), s.profile) != out.profiles.end())
             out.steps.push_back(s);
     return out;
 }

@@ -40,7 +40,8 @@ std::string profile_name_problem(std::string_view name) {
 
 // The placeholders an env value may hold; anything else that looks like one is a typo.
 const std::vector<std::string>& known_placeholders() {
-    static const std::vector<std::string> names{"git.name", "git.email", "git.signing_key", "vm.user", "vm.shell"};
+    static const std::vector<std::string> names{"git.name",  "git.email",   "git.signing_key", "vm.user",
+                                                "vm.shell", "claude.mode", "forge.known_hosts"};
     return names;
 }
 
@@ -60,10 +61,11 @@ std::string env_value_problem(std::string_view value) {
 }
 
 bool uses_git_values(std::string_view value) { return value.find("${git.") != std::string_view::npos; }
-// Values that differ between projects (the git identity, the login shell): not for a base disk
-// every project shares.
+// Values that differ between projects (the git identity, the login shell, Claude's permission
+// mode): not for a base disk every project shares.
 bool uses_project_values(std::string_view value) {
-    return uses_git_values(value) || value.find("${vm.shell}") != std::string_view::npos;
+    return uses_git_values(value) || value.find("${vm.shell}") != std::string_view::npos ||
+           value.find("${claude.mode}") != std::string_view::npos;
 }
 
 // ---- [[step]] ----
@@ -72,12 +74,16 @@ struct host_value_use {
     toml::source_region where;
     std::string path;
     bool git = false;  ///< a ${git.*} value (reading those runs git on the host)
+    std::size_t step = 0;  ///< index of its step in the profile
 };
 
 struct step_draft {
     step s;
     std::vector<host_value_use> host_values;  ///< env entries with project values: refused when baked
 };
+
+// A step that can go into a cached base: its profile is baked and the step is not kept out of it.
+bool baked(const profile& p, const step& s) { return p.bake && s.bake && !s.after_clone; }
 
 void apply_step_name(const field& f, step_draft& d) {
     if (auto v = config::detail::read_string(f, step_name_problem)) d.s.name = *v;
@@ -122,6 +128,9 @@ void apply_step_env(const field& f, step_draft& d) {
 void apply_step_after_clone(const field& f, step_draft& d) {
     if (auto v = config::detail::read_bool(f)) d.s.after_clone = *v;
 }
+void apply_step_bake(const field& f, step_draft& d) {
+    if (auto v = config::detail::read_bool(f)) d.s.bake = *v;
+}
 void apply_step_check(const field& f, step_draft& d) {
     if (auto v = config::detail::read_string(f)) d.s.check = *v;
 }
@@ -132,7 +141,7 @@ void apply_step_run(const field& f, step_draft& d) {
 constexpr key_rule<step_draft> step_keys[] = {
     {"name", apply_step_name}, {"user", apply_step_user}, {"timeout", apply_step_timeout},
     {"env", apply_step_env},   {"check", apply_step_check}, {"run", apply_step_run},
-    {"after_clone", apply_step_after_clone},
+    {"after_clone", apply_step_after_clone}, {"bake", apply_step_bake},
 };
 
 // ---- the file's top level ----
@@ -173,6 +182,7 @@ void apply_steps(const field& f, profile_draft& d) {
                 if (key.str() == "name")
                     f.out.add(key.source(), prefix + ".name", "duplicate step name \"" + draft.s.name + "\"");
         }
+        for (auto& use : draft.host_values) use.step = i;
         d.host_values.insert(d.host_values.end(), draft.host_values.begin(), draft.host_values.end());
         d.p.steps.push_back(std::move(draft.s));
     }
@@ -197,9 +207,11 @@ profile catalog::parse(std::string_view document, const std::string& name, const
     // A baked disk is shared by every project: it cannot hold one user's identity.
     draft.p.uses_git_values = std::any_of(draft.host_values.begin(), draft.host_values.end(),
                                           [](const host_value_use& u) { return u.git; });
-    if (draft.p.bake)
-        for (const auto& use : draft.host_values)
-            out.add(use.where, use.path, "${git.*} and ${vm.shell} need `bake = false`: a cached base is shared by every project");
+    for (const auto& use : draft.host_values)
+        if (use.step < draft.p.steps.size() && baked(draft.p, draft.p.steps[use.step]))
+            out.add(use.where, use.path,
+                    "${git.*}, ${vm.shell} and ${claude.mode} need `bake = false` (on the profile or the step): a "
+                    "cached base is shared by every project");
     if (const std::string problem = profile_name_problem(name); !problem.empty())
         throw config_error(text::sanitize_for_terminal(source + ": " + problem));
     out.raise_first();

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "machine/async.hpp"
+#include "machine/forge_keys.hpp"
 #include "machine/guest.hpp"
 #include "machine/proc.hpp"
 #include "machine/protocol.hpp"
@@ -156,9 +157,14 @@ awaitable<bool> run_clone(context& ctx, clone_run run, cancel_signal* cancel) {
     }
     std::string why = text::last_line(progress.tail());
     if (why.empty()) why = "ssh exited with status " + std::to_string(r.status());
+    // git's ssh in the VM refused the forge's host key (not 255: that is the host's ssh to the VM,
+    // whose own key is checked against the VM's pin). Never the deploy key's fault: always fatal.
+    std::string host_key;
+    if (r.exit_code != 255) host_key = forge::host_key_problem(progress.tail(), forge::ssh_host_of(run.url));
+    if (!host_key.empty()) why = host_key;
     ctx.emit(events::step_finished(vm, step, false, since(t0), why));
     // 255: ssh itself failed (the connection, the host key), never the deploy key's fault.
-    if (!run.failure_is_fatal && r.exit_code != 255) co_return false;
+    if (!run.failure_is_fatal && r.exit_code != 255 && host_key.empty()) co_return false;
     throw error(text::sanitize_for_terminal("git clone " + run.url + " failed in VM '" + vm + "': " + why),
                 exit_code::failure, progress.tail());
 }

@@ -8,6 +8,7 @@
 #include <spdlog/spdlog.h>
 
 #include "machine/async.hpp"
+#include "machine/forge_keys.hpp"
 #include "tasks.hpp"
 #include "machine/paths.hpp"
 #include "machine/proc.hpp"
@@ -75,11 +76,45 @@ std::string signing_key_from(std::string value) {
 
 } // namespace
 
-// git without prompts: a missing credential is an error, not a hang.
-std::vector<std::pair<std::string, std::string>> git_env() {
-    return {{"GIT_TERMINAL_PROMPT", "0"},
-            {"GIT_ALLOW_PROTOCOL", allowed_git_protocols},
-            {"GIT_SSH_COMMAND", "ssh -o BatchMode=yes -o ConnectTimeout=10 -o StrictHostKeyChecking=accept-new"}};
+// git without prompts: a missing credential is an error, not a hang. ssh never accepts a host
+// key it has not seen (no accept-new): the forges' keys are shipped (machine/forge_keys.hpp).
+std::vector<std::pair<std::string, std::string>> git_env(const fs::path& known_hosts) {
+    std::string ssh = "ssh -o BatchMode=yes -o ConnectTimeout=10 -o StrictHostKeyChecking=yes";
+    if (!known_hosts.empty()) {
+        // GIT_SSH_COMMAND goes through a shell, then ssh splits the option's value into files
+        // (double quotes keep a path with spaces whole, as in vm/openssh.cpp).
+        ssh += " -o " + text::shell_quote("UserKnownHostsFile=\"" + known_hosts.string() + "\" ~/.ssh/known_hosts");
+    }
+    return {{"GIT_TERMINAL_PROMPT", "0"}, {"GIT_ALLOW_PROTOCOL", allowed_git_protocols}, {"GIT_SSH_COMMAND", ssh}};
+}
+
+fs::path forge_known_hosts_file() {
+    const fs::path file = paths::state_dir() / "forge_known_hosts";
+    const std::string text = forge::known_hosts_text();
+    std::error_code ec;
+    if (!fs::exists(file, ec) || paths::read_file(file) != text) paths::write_file_atomic(file, text, 0644);
+    return file;
+}
+
+awaitable<std::string> repo_reachability_problem(std::string url, fs::path known_hosts, cancel_signal* cancel) {
+    proc::command cmd;
+    // `--` first: the URL can never be read as an option.
+    cmd.argv = {"git", "-c", "protocol.ext.allow=never", "ls-remote", "--", url, "HEAD"};
+    cmd.env_set = git_env(known_hosts);
+    proc::run_options opt;
+    opt.limit.timeout = 30s;
+    opt.limit.max_output = 1 << 20;
+    opt.cancel = cancel;
+    try {
+        const proc::result r = co_await proc::run(std::move(cmd), std::move(opt));
+        if (r.timed_out) co_return "no answer within 30s";
+        if (r.ok()) co_return "";
+        if (std::string why = forge::host_key_problem(r.err, forge::ssh_host_of(url)); !why.empty()) co_return why;
+        const std::string last = text::last_line(r.err);
+        co_return last.empty() ? "git ls-remote failed" : last;
+    } catch (const proc::spawn_error& e) {
+        co_return std::string("cannot run git: ") + e.what();
+    }
 }
 
 awaitable<provision::host_values> detect_host_values(std::string vm_user) {
@@ -116,24 +151,11 @@ awaitable<void> check_repos_reachable(context& ctx, const config::project& p, ca
     if (p.repos.empty()) co_return;
     ctx.say(p.name, "checking access to " + std::to_string(p.repos.size()) + " repo(s)");
     std::vector<std::string> problems(p.repos.size());
+    const fs::path known_hosts = forge_known_hosts_file();
     task_group checks(co_await asio::this_coro::executor, log_task_failure);
     for (std::size_t i = 0; i < p.repos.size(); ++i) {
-        checks.spawn([url = p.repos[i], &problem = problems[i], cancel]() -> awaitable<void> {
-            proc::command cmd;
-            // `--` first: the URL can never be read as an option.
-            cmd.argv = {"git", "-c", "protocol.ext.allow=never", "ls-remote", "--", url, "HEAD"};
-            cmd.env_set = git_env();
-            proc::run_options opt;
-            opt.limit.timeout = 30s;
-            opt.limit.max_output = 1 << 20;
-            opt.cancel = cancel;
-            try {
-                const proc::result r = co_await proc::run(std::move(cmd), std::move(opt));
-                if (r.timed_out) problem = "no answer within 30s";
-                else if (!r.ok()) problem = text::last_line(r.err).empty() ? "git ls-remote failed" : text::last_line(r.err);
-            } catch (const proc::spawn_error& e) {
-                problem = std::string("cannot run git: ") + e.what();
-            }
+        checks.spawn([url = p.repos[i], &problem = problems[i], known_hosts, cancel]() -> awaitable<void> {
+            problem = co_await repo_reachability_problem(url, known_hosts, cancel);
         });
     }
     co_await checks.join();

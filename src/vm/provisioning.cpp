@@ -161,6 +161,7 @@ up_target make_target(const provision::catalog& cat, provision::host_values host
     // Without a forwarded agent nothing in the VM can sign: commits would fail, so no signing.
     if (!p.forward_agent) host.git_signing_key.clear();
     host.vm_shell = p.shell;
+    host.claude_mode = p.claude_mode;
     const provision::plan all = provision::make_plan(cat, profiles, host);
     t.plan.profiles = t.after_clone.profiles = all.profiles;
     for (const auto& s : all.steps) (s.after_clone ? t.after_clone : t.plan).steps.push_back(s);

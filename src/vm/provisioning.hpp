@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <deque>
+#include <filesystem>
 #include <memory>
 #include <optional>
 #include <string>
@@ -22,9 +23,21 @@ class session;
 
 namespace machine::vm {
 
-/// git without prompts and with only the allowed transports (never ext::, which runs a command):
-/// the environment of every git machine runs, on the host and in the VM.
-std::vector<std::pair<std::string, std::string>> git_env();
+/// git without prompts and with only the allowed transports (never ext::, which runs a command),
+/// and ssh checking host keys strictly (never accepting a new key): the environment of every git
+/// machine runs. In the VM (`known_hosts` empty) ssh reads the forges' keys from
+/// /etc/ssh/ssh_known_hosts, which the base profile writes; on the host, from `known_hosts`
+/// (forge_known_hosts_file()) and then the user's ~/.ssh/known_hosts.
+std::vector<std::pair<std::string, std::string>> git_env(const std::filesystem::path& known_hosts = {});
+
+/// <state dir>/forge_known_hosts, (re)written from the keys machine ships (machine/forge_keys.hpp).
+std::filesystem::path forge_known_hosts_file();
+
+/// Why `git ls-remote` of `url` on the host fails, with ssh checking host keys against
+/// `known_hosts` (git_env); empty when it answers. A refused host key is said plainly
+/// (forge::host_key_problem).
+asio::awaitable<std::string> repo_reachability_problem(std::string url, std::filesystem::path known_hosts,
+                                                       cancel_signal* cancel);
 
 /// `git ls-remote` on the host for each of the project's repos, all at once; throws an error
 /// listing every unreachable one (nothing has been created yet when this runs).

@@ -24,7 +24,7 @@ const host_resources big_host{.cpus = 8, .memory_bytes = 32LL << 30};
 const std::string name_rule =
     " (use a-z, 0-9 and hyphens, starting with a letter or digit, at most 63 characters)";
 const std::string project_keys_list =
-    "repos, profiles, shell, forward_agent, cpus, memory, disk, ports, host_ports, egress, ca_certs, agent_keys, secrets, "
+    "repos, profiles, shell, claude_mode, forward_agent, cpus, memory, disk, ports, host_ports, egress, ca_certs, agent_keys, secrets, "
     "secrets_on_up, clone_timeout";
 
 config parse(std::string_view text, const host_resources& host = big_host) {
@@ -499,6 +499,36 @@ BOOST_AUTO_TEST_CASE(an_egress_entry_that_is_no_host_pattern_is_refused_where_it
     }
     BOOST_TEST(parse_error("[web]\negress = \"github.com\"\n") ==
                "projects.toml:2:1: web.egress: expected an array of strings, got \"github.com\"");
+}
+
+// Claude Code's permission mode per project: "auto" unless the project says "bypassPermissions";
+// anything else is refused where it was written, naming both allowed values.
+BOOST_AUTO_TEST_CASE(claude_mode_is_auto_by_default_or_bypass_permissions_and_nothing_else) {
+    const config c = parse("[web]\n[yolo]\nclaude_mode = \"bypassPermissions\"\n[calm]\nclaude_mode = \"auto\"\n");
+    BOOST_TEST(c.projects.at("web").claude_mode == "auto");
+    BOOST_TEST(c.projects.at("yolo").claude_mode == "bypassPermissions");
+    BOOST_TEST(c.projects.at("calm").claude_mode == "auto");
+    BOOST_TEST(c.resolve("other").claude_mode == "auto");  // a project without a table
+    const std::string expected = "expected \"auto\" (full autonomy with Claude's own safety checks) or "
+                                 "\"bypassPermissions\" (no checks), got ";
+    BOOST_TEST(parse_error("[web]\nclaude_mode = \"default\"\n") ==
+               "projects.toml:2:1: web.claude_mode: " + expected + "\"default\"");
+    // Case matters: Claude Code reads the exact value.
+    BOOST_TEST(parse_error("[web]\ncpus = 2\nclaude_mode = \"BypassPermissions\"\n") ==
+               "projects.toml:3:1: web.claude_mode: " + expected + "\"BypassPermissions\"");
+    BOOST_TEST(parse_error("[web]\nclaude_mode = true\n") == "projects.toml:2:1: web.claude_mode: expected a string, got true");
+    BOOST_TEST(parse_error("[web]\nclaude-mode = \"auto\"\n") ==
+               "projects.toml:2:1: web.claude-mode: unknown key (did you mean \"claude_mode\"?)");
+
+    // A repository's .machine.toml may set it too; a hostile value reaches the message escaped.
+    temp_dir tmp;
+    write(tmp.path / "app" / ".machine.toml", "claude_mode = \"bypassPermissions\"\n");
+    BOOST_TEST(load(options_in(tmp, tmp.path / "app")).resolve("app").claude_mode == "bypassPermissions");
+    write(tmp.path / "app" / ".machine.toml", "claude_mode = \"auto\\u001b]0;pwned\\u0007\"\n");
+    const std::string hostile = load_error(options_in(tmp, tmp.path / "app"));
+    BOOST_TEST(hostile.rfind((tmp.path / "app" / ".machine.toml").string() + ":1:1: claude_mode: expected \"auto\"", 0) == 0u,
+               hostile);
+    BOOST_TEST(!has_raw_control(hostile), hostile);
 }
 
 // A cloned repository's .machine.toml is as hostile as the rest of it: the list and each entry

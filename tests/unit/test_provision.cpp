@@ -3,9 +3,15 @@
 
 #include <algorithm>
 #include <fstream>
+#include <iterator>
+#include <stdexcept>
+
+#include <nlohmann/json.hpp>
 
 #include "machine/config.hpp"
+#include "machine/forge_keys.hpp"
 #include "machine/provision.hpp"
+#include "../support/sshd.hpp"
 #include "test_support.hpp"
 
 using namespace machine;
@@ -104,11 +110,11 @@ BOOST_AUTO_TEST_CASE(bad_profile_files_name_file_line_column_and_key) {
         {"[[step]]\nname = \"x\"\nrun = \"a\"\n[[step]]\nname = \"x\"\nrun = \"b\"\n",
          "p.toml:5:1: step[1].name: duplicate step name \"x\""},
         {"[[step]]\nname = \"x\"\nrun = \"a\"\nenv = { A = \"${git.nmae}\" }\n",
-         "p.toml:4:9: step[0].env.A: unknown placeholder ${git.nmae} (known: ${git.name}, ${git.email}, ${git.signing_key}, ${vm.user}, ${vm.shell})"},
+         "p.toml:4:9: step[0].env.A: unknown placeholder ${git.nmae} (known: ${git.name}, ${git.email}, ${git.signing_key}, ${vm.user}, ${vm.shell}, ${claude.mode}, ${forge.known_hosts})"},
         {"[[step]]\nname = \"x\"\nrun = \"a\"\nenv = { A = \"${git.name}\" }\n",
-         "p.toml:4:9: step[0].env.A: ${git.*} and ${vm.shell} need `bake = false`: a cached base is shared by every project"},
+         "p.toml:4:9: step[0].env.A: ${git.*}, ${vm.shell} and ${claude.mode} need `bake = false` (on the profile or the step): a cached base is shared by every project"},
         {"[[step]]\nname = \"x\"\nrun = \"a\"\nenv = { S = \"${vm.shell}\" }\n",
-         "p.toml:4:9: step[0].env.S: ${git.*} and ${vm.shell} need `bake = false`: a cached base is shared by every project"},
+         "p.toml:4:9: step[0].env.S: ${git.*}, ${vm.shell} and ${claude.mode} need `bake = false` (on the profile or the step): a cached base is shared by every project"},
         {"description = \"nothing\"\n", "p.toml:1:1: a profile needs at least one [[step]]"},
         {"[[step]]\nname = \"x\"\nrun = \"a\"\nenv = { \"1X\" = \"v\" }\n", "p.toml:4:9: step[0].env.1X: not a valid environment variable name"},
         {"egress = [\"registry.npmjs.org\", \"10.0.0.1\"]\n[[step]]\nname = \"x\"\nrun = \"a\"\n",
@@ -218,6 +224,155 @@ BOOST_AUTO_TEST_CASE(after_clone_steps_see_the_repos_rerun_when_they_change_and_
     const auto base = provision::bakeable_prefix(c, plan);
     BOOST_REQUIRE_EQUAL(base.steps.size(), 1u);
     BOOST_TEST(base.steps[0].name == "agents.pkgs");
+}
+
+// A step of a baked profile may carry a project value when the step itself says `bake = false`:
+// it is kept out of the cached base and applied at `up`, with the project's value.
+BOOST_AUTO_TEST_CASE(a_step_kept_out_of_the_base_may_use_project_values) {
+    catalog c = sample_catalog();
+    c.add(catalog::parse("[[step]]\nname = \"cli\"\nrun = \"true\"\n[[step]]\nname = \"mode\"\nbake = false\n"
+                         "env = { M = \"${claude.mode}\" }\nrun = \"true\"\n[[step]]\nname = \"after\"\nrun = \"true\"\n",
+                         "agents", "agents.toml"));
+    auto h = host();
+    h.claude_mode = "bypassPermissions";
+    const auto plan = provision::make_plan(c, {"base", "agents"}, h);
+    BOOST_REQUIRE_EQUAL(plan.steps.size(), 4u);
+    BOOST_TEST(plan.steps[2].name == "agents.mode");
+    const std::vector<std::pair<std::string, std::string>> env{{"M", "bypassPermissions"}};
+    BOOST_TEST((plan.steps[2].env == env));
+    const auto base = provision::bakeable_prefix(c, plan);
+    std::vector<std::string> baked;
+    for (const auto& s : base.steps) baked.push_back(s.name);
+    BOOST_TEST(baked == (std::vector<std::string>{"base.packages", "agents.cli", "agents.after"}), boost::test_tools::per_element());
+    // Another mode: only that step's hash changes (it runs again), the base stays the same.
+    h.claude_mode = "auto";
+    const auto other = provision::make_plan(c, {"base", "agents"}, h);
+    BOOST_TEST(other.steps[2].hash != plan.steps[2].hash);
+    BOOST_TEST(other.steps[1].hash == plan.steps[1].hash);
+    BOOST_TEST(provision::bakeable_prefix(c, other).steps.size() == 3u);
+
+    BOOST_TEST(error_of([] { catalog::parse("[[step]]\nname = \"x\"\nrun = \"a\"\nbake = \"no\"\n", "p", "p.toml"); }) ==
+               "p.toml:4:1: step[0].bake: expected a boolean, got \"no\"");
+    // Without `bake = false` the project value is refused where it was written.
+    BOOST_TEST(error_of([] { catalog::parse("[[step]]\nname = \"x\"\nrun = \"a\"\nenv = { M = \"${claude.mode}\" }\n", "p", "p.toml"); }) ==
+               "p.toml:4:9: step[0].env.M: ${git.*}, ${vm.shell} and ${claude.mode} need `bake = false` (on the profile or "
+               "the step): a cached base is shared by every project");
+}
+
+namespace {
+
+const provision::planned_step& step_named(const provision::plan& p, const std::string& name) {
+    for (const auto& s : p.steps)
+        if (s.name == name) return s;
+    throw std::runtime_error("no step " + name);
+}
+
+// Runs a planned step's script (argv) on this host with `env` added: its exit status.
+int run_script(const std::vector<std::string>& script, const std::vector<std::pair<std::string, std::string>>& env) {
+    std::vector<std::string> argv{"env"};
+    for (const auto& [k, v] : env) argv.push_back(k + "=" + v);
+    argv.insert(argv.end(), script.begin(), script.end());
+    try {
+        machine::test::run_sync(argv);
+        return 0;
+    } catch (const std::runtime_error&) {
+        return 1;
+    }
+}
+
+} // namespace
+
+// The built-in agents profile: Claude Code's permissions.defaultMode is the project's claude_mode
+// (the step runs here, in a scratch HOME, with the env the plan gives it), bypass mode gets its
+// consent flag, and the step stays out of the base; bubblewrap and socat are baked.
+BOOST_AUTO_TEST_CASE(the_agents_profile_writes_the_projects_claude_mode) {
+    const catalog c = catalog::builtin();
+    const auto order = provision::resolve_profiles(c, {"agents"}, at("web.profiles"));
+    auto h = host();
+    const auto plan = provision::make_plan(c, order, h);
+    const auto& settings = step_named(plan, "agents.claude-settings");
+    BOOST_TEST(settings.user == "dev");
+    BOOST_TEST(!settings.bake);
+    const auto base = provision::bakeable_prefix(c, plan);
+    for (const auto& s : base.steps) BOOST_TEST(s.name != "agents.claude-settings");
+    const auto& sandbox = step_named(base, "agents.sandbox-packages");
+    BOOST_TEST(sandbox.user == "root");
+    BOOST_TEST(sandbox.run.back().find("bubblewrap socat") != std::string::npos, sandbox.run.back());
+
+    test::temp_dir home;
+    auto env_of = [&](const provision::planned_step& s) {
+        auto env = s.env;
+        env.emplace_back("HOME", home.path.string());
+        return env;
+    };
+    auto settings_json = [&] {
+        std::ifstream in(home.path / ".claude" / "settings.json");
+        return nlohmann::json::parse(in);
+    };
+    // The default: auto.
+    BOOST_TEST((settings.env == std::vector<std::pair<std::string, std::string>>{{"CLAUDE_MODE", "auto"}}));
+    BOOST_TEST(run_script(settings.check, env_of(settings)) != 0);  // nothing written yet
+    BOOST_REQUIRE(run_script(settings.run, env_of(settings)) == 0);
+    BOOST_TEST(run_script(settings.check, env_of(settings)) == 0);
+    auto json = settings_json();
+    BOOST_TEST(json["permissions"]["defaultMode"] == "auto");
+    BOOST_TEST(json["env"]["DISABLE_AUTOUPDATER"] == "1");
+    BOOST_TEST(!json.contains("skipDangerousModePermissionPrompt"));
+
+    // bypassPermissions: a new hash (the step runs again), the check sees the old mode, and the
+    // user's own keys survive the merge.
+    {
+        std::ofstream(home.path / ".claude" / "settings.json")
+            << R"J({"permissions": {"defaultMode": "auto", "allow": ["Bash(ls)"]}, "theme": "dark", "env": {"DISABLE_AUTOUPDATER": "1"}})J";
+    }
+    h.claude_mode = "bypassPermissions";
+    const auto bypass_plan = provision::make_plan(c, order, h);
+    const auto& bypass = step_named(bypass_plan, "agents.claude-settings");
+    BOOST_TEST(bypass.hash != settings.hash);
+    BOOST_TEST(run_script(bypass.check, env_of(bypass)) != 0);
+    BOOST_REQUIRE(run_script(bypass.run, env_of(bypass)) == 0);
+    BOOST_TEST(run_script(bypass.check, env_of(bypass)) == 0);
+    json = settings_json();
+    BOOST_TEST(json["permissions"]["defaultMode"] == "bypassPermissions");
+    BOOST_TEST(json["skipDangerousModePermissionPrompt"] == true);
+    BOOST_TEST(json["permissions"]["allow"][0] == "Bash(ls)");
+    BOOST_TEST(json["theme"] == "dark");
+    // And back to auto: the check notices, the run switches.
+    BOOST_TEST(run_script(settings.check, env_of(settings)) != 0);
+    BOOST_REQUIRE(run_script(settings.run, env_of(settings)) == 0);
+    BOOST_TEST(settings_json()["permissions"]["defaultMode"] == "auto");
+}
+
+// The base profile writes the forges' keys machine ships (one table: machine/forge_keys.hpp) as
+// the VM's system-wide known_hosts; the step is baked (the keys are the same for every project).
+// Its script runs here against a scratch directory standing in for /etc/ssh.
+BOOST_AUTO_TEST_CASE(the_base_profile_writes_the_shipped_forge_keys) {
+    const catalog c = catalog::builtin();
+    const auto plan = provision::make_plan(c, {"base"}, host());
+    const auto base = provision::bakeable_prefix(c, plan);
+    const auto& keys = step_named(base, "base.forge-host-keys");
+    BOOST_TEST(keys.user == "root");
+    BOOST_REQUIRE_EQUAL(keys.env.size(), 1u);
+    BOOST_TEST(keys.env[0].first == "KNOWN_HOSTS");
+    BOOST_TEST(keys.env[0].second == forge::known_hosts_text());
+    BOOST_TEST(keys.env[0].second.find("github.com ssh-ed25519 ") != std::string::npos);
+
+    test::temp_dir etc;
+    auto relocated = [&](std::vector<std::string> argv) {
+        std::string& script = argv.back();
+        for (auto at = script.find("/etc/ssh"); at != std::string::npos; at = script.find("/etc/ssh", at))
+            script.replace(at, 8, etc.path.string());
+        return argv;
+    };
+    BOOST_TEST(run_script(relocated(keys.check), keys.env) != 0);
+    BOOST_REQUIRE(run_script(relocated(keys.run), keys.env) == 0);
+    BOOST_TEST(run_script(relocated(keys.check), keys.env) == 0);
+    std::ifstream in(etc.path / "ssh_known_hosts");
+    const std::string written((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    BOOST_TEST(written == forge::known_hosts_text());
+    // A tampered file is noticed and replaced.
+    { std::ofstream(etc.path / "ssh_known_hosts", std::ios::app) << "github.com ssh-ed25519 AAAAevil\n"; }
+    BOOST_TEST(run_script(relocated(keys.check), keys.env) != 0);
 }
 
 
