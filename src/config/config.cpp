@@ -68,6 +68,15 @@ std::string claude_mode_problem(std::string_view mode) {
            toml_string(mode);
 }
 
+// A repository's .machine.toml may not switch Claude's own checks off in the VM where its
+// code runs: that is the user's choice, made in projects.toml.
+std::string repo_claude_mode_problem(std::string_view mode) {
+    if (mode == "bypassPermissions")
+        return "a repository's .machine.toml cannot turn off Claude's permission checks; set "
+               "claude_mode = \"bypassPermissions\" in projects.toml";
+    return claude_mode_problem(mode);
+}
+
 std::string shell_problem(std::string_view shell) {
     if (shell == "zsh" || shell == "bash") return {};
     return "expected \"zsh\" or \"bash\", got " + toml_string(shell);
@@ -393,6 +402,9 @@ void apply_shell(const field& f, project& p) {
 void apply_claude_mode(const field& f, project& p) {
     if (auto v = detail::read_string(f, claude_mode_problem)) p.claude_mode = *v;
 }
+void apply_repo_claude_mode(const field& f, project& p) {
+    if (auto v = detail::read_string(f, repo_claude_mode_problem)) p.claude_mode = *v;
+}
 void apply_forward_agent(const field& f, project& p) {
     if (auto v = detail::read_bool(f)) p.forward_agent = *v;
 }
@@ -466,8 +478,10 @@ std::span<const key_rule<project>> local_keys() {
     static const std::vector<key_rule<project>> keys = [] {
         std::vector<key_rule<project>> all{{"name", apply_name}};
         all.insert(all.end(), std::begin(project_keys), std::end(project_keys));
-        for (auto& rule : all)
+        for (auto& rule : all) {
             if (std::string_view(rule.name) == "ca_certs") rule.apply = apply_repo_ca_certs;
+            if (std::string_view(rule.name) == "claude_mode") rule.apply = apply_repo_claude_mode;
+        }
         return all;
     }();
     return keys;

@@ -520,10 +520,16 @@ BOOST_AUTO_TEST_CASE(claude_mode_is_auto_by_default_or_bypass_permissions_and_no
     BOOST_TEST(parse_error("[web]\nclaude-mode = \"auto\"\n") ==
                "projects.toml:2:1: web.claude-mode: unknown key (did you mean \"claude_mode\"?)");
 
-    // A repository's .machine.toml may set it too; a hostile value reaches the message escaped.
+    // A repository's .machine.toml may ask for "auto", never switch Claude's checks off (the
+    // code it comes with would run unchecked); a hostile value reaches the message escaped.
     temp_dir tmp;
-    write(tmp.path / "app" / ".machine.toml", "claude_mode = \"bypassPermissions\"\n");
-    BOOST_TEST(load(options_in(tmp, tmp.path / "app")).resolve("app").claude_mode == "bypassPermissions");
+    write(tmp.path / "app" / ".machine.toml", "claude_mode = \"auto\"\n");
+    BOOST_TEST(load(options_in(tmp, tmp.path / "app")).resolve("app").claude_mode == "auto");
+    write(tmp.path / "app" / ".machine.toml", "cpus = 2\nclaude_mode = \"bypassPermissions\"\n");
+    BOOST_TEST(load_error(options_in(tmp, tmp.path / "app")) ==
+               (tmp.path / "app" / ".machine.toml").string() +
+                   ":2:1: claude_mode: a repository's .machine.toml cannot turn off Claude's permission checks; "
+                   "set claude_mode = \"bypassPermissions\" in projects.toml");
     write(tmp.path / "app" / ".machine.toml", "claude_mode = \"auto\\u001b]0;pwned\\u0007\"\n");
     const std::string hostile = load_error(options_in(tmp, tmp.path / "app"));
     BOOST_TEST(hostile.rfind((tmp.path / "app" / ".machine.toml").string() + ":1:1: claude_mode: expected \"auto\"", 0) == 0u,
