@@ -754,6 +754,32 @@ BOOST_AUTO_TEST_CASE(create_adds_a_table_that_up_uses_and_never_writes_over_one)
     BOOST_TEST(std::distance(fs::directory_iterator(file.parent_path()), fs::directory_iterator{}) == 1);
 }
 
+// The wizard on a real terminal: util-linux `script` gives `machine create` a pseudo-terminal
+// and types the answers into it; bad ones are asked again with the reason.
+BOOST_AUTO_TEST_CASE(create_asks_on_a_terminal_and_asks_again_after_a_bad_answer) {
+    world w;
+    proc::command c = w.command({});
+    c.argv = {"script", "-qec", std::string(MACHINE_BINARY) + " create", "/dev/null"};
+    c.in = proc::stdio::pipe;
+    c.stdin_data = "Bad_Name\nweb\n-x\nhttps://h/a.git\n\nnope\nnode\nfish\nbash\nfour\n2\n\n60\n";
+    proc::run_options opt;
+    opt.limit.timeout = 60s;
+    asio::io_context io;
+    proc::result r;
+    auto task = [&]() -> asio::awaitable<void> { r = co_await proc::run(c, opt); };
+    asio::co_spawn(io, std::move(task), [](std::exception_ptr e) { if (e) std::rethrow_exception(e); });
+    io.run();
+    BOOST_TEST(r.exit_code == 0, r.out + r.err);
+    for (const char* said : {"invalid project name 'Bad_Name'", "Creating [web] in ", "must not start with \"-\", got \"-x\"",
+                             "unknown profile \"nope\" (did you mean \"node\"?)", "expected \"zsh\" or \"bash\", got \"fish\"",
+                             "expected a whole number, got \"four\"", "Disk (grows only) [30GiB]: "})
+        BOOST_TEST(contains(r.out, said), said);
+    const std::string text = read(w.root / "config" / "projects.toml");
+    BOOST_TEST(contains(text, "\n[web]\nrepos = [ \"https://h/a.git\" ]\nprofiles = [ \"node\" ]\nshell = \"bash\"\ncpus = 2\n"
+                              "disk = \"60GiB\"\n"),
+               text);
+}
+
 BOOST_AUTO_TEST_CASE(limactl_missing_is_one_clear_line) {
     world w;
     w.env.erase(std::remove_if(w.env.begin(), w.env.end(), [](auto& kv) { return kv.first == "MACHINE_LIMACTL"; }), w.env.end());
