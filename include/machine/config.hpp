@@ -186,4 +186,48 @@ std::string egress_entry_problem(std::string_view entry);
 /// Bytes in a normalized size ("4GiB" -> 4294967296), rounded down; 0 when it is not one.
 long long size_bytes(std::string_view normalized);
 
+/// The checks projects.toml's keys get, for a value given some other way (`machine create`'s
+/// answers and flags): "" when it is fine, else the problem, worded as the loader words it.
+std::string repo_problem(std::string_view url);        ///< one of `repos`
+std::string profile_problem(std::string_view name);    ///< one of `profiles` (its name only)
+std::string shell_problem(std::string_view shell);     ///< `shell`
+std::string cpus_problem(long long cpus);              ///< `cpus`
+std::string size_problem(std::string_view size);       ///< `memory`, `disk`: normalize_size's forms
+
+/// projects.toml alone (no .machine.toml): parsed, or the defaults when it does not exist.
+config load_projects_file(const std::filesystem::path& file, const host_resources& host = host_resources::detect());
+
+/// The documented projects.toml `machine init` writes (templates/projects.toml.example, all
+/// comments), which a projects.toml that `machine create` starts also opens with.
+std::string_view projects_example();
+
+/// A project table as `machine create` writes it. Keys left unset are not written, so they keep
+/// following the defaults (default_profile, default_shell, the host's size).
+struct project_draft {
+    std::string name;
+    std::vector<std::string> repos;  ///< always written: [] is a VM without code
+    std::optional<std::vector<std::string>> profiles;
+    std::optional<std::string> shell;
+    std::optional<int> cpus;
+    std::optional<std::string> memory;  ///< normalized (normalize_size)
+    std::optional<std::string> disk;    ///< normalized
+};
+
+/// `[name]` and its keys as TOML, values serialized by toml++ (basic strings, escaped, ASCII
+/// only): whatever a value holds, it reads back as itself and never as more TOML.
+std::string project_table_text(const project_draft& draft);
+
+struct added_project {
+    std::filesystem::path file;  ///< the file written: projects.toml, or its target when a symlink
+    bool created = false;        ///< there was none: projects_example() then the table
+    std::string table;           ///< project_table_text(draft)
+};
+
+/// Adds `draft`'s table to the projects.toml at `file`, keeping every byte already there (the
+/// table goes after them, replacing the file atomically with its mode kept), or creates the file
+/// (never over one that appeared meanwhile). The whole new file must load back with the draft's
+/// values before anything is written. A file that does not load, or that has a project of that
+/// name already, is a config_error (exit 2) and is left as it was.
+added_project add_project(const std::filesystem::path& file, const project_draft& draft);
+
 } // namespace machine::config

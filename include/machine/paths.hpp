@@ -23,6 +23,11 @@ std::string env(const char* name);
 void write_file_atomic(const std::filesystem::path& path, std::string_view content,
                        unsigned mode = 0644);
 
+// Writes `content` to a new file `path`: staged under another name, then linked into place,
+// so no half-written file ever appears and link() refuses to replace one. False, with nothing
+// written, when `path` exists already.
+bool create_file_exclusive(const std::filesystem::path& path, std::string_view content, unsigned mode = 0644);
+
 std::string read_file(const std::filesystem::path& path);
 
 // Makes `socket` ready for a helper to bind (the agent filter, the egress proxy): its directory

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "command_table.hpp"
+#include "create.hpp"
 #include "machine/config.hpp"
 #include "machine/paths.hpp"
 
@@ -48,7 +49,8 @@ asio::awaitable<int> bake(context& ctx, const arguments& a) {
 asio::awaitable<int> down(context& ctx, const arguments& a) { co_return co_await cmd_down(ctx, a.value("name")); }
 
 asio::awaitable<int> destroy(context& ctx, const arguments& a) {
-    co_return co_await cmd_destroy(ctx, a.value("name"), a.flag("--yes"));
+    // "--force" is the key of "-y,--yes,--force" (an option's key is its last spelling).
+    co_return co_await cmd_destroy(ctx, a.value("name"), a.flag("--force"));
 }
 
 asio::awaitable<int> list(context& ctx, const arguments&) { co_return co_await cmd_list(ctx); }
@@ -81,6 +83,19 @@ asio::awaitable<int> secrets(context& ctx, const arguments& a) {
 
 asio::awaitable<int> net(context& ctx, const arguments& a) {
     co_return co_await cmd_net(ctx, a.value("name"), a.number("--last"));
+}
+
+asio::awaitable<int> create(context& ctx, const arguments& a) {
+    create_options opt;
+    opt.name = a.value("name");
+    opt.repos = a.values("--repo");
+    opt.profiles = a.values("--profile");
+    opt.shell = a.value("--shell");
+    opt.cpus = a.value("--cpus");
+    opt.memory = a.value("--memory");
+    opt.disk = a.value("--disk");
+    opt.yes = a.flag("--yes");
+    co_return co_await cmd_create(ctx, std::move(opt));
 }
 
 asio::awaitable<int> init(context& ctx, const arguments&) { co_return co_await cmd_init(ctx); }
@@ -165,7 +180,8 @@ const std::vector<command>& table() {
              .options = {positional("name", kProject, completes::project), json_flag()}}, down),
         row({.name = "destroy",
              .help = "delete a project's VM and its disk",
-             .options = {positional("name", kProject, completes::project), flag("-y,--yes", "do not ask for confirmation"),
+             .options = {positional("name", kProject, completes::project),
+                         flag("-y,--yes,--force", "do not ask for confirmation (--force: the reference tool's spelling)"),
                          json_flag()}}, destroy),
         row({.name = "list",
              .help = "VMs and configured projects",
@@ -220,6 +236,23 @@ connection.)"}, pin),
              .options = {positional("name", kProject, completes::project),
                          number("--last", "how many of the last connections to list", 20),
                          json_flag("one JSON object: records and summary")}}, net),
+        row({.name = "create",
+             .help = "add a project to projects.toml: asks for its repos, profiles, shell, cpus, memory and disk",
+             .options = {positional("name", "the new project's name (asked when not given)"),
+                         repeatable(value("--repo", "a git URL to clone, the first being the primary repo (repeatable)")),
+                         repeatable(value("--profile", "a tool profile (repeatable; 'none' for none)")),
+                         one_of(value("--shell", "login shell"), {"zsh", "bash"}),
+                         value("--cpus", "virtual CPUs"),
+                         value("--memory", "memory: 8 means 8GiB, or 512MiB, 1.5GiB..."),
+                         value("--disk", "disk size, in the same forms as --memory"),
+                         flag("-y,--yes", "ask nothing: the defaults for what no option gives (for scripts)")},
+             .footer = R"(
+Each answer is checked as projects.toml's loader checks that key, and asked again when it is
+wrong; an empty answer takes the default shown, which is then not written (it keeps following
+default_shell, default_profile and this computer's size). Options answer their questions; on a
+terminal the others are asked, and without one --yes is needed. The table is added after what
+projects.toml holds (created with its documented header when there is none), never over a
+project of that name.)"}, create),
         row({.name = "init",
              .help = "write a documented projects.toml to start from (never over an existing one)"}, init),
         row({.name = "doctor",

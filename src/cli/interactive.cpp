@@ -23,9 +23,16 @@ namespace fs = std::filesystem;
 using asio::awaitable;
 
 std::vector<std::string> run_in_dir(const std::string& dir, const std::vector<std::string>& command) {
-    std::vector<std::string> argv{"sh", "-c", "cd -- \"$1\" 2>/dev/null; shift; exec \"$@\"", "sh", dir};
+    // sshd starts the command in the home directory, so a `cd` that fails (the repo is not
+    // cloned yet) leaves it there, silently. No command: the user's login shell (`ssh`).
+    std::vector<std::string> argv{
+        "sh", "-c", "cd -- \"$1\" 2>/dev/null; shift; [ \"$#\" -gt 0 ] || exec \"$SHELL\" -l; exec \"$@\"", "sh", dir};
     argv.insert(argv.end(), command.begin(), command.end());
     return argv;
+}
+
+std::vector<std::string> in_primary_repo(const config::project& p, const std::vector<std::string>& command) {
+    return run_in_dir(primary_repo_dir(p), command);
 }
 
 std::string primary_repo_dir(const config::project& p) {
@@ -167,9 +174,8 @@ awaitable<int> cmd_ssh(context& ctx, std::optional<std::string> name_opt) {
     const lima::instance inst = co_await vm::require_running(ctx.vm(), name);
     co_await verify_pin(ctx, name, inst);
     const vm::agent_environment agent_env = co_await vm::prepare_agent_forwarding(ctx.vm(), project, &inst, true);
-    // The user's login shell (zsh or bash, as configured), in the primary repo when it exists.
-    const std::vector<std::string> remote{
-        "sh", "-c", "cd -- \"$1\" 2>/dev/null; exec \"$SHELL\" -l", "sh", primary_repo_dir(project)};
+    // The user's login shell (zsh or bash, as configured), where `run` runs its commands.
+    const std::vector<std::string> remote = in_primary_repo(project, {});
     const int status = co_await run_on_terminal(vm::openssh_argv(target_of(name, inst, agent_env), true, remote), agent_env);
     co_return co_await explain_lost_connection(ctx, name, status, "machine ssh " + name);
 }
@@ -183,7 +189,7 @@ awaitable<int> cmd_run(context& ctx, std::string name, std::vector<std::string> 
     const vm::agent_environment agent_env = co_await vm::prepare_agent_forwarding(ctx.vm(), project, &inst, false);
     // A terminal only when both ends are one (`machine run web -- vim`); pipes stay clean.
     const bool tty = stdin_is_terminal() && stdout_is_terminal();
-    const std::vector<std::string> remote = run_in_dir(primary_repo_dir(project), command);
+    const std::vector<std::string> remote = in_primary_repo(project, command);
     co_return co_await run_on_terminal(vm::openssh_argv(target_of(name, inst, agent_env), tty, remote), agent_env);
 }
 

@@ -15,12 +15,17 @@
 
 namespace machine::cli {
 
-/// `machine run`'s argv for the VM: `command` run in `dir` (relative to the home directory; the
-/// home directory itself when `dir` does not exist), as `machine ssh` starts its shell there.
+/// The argv for the VM (through OpenSSH) that runs `command` in `dir`, relative to the home
+/// directory; in the home directory itself, silently, when `dir` does not exist (yet). An empty
+/// `command` is the user's login shell.
 std::vector<std::string> run_in_dir(const std::string& dir, const std::vector<std::string>& command);
 
 /// The directory sessions, shells and `run` start in: the primary repo under ~/code ("." without one).
 std::string primary_repo_dir(const config::project& p);
+
+/// What `machine run` (`command`) and `machine ssh` (no command: the login shell) run in the
+/// VM: run_in_dir of the project's primary_repo_dir, one choice for both.
+std::vector<std::string> in_primary_repo(const config::project& p, const std::vector<std::string>& command);
 
 /// Checks the key the VM presents against its pin with a libssh connection of machine's own,
 /// before OpenSSH runs: a VM without a pin, or with another key, is refused with machine's

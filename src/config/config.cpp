@@ -38,6 +38,10 @@ bool has_control(std::string_view s) {
     });
 }
 
+} // namespace
+
+// ---- The rules of single values, public for values given some other way (`machine create`) ----
+
 // Repos end up as `git clone` arguments: a leading '-' would be read as an option.
 std::string repo_problem(std::string_view url) {
     if (url.empty()) return "must not be empty";
@@ -50,7 +54,9 @@ std::string repo_problem(std::string_view url) {
     return {};
 }
 
+namespace {
 bool is_lower_alnum(char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); }
+} // namespace
 
 // Profiles name files (templates/<profile>.yaml), so they cannot be paths.
 std::string profile_problem(std::string_view name) {
@@ -81,6 +87,23 @@ std::string shell_problem(std::string_view shell) {
     if (shell == "zsh" || shell == "bash") return {};
     return "expected \"zsh\" or \"bash\", got " + toml_string(shell);
 }
+
+std::string cpus_problem(long long cpus) {
+    if (cpus < 1) return "must be at least 1, got " + std::to_string(cpus);
+    if (cpus > max_cpus) return "must be at most " + std::to_string(max_cpus) + ", got " + std::to_string(cpus);
+    return {};
+}
+
+namespace {
+constexpr std::string_view size_forms = R"(expected a size like 8 or "8GiB" (KiB, MiB, GiB, TiB), got )";
+} // namespace
+
+std::string size_problem(std::string_view size) {
+    if (normalize_size(size)) return {};
+    return std::string(size_forms) + toml_string(size);
+}
+
+namespace {
 
 std::string ca_cert_problem(std::string_view cert) {
     if (cert.empty()) return "must not be empty";
@@ -165,8 +188,7 @@ std::optional<std::string> read_size(const field& f) {
         size = normalize_size(std::to_string(i->get()));
     else if (const auto* s = f.value.as_string())
         size = normalize_size(s->get());
-    if (!size)
-        f.report(R"(expected a size like 8 or "8GiB" (KiB, MiB, GiB, TiB), got )" + describe(f.value));
+    if (!size) f.report(std::string(size_forms) + describe(f.value));
     return size;
 }
 
@@ -411,10 +433,8 @@ void apply_forward_agent(const field& f, project& p) {
 void apply_cpus(const field& f, project& p) {
     const auto n = detail::read_integer(f);
     if (!n) return;
-    if (*n < 1)
-        f.report("must be at least 1, got " + std::to_string(*n));
-    else if (*n > max_cpus)
-        f.report("must be at most " + std::to_string(max_cpus) + ", got " + std::to_string(*n));
+    if (const std::string problem = cpus_problem(*n); !problem.empty())
+        f.report(problem);
     else
         p.cpus = static_cast<int>(*n);
 }

@@ -1,6 +1,8 @@
 // Finding and reading the configuration files, and what the host has.
 #include "machine/config.hpp"
 
+#include "files.hpp"
+
 #include "machine/paths.hpp"
 #include "machine/text.hpp"
 
@@ -22,9 +24,11 @@ config_error cannot_read(const fs::path& path, int err) {
         text::sanitize_for_terminal("cannot read " + path.string() + ": " + std::strerror(err)));
 }
 
-// The file's content, or nullopt when it does not exist. Read with open/read rather than a
-// stream so that "missing" (fine) and every other failure (an error) can be told apart by errno.
-std::optional<std::string> read_if_exists(const fs::path& path) {
+} // namespace
+
+// Read with open/read rather than a stream so that "missing" (fine) and every other failure (an
+// error) can be told apart by errno.
+std::optional<std::string> detail::read_if_exists(const fs::path& path) {
     const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         if (errno == ENOENT) return std::nullopt;
@@ -47,6 +51,8 @@ std::optional<std::string> read_if_exists(const fs::path& path) {
     ::close(fd);
     return content;
 }
+
+namespace {
 
 // Absolute, without "." or ".." and without a trailing separator, so paths compare equal.
 // An empty path is the current directory.
@@ -77,20 +83,21 @@ std::optional<fs::path> find_local_file(const fs::path& start, const std::option
     }
 }
 
-config load(const load_options& options) {
-    const host_resources host = options.host.value_or(host_resources::detect());
-    const fs::path file = options.config_dir / "projects.toml";
+config load_projects_file(const fs::path& file, const host_resources& host) {
+    if (const auto text = detail::read_if_exists(file)) return parse_projects(*text, file, host);
     config result;
-    if (const auto text = read_if_exists(file)) {
-        result = parse_projects(*text, file, host);
-    } else {
-        result.defaults.host = host;
-        result.projects_file = file;
-        result.projects_file_exists = false;
-    }
+    result.defaults.host = host;
+    result.projects_file = file;
+    result.projects_file_exists = false;
+    return result;
+}
+
+config load(const load_options& options) {
+    config result = load_projects_file(options.config_dir / "projects.toml",
+                                       options.host.value_or(host_resources::detect()));
     if (const auto local = find_local_file(options.working_dir, options.search_stop)) {
         // Gone between finding and reading it: as if it had never been there.
-        if (const auto text = read_if_exists(*local)) overlay_local(result, *text, *local);
+        if (const auto text = detail::read_if_exists(*local)) overlay_local(result, *text, *local);
     }
     return result;
 }

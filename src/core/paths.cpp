@@ -80,6 +80,19 @@ void write_file_atomic(const fs::path& path, std::string_view content, unsigned 
     }
 }
 
+bool create_file_exclusive(const fs::path& path, std::string_view content, unsigned mode) {
+    fs::create_directories(path.parent_path());
+    std::random_device rd;
+    const fs::path staged = path.parent_path() / ("." + path.filename().string() + ".new" + std::to_string(rd()));
+    write_file_atomic(staged, content, mode);
+    const int linked = ::link(staged.c_str(), path.c_str());
+    const int err = errno;
+    ::unlink(staged.c_str());
+    if (linked == 0) return true;
+    if (err == EEXIST) return false;
+    throw error("cannot write " + path.string() + ": " + std::strerror(err));
+}
+
 std::string read_file(const fs::path& path) {
     std::ifstream in(path, std::ios::binary);
     if (!in) throw error("cannot read " + path.string() + ": " + std::strerror(errno));

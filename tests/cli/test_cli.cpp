@@ -3,6 +3,7 @@
 #include <boost/test/unit_test.hpp>
 
 #include <poll.h>
+#include <pwd.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -725,6 +726,98 @@ BOOST_AUTO_TEST_CASE(init_writes_the_example_once) {
     BOOST_TEST(std::distance(fs::directory_iterator(file.parent_path()), fs::directory_iterator{}) == 1);
 }
 
+// `machine create` for scripts (--yes and flags): a new projects.toml opens with init's
+// documented header, later tables go after every byte already there, a project is never
+// written over, and what was written is what `up` then uses.
+BOOST_AUTO_TEST_CASE(create_adds_a_table_that_up_uses_and_never_writes_over_one) {
+    world w;
+    const fs::path file = w.root / "config" / "projects.toml";
+    // Standard input is not a terminal: no question, and nothing written.
+    auto r = w.machine({"create", "web"});
+    BOOST_TEST(r.exit_code == 2);
+    BOOST_TEST(contains(r.err, "standard input is not one: pass --yes"), r.err);
+    BOOST_TEST(!fs::exists(file));
+
+    r = w.machine({"create", "web", "--yes", "--shell", "bash", "--cpus", "2", "--memory", "3", "--disk", "12GiB"});
+    BOOST_TEST(r.exit_code == 0, r.err);
+    BOOST_TEST(contains(r.out, "[web]\nrepos = []\nshell = \"bash\"\ncpus = 2\nmemory = \"3GiB\"\ndisk = \"12GiB\"\n"), r.out);
+    BOOST_TEST(contains(r.out, "created " + file.string() + " with [web]: run 'machine up web'"), r.out);
+    const std::string first = read(file);
+    BOOST_TEST(first.rfind("# machine: your projects, one VM each.", 0) == 0);
+    BOOST_REQUIRE(w.machine({"up", "web"}).exit_code == 0);
+    const std::string tmpl = read(w.state("web") / "lima.yaml");
+    BOOST_TEST(contains(tmpl, "\ncpus: 2\n"));
+    BOOST_TEST(contains(tmpl, "\nmemory: \"3GiB\"\n"));
+    BOOST_TEST(contains(tmpl, "\ndisk: \"12GiB\"\n"));
+
+    // A repo URL holding TOML's quotes and brackets is one string, read back as given.
+    const std::string odd = "git@h:a/b\"c]d#e'f.git";
+    r = w.machine({"create", "blog", "--yes", "--repo", odd, "--profile", "node", "--profile", "gh"});
+    BOOST_TEST(r.exit_code == 0, r.err);
+    BOOST_TEST(contains(r.out, "wrote [blog] to " + file.string()), r.out);
+    const std::string second = read(file);
+    BOOST_TEST(second.substr(0, first.size()) == first);
+    BOOST_TEST(second.substr(first.size()) ==
+               "\n[blog]\nrepos = [ \"git@h:a/b\\\"c]d#e'f.git\" ]\nprofiles = [ \"node\", \"gh\" ]\n");
+    BOOST_TEST(w.machine({"project-names"}).out == "blog\nweb\n");
+
+    // Refused, each with exit 2 and the file as it was: a project of that name, a bad name,
+    // values the loader would refuse (a URL whose newline would start a table), an unknown
+    // profile, a shell there is no such thing as.
+    const std::vector<std::pair<std::vector<std::string>, std::string>> refused{
+        {{"create", "web", "--yes"}, file.string() + ": there is a project [web] already"},
+        {{"create", "Web", "--yes"}, "invalid project name 'Web'"},
+        {{"create", "--yes"}, "machine create --yes needs the project's NAME"},
+        {{"create", "x", "--yes", "--repo", "https://h/x.git\n[evil]"}, "--repo: must not contain whitespace or control characters"},
+        {{"create", "x", "--yes", "--repo", "ext::sh -c id"}, "--repo: "},
+        {{"create", "x", "--yes", "--profile", "nope"}, "--profile: profile #1: unknown profile"},
+        {{"create", "x", "--yes", "--cpus", "0"}, "--cpus: must be at least 1, got 0"},
+        {{"create", "x", "--yes", "--memory", "8GB"}, "--memory: expected a size like 8"},
+        {{"create", "x", "--yes", "--shell", "fish"}, "fish"},
+    };
+    for (const auto& [args, message] : refused) {
+        BOOST_TEST_CONTEXT(args.back()) {
+            r = w.machine(args);
+            BOOST_TEST(r.exit_code == 2);
+            BOOST_TEST(contains(r.err, message), r.err);
+            BOOST_TEST(read(file) == second);
+        }
+    }
+    // A projects.toml that does not load: its own error, before anything else; left alone.
+    w.config("[blog\n");
+    r = w.machine({"create", "x", "--yes"});
+    BOOST_TEST(r.exit_code == 2);
+    BOOST_TEST(contains(r.err, file.string() + ":1:"), r.err);
+    BOOST_TEST(read(file) == "[blog\n");
+    BOOST_TEST(std::distance(fs::directory_iterator(file.parent_path()), fs::directory_iterator{}) == 1);
+}
+
+// The wizard on a real terminal: util-linux `script` gives `machine create` a pseudo-terminal
+// and types the answers into it; bad ones are asked again with the reason.
+BOOST_AUTO_TEST_CASE(create_asks_on_a_terminal_and_asks_again_after_a_bad_answer) {
+    world w;
+    proc::command c = w.command({});
+    c.argv = {"script", "-qec", std::string(MACHINE_BINARY) + " create", "/dev/null"};
+    c.in = proc::stdio::pipe;
+    c.stdin_data = "Bad_Name\nweb\n-x\nhttps://h/a.git\n\nnope\nnode\nfish\nbash\nfour\n2\n\n60\n";
+    proc::run_options opt;
+    opt.limit.timeout = 60s;
+    asio::io_context io;
+    proc::result r;
+    auto task = [&]() -> asio::awaitable<void> { r = co_await proc::run(c, opt); };
+    asio::co_spawn(io, std::move(task), [](std::exception_ptr e) { if (e) std::rethrow_exception(e); });
+    io.run();
+    BOOST_TEST(r.exit_code == 0, r.out + r.err);
+    for (const char* said : {"invalid project name 'Bad_Name'", "Creating [web] in ", "must not start with \"-\", got \"-x\"",
+                             "unknown profile \"nope\" (did you mean \"node\"?)", "expected \"zsh\" or \"bash\", got \"fish\"",
+                             "expected a whole number, got \"four\"", "Disk (grows only) [30GiB]: "})
+        BOOST_TEST(contains(r.out, said), said);
+    const std::string text = read(w.root / "config" / "projects.toml");
+    BOOST_TEST(contains(text, "\n[web]\nrepos = [ \"https://h/a.git\" ]\nprofiles = [ \"node\" ]\nshell = \"bash\"\ncpus = 2\n"
+                              "disk = \"60GiB\"\n"),
+               text);
+}
+
 BOOST_AUTO_TEST_CASE(limactl_missing_is_one_clear_line) {
     world w;
     w.env.erase(std::remove_if(w.env.begin(), w.env.end(), [](auto& kv) { return kv.first == "MACHINE_LIMACTL"; }), w.env.end());
@@ -1379,6 +1472,21 @@ BOOST_AUTO_TEST_CASE(run_passes_the_exit_code_through) {
     BOOST_TEST(contains(r.err, "VM 'default' is not running (run 'machine up default')"));
 }
 
+// `run` of a project whose primary repo is not cloned (the fake's VMs get no clones) runs in
+// the home directory, saying nothing about it; with the repo there, in it (test_interactive).
+BOOST_AUTO_TEST_CASE(run_without_its_primary_repo_runs_at_home_silently) {
+    ssh_world w;
+    const fs::path repo = w.root / ("not-cloned-" + std::to_string(std::random_device{}()) + ".git");
+    BOOST_REQUIRE(w.run({"git", "init", "-q", "--bare", repo.string()}).exit_code == 0);
+    w.config("[web]\nrepos = [\"" + repo.string() + "\"]\n");
+    BOOST_REQUIRE(w.up({"web"}).exit_code == 0);
+    BOOST_REQUIRE(w.machine({"pin", "web"}).exit_code == 0);
+    const proc::result r = w.machine({"run", "web", "--", "pwd"});
+    BOOST_TEST(r.exit_code == 0);
+    BOOST_TEST(r.out == std::string(::getpwuid(::getuid())->pw_dir) + "\n");  // where sshd starts
+    BOOST_TEST(r.err.empty());
+}
+
 // What a command in the VM sees of the agent is what `machine run` forwards: a real ssh-agent
 // with two keys here, the VM a real sshd.
 BOOST_AUTO_TEST_CASE(agent_keys_put_a_filter_between_the_vm_and_the_agent) {
@@ -1550,6 +1658,7 @@ const std::map<std::string, probe>& probes() {
         {"sessions", {{"sessions", "nosuch"}, 1, "VM 'nosuch' does not exist (run 'machine up nosuch')"}},
         {"secrets", {{"secrets", "nosuch"}, 1, "VM 'nosuch' does not exist (run 'machine up nosuch')"}},
         {"net", {{"net", "nosuch"}, 0, "no connections recorded for 'nosuch' yet"}},
+        {"create", {{"create", "new-one"}, 2, "pass --yes"}},
         {"init", {{"init"}, 1, "projects.toml already exists"}},
         {"doctor", {{"doctor", "--json"}, 1, "\"checks\""}},
         {"completion", {{"completion", "fish"}, 0, "complete -c machine"}},
@@ -1666,6 +1775,24 @@ BOOST_AUTO_TEST_CASE(every_row_is_in_help_and_runs) {
     BOOST_TEST(rows.size() == probes().size());  // no probe for a row that is gone
 }
 
+// The reference tool's `destroy --force` is `-y`: nothing is asked (stdin at EOF here, which
+// a question would take as "no") and the VM is gone; help and completion offer it.
+BOOST_AUTO_TEST_CASE(destroy_force_is_yes) {
+    world w;
+    put_machine_on_path(w);
+    BOOST_TEST(contains(w.machine({"destroy", "--help"}).out, "-y,--yes,--force"));
+    BOOST_TEST((bash_completes(w, {"machine", "destroy", "--f"}).words == std::set<std::string>{"--force"}));
+    for (const char* flag : {"--force", "-y", "--yes"}) {
+        BOOST_TEST_CONTEXT(flag) {
+            BOOST_REQUIRE(w.machine({"up"}).exit_code == 0);
+            const proc::result r = w.machine({"destroy", flag});
+            BOOST_TEST(r.exit_code == 0, r.err);
+            BOOST_TEST(!contains(r.err, "aborted"));
+            BOOST_TEST(!fs::exists(w.instance("default")));
+        }
+    }
+}
+
 // The log level's value is not the command: `run`'s split still finds it (it stopped there,
 // and `machine --log-level` alone read past argv).
 BOOST_AUTO_TEST_CASE(options_before_run_keep_its_command_line_apart) {
@@ -1713,6 +1840,16 @@ BOOST_AUTO_TEST_CASE(bash_completes_commands_projects_and_options) {
     // Hidden commands are not offered.
     BOOST_TEST(bash_completes(w, {"machine", "a"}).words.empty());
     BOOST_TEST(bash_completes(w, {"machine", "pro"}).words.empty());
+}
+
+// `create` is completed from its row like every command: its options, and --shell's values.
+BOOST_AUTO_TEST_CASE(create_is_completed_from_its_row) {
+    world w;
+    put_machine_on_path(w);
+    BOOST_TEST((bash_completes(w, {"machine", "cr"}).words == std::set<std::string>{"create"}));
+    BOOST_TEST((bash_completes(w, {"machine", "create", "--"}).words == long_options_of("create")));
+    BOOST_TEST((bash_completes(w, {"machine", "create", "web", "--shell", ""}).words == std::set<std::string>{"zsh", "bash"}));
+    BOOST_TEST((fish_completes(w, "machine cr").words == std::set<std::string>{"create"}));
 }
 
 BOOST_AUTO_TEST_CASE(zsh_completes_commands_projects_and_options) {

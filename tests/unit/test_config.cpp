@@ -11,6 +11,8 @@
 #include <sstream>
 #include <string>
 
+#include <toml++/toml.h>
+
 namespace fs = std::filesystem;
 using machine::usage_error;
 using namespace machine::config;
@@ -1037,6 +1039,176 @@ BOOST_AUTO_TEST_CASE(machine_example_parses_with_and_without_its_examples) {
     BOOST_TEST(c.local_project.value_or("") == "my-app");
     BOOST_TEST(c.resolve("my-app").cpus == 8);
     BOOST_TEST(c.resolve("my-app").disk == "60GiB");
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// `machine create`'s side of the config module: the rules it checks answers with are the
+// loader's, the table it writes is serialized by toml++ and loads back, and projects.toml keeps
+// every byte it had.
+BOOST_AUTO_TEST_SUITE(config_create)
+
+project_draft full_draft() {
+    return {.name = "web",
+            .repos = {"git@github.com:acme/web.git", "https://github.com/acme/api.git"},
+            .profiles = std::vector<std::string>{"base", "node"},
+            .shell = "bash",
+            .cpus = 6,
+            .memory = "12GiB",
+            .disk = "1.5TiB"};
+}
+
+std::string read_all(const fs::path& p) {
+    std::ifstream in(p, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+std::string add_error(const fs::path& file, const project_draft& d) {
+    try {
+        add_project(file, d);
+    } catch (const config_error& e) {
+        return e.what();
+    }
+    return "(no error)";
+}
+
+BOOST_AUTO_TEST_CASE(the_rules_are_the_loaders) {
+    // What the loader says of a value in the file is what create says of the same answer.
+    BOOST_TEST(parse_error("[w]\nrepos = [\"-x\"]\n") == "projects.toml:2:10: w.repos[0]: " + repo_problem("-x"));
+    BOOST_TEST(parse_error("[w]\nrepos = [\"ext::sh\"]\n") == "projects.toml:2:10: w.repos[0]: " + repo_problem("ext::sh"));
+    BOOST_TEST(parse_error("[w]\nprofiles = [\"../x\"]\n") == "projects.toml:2:13: w.profiles[0]: " + profile_problem("../x"));
+    BOOST_TEST(parse_error("[w]\nshell = \"fish\"\n") == "projects.toml:2:1: w.shell: " + shell_problem("fish"));
+    BOOST_TEST(parse_error("[w]\ncpus = 0\n") == "projects.toml:2:1: w.cpus: " + cpus_problem(0));
+    BOOST_TEST(parse_error("[w]\ncpus = 5000\n") == "projects.toml:2:1: w.cpus: " + cpus_problem(5000));
+    BOOST_TEST(parse_error("[w]\nmemory = \"8GB\"\n") == "projects.toml:2:1: w.memory: " + size_problem("8GB"));
+    for (const auto* fine : {"git@github.com:a/b.git", "https://h/x.git"}) BOOST_TEST(repo_problem(fine).empty());
+    BOOST_TEST(shell_problem("zsh").empty());
+    BOOST_TEST(cpus_problem(1).empty());
+    BOOST_TEST(size_problem("512MiB").empty());
+    BOOST_TEST(size_problem("8").empty());
+}
+
+BOOST_AUTO_TEST_CASE(a_table_loads_back_with_the_values_written) {
+    const std::string text = project_table_text(full_draft());
+    BOOST_TEST(text == "[web]\n"
+                       "repos = [ \"git@github.com:acme/web.git\", \"https://github.com/acme/api.git\" ]\n"
+                       "profiles = [ \"base\", \"node\" ]\n"
+                       "shell = \"bash\"\n"
+                       "cpus = 6\n"
+                       "memory = \"12GiB\"\n"
+                       "disk = \"1.5TiB\"\n");
+    const project p = parse(text).projects.at("web");
+    const project_draft d = full_draft();
+    BOOST_TEST(p.repos == d.repos, boost::test_tools::per_element());
+    BOOST_TEST(p.profiles == *d.profiles, boost::test_tools::per_element());
+    BOOST_TEST(p.shell == "bash");
+    BOOST_TEST(p.cpus == 6);
+    BOOST_TEST(p.memory == "12GiB");
+    BOOST_TEST(p.disk == "1.5TiB");
+    // What is left out is not written, and keeps following the defaults.
+    const std::string bare = project_table_text({.name = "blog"});
+    BOOST_TEST(bare == "[blog]\nrepos = []\n");
+    const config c = parse("default_shell = \"bash\"\n" + bare);
+    BOOST_TEST(c.projects.at("blog").shell == "bash");
+    BOOST_TEST(c.projects.at("blog").builtin_profiles);
+    BOOST_TEST(c.projects.at("blog").cpus == 4);
+    // `profiles = []` is written: none, even with a default_profile.
+    project_draft none{.name = "bare"};
+    none.profiles = std::vector<std::string>{};
+    BOOST_TEST(parse("default_profile = \"node\"\n" + project_table_text(none)).projects.at("bare").profiles.empty());
+    BOOST_CHECK_THROW(project_table_text({.name = "Bad]"}), usage_error);
+}
+
+// Quotes, backslashes, newlines and `]` in a value stay inside its string: no key or table of
+// the user's making appears, and a TOML parser reads each value back byte for byte.
+BOOST_AUTO_TEST_CASE(hostile_values_are_escaped_strings_that_read_back) {
+    const std::vector<std::string> hostile{"x\"]\n[evil]\ncpus = 99\n#", "a'b\\c]d\"\"\"", "\n[[web.secrets]]\ncommand = [\"sh\"]",
+                                           "caf\xc3\xa9\x01\x1b[2J\x7f"};
+    const project_draft d{.name = "web", .repos = hostile, .shell = hostile[0]};
+    const std::string text = project_table_text(d);
+    BOOST_TEST(std::count(text.begin(), text.end(), '\n') == 3);  // [web], repos, shell
+    BOOST_TEST(std::all_of(text.begin(), text.end(), [](char c) { return c == '\n' || (c >= 0x20 && c < 0x7f); }));
+    const toml::table doc = toml::parse(text);
+    BOOST_TEST(doc.size() == 1u);
+    const toml::table& web = *doc["web"].as_table();
+    BOOST_TEST(web.size() == 2u);
+    const toml::array& repos = *web["repos"].as_array();
+    BOOST_REQUIRE(repos.size() == hostile.size());
+    for (std::size_t i = 0; i < hostile.size(); ++i) BOOST_TEST(repos[i].value<std::string>().value() == hostile[i]);
+    BOOST_TEST(web["shell"].value<std::string>().value() == hostile[0]);
+    // The loader reads them as those strings too, and refuses them by its own rules.
+    BOOST_TEST(parse_error(text).rfind("projects.toml:2:11: web.repos[0]: must not contain whitespace", 0) == 0, parse_error(text));
+    // A value that passes the rules yet holds TOML's special characters is added and loads back.
+    temp_dir tmp;
+    const fs::path file = tmp.path / "projects.toml";
+    const project_draft odd{.name = "odd", .repos = {"git@h:a/b\"c]d#e'f\\g.git"}};
+    add_project(file, odd);
+    const config c = load_projects_file(file, big_host);
+    BOOST_TEST(c.projects.size() == 1u);
+    BOOST_TEST(c.projects.at("odd").repos == odd.repos, boost::test_tools::per_element());
+}
+
+BOOST_AUTO_TEST_CASE(a_new_projects_toml_opens_with_the_documented_header) {
+    temp_dir tmp;
+    const fs::path file = tmp.path / "config" / "machine" / "projects.toml";
+    const added_project added = add_project(file, full_draft());
+    BOOST_TEST(added.created);
+    BOOST_TEST(added.file == file);
+    const std::string text = read_all(file);
+    BOOST_TEST(text == std::string(projects_example()) + "\n" + project_table_text(full_draft()));
+    BOOST_TEST(text.rfind("# machine: your projects, one VM each.", 0) == 0);
+    const project p = load_projects_file(file, big_host).projects.at("web");
+    BOOST_TEST(p.cpus == 6);
+    BOOST_TEST(p.repos == full_draft().repos, boost::test_tools::per_element());
+    BOOST_TEST(std::distance(fs::directory_iterator(file.parent_path()), fs::directory_iterator{}) == 1);  // no leftovers
+}
+
+BOOST_AUTO_TEST_CASE(an_existing_projects_toml_keeps_every_byte_and_its_mode) {
+    temp_dir tmp;
+    const fs::path file = tmp.path / "projects.toml";
+    // No newline at the end, a comment, settings, a project, CRLF: all kept as they are.
+    const std::string before = "# mine\r\ndefault_shell = \"bash\"\n\n[blog]\nrepos = []  # later";
+    write(file, before);
+    fs::permissions(file, fs::perms::owner_read | fs::perms::owner_write, fs::perm_options::replace);
+    const added_project added = add_project(file, {.name = "web", .repos = {"https://h/web.git"}});
+    BOOST_TEST(!added.created);
+    const std::string after = read_all(file);
+    BOOST_TEST(after.substr(0, before.size()) == before);
+    BOOST_TEST(after.substr(before.size()) == "\n\n[web]\nrepos = [ \"https://h/web.git\" ]\n");
+    BOOST_TEST(static_cast<unsigned>(fs::status(file).permissions() & fs::perms::mask) == 0600u);
+    const config c = load_projects_file(file, big_host);
+    BOOST_TEST(c.projects.size() == 2u);
+    BOOST_TEST(c.projects.at("web").shell == "bash");  // the file's default_shell, not written
+    BOOST_TEST(std::distance(fs::directory_iterator(tmp.path), fs::directory_iterator{}) == 1);
+}
+
+BOOST_AUTO_TEST_CASE(never_over_an_existing_project_nor_into_a_file_that_does_not_load) {
+    temp_dir tmp;
+    const fs::path file = tmp.path / "projects.toml";
+    for (const std::string before : {"[web]\ncpus = 2\n", "[[web.secrets]]\nop_environment = \"abc\"\n"}) {
+        write(file, before);
+        BOOST_TEST(add_error(file, full_draft()) ==
+                   file.string() + ": there is a project [web] already; edit it there, or choose another name");
+        BOOST_TEST(read_all(file) == before);
+    }
+    // A broken file: its own error (the user fixes it first), and it is left as it was.
+    write(file, "[blog\n");
+    BOOST_TEST(add_error(file, full_draft()).rfind(file.string() + ":1:", 0) == 0, add_error(file, full_draft()));
+    BOOST_TEST(read_all(file) == "[blog\n");
+    BOOST_TEST(std::distance(fs::directory_iterator(tmp.path), fs::directory_iterator{}) == 1);
+}
+
+BOOST_AUTO_TEST_CASE(a_symlinked_projects_toml_stays_a_link) {
+    temp_dir tmp;
+    const fs::path target = tmp.path / "dotfiles" / "projects.toml";
+    write(target, "[blog]\n");
+    const fs::path file = tmp.path / "config" / "projects.toml";
+    fs::create_directories(file.parent_path());
+    fs::create_symlink("../dotfiles/projects.toml", file);
+    const added_project added = add_project(file, {.name = "web"});
+    BOOST_TEST(fs::is_symlink(file));
+    BOOST_TEST(added.file == file.parent_path() / "../dotfiles/projects.toml");
+    BOOST_TEST(read_all(target) == "[blog]\n\n[web]\nrepos = []\n");
 }
 
 BOOST_AUTO_TEST_SUITE_END()

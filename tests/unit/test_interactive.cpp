@@ -111,6 +111,45 @@ BOOST_AUTO_TEST_CASE(run_starts_in_the_primary_repo_and_keeps_every_word) {
     BOOST_TEST(r.out == tmp.path.string() + "\n");
 }
 
+// `ssh` (no command: the login shell) and `run` start in one place, chosen once: the primary
+// repo when it is cloned, else the home directory, with nothing said about it.
+BOOST_AUTO_TEST_CASE(ssh_and_run_start_where_the_primary_repo_is_else_at_home) {
+    machine::config::project p;
+    p.name = "web";
+    p.repos = {"git@github.com:acme/web-app.git"};
+    machine::test::temp_dir tmp;
+    // The "login shell" prints where it started and how it was called.
+    const fs::path shell = tmp.path / "login-shell";
+    std::ofstream(shell) << "#!/bin/sh\npwd; echo \"$@\"\n";
+    fs::permissions(shell, fs::perms::owner_all);
+    // What the remote side does with the string ssh hands it, with `tmp` as home and SHELL set.
+    auto remote = [&](const std::vector<std::string>& command) {
+        const auto argv = vm::openssh_argv({"web", "/c", "/k", false}, false, cli::in_primary_repo(p, command));
+        return run_program({"sh", "-c", "export SHELL=\"$1\"; cd \"$HOME\" && eval \"$0\"", argv.back(), shell.string()},
+                           tmp.path);
+    };
+    const std::string repo = (tmp.path / "code" / "web-app").string();
+    for (const bool cloned : {false, true}) {
+        BOOST_TEST_CONTEXT("cloned " << cloned) {
+            if (cloned) fs::create_directories(repo);
+            const std::string where = cloned ? repo : tmp.path.string();
+            auto r = remote({});
+            BOOST_TEST(r.exit_code == 0);
+            BOOST_TEST(r.out == where + "\n-l\n");
+            BOOST_TEST(r.err.empty());
+            r = remote({"pwd"});
+            BOOST_TEST(r.exit_code == 0);
+            BOOST_TEST(r.out == where + "\n");
+            BOOST_TEST(r.err.empty());
+        }
+    }
+    // One wrapper for both: the same words before the command.
+    const auto shell_argv = cli::in_primary_repo(p, {});
+    const auto run_argv = cli::in_primary_repo(p, {"pwd"});
+    BOOST_TEST((std::vector<std::string>(run_argv.begin(), run_argv.end() - 1) == shell_argv));
+    BOOST_TEST(shell_argv.back() == "code/web-app");
+}
+
 // The VM user's login shell parses the one string ssh hands it: bash or zsh (`shell` in the
 // config). Words zsh would expand unquoted (`=sh` is the path of sh under its EQUALS option,
 // `~`, globs) reach the command as they were written, under both.
