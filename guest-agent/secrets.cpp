@@ -301,10 +301,21 @@ int secrets_store::open_for_render(uid_t uid, gid_t gid, const std::string& user
         }
         fd_guard pguard(pfd);
         if (!is_mount_root(pfd) && ::geteuid() == 0) {
-            const std::string options = setup_.mount_options + ",mode=0700,uid=" + std::to_string(uid) +
-                                        ",gid=" + std::to_string(gid);
+            const std::string owner = ",mode=0700,uid=" + std::to_string(uid) + ",gid=" + std::to_string(gid);
+            std::string options = setup_.mount_options + owner;
             const std::string target = "/proc/self/fd/" + std::to_string(pfd);
-            if (::mount("tmpfs", target.c_str(), "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, options.c_str()) != 0) {
+            auto mount_tmpfs = [&] {
+                return ::mount("tmpfs", target.c_str(), "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, options.c_str()) == 0;
+            };
+            bool ok = mount_tmpfs();
+            if (!ok && errno == EINVAL && options.find(",noswap") != std::string::npos) {
+                // A kernel older than 6.4 (a VM made from an older image) does not know noswap:
+                // mount without it rather than refuse every secret (Lima VMs have no swap).
+                log::warning("secrets: this kernel's tmpfs has no noswap; mounting " + dir + " without it");
+                options.erase(options.find(",noswap"), 7);
+                ok = mount_tmpfs();
+            }
+            if (!ok) {
                 const int err = errno;
                 give_up(proto::errc::internal, "cannot mount a tmpfs on " + dir + ": " + errno_text(err));
             }

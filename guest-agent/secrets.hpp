@@ -38,7 +38,8 @@ struct secrets_setup {
     /// Between replacing a set and zero-filling the file it replaced: a reader that opened the
     /// old file just before the rename still reads it whole.
     std::chrono::milliseconds wipe_delay{500};
-    std::string mount_options = "size=16m";  ///< before mode, uid and gid
+    /// Before mode, uid and gid. `noswap` (Linux 6.4+): the values never reach a swap device.
+    std::string mount_options = "size=16m,noswap";
 };
 
 /// A refusal for the client: its code and a one-line message, which never holds a value.

@@ -202,6 +202,7 @@ class Render(SecretsTest):
         for o in ("nosuid", "nodev", "noexec"):
             self.assertIn(o, opts)
         self.assertIn("size=16384k", super_opts)
+        self.assertIn("noswap", super_opts)  # the values never reach a swap device
         self.assertIn("mode=700", super_opts)
         self.assertIn(f"uid={NOBODY.pw_uid}", super_opts)
         self.assertIn(f"gid={NOBODY.pw_gid}", super_opts)
