@@ -4,7 +4,6 @@
 #include "emit_client.hpp"
 
 #include <sys/socket.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -61,20 +60,12 @@ int emit_command(const std::string& socket_path, const std::string& event, const
     if (const auto checked = proto::parse_emit_request(proto::make_emit_request(1, req)); !checked)
         return fail(checked.error);
 
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    if (socket_path.size() >= sizeof addr.sun_path) return fail("socket path too long: " + socket_path);
-    std::memcpy(addr.sun_path, socket_path.c_str(), socket_path.size());
-    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) return fail(std::string("socket: ") + std::strerror(errno));
+    std::string error_text;
+    const int fd = connect_unix(socket_path, error_text);
+    if (fd < 0) return fail(error_text);
     timeval timeout{30, 0};
     ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
     ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout);
-    if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-        const int e = errno;
-        ::close(fd);
-        return fail("cannot connect to " + socket_path + ": " + std::strerror(e));
-    }
     if (!write_all(fd, proto::encode(proto::make_emit_request(1, req)))) {
         const int e = errno;
         ::close(fd);

@@ -1,6 +1,8 @@
 #include "files.hpp"
 
 #include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -45,5 +47,26 @@ std::string trim(std::string_view s) {
 }
 
 std::string errno_text(int err) { return std::strerror(err); }
+
+int connect_unix(const std::string& path, std::string& error) {
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    if (path.size() >= sizeof addr.sun_path) {
+        error = "socket path too long: " + path;
+        return -1;
+    }
+    std::memcpy(addr.sun_path, path.c_str(), path.size());
+    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        error = "socket: " + errno_text(errno);
+        return -1;
+    }
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+        error = "cannot connect to " + path + ": " + errno_text(errno);
+        ::close(fd);
+        return -1;
+    }
+    return fd;
+}
 
 } // namespace machine::agent

@@ -15,5 +15,8 @@ bool write_all(int fd, std::string_view data);
 std::string trim(std::string_view s);
 /// errno as text: "No such file or directory".
 std::string errno_text(int err);
+/// A connected, close-on-exec Unix stream socket to `path`; -1 with `error` set ("cannot
+/// connect to PATH: REASON") when nobody listens there.
+int connect_unix(const std::string& path, std::string& error);
 
 } // namespace machine::agent

@@ -12,7 +12,6 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -209,26 +208,10 @@ public:
     // Connects; false with `error` set when the daemon is not there.
     bool connect(std::string& error) {
         close();
-        sockaddr_un addr{};
-        addr.sun_family = AF_UNIX;
-        if (socket_.size() >= sizeof addr.sun_path) {
-            error = "socket path too long: " + socket_;
-            return false;
-        }
-        std::memcpy(addr.sun_path, socket_.c_str(), socket_.size());
-        // CLOEXEC: the agent CLI must not inherit it, or the daemon would not see this process die.
-        const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (fd < 0) {
-            error = "socket: " + errno_text(errno);
-            return false;
-        }
+        const int fd = connect_unix(socket_, error);
+        if (fd < 0) return false;
         timeval timeout{2, 0};
         ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout);
-        if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-            error = "cannot connect to " + socket_ + ": " + errno_text(errno);
-            ::close(fd);
-            return false;
-        }
         fd_ = fd;
         decoder_ = proto::decoder({.max_line = proto::max_line_bytes, .require_id = false});
         pending_.clear();
