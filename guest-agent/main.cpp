@@ -2,6 +2,7 @@
 //
 //   machine-agent [options]                      serve (as root, from machine-agent.service)
 //   machine-agent emit EVENT [key=value|key:=json]...   append an event through the agent
+//   machine-agent relay [--socket PATH]                  the host's way to the agent (relay.hpp)
 //   machine-agent session attach|run|list ...            agent sessions in tmux (session.hpp)
 //
 // One thread runs one io_context (server.cpp); nothing else runs concurrently.
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include "emit_client.hpp"
+#include "relay.hpp"
 #include "log.hpp"
 #include "server.hpp"
 #include "session.hpp"
@@ -28,6 +30,7 @@ using namespace machine::agent;
 constexpr const char* usage_text =
     "usage: machine-agent [options]\n"
     "       machine-agent emit [--socket PATH] EVENT [key=value | key:=json]...\n"
+    "       machine-agent relay [--socket PATH]\n"
     "       machine-agent session attach --name NAME --agent claude|codex [--dir DIR] [--socket PATH]\n"
     "       machine-agent session run --name NAME --agent claude|codex [--socket PATH] [--missing-dir DIR]\n"
     "       machine-agent session list [--socket PATH]\n"
@@ -88,10 +91,22 @@ int run_emit(int argc, char** argv) {
     return emit_command(socket, event, fields);
 }
 
+int run_relay(int argc, char** argv) {
+    std::string socket = default_socket_path();
+    for (int i = 2; i < argc; ++i) {
+        const std::string_view a = argv[i];
+        if (a == "--socket" && i + 1 < argc) socket = argv[++i];
+        else if (a.substr(0, 9) == "--socket=") socket = std::string(a.substr(9));
+        else return usage_error("relay: unexpected '" + std::string(a) + "'");
+    }
+    return relay_command(socket);
+}
+
 } // namespace
 
 int main(int argc, char** argv) {
     if (argc > 1 && std::strcmp(argv[1], "emit") == 0) return run_emit(argc, argv);
+    if (argc > 1 && std::strcmp(argv[1], "relay") == 0) return run_relay(argc, argv);
     if (argc > 1 && std::strcmp(argv[1], "session") == 0) return session_command(argc, argv, default_socket_path());
 
     server_options opt;
