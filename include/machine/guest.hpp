@@ -44,6 +44,18 @@ private:
     std::string code_;
 };
 
+// No guest agent answered: the relay to it (`machine-agent relay`, which the connection runs in
+// the VM) was not there or found nothing listening on the agent's socket. Not a lost connection:
+// the VM is up, the agent is not (not installed yet, stopped, or an older agent without the relay).
+class agent_unavailable : public error {
+public:
+    agent_unavailable(const std::string& vm, int relay_status);
+    int relay_status() const noexcept { return relay_status_; }
+
+private:
+    int relay_status_;
+};
+
 // The agent did not answer a request in time (request_deadlines). The message names the VM and
 // the request: "VM 'web': the guest agent did not answer secrets.discover within 20 s". The
 // connection is closed: every later request on it fails at once.
@@ -104,9 +116,11 @@ public:
     // belong to the request in flight (such lines are skipped): the first as it is, then at
     // most one summary a second with a count, and one when the request ends.
     // Errors name the VM of the session (ssh::session::vm_name()).
+    // The channel runs `RELAY relay --socket SOCKET` in the VM (guest-agent/relay.hpp says why not a
+    // stream-local channel to the socket); tests point both at their own agent.
     static asio::awaitable<std::unique_ptr<connection>> open(
         std::shared_ptr<ssh::session> session, std::function<void(const std::string&)> on_problem = {},
-        std::string socket = agent_socket);
+        std::string socket = agent_socket, std::string relay = agent_install_path);
     ~connection();
 
     // The deadlines of the requests sent from now on (tests shorten them).
@@ -198,6 +212,7 @@ private:
     void flush_problems();
 
     asio::awaitable<std::optional<std::string>> read_chunk();
+    asio::awaitable<std::optional<int>> relay_exit_status();
     asio::awaitable<protocol::message> next_for(std::uint64_t id, std::uint64_t also = 0);
     asio::awaitable<protocol::message> final_for(std::uint64_t id);
     asio::awaitable<protocol::message> call(std::uint64_t id, const protocol::json& message);

@@ -125,14 +125,13 @@ struct run_options {
     std::size_t max_output = 16 << 20;      ///< per stream; the rest is discarded
 };
 
-/// Per-channel buffering (session::exec, session::open_unix_socket).
+/// Per-channel buffering (session::exec).
 struct channel_options {
     /// Per stream: once this many received bytes wait unread, the session stops taking that
     /// stream from the server (so it stops granting window and a well-behaved server stops
     /// sending) until read() takes them.
     std::size_t high_water = 1 << 20;
     /// Nobody will read stderr: drain it and drop it (counted in buffer_state::err_discarded).
-    /// Always so for Unix-socket channels.
     bool discard_stderr = false;
 };
 
@@ -164,12 +163,6 @@ public:
     /// channel.
     asio::awaitable<std::shared_ptr<channel>> exec(std::string command);
     asio::awaitable<std::shared_ptr<channel>> exec(std::string command, channel_options options);
-
-    /// Opens a channel to a Unix socket on the server (direct-streamlocal@openssh.com). Its
-    /// stderr (extended data, which OpenSSH never sends there) is always discarded.
-    asio::awaitable<std::shared_ptr<channel>> open_unix_socket(std::string path);
-    asio::awaitable<std::shared_ptr<channel>> open_unix_socket(std::string path,
-                                                               channel_options options);
 
     /// Runs `command` to completion, collecting its output and exit status (like proc::run).
     /// A timeout or cancellation signals the remote command and ends the run promptly; it is
@@ -206,12 +199,11 @@ public:
     explicit session(std::shared_ptr<detail::session_core> core);  ///< internal: use connect()
 
 private:
-    asio::awaitable<std::shared_ptr<channel>> open_channel(std::string target, bool unix_socket,
-                                                           channel_options options);
+    asio::awaitable<std::shared_ptr<channel>> open_channel(std::string command, channel_options options);
     std::shared_ptr<detail::session_core> core_;
 };
 
-/// A channel of a session: an exec'd command or a forwarded Unix socket. The session's pump
+/// A channel of a session: an exec'd command. The session's pump
 /// buffers each stream's data as it arrives, up to channel_options::high_water bytes per
 /// stream; a stream that reaches the mark is left with the server (flow control) until read()
 /// takes it. The two streams share one SSH window, though: once a stream nobody reads also has
@@ -231,8 +223,8 @@ public:
     /// Next chunk of stdout (everything buffered so far); nullopt at end of stream or after
     /// close(). Throws connection_lost once the buffered data is consumed and the session died.
     asio::awaitable<std::optional<std::string>> read();
-    /// Same for stderr (extended data). On a channel that discards stderr (Unix socket
-    /// channels always do) it returns nullopt once the stream ends.
+    /// Same for stderr (extended data). On a channel that discards stderr it returns nullopt
+    /// once the stream ends.
     asio::awaitable<std::optional<std::string>> read_stderr();
     /// Writes all of `data`, waiting for the remote window as needed (libssh may accept less
     /// than asked, even nothing). Completes when libssh has queued every byte for sending.

@@ -53,6 +53,13 @@ request_timeout::request_timeout(const std::string& vm, std::string request, std
                      : "the guest agent did not answer " + request + " within " + seconds_text(after))),
       request_(std::move(request)) {}
 
+agent_unavailable::agent_unavailable(const std::string& vm, int relay_status)
+    : error((vm.empty() ? std::string() : "VM '" + vm + "': ") +
+            (relay_status == 127 ? std::string("the guest agent is not installed (no ") + agent_install_path + ")"
+             : relay_status == 69 ? std::string("no guest agent is listening on ") + agent_socket
+                                  : "the guest agent's relay exited with status " + std::to_string(relay_status))),
+      relay_status_(relay_status) {}
+
 agent_flood::agent_flood(const std::string& vm, const std::string& request, std::uint64_t lines)
     : error((vm.empty() ? std::string() : "VM '" + vm + "': ") + "the guest agent sent " + std::to_string(lines) +
             " bad or unexpected lines during " + request + "; gave up on it") {}
@@ -109,9 +116,23 @@ connection::~connection() {
 
 awaitable<std::unique_ptr<connection>> connection::open(std::shared_ptr<ssh::session> session,
                                                         std::function<void(const std::string&)> on_problem,
-                                                        std::string socket) {
-    auto ch = co_await session->open_unix_socket(std::move(socket));
+                                                        std::string socket, std::string relay) {
+    std::string command = text::shell_quote(relay) + " relay --socket " + text::shell_quote(socket);
+    ssh::channel_options options;
+    options.discard_stderr = true;  // the relay's one line of complaint: its exit status says it
+    auto ch = co_await session->exec(std::move(command), options);
     co_return std::make_unique<connection>(std::move(ch), std::move(on_problem), session->vm_name());
+}
+
+// The relay's exit status once its output ended; nullopt when the channel closed without one or
+// the session died. A hostile guest may never send it: waited for only briefly.
+awaitable<std::optional<int>> connection::relay_exit_status() {
+    try {
+        auto r = co_await first_of(channel_->exit_status(), sleep_for(2s));
+        if (r.index() == 0) co_return std::get<0>(r);
+    } catch (const error&) {
+    }
+    co_return std::nullopt;
 }
 
 connection::request_scope connection::begin(const char* request, std::chrono::milliseconds limit, bool on_silence) {
@@ -222,6 +243,9 @@ awaitable<pr::message> connection::next_for(std::uint64_t id, std::uint64_t also
                 if (auto* bad = std::get_if<pr::decode_error>(&item); bad && on_problem_)
                     on_problem_("the guest agent's last line was cut off: " + clipped(bad->message, 200));
             pending_.clear();
+            // The relay's exit status tells an agent that hung up (0) from none being there.
+            const std::optional<int> status = co_await relay_exit_status();
+            if (status && *status != 0) throw agent_unavailable(vm_, *status);
             throw ssh::connection_lost("the guest agent closed the connection");
         }
         decoder_.feed(*chunk, pending_);

@@ -1,4 +1,4 @@
-// ssh::channel: exec and Unix-socket channels over a session's pump.
+// ssh::channel: exec channels over a session's pump.
 //
 // A standard header must come before the first Asio header in every file: Asio 1.22 decides
 // between aligned_alloc and operator new for coroutine frames from a libstdc++ macro, so a file
@@ -215,15 +215,13 @@ void channel_core::send_signal(const std::string& name) {
 // ------------------------------------------------------------------------------------------
 // session::open_channel
 
-awaitable<std::shared_ptr<channel>> session::open_channel(std::string target, bool unix_socket,
-                                                          channel_options options) {
+awaitable<std::shared_ptr<channel>> session::open_channel(std::string command, channel_options options) {
     auto self = shared_from_this();
     auto s = core_;
     s->throw_if_gone();
     auto c = std::make_shared<detail::channel_core>(s);
     c->high_water_ = std::max<std::size_t>(options.high_water, 1);
-    // OpenSSH never sends extended data on a stream-local channel; a hostile server may.
-    c->discard_err_ = options.discard_stderr || unix_socket;
+    c->discard_err_ = options.discard_stderr;
     c->ch_ = ssh_channel_new(s->raw_);
     if (!c->ch_) throw error("cannot create an SSH channel on " + s->desc_ + ": " + s->libssh_error());
     // Registered at once so that a teardown forgets the handle (libssh frees it); drained only
@@ -232,28 +230,15 @@ awaitable<std::shared_ptr<channel>> session::open_channel(std::string target, bo
     ssh_add_channel_callbacks(c->ch_, &c->callbacks_);
 
     const ssh_channel raw_channel = c->ch_;
-    std::function<int()> open_step;
-    if (unix_socket) {
-        open_step = [raw_channel, target] {
-            return ssh_channel_open_forward_unix(raw_channel, target.c_str(), "127.0.0.1", 0);
-        };
-    } else {
-        open_step = [raw_channel] { return ssh_channel_open_session(raw_channel); };
-    }
+    std::function<int()> open_step = [raw_channel] { return ssh_channel_open_session(raw_channel); };
     int rc = co_await s->drive(open_step, SSH_AGAIN);
-    if (rc != SSH_OK) {
-        const std::string what = unix_socket ? "a channel to " + target : "a session channel";
-        throw error("cannot open " + what + " on " + s->desc_ + ": " + s->libssh_error());
-    }
+    if (rc != SSH_OK) throw error("cannot open a session channel on " + s->desc_ + ": " + s->libssh_error());
     c->open_ = true;
-    if (!unix_socket) {
-        std::function<int()> exec_step = [raw_channel, target] {
-            return ssh_channel_request_exec(raw_channel, target.c_str());
-        };
-        rc = co_await s->drive(exec_step, SSH_AGAIN);
-        if (rc != SSH_OK)
-            throw error("cannot run a command on " + s->desc_ + ": " + s->libssh_error());
-    }
+    std::function<int()> exec_step = [raw_channel, command] {
+        return ssh_channel_request_exec(raw_channel, command.c_str());
+    };
+    rc = co_await s->drive(exec_step, SSH_AGAIN);
+    if (rc != SSH_OK) throw error("cannot run a command on " + s->desc_ + ": " + s->libssh_error());
     s->kick();  // output may already sit in libssh's buffers
     co_return std::make_shared<channel>(self, c);
 }

@@ -565,20 +565,11 @@ std::string session::vm_name() const { return core_->pin_.vm_name; }
 std::uint64_t session::pump_wakeups() const { return core_->wakeups_; }
 
 awaitable<std::shared_ptr<channel>> session::exec(std::string command) {
-    return open_channel(std::move(command), false, channel_options());
+    return open_channel(std::move(command), channel_options());
 }
 
 awaitable<std::shared_ptr<channel>> session::exec(std::string command, channel_options options) {
-    return open_channel(std::move(command), false, options);
-}
-
-awaitable<std::shared_ptr<channel>> session::open_unix_socket(std::string path) {
-    return open_channel(std::move(path), true, channel_options());
-}
-
-awaitable<std::shared_ptr<channel>> session::open_unix_socket(std::string path,
-                                                              channel_options options) {
-    return open_channel(std::move(path), true, options);
+    return open_channel(std::move(command), options);
 }
 
 } // namespace machine::ssh

@@ -108,7 +108,7 @@ def start_sshd(tmp):
     with open(config, "w") as f:
         f.write("ListenAddress 127.0.0.1\nPort %d\nHostKey %s\nAuthorizedKeysFile %s\n"
                 "PermitRootLogin prohibit-password\nUsePAM no\nStrictModes no\n"
-                "AllowStreamLocalForwarding yes\nMaxStartups 100\nMaxSessions 100\n"
+                "MaxStartups 100\nMaxSessions 100\n"
                 "PidFile %s\nSetEnv SHLVL=1\n" % (port, host_key, os.path.join(tmp, "authorized_keys"),
                                                  os.path.join(tmp, "sshd.pid")))
     os.makedirs("/run/sshd", exist_ok=True)
@@ -161,7 +161,16 @@ def measure(machine, agent_binary, events, vms):
 
     tmp = tempfile.mkdtemp(prefix="machine-agent-bench-")
     procs = []
+    relay_mounted = False
     try:
+        # `machine` reaches the agent by running /usr/local/bin/machine-agent relay over SSH: in this
+        # private mount namespace that is this build's agent.
+        bindir = os.path.join(tmp, "bin")
+        os.makedirs(bindir)
+        shutil.copyfile(agent_binary, os.path.join(bindir, "machine-agent"))
+        os.chmod(os.path.join(bindir, "machine-agent"), 0o755)
+        subprocess.run(["mount", "--bind", bindir, "/usr/local/bin"], check=True)
+        relay_mounted = True
         sshd, port, user_key, host_fp = start_sshd(tmp)
         procs.append(sshd)
         agent = subprocess.Popen([agent_binary, "--socket", SOCKET, "--journal", os.path.join(tmp, "journal.jsonl"),
@@ -249,6 +258,8 @@ def measure(machine, agent_binary, events, vms):
                 p.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 p.kill()
+        if relay_mounted:
+            subprocess.run(["umount", "/usr/local/bin"], check=False)
         shutil.rmtree(tmp, ignore_errors=True)
         if os.path.exists(SOCKET):  # the agent leaves its socket behind when it is stopped
             os.unlink(SOCKET)

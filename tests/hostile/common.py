@@ -117,9 +117,11 @@ def stop_process(p, sig=signal.SIGTERM, timeout=10.0):
 
 class Sshd:
     """OpenSSH's sshd on 127.0.0.1 with throwaway keys, in a mount namespace of its own where
-    /run/machine-agent is `agent_dir` (plus any other (source, target) binds given)."""
+    /run/machine-agent is `agent_dir` (plus any other (source, target) binds given). `relay` is
+    the machine-agent binary the host runs as `/usr/local/bin/machine-agent relay` to reach the
+    agent's socket: a directory holding it is /usr/local/bin there, unless a bind already is."""
 
-    def __init__(self, tmp, agent_dir, binds=(), extra_config=""):
+    def __init__(self, tmp, agent_dir, binds=(), extra_config="", relay=None):
         self.tmp = tmp
         os.makedirs(tmp, exist_ok=True)
         self.host_key = os.path.join(tmp, "ssh_host_ed25519_key")
@@ -133,11 +135,18 @@ class Sshd:
         with open(config, "w") as f:
             f.write("ListenAddress 127.0.0.1\nPort %d\nHostKey %s\nAuthorizedKeysFile %s\n"
                     "PermitRootLogin prohibit-password\nUsePAM no\nStrictModes no\n"
-                    "AllowStreamLocalForwarding yes\nAllowTcpForwarding yes\nMaxStartups 100\nMaxSessions 100\n"
+                    "AllowStreamLocalForwarding no\nAllowTcpForwarding yes\nMaxStartups 100\nMaxSessions 100\n"
                     "PidFile none\nLogLevel ERROR\n%s"
                     % (self.port, self.host_key, authorized, extra_config))
         os.makedirs("/run/sshd", exist_ok=True)  # inside our namespace's /run (see enter_namespace)
         mounts = [(agent_dir, AGENT_DIR)] + list(binds)
+        if relay and not any(target == "/usr/local/bin" for _, target in binds):
+            bindir = os.path.join(tmp, "bin")
+            os.makedirs(bindir, exist_ok=True)
+            os.chmod(bindir, 0o755)
+            shutil.copyfile(relay, os.path.join(bindir, "machine-agent"))
+            os.chmod(os.path.join(bindir, "machine-agent"), 0o755)
+            mounts.append((bindir, "/usr/local/bin"))
         script = "set -e\n"
         args = []
         for i, (src, dst) in enumerate(mounts):
@@ -175,7 +184,7 @@ def encode(obj):
 
 
 class AgentConnection:
-    """One client of the scripted agent (each comes through sshd's direct-streamlocal channel)."""
+    """One client of the scripted agent (each comes through `machine-agent relay`, run by sshd)."""
 
     def __init__(self, agent, sock):
         self.agent, self.sock = agent, sock

@@ -10,15 +10,15 @@ It listens on 127.0.0.1, presents one fixed ed25519 host key (below: a test key,
 anywhere else), accepts any public key for --user (default: the caller's login name) and nothing
 else, and then plays MODE:
 
-  agent-stderr-flood  `direct-streamlocal@openssh.com` channels (the guest agent's socket) answer
-                      requests on stdout as an agent would (--answer, default `hello`; the others
-                      never get an answer) and flood extended data (stderr) without end
+  agent-stderr-flood  agent channels (`exec` of `machine-agent relay`, the host's way to the guest
+                      agent's socket) answer requests on stdout as an agent would (--answer,
+                      default `hello`; the others never get an answer) and flood extended data
+                      (stderr) without end
   agent-stdout-flood  the same, flooding stdout with lines that are not protocol messages
   hang                agent channels open and never send a byte
-  exec-flood          every `exec` floods stdout and stderr without end; agent channels are
-                      refused (so `machine up` falls back to deploying the agent through exec)
+  exec-flood          every `exec` floods stdout and stderr without end, the relay's included
 
-In the agent modes, `exec` requests answer what `machine up` sends to deploy the agent
+In the agent modes, the other `exec` requests answer what `machine up` sends to deploy the agent
 (src/guest/deploy.cpp): the `sha256sum ...; systemctl is-active` probe prints nothing (nothing
 installed), `sudo -n sh -c ...` reads its stdin to EOF and succeeds, anything else succeeds with
 no output. So `up` proceeds to the agent and meets the flood or the hang there.
@@ -68,7 +68,7 @@ AAAEBp6iNRssPyvTmRWKMHQGqHKhZZ4dLGfhCHCkAKRgKpvp0L1+Emm+/LVJoKOeQV6nh5
 """
 
 MODES = ("agent-stderr-flood", "agent-stdout-flood", "hang", "exec-flood")
-AGENT_KIND = "direct-streamlocal@openssh.com"
+RELAY = " relay --socket "  # in the command the host runs to reach the agent (src/guest/connection.cpp)
 ANSWERABLE = ("hello", "secrets.discover", "secrets.list", "session.list", "subscribe", "secrets.render",
               "secrets.clear", "provision", "health")
 CHUNK = 32 * 1024
@@ -276,7 +276,6 @@ def run_exec(chan, command, opts):
 class Server(paramiko.ServerInterface):
     def __init__(self, opts):
         self.opts = opts
-        self.kinds = {}
         self.commands = {}
         self.exec_ready = {}
 
@@ -290,10 +289,7 @@ class Server(paramiko.ServerInterface):
         return paramiko.AUTH_FAILED
 
     def check_channel_request(self, kind, chanid):
-        if kind == AGENT_KIND and self.opts.mode == "exec-flood":
-            return paramiko.OPEN_FAILED_CONNECT_FAILED  # no agent listening
-        if kind in ("session", AGENT_KIND):
-            self.kinds[chanid] = kind
+        if kind == "session":
             self.exec_ready[chanid] = threading.Event()
             return paramiko.OPEN_SUCCEEDED
         return paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
@@ -317,19 +313,19 @@ class Server(paramiko.ServerInterface):
 
 
 def serve_session(chan, server, opts):
-    kind = server.kinds.get(chan.get_id())
-    if kind == AGENT_KIND:
-        FakeAgent(chan, opts).run()
-        return
     if not server.exec_ready[chan.get_id()].wait(30):
         chan.close()
         return
-    run_exec(chan, server.commands[chan.get_id()], opts)
+    command = server.commands[chan.get_id()]
+    if RELAY in command and opts.mode != "exec-flood":
+        FakeAgent(chan, opts).run()
+        return
+    run_exec(chan, command, opts)
 
 
 def serve_connection(sock, key, opts):
     transport = paramiko.Transport(sock)
-    # libssh opens direct-streamlocal channels only to a server whose banner says OpenSSH.
+    # What a Debian 12 VM's sshd says.
     transport.local_version = "SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3"
     transport.add_server_key(key)
     server = Server(opts)

@@ -259,7 +259,7 @@ class Suite:
         try:
             agent_dir = os.path.join(tmp, "g")
             os.makedirs(agent_dir)
-            sshd = common.Sshd(os.path.join(tmp, "s"), agent_dir)
+            sshd = common.Sshd(os.path.join(tmp, "s"), agent_dir, relay=self.args.agent)
             world = common.World(tmp)
             world.env.update(MACHINE_AGENT="off")
             world.add_vm(vm, sshd)

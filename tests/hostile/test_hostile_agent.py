@@ -71,7 +71,7 @@ class Check:
                         f.write(content)
                     os.chmod(os.path.join(d, fname), mode)
                 binds.append((d, target))
-        self.sshd = common.Sshd(os.path.join(self.tmp, "s"), self.agent.dir, binds=binds)
+        self.sshd = common.Sshd(os.path.join(self.tmp, "s"), self.agent.dir, binds=binds, relay=suite.args.agent)
         self.world.add_vm(name, self.sshd)
         self.world.write_projects(projects if projects is not None else "[%s]\n" % name)
 

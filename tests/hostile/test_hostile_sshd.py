@@ -10,7 +10,7 @@ the key check and meets, per mode:
   agent-stderr-flood  the agent channel answers hello (and what the command needs before the
                       flood) and floods stderr (extended data), which nobody asked for
   agent-stdout-flood  the same, flooding stdout with lines that are no protocol message
-  exec-flood          no agent; every exec (`up` deploying the agent) floods stdout and stderr
+  exec-flood          every exec floods stdout and stderr: the agent's relay and `up` deploying it
   hang                the agent channel opens and never sends a byte
 
 each with a flooder that respects the SSH window (compliant) and, for the floods, one that
@@ -140,7 +140,7 @@ class Suite:
             answer = ["hello", "subscribe"]
         elif command == "up":
             # hello reports the deployment `up` would install: it goes on to provision, where the
-            # flood (or the silence) is. exec-flood refuses the agent channel, so `up` execs.
+            # flood (or the silence) is. Under exec-flood the relay floods too, and then the deployment.
             if not os.access(self.args.agent, os.R_OK):
                 self.report.check(name, False, "no agent binary at %s (--agent)" % self.args.agent)
                 return

@@ -245,7 +245,9 @@ void sshd_server::write_config() const {
       << "PubkeyAuthentication yes\n"
       << "PasswordAuthentication no\n"
       << "KbdInteractiveAuthentication no\n"
-      << "AllowStreamLocalForwarding yes\n"
+      // machine reaches the guest agent through `machine-agent relay`, never a stream-local
+      // channel: refused here, as an sshd may, so that a test fails if one comes back.
+      << "AllowStreamLocalForwarding no\n"
       << "AllowTcpForwarding yes\n"
       << "AllowAgentForwarding yes\n"
       << "PrintMotd no\n"

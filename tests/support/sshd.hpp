@@ -11,7 +11,7 @@
 // (-e: its stderr, LogLevel VERBOSE by default, read with log()). The server runs as the current
 // user and lets options::user (default: the current user; root may log in too, PermitRootLogin
 // prohibit-password) in with that key, with UsePAM no,
-// StrictModes no, stream-local and TCP forwarding allowed, internal-sftp, and MaxStartups high
+// StrictModes no, TCP forwarding allowed (stream-local forwarding refused), internal-sftp, and MaxStartups high
 // enough for many concurrent handshakes. It needs /usr/sbin/sshd and ssh-keygen; it creates
 // /run/sshd (sshd's privilege-separation directory) when it is missing.
 //

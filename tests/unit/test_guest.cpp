@@ -1,6 +1,7 @@
 // The host's side of the guest agent, with real parts: a real OpenSSH sshd on 127.0.0.1 with
 // throwaway keys (tests/support/sshd.hpp) and the real machine-agent running on this host
-// behind it, reached through an SSH direct-streamlocal channel as `machine` reaches a VM's.
+// behind it, reached through `machine-agent relay` over an SSH session channel, as `machine`
+// reaches a VM's.
 #include <boost/test/unit_test.hpp>
 
 #include <sched.h>
@@ -12,6 +13,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <array>
 #include <atomic>
 #include <fstream>
@@ -25,6 +27,7 @@
 
 #include <asio/co_spawn.hpp>
 #include <asio/detached.hpp>
+#include <asio/read.hpp>
 #include <asio/redirect_error.hpp>
 #include <asio/io_context.hpp>
 #include <asio/local/stream_protocol.hpp>
@@ -33,6 +36,7 @@
 #include <asio/use_awaitable.hpp>
 #include <asio/write.hpp>
 
+#include "machine/async.hpp"
 #include "machine/guest.hpp"
 #include "machine/net.hpp"
 #include "machine/paths.hpp"
@@ -211,7 +215,7 @@ BOOST_AUTO_TEST_SUITE(guest_over_ssh)
 BOOST_FIXTURE_TEST_CASE(hello_and_run_through_the_channel, fixture) {
     auto task = [&]() -> asio::awaitable<void> {
         auto session = co_await connect(sshd);
-        auto conn = co_await guest::connection::open(session, on_problem(), agent.socket().string());
+        auto conn = co_await guest::connection::open(session, on_problem(), agent.socket().string(), MACHINE_AGENT_BINARY);
         const auto hello = co_await conn->hello("machine tests");
         BOOST_TEST(hello.protocol == pr::version);
         BOOST_TEST(!hello.boot_id.empty());
@@ -239,7 +243,7 @@ struct firewall_fixture : fixture {
     void install(const net::policy& p, vm::guest_rules_options opt) {
         auto task = [&]() -> asio::awaitable<void> {
             auto session = co_await connect(sshd);
-            auto conn = co_await guest::connection::open(session, on_problem(), agent.socket().string());
+            auto conn = co_await guest::connection::open(session, on_problem(), agent.socket().string(), MACHINE_AGENT_BINARY);
             try {
                 state = co_await vm::install_guest_rules(f.ctx, "web", *conn, p, opt);
             } catch (const machine::error& e) {
@@ -314,7 +318,7 @@ BOOST_FIXTURE_TEST_CASE(ten_thousand_events_arrive_in_order, fixture) {
     };
     auto subscriber = [&]() -> asio::awaitable<void> {
         auto session = co_await connect(sshd);
-        auto conn = co_await guest::connection::open(session, on_problem(), agent.socket().string());
+        auto conn = co_await guest::connection::open(session, on_problem(), agent.socket().string(), MACHINE_AGENT_BINARY);
         const auto hello = co_await conn->hello("subscriber");
         co_await conn->subscribe(hello.journal.last_seq, on_event);
         session->close();
@@ -354,7 +358,7 @@ BOOST_FIXTURE_TEST_CASE(a_killed_connection_resumes_without_loss_or_duplicates, 
     };
     auto first = [&]() -> asio::awaitable<void> {
         auto session = co_await connect(sshd);
-        auto conn = co_await guest::connection::open(session, on_problem(), agent.socket().string());
+        auto conn = co_await guest::connection::open(session, on_problem(), agent.socket().string(), MACHINE_AGENT_BINARY);
         last_seq = (co_await conn->hello("first")).journal.last_seq;
         try {
             co_await conn->subscribe(last_seq, on_event);
@@ -375,7 +379,7 @@ BOOST_FIXTURE_TEST_CASE(a_killed_connection_resumes_without_loss_or_duplicates, 
     io.restart();
     auto resume = [&]() -> asio::awaitable<void> {
         auto session = co_await connect(sshd);
-        auto conn = co_await guest::connection::open(session, on_problem(), agent.socket().string());
+        auto conn = co_await guest::connection::open(session, on_problem(), agent.socket().string(), MACHINE_AGENT_BINARY);
         co_await conn->subscribe(last_seq, on_event);
         session->close();
     };
@@ -427,7 +431,7 @@ BOOST_FIXTURE_TEST_CASE(garbage_from_the_guest_is_reported_and_skipped, fixture)
     bool lost = false;
     auto task = [&]() -> asio::awaitable<void> {
         auto session = co_await connect(sshd);
-        auto conn = co_await guest::connection::open(session, on_problem(), evil.string());
+        auto conn = co_await guest::connection::open(session, on_problem(), evil.string(), MACHINE_AGENT_BINARY);
         const auto hello = co_await conn->hello("victim");
         BOOST_TEST(hello.protocol == pr::version);
         auto on_event = [](const pr::event_record&) { return true; };
@@ -449,6 +453,168 @@ BOOST_FIXTURE_TEST_CASE(garbage_from_the_guest_is_reported_and_skipped, fixture)
     BOOST_TEST(problems[1].find("unexpected 'surprise' x1") != std::string::npos, problems[1]);
     BOOST_TEST(problems[1].find("unexpected 'result' x1") != std::string::npos, problems[1]);
     BOOST_TEST(problems[2].find("cut off") != std::string::npos, problems[2]);
+}
+
+// The relay (`machine-agent relay`, which the host runs over an SSH session channel to reach the
+// agent's socket) carries bytes both ways, a megabyte included, passes the host's EOF on as a half
+// close, and is gone once either side hangs up.
+namespace {
+std::string pattern_bytes(std::size_t n) {
+    std::string s(n, '\0');
+    std::mt19937 gen(7);
+    for (auto& c : s) c = static_cast<char>(gen());
+    return s;
+}
+
+struct echo_socket {
+    asio::local::stream_protocol::acceptor acceptor;
+    std::size_t served = 0;
+    bool saw_eof = false;
+    echo_socket(asio::io_context& io, const fs::path& path)
+        : acceptor(io, asio::local::stream_protocol::endpoint(path.string())) {}
+};
+
+// Echoes one connection until its EOF, then closes it.
+asio::awaitable<void> echo_once(echo_socket& e) {
+    auto peer = co_await e.acceptor.async_accept(asio::use_awaitable);
+    std::array<char, 16384> buf{};
+    asio::error_code ec;
+    for (;;) {
+        const std::size_t n = co_await peer.async_read_some(asio::buffer(buf), asio::redirect_error(asio::use_awaitable, ec));
+        if (ec) break;
+        e.served += n;
+        co_await asio::async_write(peer, asio::buffer(buf.data(), n), asio::use_awaitable);
+    }
+    e.saw_eof = true;
+}
+
+std::string relay_command(const fs::path& socket) {
+    return text::shell_quote(MACHINE_AGENT_BINARY) + " relay --socket " + text::shell_quote(socket.string());
+}
+
+asio::awaitable<std::string> read_exactly(ssh::channel& ch, std::size_t n) {
+    std::string got;
+    while (got.size() < n) {
+        auto chunk = co_await ch.read();
+        if (!chunk) break;
+        got += *chunk;
+    }
+    co_return got;
+}
+} // namespace
+
+BOOST_FIXTURE_TEST_CASE(the_relay_carries_bytes_both_ways_and_passes_on_the_hosts_eof, fixture) {
+    const fs::path path = agent.dir.path / "echo.sock";
+    echo_socket echo(io, path);
+    asio::co_spawn(io, echo_once(echo), asio::detached);
+    const std::string big = pattern_bytes(1 << 20);
+    int status = -1;
+    bool ended = false;
+    auto task = [&]() -> asio::awaitable<void> {
+        auto session = co_await connect(sshd);
+        auto ch = co_await session->exec(relay_command(path));
+        co_await ch->write("ping\n");
+        BOOST_TEST(co_await read_exactly(*ch, 5) == "ping\n");
+        co_await ch->write(big);
+        const std::string back = co_await read_exactly(*ch, big.size());
+        BOOST_TEST((back == big));
+        co_await ch->send_eof();  // the echo server sees EOF, closes, and the relay ends
+        auto rest = co_await ch->read();
+        ended = !rest;
+        status = co_await ch->exit_status();
+        session->close();
+    };
+    machine::test::co_run(io, task());
+    BOOST_TEST(echo.served == 5u + (1u << 20));
+    BOOST_TEST(echo.saw_eof);
+    BOOST_TEST(ended);
+    BOOST_TEST(status == 0);
+}
+
+// An agent in the middle of a subscription sends nothing for a while and keeps its end open:
+// the relay must still end when the host drops the channel, or every closed `watch` would leave
+// a process in the VM.
+namespace {
+asio::awaitable<void> hold_open(echo_socket& e, pid_t& relay_pid, asio::steady_timer& until) {
+    auto peer = co_await e.acceptor.async_accept(asio::use_awaitable);
+    ucred cred{};
+    socklen_t len = sizeof cred;
+    if (::getsockopt(peer.native_handle(), SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) relay_pid = cred.pid;
+    std::array<char, 1> buf{};
+    co_await asio::async_read(peer, asio::buffer(buf), asio::use_awaitable);
+    co_await asio::async_write(peer, asio::buffer(buf), asio::use_awaitable);
+    asio::error_code ec;
+    co_await until.async_wait(asio::redirect_error(asio::use_awaitable, ec));  // never reads again
+}
+
+bool process_gone(pid_t pid) {
+    if (::kill(pid, 0) != 0) return errno == ESRCH;
+    std::string stat = paths::read_file("/proc/" + std::to_string(pid) + "/stat");
+    const auto paren = stat.rfind(')');
+    return paren != std::string::npos && stat.size() > paren + 2 && stat[paren + 2] == 'Z';
+}
+} // namespace
+
+BOOST_FIXTURE_TEST_CASE(the_relay_ends_when_the_host_drops_its_channel_while_the_agent_is_silent, fixture) {
+    const fs::path path = agent.dir.path / "silent.sock";
+    echo_socket silent(io, path);
+    pid_t relay_pid = 0;
+    asio::steady_timer until_the_end(io, std::chrono::hours(1));
+    asio::co_spawn(io, hold_open(silent, relay_pid, until_the_end), asio::detached);
+    bool gone = false;
+    auto task = [&]() -> asio::awaitable<void> {
+        auto session = co_await connect(sshd);
+        auto ch = co_await session->exec(relay_command(path));
+        co_await ch->write("x");
+        BOOST_TEST(co_await read_exactly(*ch, 1) == "x");
+        BOOST_REQUIRE(relay_pid > 0);
+        BOOST_TEST(!process_gone(relay_pid));
+        ch->close();  // no EOF first: the host just drops the channel
+        for (int i = 0; i < 100 && !gone; ++i) {
+            co_await sleep_for(50ms);
+            gone = process_gone(relay_pid);
+        }
+        until_the_end.cancel();
+        session->close();
+    };
+    machine::test::co_run(io, task());
+    BOOST_TEST(gone);
+    if (!gone && relay_pid > 0) ::kill(relay_pid, SIGKILL);  // ours: started by this test's channel
+}
+
+// No agent: nothing listens on the socket (a stopped agent), or there is no relay to run (a VM
+// where machine has not installed the agent yet, or an older agent without `relay`). The
+// connection says so, names the VM, and is not taken for a lost connection (deploy then looks
+// at the VM's files instead of giving the VM up); the session stays usable.
+BOOST_FIXTURE_TEST_CASE(no_agent_behind_the_relay_is_agent_unavailable_not_a_lost_vm, fixture) {
+    std::vector<std::string> messages;
+    std::vector<int> statuses;
+    auto attempt = [&](std::shared_ptr<ssh::session> session, std::string socket,
+                       std::string relay) -> asio::awaitable<void> {
+        auto conn = co_await guest::connection::open(session, on_problem(), std::move(socket), std::move(relay));
+        try {
+            co_await conn->hello("nobody there");
+            messages.push_back("(answered)");
+        } catch (const guest::agent_unavailable& e) {
+            messages.push_back(e.what());
+            statuses.push_back(e.relay_status());
+        } catch (const std::exception& e) {
+            messages.push_back(std::string("wrong error: ") + e.what());
+        }
+    };
+    auto task = [&]() -> asio::awaitable<void> {
+        auto session = co_await connect(sshd);
+        co_await attempt(session, (agent.dir.path / "absent.sock").string(), MACHINE_AGENT_BINARY);
+        co_await attempt(session, agent.socket().string(), (agent.dir.path / "no-such-agent").string());
+        const auto r = co_await session->run("echo still-here");
+        BOOST_TEST(r.out == "still-here\n");
+        session->close();
+    };
+    machine::test::co_run(io, task());
+    BOOST_REQUIRE(messages.size() == 2u);
+    BOOST_TEST(messages[0].find("VM 'vm': no guest agent is listening") != std::string::npos, messages[0]);
+    BOOST_TEST(messages[1].find("VM 'vm': the guest agent is not installed") != std::string::npos, messages[1]);
+    BOOST_TEST((statuses == std::vector<int>{69, 127}));
 }
 
 // Between sshd and the agent: passes on what the agent sends, and the first `limit` bytes of
@@ -519,7 +685,7 @@ BOOST_FIXTURE_TEST_CASE(a_render_cut_by_a_dying_connection_leaves_the_set_as_it_
     // DATABASE_URL=<url> as the set web, through a healthy connection.
     auto render_url = [&](std::string url) -> asio::awaitable<void> {
         auto session = co_await connect(sshd);
-        auto conn = co_await guest::connection::open(session, on_problem(), agent.socket().string());
+        auto conn = co_await guest::connection::open(session, on_problem(), agent.socket().string(), MACHINE_AGENT_BINARY);
         pr::secrets_render_request q;
         q.set = "web";
         q.variables.push_back({"DATABASE_URL", std::move(url)});
@@ -548,7 +714,7 @@ BOOST_FIXTURE_TEST_CASE(a_render_cut_by_a_dying_connection_leaves_the_set_as_it_
     bool finished = false;
     auto second = [&]() -> asio::awaitable<void> {
         auto session = co_await connect(sshd);
-        auto conn = co_await guest::connection::open(session, on_problem(), (agent.dir.path / "relay.sock").string());
+        auto conn = co_await guest::connection::open(session, on_problem(), (agent.dir.path / "relay.sock").string(), MACHINE_AGENT_BINARY);
         try {
             co_await conn->render_secrets(std::move(big));
             failure = "(no failure)";
@@ -609,7 +775,7 @@ BOOST_AUTO_TEST_CASE(discover_secrets_through_the_channel, *boost::unit_test::pr
     auto task = [&]() -> asio::awaitable<void> {
         auto session = co_await connect(sshd);
         auto on_problem = [&](const std::string& p) { problems.push_back(p); };
-        auto conn = co_await guest::connection::open(session, on_problem, agent.socket().string());
+        auto conn = co_await guest::connection::open(session, on_problem, agent.socket().string(), MACHINE_AGENT_BINARY);
         repos = co_await conn->discover_secrets();
         session->close();
     };
@@ -642,7 +808,7 @@ BOOST_FIXTURE_TEST_CASE(a_hostile_discover_result_is_refused, fixture) {
     std::string what;
     auto task = [&]() -> asio::awaitable<void> {
         auto session = co_await connect(sshd);
-        auto conn = co_await guest::connection::open(session, on_problem(), evil.string());
+        auto conn = co_await guest::connection::open(session, on_problem(), evil.string(), MACHINE_AGENT_BINARY);
         try {
             co_await conn->discover_secrets();
         } catch (const machine::error& e) {
@@ -860,7 +1026,7 @@ asio::awaitable<void> try_request(const machine::test::sshd_server& sshd, std::s
     auto session = co_await connect(sshd);
     sessions.push_back(session);
     auto on_problem = [a](const std::string& p) { a->problems.push_back(p); };
-    auto conn = co_await guest::connection::open(session, on_problem, socket);
+    auto conn = co_await guest::connection::open(session, on_problem, socket, MACHINE_AGENT_BINARY);
     conn->set_deadlines(d);
     const auto t0 = std::chrono::steady_clock::now();
     try {
@@ -1063,7 +1229,7 @@ BOOST_FIXTURE_TEST_CASE(a_slow_but_alive_agent_is_not_cut_off, fixture) {
     auto task = [&]() -> asio::awaitable<void> {
         auto session = co_await connect(sshd);
         sessions.push_back(session);
-        auto conn = co_await guest::connection::open(session, on_problem(), slow.socket());
+        auto conn = co_await guest::connection::open(session, on_problem(), slow.socket(), MACHINE_AGENT_BINARY);
         conn->set_deadlines(d);
         try {
             pr::run_request q;
@@ -1105,7 +1271,7 @@ BOOST_FIXTURE_TEST_CASE(hung_agent_to_secrets_error_with_default_deadlines, fixt
         const auto t0 = std::chrono::steady_clock::now();
         auto session = co_await connect(sshd);
         try {
-            auto conn = co_await guest::connection::open(session, on_problem(), hung.socket());
+            auto conn = co_await guest::connection::open(session, on_problem(), hung.socket(), MACHINE_AGENT_BINARY);
             co_await conn->discover_secrets();
             what = "(answered)";
         } catch (const std::exception& e) {

@@ -15,16 +15,13 @@
 #include <sstream>
 
 #include <asio/co_spawn.hpp>
-#include <asio/experimental/as_tuple.hpp>
 #include <asio/experimental/awaitable_operators.hpp>
 #include <asio/io_context.hpp>
 #include <asio/ip/tcp.hpp>
-#include <asio/local/stream_protocol.hpp>
 #include <asio/read.hpp>
 #include <asio/steady_timer.hpp>
 #include <asio/this_coro.hpp>
 #include <asio/use_awaitable.hpp>
-#include <asio/write.hpp>
 
 #include "../support/sshd.hpp"
 #include "machine/async.hpp"
@@ -406,61 +403,6 @@ BOOST_AUTO_TEST_CASE(twenty_sessions_run_concurrently_on_one_thread) {
     BOOST_TEST(failures == 0);
     for (int i = 0; i < n; ++i) BOOST_TEST(outs[static_cast<std::size_t>(i)] == "session-" + std::to_string(i) + "\n");
     BOOST_TEST(elapsed < 10.0);  // one after the other would take over 20 s
-}
-
-namespace {
-awaitable<void> echo_server(asio::local::stream_protocol::acceptor& acceptor, std::size_t& served) {
-    auto sock = co_await acceptor.async_accept(use_awaitable);
-    char buf[16384];
-    for (;;) {
-        auto [ec, n] = co_await sock.async_read_some(asio::buffer(buf),
-                                                     asio::experimental::as_tuple(use_awaitable));
-        if (ec) break;
-        served += n;
-        co_await asio::async_write(sock, asio::buffer(buf, n), use_awaitable);
-    }
-}
-
-awaitable<void> unix_socket_round_trip(sshd_server& sshd, std::string path) {
-    auto s = co_await connect(sshd);
-    auto ch = co_await s->open_unix_socket(path);
-    co_await ch->write("ping\n");
-    std::string got;
-    while (got.size() < 5) {
-        auto chunk = co_await ch->read();
-        BOOST_REQUIRE(chunk);
-        got += *chunk;
-    }
-    BOOST_TEST(got == "ping\n");
-    const std::string big = random_bytes(1 << 20, 3);
-    co_await ch->write(big);
-    got.clear();
-    while (got.size() < big.size()) {
-        auto chunk = co_await ch->read();
-        BOOST_REQUIRE(chunk);
-        got += *chunk;
-    }
-    BOOST_TEST((got == big));
-    ch->close();
-    // A socket that does not exist is a clear error, and the session survives it.
-    try {
-        co_await s->open_unix_socket(path + ".absent");
-        BOOST_FAIL("expected an error");
-    } catch (const machine::error& e) {
-        BOOST_TEST(std::string(e.what()).find(path + ".absent") != std::string::npos);
-    }
-    const auto r = co_await s->run("echo still-here");
-    BOOST_TEST(r.out == "still-here\n");
-}
-} // namespace
-
-BOOST_AUTO_TEST_CASE(unix_socket_channel_reaches_a_local_server) {
-    const std::string path = (sshd.dir() / "echo.sock").string();
-    asio::local::stream_protocol::acceptor acceptor(ctx, asio::local::stream_protocol::endpoint(path));
-    std::size_t served = 0;
-    asio::co_spawn(ctx, echo_server(acceptor, served), [](std::exception_ptr) {});
-    co_run(ctx, unix_socket_round_trip(sshd, path));
-    BOOST_TEST(served == 5u + (1u << 20));
 }
 
 namespace {
