@@ -52,7 +52,9 @@ bool is_valid_project_name(std::string_view name) {
 
 void require_valid_project_name(std::string_view name) {
     if (!is_valid_project_name(name)) {
-        throw usage_error("invalid project name '" + sanitize_for_terminal(name) +
+        // Escaped, not sanitized: a newline or a bidi control in the name must not break or
+        // reorder the one-line message around it.
+        throw usage_error("invalid project name '" + escape_for_terminal(name) +
                           "' (use a-z, 0-9 and hyphens, starting with a letter or digit, at "
                           "most 63 characters)");
     }

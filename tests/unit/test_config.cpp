@@ -578,6 +578,10 @@ BOOST_AUTO_TEST_CASE(invalid_names_are_refused_with_the_name_rule) {
                        "invalid project name '" + std::string(bad) + "'" + name_rule);
         }
     }
+    // A name from the command line that would end the message's line, or hide part of it, is
+    // shown escaped.
+    BOOST_TEST(resolve_error(c, "web\nmachine: all good") == "invalid project name 'web\\nmachine: all good'" + name_rule);
+    BOOST_TEST(resolve_error(c, "a\u202eb") == "invalid project name 'a\\u202eb'" + name_rule);
     BOOST_CHECK_THROW(c.resolve("UPPER"), usage_error);
     BOOST_TEST(c.resolve("web-2").cpus == 2);
     BOOST_TEST(c.resolve("web-2").configured);
