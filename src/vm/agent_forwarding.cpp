@@ -14,6 +14,7 @@
 #include <spdlog/spdlog.h>
 
 #include "detached.hpp"
+#include "lifecycle.hpp"
 #include "machine/async.hpp"
 #include "machine/agent_proxy.hpp"
 #include "machine/paths.hpp"
@@ -106,7 +107,7 @@ void record_or_compare_mode(context& ctx, const config::project& p, const lima::
         ctx.emit(events::message(p.name, "warning",
                                  "the VM still forwards the SSH agent as when it started (" + started_with +
                                      "); the project's forward_agent/agent_keys (" + mode +
-                                     ") apply when it restarts: machine down " + p.name + "; machine up " + p.name));
+                                     ") apply when it restarts: " + restart_hint(p.name)));
 }
 
 } // namespace

@@ -105,6 +105,8 @@ awaitable<std::shared_ptr<ssh::session>> open_guest(context& ctx, std::string na
 
 // After boot: the agent says the VM is ready (systemd reached its default target, the user's
 // session exists), instead of us polling for it.
+std::string restart_hint(const std::string& name) { return "machine down " + name + " && machine up " + name; }
+
 awaitable<void> wait_until_ready(context& ctx, std::string name, std::shared_ptr<ssh::session> session) {
     ctx.emit(events::step_started(name, "ready"));
     const auto t0 = std::chrono::steady_clock::now();

@@ -28,6 +28,10 @@ asio::awaitable<void> boot_instance(context& ctx, lima::driver& lima, std::strin
 asio::awaitable<std::shared_ptr<ssh::session>> open_guest(context& ctx, std::string name, lima::instance inst,
                                                           cancel_signal* cancel);
 
+/// What a warning about a setting that applies at the VM's next start tells the user to run:
+/// "machine down NAME && machine up NAME" (one wording for every such warning).
+std::string restart_hint(const std::string& name);
+
 /// Waits until the agent reports this boot's boot.finished and user.ready.
 asio::awaitable<void> wait_until_ready(context& ctx, std::string name, std::shared_ptr<ssh::session> session);
 

@@ -71,8 +71,7 @@ awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel, co
         const std::vector<setting_change> resources = resource_changes(project, *existing);
         if (was_running && !resources.empty())
             ctx.emit(events::message(name, "warning",
-                                     describe_changes(resources) + " apply when the VM restarts: machine down " + name +
-                                         " && machine up " + name));
+                                     describe_changes(resources) + " apply when the VM restarts: " + restart_hint(name)));
     }
     agent_environment agent;
     {
@@ -98,8 +97,7 @@ awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel, co
     if (was_running && egress && existing->egress_socket != egress_socket_path.string()) {
         ctx.emit(events::message(name, "warning",
                                  "the VM runs without machine's network isolation (it was started before it "
-                                 "existed); it applies when the VM restarts: machine down " + name +
-                                     "; machine up " + name));
+                                 "existed); it applies when the VM restarts: " + restart_hint(name)));
     }
     // What the stopped VM's lima.yaml must change to match the project (edited before its boot).
     std::vector<setting_change> before_start;

@@ -594,7 +594,8 @@ BOOST_AUTO_TEST_CASE(a_changed_forward_agent_reaches_the_instance_at_its_next_st
     auto r = w.machine({"up", "web"});
     BOOST_TEST(r.exit_code == 0);
     BOOST_TEST(contains(r.out, "the VM still forwards the SSH agent as when it started (the whole agent); the "
-                               "project's forward_agent/agent_keys (no agent) apply when it restarts"), r.out);
+                               "project's forward_agent/agent_keys (no agent) apply when it restarts: machine down web "
+                               "&& machine up web"), r.out);
     BOOST_TEST(!w.invoked("edit"));
     BOOST_REQUIRE(w.machine({"down", "web"}).exit_code == 0);
     BOOST_REQUIRE(w.machine({"up", "web"}).exit_code == 0);
