@@ -7,9 +7,9 @@
 
 #include <nlohmann/json.hpp>
 
-#include "machine/forge_keys.hpp"
 #include "machine/sha256.hpp"
 #include "machine/text.hpp"
+#include "placeholders.hpp"
 
 namespace machine::provision {
 
@@ -27,13 +27,7 @@ std::string expand(std::string_view value, const host_values& host) {
         if (end == std::string_view::npos) break;  // refused when the profile was parsed
         out.append(value.substr(pos, at - pos));
         const std::string_view key = value.substr(at + 2, end - at - 2);
-        if (key == "git.name") out += host.git_name;
-        else if (key == "git.email") out += host.git_email;
-        else if (key == "git.signing_key") out += host.git_signing_key;
-        else if (key == "vm.user") out += host.vm_user;
-        else if (key == "vm.shell") out += host.vm_shell;
-        else if (key == "claude.mode") out += host.claude_mode;
-        else if (key == "forge.known_hosts") out += forge::known_hosts_text();
+        if (const auto* p = detail::find_placeholder(key)) out += p->value(host);  // none unknown: parsing refused those
         pos = end + 1;
     }
     out.append(value.substr(pos));

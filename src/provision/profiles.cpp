@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "machine/text.hpp"
+#include "placeholders.hpp"
 #include "toml_fields.hpp"
 
 namespace machine::provision {
@@ -39,33 +40,28 @@ std::string profile_name_problem(std::string_view name) {
 }
 
 // The placeholders an env value may hold; anything else that looks like one is a typo.
-const std::vector<std::string>& known_placeholders() {
-    static const std::vector<std::string> names{"git.name",  "git.email",   "git.signing_key", "vm.user",
-                                                "vm.shell", "claude.mode", "forge.known_hosts"};
-    return names;
-}
-
 std::string env_value_problem(std::string_view value) {
     for (std::size_t at = value.find("${"); at != std::string_view::npos; at = value.find("${", at + 2)) {
         const auto end = value.find('}', at);
         if (end == std::string_view::npos) return "unterminated \"${\" in " + config::detail::toml_string(value);
-        const std::string key(value.substr(at + 2, end - at - 2));
-        const auto& known = known_placeholders();
-        if (std::find(known.begin(), known.end(), key) == known.end()) {
+        const std::string_view key = value.substr(at + 2, end - at - 2);
+        if (!detail::find_placeholder(key)) {
             std::string list;
-            for (const auto& k : known) list += (list.empty() ? "" : ", ") + ("${" + k + "}");
-            return "unknown placeholder ${" + key + "} (known: " + list + ")";
+            for (const auto& p : detail::placeholders())
+                list += (list.empty() ? "" : ", ") + ("${" + std::string(p.name) + "}");
+            return "unknown placeholder ${" + std::string(key) + "} (known: " + list + ")";
         }
     }
     return {};
 }
 
 bool uses_git_values(std::string_view value) { return value.find("${git.") != std::string_view::npos; }
-// Values that differ between projects (the git identity, the login shell, Claude's permission
-// mode): not for a base disk every project shares.
+// A value that differs between projects: not for a base disk every project shares.
 bool uses_project_values(std::string_view value) {
-    return uses_git_values(value) || value.find("${vm.shell}") != std::string_view::npos ||
-           value.find("${claude.mode}") != std::string_view::npos;
+    const auto ps = detail::placeholders();
+    return std::any_of(ps.begin(), ps.end(), [&](const detail::placeholder& p) {
+        return p.per_project && value.find("${" + std::string(p.name) + "}") != std::string_view::npos;
+    });
 }
 
 // ---- [[step]] ----
