@@ -79,6 +79,23 @@ awaitable<void> prune_stale_bases(context& ctx, const std::string& keep, const s
     }
 }
 
+// A bake that failed or was interrupted after the base VM was created: the VM (QEMU, Lima's host
+// agent), its egress proxy and its state go, so nothing half-provisioned keeps running or is
+// mistaken for a base; the next `up` bakes again. Not cancellable: it is the cleanup of a cancel.
+awaitable<void> discard_half_baked(context& ctx, std::string name) {
+    const auto cleanup = ctx.lima.fork(nullptr, ctx.timeouts);
+    try {
+        co_await cleanup->remove(name, true);
+        ctx.say(name, "removed the unfinished cached base; the next up bakes it again");
+    } catch (const error& e) {
+        ctx.emit(events::error(name, std::string("could not remove the unfinished cached base: ") + e.what(),
+                               e.diagnostics()));
+    }
+    co_await stop_egress_proxy(name);
+    std::error_code ec;
+    fs::remove_all(project_state_dir(name), ec);
+}
+
 } // namespace
 
 std::string base_name(const up_target& t) {
@@ -120,14 +137,21 @@ awaitable<std::string> ensure_base(context& ctx, const up_target& t, bool force,
     ctx.emit(events::step_finished(name, "create", true, since(t0)));
     existing = co_await lima.find(name);
     if (!existing) throw error("limactl create succeeded but instance '" + name + "' is not listed");
-    const fs::path no_template;
-    co_await boot_instance(ctx, lima, name, fs::path(existing->dir) / "ha.stdout.log", cancel, no_template);
-    {
+    std::exception_ptr failure;
+    try {
+        const fs::path no_template;
+        co_await boot_instance(ctx, lima, name, fs::path(existing->dir) / "ha.stdout.log", cancel, no_template);
         auto session = co_await open_guest(ctx, name, *existing, cancel);
         co_await wait_until_ready(ctx, name, session);
         co_await apply_plan(ctx, name, session, t.base, cancel);
         co_await forget_journal(session);
         session->close();
+    } catch (...) {
+        failure = std::current_exception();  // cleaned up below: no co_await in a handler
+    }
+    if (failure) {
+        co_await discard_half_baked(ctx, name);
+        std::rethrow_exception(failure);
     }
     co_await lima.stop(name, false);
     co_await stop_egress_proxy(name);

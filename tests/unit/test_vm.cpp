@@ -233,6 +233,27 @@ BOOST_AUTO_TEST_CASE(a_new_vm_is_cloned_from_a_fresh_base_with_the_clone_setting
     BOOST_TEST(contains(f.events->lines(), "step.finished web create ok copy-on-write clone of " + base));
 }
 
+// A bake that fails after its VM was created (here: the guest side, beyond the seam) removes
+// that VM and its state: nothing half-provisioned keeps running, or is taken for a base later.
+BOOST_AUTO_TEST_CASE(a_failed_bake_removes_its_unfinished_base) {
+    state_dir state;
+    fake_vm_context f;
+    f.ctx.agent = true;
+    const vm::up_target t = with_base(target("web"));
+    const std::string base = vm::base_name(t);
+    BOOST_CHECK_THROW(co_run(f.io, vm::up_one(f.ctx, t, &f.cancel, nullptr)), std::exception);
+    const auto& calls = f.lima.state().calls;
+    BOOST_TEST_REQUIRE(calls.size() >= 2u);
+    BOOST_TEST(contains(calls, "start " + base));
+    BOOST_TEST(calls.back() == "delete " + base + " --force");
+    BOOST_TEST(!f.lima.state().instances.count(base));
+    BOOST_TEST(!fs::exists(state.of(base)));
+    const strings lines = f.events->lines();
+    BOOST_TEST(std::any_of(lines.begin(), lines.end(), [](const std::string& l) {
+        return l.find("removed the unfinished cached base; the next up bakes it again") != std::string::npos;
+    }));
+}
+
 BOOST_AUTO_TEST_CASE(a_vm_with_a_smaller_disk_is_created_from_its_template) {
     state_dir state;
     fake_vm_context f;
