@@ -7,6 +7,13 @@
 #include "machine/paths.hpp"
 #include "machine/text.hpp"
 
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 #include <sstream>
 
 #include <toml++/toml.h>
@@ -58,6 +65,39 @@ fs::path written_path(const fs::path& file) {
     return target.is_absolute() ? target : file.parent_path() / target;
 }
 
+// An exclusive flock on the projects file as it is now, so two `machine create` at once cannot
+// both read the old text and have the second rename drop the first one's table. The file is
+// replaced by rename, so the lock is on an inode: once it is held, the path must still name
+// that inode, else the lock is taken again on the file that replaced it. Empty when the file
+// does not exist (creating it is exclusive on its own).
+class file_lock {
+public:
+    explicit file_lock(const fs::path& file) {
+        for (;;) {
+            fd_ = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+            if (fd_ < 0) {
+                if (errno == ENOENT) return;
+                throw error("cannot open " + file.string() + ": " + std::strerror(errno));
+            }
+            while (::flock(fd_, LOCK_EX) != 0)
+                if (errno != EINTR) throw error("cannot lock " + file.string() + ": " + std::strerror(errno));
+            struct stat held {}, now {};
+            if (::fstat(fd_, &held) == 0 && ::stat(file.c_str(), &now) == 0 && held.st_ino == now.st_ino &&
+                held.st_dev == now.st_dev)
+                return;
+            ::close(fd_);  // replaced (or removed) while we waited: lock what is there now
+        }
+    }
+    ~file_lock() {
+        if (fd_ >= 0) ::close(fd_);
+    }
+    file_lock(const file_lock&) = delete;
+    file_lock& operator=(const file_lock&) = delete;
+
+private:
+    int fd_ = -1;
+};
+
 } // namespace
 
 std::string_view projects_example() { return kProjectsExample; }
@@ -79,6 +119,7 @@ added_project add_project(const fs::path& file_given, const project_draft& draft
     added_project added{file, false, project_table_text(draft)};
     // Twice at most: a file that appears between our look and our create is then added to.
     for (int attempt = 0; attempt < 2; ++attempt) {
+        const file_lock lock(file);
         const auto existing = detail::read_if_exists(file);
         if (!existing) {
             const std::string text = std::string(projects_example()) + "\n" + added.table;

@@ -3,6 +3,9 @@
 
 #include <boost/test/unit_test.hpp>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdlib>
 #include <filesystem>
@@ -1150,6 +1153,38 @@ BOOST_AUTO_TEST_CASE(hostile_values_are_escaped_strings_that_read_back) {
     const config c = load_projects_file(file, big_host);
     BOOST_TEST(c.projects.size() == 1u);
     BOOST_TEST(c.projects.at("odd").repos == odd.repos, boost::test_tools::per_element());
+}
+
+// Several `machine create` at once, each adding its own projects: every table ends up in the
+// file (without the lock, two read the same text and the later rename drops the other's table).
+BOOST_AUTO_TEST_CASE(concurrent_adds_lose_no_project) {
+    temp_dir tmp;
+    const fs::path file = tmp.path / "projects.toml";
+    add_project(file, {.name = "first"});
+    constexpr int writers = 6, each = 15;
+    std::vector<pid_t> pids;
+    for (int w = 0; w < writers; ++w) {
+        const pid_t pid = ::fork();
+        if (pid == 0) {
+            int status = 0;
+            try {
+                for (int i = 0; i < each; ++i)
+                    add_project(file, {.name = "w" + std::to_string(w) + "-p" + std::to_string(i)});
+            } catch (...) {
+                status = 1;
+            }
+            ::_exit(status);
+        }
+        BOOST_REQUIRE(pid > 0);
+        pids.push_back(pid);
+    }
+    for (const pid_t pid : pids) {
+        int status = -1;
+        ::waitpid(pid, &status, 0);
+        BOOST_TEST((WIFEXITED(status) && WEXITSTATUS(status) == 0));
+    }
+    const config c = load_projects_file(file, big_host);
+    BOOST_TEST(c.projects.size() == static_cast<std::size_t>(1 + writers * each));
 }
 
 BOOST_AUTO_TEST_CASE(a_new_projects_toml_opens_with_the_documented_header) {
