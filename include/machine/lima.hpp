@@ -121,8 +121,16 @@ public:
     using error::error;
 };
 
-// $MACHINE_LIMACTL, else `limactl` in PATH; throws error with how to install Lima otherwise.
-std::filesystem::path find_limactl();
+// The limactl machine runs, and why that one (for `machine doctor`).
+struct limactl_choice {
+    std::filesystem::path path;
+    std::string why;
+};
+
+// $MACHINE_LIMACTL, else `limactl` in PATH, else on Linux machine's Lima stand-in where it is
+// installed with machine (<prefix>/lib/machine/limactl next to <prefix>/bin/machine) or where the
+// build tree links it (build/lib/machine/limactl); throws error with how to install Lima otherwise.
+limactl_choice find_limactl();
 
 struct timeouts {
     std::chrono::seconds query{60};    // list, --version

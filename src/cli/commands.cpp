@@ -30,7 +30,7 @@ const config::config& context::cfg() {
 }
 
 lima::client& context::lima() {
-    if (!lima_) lima_ = std::make_unique<lima::client>(lima::find_limactl(), &cancel, timeouts);
+    if (!lima_) lima_ = std::make_unique<lima::client>(lima::find_limactl().path, &cancel, timeouts);
     return *lima_;
 }
 

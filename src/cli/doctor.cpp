@@ -76,7 +76,13 @@ awaitable<std::vector<check>> lima_checks(context& ctx) {
         out.push_back(failed("limactl", e.what(), "install Lima >= 2.0 (https://lima-vm.io), or set MACHINE_LIMACTL"));
         co_return out;
     }
-    out.push_back(passed("limactl", lima->limactl().string()));
+    std::string why;
+    try {
+        why = " (" + lima::find_limactl().why + ")";
+    } catch (const error&) {
+        // found a moment ago: only the reason is missing
+    }
+    out.push_back(passed("limactl", lima->limactl().string() + why));
     try {
         const std::string version = co_await lima->version();
         if (major_version(version) >= 2 || major_version(version) < 0)

@@ -21,13 +21,25 @@ constexpr std::size_t diagnostics_bytes = 4096;
 std::string go_duration(std::chrono::seconds s) { return std::to_string(s.count()) + "s"; }
 } // namespace
 
-fs::path find_limactl() {
+limactl_choice find_limactl() {
     if (const auto configured = paths::env("MACHINE_LIMACTL"); !configured.empty()) {
         if (::access(configured.c_str(), X_OK) != 0 || fs::is_directory(configured))
             throw error("MACHINE_LIMACTL=" + configured + " is not an executable file");
-        return configured;
+        return {configured, "MACHINE_LIMACTL"};
     }
-    if (auto found = proc::find_program("limactl")) return *found;
+    if (auto found = proc::find_program("limactl")) return {*found, "limactl in PATH"};
+#ifdef __linux__
+    // No Lima: machine's stand-in (tools/limactl: the same CLI contract, QEMU underneath).
+    std::error_code ec;
+    const fs::path exe_dir = fs::read_symlink("/proc/self/exe", ec).parent_path();
+    if (!ec && !exe_dir.empty()) {
+        for (const fs::path& candidate : {exe_dir / ".." / "lib" / "machine" / "limactl",  // installed
+                                          exe_dir / "lib" / "machine" / "limactl"}) {       // build tree
+            if (::access(candidate.c_str(), X_OK) == 0 && !fs::is_directory(candidate, ec))
+                return {candidate.lexically_normal(), "no limactl in PATH: machine's Lima stand-in"};
+        }
+    }
+#endif
     throw error(
         "limactl not found: install Lima (https://lima-vm.io; `brew install lima` on macOS), "
         "or on Linux without Lima set MACHINE_LIMACTL to the stand-in (tools/limactl in machine's "
