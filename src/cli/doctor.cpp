@@ -1,5 +1,6 @@
 // `machine doctor [--json]`: what machine needs on this computer, checked one by one, each
-// failure with the command that fixes it. Exit 1 when a check failed (the JSON is still whole).
+// failure with the command that fixes it, then the residual risks of this setup as notes. Exit 1
+// when a check failed (the JSON is still whole); notes never change it.
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -42,12 +43,14 @@ int major_version(const std::string& v) {
 
 // Which line keeps a VM away from the host and other VMs (issue 15). Never a failure: Lima's own
 // network is a supported choice, and the residual risks are said in the detail.
-awaitable<check> network_line_check(lima::client& lima) {
+// `in_guest_only` is set when `limactl info` answered that nothing outside the VM isolates it.
+awaitable<check> network_line_check(lima::client& lima, bool& in_guest_only) {
     const std::string name = "VM network isolation";
     bool outside = false;
     std::string unknown;
     try {
         outside = co_await lima.isolates_network();
+        in_guest_only = !outside;
     } catch (const error& e) {
         unknown = std::string(" (`limactl info` failed: ") + e.what() + ")";
     }
@@ -67,7 +70,7 @@ awaitable<check> network_line_check(lima::client& lima) {
                     "\"machineEgress\": true (machine's Lima stand-in on Linux)"};
 }
 
-awaitable<std::vector<check>> lima_checks(context& ctx) {
+awaitable<std::vector<check>> lima_checks(context& ctx, bool& in_guest_only) {
     std::vector<check> out;
     lima::client* lima = nullptr;
     try {
@@ -92,7 +95,7 @@ awaitable<std::vector<check>> lima_checks(context& ctx) {
     } catch (const error& e) {
         out.push_back(failed("Lima >= 2.0", e.what(), "check that `limactl --version` works"));
     }
-    out.push_back(co_await network_line_check(*lima));
+    out.push_back(co_await network_line_check(*lima, in_guest_only));
     co_return out;
 }
 
@@ -152,15 +155,60 @@ check op_check() {
             "https://developer.1password.com/docs/cli/get-started/"};
 }
 
+// "web, api" (names are checked identifiers, but escaped anyway: the JSON form is not sanitized).
+std::string project_list(const std::vector<std::string>& names) {
+    std::string out;
+    for (const auto& n : names) out += (out.empty() ? "" : ", ") + text::sanitize_for_terminal(n);
+    return out;
+}
+
+// What machine does not protect against in this setup, one line each (docs/threat-model.md says
+// why). Notes, never failures: each is a choice the user may make knowingly. The projects are
+// those configured, else the one `machine up` would make; a config that does not load has none.
+std::vector<check> residual_risk_notes(context& ctx, bool in_guest_only) {
+    std::vector<check> out;
+    std::vector<std::string> whole_agent, open_egress;
+    try {
+        const config::config& cfg = ctx.cfg();
+        std::vector<config::project> projects;
+        for (const auto& [name, p] : cfg.projects) projects.push_back(p);
+        if (projects.empty()) projects.push_back(cfg.resolve(cfg.ambient_project()));
+        for (const auto& p : projects) {
+            if (p.forward_agent && p.agent_keys.empty()) whole_agent.push_back(p.name);
+            if (!p.egress) open_egress.push_back(p.name);
+        }
+    } catch (const error&) {
+        // config_check names the problem; no project, no project-specific risk.
+    }
+    if (!whole_agent.empty())
+        out.push_back({"residual risk: whole SSH agent forwarded", "note",
+                       project_list(whole_agent) + ": while a session is connected, the VM can sign and "
+                                                   "authenticate (push) with every key in your agent",
+                       "limit it with agent_keys = [\"SHA256:...\"], or forward_agent = false"});
+    if (!open_egress.empty())
+        out.push_back({"residual risk: open egress", "note",
+                       project_list(open_egress) + ": no egress allowlist, the VM can send what it holds "
+                                                   "(code, rendered secrets) to any internet host",
+                       in_guest_only ? "an allowlist (egress = [...]) needs the Lima stand-in's boundary"
+                                     : "set egress = [\"github.com\", ...] to allow only those hosts"});
+    if (in_guest_only)
+        out.push_back({"residual risk: network policy inside the VM only", "note",
+                       "root in the VM can remove it and reach your 127.0.0.1 services and other VMs' ports",
+                       "see docs/threat-model.md"});
+    return out;
+}
+
 } // namespace
 
 awaitable<int> cmd_doctor(context& ctx) {
-    std::vector<check> checks = co_await lima_checks(ctx);
+    bool in_guest_only = false;
+    std::vector<check> checks = co_await lima_checks(ctx, in_guest_only);
     checks.push_back(config_check(ctx));
     checks.push_back(agent_check());
     for (auto& c : co_await git_checks()) checks.push_back(std::move(c));
     checks.push_back(guest_agent_check());
     checks.push_back(op_check());
+    for (auto& c : residual_risk_notes(ctx, in_guest_only)) checks.push_back(std::move(c));
 
     std::size_t fails = 0;
     for (const auto& c : checks) fails += c.status == "fail";

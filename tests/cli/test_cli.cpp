@@ -659,11 +659,9 @@ BOOST_AUTO_TEST_CASE(a_bad_secrets_entry_stops_before_anything_runs) {
     BOOST_TEST(w.invocations().empty());
 }
 
-// doctor on a computer that has everything, then with two things broken: each failure named
-// with its fix, exit 1, and the JSON form counts them.
-BOOST_AUTO_TEST_CASE(doctor_checks_this_computer_and_names_each_fix) {
-    world w;
-    const test_agent agent(w.root / "a.sock");
+// A computer on which every doctor check passes: an agent with a key, git's identity and signing
+// key, `op` on PATH. Returns the `op` path.
+fs::path doctor_ready(world& w, const test_agent& agent) {
     const fs::path key = w.root / "signing";
     BOOST_REQUIRE(run_sync({"ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key.string()}).exit_code == 0);
     BOOST_REQUIRE(run_sync({"ssh-add", "-q", key.string()}, agent.env()).exit_code == 0);
@@ -676,6 +674,15 @@ BOOST_AUTO_TEST_CASE(doctor_checks_this_computer_and_names_each_fix) {
     w.set("GIT_CONFIG_GLOBAL", gitconfig.string());
     w.set("PATH", bin.string() + ":" + std::getenv("PATH"));
     w.set("SSH_AUTH_SOCK", agent.socket.string());
+    return bin / "op";
+}
+
+// doctor on a computer that has everything, then with two things broken: each failure named
+// with its fix, exit 1, and the JSON form counts them.
+BOOST_AUTO_TEST_CASE(doctor_checks_this_computer_and_names_each_fix) {
+    world w;
+    const test_agent agent(w.root / "a.sock");
+    const fs::path bin = doctor_ready(w, agent).parent_path();
     w.config("[web]\n");
     auto r = w.machine({"doctor"});
     BOOST_TEST(r.exit_code == 0, r.out + r.err);
@@ -705,6 +712,70 @@ BOOST_AUTO_TEST_CASE(doctor_checks_this_computer_and_names_each_fix) {
     const json doc = json::parse(r.out);
     BOOST_TEST(doc["summary"]["fails"].get<int>() == 2);
     BOOST_TEST(doc["checks"].size() == doc["summary"]["checks"].get<std::size_t>());
+}
+
+// doctor's residual risks (docs/threat-model.md): one note per risk that applies to this setup,
+// naming the projects it applies to, and none that does not; notes never change the exit status.
+BOOST_AUTO_TEST_CASE(doctor_names_the_residual_risks_of_this_setup) {
+    world w;
+    const test_agent agent(w.root / "a.sock");
+    doctor_ready(w, agent);
+    const std::string fp = "SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s";
+    const auto notes = [](const json& doc) {
+        std::map<std::string, std::string> out;
+        for (const auto& c : doc["checks"])
+            if (c["name"].get<std::string>().starts_with("residual risk: ")) {
+                BOOST_TEST(c["status"] == "note");
+                out[c["name"]] = c["detail"];
+            }
+        return out;
+    };
+
+    // The fake limactl isolates nothing (a real Lima): the in-VM policy is the only line. 'web'
+    // forwards the whole agent, 'solo' has no allowlist, 'tight' has neither risk.
+    w.config("[web]\negress = [\"github.com\"]\n[solo]\nforward_agent = false\n[tight]\nagent_keys = [\"" + fp +
+             "\"]\negress = []\n");
+    auto r = w.machine({"doctor"});
+    BOOST_TEST(r.exit_code == 0, r.out + r.err);
+    BOOST_TEST(contains(r.out, "[note] residual risk: whole SSH agent forwarded: web: while a session is connected, "
+                               "the VM can sign and authenticate (push) with every key in your agent\n"),
+               r.out);
+    BOOST_TEST(contains(r.out, "[note] residual risk: open egress: solo: no egress allowlist"), r.out);
+    BOOST_TEST(contains(r.out, "[note] residual risk: network policy inside the VM only: root in the VM can remove it"),
+               r.out);
+    BOOST_TEST(contains(r.out, "all checks passed"), r.out);
+    r = w.machine({"doctor", "--json"});
+    BOOST_TEST(r.exit_code == 0, r.out + r.err);
+    auto found = notes(json::parse(r.out));
+    BOOST_TEST(found.size() == 3u);
+    BOOST_TEST(found["residual risk: whole SSH agent forwarded"].starts_with("web: "));
+    BOOST_TEST(found["residual risk: open egress"].starts_with("solo: "));
+
+    // Without projects.toml: the zero-config 'default' has both risks.
+    fs::remove(w.root / "config" / "projects.toml");
+    r = w.machine({"doctor"});
+    BOOST_TEST(contains(r.out, "[note] residual risk: whole SSH agent forwarded: default: "), r.out);
+    BOOST_TEST(contains(r.out, "[note] residual risk: open egress: default: "), r.out);
+
+    // The stand-in's boundary outside the VM, every project limited: no residual-risk note.
+    w.set("FAKE_LIMACTL_MACHINE_EGRESS", "1");
+    w.config("[tight]\nagent_keys = [\"" + fp + "\"]\negress = [\"github.com\"]\n[closed]\nforward_agent = false\n"
+             "egress = []\n");
+    r = w.machine({"doctor"});
+    BOOST_TEST(r.exit_code == 0, r.out + r.err);
+    BOOST_TEST(!contains(r.out, "residual risk"), r.out);
+    r = w.machine({"doctor", "--json"});
+    BOOST_TEST(notes(json::parse(r.out)).empty(), r.out);
+
+    // A failing check elsewhere still exits 1, notes or not; a config that does not load has no
+    // project to speak of.
+    w.set("FAKE_LIMACTL_MACHINE_EGRESS", "0");
+    w.config("[web]\ncpus = \"four\"\n");
+    r = w.machine({"doctor", "--json"});
+    BOOST_TEST(r.exit_code == 1);
+    found = notes(json::parse(r.out));
+    BOOST_TEST(found.size() == 1u);
+    BOOST_TEST(found.count("residual risk: network policy inside the VM only") == 1u);
 }
 
 // init writes the documented example, which machine then reads; it never replaces a file.
