@@ -293,8 +293,8 @@ Exit codes:
   (machine then says whether the VM stopped).
 
 Environment:
-  MACHINE_LIMACTL      the limactl to use (else limactl in PATH); on Linux without Lima,
-                       point it at tools/limactl from machine's source tree
+  MACHINE_LIMACTL      the limactl to use (else limactl in PATH, else on Linux machine's
+                       Lima stand-in installed next to it: lib/machine/limactl)
   MACHINE_CONFIG_DIR   where projects.toml lives (default $XDG_CONFIG_HOME/machine)
   MACHINE_STATE_DIR    rendered templates and locks (default $XDG_STATE_HOME/machine)
   MACHINE_LIMACTL_TIMEOUT  seconds a limactl list/create/stop/delete may take (default 60/300)

@@ -714,6 +714,37 @@ BOOST_AUTO_TEST_CASE(doctor_checks_this_computer_and_names_each_fix) {
     BOOST_TEST(doc["checks"].size() == doc["summary"]["checks"].get<std::size_t>());
 }
 
+// No environment variable needed: MACHINE_LIMACTL when set, else limactl in PATH, else the Lima
+// stand-in next to machine (the build tree's lib/machine/limactl); doctor says which and why.
+BOOST_AUTO_TEST_CASE(doctor_names_the_limactl_it_uses_and_why) {
+    world w;
+    const std::string fake = std::string(MACHINE_FIXTURES_DIR) + "/fake-limactl";
+    auto r = w.machine({"doctor"});
+    BOOST_TEST(contains(r.out, "[ok  ] limactl: " + fake + " (MACHINE_LIMACTL)"), r.out);
+
+    const fs::path bin = w.root / "bin";
+    fs::create_directories(bin);
+    fs::create_symlink(fake, bin / "limactl");
+    w.set("MACHINE_LIMACTL", "");
+    w.set("PATH", bin.string() + ":/usr/bin:/bin");
+    r = w.machine({"doctor"});
+    BOOST_TEST(contains(r.out, "[ok  ] limactl: " + (bin / "limactl").string() + " (limactl in PATH)"), r.out);
+
+    w.set("PATH", "/usr/bin:/bin");
+    r = w.machine({"doctor", "--json"});
+    const fs::path standin = fs::path(MACHINE_BINARY).parent_path() / "lib" / "machine" / "limactl";
+    const json doc = json::parse(r.out);
+    bool seen = false;
+    for (const auto& c : doc["checks"])
+        if (c["name"] == "limactl") {
+            seen = true;
+            BOOST_TEST(c["status"].get<std::string>() == "ok");
+            BOOST_TEST(c["detail"].get<std::string>() ==
+                       standin.lexically_normal().string() + " (no limactl in PATH: machine's Lima stand-in)");
+        }
+    BOOST_TEST(seen, r.out);
+}
+
 // doctor's residual risks (docs/threat-model.md): one note per risk that applies to this setup,
 // naming the projects it applies to, and none that does not; notes never change the exit status.
 BOOST_AUTO_TEST_CASE(doctor_names_the_residual_risks_of_this_setup) {
