@@ -186,7 +186,7 @@ BOOST_AUTO_TEST_CASE(a_refused_token_writes_nothing_and_keeps_the_previous_login
     BOOST_TEST(!fs::exists(w.dir));  // nothing at all, not even the directory
     log_in(w.store, pasted("gh", gh_token));
     const auto before = snapshot(w.dir);
-    for (const std::string bad : {"", "ghp_a b", "ghp_\x1b]0;x\x07", codex_key, std::string(5000, 'a')})
+    for (const std::string& bad : std::vector<std::string>{"", "ghp_a b", "ghp_\x1b]0;x\x07", codex_key, std::string(5000, 'a')})
         BOOST_CHECK_THROW(log_in(w.store, pasted("gh", bad)), usage_error);
     BOOST_TEST((snapshot(w.dir) == before));
 }
@@ -285,7 +285,7 @@ BOOST_AUTO_TEST_CASE(a_1password_reference_is_read_through_op) {
     world w;
     temp_dir items;
     fs::create_directories(items.path / "dev" / "gh");
-    { std::ofstream(items.path / "dev" / "gh" / "token") << gh_token << "\n"; }
+    std::ofstream(items.path / "dev" / "gh" / "token") << gh_token;  // fake-op adds the "\n" op prints
     ::setenv("FAKE_OP_ITEMS_DIR", items.path.c_str(), 1);
     cred::request r;
     r.tool = "gh";
