@@ -1829,7 +1829,8 @@ BOOST_AUTO_TEST_CASE(bash_completes_commands_projects_and_options) {
     put_machine_on_path(w);
     w.config("[alpha]\n[beta-2]\n");
     BOOST_TEST((bash_completes(w, {"machine", "u"}).words == std::set<std::string>{"up"}));
-    BOOST_TEST((bash_completes(w, {"machine", "l"}).words == std::set<std::string>{"list", "ls"}));
+    BOOST_TEST((bash_completes(w, {"machine", "l"}).words == std::set<std::string>{"list", "ls", "login", "logout"}));
+    BOOST_TEST((bash_completes(w, {"machine", "logout", ""}).words == std::set<std::string>{"claude", "codex", "gh"}));
     BOOST_TEST((bash_completes(w, {"machine", "up", ""}).words == std::set<std::string>{"alpha", "beta-2"}));
     BOOST_TEST((bash_completes(w, {"machine", "up", "alpha", "b"}).words == std::set<std::string>{"beta-2"}));
     BOOST_TEST((bash_completes(w, {"machine", "--log-level", "info", "down", "a"}).words == std::set<std::string>{"alpha"}));
