@@ -88,6 +88,10 @@ struct project {
     std::vector<std::string> egress_origins;
     /// Key fingerprints ("SHA256:...") the forwarded agent is limited to; empty = whole agent.
     std::vector<std::string> agent_keys;
+    /// `agent_auth = ["claude", "gh"]`: the tools whose host login (`machine login`) this
+    /// project's VM may receive. nullopt (the key absent): every tool logged in; [] none.
+    /// Each an agent_tools name, no duplicates.
+    std::optional<std::vector<std::string>> agent_auth;
     std::vector<secret_source> secrets;  ///< in file order
     /// Render the secrets on every `up`, and whenever `watch` sees the VM boot again.
     bool secrets_on_up = false;

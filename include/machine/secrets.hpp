@@ -66,7 +66,9 @@ struct source {
     /// op_environment: the Environment ID (^[a-z0-9]+$); op_reference: `op://vault/item/field`;
     /// dotenv_file: the file's path. Unused for command.
     std::string id_or_ref_or_path;
-    std::string name;               ///< op_reference only: the variable it defines
+    /// op_reference: the variable it defines. command: empty, the output is dotenv; else the
+    /// whole output (less one final "\n") is this one variable's value (`machine login`'s tokens).
+    std::string name;
     std::vector<std::string> argv;  ///< command only: argv[0] is looked up in PATH
 };
 

@@ -90,6 +90,19 @@ asio::awaitable<int> cmd_net(context& ctx, std::optional<std::string> name, int 
 asio::awaitable<int> cmd_doctor(context& ctx);
 // `machine init`: the documented example as the user's projects.toml (init.cpp).
 asio::awaitable<int> cmd_init(context& ctx);
+// `machine login`: what the command line gave (login.cpp).
+struct login_options {
+    std::optional<std::string> tool;  // claude, codex or gh; none with `status`
+    bool status = false;              // `--status`: what is set, never a value
+    bool with_token = false;          // the token from stdin
+    std::optional<std::string> from_op;  // a 1Password reference, read at each use
+    bool from_command = false;        // `argv`'s stdout, run at each use
+    std::vector<std::string> argv;
+};
+// `machine login TOOL ...` / `machine login --status` (login.cpp).
+asio::awaitable<int> cmd_login(context& ctx, login_options opt);
+// `machine logout TOOL`: removes the tool's login from this computer (login.cpp).
+asio::awaitable<int> cmd_logout(context& ctx, std::string tool);
 enum class secrets_action { render, clear, list };
 asio::awaitable<int> cmd_secrets(context& ctx, std::optional<std::string> name, std::optional<std::string> repo,
                                  secrets_action action);

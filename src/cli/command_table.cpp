@@ -81,6 +81,23 @@ asio::awaitable<int> secrets(context& ctx, const arguments& a) {
     co_return co_await cmd_secrets(ctx, a.value("name"), a.value("--repo"), action);
 }
 
+asio::awaitable<int> login(context& ctx, const arguments& a) {
+    login_options opt;
+    opt.tool = a.value("tool");
+    if (opt.tool && opt.tool->empty()) opt.tool.reset();
+    opt.status = a.flag("--status");
+    opt.with_token = a.flag("--with-token");
+    opt.from_op = a.value("--from-op");
+    if (opt.from_op && opt.from_op->empty()) opt.from_op.reset();
+    opt.from_command = a.flag("--from-command");
+    opt.argv = a.values("command");
+    co_return co_await cmd_login(ctx, std::move(opt));
+}
+
+asio::awaitable<int> logout(context& ctx, const arguments& a) {
+    co_return co_await cmd_logout(ctx, a.value("tool").value_or(""));
+}
+
 asio::awaitable<int> net(context& ctx, const arguments& a) {
     co_return co_await cmd_net(ctx, a.value("name"), a.number("--last"));
 }
@@ -231,6 +248,31 @@ connection.)"}, pin),
                          excluding(flag("--list", "the sets rendered in the VM: names, variable counts, sizes, times"),
                                    {"--clear", "--repo"}),
                          json_flag()}}, secrets),
+        row({.name = "login",
+             .help = "keep an agent's login on this computer (claude, codex, gh) for its VMs; --status shows them",
+             .options = {one_of(positional("tool", "the tool: claude, codex or gh"), {"claude", "codex", "gh"}),
+                         flag("--with-token", "read the token from standard input (for scripts)"),
+                         excluding(value("--from-op", "a 1Password reference (op://vault/item/field), read at each use"),
+                                   {"--with-token"}),
+                         excluding(flag("--from-command", "the token is what the command after -- prints, run at each use"),
+                                   {"--with-token", "--from-op"}),
+                         positionals("command", "with --from-command: the command and its arguments, after --"),
+                         excluding(flag("--status", "which tools are logged in, their variables and sources (never a value)"),
+                                   {"--with-token", "--from-op", "--from-command"}),
+                         json_flag("one JSON object per tool")},
+             .footer = R"(
+Without an option the token is asked at a hidden prompt. claude takes the long-lived OAuth token
+`claude setup-token` prints (sk-ant-oat..., exported as CLAUDE_CODE_OAUTH_TOKEN) or an API key
+(sk-ant-api..., ANTHROPIC_API_KEY); codex an OpenAI API key (sk-..., OPENAI_API_KEY); gh a token
+(ghp_, gho_, ghu_, ghs_, ghr_, github_pat_ or 40 hex digits, GH_TOKEN). A pasted token is kept in
+a 0600 file under machine's state directory; --from-op and --from-command keep only where to
+read it, and read it once now to check it:
+  machine login gh --from-command -- pass show github/token
+A refused token or a failing source stores nothing and keeps the previous login.)"}, login),
+        row({.name = "logout",
+             .help = "remove an agent's login from this computer",
+             .options = {required(one_of(positional("tool", "the tool: claude, codex or gh"), {"claude", "codex", "gh"})),
+                         json_flag()}}, logout),
         row({.name = "net",
              .help = "a VM's last connections (allowed and refused) and a summary by destination",
              .options = {positional("name", kProject, completes::project),

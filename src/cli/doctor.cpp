@@ -10,6 +10,7 @@
 
 #include "cli.hpp"
 #include "machine/agent_proxy.hpp"
+#include "machine/credentials.hpp"
 #include "machine/guest.hpp"
 #include "machine/paths.hpp"
 #include "machine/proc.hpp"
@@ -198,6 +199,27 @@ std::vector<check> residual_risk_notes(context& ctx, bool in_guest_only) {
     return out;
 }
 
+// One line per agent tool: logged in on this computer (`machine login`) or not; never a value.
+// Not being logged in is a note: the agent then asks for a login in the VM.
+std::vector<check> login_checks() {
+    std::vector<check> out;
+    const credentials::store store = credentials::store::at_default();
+    for (const auto tool_view : agent_tools) {
+        const std::string tool(tool_view);
+        const std::string name = tool + " login";
+        try {
+            if (const auto l = store.find(tool))
+                out.push_back(passed(name, l->variable + " from " + std::string(credentials::kind_name(l->kind)) +
+                                               ", set " + l->set_at));
+            else
+                out.push_back({name, "note", "not logged in on this computer", "machine login " + tool});
+        } catch (const error& e) {
+            out.push_back(failed(name, e.what(), "machine logout " + tool + "; machine login " + tool));
+        }
+    }
+    return out;
+}
+
 } // namespace
 
 awaitable<int> cmd_doctor(context& ctx) {
@@ -208,6 +230,7 @@ awaitable<int> cmd_doctor(context& ctx) {
     for (auto& c : co_await git_checks()) checks.push_back(std::move(c));
     checks.push_back(guest_agent_check());
     checks.push_back(op_check());
+    for (auto& c : login_checks()) checks.push_back(std::move(c));
     for (auto& c : residual_risk_notes(ctx, in_guest_only)) checks.push_back(std::move(c));
 
     std::size_t fails = 0;

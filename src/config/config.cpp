@@ -4,6 +4,7 @@
 #include "git_origin.hpp"
 #include "toml_fields.hpp"
 
+#include "machine/agent_tools.hpp"
 #include "machine/net.hpp"
 #include "machine/text.hpp"
 
@@ -132,6 +133,13 @@ std::string fingerprint_problem(std::string_view key) {
     if (key.starts_with(prefix) && key.size() > prefix.size() && !has_space_or_control(key))
         return {};
     return "expected a key fingerprint like \"SHA256:...\", got " + toml_string(key);
+}
+
+std::string agent_auth_problem(std::string_view tool) {
+    if (is_agent_tool(tool)) return {};
+    std::string known;
+    for (const auto name : agent_tools) known += std::string(known.empty() ? "" : ", ") + toml_string(name);
+    return "unknown tool " + toml_string(tool) + " (expected one of " + known + ")";
 }
 
 std::string secret_set_problem(std::string_view set) {
@@ -469,6 +477,17 @@ void apply_repo_ca_certs(const field& f, project& p) {
 void apply_agent_keys(const field& f, project& p) {
     if (auto v = detail::read_strings(f, fingerprint_problem)) p.agent_keys = std::move(*v);
 }
+void apply_agent_auth(const field& f, project& p) {
+    auto v = detail::read_strings(f, agent_auth_problem);
+    if (!v) return;
+    const auto* array = f.value.as_array();
+    for (std::size_t i = 0; i < v->size(); ++i)
+        if (std::find(v->begin(), v->begin() + static_cast<long>(i), (*v)[i]) != v->begin() + static_cast<long>(i)) {
+            detail::element_field(f, *array, i).report(toml_string((*v)[i]) + " is listed twice");
+            return;
+        }
+    p.agent_auth = std::move(*v);
+}
 void apply_name(const field& f, project& p) {
     if (auto v = detail::read_string(f, project_name_problem)) p.name = *v;
 }
@@ -488,6 +507,7 @@ constexpr key_rule<project> project_keys[] = {
     {"egress", apply_egress},
     {"ca_certs", apply_ca_certs},
     {"agent_keys", apply_agent_keys},
+    {"agent_auth", apply_agent_auth},
     {"secrets", apply_secrets},
     {"secrets_on_up", apply_secrets_on_up},
     {"clone_timeout", apply_clone_timeout},

@@ -178,6 +178,17 @@ asio::awaitable<void> run_op(proc::command cmd, std::string label, proc::result&
     check(r, label, true);
 }
 
+// One value's text from a child's stdout: without its last line end, and never with a NUL.
+std::vector<variable> single_value(const std::string& out, const std::string& name, const std::string& label) {
+    std::size_t n = out.size();
+    if (n > 0 && out[n - 1] == '\n') --n;
+    if (out.find('\0') < n) throw provider_error("the value of " + name + " from " + label + " contains a NUL byte");
+    std::vector<variable> vars(1);
+    vars[0].name = name;
+    vars[0].value.assign(out, 0, n);
+    return vars;
+}
+
 asio::awaitable<std::vector<variable>> read_op_environment(std::string id,
                                                            std::filesystem::path op) {
     if (!text::is_op_environment_id(id))
@@ -210,14 +221,7 @@ asio::awaitable<std::vector<variable>> read_op_reference(std::string ref, std::s
     proc::result r;
     scrub guard_out{r.out};
     co_await run_op(std::move(cmd), label, r);
-    std::size_t n = r.out.size();
-    if (n > 0 && r.out[n - 1] == '\n') --n;
-    if (r.out.find('\0') < n) throw provider_error("the value of " + name + " from " + label +
-                                                   " contains a NUL byte");
-    std::vector<variable> vars(1);
-    vars[0].name = name;
-    vars[0].value.assign(r.out, 0, n);
-    co_return vars;
+    co_return single_value(r.out, name, label);
 }
 
 std::vector<variable> read_dotenv_file(const std::filesystem::path& path) {
@@ -246,7 +250,7 @@ std::vector<variable> read_dotenv_file(const std::filesystem::path& path) {
     return parse_dotenv(std::string_view(text).substr(0, got), path.string());
 }
 
-asio::awaitable<std::vector<variable>> read_command(std::vector<std::string> argv) {
+asio::awaitable<std::vector<variable>> read_command(std::vector<std::string> argv, std::string name) {
     if (argv.empty()) throw usage_error("a secrets command needs at least a program");
     const std::string label = command_label(argv);
     proc::command cmd;
@@ -260,6 +264,7 @@ asio::awaitable<std::vector<variable>> read_command(std::vector<std::string> arg
         throw provider_error(shown(e.what()));
     }
     check(r, label, false);
+    if (!name.empty()) co_return single_value(r.out, name, label);
     try {
         co_return parse_dotenv(r.out, label);
     } catch (const dotenv_error& e) {
@@ -279,7 +284,7 @@ asio::awaitable<std::vector<variable>> read(source src, std::filesystem::path op
     case secret_kind::dotenv_file:
         co_return read_dotenv_file(src.id_or_ref_or_path);
     case secret_kind::command:
-        co_return co_await read_command(std::move(src.argv));
+        co_return co_await read_command(std::move(src.argv), std::move(src.name));
     }
     throw usage_error("unknown secrets source");
 }

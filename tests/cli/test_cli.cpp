@@ -1761,6 +1761,8 @@ const std::map<std::string, probe>& probes() {
         {"sessions", {{"sessions", "nosuch"}, 1, "VM 'nosuch' does not exist (run 'machine up nosuch')"}},
         {"secrets", {{"secrets", "nosuch"}, 1, "VM 'nosuch' does not exist (run 'machine up nosuch')"}},
         {"net", {{"net", "nosuch"}, 0, "no connections recorded for 'nosuch' yet"}},
+        {"login", {{"login", "--status"}, 0, "gh      not logged in"}},
+        {"logout", {{"logout", "gh"}, 0, "gh: not logged in; nothing to remove"}},
         {"create", {{"create", "new-one"}, 2, "pass --yes"}},
         {"init", {{"init"}, 1, "projects.toml already exists"}},
         {"doctor", {{"doctor", "--json"}, 1, "\"checks\""}},
@@ -1929,7 +1931,8 @@ BOOST_AUTO_TEST_CASE(bash_completes_commands_projects_and_options) {
     put_machine_on_path(w);
     w.config("[alpha]\n[beta-2]\n");
     BOOST_TEST((bash_completes(w, {"machine", "u"}).words == std::set<std::string>{"up"}));
-    BOOST_TEST((bash_completes(w, {"machine", "l"}).words == std::set<std::string>{"list", "ls"}));
+    BOOST_TEST((bash_completes(w, {"machine", "l"}).words == std::set<std::string>{"list", "ls", "login", "logout"}));
+    BOOST_TEST((bash_completes(w, {"machine", "logout", ""}).words == std::set<std::string>{"claude", "codex", "gh"}));
     BOOST_TEST((bash_completes(w, {"machine", "up", ""}).words == std::set<std::string>{"alpha", "beta-2"}));
     BOOST_TEST((bash_completes(w, {"machine", "up", "alpha", "b"}).words == std::set<std::string>{"beta-2"}));
     BOOST_TEST((bash_completes(w, {"machine", "--log-level", "info", "down", "a"}).words == std::set<std::string>{"alpha"}));
@@ -2113,6 +2116,163 @@ BOOST_AUTO_TEST_CASE(net_without_a_log_says_so_and_succeeds) {
     const proc::result j = w.machine({"net", "web", "--json"});
     BOOST_TEST(json::parse(j.out)["records"].empty());
     BOOST_TEST(w.machine({"net", "web", "--last", "0"}).exit_code == 2);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(cli_login)
+
+// `machine login`: what a test token looks like; any output or file but the value file holding
+// this marker leaks it.
+const std::string login_marker = "L0GINmarker5e2a";
+
+// Every file under the world's state directory but credentials/*.token, with what it holds:
+// none may hold a value.
+std::string state_files_but_values(const world& w) {
+    std::string all;
+    std::error_code ec;
+    for (auto it = fs::recursive_directory_iterator(w.root / "state", ec); it != fs::recursive_directory_iterator();
+         ++it) {
+        if (!it->is_regular_file() || it->path().extension() == ".token") continue;
+        all += it->path().string() + "\n" + read(it->path()) + "\n";
+    }
+    return all;
+}
+
+// --with-token from stdin, --status (text and JSON), doctor, logout: the value only in its file.
+BOOST_AUTO_TEST_CASE(login_with_token_status_and_logout_never_show_the_value) {
+    world w;
+    const std::string token = "ghp_" + login_marker;
+    proc::result r = w.machine({"login", "gh", "--with-token"}, token + "\n");
+    BOOST_TEST(r.exit_code == 0, r.err);
+    BOOST_TEST(contains(r.out, "gh: logged in (GH_TOKEN, stored in "), r.out);
+    const fs::path dir = w.root / "state" / "credentials";
+    BOOST_TEST(read(dir / "gh.token") == token);  // the newline trimmed
+    BOOST_TEST(((fs::status(dir).permissions() & fs::perms::all) == fs::perms::owner_all));
+    BOOST_TEST(((fs::status(dir / "gh.token").permissions() & fs::perms::all) == (fs::perms::owner_read | fs::perms::owner_write)));
+    std::string seen = r.out + r.err;
+    r = w.machine({"login", "--status"});
+    BOOST_TEST(r.exit_code == 0);
+    BOOST_TEST(contains(r.out, "gh      logged in      GH_TOKEN"), r.out);
+    BOOST_TEST(contains(r.out, "claude  not logged in"), r.out);
+    seen += r.out + r.err;
+    r = w.machine({"login", "--status", "--json"});
+    BOOST_TEST(r.exit_code == 0);
+    const auto lines = lines_of(r.out);
+    BOOST_REQUIRE(lines.size() == 3u);
+    const json gh = json::parse(lines[2]);
+    BOOST_TEST(gh["tool"] == "gh");
+    BOOST_TEST(gh["logged_in"] == true);
+    BOOST_TEST(gh["variable"] == "GH_TOKEN");
+    BOOST_TEST(gh["source"] == "stored");
+    BOOST_TEST(json::parse(lines[0])["logged_in"] == false);
+    seen += r.out + r.err;
+    r = w.machine({"doctor"});
+    BOOST_TEST(contains(r.out, "[ok  ] gh login: GH_TOKEN from stored"), r.out);
+    BOOST_TEST(contains(r.out, "[note] claude login: not logged in"), r.out);
+    seen += r.out + r.err;
+    BOOST_TEST(!contains(seen, login_marker), "the value was shown");
+    BOOST_TEST(!contains(state_files_but_values(w), login_marker), "the value is in a state file");
+    r = w.machine({"logout", "gh"});
+    BOOST_TEST(r.exit_code == 0);
+    BOOST_TEST(contains(r.out, "gh: logged out"), r.out);
+    BOOST_TEST(!fs::exists(dir / "gh.token"));
+    BOOST_TEST(!fs::exists(dir / "gh.json"));
+    BOOST_TEST(contains(w.machine({"login", "--status"}).out, "gh      not logged in"));
+}
+
+// A malformed or hostile token: exit 2 naming the tool and the rule, never the value (not even
+// escaped), nothing stored, the previous login kept.
+BOOST_AUTO_TEST_CASE(a_malformed_token_is_refused_and_nothing_is_stored) {
+    world w;
+    BOOST_REQUIRE(w.machine({"login", "gh", "--with-token"}, "ghp_" + login_marker + "\n").exit_code == 0);
+    const fs::path dir = w.root / "state" / "credentials";
+    const std::string json_before = read(dir / "gh.json");
+    const std::pair<std::string, std::string> cases[] = {
+        {"sk-" + login_marker + "\n", "gh: the token given (18 bytes) does not have the form of a GitHub token"},
+        {"ghp_\x1b]0;pwned" + login_marker + "\x07\n", "contains a control character"},
+        {"ghp_x\nEVIL " + login_marker + "\n", "contains whitespace"},
+        {"ghp_" + std::string(5000, 'a'), "is longer than 4096 bytes"},
+        {"\n", "gh: the token given is empty"},
+    };
+    for (const auto& [in, message] : cases) {
+        BOOST_TEST_CONTEXT(message) {
+            const proc::result r = w.machine({"login", "gh", "--with-token"}, in);
+            BOOST_TEST(r.exit_code == 2);
+            BOOST_TEST(contains(r.err, message), r.err);
+            BOOST_TEST(contains(r.err, "nothing was stored"), r.err);
+            for (const std::string leak : {login_marker, std::string("pwned"), std::string("EVIL"), std::string("\x1b")})
+                BOOST_TEST(!contains(r.out + r.err, leak), "leaked a part of the value (" << leak.size() << " bytes)");
+            BOOST_TEST(read(dir / "gh.token") == "ghp_" + login_marker);
+            BOOST_TEST(read(dir / "gh.json") == json_before);
+        }
+    }
+    // A tool that was never logged in gets nothing at all.
+    BOOST_TEST(w.machine({"login", "codex", "--with-token"}, "nope\n").exit_code == 2);
+    BOOST_TEST(!fs::exists(dir / "codex.json"));
+    BOOST_TEST(!fs::exists(dir / "codex.token"));
+}
+
+// --from-command keeps the argv (shown escaped), runs it once to check it; a failing one is
+// refused (exit 1) and the previous login stays.
+BOOST_AUTO_TEST_CASE(a_command_source_is_checked_once_and_a_failing_one_keeps_the_previous_login) {
+    world w;
+    const std::string hostile_arg = "\x1b[31mred\nline";
+    { std::ofstream(w.root / "token") << "gho_" << login_marker << "\n"; }  // the source's secret, read by cat
+    proc::result r = w.machine({"login", "gh", "--from-command", "--", "sh", "-c", "cat \"$1\"", hostile_arg,
+                                (w.root / "token").string()});
+    BOOST_TEST(r.exit_code == 0, r.err);
+    const fs::path dir = w.root / "state" / "credentials";
+    BOOST_TEST(!fs::exists(dir / "gh.token"));
+    const std::string json_before = read(dir / "gh.json");
+    r = w.machine({"login", "gh", "--from-command", "--", "sh", "-c", "echo 'vault locked' >&2; exit 1"});
+    BOOST_TEST(r.exit_code == 1);
+    BOOST_TEST(contains(r.err, "gh: `sh` failed (exit 1): vault locked; nothing was stored, the previous login is kept"), r.err);
+    BOOST_TEST(read(dir / "gh.json") == json_before);
+    r = w.machine({"login", "--status"});
+    BOOST_TEST(contains(r.out, "the command `sh -c "), r.out);
+    BOOST_TEST(contains(r.out, "\\x1b[31mred\\nline"), r.out);  // escaped, on its line
+    BOOST_TEST(!contains(r.out, "\x1b"), r.out);
+    BOOST_TEST(lines_of(r.out).size() == 4u);
+    BOOST_TEST(!contains(r.out + r.err, "gho_" + login_marker));
+    // Without --from-command a command line is a usage error; --from-command needs one.
+    BOOST_TEST(w.machine({"login", "gh", "pass", "show"}).exit_code == 2);
+    BOOST_TEST(w.machine({"login", "gh", "--from-command"}).exit_code == 2);
+}
+
+// The hidden prompt on a real terminal (util-linux `script`): what is typed is not echoed, and
+// the terminal is back to normal afterwards, after Enter as after Ctrl-C. The input comes after
+// a pause, as typing does (before machine switches echo off, the terminal itself would echo it).
+BOOST_AUTO_TEST_CASE(login_asks_at_a_hidden_prompt_and_restores_the_terminal) {
+    const auto on_terminal = [](world& w, const std::string& typed) {
+        proc::command c = w.command({});
+        const std::string session = std::string(MACHINE_BINARY) + " login gh; echo \"rc=$?\"; stty -a";
+        c.argv = {"sh", "-c", "(sleep 2; printf '%s' \"$1\") | script -qec \"$2\" /dev/null", "sh", typed, session};
+        proc::run_options opt;
+        opt.limit.timeout = 60s;
+        asio::io_context io;
+        proc::result r;
+        auto task = [&]() -> asio::awaitable<void> { r = co_await proc::run(c, opt); };
+        asio::co_spawn(io, std::move(task), [](std::exception_ptr e) { if (e) std::rethrow_exception(e); });
+        io.run();
+        return r;
+    };
+    world w;
+    proc::result r = on_terminal(w, "ghp_" + login_marker + "\r");
+    BOOST_TEST(contains(r.out, "Paste a GitHub token for gh (input hidden): "), r.out);
+    BOOST_TEST(contains(r.out, "rc=0"), r.out);
+    BOOST_TEST(!contains(r.out, login_marker), "echoed: " << r.out);
+    BOOST_TEST(contains(r.out, " echo "), r.out);  // stty: echo on again
+    BOOST_TEST(!contains(r.out, "-echo "), r.out);
+    BOOST_TEST(!contains(r.out, "-icanon"), r.out);
+    BOOST_TEST(read(w.root / "state" / "credentials" / "gh.token") == "ghp_" + login_marker);
+    // Ctrl-C halfway: interrupted (130), nothing changed, the terminal restored.
+    r = on_terminal(w, "gho_half\x03");
+    BOOST_TEST(contains(r.out, "rc=130"), r.out);
+    BOOST_TEST(!contains(r.out, "gho_half"), r.out);
+    BOOST_TEST(!contains(r.out, "-echo "), r.out);
+    BOOST_TEST(!contains(r.out, "-isig"), r.out);
+    BOOST_TEST(read(w.root / "state" / "credentials" / "gh.token") == "ghp_" + login_marker);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

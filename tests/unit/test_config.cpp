@@ -29,7 +29,7 @@ const host_resources big_host{.cpus = 8, .memory_bytes = 32LL << 30};
 const std::string name_rule =
     " (use a-z, 0-9 and hyphens, starting with a letter or digit, at most 63 characters)";
 const std::string project_keys_list =
-    "repos, profiles, shell, claude_mode, forward_agent, cpus, memory, disk, ports, host_ports, egress, ca_certs, agent_keys, secrets, "
+    "repos, profiles, shell, claude_mode, forward_agent, cpus, memory, disk, ports, host_ports, egress, ca_certs, agent_keys, agent_auth, secrets, "
     "secrets_on_up, clone_timeout";
 
 config parse(std::string_view text, const host_resources& host = big_host) {
@@ -1248,6 +1248,27 @@ BOOST_AUTO_TEST_CASE(a_symlinked_projects_toml_stays_a_link) {
     BOOST_TEST(fs::is_symlink(file));
     BOOST_TEST(added.file == file.parent_path() / "../dotfiles/projects.toml");
     BOOST_TEST(read_all(target) == "[blog]\n\n[web]\nrepos = []\n");
+}
+
+// `agent_auth`: which host logins (machine login) a project's VM may receive; absent = every one.
+BOOST_AUTO_TEST_CASE(agent_auth_lists_known_tools_once) {
+    const config cfg = parse("[web]\nagent_auth = [\"claude\", \"gh\"]\n[none]\nagent_auth = []\n[blog]\n");
+    BOOST_TEST(cfg.projects.at("web").agent_auth.has_value());
+    BOOST_TEST(*cfg.projects.at("web").agent_auth == (std::vector<std::string>{"claude", "gh"}),
+               boost::test_tools::per_element());
+    BOOST_TEST(cfg.projects.at("none").agent_auth->empty());
+    BOOST_TEST(!cfg.projects.at("blog").agent_auth.has_value());  // default: every tool logged in
+    const std::pair<const char*, const char*> bad[] = {
+        {"[web]\nagent_auth = \"claude\"",
+         "projects.toml:2:1: web.agent_auth: expected an array of strings, got \"claude\""},
+        {"[web]\nagent_auth = [\"claude\", \"copilot\"]",
+         "projects.toml:2:25: web.agent_auth[1]: unknown tool \"copilot\" (expected one of \"claude\", \"codex\", \"gh\")"},
+        {"[web]\nagent_auth = [\"gh\", \"gh\"]", "projects.toml:2:21: web.agent_auth[1]: \"gh\" is listed twice"},
+        {"[web]\nagent_auth = [1]", "projects.toml:2:15: web.agent_auth[0]: expected a string, got 1"},
+        {"[web]\nagent_auth = [\"\\u001b[31mx\"]", "web.agent_auth[0]: unknown tool \"\\u001B[31mx\""},
+    };
+    for (const auto& [text, message] : bad)
+        BOOST_TEST_CONTEXT(text) { BOOST_TEST(parse_error(text).find(message) != std::string::npos, parse_error(text)); }
 }
 
 BOOST_AUTO_TEST_SUITE_END()
