@@ -55,9 +55,14 @@ deps_install deps_install_command(const std::string& package_json, bool has_pnpm
     // The guest agent's processes get no login-shell environment, so corepack's settings from
     // the node profile's /etc/profile.d/machine-node.sh are passed here too: no download prompt
     // (nobody would answer it), and package managers from the npm registry (yarn 2+ would
-    // otherwise come from repo.yarnpkg.com, which the egress policy does not allow).
+    // otherwise come from repo.yarnpkg.com, which the egress policy does not allow). Node's
+    // fetch (corepack's, pnpm's, yarn 4's) trusts only the CAs built into Node unless told:
+    // NODE_EXTRA_CA_CERTS adds the system bundle with the CAs the template adds (a
+    // TLS-inspecting proxy's); without such a proxy it adds nothing Node lacks.
     deps_install out;
-    out.env = {{"COREPACK_ENABLE_DOWNLOAD_PROMPT", "0"}, {"COREPACK_NPM_REGISTRY", "https://registry.npmjs.org"}};
+    out.env = {{"COREPACK_ENABLE_DOWNLOAD_PROMPT", "0"},
+               {"COREPACK_NPM_REGISTRY", "https://registry.npmjs.org"},
+               {"NODE_EXTRA_CA_CERTS", "/etc/ssl/certs/ca-certificates.crt"}};
     const auto doc = nlohmann::json::parse(package_json, nullptr, false);
     if (doc.is_object()) {
         const auto it = doc.find("packageManager");

@@ -183,6 +183,10 @@ BOOST_AUTO_TEST_CASE(deps_install_honours_package_manager_through_corepack) {
     BOOST_TEST((yarn4.argv == argv_t{"corepack", "yarn", "install"}), boost::test_tools::per_element());
     BOOST_TEST(has_env(yarn4.env, "COREPACK_ENABLE_DOWNLOAD_PROMPT", "0"));
     BOOST_TEST(has_env(yarn4.env, "COREPACK_NPM_REGISTRY", "https://registry.npmjs.org"));
+    // corepack fetches with Node's own CAs unless the system bundle (the template's CAs) is added
+    BOOST_TEST(has_env(yarn4.env, "NODE_EXTRA_CA_CERTS", "/etc/ssl/certs/ca-certificates.crt"));
+    BOOST_TEST(has_env(vm::deps_install_command("{}", true, false).env, "NODE_EXTRA_CA_CERTS",
+                       "/etc/ssl/certs/ca-certificates.crt"));
     // packageManager beats a lockfile of another manager
     const auto pnpm = vm::deps_install_command(R"({"packageManager": "pnpm@9.0.0+sha512.abc"})", false, true);
     BOOST_TEST((pnpm.argv == argv_t{"corepack", "pnpm", "install"}), boost::test_tools::per_element());
