@@ -68,6 +68,16 @@ def check_docker(tap, args, env, guest):
                    "(%.1fs)" % seconds, "rc=%d out=%r err=%r" % (rc, out[-3000:], err[-2000:]))
         if rc == 0:
             tap.note("FIGURE docker_compose_up_seconds=%.1f" % seconds)
+        # The containers' veths belong to the project's bridge, not to the VM's network
+        # configuration: a networkd match that took them in gave each the VM's address and a
+        # default route, and pulled it out of the bridge (peer was unreachable).
+        rc, out, err = sh(guest, "ip -o route show default; ip -o link show master br-$(docker network inspect "
+                          "-f '{{.Id}}' %s_default | cut -c1-12) | wc -l" % project)
+        lines = out.strip().splitlines()
+        defaults = [line for line in lines[:-1] if line.startswith("default")]
+        tap.result(rc == 0 and len(defaults) == 1 and lines[-1:] == ["2"],
+                   "docker: the two containers' veths are in the project's bridge, and the VM keeps one default route",
+                   "rc=%d out=%r err=%r" % (rc, out[-2000:], err[-2000:]))
         # `web` reaches `peer` by its service name (the project network's DNS); a few tries,
         # since peer's httpd may still be starting.
         probe = ("cd %s && for i in $(seq 30); do "
