@@ -17,12 +17,22 @@ using json = nlohmann::ordered_json;
 namespace {
 #include "lima_template.inc"  // defines kTemplate, generated from templates/lima.yaml
 
-// Debian 12 cloud images for a real Lima (macOS, or Linux with Lima installed).
-const char* debian_image_url(const std::string& arch) {
-    return arch == "aarch64"
-               ? "https://cloud.debian.org/images/cloud/bookworm/latest/debian-12-genericcloud-arm64.qcow2"
-               : "https://cloud.debian.org/images/cloud/bookworm/latest/debian-12-genericcloud-amd64.qcow2";
-}
+// Debian 13 cloud images for a real Lima (macOS, or Linux with Lima installed): the dated
+// genericcloud release and its digest, as Lima's own templates/debian-13.yaml pins them (Lima
+// checks the download against the digest).
+struct cloud_image {
+    const char* arch;
+    const char* location;
+    const char* digest;
+};
+constexpr cloud_image debian_images[] = {
+    {"x86_64",
+     "https://cloud.debian.org/images/cloud/trixie/20260712-2537/debian-13-genericcloud-amd64-20260712-2537.qcow2",
+     "sha512:7ae53e9dbee282bfc16f289dec483dde3a8598769c38a267948310f7a2a52c662620198603bc52c142627efba379863d16079698a10b34102d55bcedd40e8d32"},
+    {"aarch64",
+     "https://cloud.debian.org/images/cloud/trixie/20260712-2537/debian-13-genericcloud-arm64-20260712-2537.qcow2",
+     "sha512:8543d795f2fde630eb66c492f245a8c1da19dedc636e0a8e7b3d0f95920e1a05aa911ef2d82d177d41cc53ced5fccbd2a3945d07fa5e15018914c4d864bb07ed"},
+};
 
 std::string lima_arch(const std::string& machine) {
     if (machine == "arm64" || machine == "aarch64") return "aarch64";
@@ -40,8 +50,8 @@ json images(const host_facts& host) {
         }
         list.push_back(local);
     }
-    for (const std::string arch : {"x86_64", "aarch64"})
-        list.push_back({{"location", debian_image_url(arch)}, {"arch", arch}});
+    for (const auto& img : debian_images)
+        list.push_back({{"location", img.location}, {"arch", img.arch}, {"digest", img.digest}});
     return list;
 }
 

@@ -29,9 +29,11 @@ struct clone_target {
 // Runs argv in the VM as `user` through the agent; output lines become step.output events.
 awaitable<pr::run_result> run_in_vm(context& ctx, guest::connection& conn, const std::string& vm,
                                     const std::string& step, std::vector<std::string> argv, std::string user,
-                                    std::string cwd, std::string* captured = nullptr) {
+                                    std::string cwd, std::string* captured = nullptr,
+                                    std::vector<std::pair<std::string, std::string>> env = {}) {
     pr::run_request request;
     request.argv = std::move(argv);
+    request.env = std::move(env);
     request.user = std::move(user);
     if (!cwd.empty()) request.cwd = std::move(cwd);  // else the user's home
     std::string pending;
@@ -47,24 +49,38 @@ awaitable<pr::run_result> run_in_vm(context& ctx, guest::connection& conn, const
     co_return co_await conn.run(std::move(request), on_output);
 }
 
-// The package manager a JavaScript repo declares: packageManager in package.json, else its
-// lockfile; empty when it is not one.
-std::string package_manager(const std::string& package_json, bool has_pnpm_lock, bool has_yarn_lock) {
+}  // namespace
+
+deps_install deps_install_command(const std::string& package_json, bool has_pnpm_lock, bool has_yarn_lock) {
+    // The guest agent's processes get no login-shell environment, so corepack's settings from
+    // the node profile's /etc/profile.d/machine-node.sh are passed here too: no download prompt
+    // (nobody would answer it), and package managers from the npm registry (yarn 2+ would
+    // otherwise come from repo.yarnpkg.com, which the egress policy does not allow). Node's
+    // fetch (corepack's, pnpm's, yarn 4's) trusts only the CAs built into Node unless told:
+    // NODE_EXTRA_CA_CERTS adds the system bundle with the CAs the template adds (a
+    // TLS-inspecting proxy's); without such a proxy it adds nothing Node lacks.
+    deps_install out;
+    out.env = {{"COREPACK_ENABLE_DOWNLOAD_PROMPT", "0"},
+               {"COREPACK_NPM_REGISTRY", "https://registry.npmjs.org"},
+               {"NODE_EXTRA_CA_CERTS", "/etc/ssl/certs/ca-certificates.crt"}};
     const auto doc = nlohmann::json::parse(package_json, nullptr, false);
     if (doc.is_object()) {
         const auto it = doc.find("packageManager");
         if (it != doc.end() && it->is_string()) {
             const std::string pm = it->get<std::string>();
             for (const char* name : {"pnpm", "yarn", "npm"})
-                if (pm.rfind(std::string(name) + "@", 0) == 0) return name;
+                if (pm.rfind(std::string(name) + "@", 0) == 0) {
+                    // corepack reads the version (and hash) from package.json itself
+                    out.manager = name;
+                    out.argv = {"corepack", name, "install"};
+                    return out;
+                }
         }
     }
-    if (has_pnpm_lock) return "pnpm";
-    if (has_yarn_lock) return "yarn";
-    return "npm";
+    out.manager = has_pnpm_lock ? "pnpm" : has_yarn_lock ? "yarn" : "npm";
+    out.argv = {out.manager, "install"};
+    return out;
 }
-
-}  // namespace
 
 std::vector<std::string> clone_command(const std::string& url, const std::string& path) {
     std::vector<std::string> argv{"env"};
@@ -227,18 +243,20 @@ awaitable<void> clone_repos(context& ctx, lima::instance inst, agent_environment
         std::vector<std::string> argv_pnpm{"test", "-f", "pnpm-lock.yaml"}, argv_yarn{"test", "-f", "yarn.lock"};
         const pr::run_result pnpm_lock = co_await run_in_vm(ctx, *conn, vm, step, argv_pnpm, vm_user, path);
         const pr::run_result yarn_lock = co_await run_in_vm(ctx, *conn, vm, step, argv_yarn, vm_user, path);
-        const std::string pm = package_manager(package_json, pnpm_lock.exit_code == 0, yarn_lock.exit_code == 0);
+        const deps_install install =
+            deps_install_command(package_json, pnpm_lock.exit_code == 0, yarn_lock.exit_code == 0);
+        const std::string& pm = install.manager;
         const std::string deps_step = "deps " + t.dir;
         ctx.emit(events::step_started(vm, deps_step));
         const auto td = std::chrono::steady_clock::now();
-        std::vector<std::string> argv_install{pm, "install"};
         std::string why;
         try {
-            const pr::run_result installed = co_await run_in_vm(ctx, *conn, vm, deps_step, argv_install, vm_user, path);
+            const pr::run_result installed =
+                co_await run_in_vm(ctx, *conn, vm, deps_step, install.argv, vm_user, path, nullptr, install.env);
             if (!installed.exit_code || *installed.exit_code != 0) why = pm + " install failed";
         } catch (const guest::agent_error& e) {
             if (e.code() != "spawn_failed") throw;
-            why = pm + " is not installed in the VM (the node profile provides it)";
+            why = install.argv.front() + " is not installed in the VM (the node profile provides it)";
         }
         ctx.emit(events::step_finished(vm, deps_step, why.empty(), since(td), pm + " install"));
         if (!why.empty())

@@ -76,6 +76,18 @@ asio::awaitable<bool> run_clone(context& ctx, clone_run run, cancel_signal* canc
 /// transport, no prompts, and only the allowed protocols.
 std::vector<std::string> clone_command(const std::string& url, const std::string& path);
 
+/// How a fresh clone's JavaScript dependencies are installed: `argv` runs as the VM user in the
+/// clone, with `env` added. A package.json whose `packageManager` names pnpm, yarn or npm
+/// (e.g. "yarn@4.5.0") installs through corepack, which runs exactly that manager and version
+/// (downloaded from the npm registry and checked against its signature or the name's hash);
+/// else pnpm-lock.yaml means pnpm, yarn.lock yarn, anything else npm. `manager` names it.
+struct deps_install {
+    std::string manager;
+    std::vector<std::string> argv;
+    std::vector<std::pair<std::string, std::string>> env;
+};
+deps_install deps_install_command(const std::string& package_json, bool has_pnpm_lock, bool has_yarn_lock);
+
 /// git's stderr during a clone, split at '\r' and '\n', as step output: at most one line per
 /// `interval` (a progress meter redraws many times a second), each cut at `max_bytes`; the last
 /// lines are kept for the error message. Pure: fed lines and times.

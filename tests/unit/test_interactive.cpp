@@ -27,6 +27,10 @@ using namespace std::chrono_literals;
 
 namespace {
 
+bool has_env(const std::vector<std::pair<std::string, std::string>>& env, const std::string& k, const std::string& v) {
+    return std::find(env.begin(), env.end(), std::pair<std::string, std::string>{k, v}) != env.end();
+}
+
 // The option values given with -o, in order.
 std::vector<std::string> options_of(const std::vector<std::string>& argv) {
     std::vector<std::string> out;
@@ -166,6 +170,39 @@ BOOST_AUTO_TEST_CASE(run_keeps_every_word_under_bash_and_zsh) {
             auto r = run_program({shell, "-c", "cd \"$HOME\" && eval \"$0\"", argv.back()}, tmp.path);
             BOOST_TEST(r.exit_code == 0);
             BOOST_TEST(r.out == expected);
+        }
+    }
+}
+
+// A repo's declared package manager and version win (through corepack); the lockfile decides
+// otherwise. A hostile packageManager value never becomes part of the argv.
+BOOST_AUTO_TEST_CASE(deps_install_honours_package_manager_through_corepack) {
+    using argv_t = std::vector<std::string>;
+    const auto yarn4 = vm::deps_install_command(R"({"packageManager": "yarn@4.9.4"})", false, false);
+    BOOST_TEST(yarn4.manager == "yarn");
+    BOOST_TEST((yarn4.argv == argv_t{"corepack", "yarn", "install"}), boost::test_tools::per_element());
+    BOOST_TEST(has_env(yarn4.env, "COREPACK_ENABLE_DOWNLOAD_PROMPT", "0"));
+    BOOST_TEST(has_env(yarn4.env, "COREPACK_NPM_REGISTRY", "https://registry.npmjs.org"));
+    // corepack fetches with Node's own CAs unless the system bundle (the template's CAs) is added
+    BOOST_TEST(has_env(yarn4.env, "NODE_EXTRA_CA_CERTS", "/etc/ssl/certs/ca-certificates.crt"));
+    BOOST_TEST(has_env(vm::deps_install_command("{}", true, false).env, "NODE_EXTRA_CA_CERTS",
+                       "/etc/ssl/certs/ca-certificates.crt"));
+    // packageManager beats a lockfile of another manager
+    const auto pnpm = vm::deps_install_command(R"({"packageManager": "pnpm@9.0.0+sha512.abc"})", false, true);
+    BOOST_TEST((pnpm.argv == argv_t{"corepack", "pnpm", "install"}), boost::test_tools::per_element());
+    // no packageManager: the lockfile's manager (corepack's shims run it), else npm
+    BOOST_TEST((vm::deps_install_command("{}", true, false).argv == argv_t{"pnpm", "install"}),
+               boost::test_tools::per_element());
+    BOOST_TEST((vm::deps_install_command("{}", false, true).argv == argv_t{"yarn", "install"}),
+               boost::test_tools::per_element());
+    BOOST_TEST((vm::deps_install_command("not json", false, false).argv == argv_t{"npm", "install"}),
+               boost::test_tools::per_element());
+    // hostile values: an unknown manager, a name that only starts like one, a non-string
+    for (const char* pj : {R"({"packageManager": "evil@1; rm -rf ~"})", R"({"packageManager": "yarnx@1"})",
+                           R"({"packageManager": ["yarn@4.0.0"]})", R"({"packageManager": "--help"})"}) {
+        BOOST_TEST_CONTEXT(pj) {
+            const auto d = vm::deps_install_command(pj, false, false);
+            BOOST_TEST((d.argv == argv_t{"npm", "install"}), boost::test_tools::per_element());
         }
     }
 }

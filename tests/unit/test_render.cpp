@@ -109,7 +109,17 @@ BOOST_AUTO_TEST_CASE(images_prefer_the_local_guest_image) {
     auto host = linux_host();
     auto images = value_of(render::lima_yaml(sample(), host), "images");
     BOOST_REQUIRE(images.size() == 2u);
-    BOOST_TEST(images[0]["location"].get<std::string>().find("debian-12-genericcloud-amd64") != std::string::npos);
+    // Debian 13 cloud images for a real Lima, each with the digest Lima checks the download against
+    BOOST_TEST(images[0]["location"].get<std::string>().find("/trixie/") != std::string::npos);
+    BOOST_TEST(images[0]["location"].get<std::string>().find("debian-13-genericcloud-amd64") != std::string::npos);
+    BOOST_TEST(images[0]["arch"] == "x86_64");
+    BOOST_TEST(images[1]["location"].get<std::string>().find("debian-13-genericcloud-arm64") != std::string::npos);
+    BOOST_TEST(images[1]["arch"] == "aarch64");
+    for (const auto& img : images) {
+        const std::string digest = img["digest"].get<std::string>();
+        BOOST_TEST(digest.rfind("sha512:", 0) == 0u);
+        BOOST_TEST(digest.size() == 7u + 128u);
+    }
     host.image = render::local_image{"/cache/guest/abc/disk.qcow2", "/cache/guest/abc/vmlinuz",
                                      "/cache/guest/abc/initrd.img", "root=/dev/vda rw console=ttyS0"};
     images = value_of(render::lima_yaml(sample(), host), "images");
