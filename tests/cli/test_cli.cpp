@@ -160,6 +160,7 @@ struct test_agent {
 struct world {
     fs::path root;
     std::vector<std::pair<std::string, std::string>> env;
+    fs::path binary = MACHINE_BINARY;  // the machine under test (a copy elsewhere: see limactl_missing...)
 
     world() {
         std::random_device rd;
@@ -196,7 +197,7 @@ struct world {
     // `machine ARGS` in this world (not started).
     proc::command command(std::vector<std::string> args) const {
         proc::command c;
-        c.argv = {MACHINE_BINARY};
+        c.argv = {binary.string()};
         c.argv.insert(c.argv.end(), args.begin(), args.end());
         c.env_unset = callers_variables();
         c.env_set = env;
@@ -923,6 +924,10 @@ BOOST_AUTO_TEST_CASE(create_asks_on_a_terminal_and_asks_again_after_a_bad_answer
 
 BOOST_AUTO_TEST_CASE(limactl_missing_is_one_clear_line) {
     world w;
+    // A machine with no Lima stand-in beside it (the build tree's is build/lib/machine/limactl).
+    fs::create_directories(w.root / "alone");
+    fs::copy_file(MACHINE_BINARY, w.root / "alone" / "machine");
+    w.binary = w.root / "alone" / "machine";
     w.env.erase(std::remove_if(w.env.begin(), w.env.end(), [](auto& kv) { return kv.first == "MACHINE_LIMACTL"; }), w.env.end());
     w.set("PATH", "/nonexistent");
     auto r = w.machine({"up"});
