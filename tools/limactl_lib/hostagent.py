@@ -191,7 +191,12 @@ class HostAgent:
         return 0
 
     def _kernel_cmdline(self):
-        parts = ["root=/dev/vda", "rw", "console=ttyS0", "loglevel=4",
+        # panic=1: a kernel that panics reboots after a second (QEMU resets the VM) instead of
+        # hanging until the start times out. Under TCG, QEMU before 8.1 (Debian 12 has 7.2) races
+        # with a guest patching its own code on another vCPU ("accel/tcg: Always lock pages before
+        # translation"): Debian 13's kernel 6.12 sometimes dies at boot with "Oops: int3" in
+        # hrtimer_start_range_ns; the next boot goes through.
+        parts = ["root=/dev/vda", "rw", "console=ttyS0", "loglevel=4", "panic=1",
                  f"systemd.machine_id={cidata.machine_id(self.iid)}",
                  f"systemd.hostname={store.hostname_for(self.name)}"]
         extra = os.path.join(self.dir, "kernel.cmdline")
