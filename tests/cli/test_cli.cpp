@@ -85,19 +85,24 @@ std::vector<std::string> callers_variables() {
 
 // A helper program (ssh-agent, ssh-keygen, ssh-add, git), run to completion with `env` and
 // nothing of the caller's but what passed_through() keeps.
-proc::result run_sync(std::vector<std::string> argv, std::vector<std::pair<std::string, std::string>> env = {}) {
-    proc::command c;
-    c.argv = std::move(argv);
-    c.env_unset = callers_variables();
-    c.env_set = std::move(env);
+// Runs `c` to completion on a loop of its own, stopped after `timeout`.
+proc::result run_command(const proc::command& c, std::chrono::seconds timeout) {
     proc::run_options opt;
-    opt.limit.timeout = 30s;
+    opt.limit.timeout = timeout;
     asio::io_context io;
     proc::result r;
     auto task = [&]() -> asio::awaitable<void> { r = co_await proc::run(c, opt); };
     asio::co_spawn(io, std::move(task), [](std::exception_ptr e) { if (e) std::rethrow_exception(e); });
     io.run();
     return r;
+}
+
+proc::result run_sync(std::vector<std::string> argv, std::vector<std::pair<std::string, std::string>> env = {}) {
+    proc::command c;
+    c.argv = std::move(argv);
+    c.env_unset = callers_variables();
+    c.env_set = std::move(env);
+    return run_command(c, 30s);
 }
 
 std::string read_proc_file(pid_t pid, const char* name) {
@@ -904,13 +909,7 @@ BOOST_AUTO_TEST_CASE(create_asks_on_a_terminal_and_asks_again_after_a_bad_answer
     c.argv = {"script", "-qec", std::string(MACHINE_BINARY) + " create", "/dev/null"};
     c.in = proc::stdio::pipe;
     c.stdin_data = "Bad_Name\nweb\n-x\nhttps://h/a.git\n\nnope\nnode\nfish\nbash\nfour\n2\n\n60\n";
-    proc::run_options opt;
-    opt.limit.timeout = 60s;
-    asio::io_context io;
-    proc::result r;
-    auto task = [&]() -> asio::awaitable<void> { r = co_await proc::run(c, opt); };
-    asio::co_spawn(io, std::move(task), [](std::exception_ptr e) { if (e) std::rethrow_exception(e); });
-    io.run();
+    const proc::result r = run_command(c, 60s);
     BOOST_TEST(r.exit_code == 0, r.out + r.err);
     for (const char* said : {"invalid project name 'Bad_Name'", "Creating [web] in ", "must not start with \"-\", got \"-x\"",
                              "unknown profile \"nope\" (did you mean \"node\"?)", "expected \"zsh\" or \"bash\", got \"fish\"",
@@ -2253,14 +2252,7 @@ BOOST_AUTO_TEST_CASE(login_asks_at_a_hidden_prompt_and_restores_the_terminal) {
         proc::command c = w.command({});
         const std::string session = std::string(MACHINE_BINARY) + " login gh; echo \"rc=$?\"; stty -a";
         c.argv = {"sh", "-c", "(sleep 2; printf '%s' \"$1\") | script -qec \"$2\" /dev/null", "sh", typed, session};
-        proc::run_options opt;
-        opt.limit.timeout = 60s;
-        asio::io_context io;
-        proc::result r;
-        auto task = [&]() -> asio::awaitable<void> { r = co_await proc::run(c, opt); };
-        asio::co_spawn(io, std::move(task), [](std::exception_ptr e) { if (e) std::rethrow_exception(e); });
-        io.run();
-        return r;
+        return run_command(c, 60s);
     };
     world w;
     proc::result r = on_terminal(w, "ghp_" + login_marker + "\r");
