@@ -30,6 +30,10 @@ bool create_file_exclusive(const std::filesystem::path& path, std::string_view c
 
 std::string read_file(const std::filesystem::path& path);
 
+// True when something listens on the Unix socket `socket` (a connect() succeeds, or would once
+// the listener's backlog drains).
+bool socket_accepts(const std::filesystem::path& socket);
+
 // Makes `socket` ready for a helper to bind (the agent filter, the egress proxy): its directory
 // must belong to this user and be private (the socket exists with the umask's mode between
 // bind() and chmod(), and only the directory keeps others out meanwhile); a stale socket there

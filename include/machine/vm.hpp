@@ -75,6 +75,9 @@ bool first_time(const std::string& name, const std::string& what);
 class project_lock {
 public:
     explicit project_lock(const std::string& name);
+    /// Another lock of the project's, in `<state>/<name>/<file>` (ssh_target's, around opening
+    /// the master, so an attach does not wait for a whole `up`).
+    project_lock(const std::string& name, const std::string& file);
     ~project_lock();  // bumps the generation when this lock was held
     project_lock(const project_lock&) = delete;
     project_lock& operator=(const project_lock&) = delete;
@@ -343,6 +346,8 @@ struct openssh_target {
     std::filesystem::path ssh_config;     ///< Lima's ssh.config for the instance
     std::filesystem::path known_hosts;    ///< the pin's known_hosts file
     bool forward_agent = false;
+    /// machine's own master for the VM (ensure_ssh_master) to ride; empty: a connection of its own.
+    std::filesystem::path control_path;
 };
 
 /// `ssh -F <ssh.config> [-t|-T] <pinning, no-master and forwarding options> lima-<name> [-- <remote>]`:
@@ -352,7 +357,51 @@ struct openssh_target {
 /// connection of our own (ControlMaster=no, ControlPath=none: OpenSSH takes the first value it
 /// obtains, and -o comes before -F's file). `remote` is argv for the VM: each word is quoted for
 /// the remote shell (ssh hands the remote side one string).
+/// With `t.control_path`, the session rides machine's master there (ControlMaster=no: never
+/// made a master itself); when that master is gone, ssh connects on its own, pinned as ever.
 std::vector<std::string> openssh_argv(const openssh_target& t, bool tty, const std::vector<std::string>& remote);
+
+/// `ssh ... -M -N -f -E LOG lima-<name>`: opens machine's master for the VM at `t.control_path`,
+/// pinned like every other connection, and goes to the background once it is authenticated.
+std::vector<std::string> openssh_master_argv(const openssh_target& t, const std::filesystem::path& log);
+
+// ---- One SSH connection per VM, reused -----------------------------------------------------------
+//
+// A fresh SSH connection costs a key exchange and an authentication: about 0.7 s under TCG. So
+// machine keeps one OpenSSH master connection per running VM (`<state>/<name>/ssh-master`, a
+// socket in the project's private state directory) and every OpenSSH session of a short command
+// rides it: `ssh`, `claude`/`codex` attaches and `run` after the first. The master is opened like
+// every connection, checking the pinned host key (OpenSSH, StrictHostKeyChecking=yes against the
+// pin's known_hosts), and forwards the agent as the project does. Beside it, `ssh-master.id`
+// records what it was opened for (the pin, Lima's ssh.config, the forwarding and the agent
+// socket): a master opened for anything else is not ridden, so a re-pinned or re-created VM, or a
+// shell with another SSH agent, never rides a connection that was checked for something else. It
+// ends with the VM (down, destroy, a new pin; or, the VM gone, at once when its sshd closes the
+// connection and within 15 s when it stops answering).
+
+/// The master's socket: `<state>/<name>/ssh-master`; empty when that path is too long for a Unix
+/// socket (OpenSSH adds 17 characters while it binds) or has characters ssh's -o would change.
+std::filesystem::path ssh_master_socket(const std::string& name);
+
+/// Checks the key the VM presents against its pin with a libssh connection of machine's own: a
+/// VM without a pin, or with another key, is refused with machine's message naming the VM (and
+/// both fingerprints); the pin's known_hosts file for OpenSSH is rewritten from the pin.
+asio::awaitable<void> verify_pin(context& ctx, const std::string& name, const lima::instance& inst);
+
+/// The target for OpenSSH sessions to a running VM: riding machine's master (opened now when
+/// none serves this pin, config and agent), or, when no master can be used, on a connection of
+/// its own after checking the pin with libssh. Throws ssh::host_key_mismatch (machine's message,
+/// both fingerprints) when the VM presents another key, machine::error when it has no pin.
+asio::awaitable<openssh_target> ssh_target(context& ctx, const std::string& name, const lima::instance& inst,
+                                           const agent_environment& agent);
+
+/// Ends the VM's master, if one runs (down, destroy): every session riding it ends too.
+asio::awaitable<void> stop_ssh_master(const std::string& name);
+
+/// After provisioning changed the VM user's groups (docker): ends machine's master and the one
+/// Lima keeps for `limactl shell`, whose logins predate the change, so the next session logs in
+/// anew and has the new groups (sessions on a connection get the groups of its login).
+asio::awaitable<void> close_ssh_masters_after_provisioning(const lima::instance& inst, const std::string& name);
 
 /// The directory `git clone URL` makes ("https://h/a/web.git" -> "web"); "" when the URL has
 /// no usable name.

@@ -41,13 +41,6 @@ std::string primary_repo_dir(const config::project& p) {
     return dir.empty() ? "." : "code/" + dir;
 }
 
-awaitable<void> verify_pin(context& ctx, std::string name, lima::instance inst) {
-    const ssh::host_key_pin pin = vm::pin_of(name, false);  // refuses a VM without one
-    const ssh::endpoint ep = ssh::endpoint_from_lima_ssh_config(vm::ssh_config_of(inst));
-    auto session = co_await ssh::session::connect(ep, pin, &ctx.cancel);
-    session->close();
-}
-
 awaitable<pin_outcome> repin(context& ctx, std::string name, lima::instance inst, bool replace) {
     const ssh::endpoint ep = ssh::endpoint_from_lima_ssh_config(vm::ssh_config_of(inst));
     pin_outcome out;
@@ -144,10 +137,6 @@ awaitable<int> explain_lost_connection(context& ctx, const std::string& name, in
     co_return status;
 }
 
-vm::openssh_target target_of(const std::string& name, const lima::instance& inst, const vm::agent_environment& agent) {
-    return {name, vm::ssh_config_of(inst), vm::pin_of(name, false).known_hosts, agent.forward};
-}
-
 } // namespace
 
 awaitable<int> cmd_agent_session(context& ctx, std::string agent, std::optional<std::string> name_opt,
@@ -157,14 +146,14 @@ awaitable<int> cmd_agent_session(context& ctx, std::string agent, std::optional<
     const std::string name = resolve_name(ctx, name_opt);
     const config::project project = ctx.cfg().resolve(name);
     const lima::instance inst = co_await running_vm(ctx, name);
-    co_await verify_pin(ctx, name, inst);
     const vm::agent_environment agent_env = co_await vm::prepare_agent_forwarding(ctx.vm(), project, &inst, true);
+    const vm::openssh_target target = co_await vm::ssh_target(ctx.vm(), name, inst, agent_env);
     const std::vector<std::string> remote{guest::agent_install_path, "session", "attach", "--name", session,
                                           "--agent", agent, "--dir", primary_repo_dir(project)};
     std::string again = "machine " + agent + " " + name;
     if (session != agent) again += " --session " + session;
     std::fprintf(stderr, "detach: ctrl-b d (%s keeps running); reattach: %s\n", agent.c_str(), again.c_str());
-    const int status = co_await run_on_terminal(vm::openssh_argv(target_of(name, inst, agent_env), true, remote), agent_env);
+    const int status = co_await run_on_terminal(vm::openssh_argv(target, true, remote), agent_env);
     co_return co_await explain_lost_connection(ctx, name, status, again);
 }
 
@@ -172,11 +161,11 @@ awaitable<int> cmd_ssh(context& ctx, std::optional<std::string> name_opt) {
     const std::string name = resolve_name(ctx, name_opt);
     const config::project project = ctx.cfg().resolve(name);
     const lima::instance inst = co_await vm::require_running(ctx.vm(), name);
-    co_await verify_pin(ctx, name, inst);
     const vm::agent_environment agent_env = co_await vm::prepare_agent_forwarding(ctx.vm(), project, &inst, true);
+    const vm::openssh_target target = co_await vm::ssh_target(ctx.vm(), name, inst, agent_env);
     // The user's login shell (zsh or bash, as configured), where `run` runs its commands.
     const std::vector<std::string> remote = in_primary_repo(project, {});
-    const int status = co_await run_on_terminal(vm::openssh_argv(target_of(name, inst, agent_env), true, remote), agent_env);
+    const int status = co_await run_on_terminal(vm::openssh_argv(target, true, remote), agent_env);
     co_return co_await explain_lost_connection(ctx, name, status, "machine ssh " + name);
 }
 
@@ -185,12 +174,12 @@ awaitable<int> cmd_run(context& ctx, std::string name, std::vector<std::string> 
     if (command.empty()) throw usage_error("usage: machine run NAME -- COMMAND [ARGS...]");
     const config::project project = ctx.cfg().resolve(name);
     const lima::instance inst = co_await vm::require_running(ctx.vm(), name);
-    co_await verify_pin(ctx, name, inst);
     const vm::agent_environment agent_env = co_await vm::prepare_agent_forwarding(ctx.vm(), project, &inst, false);
+    const vm::openssh_target target = co_await vm::ssh_target(ctx.vm(), name, inst, agent_env);
     // A terminal only when both ends are one (`machine run web -- vim`); pipes stay clean.
     const bool tty = stdin_is_terminal() && stdout_is_terminal();
     const std::vector<std::string> remote = in_primary_repo(project, command);
-    co_return co_await run_on_terminal(vm::openssh_argv(target_of(name, inst, agent_env), tty, remote), agent_env);
+    co_return co_await run_on_terminal(vm::openssh_argv(target, tty, remote), agent_env);
 }
 
 awaitable<int> cmd_pin(context& ctx, std::string name, bool replace) {

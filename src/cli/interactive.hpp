@@ -27,12 +27,6 @@ std::string primary_repo_dir(const config::project& p);
 /// VM: run_in_dir of the project's primary_repo_dir, one choice for both.
 std::vector<std::string> in_primary_repo(const config::project& p, const std::vector<std::string>& command);
 
-/// Checks the key the VM presents against its pin with a libssh connection of machine's own,
-/// before OpenSSH runs: a VM without a pin, or with another key, is refused with machine's
-/// message naming the VM (and both fingerprints); the pin's known_hosts file for OpenSSH is
-/// rewritten from the pin on the way.
-asio::awaitable<void> verify_pin(context& ctx, std::string name, lima::instance inst);
-
 /// What `machine pin` did: the fingerprint recorded (or found), the one it replaced.
 struct pin_outcome {
     std::string fingerprint;

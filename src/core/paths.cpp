@@ -101,6 +101,19 @@ std::string read_file(const fs::path& path) {
     return ss.str();
 }
 
+bool socket_accepts(const std::filesystem::path& socket) {
+    sockaddr_un sa{};
+    if (socket.native().size() >= sizeof(sa.sun_path)) return false;
+    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) return false;
+    sa.sun_family = AF_UNIX;
+    std::memcpy(sa.sun_path, socket.c_str(), socket.native().size() + 1);
+    const int rc = ::connect(fd, reinterpret_cast<const sockaddr*>(&sa), sizeof(sa));
+    const int err = errno;
+    ::close(fd);
+    return rc == 0 || err == EAGAIN;  // EAGAIN: a listener whose backlog is full
+}
+
 bool prepare_socket_path(const std::filesystem::path& listen, std::string_view who_) {
     const std::string who(who_);
     const auto dir = listen.has_parent_path() ? listen.parent_path() : std::filesystem::path(".");
@@ -115,20 +128,9 @@ bool prepare_socket_path(const std::filesystem::path& listen, std::string_view w
         throw error(who + ": cannot use " + listen.string() + ": " + std::strerror(errno));
     }
     if (!S_ISSOCK(st.st_mode)) throw error(who + ": " + listen.string() + " exists and is not a socket");
-    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd < 0) throw error(who + ": socket: " + std::strerror(errno));
-    sockaddr_un sa{};
-    sa.sun_family = AF_UNIX;
-    const auto s = listen.string();
-    if (s.size() >= sizeof(sa.sun_path)) {
-        ::close(fd);
-        throw error(who + ": socket path too long: " + s);
-    }
-    std::memcpy(sa.sun_path, s.c_str(), s.size() + 1);
-    const int rc = ::connect(fd, reinterpret_cast<const sockaddr*>(&sa), sizeof(sa));
-    const int err = errno;
-    ::close(fd);
-    if (rc == 0 || err == EAGAIN) throw error(who + ": " + listen.string() + " is in use by a running process");
+    if (listen.native().size() >= sizeof(sockaddr_un{}.sun_path))
+        throw error(who + ": socket path too long: " + listen.string());
+    if (socket_accepts(listen)) throw error(who + ": " + listen.string() + " is in use by a running process");
     if (::unlink(listen.c_str()) != 0 && errno != ENOENT)
         throw error(who + ": cannot remove stale socket " + listen.string() + ": " + std::strerror(errno));
     return true;

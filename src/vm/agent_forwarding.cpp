@@ -41,21 +41,9 @@ fs::path filter_socket(const config::project& p, const std::string& upstream) {
     return paths::state_dir() / "agent" / (sha256::hex(key).substr(0, 16) + ".sock");
 }
 
-bool accepts(const fs::path& socket_path) {
-    sockaddr_un addr{};
-    if (socket_path.native().size() >= sizeof addr.sun_path) return false;
-    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) return false;
-    addr.sun_family = AF_UNIX;
-    std::memcpy(addr.sun_path, socket_path.c_str(), socket_path.native().size());
-    const bool ok = ::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0;
-    ::close(fd);
-    return ok;
-}
-
 // Starts the project's filter unless it already serves; true when it had to be started.
 awaitable<bool> ensure_filter(const config::project& p, const fs::path& socket_path, const std::string& upstream) {
-    if (accepts(socket_path)) co_return false;
+    if (paths::socket_accepts(socket_path)) co_return false;
     const fs::path dir = socket_path.parent_path();
     fs::create_directories(dir);
     fs::permissions(dir, fs::perms::owner_all, fs::perm_options::replace);
@@ -70,8 +58,8 @@ awaitable<bool> ensure_filter(const config::project& p, const fs::path& socket_p
         argv.push_back(fp);
     }
     spawn_detached(argv, project_state_dir(p.name) / "agent-filter.log");
-    for (int i = 0; i < 100 && !accepts(socket_path); ++i) co_await sleep_for(20ms);
-    if (!accepts(socket_path))
+    for (int i = 0; i < 100 && !paths::socket_accepts(socket_path); ++i) co_await sleep_for(20ms);
+    if (!paths::socket_accepts(socket_path))
         throw error("the SSH agent filter for '" + p.name + "' did not start; see " +
                     (project_state_dir(p.name) / "agent-filter.log").string());
     co_return true;

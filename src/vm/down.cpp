@@ -22,6 +22,7 @@ awaitable<void> down(context& ctx, const std::string& name) {
     const auto t0 = std::chrono::steady_clock::now();
     ctx.emit(events::step_started(name, "stop"));
     // A broken VM (one of its processes gone) cannot stop gracefully: force it.
+    co_await stop_ssh_master(name);
     co_await lima.stop(name, existing->state != lima::status::running);
     co_await stop_egress_proxy(name);
     ctx.emit(events::step_finished(name, "stop", true, since(t0)));
@@ -42,6 +43,7 @@ awaitable<void> destroy(context& ctx, const std::string& name, std::function<boo
     const auto t0 = std::chrono::steady_clock::now();
     ctx.emit(events::step_started(name, "delete"));
     if (existing->is_protected) throw error("VM '" + name + "' is protected (limactl unprotect " + name + ")");
+    co_await stop_ssh_master(name);
     co_await lima.remove(name, true);  // -f stops it first, whatever its state
     co_await stop_egress_proxy(name);
     std::error_code ec;

@@ -254,20 +254,4 @@ awaitable<std::size_t> apply_plan(context& ctx, const std::string& vm, std::shar
     co_return ran.size();
 }
 
-awaitable<void> close_lima_ssh_master(const lima::instance& inst, const std::string& name) {
-    const fs::path config = ssh_config_of(inst);
-    std::error_code ec;
-    if (!fs::exists(config, ec)) co_return;
-    proc::command cmd;
-    cmd.argv = {"ssh", "-F", config.string(), "-O", "exit", "lima-" + name};
-    proc::run_options opt;
-    opt.limit.timeout = 5s;
-    try {
-        const proc::result r = co_await proc::run(std::move(cmd), std::move(opt));
-        spdlog::debug("vm={} closed Lima's SSH master: {}", name, r.ok() ? "yes" : text::last_line(r.err));
-    } catch (const proc::spawn_error& e) {
-        spdlog::debug("vm={} cannot run ssh to close Lima's SSH master: {}", name, e.what());
-    }
-}
-
 } // namespace machine::vm

@@ -112,8 +112,5 @@ private:
 /// "90s", "45m", "1h30m": a duration as the config writes it.
 std::string format_duration(std::chrono::seconds d);
 
-/// Closes the SSH ControlMaster Lima keeps for `limactl shell`: its login predates what
-/// provisioning changed (the docker group), and the next shell should see it.
-asio::awaitable<void> close_lima_ssh_master(const lima::instance& inst, const std::string& name);
 
 } // namespace machine::vm

@@ -34,11 +34,13 @@ bool first_time(const std::string& name, const std::string& what) {
 }
 
 
-project_lock::project_lock(const std::string& name) {
+project_lock::project_lock(const std::string& name) : project_lock(name, ".lock") {}
+
+project_lock::project_lock(const std::string& name, const std::string& file) {
     const fs::path dir = project_state_dir(name);
     fs::create_directories(dir);
-    fd_ = ::open((dir / ".lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd_ < 0) throw error("cannot open " + (dir / ".lock").string() + ": " + std::strerror(errno));
+    fd_ = ::open((dir / file).c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd_ < 0) throw error("cannot open " + (dir / file).string() + ": " + std::strerror(errno));
 }
 
 namespace {

@@ -168,7 +168,7 @@ awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel, co
             co_await sync_secrets(ctx, project, session, every_set);
         }
         session->close();
-        if (ran > 0) co_await close_lima_ssh_master(*existing, name);
+        if (ran > 0) co_await close_ssh_masters_after_provisioning(*existing, name);
     }
     ctx.emit(events::vm_done(name, "ready", since(t0)));
 }

@@ -16,7 +16,9 @@
 #include "fake_lima_driver.hpp"
 #include "provisioning.hpp"
 #include "machine/error.hpp"
+#include "machine/paths.hpp"
 #include "machine/proc.hpp"
+#include "machine/ssh.hpp"
 #include "../support/sshd.hpp"
 #include "test_support.hpp"
 
@@ -415,6 +417,97 @@ BOOST_AUTO_TEST_CASE(session_names_with_shell_metacharacters_are_refused) {
     const std::vector<std::string> bad_names{"", "a;b", "$(x)", "a b", "a.b", "a:b", "-x", "`id`", std::string(65, 'a'), "é"};
     for (const auto& bad : bad_names)
         BOOST_CHECK_THROW(cli::require_valid_session_name(bad), machine::usage_error);
+}
+
+// machine's own master (vm::ssh_target): opened pinned, ridden by the sessions after it (with a
+// known_hosts that no longer matches, a session of its own is refused while one riding the master
+// runs: it made no new key exchange), not ridden from a shell with another SSH agent, closed
+// after provisioning and by stop_ssh_master, and never left behind when the VM presents another key.
+BOOST_AUTO_TEST_CASE(sessions_ride_one_pinned_master_per_vm) {
+    machine::test::state_dir state;
+    machine::test::sshd_server sshd;
+    machine::test::fake_vm_context fake;
+    asio::io_context& io = fake.io;
+    const fs::path home = state.dir.path / "home";
+    fs::create_directories(home);
+    // Lima's ssh.config, with its own master settings (which ours override).
+    const fs::path config = state.dir.path / "ssh.config";
+    std::ofstream(config) << "Host lima-web\n  IdentityFile \"" << sshd.identity_file().string()
+                          << "\"\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n"
+                          << "  BatchMode yes\n  IdentitiesOnly yes\n  User " << sshd.user()
+                          << "\n  ControlMaster auto\n  ControlPath \"" << (state.dir.path / "lima.sock").string()
+                          << "\"\n  ControlPersist yes\n  Hostname 127.0.0.1\n  Port " << sshd.port() << "\n";
+    machine::lima::instance inst;
+    inst.name = "web";
+    inst.state = machine::lima::status::running;
+    inst.ssh_config_file = config.string();
+    // The pin, recorded as at the VM's creation (and its known_hosts with it).
+    fs::create_directories(state.of("web"));
+    fs::permissions(state.of("web"), fs::perms::owner_all, fs::perm_options::replace);
+    machine::test::co_run(io, [&]() -> asio::awaitable<void> {
+        auto s = co_await machine::ssh::session::connect(machine::ssh::endpoint_from_lima_ssh_config(config),
+                                                         vm::pin_of("web", true));
+        s->close();
+    }());
+    vm::agent_environment no_agent;
+    no_agent.env.unset = {"SSH_AUTH_SOCK"};
+    struct stop_master {
+        asio::io_context& io;
+        ~stop_master() { machine::test::co_run(io, vm::stop_ssh_master("web")); }
+    } stopper{io};
+
+    const vm::openssh_target t = machine::test::co_run(io, vm::ssh_target(fake.ctx, "web", inst, no_agent));
+    BOOST_TEST(t.control_path == vm::ssh_master_socket("web"));
+    BOOST_TEST(machine::paths::socket_accepts(t.control_path));
+    auto r = run_program(vm::openssh_argv(t, false, {"echo", "rode"}), home);
+    BOOST_TEST(r.exit_code == 0, r.err);
+    BOOST_TEST(r.out == "rode\n");
+
+    const fs::path known_hosts = vm::pin_of("web", false).known_hosts;
+    const std::string right = machine::paths::read_file(known_hosts);
+    std::ifstream pub(sshd.make_key("other").string() + ".pub");
+    std::string type, blob;
+    pub >> type >> blob;
+    std::ofstream(known_hosts) << "machine-web " << type << " " << blob << "\n";
+    vm::openssh_target own = t;
+    own.control_path.clear();
+    r = run_program(vm::openssh_argv(own, false, {"echo", "own"}), home);
+    BOOST_TEST(r.exit_code == 255);
+    BOOST_TEST(r.err.find("Host key verification failed") != std::string::npos, r.err);
+    r = run_program(vm::openssh_argv(t, false, {"echo", "rode"}), home);
+    BOOST_TEST(r.exit_code == 0, r.err);
+    BOOST_TEST(r.out == "rode\n");
+    std::ofstream(known_hosts) << right;
+
+    // The same VM and agent again: the same master, found, not opened anew.
+    BOOST_TEST(machine::test::co_run(io, vm::ssh_target(fake.ctx, "web", inst, no_agent)).control_path == t.control_path);
+    // Another SSH agent (the master forwards its own): a connection of its own; the master stays.
+    vm::agent_environment other_agent;
+    other_agent.forward = true;
+    other_agent.env.set = {{"SSH_AUTH_SOCK", (state.dir.path / "agent.sock").string()}};
+    BOOST_TEST(machine::test::co_run(io, vm::ssh_target(fake.ctx, "web", inst, other_agent)).control_path.empty());
+    BOOST_TEST(machine::paths::socket_accepts(t.control_path));
+
+    // Provisioning changed the user's groups: the master (whose login predates it) is closed.
+    machine::test::co_run(io, vm::close_ssh_masters_after_provisioning(inst, "web"));
+    BOOST_TEST(!machine::paths::socket_accepts(t.control_path));
+    BOOST_TEST(machine::test::co_run(io, vm::ssh_target(fake.ctx, "web", inst, no_agent)).control_path == t.control_path);
+    machine::test::co_run(io, vm::stop_ssh_master("web"));
+    BOOST_TEST(!machine::paths::socket_accepts(t.control_path));
+    r = run_program(vm::openssh_argv(t, false, {"echo", "own"}), home);  // no master: on its own, pinned
+    BOOST_TEST(r.exit_code == 0, r.err);
+    BOOST_TEST(r.out == "own\n");
+
+    // The VM presents another key: machine's message, and no master left behind.
+    sshd.restart_with_new_host_key();
+    std::string message;
+    try {
+        machine::test::co_run(io, vm::ssh_target(fake.ctx, "web", inst, no_agent));
+    } catch (const machine::ssh::host_key_mismatch& e) {
+        message = e.what();
+    }
+    BOOST_TEST(message.find("web") != std::string::npos, message);
+    BOOST_TEST(!machine::paths::socket_accepts(t.control_path));
 }
 
 BOOST_AUTO_TEST_SUITE_END()

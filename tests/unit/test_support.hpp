@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <exception>
 #include <filesystem>
 #include <optional>
@@ -64,6 +65,21 @@ struct temp_dir {
     }
     temp_dir(const temp_dir&) = delete;
     temp_dir& operator=(const temp_dir&) = delete;
+};
+
+// A private state directory ($MACHINE_STATE_DIR) for the test's projects, restored afterwards.
+struct state_dir {
+    temp_dir dir;
+    std::optional<std::string> previous;
+    state_dir() {
+        if (const char* v = std::getenv("MACHINE_STATE_DIR")) previous = v;
+        ::setenv("MACHINE_STATE_DIR", (dir.path / "state").c_str(), 1);
+    }
+    ~state_dir() {
+        if (previous) ::setenv("MACHINE_STATE_DIR", previous->c_str(), 1);
+        else ::unsetenv("MACHINE_STATE_DIR");
+    }
+    std::filesystem::path of(const std::string& name) const { return dir.path / "state" / name; }
 };
 
 inline double seconds_since(std::chrono::steady_clock::time_point t0) {

@@ -30,20 +30,7 @@ using strings = std::vector<std::string>;
 
 namespace {
 
-// A private state directory ($MACHINE_STATE_DIR) for the test's projects, restored afterwards.
-struct state_dir {
-    machine::test::temp_dir dir;
-    std::optional<std::string> previous;
-    state_dir() {
-        if (const char* v = std::getenv("MACHINE_STATE_DIR")) previous = v;
-        ::setenv("MACHINE_STATE_DIR", (dir.path / "state").c_str(), 1);
-    }
-    ~state_dir() {
-        if (previous) ::setenv("MACHINE_STATE_DIR", previous->c_str(), 1);
-        else ::unsetenv("MACHINE_STATE_DIR");
-    }
-    fs::path of(const std::string& name) const { return dir.path / "state" / name; }
-};
+using state_dir = machine::test::state_dir;
 
 // A project without repos or agent forwarding (nothing to check on the host, no agent to probe).
 vm::up_target target(const std::string& name, std::string disk = "100GiB") {
