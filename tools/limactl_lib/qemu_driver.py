@@ -87,14 +87,21 @@ class QemuDriver:
         def hostagent(args, _g):
             from . import hostagent as ha  # only the host agent needs its HTTP server and QEMU code
             return ha.main(args)
-        return {"hostagent": hostagent}
+        def hibernate(args, g):
+            from . import hibernate as hib
+            return hib.cmd_hibernate(args, g)
+        return {"hostagent": hostagent, "hibernate": hibernate}
 
     @staticmethod
     def info_extra():
         """`limactl info` keys of the stand-in's own: machineEgress when the network boundary
-        (netns.py) works on this host, so machine knows it may write the template key."""
+        (netns.py) works on this host, so machine knows it may write the template key;
+        machineHibernate (always: QEMU migration to a file)."""
         from . import qemu
-        return {"machineEgress": True} if qemu.machine_egress_supported() else {}
+        extra = {"machineHibernate": True}  # `limactl hibernate`, and `start` resumes (hibernate.py)
+        if qemu.machine_egress_supported():
+            extra["machineEgress"] = True
+        return extra
 
     # ------------------------------------------------------------------ the test fake's knobs
     def fail_point(self, cmd, name=None):
