@@ -225,7 +225,16 @@ class HostAgent:
                 hibernate.record_outcome(self.dir, True, took)
                 self.log("info", f"Resumed from hibernation in {took:.1f}s")
                 return None
-            if self.qemu.poll() is None:
+            # QEMU exits when it refuses a state: its own words say why better than the monitor's EOF
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.qemu.wait(timeout=5)
+            if self.qemu.poll() is not None:
+                with contextlib.suppress(OSError):
+                    with open(os.path.join(self.dir, "qemu.stderr.log"), errors="replace") as f:
+                        said = [line.strip() for line in f.read()[-4096:].splitlines() if line.strip()]
+                    if said:
+                        problem = f"QEMU refused it: {said[-1][:300]}"
+            else:
                 self.qemu.kill()
             self.qemu.wait()
         self.log("warning", f"Not resuming from the saved state: {problem}; booting instead")
