@@ -75,7 +75,7 @@ BOOST_AUTO_TEST_CASE(what_cannot_pause_says_why) {
     f.lima.add("web", lima::status::stopped);
     f.lima.add("mac", lima::status::running).vm_type = "vz";
     BOOST_TEST(error_of([&] { co_run(f.io, vm::pause(f.ctx, "web")); }) ==
-               "VM 'web' is not running (stopped): nothing to pause");
+               "VM 'web' is not running (Stopped): nothing to pause");
     BOOST_TEST(error_of([&] { co_run(f.io, vm::pause(f.ctx, "mac")); }) ==
                "VM 'mac' runs on Lima's vz driver, which cannot pause (only QEMU VMs can)");
     BOOST_TEST(error_of([&] { co_run(f.io, vm::resume(f.ctx, "nosuch")); }) ==
@@ -211,7 +211,7 @@ struct hibernating_world {
         f.lima.state().lima_home = home.path;
         f.lima.state().can_hibernate = true;
         for (const auto& n : names) {
-            f.lima.add(n, lima::status::running).memory_bytes = 2LL << 30;
+            f.lima.add(n, lima::status::running);  // resources not listed: up edits nothing
             fs::create_directories(home.path / n);
             std::ofstream(home.path / n / "lima.yaml") << "cpus: 2\nmemory: 2GiB\n";
         }
@@ -287,7 +287,7 @@ BOOST_AUTO_TEST_CASE(a_lima_that_cannot_hibernate_stops_the_vm_and_says_so) {
     BOOST_TEST(w.event_starts("message web warning this Lima cannot hibernate a VM"));
     BOOST_TEST(co_run(f.io, vm::shown_status(f.ctx, f.lima.state().instances["web"])) == "Stopped");
     BOOST_TEST(error_of([&] { co_run(f.io, vm::hibernate(f.ctx, "web")); }) ==
-               "VM 'web' is not running (stopped): nothing to hibernate");
+               "VM 'web' is not running (Stopped): nothing to hibernate");
 }
 
 BOOST_AUTO_TEST_CASE(up_many_starts_hibernated_vms_first_and_says_how_each_came_up) {
