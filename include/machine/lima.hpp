@@ -52,6 +52,9 @@ struct instance {
 
 // `machineEgress` of `limactl info`'s JSON: true only when it says so.
 bool parse_info_isolates(std::string_view json_text);
+// A boolean key of `limactl info`'s JSON (the stand-in's machineEgress, machineHibernate): true
+// only when it says so.
+bool parse_info_flag(std::string_view json_text, std::string_view key);
 
 // limactl printed something we cannot understand.
 class protocol_error : public error {
@@ -99,6 +102,72 @@ struct ha_event {
     std::optional<port_forward> forward;
 };
 std::optional<ha_event> parse_ha_event(std::string_view line);
+
+// ---- QEMU's monitor (QMP) --------------------------------------------------------------------
+// Lima has no pause: machine asks QEMU itself, over the QMP socket that Lima's QEMU driver and
+// the stand-in both create in the instance directory. The path is made from LIMA_HOME and the
+// validated instance name, never taken from limactl's output or the VM; every reply is bounded.
+
+// <instance dir>/qmp.sock.
+std::filesystem::path qmp_socket(const std::filesystem::path& instance_dir);
+
+// QEMU refused a command (its error's desc), or the monitor could not be reached or misbehaved.
+class qmp_error : public error {
+public:
+    using error::error;
+};
+
+// How much one QMP exchange may read: a line (one JSON message) and the lines in all (QEMU
+// sends asynchronous events between replies; they are skipped).
+inline constexpr std::size_t qmp_max_line = 64 * 1024;
+inline constexpr std::size_t qmp_max_lines = 256;
+
+// Reads QMP's newline-delimited JSON messages from bytes as they arrive (pure; tested).
+class qmp_reader {
+public:
+    // Appends received bytes; throws qmp_error for a line over qmp_max_line or too many lines.
+    void feed(std::string_view bytes);
+    // The next complete message (without its newline), if one is buffered.
+    std::optional<std::string> next();
+
+private:
+    std::string buf_;
+    std::size_t lines_ = 0;
+};
+
+// One QMP exchange on `socket`: the greeting, `qmp_capabilities`, then `command` (a JSON
+// object text, e.g. {"execute":"stop"}); returns the reply's "return" member as JSON text.
+// The whole exchange must finish within `timeout` (QEMU serves one monitor client at a time: a
+// wedged or busy monitor is a qmp_error, not a hang). Synchronous: for sub-second commands only.
+std::string qmp_execute(const std::filesystem::path& socket, std::string_view command,
+                        std::chrono::milliseconds timeout);
+
+// The "status" member of a query-status return ("running", "paused", "prelaunch", ...);
+// protocol_error when it has none.
+std::string parse_qmp_status(std::string_view return_json);
+
+// ---- Hibernation (the stand-in's; Lima has none) ------------------------------------------------
+// `limactl hibernate NAME` saves a running instance's state to <dir>/hibernate.state and stops
+// it; the next `limactl start` loads it instead of booting, or drops it and boots, and writes
+// <dir>/hibernate.outcome (tools/limactl_lib/hibernate.py).
+
+std::filesystem::path hibernate_state(const std::filesystem::path& instance_dir);
+// Removes the saved state and its record (a VM whose settings changed must boot cold).
+void discard_hibernate_state(const std::filesystem::path& instance_dir);
+
+struct hibernate_outcome {
+    bool resumed = false;
+    double took_seconds = 0;
+    std::string reason;  // why it booted instead (escaped for the terminal)
+};
+// What the last start did with a saved state; nullopt when it says nothing (no file, too big:
+// over 4 KiB, or not the expected JSON).
+std::optional<hibernate_outcome> read_hibernate_outcome(const std::filesystem::path& instance_dir);
+// The outcome file's text parsed (pure).
+std::optional<hibernate_outcome> parse_hibernate_outcome(std::string_view json_text);
+
+// The tags of `limactl snapshot list NAME --quiet` (one per line; blank lines skipped).
+std::vector<std::string> parse_snapshot_tags(std::string_view text);
 
 // ---- Running limactl ------------------------------------------------------------------------
 
@@ -158,6 +227,12 @@ struct argv_builder {
                                    const std::string& workdir) const;
     std::vector<std::string> version() const;
     std::vector<std::string> info() const;
+    /// `snapshot create|apply|delete NAME --tag TAG`.
+    std::vector<std::string> snapshot(const std::string& verb, const std::string& name, const std::string& tag) const;
+    /// `snapshot list NAME --quiet`.
+    std::vector<std::string> snapshot_list(const std::string& name) const;
+    /// `hibernate NAME` (the stand-in's own command).
+    std::vector<std::string> hibernate(const std::string& name) const;
 };
 
 using line_handler = std::function<void(std::string_view)>;
@@ -218,6 +293,22 @@ public:
     // Returns the remote exit status with the captured output.
     virtual asio::awaitable<shell_result> shell(std::string name, std::vector<std::string> cmd,
                                                 std::string workdir) = 0;
+    // QEMU's run state of a running instance (QMP query-status: "running", "paused", ...);
+    // qmp_error when its monitor cannot be asked.
+    virtual asio::awaitable<std::string> run_state(std::string name) = 0;
+    // Stops / continues the instance's vCPUs (QMP stop / cont): its memory and devices stay.
+    virtual asio::awaitable<void> pause(std::string name) = 0;
+    virtual asio::awaitable<void> resume(std::string name) = 0;
+    // Whether this Lima can hibernate (`limactl info` says "machineHibernate": true: the
+    // stand-in). Asked once per process.
+    virtual asio::awaitable<bool> can_hibernate() = 0;
+    // `limactl hibernate NAME`: the running instance's state saved, the instance stopped.
+    virtual asio::awaitable<void> hibernate(std::string name) = 0;
+    // `limactl snapshot list NAME --quiet`: the snapshot tags.
+    virtual asio::awaitable<std::vector<std::string>> snapshots(std::string name) = 0;
+    // `limactl snapshot create|apply|delete NAME --tag TAG`; returns limactl's warnings other
+    // than "experimental" (HMP reports its errors that way, with exit status 0).
+    virtual asio::awaitable<std::vector<std::string>> snapshot(std::string verb, std::string name, std::string tag) = 0;
     // Where Lima keeps instance `name` (before it is listed: a start that creates it).
     virtual std::filesystem::path instance_dir(const std::string& name) const = 0;
     // Follows the host agent's events (see follow_events below: `ha_log` is the instance's
@@ -250,12 +341,22 @@ public:
     asio::awaitable<void> edit(std::string name, std::vector<std::string> sets) override;
     asio::awaitable<shell_result> shell(std::string name, std::vector<std::string> cmd,
                                         std::string workdir = {}) override;
+    asio::awaitable<std::string> run_state(std::string name) override;
+    asio::awaitable<void> pause(std::string name) override;
+    asio::awaitable<void> resume(std::string name) override;
+    asio::awaitable<bool> can_hibernate() override;
+    asio::awaitable<void> hibernate(std::string name) override;
+    asio::awaitable<std::vector<std::string>> snapshots(std::string name) override;
+    asio::awaitable<std::vector<std::string>> snapshot(std::string verb, std::string name, std::string tag) override;
     std::filesystem::path instance_dir(const std::string& name) const override;
     // lima::follow_events on the log file.
     asio::awaitable<void> follow_host_agent(std::filesystem::path ha_log, std::function<bool(const ha_event&)> on_event,
                                       cancel_signal* cancel, std::chrono::system_clock::time_point since) override;
 
 private:
+    // `limactl info`'s JSON, asked once per process.
+    asio::awaitable<std::string> info_json();
+
     std::filesystem::path limactl_;
     cancel_signal* cancel_;
     timeouts timeouts_;

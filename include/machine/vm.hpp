@@ -172,17 +172,21 @@ struct prelisted {
 /// agent current, provisioned, its repos cloned. On a running VM only what changed is
 /// re-applied. Throws on failure; `cancel` interrupts it. `seen` (may be null) is what a list of
 /// many VMs said before the lock was taken.
-asio::awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel, const prelisted* seen);
+/// `started` (may be null) is set to how the VM came up: "created", "booted", "resumed" (from
+/// hibernation) or "" (it was running).
+asio::awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel, const prelisted* seen,
+                             std::string* started = nullptr);
 
 /// How one VM of `up_many` ended.
 struct up_outcome {
     std::string state = "cancelled";  ///< ready | failed | cancelled
     std::string message;
+    std::string started;  ///< created | booted | resumed | "" (was running): see up_one
     std::chrono::milliseconds took{0};
 };
 
-/// Brings several VMs up, at most `parallel` at once; with `fail_fast` the first failure
-/// cancels the rest. Ctrl-C (ctx.cancel) reaches every VM. One outcome per target, in order.
+/// Brings several VMs up, at most `parallel` at once, hibernated ones first (after a host
+/// reboot they come back in seconds); with `fail_fast` the first failure cancels the rest. Ctrl-C (ctx.cancel) reaches every VM. One outcome per target, in order.
 asio::awaitable<std::vector<up_outcome>> up_many(context& ctx, std::vector<up_target> targets, int parallel,
                                                  bool fail_fast);
 
@@ -203,6 +207,74 @@ asio::awaitable<void> down(context& ctx, const std::string& name);
 /// Deletes the VM and its state; `confirm` is asked (once the VM is known to exist) whether to go
 /// on; false aborts with an error.
 asio::awaitable<void> destroy(context& ctx, const std::string& name, std::function<bool()> confirm);
+
+// ---- Pause, resume, snapshots ------------------------------------------------------------------
+// Lima has no pause: machine asks the VM's QEMU over its monitor (lima::driver::pause/resume,
+// QMP stop/cont). Snapshots are Lima's (`limactl snapshot`): a running VM's hold its memory
+// too (HMP savevm), a stopped VM's only its disk (qemu-img).
+
+/// Whether QEMU's run state (query-status) has the guest's CPUs stopped by someone: "paused"
+/// (QMP stop) or "restore-vm" (a loadvm that failed leaves the guest so).
+bool cpus_stopped(std::string_view qemu_state);
+
+/// Whether Lima runs `inst` under QEMU (vmType qemu, or not listed): only QEMU can pause.
+bool runs_on_qemu(const lima::instance& inst);
+
+/// The status `list` and `watch` show: Lima's ("Running", "Stopped", ...), "Hibernated" for a
+/// stopped VM with a saved state, or "Paused" for a running QEMU VM whose monitor says so. One QMP query per running VM (a local socket, a
+/// few milliseconds; bounded at 3 s); when the monitor cannot be asked, Lima's status.
+asio::awaitable<std::string> shown_status(context& ctx, const lima::instance& inst);
+
+/// Stops the VM's vCPUs: its memory stays, SSH connections and tmux sessions wait (until TCP
+/// gives up on them: keep pauses short). "already paused" when it is. A VM that is not
+/// running, or not under QEMU (vz), is a clear error.
+asio::awaitable<void> pause(context& ctx, const std::string& name);
+
+/// Continues a paused VM and, with the guest agent, returns once the agent answers again
+/// (over a new SSH connection checked against the pin). "not paused" when it runs.
+asio::awaitable<void> resume(context& ctx, const std::string& name);
+
+/// For `up` and `down` of a running VM: continues it when its QEMU is paused, saying so. A
+/// monitor that cannot be asked is taken as running.
+asio::awaitable<void> resume_if_paused(context& ctx, lima::driver& lima, const std::string& name);
+
+/// `machine down --hibernate`: the running (or paused) VM's state saved to disk and the VM
+/// stopped, freeing its memory and CPU; the next `up` resumes it, its processes and sessions as
+/// they were. Only the stand-in can (`limactl info`: machineHibernate); with another Lima, or a
+/// VM not under QEMU, it says so and stops the VM normally. The digest of the instance's
+/// lima.yaml (what QEMU runs it with) is recorded: an `up` after it changed boots cold, saying why.
+asio::awaitable<void> hibernate(context& ctx, const std::string& name);
+
+/// The size of VM `inst`'s saved state (0: not hibernated).
+std::int64_t hibernated_bytes(const lima::instance& inst);
+/// Why VM `name`'s saved state must not be resumed ("" when it may): no record of what it was
+/// saved with, or the instance's lima.yaml changed since.
+std::string hibernation_obstacle(const std::string& name, const std::filesystem::path& instance_dir);
+/// Drops VM `name`'s saved state and machine's record of it.
+void forget_hibernation(const std::string& name, const std::filesystem::path& instance_dir);
+
+/// A tag machine accepts: [A-Za-z0-9][A-Za-z0-9._-]*, at most 64 characters, not only digits
+/// (QEMU would take digits for a snapshot's numeric ID).
+bool is_valid_snapshot_tag(std::string_view tag);
+/// "snap-20261206-153000" (UTC): the tag of `machine snapshot NAME` without one.
+std::string default_snapshot_tag(std::chrono::system_clock::time_point now);
+
+/// Takes snapshot `tag` of the VM (running: disk and memory; stopped: disk). An existing tag is
+/// refused (delete it first): a snapshot is never replaced silently.
+asio::awaitable<void> snapshot_create(context& ctx, const std::string& name, const std::string& tag);
+/// The VM's snapshot tags.
+asio::awaitable<std::vector<std::string>> snapshot_list(context& ctx, const std::string& name);
+/// Deletes snapshot `tag`; an unknown tag is an error naming the VM's tags.
+asio::awaitable<void> snapshot_delete(context& ctx, const std::string& name, const std::string& tag);
+
+/// Brings the VM back to snapshot `tag`: a running VM to its disk and memory (then waits for its
+/// agent, and renders the project's secrets again when `project` has secrets_on_up: the tmpfs
+/// came back as it was then), a stopped VM to its disk (the next `up` boots it). It stays the
+/// same machine: its host key pin and its agent's journal are its own. An unknown tag, or a
+/// disk-only snapshot on a running VM (QEMU can only load those offline), is a clear error that
+/// changes nothing.
+asio::awaitable<void> restore(context& ctx, const std::string& name, const std::string& tag,
+                              const config::project* project);
 
 // ---- The VM's network ---------------------------------------------------------------------------
 

@@ -12,31 +12,13 @@
 
 #include "filter.hpp"
 #include "machine/agent_proxy.hpp"
+#include "machine/fd.hpp"
 
 namespace machine::agent_proxy {
 
 namespace {
 
 using clock = std::chrono::steady_clock;
-
-struct fd_closer {
-    int fd;
-    ~fd_closer() {
-        if (fd >= 0) ::close(fd);
-    }
-};
-
-// Waits for `events` on `fd` until `deadline`; false on timeout or poll failure.
-bool wait_for(int fd, short events, clock::time_point deadline) {
-    for (;;) {
-        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - clock::now()).count();
-        if (left <= 0) return false;
-        pollfd p{fd, events, 0};
-        const int rc = ::poll(&p, 1, static_cast<int>(left));
-        if (rc > 0) return true; // readable/writable, or an error the next call will report
-        if (rc < 0 && errno != EINTR) return false;
-    }
-}
 
 agent_probe make(agent_probe::state s, std::string detail) {
     agent_probe p;
@@ -94,7 +76,7 @@ agent_probe probe(const std::filesystem::path& socket, std::chrono::milliseconds
         if (n > 0) {
             sent += static_cast<std::size_t>(n);
         } else if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
-            if (!wait_for(fd.fd, POLLOUT, deadline))
+            if (!poll_until(fd.fd, POLLOUT, deadline))
                 return make(st::broken, "the agent at " + path + " does not read requests");
         } else {
             return make(st::broken, std::string("cannot send to the agent: ") + std::strerror(errno));
@@ -113,7 +95,7 @@ agent_probe probe(const std::filesystem::path& socket, std::chrono::milliseconds
         } else if (n == 0) {
             return make(st::broken, "the agent at " + path + " closed the connection without answering");
         } else if (errno == EAGAIN || errno == EINTR) {
-            if (!wait_for(fd.fd, POLLIN, deadline))
+            if (!poll_until(fd.fd, POLLIN, deadline))
                 return make(st::broken, "the agent at " + path + " did not answer within " +
                                             std::to_string(timeout.count()) + " ms");
         } else {

@@ -64,7 +64,7 @@ struct up_options {
 asio::awaitable<int> cmd_up(context& ctx, up_options opt);
 // Builds (or with `force` rebuilds) the cached base for the project's bake profiles.
 asio::awaitable<int> cmd_bake(context& ctx, std::optional<std::string> name, bool force);
-asio::awaitable<int> cmd_down(context& ctx, std::optional<std::string> name);
+asio::awaitable<int> cmd_down(context& ctx, std::optional<std::string> name, bool hibernate);
 asio::awaitable<int> cmd_destroy(context& ctx, std::optional<std::string> name, bool yes);
 asio::awaitable<int> cmd_list(context& ctx);
 // Runs until interrupted (then exits 130): VM states from Lima for NAMES (all VMs when empty).
@@ -103,6 +103,14 @@ struct login_options {
 asio::awaitable<int> cmd_login(context& ctx, login_options opt);
 // `machine logout TOOL`: removes the tool's login from this computer (login.cpp).
 asio::awaitable<int> cmd_logout(context& ctx, std::string tool);
+// `machine pause|resume [NAME...]` (pause.cpp): QEMU's vCPUs stopped / continued.
+asio::awaitable<int> cmd_pause(context& ctx, std::vector<std::string> names, bool resume);
+// `machine snapshot [NAME] [TAG]`, `--list [NAME]`, `--delete NAME TAG` (pause.cpp).
+enum class snapshot_action { create, list, remove };
+asio::awaitable<int> cmd_snapshot(context& ctx, snapshot_action action, std::optional<std::string> name,
+                                  std::optional<std::string> tag);
+// `machine restore NAME TAG` (pause.cpp).
+asio::awaitable<int> cmd_restore(context& ctx, std::string name, std::string tag);
 enum class secrets_action { render, clear, list };
 asio::awaitable<int> cmd_secrets(context& ctx, std::optional<std::string> name, std::optional<std::string> repo,
                                  secrets_action action);

@@ -46,7 +46,9 @@ asio::awaitable<int> bake(context& ctx, const arguments& a) {
     co_return co_await cmd_bake(ctx, a.value("name"), a.flag("--force"));
 }
 
-asio::awaitable<int> down(context& ctx, const arguments& a) { co_return co_await cmd_down(ctx, a.value("name")); }
+asio::awaitable<int> down(context& ctx, const arguments& a) {
+    co_return co_await cmd_down(ctx, a.value("name"), a.flag("--hibernate"));
+}
 
 asio::awaitable<int> destroy(context& ctx, const arguments& a) {
     // "--force" is the key of "-y,--yes,--force" (an option's key is its last spelling).
@@ -54,6 +56,22 @@ asio::awaitable<int> destroy(context& ctx, const arguments& a) {
 }
 
 asio::awaitable<int> list(context& ctx, const arguments&) { co_return co_await cmd_list(ctx); }
+
+// pause and resume: the row's name says which.
+asio::awaitable<int> pause(context& ctx, const arguments& a) {
+    co_return co_await cmd_pause(ctx, a.values("names"), a.command == "resume");
+}
+
+asio::awaitable<int> snapshot(context& ctx, const arguments& a) {
+    const snapshot_action action = a.flag("--list")     ? snapshot_action::list
+                                   : a.flag("--delete") ? snapshot_action::remove
+                                                        : snapshot_action::create;
+    co_return co_await cmd_snapshot(ctx, action, a.value("name"), a.value("tag"));
+}
+
+asio::awaitable<int> restore(context& ctx, const arguments& a) {
+    co_return co_await cmd_restore(ctx, *a.value("name"), *a.value("tag"));
+}
 
 asio::awaitable<int> run(context& ctx, const arguments& a) {
     co_return co_await cmd_run(ctx, a.value("name").value_or(""), a.trailing);
@@ -194,12 +212,41 @@ const std::vector<command>& table() {
                          flag("--force", "rebuild even when the cached base is fresh"), json_flag()}}, bake),
         row({.name = "down",
              .help = "stop a project's VM (its disk is kept)",
-             .options = {positional("name", kProject, completes::project), json_flag()}}, down),
+             .options = {positional("name", kProject, completes::project),
+                         flag("--hibernate", "save the running VM's memory to disk first: the next up resumes it in "
+                                             "seconds, its processes and sessions as they were (machine's Lima stand-in)"),
+                         json_flag()}}, down),
         row({.name = "destroy",
              .help = "delete a project's VM and its disk",
              .options = {positional("name", kProject, completes::project),
                          flag("-y,--yes,--force", "do not ask for confirmation (--force: the reference tool's spelling)"),
                          json_flag()}}, destroy),
+        row({.name = "pause",
+             .help = "stop VMs' CPUs, keeping their memory: seconds to resume, sessions kept (QEMU only)",
+             .options = {positionals("names", "projects (default: the .machine.toml project, else 'default')",
+                                     completes::project),
+                         json_flag()}}, pause),
+        row({.name = "resume",
+             .help = "continue paused VMs; returns when each VM's agent answers again",
+             .options = {positionals("names", "projects (default: the .machine.toml project, else 'default')",
+                                     completes::project),
+                         json_flag()}}, pause),
+        row({.name = "snapshot",
+             .help = "take a snapshot of a project's VM (running: disk and memory; stopped: disk), list or delete them",
+             .options = {positional("name", kProject, completes::project),
+                         positional("tag", "the snapshot's name (default: snap-YYYYMMDD-HHMMSS, UTC)"),
+                         flag("--list", "the snapshots of the VM (default: of every VM)"),
+                         excluding(flag("--delete", "delete snapshot TAG of VM NAME"), {"--list"}),
+                         json_flag()},
+             .footer = R"(
+Snapshots are Lima's (limactl snapshot): a running VM's hold its disk and memory and restore
+both; a stopped VM's hold its disk only, and are restored while it is stopped. They live inside
+the VM's disk: destroy removes them with it.)"}, snapshot),
+        row({.name = "restore",
+             .help = "bring a project's VM back to a snapshot (its host key pin stays: it is the same machine)",
+             .options = {required(positional("name", kProject, completes::project)),
+                         required(positional("tag", "the snapshot to restore (machine snapshot --list)")),
+                         json_flag()}}, restore),
         row({.name = "list",
              .help = "VMs and configured projects",
              .options = {json_flag("one JSON object per line")},

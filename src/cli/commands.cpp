@@ -62,9 +62,12 @@ void unknown_project(const config::config& cfg, const std::string& name) {
     throw usage_error(msg);
 }
 
-awaitable<int> cmd_down(context& ctx, std::optional<std::string> name_opt) {
+awaitable<int> cmd_down(context& ctx, std::optional<std::string> name_opt, bool hibernate) {
     const std::string name = resolve_name(ctx, name_opt);
-    co_await vm::down(ctx.vm(), name);
+    if (hibernate)
+        co_await vm::hibernate(ctx.vm(), name);
+    else
+        co_await vm::down(ctx.vm(), name);
     co_return 0;
 }
 
@@ -97,13 +100,17 @@ awaitable<int> cmd_list(context& ctx) {
         int port;
         bool configured;
         bool base;  // a cached base new projects are cloned from (machine bake)
+        std::int64_t hibernated = 0;  // bytes of its saved state (machine down --hibernate)
     };
     std::vector<row> rows;
     for (const auto& i : instances) {
         seen.insert(i.name);
-        rows.push_back({i.name, std::string(i.status_text.empty() ? lima::to_string(i.state) : i.status_text),
+        // "Paused" comes from the VM's QEMU (one monitor query per running VM), Lima knows only Running.
+        const std::string status = co_await vm::shown_status(ctx.vm(), i);
+        rows.push_back({i.name, status,
                         i.cpus, i.memory_bytes, i.disk_bytes, i.ssh_local_port,
-                        cfg.projects.count(i.name) > 0, i.name.rfind("machine-base-", 0) == 0});
+                        cfg.projects.count(i.name) > 0, i.name.rfind("machine-base-", 0) == 0,
+                        vm::hibernated_bytes(i)});
     }
     for (const auto& [name, p] : cfg.projects) {
         if (seen.count(name)) continue;
@@ -117,7 +124,8 @@ awaitable<int> cmd_list(context& ctx) {
             nlohmann::ordered_json j{{"name", r.name},         {"status", r.status},
                                      {"configured", r.configured}, {"cpus", r.cpus},
                                      {"memory_bytes", r.memory}, {"disk_bytes", r.disk},
-                                     {"ssh_port", r.port}, {"cached_base", r.base}};
+                                     {"ssh_port", r.port}, {"cached_base", r.base},
+                                     {"hibernated_bytes", r.hibernated}};
             out += j.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n";
         }
     } else {
@@ -125,7 +133,10 @@ awaitable<int> cmd_list(context& ctx) {
         std::snprintf(line, sizeof line, "%-20s %-12s %4s %8s %8s  %s\n", "NAME", "STATUS", "CPUS", "MEMORY", "DISK", "SSH");
         out += line;
         for (const auto& r : rows) {
-            const std::string ssh = r.base ? "- (cached base)" : r.port ? "127.0.0.1:" + std::to_string(r.port) : "-";
+            const std::string ssh = r.base ? "- (cached base)"
+                                    : r.hibernated ? "- (hibernated: " + human_bytes(r.hibernated) + " saved)"
+                                    : r.port ? "127.0.0.1:" + std::to_string(r.port)
+                                             : "-";
             std::snprintf(line, sizeof line, "%-20s %-12s %4s %8s %8s  %s\n",
                           text::sanitize_for_terminal(r.name).c_str(), text::sanitize_for_terminal(r.status).c_str(),
                           r.cpus ? std::to_string(r.cpus).c_str() : "-", human_bytes(r.memory).c_str(),

@@ -117,6 +117,7 @@ awaitable<int> cmd_up(context& ctx, up_options opt) {
             std::snprintf(buf, sizeof buf, "%-9s %7.1fs", results[i].state.c_str(),
                           static_cast<double>(results[i].took.count()) / 1000.0);
             out += "  " + names[i] + std::string(width - names[i].size() + 2, ' ') + buf;
+            if (results[i].state == "ready" && !results[i].started.empty()) out += "  " + results[i].started;
             if (!results[i].message.empty()) out += "  " + text::sanitize_for_terminal(results[i].message);
             out += "\n";
         }

@@ -120,6 +120,19 @@ std::vector<std::string> argv_builder::shell(const std::string& name, const std:
 std::vector<std::string> argv_builder::version() const { return {limactl, "--version"}; }
 std::vector<std::string> argv_builder::info() const { return {limactl, "info"}; }
 
+std::vector<std::string> argv_builder::snapshot(const std::string& verb, const std::string& name,
+                                                const std::string& tag) const {
+    return {limactl, "--tty=false", "snapshot", verb, name, "--tag=" + tag};
+}
+
+std::vector<std::string> argv_builder::hibernate(const std::string& name) const {
+    return {limactl, "--tty=false", "hibernate", name};
+}
+
+std::vector<std::string> argv_builder::snapshot_list(const std::string& name) const {
+    return {limactl, "--tty=false", "snapshot", "list", name, "--quiet"};
+}
+
 // ---- client ----------------------------------------------------------------------------------
 
 client::client(fs::path limactl, cancel_signal* cancel, timeouts t)
@@ -136,7 +149,8 @@ std::string describe(const std::vector<std::string>& argv) {
         if (argv[i].rfind("--", 0) == 0 || argv[i] == "-f") continue;
         out += " " + argv[i];
         if (argv[i] != "list" && argv[i] != "create" && argv[i] != "start" && argv[i] != "stop" &&
-            argv[i] != "delete" && argv[i] != "clone" && argv[i] != "shell")
+            argv[i] != "delete" && argv[i] != "clone" && argv[i] != "shell" && argv[i] != "snapshot" &&
+            argv[i] != "apply" && argv[i] != "hibernate")
             break;  // the verb and its first operand are enough
     }
     return out;
@@ -200,15 +214,32 @@ awaitable<std::string> client::version() {
     co_return normalize_version(text::trim(r.out));
 }
 
-awaitable<bool> client::isolates_network() {
+awaitable<std::string> client::info_json() {
     // One Lima per process: its answer does not change while machine runs.
-    static std::optional<bool> known;
-    if (known) co_return *known;
-    auto argv = argv_.info();
-    const auto r = co_await invoke(std::move(argv), timeouts_.query, cancel_, env_);
-    if (!r.ok()) fail("limactl info", r);
-    known = parse_info_isolates(r.out);
+    static std::optional<std::string> known;
+    if (!known) {
+        auto argv = argv_.info();
+        const auto r = co_await invoke(std::move(argv), timeouts_.query, cancel_, env_);
+        if (!r.ok()) fail("limactl info", r);
+        known = r.out;
+    }
     co_return *known;
+}
+
+awaitable<bool> client::isolates_network() {
+    const std::string info = co_await info_json();
+    co_return parse_info_isolates(info);
+}
+
+awaitable<bool> client::can_hibernate() {
+    const std::string info = co_await info_json();
+    co_return parse_info_flag(info, "machineHibernate");
+}
+
+awaitable<void> client::hibernate(std::string name) {
+    auto argv = argv_.hibernate(name);
+    // Writing the guest's memory to disk: a start's allowance.
+    co_await invoke_checked(std::move(argv), timeouts_.start, cancel_, env_);
 }
 
 awaitable<std::vector<instance>> client::list() {
@@ -312,6 +343,56 @@ awaitable<shell_result> client::shell(std::string name, std::vector<std::string>
     // instance, stopped) are fatal lines with status 1.
     if (r.exit_code == 1 && !fatal_message(r.err).empty()) fail("limactl shell " + name, r);
     co_return shell_result{r.status(), r.out, r.err};
+}
+
+// ---- QMP and snapshots ------------------------------------------------------------------------
+
+namespace {
+
+// A status query or a stop/cont is answered at once by a QEMU that works.
+constexpr std::chrono::milliseconds qmp_timeout{3000};
+
+fs::path qmp_socket_of(const std::string& name) {
+    // The socket's path is ours to make: LIMA_HOME and a project name, nothing anyone printed.
+    if (!text::is_valid_project_name(name)) throw error("not a VM name: " + text::escape_for_terminal(name));
+    return qmp_socket(lima::instance_dir(name));
+}
+
+} // namespace
+
+awaitable<std::string> client::run_state(std::string name) {
+    co_return parse_qmp_status(qmp_execute(qmp_socket_of(name), R"({"execute":"query-status"})", qmp_timeout));
+}
+
+awaitable<void> client::pause(std::string name) {
+    qmp_execute(qmp_socket_of(name), R"({"execute":"stop"})", qmp_timeout);
+    co_return;
+}
+
+awaitable<void> client::resume(std::string name) {
+    qmp_execute(qmp_socket_of(name), R"({"execute":"cont"})", qmp_timeout);
+    co_return;
+}
+
+awaitable<std::vector<std::string>> client::snapshots(std::string name) {
+    auto argv = argv_.snapshot_list(name);
+    const auto r = co_await invoke(std::move(argv), timeouts_.query, cancel_, env_);
+    if (!r.ok()) fail("limactl snapshot list " + name, r);
+    co_return parse_snapshot_tags(r.out);
+}
+
+awaitable<std::vector<std::string>> client::snapshot(std::string verb, std::string name, std::string tag) {
+    auto argv = argv_.snapshot(verb, name, tag);
+    // savevm/loadvm write or read the guest's whole memory: a start's allowance.
+    const auto r = co_await invoke(std::move(argv), timeouts_.start, cancel_, env_);
+    if (!r.ok()) fail("limactl snapshot " + verb + " " + name, r);
+    std::vector<std::string> warnings;
+    for (const auto& raw : text::split_lines(r.err)) {
+        const auto line = parse_log_line(raw);
+        if (line && line->level == "warning" && line->msg.find("is experimental") == std::string::npos)
+            warnings.push_back(line->msg);
+    }
+    co_return warnings;
 }
 
 } // namespace machine::lima

@@ -316,11 +316,24 @@ std::optional<std::chrono::system_clock::time_point> parse_rfc3339(std::string_v
            std::chrono::duration_cast<std::chrono::system_clock::duration>(std::chrono::nanoseconds(nanos));
 }
 
-bool parse_info_isolates(std::string_view json_text) {
+bool parse_info_flag(std::string_view json_text, std::string_view key) {
     const json doc = json::parse(json_text, nullptr, false);
     if (!doc.is_object()) return false;
-    const auto it = doc.find("machineEgress");
+    const auto it = doc.find(std::string(key));
     return it != doc.end() && it->is_boolean() && it->get<bool>();
+}
+
+bool parse_info_isolates(std::string_view json_text) { return parse_info_flag(json_text, "machineEgress"); }
+
+std::optional<hibernate_outcome> parse_hibernate_outcome(std::string_view json_text) {
+    const json doc = json::parse(json_text, nullptr, false);
+    if (!doc.is_object() || !doc.contains("resumed") || !doc["resumed"].is_boolean()) return std::nullopt;
+    hibernate_outcome o;
+    o.resumed = doc["resumed"].get<bool>();
+    if (doc.contains("took") && doc["took"].is_number()) o.took_seconds = doc["took"].get<double>();
+    if (doc.contains("reason") && doc["reason"].is_string())
+        o.reason = text::escape_for_terminal(doc["reason"].get<std::string>().substr(0, 500));
+    return o;
 }
 
 } // namespace machine::lima

@@ -19,6 +19,8 @@ awaitable<void> down(context& ctx, const std::string& name) {
         ctx.emit(events::vm_state(name, "stopped", "already stopped; nothing to do"));
         co_return;
     }
+    // A paused guest would not hear the power button: continue it, then stop it.
+    if (existing->state == lima::status::running && runs_on_qemu(*existing)) co_await resume_if_paused(ctx, lima, name);
     const auto t0 = std::chrono::steady_clock::now();
     ctx.emit(events::step_started(name, "stop"));
     // A broken VM (one of its processes gone) cannot stop gracefully: force it.

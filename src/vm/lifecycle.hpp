@@ -32,6 +32,11 @@ asio::awaitable<std::shared_ptr<ssh::session>> open_guest(context& ctx, std::str
 /// "machine down NAME && machine up NAME" (one wording for every such warning).
 std::string restart_hint(const std::string& name);
 
+/// Sets the guest's clock from the host's through its agent (as root), saying by how much it was
+/// off when that is 2 s or more: after a pause, a hibernation or a snapshot's memory the guest's
+/// clock is where it stood (the guest has no time sync of its own). A failure is a warning.
+asio::awaitable<void> sync_guest_clock(context& ctx, std::shared_ptr<ssh::session> session, const std::string& name);
+
 /// Waits until the agent reports this boot's boot.finished and user.ready.
 asio::awaitable<void> wait_until_ready(context& ctx, std::string name, std::shared_ptr<ssh::session> session);
 

@@ -1,4 +1,5 @@
 // Bringing VMs up: one (up_one), or several at once within a bounded window (up_many).
+#include <algorithm>
 #include <fstream>
 
 #include <asio/this_coro.hpp>
@@ -52,7 +53,8 @@ bool starts_from_base(const up_target& t, bool agent) {
     return agent && !t.base.steps.empty() && config::size_bytes(t.project.disk) >= config::size_bytes(base_disk);
 }
 
-awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel, const prelisted* seen) {
+awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel, const prelisted* seen,
+                       std::string* started) {
     const auto t0 = std::chrono::steady_clock::now();
     const config::project& project = target.project;
     const std::string name = project.name;
@@ -65,6 +67,8 @@ awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel, co
     else
         existing = co_await lima.find(name);
     const bool was_running = existing && existing->state == lima::status::running;
+    // A paused VM answers nothing: continue it first (its SSH and tmux sessions are as they were).
+    if (was_running && runs_on_qemu(*existing)) co_await resume_if_paused(ctx, lima, name);
     // cpus, memory and disk change only when the VM starts, and a disk only grows: a smaller one
     // is refused here, before anything runs.
     if (existing) {
@@ -102,6 +106,17 @@ awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel, co
     // What the stopped VM's lima.yaml must change to match the project (edited before its boot).
     std::vector<setting_change> before_start;
     if (existing && !was_running) before_start = changes_before_start(project, *existing, egress_socket_path.string());
+    // A hibernated VM resumes where it was, unless what QEMU runs it with changes now (or
+    // changed since): then it boots, saying why.
+    bool hibernated = existing && !was_running && existing->state == lima::status::stopped && hibernated_bytes(*existing) > 0;
+    if (hibernated && !before_start.empty()) {
+        forget_hibernation(name, existing->dir);
+        ctx.emit(events::message(name, "warning", "its hibernated state is dropped: " + describe_changes(before_start) +
+                                                      " change what the VM runs with; booting it instead"));
+        hibernated = false;
+    }
+    if (started) *started = was_running ? "" : existing ? "booted" : "created";
+    bool resumed = false;
     fs::path create_from;  // set when the start creates the VM from the project's template
     if (!existing) {
         // Nothing is created for a project whose code cannot be fetched.
@@ -140,13 +155,41 @@ awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel, co
         if (egress) co_await prepare_network(ctx, name, target.network);
         co_await edit_before_start(ctx, lima, name, before_start);
         const fs::path dir = existing ? fs::path(existing->dir) : lima.instance_dir(name);
+        if (hibernated) {
+            if (const std::string why = hibernation_obstacle(name, dir); !why.empty()) {
+                forget_hibernation(name, dir);
+                ctx.emit(events::message(name, "warning", "its hibernated state is dropped (" + why + "); booting it instead"));
+                hibernated = false;
+            } else {
+                ctx.say(name, "resuming from hibernation");
+            }
+        }
         co_await boot_instance(ctx, lima, name, dir / "ha.stdout.log", cancel, create_from);
+        if (hibernated) {
+            const auto outcome = lima::read_hibernate_outcome(dir);
+            forget_hibernation(name, dir);  // the state was used or dropped by the start; the record goes too
+            if (outcome && outcome->resumed) {
+                resumed = true;
+                if (started) *started = "resumed";
+                char took[32];
+                std::snprintf(took, sizeof took, "%.1f s", outcome->took_seconds);
+                ctx.say(name, std::string("resumed from hibernation in ") + took);
+            } else {
+                ctx.emit(events::message(name, "warning",
+                                         "the hibernated state could not be resumed (" +
+                                             (outcome ? outcome->reason : std::string("Lima said nothing about it")) +
+                                             "); the VM booted instead"));
+            }
+        }
     }
     if (ctx.agent) {
         if (!existing) existing = co_await lima.find(name);  // created by the start: its SSH settings
         if (!existing) throw error("limactl start succeeded but instance '" + name + "' is not listed");
         auto session = co_await open_guest(ctx, name, *existing, cancel);
-        if (!was_running) co_await wait_until_ready(ctx, name, session);
+        // A resumed VM is in the boot it was hibernated in, ready then: its readiness events may
+        // be far back in the agent's journal.
+        if (!was_running && !resumed) co_await wait_until_ready(ctx, name, session);
+        if (resumed) co_await sync_guest_clock(ctx, session, name);
         // The network rules go in before provisioning runs anything; a VM without nft yet gets
         // them once the base profile has installed it.
         guest_rules_options rules_opt;
@@ -225,7 +268,7 @@ awaitable<void> up_in_window(context& ctx, up_target target, const prelisted* se
         const std::string name = target.project.name;
         std::exception_ptr failure;
         try {
-            co_await up_one(ctx, std::move(target), cancel.get(), seen);
+            co_await up_one(ctx, std::move(target), cancel.get(), seen, &result.started);
         } catch (...) {
             failure = std::current_exception();
         }
@@ -281,8 +324,19 @@ awaitable<std::vector<up_outcome>> up_many(context& ctx, std::vector<up_target> 
     auto on_failure = [&] {
         if (fail_fast) cancel_all();
     };
+    // Hibernated VMs take the first places in the window: they are back in seconds (after a host
+    // reboot, they are where the user's work was). Outcomes stay in the targets' order.
+    std::vector<std::size_t> order(targets.size());
+    for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+    auto is_hibernated = [&](std::size_t i) {
+        lima::instance inst;
+        if (!seen.empty() && seen[i].instance) inst = *seen[i].instance;
+        else inst.dir = ctx.lima.instance_dir(targets[i].project.name).string();
+        return hibernated_bytes(inst) > 0;
+    };
+    std::stable_partition(order.begin(), order.end(), is_hibernated);
     task_group tasks(ex, log_task_failure);
-    for (std::size_t i = 0; i < targets.size(); ++i) {
+    for (const std::size_t i : order) {
         const prelisted* listed = seen.empty() ? nullptr : &seen[i];
         auto task = [&ctx, target = targets[i], listed, &slots, cancel = cancels[i], &result = results[i], on_failure]() {
             return up_in_window(ctx, target, listed, slots, cancel, result, on_failure);

@@ -62,6 +62,9 @@ struct watched_vm {
     // Ends the agent subscriber (running only while the VM runs).
     std::shared_ptr<cancel_signal> agent_stop;
     std::shared_ptr<agent_cursor> cursor;
+    // QEMU's vCPUs stopped (machine pause): told as a state of its own, while Lima's status
+    // (and so the agent follower and the secrets gate) stays "running".
+    bool paused = false;
 };
 
 std::string lowercase(std::string s) {
@@ -303,6 +306,15 @@ awaitable<void> watch(context& ctx, watch_options opt) {
                 }
                 // The agent can only be reached while the VM runs.
                 watched_vm& vm = known->second;
+                bool paused = false;
+                if (status == "running") {
+                    const std::string shown = co_await shown_status(ctx, *inst);
+                    paused = shown == "Paused";
+                }
+                if (paused != vm.paused) {
+                    vm.paused = paused;
+                    ctx.emit(events::vm_state(name, paused ? "paused" : "running", paused ? "" : "resumed"));
+                }
                 if (status == "running" && !vm.agent_stop && agents_wanted) {
                     vm.agent_stop = std::make_shared<cancel_signal>(ex);
                     const fs::path ssh_config = ssh_config_of(*inst);

@@ -442,6 +442,46 @@ BOOST_AUTO_TEST_CASE(json_events_have_the_envelope) {
     BOOST_TEST(last_type == "vm.done");
 }
 
+// Snapshots through `limactl snapshot` (the fake keeps tags), and what a Lima without a QEMU
+// monitor or hibernation says: the commands' arguments, output and exit codes end to end.
+BOOST_AUTO_TEST_CASE(snapshots_pause_and_hibernate_on_the_fake) {
+    world w;
+    BOOST_REQUIRE(w.machine({"up"}).exit_code == 0);
+    auto r = w.machine({"snapshot", "default", "t1"});
+    BOOST_TEST(r.exit_code == 0, r.err);
+    BOOST_TEST(contains(r.out, "'t1' (disk and memory)"), r.out);
+    r = w.machine({"snapshot", "--list"});
+    BOOST_TEST(r.exit_code == 0, r.err);
+    BOOST_TEST(contains(r.out, "default              t1\n"), r.out);
+    r = w.machine({"snapshot", "default", "t1"});
+    BOOST_TEST(r.exit_code == 1);
+    BOOST_TEST(contains(r.err, "already has a snapshot 't1'"), r.err);
+    r = w.machine({"restore", "default", "nope"});
+    BOOST_TEST(r.exit_code == 1);
+    BOOST_TEST(contains(r.err, "VM 'default' has no snapshot 'nope' (it has: t1); nothing was changed"), r.err);
+    r = w.machine({"restore", "default", "t1"});
+    BOOST_TEST(r.exit_code == 0, r.err);
+    BOOST_TEST(contains(r.out, "restored to 't1'"), r.out);
+    r = w.machine({"snapshot", "--delete", "default", "t1"});
+    BOOST_TEST(r.exit_code == 0, r.err);
+    r = w.machine({"snapshot", "--list", "default", "--json"});
+    BOOST_TEST(r.exit_code == 0);
+    BOOST_TEST(r.out.empty(), r.out);
+    r = w.machine({"snapshot", "--delete", "default"});
+    BOOST_TEST(r.exit_code == 2);
+    // The fake's qmp.sock is a plain file: no monitor to pause through.
+    r = w.machine({"pause"});
+    BOOST_TEST(r.exit_code == 1);
+    BOOST_TEST(contains(r.err, "is not a socket (no QEMU monitor)"), r.err);
+    // No machineHibernate in the fake's `limactl info`: a warning and a normal stop.
+    r = w.machine({"down", "--hibernate"});
+    BOOST_TEST(r.exit_code == 0, r.err);
+    BOOST_TEST(contains(r.out + r.err, "this Lima cannot hibernate a VM"), r.out + r.err);
+    r = w.machine({"list", "--json"});
+    BOOST_TEST(contains(r.out, "\"status\":\"Stopped\""), r.out);
+    BOOST_TEST(contains(r.out, "\"hibernated_bytes\":0"), r.out);
+}
+
 BOOST_AUTO_TEST_CASE(down_destroy_lifecycle) {
     world w;
     BOOST_REQUIRE(w.machine({"up"}).exit_code == 0);
@@ -1764,6 +1804,10 @@ const std::map<std::string, probe>& probes() {
         {"codex", {{"codex", "--session", "Bad!"}, 2, "invalid session name 'Bad!'"}},
         {"sessions", {{"sessions", "nosuch"}, 1, "VM 'nosuch' does not exist (run 'machine up nosuch')"}},
         {"secrets", {{"secrets", "nosuch"}, 1, "VM 'nosuch' does not exist (run 'machine up nosuch')"}},
+        {"pause", {{"pause", "nosuch"}, 1, "VM 'nosuch' does not exist (run 'machine up nosuch')"}},
+        {"resume", {{"resume", "nosuch"}, 1, "VM 'nosuch' does not exist (run 'machine up nosuch')"}},
+        {"snapshot", {{"snapshot", "alpha", "bad/tag"}, 2, "snapshot tag 'bad/tag' is not valid"}},
+        {"restore", {{"restore", "nosuch", "t1"}, 1, "VM 'nosuch' does not exist (run 'machine up nosuch')"}},
         {"net", {{"net", "nosuch"}, 0, "no connections recorded for 'nosuch' yet"}},
         {"login", {{"login", "--status"}, 0, "gh      not logged in"}},
         {"logout", {{"logout", "gh"}, 0, "gh: not logged in; nothing to remove"}},

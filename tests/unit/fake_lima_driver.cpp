@@ -4,6 +4,8 @@
 #include <asio/this_coro.hpp>
 #include <asio/use_awaitable.hpp>
 
+#include <algorithm>
+#include <fstream>
 #include <optional>
 #include <string_view>
 
@@ -81,7 +83,18 @@ awaitable<void> fake_lima_driver::create(std::string name, fs::path tmpl, std::v
 
 awaitable<void> fake_lima_driver::start(std::string name, lima::log_handler) {
     call("start", {name});
-    existing(name, "start").state = lima::status::running;
+    lima::instance& i = existing(name, "start");
+    i.state = lima::status::running;
+    // As the stand-in: a saved state is loaded (the "broken" one is not) and the outcome written.
+    if (const fs::path state = lima::hibernate_state(i.dir); fs::exists(state)) {
+        std::ifstream in(state);
+        std::string content((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        const bool ok = content == "saved";
+        lima::discard_hibernate_state(i.dir);
+        std::ofstream(fs::path(i.dir) / "hibernate.outcome")
+            << (ok ? R"({"resumed": true, "took": 1.5, "reason": ""})"
+                   : R"({"resumed": false, "took": null, "reason": "QEMU exited with status 1"})");
+    }
     co_return;
 }
 
@@ -144,6 +157,76 @@ awaitable<lima::shell_result> fake_lima_driver::shell(std::string name, std::vec
     args.insert(args.end(), cmd.begin(), cmd.end());
     call("shell", args);
     co_return lima::shell_result{0, "", ""};
+}
+
+// QMP: only a running QEMU has a monitor; its state is run_states' ("running" by default).
+// A query, not a change: not recorded (every list of a running VM asks), but it can fail ("qmp").
+awaitable<std::string> fake_lima_driver::run_state(std::string name) {
+    if (world_->failing.count("qmp")) throw lima::qmp_error("fake QMP failed");
+    const lima::instance& i = existing(name, "qmp");
+    if (i.state != lima::status::running) throw lima::qmp_error("no QEMU monitor for " + name);
+    const auto it = world_->run_states.find(name);
+    co_return it == world_->run_states.end() ? std::string("running") : it->second;
+}
+
+awaitable<void> fake_lima_driver::pause(std::string name) {
+    call("qmp stop", {name});
+    if (existing(name, "qmp").state != lima::status::running) throw lima::qmp_error("no QEMU monitor for " + name);
+    world_->run_states[name] = "paused";
+    co_return;
+}
+
+awaitable<void> fake_lima_driver::resume(std::string name) {
+    call("qmp cont", {name});
+    if (existing(name, "qmp").state != lima::status::running) throw lima::qmp_error("no QEMU monitor for " + name);
+    world_->run_states[name] = "running";
+    co_return;
+}
+
+awaitable<bool> fake_lima_driver::can_hibernate() { co_return world_->can_hibernate; }
+
+// As the stand-in: the state in <dir>/hibernate.state (a few bytes here), the instance stopped.
+awaitable<void> fake_lima_driver::hibernate(std::string name) {
+    call("hibernate", {name});
+    lima::instance& i = existing(name, "hibernate");
+    if (i.state != lima::status::running) throw lima::command_error("fake limactl hibernate: not running", 1, "");
+    fs::create_directories(i.dir);
+    std::ofstream(lima::hibernate_state(i.dir)) << "saved";
+    i.state = lima::status::stopped;
+    co_return;
+}
+
+awaitable<std::vector<std::string>> fake_lima_driver::snapshots(std::string name) {
+    call("snapshot list", {name});
+    existing(name, "snapshot list");
+    co_return world_->snapshots[name];
+}
+
+// As Lima's QEMU driver: an unknown tag fails with a bare "exit status 1" on a stopped VM and
+// is only a warning (HMP's output) on a running one.
+awaitable<std::vector<std::string>> fake_lima_driver::snapshot(std::string verb, std::string name, std::string tag) {
+    call("snapshot " + verb, {name, tag});
+    const lima::instance& i = existing(name, "snapshot " + verb);
+    auto& tags = world_->snapshots[name];
+    const auto it = std::find(tags.begin(), tags.end(), tag);
+    if (verb == "create") {
+        if (it == tags.end()) tags.push_back(tag);
+        if (i.state != lima::status::running) world_->disk_only.insert(tag);
+        co_return std::vector<std::string>{};
+    }
+    if (it == tags.end()) {
+        if (i.state == lima::status::running) {
+            if (verb == "apply") world_->run_states[name] = "restore-vm";  // QEMU's failed loadvm stops the guest
+            co_return std::vector<std::string>{"output: Error: Snapshot '" + tag + "' does not exist in one or more devices"};
+        }
+        throw lima::command_error("limactl snapshot " + verb + " " + name + ": exit status 1", 1, "");
+    }
+    if (verb == "delete") tags.erase(it);
+    if (verb == "apply" && i.state == lima::status::running && world_->disk_only.count(tag)) {
+        world_->run_states[name] = "restore-vm";  // QEMU's failed loadvm stops the guest
+        co_return std::vector<std::string>{"output: Error: This is a disk-only snapshot. Revert to it offline using qemu-img"};
+    }
+    co_return std::vector<std::string>{};
 }
 
 fs::path fake_lima_driver::instance_dir(const std::string& name) const { return world_->lima_home / name; }

@@ -30,6 +30,10 @@ public:
         std::vector<lima::ha_event> boot_events;             // what follow_host_agent reports during a start
         std::vector<lima::environment> environments;         // set_environment, in order
         bool isolates_network = false;                       // what `limactl info` would say
+        std::map<std::string, std::string> run_states;       // QEMU's (QMP); a running instance without one: "running"
+        std::map<std::string, std::vector<std::string>> snapshots;  // tags per instance
+        std::set<std::string> disk_only;
+        bool can_hibernate = false;                          // what `limactl info` would say                     // tags taken while stopped: QEMU cannot load them online
     };
 
     explicit fake_lima_driver(std::shared_ptr<world> w = std::make_shared<world>()) : world_(std::move(w)) {}
@@ -54,6 +58,13 @@ public:
     asio::awaitable<void> edit(std::string name, std::vector<std::string> sets) override;
     asio::awaitable<lima::shell_result> shell(std::string name, std::vector<std::string> cmd,
                                               std::string workdir) override;
+    asio::awaitable<std::string> run_state(std::string name) override;
+    asio::awaitable<void> pause(std::string name) override;
+    asio::awaitable<void> resume(std::string name) override;
+    asio::awaitable<bool> can_hibernate() override;
+    asio::awaitable<void> hibernate(std::string name) override;
+    asio::awaitable<std::vector<std::string>> snapshots(std::string name) override;
+    asio::awaitable<std::vector<std::string>> snapshot(std::string verb, std::string name, std::string tag) override;
     std::filesystem::path instance_dir(const std::string& name) const override;
     asio::awaitable<void> follow_host_agent(std::filesystem::path ha_log, std::function<bool(const lima::ha_event&)> on_event,
                                       cancel_signal* cancel, std::chrono::system_clock::time_point since) override;

@@ -6,7 +6,7 @@ The commands live in lifecycle.py (create/start/stop/delete/clone/edit/restart),
 import json
 import os
 
-from . import driver, lifecycle, listing, logrus, remote, store, template
+from . import driver, lifecycle, listing, logrus, remote, snapshot, store, template
 from .common import GLOBAL_FLAGS, GLOBAL_SHORT, Globals, UsageError, out, parse_flags
 from .logrus import Fatal, q
 
@@ -86,10 +86,10 @@ COMMANDS = {
     "list": listing.cmd_list, "ls": listing.cmd_list, "watch": listing.cmd_watch,
     "shell": remote.cmd_shell, "copy": remote.cmd_copy, "cp": remote.cmd_copy, "show-ssh": remote.cmd_show_ssh,
     "protect": cmd_protect, "unprotect": lambda a, g: cmd_protect(a, g, protect=False),
-    "validate": cmd_validate, "info": cmd_info,
+    "validate": cmd_validate, "info": cmd_info, "snapshot": snapshot.cmd_snapshot,
 }
 # Lima's, not the stand-in's: a clear refusal rather than "unknown command"
-NOT_IMPLEMENTED = {"snapshot", "disk", "factory-reset", "tmpl", "template", "sudoers", "prune", "start-at-login",
+NOT_IMPLEMENTED = {"disk", "factory-reset", "tmpl", "template", "sudoers", "prune", "start-at-login",
                    "tunnel", "network", "completion", "debug", "mcp", "show-ssh-config"}
 
 USAGE = """Lima: Linux virtual machines ({what}; see tools/README.md)

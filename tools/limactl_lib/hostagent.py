@@ -171,7 +171,7 @@ class HostAgent:
         if self.stop_event.is_set():
             self.emit(exiting=True, sshLocalPort=None)
             return 0
-        self._start_qemu_with_retries(accel)
+        self._resume_or_boot(accel)
         self.emit(sshLocalPort=self.port)
         boot = threading.Thread(target=self._boot, daemon=True, name="boot")
         boot.start()
@@ -205,11 +205,48 @@ class HostAgent:
                 parts.append(f.read().strip())
         return " ".join(parts)
 
-    def _start_qemu_with_retries(self, accel):
+    def _resume_or_boot(self, accel):
+        """With a saved state (`limactl hibernate`): QEMU loads it instead of booting; a state
+        that cannot be loaded is dropped and the instance boots cold (the disk is as the guest
+        left it when it was saved). hibernate.outcome says which, for whoever started us."""
+        from . import hibernate
+        state = hibernate.paths(self.dir)[0]
+        if not os.path.exists(state):
+            return self._start_qemu_with_retries(accel)
+        t0 = time.monotonic()
+        problem = hibernate.check(self.dir)
+        if problem is None:
+            self.log("info", "Resuming from the saved state (hibernate.state) instead of booting")
+            self._start_qemu_with_retries(accel, incoming=True)
+            problem = hibernate.load(self.dir, self.qemu)
+            if problem is None:
+                took = time.monotonic() - t0
+                hibernate.discard(self.dir)  # the guest moves on: the state is history now
+                hibernate.record_outcome(self.dir, True, took)
+                self.log("info", f"Resumed from hibernation in {took:.1f}s")
+                return None
+            # QEMU exits when it refuses a state: its own words say why better than the monitor's EOF
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.qemu.wait(timeout=5)
+            if self.qemu.poll() is not None:
+                with contextlib.suppress(OSError):
+                    with open(os.path.join(self.dir, "qemu.stderr.log"), errors="replace") as f:
+                        said = [line.strip() for line in f.read()[-4096:].splitlines() if line.strip()]
+                    if said:
+                        problem = f"QEMU refused it: {said[-1][:300]}"
+            else:
+                self.qemu.kill()
+            self.qemu.wait()
+        self.log("warning", f"Not resuming from the saved state: {problem}; booting instead")
+        hibernate.discard(self.dir)
+        hibernate.record_outcome(self.dir, False, reason=problem)
+        return self._start_qemu_with_retries(accel)
+
+    def _start_qemu_with_retries(self, accel, incoming=False):
         """A random free port can be taken by someone else before QEMU binds it: retry."""
         for attempt in range(3):
             try:
-                return self._start_qemu(accel)
+                return self._start_qemu(accel, incoming)
             except PortTaken:
                 if attempt == 2 or int(self.cfg["ssh"]["localPort"]):
                     raise
@@ -217,7 +254,7 @@ class HostAgent:
                 self.port = free_port()
                 sshutil.write_ssh_config(self.name, self.dir, self.cfg, self.port)
 
-    def _start_qemu(self, accel):
+    def _start_qemu(self, accel, incoming=False):
         mounts = cidata.guest_mounts(self.cfg)
         for m in mounts:
             if not os.path.isdir(m["location"]):
@@ -234,6 +271,8 @@ class HostAgent:
         argv = qemu.build_argv(self.name, self.dir, self.cfg, accel,
                                netns.SSH_INNER_PORT if egress else self.port, self._kernel_cmdline(), mounts,
                                boundary=bool(egress))
+        if incoming:
+            argv += ["-incoming", "defer"]
         if egress:
             if not os.path.exists(egress):
                 self.log("warning", f"the egress socket {egress} does not exist (yet): "

@@ -485,6 +485,40 @@ class NoVMDriver:
 
     # ------------------------------------------------------------------ shell / copy: on this host
     @staticmethod
+    def snapshot(inst, op, tag):
+        """Tags kept in fake-state.json; the table and Lima's quirks as the QEMU driver's (an
+        unknown tag on a stopped instance: `exit status 1`; on a running one: a warning)."""
+        from . import snapshot as snap
+        st = read_state(inst.dir) or {}
+        snaps = st.get("snapshots") or []
+        running = inst.status == "Running"
+        if running:
+            logrus.info("Sending HMP %s command" % {"create": "savevm", "apply": "loadvm", "delete": "delvm",
+                                                    "list": "info"}[op])
+        if op == "list":
+            if not snaps:
+                return ""
+            rows = [snap.table_header()] + [snap.table_row(i + 1, s["tag"], "0 B", s["date"])
+                                            for i, s in enumerate(snaps)]
+            return "\n".join(rows) + "\n"
+        known = [s for s in snaps if s["tag"] == tag]
+        if op == "create":
+            snaps = [s for s in snaps if s["tag"] != tag] + [{"tag": tag, "date": time.strftime("%Y-%m-%d %H:%M:%S")}]
+        elif not known:
+            if running:
+                logrus.warning(f"output: Error: Snapshot '{tag}' does not exist in one or more devices")
+                return ""
+            raise Fatal("exit status 1")
+        elif op == "delete":
+            snaps = [s for s in snaps if s["tag"] != tag]
+        else:
+            st["applied"] = st.get("applied", []) + [tag]
+        st["snapshots"] = snaps
+        write_state(inst.dir, st)
+        flog({"event": "snapshot", "op": op, "name": inst.name, "tag": tag, "running": running})
+        return ""
+
+    @staticmethod
     def shell(inst, v, cmd, only_assignments=False):
         if inst.status != "Running":
             logrus.write_line(f"ssh: connect to host 127.0.0.1 port {inst.ssh_port or 0}: Connection refused")

@@ -87,14 +87,21 @@ class QemuDriver:
         def hostagent(args, _g):
             from . import hostagent as ha  # only the host agent needs its HTTP server and QEMU code
             return ha.main(args)
-        return {"hostagent": hostagent}
+        def hibernate(args, g):
+            from . import hibernate as hib
+            return hib.cmd_hibernate(args, g)
+        return {"hostagent": hostagent, "hibernate": hibernate}
 
     @staticmethod
     def info_extra():
         """`limactl info` keys of the stand-in's own: machineEgress when the network boundary
-        (netns.py) works on this host, so machine knows it may write the template key."""
+        (netns.py) works on this host, so machine knows it may write the template key;
+        machineHibernate (always: QEMU migration to a file)."""
         from . import qemu
-        return {"machineEgress": True} if qemu.machine_egress_supported() else {}
+        extra = {"machineHibernate": True}  # `limactl hibernate`, and `start` resumes (hibernate.py)
+        if qemu.machine_egress_supported():
+            extra["machineEgress"] = True
+        return extra
 
     # ------------------------------------------------------------------ the test fake's knobs
     def fail_point(self, cmd, name=None):
@@ -269,6 +276,38 @@ class QemuDriver:
             if time.monotonic() > deadline:
                 raise Fatal("timed out waiting for instance to shut down after 3 minutes")
             time.sleep(0.2)
+
+    # ------------------------------------------------------------------ snapshot
+    def snapshot(self, inst, op, tag):
+        """Lima's QEMU driver (pkg/driver/qemu/qemu.go Save/Load/Del/List): HMP over QMP when
+        Running, qemu-img on the disk otherwise. HMP errors are output, not failures."""
+        if inst.status == "Running":
+            from . import qemu
+            hmp = {"create": "savevm", "apply": "loadvm", "delete": "delvm", "list": "info"}[op]
+            logrus.info(f"Sending HMP {hmp} command")
+            try:
+                # no deadline on the command itself (savevm writes the guest's memory), as Lima
+                q = qemu.QMP(inst.path("qmp.sock"), timeout=5)
+                q.sock.settimeout(None)
+                text = q.execute("human-monitor-command", **{"command-line": f"{hmp} {tag or 'snapshots'}"})
+                q.close()
+            except (OSError, ConnectionError, RuntimeError, ValueError) as e:
+                raise Fatal(str(e)) from e
+            if op == "list":
+                text = text.replace("\r", "")
+                text = text.replace("List of snapshots present on all disks:\n", "", 1)
+                return text.replace("There is no snapshot available.\n", "", 1)
+            if text:
+                logrus.warning(f"output: {text.strip()}")
+            return ""
+        flag = {"create": "-c", "apply": "-a", "delete": "-d", "list": "-l"}[op]
+        argv = ["qemu-img", "snapshot", flag] + ([tag] if tag else []) + [inst.path("disk")]
+        logrus.debug(f"Running qemu-img {argv[1:]} command")
+        r = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
+        if r.returncode != 0:
+            logrus.debug(f"qemu-img: {r.stderr.strip()}")
+            raise Fatal(exit_status(r.returncode))
+        return r.stdout.replace("Snapshot list:\n", "", 1) if op == "list" else ""
 
     # ------------------------------------------------------------------ shell / copy
     def shell(self, inst, v, cmd, only_assignments=False):
