@@ -24,9 +24,14 @@ using asio::awaitable;
 
 std::vector<std::string> run_in_dir(const std::string& dir, const std::vector<std::string>& command) {
     // sshd starts the command in the home directory, so a `cd` that fails (the repo is not
-    // cloned yet) leaves it there, silently. No command: the user's login shell (`ssh`).
+    // cloned yet) leaves it there, silently. No command: the user's login shell (`ssh`). A
+    // command is not run by a login shell, so it gets the agents' logins from the profile's
+    // script itself (guest-agent/PROTOCOL.md §8): `machine run web -- gh pr list` works.
     std::vector<std::string> argv{
-        "sh", "-c", "cd -- \"$1\" 2>/dev/null; shift; [ \"$#\" -gt 0 ] || exec \"$SHELL\" -l; exec \"$@\"", "sh", dir};
+        "sh", "-c",
+        "cd -- \"$1\" 2>/dev/null; shift; [ \"$#\" -gt 0 ] || exec \"$SHELL\" -l; "
+        "! [ -r /etc/profile.d/machine-credentials.sh ] || . /etc/profile.d/machine-credentials.sh; exec \"$@\"",
+        "sh", dir};
     argv.insert(argv.end(), command.begin(), command.end());
     return argv;
 }
@@ -45,6 +50,29 @@ awaitable<void> verify_pin(context& ctx, std::string name, lima::instance inst) 
     const ssh::host_key_pin pin = vm::pin_of(name, false);  // refuses a VM without one
     const ssh::endpoint ep = ssh::endpoint_from_lima_ssh_config(vm::ssh_config_of(inst));
     auto session = co_await ssh::session::connect(ep, pin, &ctx.cancel);
+    session->close();
+}
+
+awaitable<void> verify_pin_and_deliver(context& ctx, const config::project& project, lima::instance inst) {
+    const std::string& name = project.name;
+    const ssh::host_key_pin pin = vm::pin_of(name, false);  // refuses a VM without one
+    const ssh::endpoint ep = ssh::endpoint_from_lima_ssh_config(vm::ssh_config_of(inst));
+    auto session = co_await ssh::session::connect(ep, pin, &ctx.cancel);
+    if (ctx.vm().agent) {
+        // On the connection that checked the pin: the logins the VM lacks (after a boot, a new
+        // `machine login`), read and rendered; none when it has them all (one secrets.list).
+        // Never in the way of the attach: a problem is a warning.
+        try {
+            vm::credentials_sync_options missing;  // named: g++ 12 and a braced list in co_await
+            const vm::credentials_outcome o = co_await vm::sync_credentials(ctx.vm(), project, session, std::move(missing));
+            if (!o.delivered.empty() || !o.removed.empty()) ctx.say(name, vm::describe(o));
+        } catch (const interrupted_error&) {
+            throw;
+        } catch (const std::exception& e) {
+            ctx.emit(events::message(name, "warning",
+                                     text::sanitize_for_terminal(std::string("credentials not delivered: ") + e.what())));
+        }
+    }
     session->close();
 }
 
@@ -157,7 +185,7 @@ awaitable<int> cmd_agent_session(context& ctx, std::string agent, std::optional<
     const std::string name = resolve_name(ctx, name_opt);
     const config::project project = ctx.cfg().resolve(name);
     const lima::instance inst = co_await running_vm(ctx, name);
-    co_await verify_pin(ctx, name, inst);
+    co_await verify_pin_and_deliver(ctx, project, inst);
     const vm::agent_environment agent_env = co_await vm::prepare_agent_forwarding(ctx.vm(), project, &inst, true);
     const std::vector<std::string> remote{guest::agent_install_path, "session", "attach", "--name", session,
                                           "--agent", agent, "--dir", primary_repo_dir(project)};
@@ -172,7 +200,7 @@ awaitable<int> cmd_ssh(context& ctx, std::optional<std::string> name_opt) {
     const std::string name = resolve_name(ctx, name_opt);
     const config::project project = ctx.cfg().resolve(name);
     const lima::instance inst = co_await vm::require_running(ctx.vm(), name);
-    co_await verify_pin(ctx, name, inst);
+    co_await verify_pin_and_deliver(ctx, project, inst);
     const vm::agent_environment agent_env = co_await vm::prepare_agent_forwarding(ctx.vm(), project, &inst, true);
     // The user's login shell (zsh or bash, as configured), where `run` runs its commands.
     const std::vector<std::string> remote = in_primary_repo(project, {});
@@ -185,7 +213,7 @@ awaitable<int> cmd_run(context& ctx, std::string name, std::vector<std::string> 
     if (command.empty()) throw usage_error("usage: machine run NAME -- COMMAND [ARGS...]");
     const config::project project = ctx.cfg().resolve(name);
     const lima::instance inst = co_await vm::require_running(ctx.vm(), name);
-    co_await verify_pin(ctx, name, inst);
+    co_await verify_pin_and_deliver(ctx, project, inst);
     const vm::agent_environment agent_env = co_await vm::prepare_agent_forwarding(ctx.vm(), project, &inst, false);
     // A terminal only when both ends are one (`machine run web -- vim`); pipes stay clean.
     const bool tty = stdin_is_terminal() && stdout_is_terminal();

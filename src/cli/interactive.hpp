@@ -33,6 +33,11 @@ std::vector<std::string> in_primary_repo(const config::project& p, const std::ve
 /// rewritten from the pin on the way.
 asio::awaitable<void> verify_pin(context& ctx, std::string name, lima::instance inst);
 
+/// verify_pin, then, on the same connection, the agents' logins the project's VM lacks
+/// delivered (vm::sync_credentials): what `machine claude|codex|ssh|run` do before OpenSSH. A
+/// delivery that fails is a warning; the attach goes on.
+asio::awaitable<void> verify_pin_and_deliver(context& ctx, const config::project& project, lima::instance inst);
+
 /// What `machine pin` did: the fingerprint recorded (or found), the one it replaced.
 struct pin_outcome {
     std::string fingerprint;
