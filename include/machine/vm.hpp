@@ -443,12 +443,14 @@ struct credentials_outcome {
     std::vector<std::string> unchanged;  // the VM had the current login already
     std::vector<std::string> kept;       // the source failed: the VM keeps what it had (a warning says so)
     std::vector<std::string> removed;    // no longer allowed or logged in: zero-filled and removed
+    std::vector<std::string> warnings;   // sanitized: a source that failed, a login file refused
 };
 
 // Makes the VM's credential sets what the project may receive: each allowed, logged-in tool's
 // current login rendered (PROTOCOL.md §8), every other tool's sets (and older logins' sets)
 // cleared. A source that fails (1Password locked, a command exiting 1) is a warning naming the
-// tool, and the VM keeps that tool's previous set. Throws for a failure of the channel.
+// tool (in the outcome: the caller says it where its output goes), and the VM keeps that tool's
+// previous set. Throws for a failure of the channel.
 asio::awaitable<credentials_outcome> sync_credentials(context& ctx, const config::project& project,
                                                       std::shared_ptr<ssh::session> session,
                                                       credentials_sync_options options);

@@ -58,19 +58,30 @@ awaitable<void> verify_pin_and_deliver(context& ctx, const config::project& proj
     const ssh::host_key_pin pin = vm::pin_of(name, false);  // refuses a VM without one
     const ssh::endpoint ep = ssh::endpoint_from_lima_ssh_config(vm::ssh_config_of(inst));
     auto session = co_await ssh::session::connect(ep, pin, &ctx.cancel);
-    if (ctx.vm().agent) {
+    // Nothing to deliver, nothing to ask the VM (an attach stays as fast as it was): no login
+    // the project may receive. What the VM may still hold from before goes at the next `up`.
+    bool wanted = ctx.vm().agent;
+    try {
+        wanted = wanted && !vm::credentials_for(project, credentials::store::at_default()).empty();
+    } catch (const error&) {
+        // A login file machine refuses: sync_credentials says which.
+    }
+    if (wanted) {
         // On the connection that checked the pin: the logins the VM lacks (after a boot, a new
         // `machine login`), read and rendered; none when it has them all (one secrets.list).
         // Never in the way of the attach: a problem is a warning.
         try {
             vm::credentials_sync_options missing;  // named: g++ 12 and a braced list in co_await
             const vm::credentials_outcome o = co_await vm::sync_credentials(ctx.vm(), project, session, std::move(missing));
-            if (!o.delivered.empty() || !o.removed.empty()) ctx.say(name, vm::describe(o));
+            // On stderr: stdout is the command's (`machine run web -- cat x > y`).
+            for (const auto& w : o.warnings) std::fprintf(stderr, "machine: %s: warning: %s\n", name.c_str(), w.c_str());
+            if (!o.delivered.empty() || !o.removed.empty())
+                std::fprintf(stderr, "machine: %s: %s\n", name.c_str(), vm::describe(o).c_str());
         } catch (const interrupted_error&) {
             throw;
         } catch (const std::exception& e) {
-            ctx.emit(events::message(name, "warning",
-                                     text::sanitize_for_terminal(std::string("credentials not delivered: ") + e.what())));
+            std::fprintf(stderr, "machine: %s: warning: credentials not delivered: %s\n", name.c_str(),
+                         text::sanitize_for_terminal(e.what()).c_str());
         }
     }
     session->close();

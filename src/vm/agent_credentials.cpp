@@ -84,7 +84,7 @@ awaitable<credentials_outcome> sync_credentials(context& ctx, const config::proj
                 login = store.find(tool);
             } catch (const error& e) {
                 // A login file machine refuses to read (a symlink, malformed): as if a source failed.
-                ctx.emit(events::message(name, "warning", text::sanitize_for_terminal("credentials: " + std::string(e.what()))));
+                out.warnings.push_back(text::sanitize_for_terminal("credentials: " + std::string(e.what())));
                 out.kept.push_back(tool);
                 continue;
             }
@@ -107,11 +107,10 @@ awaitable<credentials_outcome> sync_credentials(context& ctx, const config::proj
                     const bool had = std::any_of(present.begin(), present.end(), [&](const pr::secret_set_info& i) {
                         return i.set.starts_with(tool_prefix(tool));
                     });
-                    ctx.emit(events::message(
-                        name, "warning",
+                    out.warnings.push_back(
                         text::sanitize_for_terminal("credentials: " + tool + ": " + e.what() + "; " +
                                                     (had ? "the VM keeps its previous " + tool + " credential"
-                                                         : "the VM has no " + tool + " credential"))));
+                                                         : "the VM has no " + tool + " credential")));
                     out.kept.push_back(tool);
                     continue;
                 }

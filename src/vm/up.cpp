@@ -31,8 +31,9 @@ awaitable<void> deliver_credentials(context& ctx, const config::project& project
     try {
         credentials_sync_options options;
         options.reread = true;
-        const std::string said = describe(co_await sync_credentials(ctx, project, std::move(session), options));
-        if (!said.empty()) ctx.say(project.name, said);
+        const credentials_outcome o = co_await sync_credentials(ctx, project, std::move(session), options);
+        for (const auto& w : o.warnings) ctx.emit(events::message(project.name, "warning", w));
+        if (const std::string said = describe(o); !said.empty()) ctx.say(project.name, said);
     } catch (const interrupted_error&) {
         throw;
     } catch (const std::exception& e) {

@@ -205,8 +205,9 @@ awaitable<void> rerender_secrets(context& ctx, config::project project, fs::path
         const ssh::endpoint ep = ssh::endpoint_from_lima_ssh_config(ssh_config);
         auto session = co_await ssh::session::connect(ep, pin_of(name, false), &ctx.cancel, 10s);
         credentials_sync_options logins;  // what the VM lacks: after a boot, everything
-        const std::string said = describe(co_await sync_credentials(ctx, project, session, std::move(logins)));
-        if (!said.empty()) ctx.say(name, said + " after the boot");
+        const credentials_outcome o = co_await sync_credentials(ctx, project, session, std::move(logins));
+        for (const auto& w : o.warnings) ctx.emit(events::message(name, "warning", w));
+        if (const std::string said = describe(o); !said.empty()) ctx.say(name, said + " after the boot");
         if (project.secrets_on_up) {
             secrets_sync_options missing;
             missing.only_missing = true;

@@ -121,6 +121,20 @@ def check_credentials(tap, args, env, guest, outputs, write_project):
     rc, out, err = guest.run("bash", "-lc", "timeout 60 gh auth status", timeout=120)
     tap.result("GH_TOKEN" in out + err, "gh auth status names GH_TOKEN as the token's source (offline: its check "
                "against GitHub cannot succeed here)", secrets_checks_redact(out + err))
+    # Claude Code itself, offline: `claude auth status --json` (the real binary, not the smoke's
+    # stand-in) reads the environment; the same without the variable is the control. A version
+    # without that subcommand is a note, not a pass.
+    status_cmd = "timeout 90 /usr/local/bin/claude auth status --json 2>&1"
+    rc, out, err = guest.run("bash", "-lc", status_cmd, timeout=150)
+    rc0, out0, _ = guest.run("bash", "-lc", "unset CLAUDE_CODE_OAUTH_TOKEN ANTHROPIC_API_KEY; " + status_cmd, timeout=150)
+    squash = lambda t: t.replace(" ", "").lower()  # noqa: E731
+    logged = lambda t: '"loggedin":true' in squash(t) or '"logged_in":true' in squash(t)  # noqa: E731
+    if "unknown" in (out + out0).lower() and not logged(out):
+        tap.note("claude auth status is not in this Claude Code: %s" % secrets_checks_redact(out)[-300:])
+    else:
+        tap.result(rc == 0 and logged(out) and not logged(out0),
+                   "Claude Code (claude auth status, offline) is logged in with the delivered token, and not without it",
+                   "with: %s\nwithout: %s" % (secrets_checks_redact(out)[-600:], secrets_checks_redact(out0)[-400:]))
     rc, out, err = guest.run("bash", "-lc", "timeout 60 codex login status", timeout=120)
     tap.note("codex login status (offline, informative only): %s" % secrets_checks_redact(out + err)[-300:])
 
