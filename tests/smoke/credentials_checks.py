@@ -211,6 +211,10 @@ def check_credentials(tap, args, env, guest, outputs, write_project):
                got == {"GH_TOKEN": None}, "machine logout gh removes it from the host and the running VM",
                r.stdout + r.stderr + diag)
 
+    # The codex login's command fails from here on: out, so that later checks' attaches stay quiet.
+    r, _ = machine(args, env, "logout", "codex")
+    outputs += [r.stdout, r.stderr]
+
     # Leaks: no token in any process's argv or environment here, nor in the VM but the agent
     # sessions' and shells' own (which must have it), nor in anything machine printed or keeps
     # (the stored tokens' own 0600 files excepted).
