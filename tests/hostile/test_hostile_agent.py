@@ -704,10 +704,34 @@ class Suite:
             printed = "\n".join(first.lines() + second.lines())
             if gh in printed or codex in printed:
                 problems.append("a token was printed")
+            # A login whose source fails: an attach that finds its set in the VM reads nothing; one
+            # that finds it missing (after a boot) says so, and attaches all the same.
+            c.world.write_projects('[%s]\nagent_auth = ["gh", "claude", "codex"]\n' % vm)
+            token_file = os.path.join(c.tmp, "codex-token")
+            with open(token_file, "w") as f:
+                f.write(codex + "\n")
+            r = subprocess.run([self.args.machine, "login", "codex", "--from-command", "--", "cat", token_file],
+                               env=c.world.env, capture_output=True, text=True, timeout=60)
+            delivered = c.machine("run", vm, "--", "true").wait(END_LIMIT_S)
+            os.unlink(token_file)
+            unchanged = c.machine("run", vm, "--", "true").wait(END_LIMIT_S)
+            with c.agent.lock:
+                for n in [n for n in c.agent.sets if n.startswith("machine-cred-codex-")]:
+                    del c.agent.sets[n]
+            missing = c.machine("run", vm, "--", "true").wait(END_LIMIT_S)
+            said = "\n".join(missing.lines())
+            if r.returncode != 0 or "credentials: codex delivered" not in "\n".join(delivered.lines()):
+                problems.append("the codex login from a command was not delivered: %s %s"
+                                % (r.stderr[-200:], "\n".join(delivered.lines())[-200:]))
+            if unchanged.rc != 0 or "warning" in "\n".join(unchanged.lines()):
+                problems.append("an attach with the set in place read the failing source: %s"
+                                % "\n".join(unchanged.lines())[-300:])
+            if missing.rc != 0 or "credentials: codex: " not in said or "the VM has no codex credential" not in said:
+                problems.append("a failing source at an attach: exit %s, said %r" % (missing.rc, said[-400:]))
             out = c.machine("logout", "gh").wait(END_LIMIT_S)
             if out.rc != 0 or "removed from the running VMs: %s" % vm not in "\n".join(out.lines()):
                 problems.append("logout: exit %s: %s" % (out.rc, "\n".join(out.lines())[-300:]))
-            if c.agent.logins():
+            if any(n.startswith("machine-cred-gh-") for n in c.agent.logins()):
                 problems.append("after logout the VM still has %s" % sorted(c.agent.logins()))
             self.report.check(name, not problems, "; ".join(problems))
         finally:
