@@ -416,6 +416,22 @@ private:
     std::string problem_;
 };
 
+} // namespace
+
+std::string agent_command(const std::string& shell, const std::string& agent) {
+    // The repo's environment as an interactive shell there has it: direnv's hook runs
+    // `direnv export` at each prompt, which a `-c` shell never shows, so it is run once here
+    // (an .envrc not allowed is direnv's error on the pane, and the agent starts without it).
+    // Only bash and zsh: direnv's export is in the shell's own syntax.
+    const std::string_view base = std::string_view(shell).substr(shell.rfind('/') + 1);
+    std::string out;
+    if (base == "bash" || base == "zsh")
+        out = "command -v direnv >/dev/null 2>&1 && eval \"$(direnv export " + std::string(base) + ")\"; ";
+    return out + "exec " + agent;
+}
+
+namespace {
+
 // Sends `sig` to the agent CLI's process group when it has its own (the terminal's foreground
 // one), else to it alone.
 void forward(pid_t pid, int sig) {
@@ -497,9 +513,10 @@ int run(const session_args& a) {
     reg.wait_first_answer();
     if (!reg.problem().empty()) note(reg.problem());
 
-    // The agent CLI through the login shell, so that PATH and the profile apply. The command
-    // word comes from the agent kind, never from input.
-    const std::string command = "exec " + a.agent;
+    // The agent CLI through the login shell, so that PATH and the profile apply (the agents'
+    // logins among them: /etc/profile.d/machine-credentials.sh). The command word comes from the
+    // agent kind, never from input.
+    const std::string command = agent_command(shell, a.agent);
     std::vector<char*> argv = {const_cast<char*>(shell.c_str()), const_cast<char*>("-l"), const_cast<char*>("-c"),
                                const_cast<char*>(command.c_str()), nullptr};
     const std::string exec_failed = "machine-agent session: cannot run " + shell + "\n";

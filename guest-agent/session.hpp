@@ -17,4 +17,9 @@ namespace machine::agent {
 /// `--socket PATH` overrides it. Returns the exit status: 2 for a bad command line or name.
 int session_command(int argc, char** argv, const std::string& socket);
 
+/// What `session run` gives the login shell `shell` (`$SHELL -l -c COMMAND`) to start `agent`:
+/// for bash and zsh, the working directory's direnv environment first (`direnv export`, as the
+/// interactive hook would load it, when direnv is installed), then `exec AGENT`.
+std::string agent_command(const std::string& shell, const std::string& agent);
+
 } // namespace machine::agent

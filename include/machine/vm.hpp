@@ -20,6 +20,7 @@
 #include "machine/agent_proxy.hpp"
 #include "machine/cancel.hpp"
 #include "machine/config.hpp"
+#include "machine/credentials.hpp"
 #include "machine/events.hpp"
 #include "machine/lima.hpp"
 #include "machine/net.hpp"
@@ -351,14 +352,15 @@ struct watch_options {
     std::vector<std::string> names;             // the VMs to watch; none: every VM
     std::chrono::milliseconds poll{2000};       // how often Lima's list is polled
     std::chrono::milliseconds audit_poll{250};  // how often each VM's audit log is read
-    // The project `name` when its secrets are rendered again after a boot (secrets_on_up).
-    std::function<std::optional<config::project>(const std::string& name)> secrets_on_up;
+    // The project of the VM `name`, when it is one that projects.toml (or .machine.toml)
+    // configures: after a boot its logins are rendered again, and its secrets with secrets_on_up.
+    std::function<std::optional<config::project>(const std::string& name)> after_boot;
 };
 
 /// Runs until ctx.cancel fires, then throws interrupted_error: VMs appearing, changing state and
 /// disappearing (Lima's list), each VM's host agent events, each running VM's guest agent
-/// events (with ctx.agent), and the secrets of a project with secrets_on_up rendered again after
-/// a boot, all told as events. Nothing it started is left running.
+/// events (with ctx.agent), and after a boot the agents' logins of a configured project, and its
+/// secrets with secrets_on_up, rendered again, all told as events. Nothing it started is left running.
 asio::awaitable<void> watch(context& ctx, watch_options opt);
 
 /// watch's follower of one VM's network: each record appended to `audit_log` (its egress
@@ -534,6 +536,61 @@ asio::awaitable<void> sync_secrets(context& ctx, const config::project& project,
 
 // The same for the running VM of `project`, over a connection of its own (`machine secrets`).
 asio::awaitable<void> sync_secrets(context& ctx, const config::project& project, secrets_sync_options options);
+
+// ---- The agents' logins in a VM (agent_credentials.cpp) ------------------------------------
+
+// The secret set that carries a login in a VM: `machine-cred-<tool>-<16 hex>`, the hex a
+// fingerprint of the login's description (tool, variable, source, when it was set), never of its
+// value. A new `machine login` gives a new name.
+std::string credential_set_name(const credentials::login& l);
+
+// The tools whose login the project's VM receives: allowed by its agent_auth (absent: every
+// tool) and logged in on this computer. Throws machine::error for a login file it refuses.
+std::vector<std::string> credentials_for(const config::project& p, const credentials::store& store);
+
+struct credentials_sync_options {
+    // Read every source again and render (`up`, after a boot). Otherwise (an attach) only a
+    // login the VM does not have yet is read and rendered: the set's name says which it has.
+    bool reread = false;
+    // `machine logout TOOL`: remove that tool's sets, read and touch nothing else.
+    std::optional<std::string> only_remove;
+    // Where the logins are; nullopt: credentials::store::at_default().
+    std::optional<credentials::store> store;
+};
+
+// What sync_credentials did, by tool; never a value.
+struct credentials_outcome {
+    std::vector<std::string> delivered;  // rendered now
+    std::vector<std::string> unchanged;  // the VM had the current login already
+    std::vector<std::string> kept;       // the source failed: the VM keeps what it had (a warning says so)
+    std::vector<std::string> removed;    // no longer allowed or logged in: zero-filled and removed
+    std::vector<std::string> warnings;   // sanitized: a source that failed, a login file refused
+};
+
+// Makes the VM's credential sets what the project may receive: each allowed, logged-in tool's
+// current login rendered (PROTOCOL.md §8), every other tool's sets (and older logins' sets)
+// cleared. A source that fails (1Password locked, a command exiting 1) is a warning naming the
+// tool (in the outcome: the caller says it where its output goes), and the VM keeps that tool's
+// previous set. Throws for a failure of the channel.
+asio::awaitable<credentials_outcome> sync_credentials(context& ctx, const config::project& project,
+                                                      std::shared_ptr<ssh::session> session,
+                                                      credentials_sync_options options);
+
+// One running VM as `machine logout` found it.
+struct removal_reach {
+    std::string vm;
+    bool reached = false;  // the agent answered: the tool's sets are gone from it
+    bool removed = false;  // it had some
+    std::string problem;   // when not reached: why (sanitized)
+};
+
+// `machine logout TOOL`: the tool's credential sets zero-filled and removed from every running
+// VM machine has a pin for, each on a connection of its own (best effort: one that cannot be
+// reached is reported, not an error). Nothing when ctx.agent is off.
+asio::awaitable<std::vector<removal_reach>> remove_credentials_everywhere(context& ctx, std::string tool);
+
+// "credentials: claude, gh delivered; codex removed", or "" when there is nothing to say.
+std::string describe(const credentials_outcome& o);
 
 // Clears the sets rendered in the VM (every set, or with `repo` those its .envrc uses); returns
 // the names of the sets cleared.

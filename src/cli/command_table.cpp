@@ -315,9 +315,11 @@ Without an option the token is asked at a hidden prompt. claude takes the long-l
 a 0600 file under machine's state directory; --from-op and --from-command keep only where to
 read it, and read it once now to check it:
   machine login gh --from-command -- pass show github/token
-A refused token or a failing source stores nothing and keeps the previous login.)"}, login),
+A refused token or a failing source stores nothing and keeps the previous login. The VMs whose
+project allows the tool (agent_auth; default every tool) get it in memory at `machine up` and
+at the next attach: login shells and agent sessions there have the variable.)"}, login),
         row({.name = "logout",
-             .help = "remove an agent's login from this computer",
+             .help = "remove an agent's login from this computer and from every running VM",
              .options = {required(one_of(positional("tool", "the tool: claude, codex or gh"), {"claude", "codex", "gh"})),
                          json_flag()}}, logout),
         row({.name = "net",

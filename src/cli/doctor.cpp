@@ -11,6 +11,7 @@
 #include "cli.hpp"
 #include "machine/agent_proxy.hpp"
 #include "machine/credentials.hpp"
+#include "machine/vm.hpp"
 #include "machine/guest.hpp"
 #include "machine/paths.hpp"
 #include "machine/proc.hpp"
@@ -220,6 +221,22 @@ std::vector<check> login_checks() {
     return out;
 }
 
+// Which of those logins the VM of the project here receives (its agent_auth): a note, never a failure.
+check project_logins_check(context& ctx) {
+    try {
+        const config::project p = ctx.cfg().resolve(ctx.cfg().ambient_project());
+        std::string tools;
+        for (const auto& t : vm::credentials_for(p, credentials::store::at_default()))
+            tools += (tools.empty() ? "" : ", ") + t;
+        return {"logins for project " + p.name, "note",
+                "its VM receives " + (tools.empty() ? std::string("none") : tools) +
+                    (p.agent_auth ? " (agent_auth)" : " (every tool logged in: no agent_auth)"),
+                ""};
+    } catch (const error& e) {
+        return {"logins for the project here", "note", e.what(), ""};
+    }
+}
+
 } // namespace
 
 awaitable<int> cmd_doctor(context& ctx) {
@@ -231,6 +248,7 @@ awaitable<int> cmd_doctor(context& ctx) {
     checks.push_back(guest_agent_check());
     checks.push_back(op_check());
     for (auto& c : login_checks()) checks.push_back(std::move(c));
+    checks.push_back(project_logins_check(ctx));
     for (auto& c : residual_risk_notes(ctx, in_guest_only)) checks.push_back(std::move(c));
 
     std::size_t fails = 0;

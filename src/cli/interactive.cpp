@@ -24,9 +24,14 @@ using asio::awaitable;
 
 std::vector<std::string> run_in_dir(const std::string& dir, const std::vector<std::string>& command) {
     // sshd starts the command in the home directory, so a `cd` that fails (the repo is not
-    // cloned yet) leaves it there, silently. No command: the user's login shell (`ssh`).
+    // cloned yet) leaves it there, silently. No command: the user's login shell (`ssh`). A
+    // command is not run by a login shell, so it gets the agents' logins from the profile's
+    // script itself (guest-agent/PROTOCOL.md §8): `machine run web -- gh pr list` works.
     std::vector<std::string> argv{
-        "sh", "-c", "cd -- \"$1\" 2>/dev/null; shift; [ \"$#\" -gt 0 ] || exec \"$SHELL\" -l; exec \"$@\"", "sh", dir};
+        "sh", "-c",
+        "cd -- \"$1\" 2>/dev/null; shift; [ \"$#\" -gt 0 ] || exec \"$SHELL\" -l; "
+        "! [ -r /etc/profile.d/machine-credentials.sh ] || . /etc/profile.d/machine-credentials.sh; exec \"$@\"",
+        "sh", dir};
     argv.insert(argv.end(), command.begin(), command.end());
     return argv;
 }
@@ -39,6 +44,38 @@ std::string primary_repo_dir(const config::project& p) {
     if (p.repos.empty()) return ".";
     const std::string dir = vm::repo_dir_name(p.repos.front());
     return dir.empty() ? "." : "code/" + dir;
+}
+
+awaitable<void> deliver_credentials(context& ctx, const config::project& project, lima::instance inst) {
+    const std::string& name = project.name;
+    // Nothing to deliver, nothing to ask the VM (an attach stays as fast as it was): no login
+    // the project may receive. What the VM may still hold from before goes at the next `up`.
+    bool wanted = ctx.vm().agent;
+    try {
+        wanted = wanted && !vm::credentials_for(project, credentials::store::at_default()).empty();
+    } catch (const error&) {
+        // A login file machine refuses: sync_credentials says which.
+    }
+    if (!wanted) co_return;
+    const ssh::host_key_pin pin = vm::pin_of(name, false);  // refuses a VM without one
+    const ssh::endpoint ep = ssh::endpoint_from_lima_ssh_config(vm::ssh_config_of(inst));
+    auto session = co_await ssh::session::connect(ep, pin, &ctx.cancel);
+    // The logins the VM lacks (after a boot, a new `machine login`), read and rendered; none when
+    // it has them all (one secrets.list). Never in the way of the attach: a problem is a warning.
+    try {
+        vm::credentials_sync_options missing;  // named: g++ 12 and a braced list in co_await
+        const vm::credentials_outcome o = co_await vm::sync_credentials(ctx.vm(), project, session, std::move(missing));
+        // On stderr: stdout is the command's (`machine run web -- cat x > y`).
+        for (const auto& w : o.warnings) std::fprintf(stderr, "machine: %s: warning: %s\n", name.c_str(), w.c_str());
+        if (!o.delivered.empty() || !o.removed.empty())
+            std::fprintf(stderr, "machine: %s: %s\n", name.c_str(), vm::describe(o).c_str());
+    } catch (const interrupted_error&) {
+        throw;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "machine: %s: warning: credentials not delivered: %s\n", name.c_str(),
+                     text::sanitize_for_terminal(e.what()).c_str());
+    }
+    session->close();
 }
 
 awaitable<pin_outcome> repin(context& ctx, std::string name, lima::instance inst, bool replace) {
@@ -146,6 +183,7 @@ awaitable<int> cmd_agent_session(context& ctx, std::string agent, std::optional<
     const std::string name = resolve_name(ctx, name_opt);
     const config::project project = ctx.cfg().resolve(name);
     const lima::instance inst = co_await running_vm(ctx, name);
+    co_await deliver_credentials(ctx, project, inst);
     const vm::agent_environment agent_env = co_await vm::prepare_agent_forwarding(ctx.vm(), project, &inst, true);
     const vm::openssh_target target = co_await vm::ssh_target(ctx.vm(), name, inst, agent_env);
     const std::vector<std::string> remote{guest::agent_install_path, "session", "attach", "--name", session,
@@ -161,6 +199,7 @@ awaitable<int> cmd_ssh(context& ctx, std::optional<std::string> name_opt) {
     const std::string name = resolve_name(ctx, name_opt);
     const config::project project = ctx.cfg().resolve(name);
     const lima::instance inst = co_await vm::require_running(ctx.vm(), name);
+    co_await deliver_credentials(ctx, project, inst);
     const vm::agent_environment agent_env = co_await vm::prepare_agent_forwarding(ctx.vm(), project, &inst, true);
     const vm::openssh_target target = co_await vm::ssh_target(ctx.vm(), name, inst, agent_env);
     // The user's login shell (zsh or bash, as configured), where `run` runs its commands.
@@ -174,6 +213,7 @@ awaitable<int> cmd_run(context& ctx, std::string name, std::vector<std::string> 
     if (command.empty()) throw usage_error("usage: machine run NAME -- COMMAND [ARGS...]");
     const config::project project = ctx.cfg().resolve(name);
     const lima::instance inst = co_await vm::require_running(ctx.vm(), name);
+    co_await deliver_credentials(ctx, project, inst);
     const vm::agent_environment agent_env = co_await vm::prepare_agent_forwarding(ctx.vm(), project, &inst, false);
     const vm::openssh_target target = co_await vm::ssh_target(ctx.vm(), name, inst, agent_env);
     // A terminal only when both ends are one (`machine run web -- vim`); pipes stay clean.

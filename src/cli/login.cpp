@@ -5,6 +5,7 @@
 #include <termios.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -15,6 +16,7 @@
 #include "cli.hpp"
 #include "machine/credentials.hpp"
 #include "machine/text.hpp"
+#include "machine/vm.hpp"
 
 namespace machine::cli {
 
@@ -196,7 +198,26 @@ int print_status(context& ctx, const cred::store& s) {
                                text::escape_for_terminal(l->set_at), source_text(s, *l));
         }
     }
-    std::fwrite(out.data(), 1, out.size(), stdout);
+    // What the VM of the project here (the directory's .machine.toml, else "default") receives.
+    try {
+        const config::project p = ctx.cfg().resolve(ctx.cfg().ambient_project());
+        const std::vector<std::string> tools = vm::credentials_for(p, s);
+        if (ctx.json) {
+            print_json({{"project", p.name}, {"receives", tools}});
+        } else {
+            std::string list;
+            for (const auto& t : tools) list += (list.empty() ? "" : ", ") + t;
+            out += "\nproject '" + p.name + "'" +
+                  (p.agent_auth ? " (agent_auth in " + text::escape_for_terminal(p.source.empty() ? "projects.toml" : p.source.string()) + ")"
+                                : "") +
+                  ": its VM receives " + (list.empty() ? std::string("no login") : list) +
+                  " at `machine up`, at each attach and after a boot\n";
+        }
+    } catch (const error& e) {
+        out += "\nwhat a project's VM receives: " + text::sanitize_for_terminal(e.what()) + "\n";
+        code = 1;
+    }
+    if (!ctx.json) std::fwrite(out.data(), 1, out.size(), stdout);
     return code;
 }
 
@@ -244,15 +265,31 @@ awaitable<int> cmd_login(context& ctx, login_options opt) {
 awaitable<int> cmd_logout(context& ctx, std::string tool) {
     cred::store store = cred::store::at_default();
     const bool removed = store.remove(tool);
+    // Then from every running VM, each on its own: one that cannot be reached is said, and gets
+    // nothing at its next attach or boot (the login is gone from this computer).
+    const std::vector<vm::removal_reach> vms = co_await vm::remove_credentials_everywhere(ctx.vm(), tool);
     if (ctx.json) {
-        print_json({{"tool", tool}, {"removed", removed}});
+        nlohmann::ordered_json reached = nlohmann::ordered_json::array(), missed = nlohmann::ordered_json::array();
+        for (const auto& r : vms) {
+            if (r.reached) reached.push_back(r.vm);
+            else missed.push_back({{"vm", r.vm}, {"error", r.problem}});
+        }
+        print_json({{"tool", tool}, {"removed", removed}, {"vms_reached", reached}, {"vms_not_reached", missed}});
     } else {
-        const std::string line = removed ? tool + ": logged out (removed from " +
-                                               text::escape_for_terminal(store.dir().string()) + ")\n"
-                                         : tool + ": not logged in; nothing to remove\n";
+        std::string line = removed ? tool + ": logged out (removed from " +
+                                         text::escape_for_terminal(store.dir().string()) + ")"
+                                   : tool + ": not logged in on this computer";
+        std::string reached, missed;
+        for (const auto& r : vms) {
+            if (r.reached) reached += (reached.empty() ? "" : ", ") + r.vm;
+            else missed += "\n  not reached: " + r.vm + ": " + r.problem;
+        }
+        if (!reached.empty()) line += "; removed from the running VMs: " + reached;
+        else if (missed.empty()) line += "; no running VM";
+        line += missed + "\n";
         std::fwrite(line.data(), 1, line.size(), stdout);
     }
-    co_return 0;
+    co_return std::all_of(vms.begin(), vms.end(), [](const vm::removal_reach& r) { return r.reached; }) ? 0 : 1;
 }
 
 } // namespace machine::cli

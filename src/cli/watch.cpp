@@ -17,11 +17,11 @@ awaitable<int> cmd_watch(context& ctx, std::vector<std::string> names) {
     // How often `limactl list` is polled; a debugging and testing knob.
     const std::string poll = paths::env("MACHINE_WATCH_POLL_MS");
     opt.poll = std::chrono::milliseconds(std::max(100, std::atoi(poll.empty() ? "2000" : poll.c_str())));
-    opt.secrets_on_up = [&ctx](const std::string& name) -> std::optional<config::project> {
+    opt.after_boot = [&ctx](const std::string& name) -> std::optional<config::project> {
         try {
             const auto& projects = ctx.cfg().projects;
             const auto it = projects.find(name);
-            if (it != projects.end() && it->second.secrets_on_up) return it->second;
+            if (it != projects.end()) return it->second;
         } catch (const error& e) {
             ctx.emit(events::error(name, e.what()));
         }

@@ -143,6 +143,9 @@ std::string agent_auth_problem(std::string_view tool) {
 }
 
 std::string secret_set_problem(std::string_view set) {
+    if (is_credential_set_name(set))
+        return "set name " + toml_string(set) + " is reserved: sets named " + toml_string(credential_set_prefix) +
+               "... carry the agents' logins (machine login)";
     if (text::is_valid_secret_set_name(set)) return {};
     return "invalid set name " + toml_string(set) +
            " (1-64 of a-z, 0-9, \"_\" and \"-\", starting with a letter or digit)";
@@ -679,6 +682,17 @@ void overlay_local(config& into, std::string_view text, const fs::path& file_pat
     p.source = file_path;
     p.from_repository = true;
     p.configured = true;
+
+    // Except for the agents' logins: a cloned repository is not the user's, so its file may
+    // only narrow what projects.toml lets this project's VM receive (the table's agent_auth,
+    // or every tool when the table has none or there is no table), never widen it.
+    if (const auto table = into.projects.find(p.name); table != into.projects.end() && table->second.agent_auth) {
+        const std::vector<std::string>& allowed = *table->second.agent_auth;
+        if (!p.agent_auth) p.agent_auth = allowed;
+        std::erase_if(*p.agent_auth, [&](const std::string& tool) {
+            return std::find(allowed.begin(), allowed.end(), tool) == allowed.end();
+        });
+    }
 
     // The committed file describes the whole project: it replaces a table of the same name
     // rather than merging with it, as in the reference tool.

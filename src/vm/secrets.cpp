@@ -12,6 +12,8 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include "agent_channel.hpp"
+#include "machine/agent_tools.hpp"
 #include "machine/async.hpp"
 #include "machine/guest.hpp"
 #include "machine/paths.hpp"
@@ -26,6 +28,8 @@ namespace fs = std::filesystem;
 namespace pr = machine::protocol;
 using asio::awaitable;
 using namespace std::chrono_literals;
+using detail::agent_request;
+using detail::open_agent;
 
 namespace {
 
@@ -118,24 +122,6 @@ std::string plural(std::size_t n, const char* one, const char* many) {
 
 std::string seconds(std::chrono::milliseconds d) { return fmt::format("{:.2f} s", static_cast<double>(d.count()) / 1000.0); }
 
-awaitable<std::unique_ptr<guest::connection>> open_agent(context& ctx, const std::string& name,
-                                                          std::shared_ptr<ssh::session> session) {
-    auto on_problem = [&ctx, name](const std::string& m) { ctx.emit(events::message(name, "warning", m)); };
-    co_return co_await guest::connect_agent(std::move(session), 10s, on_problem);
-}
-
-// A request to the agent; an agent too old to know it says how to update it.
-template <typename T>
-awaitable<T> agent_request(awaitable<T> request, std::string name) {
-    try {
-        co_return co_await std::move(request);
-    } catch (const guest::agent_error& e) {
-        if (e.code() == "unknown_type")
-            throw error("the agent in VM '" + name + "' predates secrets; run 'machine up " + name + "' to update it");
-        throw;
-    }
-}
-
 awaitable<std::shared_ptr<ssh::session>> connect(context& ctx, const std::string& name) {
     const lima::instance inst = co_await require_running(ctx, name);
     const ssh::endpoint ep = ssh::endpoint_from_lima_ssh_config(ssh_config_of(inst));
@@ -143,6 +129,16 @@ awaitable<std::shared_ptr<ssh::session>> connect(context& ctx, const std::string
 }
 
 } // namespace
+
+namespace detail {
+
+awaitable<std::unique_ptr<guest::connection>> open_agent(context& ctx, const std::string& name,
+                                                          std::shared_ptr<ssh::session> session) {
+    auto on_problem = [&ctx, name](const std::string& m) { ctx.emit(events::message(name, "warning", m)); };
+    co_return co_await guest::connect_agent(std::move(session), 10s, on_problem);
+}
+
+} // namespace detail
 
 awaitable<void> sync_secrets(context& ctx, const config::project& project, std::shared_ptr<ssh::session> session,
                              secrets_sync_options options) {
@@ -211,8 +207,13 @@ awaitable<void> sync_secrets(context& ctx, const config::project& project, secre
 awaitable<std::vector<std::string>> clear_secrets(context& ctx, const config::project& p, std::optional<std::string> repo) {
     auto session = co_await connect(ctx, p.name);
     auto conn = co_await open_agent(ctx, p.name, session);
-    std::vector<std::optional<std::string>> targets{std::nullopt};  // every set
-    if (repo) {
+    std::vector<std::optional<std::string>> targets;
+    if (!repo) {
+        // Every set of the project's, not the agents' logins (machine logout removes those).
+        const std::vector<pr::secret_set_info> present = co_await agent_request(conn->list_secrets(), p.name);
+        for (const auto& s : present)
+            if (!is_credential_set_name(s.set)) targets.emplace_back(s.set);
+    } else {
         const std::vector<pr::envrc_secrets> repos = co_await agent_request(conn->discover_secrets(), p.name);
         targets.clear();
         bool found = false;
@@ -220,7 +221,8 @@ awaitable<std::vector<std::string>> clear_secrets(context& ctx, const config::pr
             if (!repo_matches(r, *repo)) continue;
             found = true;
             for (const auto& use : r.uses)
-                if (text::is_valid_secret_set_name(use.set)) targets.emplace_back(use.set);
+                if (text::is_valid_secret_set_name(use.set) && !is_credential_set_name(use.set))
+                    targets.emplace_back(use.set);
         }
         if (!found)
             throw error("no .envrc with a `use op_env` line for repo '" + text::sanitize_for_terminal(*repo) +
@@ -240,6 +242,8 @@ awaitable<std::vector<pr::secret_set_info>> list_secrets(context& ctx, const con
     auto conn = co_await open_agent(ctx, p.name, session);
     std::vector<pr::secret_set_info> sets = co_await agent_request(conn->list_secrets(), p.name);
     session->close();
+    // The agents' logins are not the project's secrets: `machine login --status` shows them.
+    std::erase_if(sets, [](const pr::secret_set_info& s) { return is_credential_set_name(s.set); });
     co_return sets;
 }
 

@@ -10,6 +10,7 @@
 #include "machine/paths.hpp"
 #include "machine/render.hpp"
 #include "machine/ssh.hpp"
+#include "machine/text.hpp"
 #include "machine/vm.hpp"
 #include "guest_network.hpp"
 #include "instance_edits.hpp"
@@ -24,6 +25,23 @@ using asio::awaitable;
 using namespace std::chrono_literals;
 
 namespace {
+
+// The agents' logins the project may receive, read again and rendered (PROTOCOL.md §8):
+// "credentials: claude, gh delivered". A failure is a warning: the VM is up all the same.
+awaitable<void> deliver_credentials(context& ctx, const config::project& project, std::shared_ptr<ssh::session> session) {
+    try {
+        credentials_sync_options options;
+        options.reread = true;
+        const credentials_outcome o = co_await sync_credentials(ctx, project, std::move(session), options);
+        for (const auto& w : o.warnings) ctx.emit(events::message(project.name, "warning", w));
+        if (const std::string said = describe(o); !said.empty()) ctx.say(project.name, said);
+    } catch (const interrupted_error&) {
+        throw;
+    } catch (const std::exception& e) {
+        ctx.emit(events::message(project.name, "warning", text::sanitize_for_terminal(std::string("credentials not delivered: ") + e.what())));
+    }
+}
+
 
 // Lists every project's VM in one call, for `up` of many (one limactl process instead of one
 // per project). Empty when that list fails: each project then lists its own VM after its lock.
@@ -210,6 +228,7 @@ awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel, co
             every_set.required = false;
             co_await sync_secrets(ctx, project, session, every_set);
         }
+        co_await deliver_credentials(ctx, project, session);
         session->close();
         if (ran > 0) co_await close_ssh_masters_after_provisioning(*existing, name);
     }

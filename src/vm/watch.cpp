@@ -198,18 +198,24 @@ awaitable<void> follow_agent(context& ctx, std::string name, fs::path ssh_config
     }
 }
 
-// After a boot, the secrets of a project with secrets_on_up, unless an `up` (which renders
-// them itself) got there first: the project lock waits for a running `up`, and only the sets the
-// VM does not have are rendered. A failure is reported; watch goes on.
+// After a boot, the agents' logins and the secrets of a project with secrets_on_up, unless an
+// `up` (which renders them itself) got there first: the project lock waits for a running `up`,
+// and only the sets the VM does not have are rendered. A failure is reported; watch goes on.
 awaitable<void> rerender_secrets(context& ctx, config::project project, fs::path ssh_config) {
     const std::string name = project.name;
     try {
         const auto lock = co_await lock_project(ctx, name, &ctx.cancel);
         const ssh::endpoint ep = ssh::endpoint_from_lima_ssh_config(ssh_config);
         auto session = co_await ssh::session::connect(ep, pin_of(name, false), &ctx.cancel, 10s);
-        secrets_sync_options missing;
-        missing.only_missing = true;
-        co_await sync_secrets(ctx, project, session, missing);
+        credentials_sync_options logins;  // what the VM lacks: after a boot, everything
+        const credentials_outcome o = co_await sync_credentials(ctx, project, session, std::move(logins));
+        for (const auto& w : o.warnings) ctx.emit(events::message(name, "warning", w));
+        if (const std::string said = describe(o); !said.empty()) ctx.say(name, said + " after the boot");
+        if (project.secrets_on_up) {
+            secrets_sync_options missing;
+            missing.only_missing = true;
+            co_await sync_secrets(ctx, project, session, missing);
+        }
         session->close();
     } catch (const interrupted_error&) {
         throw;
@@ -325,7 +331,7 @@ awaitable<void> watch(context& ctx, watch_options opt) {
                 }
                 if (vm.cursor->gate.take(std::chrono::steady_clock::now())) {
                     spdlog::debug("vm={} secrets: rendering after a boot", name);
-                    if (auto project = opt.secrets_on_up ? opt.secrets_on_up(name) : std::nullopt) {
+                    if (auto project = opt.after_boot ? opt.after_boot(name) : std::nullopt) {
                         auto rerender = [&ctx, p = std::move(*project), ssh_config = ssh_config_of(*inst)]() {
                             return rerender_secrets(ctx, p, ssh_config);
                         };

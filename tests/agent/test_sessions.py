@@ -20,10 +20,12 @@ import stat
 import subprocess
 import sys
 import time
+import tomllib
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import test_agent as ta  # noqa: E402  (the harness: Agent, Client, AgentTest)
+import test_secrets as ts  # noqa: E402  (the base profile's direnv function)
 
 TMUX = shutil.which("tmux")
 
@@ -35,6 +37,7 @@ while IFS= read -r line; do
   case "$line" in
     exit\ *) exit "${line#exit }" ;;
     sock) echo "sock-> $(readlink "$SSH_AUTH_SOCK" 2>/dev/null || echo none)" ;;
+    env) for n in API_TOKEN GH_TOKEN CLAUDE_CODE_OAUTH_TOKEN; do eval "echo \"env $n=\${$n-<unset>}\""; done ;;
     *) echo "echo: $line" ;;
   esac
 done
@@ -520,6 +523,86 @@ class Daemon(SessionTest):
         # By the cancel, not by the time limit (which would have said so, as it did above).
         self.assertEqual(a.read_log().count("took longer than"), 1)
         self.assertEqual(a.client().call("hello")["type"], "result")
+
+
+def credentials_profile_script():
+    """/etc/profile.d/machine-credentials.sh as the base profile's step agent-credentials writes it."""
+    with open(ts.BASE_PROFILE, "rb") as f:
+        steps = tomllib.load(f)["step"]
+    run = [st for st in steps if st["name"] == "agent-credentials"][0]["run"]
+    return run.split("<<'MACHINE_CREDENTIALS_SH'\n", 1)[1].split("\nMACHINE_CREDENTIALS_SH\n", 1)[0] + "\n"
+
+
+class Environment(SessionTest):
+    """What the agent CLI's environment holds (issue 17 lines 2-3): the repo's secrets, loaded by
+    direnv as an interactive shell in the repo would load them, and the agents' logins, exported
+    by the login shell's profile; gone once their files are."""
+
+    def setUp(self):
+        super().setUp()
+        if not shutil.which("direnv"):
+            self.skipTest("needs direnv")
+        self.secrets = os.path.join(self.tmp, "secrets")  # the tmpfs in a VM; any directory here
+        os.makedirs(self.secrets, mode=0o700)
+        ts.install_direnv_function(self.home)
+        profile_d = os.path.join(self.tmp, "machine-credentials.sh")
+        with open(profile_d, "w") as f:
+            f.write(credentials_profile_script())
+        with open(os.path.join(self.home, ".profile"), "a") as f:
+            f.write(f'. "{profile_d}"\n')
+        self.repo = os.path.join(self.home, "code", "web")
+        os.makedirs(self.repo)
+        with open(os.path.join(self.repo, ".envrc"), "w") as f:
+            f.write("use op_env web\n")
+        self.write_set("web", "API_TOKEN", "api-'quoted' $value")
+        self.write_set("machine-cred-gh-0123456789abcdef", "GH_TOKEN", "ghp_" + "a" * 36)
+
+    def write_set(self, name, variable, value):
+        # What the agent writes (secrets.render): export NAME='value', each ' as '\''.
+        with open(os.path.join(self.secrets, name + ".env"), "w") as f:
+            f.write("# set %s\nexport %s='%s'\n" % (name, variable, value.replace("'", "'\\''")))
+
+    def direnv(self, *args):
+        env = {**self.tmux_env(), "HOME": self.home}
+        env.pop("XDG_CONFIG_HOME", None), env.pop("XDG_DATA_HOME", None)
+        return subprocess.run(["direnv", *args], cwd=self.repo, env=env, capture_output=True, text=True, timeout=30)
+
+    def agent_env(self, directory):
+        """The fake agent's view, through `session run` in `directory` (the pane's)."""
+        a = self.agents[0] if self.agents else self.agent()
+        env = {**self.tmux_env(), "HOME": self.home, "MACHINE_SECRETS_DIR": self.secrets}
+        for k in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "API_TOKEN", "GH_TOKEN", "DIRENV_DIR", "DIRENV_DIFF"):
+            env.pop(k, None)
+        r = subprocess.run([ta.AGENT, "session", "run", "--name", "envcheck", "--agent", "claude", "--socket", a.socket],
+                           cwd=directory, input="env\nexit 0\n", env=env, capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return dict(line[4:].split("=", 1) for line in r.stdout.splitlines() if line.startswith("env ")), r.stderr
+
+    def test_the_agent_has_the_repos_secrets_and_the_logins(self):
+        self.assertEqual(self.direnv("allow", ".").returncode, 0)
+        seen, err = self.agent_env(self.repo)
+        self.assertEqual(seen["API_TOKEN"], "api-'quoted' $value", err)
+        self.assertEqual(seen["GH_TOKEN"], "ghp_" + "a" * 36)
+        # `machine secrets --clear` removes the set; the next session starts without it (the
+        # .envrc's use op_env says so on the pane), the login stays.
+        os.unlink(os.path.join(self.secrets, "web.env"))
+        seen, err = self.agent_env(self.repo)
+        self.assertEqual(seen["API_TOKEN"], "<unset>")
+        self.assertIn("secrets for web are not rendered", err)
+        self.assertEqual(seen["GH_TOKEN"], "ghp_" + "a" * 36)
+        # `machine logout gh` removes the login's set: gone from the next session.
+        os.unlink(os.path.join(self.secrets, "machine-cred-gh-0123456789abcdef.env"))
+        seen, _ = self.agent_env(self.repo)
+        self.assertEqual((seen["API_TOKEN"], seen["GH_TOKEN"]), ("<unset>", "<unset>"))
+
+    def test_an_envrc_not_allowed_is_not_loaded_and_says_so(self):
+        seen, err = self.agent_env(self.repo)
+        self.assertEqual(seen["API_TOKEN"], "<unset>")
+        self.assertIn("is blocked", err)
+        self.assertEqual(seen["GH_TOKEN"], "ghp_" + "a" * 36)  # the profile's part does not depend on it
+        # Outside the repo: no .envrc, no direnv message at all.
+        seen, err = self.agent_env(self.tmp)
+        self.assertEqual((seen["API_TOKEN"], err), ("<unset>", ""))
 
 
 def main():

@@ -2207,8 +2207,10 @@ BOOST_AUTO_TEST_CASE(login_with_token_status_and_logout_never_show_the_value) {
     r = w.machine({"login", "--status", "--json"});
     BOOST_TEST(r.exit_code == 0);
     const auto lines = lines_of(r.out);
-    BOOST_REQUIRE(lines.size() == 3u);
+    BOOST_REQUIRE(lines.size() == 4u);
     const json gh = json::parse(lines[2]);
+    // Last, what the VM of the project here would receive (no projects.toml: "default", every tool).
+    BOOST_TEST(json::parse(lines[3]) == json::parse(R"({"project":"default","receives":["gh"]})"), lines[3]);
     BOOST_TEST(gh["tool"] == "gh");
     BOOST_TEST(gh["logged_in"] == true);
     BOOST_TEST(gh["variable"] == "GH_TOKEN");
@@ -2217,6 +2219,7 @@ BOOST_AUTO_TEST_CASE(login_with_token_status_and_logout_never_show_the_value) {
     seen += r.out + r.err;
     r = w.machine({"doctor"});
     BOOST_TEST(contains(r.out, "[ok  ] gh login: GH_TOKEN from stored"), r.out);
+    BOOST_TEST(contains(r.out, "[note] logins for project default: its VM receives gh (every tool logged in"), r.out);
     BOOST_TEST(contains(r.out, "[note] claude login: not logged in"), r.out);
     seen += r.out + r.err;
     BOOST_TEST(!contains(seen, login_marker), "the value was shown");
@@ -2224,6 +2227,7 @@ BOOST_AUTO_TEST_CASE(login_with_token_status_and_logout_never_show_the_value) {
     r = w.machine({"logout", "gh"});
     BOOST_TEST(r.exit_code == 0);
     BOOST_TEST(contains(r.out, "gh: logged out"), r.out);
+    BOOST_TEST(contains(r.out, "; no running VM"), r.out);
     BOOST_TEST(!fs::exists(dir / "gh.token"));
     BOOST_TEST(!fs::exists(dir / "gh.json"));
     BOOST_TEST(contains(w.machine({"login", "--status"}).out, "gh      not logged in"));
@@ -2281,7 +2285,8 @@ BOOST_AUTO_TEST_CASE(a_command_source_is_checked_once_and_a_failing_one_keeps_th
     BOOST_TEST(contains(r.out, "the command `sh -c "), r.out);
     BOOST_TEST(contains(r.out, "\\x1b[31mred\\nline"), r.out);  // escaped, on its line
     BOOST_TEST(!contains(r.out, "\x1b"), r.out);
-    BOOST_TEST(lines_of(r.out).size() == 4u);
+    BOOST_TEST(lines_of(r.out).size() == 5u);  // the header, a line per tool, what project default receives
+    BOOST_TEST(contains(r.out, "project 'default': its VM receives gh at `machine up`"), r.out);
     BOOST_TEST(!contains(r.out + r.err, "gho_" + login_marker));
     // Without --from-command a command line is a usage error; --from-command needs one.
     BOOST_TEST(w.machine({"login", "gh", "pass", "show"}).exit_code == 2);

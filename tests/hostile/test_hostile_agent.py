@@ -24,10 +24,12 @@ status 1 when a check failed, 77 (skipped) when not root or without unshare/sshd
 
   tests/hostile/test_hostile_agent.py --machine BUILD/machine [--agent BUILD/guest-agent/machine-agent] [-k NAME] [-v]
 """
+import base64
 import hashlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -35,6 +37,8 @@ import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "smoke"))
+import secrets_checks  # noqa: E402  (the smoke's scan of host processes)
 from common import ScriptedAgent, HungAgent, encode  # noqa: E402
 
 RSS_LIMIT_MIB = 64
@@ -223,6 +227,46 @@ class ForgingDiscoveryAgent(ScriptedAgent):
         conn.result(msg["id"], repos=[
             {"dir": "evil\u202e\u2066", "path": "/home/u/code/evil\u202e\u2066/.envrc",
              "uses": [{"set": "mark9\u202e\u2066\u200bevil", "line": 1}]}])
+
+
+class CredentialsAgent(ScriptedAgent):
+    """Keeps the sets rendered into it and lists them, as a real agent's tmpfs would: the
+    agents' logins arrive as sets named machine-cred-<tool>-<id> (PROTOCOL.md §8)."""
+
+    def __init__(self, directory):
+        super().__init__(directory)
+        self.sets = {}  # set name -> {variable: value bytes}
+        self.renders = 0
+
+    def on_secrets_list(self, conn, msg):
+        with self.lock:
+            sets = [{"set": n, "count": len(v), "bytes": 100, "mtime": "2026-12-06T12:00:00.000Z"}
+                    for n, v in sorted(self.sets.items())]
+        conn.result(msg["id"], sets=sets)
+
+    def on_secrets_render(self, conn, msg):
+        values = {v.get("name"): base64.b64decode(v.get("value_b64", "")) for v in msg.get("variables") or []}
+        with self.lock:
+            self.sets[msg.get("set")] = values
+            self.renders += 1
+        super().on_secrets_render(conn, msg)
+
+    def on_secrets_clear(self, conn, msg):
+        with self.lock:
+            had = self.sets.pop(msg.get("set"), None)
+        conn.result(msg["id"], cleared=[msg.get("set")] if had is not None else [])
+
+    def logins(self):
+        with self.lock:
+            return {n: dict(v) for n, v in self.sets.items() if n.startswith("machine-cred-")}
+
+
+def scan_processes_for(needle, stop, found):
+    """Until `stop` is set: every process's argv and environment, looked at for `needle` (the
+    smoke's scan, secrets_checks.scan_host_processes, in a loop)."""
+    while not stop.is_set():
+        found.update(secrets_checks.scan_host_processes([needle]))
+        time.sleep(0.005)
 
 
 # --- the checks -------------------------------------------------------------------------------------
@@ -603,6 +647,95 @@ class Suite:
 
     def check_undeclared_none(self):
         self.undeclared(False)
+
+
+    # g. the agents' logins (issue 17): what an attach renders, what it leaves, what logout removes
+    def check_credentials(self):
+        vm = "creds"
+        name = "credentials: an attach renders only allowed logins, once, never in argv or environ; logout removes them"
+        c = Check(self, vm, CredentialsAgent, projects='[%s]\nagent_auth = ["gh", "claude"]\n' % vm)
+        try:
+            gh = "ghp_" + uuid.uuid4().hex[:36].ljust(36, "x")
+            codex = "sk-proj-" + uuid.uuid4().hex * 3
+            problems = []
+
+            def attach_times(n=5):
+                runs = [c.machine("run", vm, "--", "true").wait(END_LIMIT_S) for _ in range(n)]
+                return sorted(r.elapsed for r in runs)[n // 2], [r.rc for r in runs]
+
+            # What delivery adds to an attach: without any login the attach asks the VM nothing.
+            baseline, rcs = attach_times()
+            if any(rcs) or c.agent.request_types():
+                problems.append("without a login the attach talked to the agent (%s) or failed %s"
+                                % (c.agent.request_types()[:3], rcs))
+            for tool, token in (("gh", gh), ("codex", codex)):
+                r = subprocess.run([self.args.machine, "login", tool, "--with-token"], env=c.world.env, input=token + "\n",
+                                   capture_output=True, text=True, timeout=60)
+                if r.returncode != 0:
+                    problems.append("login %s: %s" % (tool, r.stderr.strip()[:300]))
+            stop, seen = threading.Event(), set()
+            scanner = threading.Thread(target=scan_processes_for, args=(gh.encode(), stop, seen), daemon=True)
+            scanner.start()
+            first = c.machine("run", vm, "--", "true").wait(END_LIMIT_S)
+            logins_after_first, renders_after_first = c.agent.logins(), c.agent.renders
+            second = c.machine("run", vm, "--", "true").wait(END_LIMIT_S)
+            stop.set()
+            scanner.join()
+            c.show(first)
+            current, _ = attach_times()
+            self.figure("credentials: machine run VM -- true, median of 5: %.3f s without a login, %.3f s with gh "
+                        "current in the VM (channel + secrets.list); first attach %.3f s (renders gh), second %.3f s"
+                        % (baseline, current, first.elapsed, second.elapsed))
+            said = "\n".join(first.lines())
+            if first.rc != 0 or second.rc != 0:
+                problems.append("machine run exited %s, %s: %s" % (first.rc, second.rc, said[-300:]))
+            gh_sets = [n for n in logins_after_first if n.startswith("machine-cred-gh-")]
+            if len(gh_sets) != 1 or logins_after_first[gh_sets[0]] != {"GH_TOKEN": gh.encode()}:
+                problems.append("after the first attach the VM has %s, not one gh set holding GH_TOKEN"
+                                % sorted(logins_after_first))
+            if any(n.startswith("machine-cred-codex-") for n in logins_after_first):
+                problems.append("codex was rendered although agent_auth does not allow it")
+            if "credentials: gh delivered" not in said:
+                problems.append("the first attach did not say 'credentials: gh delivered'")
+            if c.agent.renders != renders_after_first:
+                problems.append("the second attach rendered again (%d renders)" % c.agent.renders)
+            if seen:
+                problems.append("the token was in the argv or environment of %s" % sorted(seen))
+            printed = "\n".join(first.lines() + second.lines())
+            if gh in printed or codex in printed:
+                problems.append("a token was printed")
+            # A login whose source fails: an attach that finds its set in the VM reads nothing; one
+            # that finds it missing (after a boot) says so, and attaches all the same.
+            c.world.write_projects('[%s]\nagent_auth = ["gh", "claude", "codex"]\n' % vm)
+            token_file = os.path.join(c.tmp, "codex-token")
+            with open(token_file, "w") as f:
+                f.write(codex + "\n")
+            r = subprocess.run([self.args.machine, "login", "codex", "--from-command", "--", "cat", token_file],
+                               env=c.world.env, capture_output=True, text=True, timeout=60)
+            delivered = c.machine("run", vm, "--", "true").wait(END_LIMIT_S)
+            os.unlink(token_file)
+            unchanged = c.machine("run", vm, "--", "true").wait(END_LIMIT_S)
+            with c.agent.lock:
+                for n in [n for n in c.agent.sets if n.startswith("machine-cred-codex-")]:
+                    del c.agent.sets[n]
+            missing = c.machine("run", vm, "--", "true").wait(END_LIMIT_S)
+            said = "\n".join(missing.lines())
+            if r.returncode != 0 or "credentials: codex delivered" not in "\n".join(delivered.lines()):
+                problems.append("the codex login from a command was not delivered: %s %s"
+                                % (r.stderr[-200:], "\n".join(delivered.lines())[-200:]))
+            if unchanged.rc != 0 or "warning" in "\n".join(unchanged.lines()):
+                problems.append("an attach with the set in place read the failing source: %s"
+                                % "\n".join(unchanged.lines())[-300:])
+            if missing.rc != 0 or "credentials: codex: " not in said or "the VM has no codex credential" not in said:
+                problems.append("a failing source at an attach: exit %s, said %r" % (missing.rc, said[-400:]))
+            out = c.machine("logout", "gh").wait(END_LIMIT_S)
+            if out.rc != 0 or "removed from the running VMs: %s" % vm not in "\n".join(out.lines()):
+                problems.append("logout: exit %s: %s" % (out.rc, "\n".join(out.lines())[-300:]))
+            if any(n.startswith("machine-cred-gh-") for n in c.agent.logins()):
+                problems.append("after logout the VM still has %s" % sorted(c.agent.logins()))
+            self.report.check(name, not problems, "; ".join(problems))
+        finally:
+            c.close()
 
 
 def main():

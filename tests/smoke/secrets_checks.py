@@ -461,7 +461,9 @@ def check_watch_rerenders_after_reboot(tap, args, env, guest, fx, base_table, wa
     got, diag = hashes_in_vm(guest, list(fx.env_values))
     tap.result(got == expected_hashes(fx.env_values), "and a direnv shell gets them again", diag or "")
     watch.interrupt()
-    leaked = contains_any("\n".join(json.dumps(e) for e in watch.events) + watch.log_text(), fx.needles())
+    import credentials_checks
+    leaked = contains_any("\n".join(json.dumps(e) for e in watch.events) + watch.log_text(),
+                          fx.needles() + credentials_checks.needles())
     tap.result(not leaked, "no secret in watch's events or log", str(leaked))
 
 
@@ -485,10 +487,11 @@ def check_disk_after_shutdown(tap, args, env, fx, control):
     t0 = time.monotonic()
     size = sum(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in os.walk(d) for f in fs
                if os.path.isfile(os.path.join(dp, f)))
-    found = scan_disk_files(d, fx.needles())
+    import credentials_checks  # the agents' login tokens, once its checks logged in
+    found = scan_disk_files(d, fx.needles() + credentials_checks.needles())
     seen = scan_disk_files(d, [control.encode()])
     tap.result(not found and seen,
-               "after a shutdown the VM's disk image and logs hold no secret (%.0f MB scanned in %.1fs; a file the VM "
+               "after a shutdown the VM's disk image and logs hold no secret nor login token (%.0f MB scanned in %.1fs; a file the VM "
                "wrote is found in %s)" % (size / 1e6, time.monotonic() - t0, ", ".join(os.path.basename(p) for p in seen)),
                "secrets found in: " + ", ".join(found) if found else "the control string was not found: the scan is blind")
 

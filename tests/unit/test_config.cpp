@@ -1269,6 +1269,33 @@ BOOST_AUTO_TEST_CASE(agent_auth_lists_known_tools_once) {
     };
     for (const auto& [text, message] : bad)
         BOOST_TEST_CONTEXT(text) { BOOST_TEST(parse_error(text).find(message) != std::string::npos, parse_error(text)); }
+    // A project's own sets may not take the names that carry the agents' logins in the VM.
+    BOOST_TEST(parse_error("[web]\n[[web.secrets]]\nset = \"machine-cred-gh-1\"\nop_reference = \"op://v/i/f\"\n"
+                           "variable = \"X\"\n")
+                   .find("web.secrets[0].set: set name \"machine-cred-gh-1\" is reserved") != std::string::npos,
+               parse_error("[web]\n[[web.secrets]]\nset = \"machine-cred-gh-1\"\nop_reference = \"op://v/i/f\"\nvariable = \"X\"\n"));
+}
+
+// A cloned repository's .machine.toml may only narrow the logins projects.toml lets its VM
+// receive: without agent_auth it gets the table's list, not every tool; a longer list is cut
+// down to the table's. Without a table (or agent_auth in it), projects.toml allows every tool.
+BOOST_AUTO_TEST_CASE(a_repository_may_only_narrow_agent_auth) {
+    temp_dir tmp;
+    const auto auth_of = [&](const std::string& table, const std::string& local) {
+        write(tmp.path / "config" / "projects.toml", table);
+        write(tmp.path / "app" / ".machine.toml", local);
+        return load(options_in(tmp, tmp.path / "app")).resolve("app").agent_auth;
+    };
+    using list = std::vector<std::string>;
+    const std::string claude_only = "[app]\nagent_auth = [\"claude\"]\n";
+    BOOST_TEST((auth_of(claude_only, "") == list{"claude"}));
+    BOOST_TEST((auth_of(claude_only, "agent_auth = [\"claude\", \"codex\", \"gh\"]\n") == list{"claude"}));
+    BOOST_TEST((auth_of(claude_only, "agent_auth = [\"gh\"]\n") == list{}));
+    BOOST_TEST((auth_of(claude_only, "agent_auth = []\n") == list{}));
+    BOOST_TEST((auth_of("[app]\nagent_auth = [\"claude\", \"gh\"]\n", "agent_auth = [\"gh\"]\n") == list{"gh"}));
+    BOOST_TEST((auth_of("[app]\ncpus = 1\n", "agent_auth = [\"gh\"]\n") == list{"gh"}));
+    BOOST_TEST(!auth_of("[app]\ncpus = 1\n", "").has_value());
+    BOOST_TEST(!auth_of("", "").has_value());
 }
 
 BOOST_AUTO_TEST_SUITE_END()
