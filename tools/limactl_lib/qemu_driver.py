@@ -92,9 +92,12 @@ class QemuDriver:
     @staticmethod
     def info_extra():
         """`limactl info` keys of the stand-in's own: machineEgress when the network boundary
-        (netns.py) works on this host, so machine knows it may write the template key."""
+        (netns.py) works on this host, so machine knows it may write the template key;
+        machineGuestImage: whether the guest image is built, else what building it needs."""
         from . import qemu
-        return {"machineEgress": True} if qemu.machine_egress_supported() else {}
+        extra = {"machineEgress": True} if qemu.machine_egress_supported() else {}
+        extra["machineGuestImage"] = image.guest_image_status()
+        return extra
 
     # ------------------------------------------------------------------ the test fake's knobs
     def fail_point(self, cmd, name=None):
