@@ -28,6 +28,11 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "support"))
+from tap import Tap  # noqa: E402
+
+TAP = Tap("image")
+check, skip = TAP.check, TAP.skip
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUILDER = os.path.join(ROOT, "tools", "build-guest-image")
 TEMPLATE = """\
@@ -39,20 +44,6 @@ memory: 1GiB
 disk: 8GiB
 mounts: []
 """
-checks, failures = [], []
-
-
-def check(ok, what, seen=""):
-    checks.append(what)
-    print(("ok" if ok else "not ok") + f" {len(checks)} - {what}" + ("" if ok else f"\n#   saw: {str(seen)[-3000:]}"),
-          flush=True)
-    if not ok:
-        failures.append(what)
-
-
-def skip(why):
-    print(f"SKIPPED: image: {why}", flush=True)
-    sys.exit(77)
 
 
 def load_builder():
@@ -199,7 +190,7 @@ def main():
               "limactl info says the image is ready (doctor's [ok])", r.stdout)
         as_user(args.limactl, "delete", "-f", "ondemand", timeout=120)
 
-        if not have and not failures:
+        if not have and not TAP.failures:
             # CI's image: what the user built, into the shared cache (owned by the cache's owner).
             st = os.stat(args.cache) if os.path.isdir(args.cache) else os.stat(os.path.dirname(args.cache))
             os.makedirs(shared_guest, exist_ok=True)
@@ -224,8 +215,7 @@ def main():
             subprocess.run(["userdel", user], check=False)
         shutil.rmtree(staging, ignore_errors=True)
     print(f"FIGURE image_test_seconds={time.monotonic() - started:.1f}")
-    print(f"{len(checks) - len(failures)} passed, {len(failures)} failed")
-    sys.exit(1 if failures else 0)
+    sys.exit(TAP.exit_status())
 
 
 if __name__ == "__main__":
