@@ -125,6 +125,12 @@ int completion(const arguments& a) {
     return 0;
 }
 
+// `machine man-page`: machine.1, made at build time from this table (cmdline::man_page).
+int print_man_page(const arguments&) {
+    std::fputs(cmdline::man_page(program()).c_str(), stdout);
+    return 0;
+}
+
 // `machine project-names`: the projects configured in projects.toml, one per line, read from
 // that file alone (no Lima, no .machine.toml), for completion scripts (completes::project). A
 // broken configuration prints nothing at all (exit 2): a script completes nothing rather than
@@ -303,6 +309,8 @@ project of that name.)"}, create),
         row({.name = "completion",
              .help = "print a shell completion script (see README: Shell completion)",
              .options = {required(one_of(positional("shell", "the shell to complete in"), {"bash", "zsh", "fish"}))}}, completion),
+        // For the build: the manual page (above).
+        row({.name = "man-page", .help = "", .hidden = true}, print_man_page),
         // For completion scripts: the configured project names, one per line (above).
         row({.name = "project-names", .help = "", .hidden = true}, print_project_names),
         // Started by machine itself (detached) to filter a project's forwarded SSH agent.
