@@ -142,6 +142,10 @@ def main():
                      "./usr/share/fish/vendor_completions.d/machine.fish"]:
             check(re.search(r"\s" + re.escape(path) + r"$", listing, re.M) is not None, f"the package holds {path}",
                   listing)
+        # The aarch64 agent, when this build has it (the cross build: build/guest-agent/machine-agent-aarch64)
+        if os.path.exists(os.path.join(args.build_dir, "guest-agent", "machine-agent-aarch64")):
+            check(re.search(r"\s\./usr/lib/machine/machine-agent-aarch64$", listing, re.M) is not None,
+                  "the package holds the aarch64 agent ./usr/lib/machine/machine-agent-aarch64", listing)
         check("__pycache__" not in listing, "no __pycache__ in the package", listing)
         depends = deb_field(deb, "Depends")
         for dep in ["libssh-4", "openssh-client", "python3", "python3-yaml", "qemu-utils", "mmdebstrap", "uidmap",
