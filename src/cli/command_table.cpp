@@ -347,7 +347,8 @@ Environment:
                        Lima stand-in installed next to it: lib/machine/limactl)
   MACHINE_CONFIG_DIR   where projects.toml lives (default $XDG_CONFIG_HOME/machine)
   MACHINE_STATE_DIR    rendered templates and locks (default $XDG_STATE_HOME/machine)
-  MACHINE_LIMACTL_TIMEOUT  seconds a limactl list/create/stop/delete may take (default 60/300)
+  MACHINE_LIMACTL_TIMEOUT  seconds a limactl list/stop/delete may take (default 60/300; a
+                           create gets a boot's 30 min on top: it may fetch or build the image)
 )";
 
 } // namespace
