@@ -192,8 +192,8 @@ def main():
 
         if not have and not TAP.failures:
             # CI's image: what the user built, into the shared cache (owned by the cache's owner).
-            st = os.stat(args.cache) if os.path.isdir(args.cache) else os.stat(os.path.dirname(args.cache))
-            os.makedirs(shared_guest, exist_ok=True)
+            os.makedirs(shared_guest, exist_ok=True)  # a fresh CI machine has no cache yet
+            st = os.stat(args.cache)
             tmp = os.path.join(shared_guest, f".tmp-{digest}-import")
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.move(image_dir, tmp)
