@@ -61,7 +61,9 @@ awaitable<void> stop_after_interrupt(context& ctx, std::string name) {
 
 lima::log_handler lima_log_to_events(context& ctx, std::string name) {
     return [&ctx, name = std::move(name)](const lima::log_line& l) {
-        if (l.level == "info" && l.msg.rfind("Terminal is not available", 0) != 0)
+        // Lima's hints to its own user (a create's "Run `limactl start NAME`...") are not machine's.
+        const bool limas_hint = l.msg.rfind("Terminal is not available", 0) == 0 || l.msg.rfind("Run `limactl ", 0) == 0;
+        if (l.level == "info" && !limas_hint)
             ctx.emit(events::message(name, "info", l.msg));
         else if (l.level == "warning" || l.level == "error")
             ctx.emit(events::message(name, l.level, l.msg));
