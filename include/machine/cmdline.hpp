@@ -125,4 +125,8 @@ parsed parse(const program& p, int argc, char** argv);
 std::string completion_script(std::string_view shell, std::span<const spec* const> commands,
                               std::span<const option> globals);
 
+// The manual page (roff, section 1) of the program: its visible commands with their options,
+// then the program's options and its footer.
+std::string man_page(const program& p);
+
 } // namespace machine::cmdline

@@ -244,7 +244,8 @@ struct agent_files {
     std::string sha256;  // hex
 };
 
-// $MACHINE_AGENT, else `machine-agent` next to this executable, else the build tree's
+// $MACHINE_AGENT, else `machine-agent` next to this executable, else the installed one
+// (<prefix>/lib/machine/machine-agent, for <prefix>/bin/machine), else the build tree's
 // guest-agent/machine-agent. Throws machine::error saying where it looked.
 agent_files find_agent();
 

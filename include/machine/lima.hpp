@@ -56,6 +56,17 @@ bool parse_info_isolates(std::string_view json_text);
 // only when it says so.
 bool parse_info_flag(std::string_view json_text, std::string_view key);
 
+// machine's Lima stand-in builds its guest image on first use (Lima downloads a template's);
+// `limactl info` says how that stands (`machineGuestImage`), for doctor.
+struct stand_in_image {
+    bool ready = false;
+    std::string image;                  // its directory, when ready
+    std::string cache;                  // where it is (to be) kept
+    std::vector<std::string> problems;  // what this host lacks to build it, each with its fix
+};
+// nullopt when the key is missing or malformed (a real Lima: it fetches images itself).
+std::optional<stand_in_image> parse_info_guest_image(std::string_view json_text);
+
 // limactl printed something we cannot understand.
 class protocol_error : public error {
 public:
@@ -277,9 +288,10 @@ public:
     virtual asio::awaitable<std::optional<instance>> find(std::string name) = 0;
     // The named instances that exist (one call for many names; missing ones are left out).
     virtual asio::awaitable<std::vector<instance>> find_all(std::vector<std::string> names) = 0;
+    // `on_log` receives each parsed stderr line as it arrives (progress: creating may fetch the
+    // image first, or with machine's stand-in build it).
     virtual asio::awaitable<void> create(std::string name, std::filesystem::path tmpl,
-                                         std::vector<std::string> sets) = 0;
-    // `on_log` receives each parsed stderr line as it arrives (progress).
+                                         std::vector<std::string> sets, log_handler on_log) = 0;
     virtual asio::awaitable<void> start(std::string name, log_handler on_log) = 0;
     // Creates `name` from `tmpl` and boots it (one limactl call instead of create + start).
     virtual asio::awaitable<void> start_new(std::string name, std::filesystem::path tmpl, log_handler on_log) = 0;
@@ -329,10 +341,13 @@ public:
 
     asio::awaitable<std::string> version() override;
     asio::awaitable<bool> isolates_network() override;
+    // `limactl info`'s machineGuestImage (parse_info_guest_image); doctor's, not the driver's.
+    asio::awaitable<std::optional<stand_in_image>> stand_in_image_status();
     asio::awaitable<std::vector<instance>> list() override;
     asio::awaitable<std::optional<instance>> find(std::string name) override;
     asio::awaitable<std::vector<instance>> find_all(std::vector<std::string> names) override;
-    asio::awaitable<void> create(std::string name, std::filesystem::path tmpl, std::vector<std::string> sets) override;
+    asio::awaitable<void> create(std::string name, std::filesystem::path tmpl, std::vector<std::string> sets,
+                                 log_handler on_log = {}) override;
     asio::awaitable<void> start(std::string name, log_handler on_log = {}) override;
     asio::awaitable<void> start_new(std::string name, std::filesystem::path tmpl, log_handler on_log) override;
     asio::awaitable<void> stop(std::string name, bool force) override;

@@ -143,6 +143,12 @@ int completion(const arguments& a) {
     return 0;
 }
 
+// `machine man-page`: machine.1, made at build time from this table (cmdline::man_page).
+int print_man_page(const arguments&) {
+    std::fputs(cmdline::man_page(program()).c_str(), stdout);
+    return 0;
+}
+
 // `machine project-names`: the projects configured in projects.toml, one per line, read from
 // that file alone (no Lima, no .machine.toml), for completion scripts (completes::project). A
 // broken configuration prints nothing at all (exit 2): a script completes nothing rather than
@@ -352,6 +358,8 @@ project of that name.)"}, create),
         row({.name = "completion",
              .help = "print a shell completion script (see README: Shell completion)",
              .options = {required(one_of(positional("shell", "the shell to complete in"), {"bash", "zsh", "fish"}))}}, completion),
+        // For the build: the manual page (above).
+        row({.name = "man-page", .help = "", .hidden = true}, print_man_page),
         // For completion scripts: the configured project names, one per line (above).
         row({.name = "project-names", .help = "", .hidden = true}, print_project_names),
         // Started by machine itself (detached) to filter a project's forwarded SSH agent.
@@ -388,7 +396,8 @@ Environment:
                        Lima stand-in installed next to it: lib/machine/limactl)
   MACHINE_CONFIG_DIR   where projects.toml lives (default $XDG_CONFIG_HOME/machine)
   MACHINE_STATE_DIR    rendered templates and locks (default $XDG_STATE_HOME/machine)
-  MACHINE_LIMACTL_TIMEOUT  seconds a limactl list/create/stop/delete may take (default 60/300)
+  MACHINE_LIMACTL_TIMEOUT  seconds a limactl list/stop/delete may take (default 60/300; a
+                           create gets a boot's 30 min on top: it may fetch or build the image)
 )";
 
 } // namespace

@@ -72,6 +72,27 @@ awaitable<check> network_line_check(lima::client& lima, bool& in_guest_only) {
                     "\"machineEgress\": true (machine's Lima stand-in on Linux)"};
 }
 
+// machine's Lima stand-in builds its guest image at the first `up` (a real Lima downloads a
+// template's images itself: no line then). A missing image is fine when this host can build it.
+awaitable<std::optional<check>> guest_image_check(lima::client& lima) {
+    const std::string name = "guest image";
+    std::optional<lima::stand_in_image> image;
+    try {
+        image = co_await lima.stand_in_image_status();
+    } catch (const error&) {
+        co_return std::nullopt;  // `limactl info` failing is the network line's to report
+    }
+    if (!image) co_return std::nullopt;
+    if (image->ready) co_return passed(name, image->image);
+    if (image->problems.empty())
+        co_return check{name, "note",
+                        "not built yet: the first `machine up` builds it (a few minutes, once) into " + image->cache, {}};
+    std::string problems;
+    for (const auto& p : image->problems) problems += (problems.empty() ? "" : "; ") + p;
+    co_return failed(name, "not built yet, and this computer cannot build it: " + problems,
+                     "install or set up what is named; then `machine up` builds it");
+}
+
 awaitable<std::vector<check>> lima_checks(context& ctx, bool& in_guest_only) {
     std::vector<check> out;
     lima::client* lima = nullptr;
@@ -98,6 +119,7 @@ awaitable<std::vector<check>> lima_checks(context& ctx, bool& in_guest_only) {
         out.push_back(failed("Lima >= 2.0", e.what(), "check that `limactl --version` works"));
     }
     out.push_back(co_await network_line_check(*lima, in_guest_only));
+    if (auto image = co_await guest_image_check(*lima)) out.push_back(std::move(*image));
     co_return out;
 }
 

@@ -73,6 +73,7 @@ agent_files find_agent() {
     const fs::path exe_dir = this_executable().parent_path();
     if (!exe_dir.empty()) {
         candidates.push_back(exe_dir / "machine-agent");
+        candidates.push_back((exe_dir / ".." / "lib" / "machine" / "machine-agent").lexically_normal());  // installed
         candidates.push_back(exe_dir / "guest-agent" / "machine-agent");  // the build tree
     }
     std::string looked;

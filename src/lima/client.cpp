@@ -242,6 +242,13 @@ awaitable<void> client::hibernate(std::string name) {
     co_await invoke_checked(std::move(argv), timeouts_.start, cancel_, env_);
 }
 
+awaitable<std::optional<stand_in_image>> client::stand_in_image_status() {
+    auto argv = argv_.info();
+    const auto r = co_await invoke(std::move(argv), timeouts_.query, cancel_, env_);
+    if (!r.ok()) fail("limactl info", r);
+    co_return parse_info_guest_image(r.out);
+}
+
 awaitable<std::vector<instance>> client::list() {
     auto argv = argv_.list_json({});
     const auto r = co_await invoke(std::move(argv), timeouts_.query, cancel_, env_);
@@ -270,11 +277,6 @@ awaitable<std::vector<instance>> client::find_all(std::vector<std::string> names
     co_return parse_list(r.out);
 }
 
-awaitable<void> client::create(std::string name, fs::path tmpl, std::vector<std::string> sets) {
-    auto argv = argv_.create(name, tmpl, sets);
-    co_await invoke_checked(std::move(argv), timeouts_.change, cancel_, env_);
-}
-
 namespace {
 
 proc::line_callback log_lines_to(log_handler on_log) {
@@ -288,6 +290,13 @@ proc::line_callback log_lines_to(log_handler on_log) {
 }
 
 } // namespace
+
+awaitable<void> client::create(std::string name, fs::path tmpl, std::vector<std::string> sets, log_handler on_log) {
+    auto argv = argv_.create(name, tmpl, sets);
+    // Creating may download an image first (the stand-in: build it): a start's allowance too.
+    co_await invoke_checked(std::move(argv), timeouts_.start + timeouts_.change, cancel_, env_,
+                            log_lines_to(std::move(on_log)));
+}
 
 awaitable<void> client::start_new(std::string name, fs::path tmpl, log_handler on_log) {
     auto argv = argv_.start_new(name, tmpl, timeouts_.start);

@@ -336,4 +336,21 @@ std::optional<hibernate_outcome> parse_hibernate_outcome(std::string_view json_t
     return o;
 }
 
+std::optional<stand_in_image> parse_info_guest_image(std::string_view json_text) {
+    const json doc = json::parse(json_text, nullptr, false);
+    if (!doc.is_object()) return std::nullopt;
+    const auto it = doc.find("machineGuestImage");
+    if (it == doc.end() || !it->is_object()) return std::nullopt;
+    const json& g = *it;
+    if (!g.contains("ready") || !g["ready"].is_boolean()) return std::nullopt;
+    stand_in_image out;
+    out.ready = g["ready"].get<bool>();
+    if (g.contains("image") && g["image"].is_string()) out.image = g["image"].get<std::string>();
+    if (g.contains("cache") && g["cache"].is_string()) out.cache = g["cache"].get<std::string>();
+    if (g.contains("problems") && g["problems"].is_array())
+        for (const auto& p : g["problems"])
+            if (p.is_string()) out.problems.push_back(p.get<std::string>());
+    return out;
+}
+
 } // namespace machine::lima

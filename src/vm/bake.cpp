@@ -133,7 +133,7 @@ awaitable<std::string> ensure_base(context& ctx, const up_target& t, bool force,
     ctx.emit(events::step_started(name, "create"));
     expect_new_vm_key(name);  // the throwaway VM's key is pinned at its first connection
     const std::vector<std::string> no_sets;
-    co_await lima.create(name, tmpl, no_sets);
+    co_await lima.create(name, tmpl, no_sets, lima_log_to_events(ctx, name));
     ctx.emit(events::step_finished(name, "create", true, since(t0)));
     existing = co_await lima.find(name);
     if (!existing) throw error("limactl create succeeded but instance '" + name + "' is not listed");

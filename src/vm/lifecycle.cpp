@@ -33,12 +33,7 @@ awaitable<void> boot(context& ctx, lima::driver& lima, std::string name, fs::pat
         }
         return true;  // keep following until `limactl start` is done
     };
-    auto on_log = [&ctx, name](const lima::log_line& l) {
-        if (l.level == "info" && l.msg.rfind("Terminal is not available", 0) != 0)
-            ctx.emit(events::message(name, "info", l.msg));
-        else if (l.level == "warning" || l.level == "error")
-            ctx.emit(events::message(name, l.level, l.msg));
-    };
+    auto on_log = lima_log_to_events(ctx, name);
     // limactl truncates ha.stdout.log at every start, but we may read the previous boot's
     // events before it does: anything stamped before now is old news (same host, same clock).
     const auto started_at = std::chrono::system_clock::now();
@@ -63,6 +58,17 @@ awaitable<void> stop_after_interrupt(context& ctx, std::string name) {
 }
 
 } // namespace
+
+lima::log_handler lima_log_to_events(context& ctx, std::string name) {
+    return [&ctx, name = std::move(name)](const lima::log_line& l) {
+        // Lima's hints to its own user (a create's "Run `limactl start NAME`...") are not machine's.
+        const bool limas_hint = l.msg.rfind("Terminal is not available", 0) == 0 || l.msg.rfind("Run `limactl ", 0) == 0;
+        if (l.level == "info" && !limas_hint)
+            ctx.emit(events::message(name, "info", l.msg));
+        else if (l.level == "warning" || l.level == "error")
+            ctx.emit(events::message(name, l.level, l.msg));
+    };
+}
 
 awaitable<void> boot_instance(context& ctx, lima::driver& lima, std::string name, fs::path ha_log,
                               cancel_signal* cancel, fs::path create_from) {

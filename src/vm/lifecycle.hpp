@@ -16,6 +16,10 @@ class session;
 
 namespace machine::vm {
 
+/// limactl's log lines (its progress: image download or build, boot) as the VM's info,
+/// warning and error messages.
+lima::log_handler lima_log_to_events(context& ctx, std::string name);
+
 /// `limactl start`, following the host agent's events; an interrupted start stops the VM. With
 /// a template in `create_from`, the instance is created from it by the same call.
 asio::awaitable<void> boot_instance(context& ctx, lima::driver& lima, std::string name,

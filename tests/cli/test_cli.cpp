@@ -1816,6 +1816,7 @@ const std::map<std::string, probe>& probes() {
         {"doctor", {{"doctor", "--json"}, 1, "\"checks\""}},
         {"completion", {{"completion", "fish"}, 0, "complete -c machine"}},
         {"project-names", {{"project-names"}, 0, "alpha\nbeta-2\n"}},
+        {"man-page", {{"man-page"}, 0, ".SS \"\\fBmachine\\fR \\fBup\\fR"}},
         {"agent-proxy", {{"agent-proxy", "--listen", "/nonexistent/s", "--upstream", "/nonexistent/u", "--vm-dir",
                           "/nonexistent", "--allow", "all"},
                          1, "agent proxy: cannot use directory /nonexistent"}},

@@ -73,7 +73,8 @@ awaitable<std::vector<lima::instance>> fake_lima_driver::find_all(std::vector<st
     co_return out;
 }
 
-awaitable<void> fake_lima_driver::create(std::string name, fs::path tmpl, std::vector<std::string> sets) {
+awaitable<void> fake_lima_driver::create(std::string name, fs::path tmpl, std::vector<std::string> sets,
+                                         lima::log_handler) {
     std::vector<std::string> args{name, tmpl.string()};
     args.insert(args.end(), sets.begin(), sets.end());
     call("create", args);

@@ -49,7 +49,8 @@ public:
     asio::awaitable<std::vector<lima::instance>> list() override;
     asio::awaitable<std::optional<lima::instance>> find(std::string name) override;
     asio::awaitable<std::vector<lima::instance>> find_all(std::vector<std::string> names) override;
-    asio::awaitable<void> create(std::string name, std::filesystem::path tmpl, std::vector<std::string> sets) override;
+    asio::awaitable<void> create(std::string name, std::filesystem::path tmpl, std::vector<std::string> sets,
+                                 lima::log_handler on_log) override;
     asio::awaitable<void> start(std::string name, lima::log_handler on_log) override;
     asio::awaitable<void> start_new(std::string name, std::filesystem::path tmpl, lima::log_handler on_log) override;
     asio::awaitable<void> stop(std::string name, bool force) override;

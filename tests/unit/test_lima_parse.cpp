@@ -46,6 +46,25 @@ BOOST_AUTO_TEST_CASE(info_says_whether_lima_isolates_the_network) {
     BOOST_TEST(!lima::parse_info_isolates("[true]"));
 }
 
+// `limactl info`'s machineGuestImage (the stand-in's): doctor says whether the image is built,
+// and what building it needs; a real Lima has no such key.
+BOOST_AUTO_TEST_CASE(info_says_how_the_stand_in_image_stands) {
+    const auto ready = lima::parse_info_guest_image(
+        R"({"machineGuestImage": {"ready": true, "image": "/c/guest/ab12", "cache": "/c/guest", "problems": []}})");
+    BOOST_TEST_REQUIRE(ready.has_value());
+    BOOST_TEST(ready->ready);
+    BOOST_TEST(ready->image == "/c/guest/ab12");
+    BOOST_TEST(ready->cache == "/c/guest");
+    const auto missing = lima::parse_info_guest_image(
+        R"({"machineGuestImage": {"ready": false, "cache": "/c/guest", "problems": ["mmdebstrap not found", 7]}})");
+    BOOST_TEST_REQUIRE(missing.has_value());
+    BOOST_TEST(!missing->ready);
+    BOOST_TEST(missing->problems == (std::vector<std::string>{"mmdebstrap not found"}));
+    BOOST_TEST(!lima::parse_info_guest_image(R"({"version": "2.0.0"})"));  // Lima itself
+    BOOST_TEST(!lima::parse_info_guest_image(R"({"machineGuestImage": {"ready": "yes"}})"));
+    BOOST_TEST(!lima::parse_info_guest_image("not json"));
+}
+
 BOOST_AUTO_TEST_CASE(list_running) {
     const auto list = lima::parse_list(fixture("list-running.jsonl"));
     BOOST_REQUIRE(list.size() == 1u);

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import urllib.parse
 
 from . import logrus, units
@@ -54,6 +55,48 @@ def builder_image():
     if not all(os.path.isfile(p) for p in files.values()):
         return None
     return dict(files, dir=d)
+
+
+# The image builder, next to the stand-in (tools/ in the source tree, lib/machine/ installed).
+BUILDER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "build-guest-image")
+
+
+def build_on_demand():
+    """Runs the image builder (a few minutes, once per recipe; a concurrent create waits on its
+    lock and finds the image made), its progress lines re-logged as info. In our process group:
+    whatever stops this limactl stops the build, which then removes its partial work."""
+    if not os.path.isfile(BUILDER):
+        return None
+    logrus.info(f"No stand-in guest image in `{guest_cache_root()}` yet: building it (once; a few minutes)")
+    proc = subprocess.Popen([sys.executable, "-SE", BUILDER], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, errors="replace")
+    last = []
+    for line in proc.stderr:
+        line = line.rstrip("\n")
+        last = (last + [line])[-20:]
+        if line.startswith("build-guest-image: "):
+            logrus.info("guest image: " + line[len("build-guest-image: "):])
+    if proc.wait() != 0:
+        raise ImageError("failed to build the stand-in guest image with " + BUILDER + ": " +
+                         " / ".join(x for x in last if x.strip())[-2000:])
+    return builder_image()
+
+
+def guest_image_status():
+    """For `limactl info` (machine's doctor): the image, else what this host lacks to build it."""
+    built = builder_image()
+    status = {"ready": built is not None, "image": built["dir"] if built else "", "cache": guest_cache_root(),
+              "problems": []}
+    if built is None:
+        if not os.path.isfile(BUILDER):
+            status["problems"] = [f"the image builder {BUILDER} is missing"]
+        else:
+            out = subprocess.run([sys.executable, "-SE", BUILDER, "--check"], stdin=subprocess.DEVNULL,
+                                 capture_output=True, text=True, errors="replace", check=False)
+            status["problems"] = [line for line in out.stdout.splitlines() if line.strip()][:10]
+            if out.returncode != 0 and not status["problems"]:
+                status["problems"] = [f"{BUILDER} --check failed: {out.stderr.strip()[-500:]}"]
+    return status
 
 
 def _sibling_kernel(disk_path):
@@ -105,13 +148,14 @@ def resolve(cfg):
         # Only local files were asked for, and none exists: Lima fails to "download" them too.
         where = missing[0] if missing else "(no image for this arch)"
         raise ImageError(f"failed to download `{where}`: open {where}: no such file or directory")
-    # The stand-in cannot download: remote images are replaced by the one tools/ built.
-    built = builder_image()
+    # The stand-in cannot download: remote images are replaced by the one tools/ builds, on
+    # first use (as Lima downloads a template's image at its first create).
+    built = builder_image() or build_on_demand()
     if built is None:
         where = first.get("location") if first else "(none)"
         raise ImageError(f"failed to find a usable image for arch `{arch}`: `{where}` is not a local file "
                          f"and there is no stand-in guest image in `{guest_cache_root()}` "
-                         f"(hint: run tools/build-guest-image)")
+                         f"(hint: run {BUILDER})")
     return {"location": (first or {}).get("location", built["disk"]), "disk": built["disk"],
             "kernel": built["kernel"], "initrd": built["initrd"], "cmdline": "",
             "digest": (first or {}).get("digest", ""), "arch": arch, "fallback": True}

@@ -96,11 +96,13 @@ class QemuDriver:
     def info_extra():
         """`limactl info` keys of the stand-in's own: machineEgress when the network boundary
         (netns.py) works on this host, so machine knows it may write the template key;
-        machineHibernate (always: QEMU migration to a file)."""
+        machineHibernate (always: QEMU migration to a file); machineGuestImage: whether the guest
+        image is built, else what building it needs."""
         from . import qemu
         extra = {"machineHibernate": True}  # `limactl hibernate`, and `start` resumes (hibernate.py)
         if qemu.machine_egress_supported():
             extra["machineEgress"] = True
+        extra["machineGuestImage"] = image.guest_image_status()
         return extra
 
     # ------------------------------------------------------------------ the test fake's knobs
