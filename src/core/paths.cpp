@@ -15,6 +15,7 @@
 #include <sstream>
 
 #include "machine/error.hpp"
+#include "machine/platform.hpp"
 
 namespace machine::paths {
 
@@ -115,7 +116,7 @@ bool prepare_socket_path(const std::filesystem::path& listen, std::string_view w
         throw error(who + ": cannot use " + listen.string() + ": " + std::strerror(errno));
     }
     if (!S_ISSOCK(st.st_mode)) throw error(who + ": " + listen.string() + " exists and is not a socket");
-    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    const int fd = platform::open_socket(AF_UNIX, SOCK_STREAM, true);
     if (fd < 0) throw error(who + ": socket: " + std::strerror(errno));
     sockaddr_un sa{};
     sa.sun_family = AF_UNIX;

@@ -1,5 +1,6 @@
 // Which SSH agent a project's VM may reach: none (forward_agent = false), the user's whole
 // agent, or, with `agent_keys`, a filtering proxy (src/agent_proxy) that offers only those keys.
+#include "machine/platform.hpp"
 #include "machine/vm.hpp"
 
 #include <sys/socket.h>
@@ -44,7 +45,7 @@ fs::path filter_socket(const config::project& p, const std::string& upstream) {
 bool accepts(const fs::path& socket_path) {
     sockaddr_un addr{};
     if (socket_path.native().size() >= sizeof addr.sun_path) return false;
-    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    const int fd = platform::open_socket(AF_UNIX, SOCK_STREAM, false);
     if (fd < 0) return false;
     addr.sun_family = AF_UNIX;
     std::memcpy(addr.sun_path, socket_path.c_str(), socket_path.native().size());
@@ -62,7 +63,7 @@ awaitable<bool> ensure_filter(const config::project& p, const fs::path& socket_p
     if (socket_path.native().size() >= sizeof(sockaddr_un{}.sun_path))
         throw error("the agent filter's socket path is too long: " + socket_path.string() +
                     " (set MACHINE_STATE_DIR to a shorter directory)");
-    std::vector<std::string> argv{fs::read_symlink("/proc/self/exe").string(), "agent-proxy",
+    std::vector<std::string> argv{platform::self_executable().string(), "agent-proxy",
                                   "--listen", socket_path.string(), "--upstream", upstream,
                                   "--vm-dir", lima::instance_dir(p.name).string()};
     for (const auto& fp : p.agent_keys) {
