@@ -40,6 +40,16 @@ struct spawn_request {
     bool new_process_group = true;  ///< the child leads a process group of its own
 };
 
+/// `strings` as the null-terminated array of C strings execve takes for argv and envp (the
+/// strings must outlive it).
+inline std::vector<char*> c_string_array(const std::vector<std::string>& strings) {
+    std::vector<char*> out;
+    out.reserve(strings.size() + 1);
+    for (const auto& s : strings) out.push_back(const_cast<char*>(s.c_str()));
+    out.push_back(nullptr);
+    return out;
+}
+
 /// Starts a child that has only descriptors 0-2 open (whatever this process has open, CLOEXEC or
 /// not), the usual stop and job-control signals and SIGPIPE/SIGCHLD at their defaults, and an
 /// empty signal mask. Returns its pid, or -1 with `error` set to the errno value (e.g. ENOENT).

@@ -82,12 +82,8 @@ pid_t spawn(const spawn_request& r, int& error) {
     }
     posix_spawnattr_setflags(&sa.attr, flags);
 
-    std::vector<char*> argv;
-    for (const auto& a : r.argv) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    std::vector<char*> envp;
-    for (const auto& e : r.env) envp.push_back(const_cast<char*>(e.c_str()));
-    envp.push_back(nullptr);
+    std::vector<char*> argv = c_string_array(r.argv);
+    std::vector<char*> envp = c_string_array(r.env);
 
     pid_t pid = -1;
     const int rc = ::posix_spawnp(&pid, argv[0], &sa.actions, &sa.attr, argv.data(), envp.data());

@@ -184,12 +184,8 @@ pid_t spawn(const spawn_request& r, int& error) {
     }
     // Everything the child uses is made before fork: it may only make async-signal-safe calls.
     const std::vector<std::string> candidates = exec_candidates(r.argv[0]);
-    std::vector<char*> argv;
-    for (const auto& a : r.argv) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    std::vector<char*> envp;
-    for (const auto& e : r.env) envp.push_back(const_cast<char*>(e.c_str()));
-    envp.push_back(nullptr);
+    std::vector<char*> argv = c_string_array(r.argv);
+    std::vector<char*> envp = c_string_array(r.env);
     const char* cwd = r.cwd ? r.cwd->c_str() : nullptr;
     const std::array<int, 3> stdio = r.stdio;
     const bool new_group = r.new_process_group;
