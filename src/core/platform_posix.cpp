@@ -20,7 +20,6 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
-#include <mutex>
 
 #ifdef __APPLE__
 #include <mach-o/dyld.h>
