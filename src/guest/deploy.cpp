@@ -102,7 +102,7 @@ agent_files find_agent(std::string_view arch, std::string_view vm) {
     std::string env_name = "MACHINE_AGENT";
     for (char c : suffix) env_name += c == '-' ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
     std::vector<fs::path> candidates;
-    if (const auto v = paths::env(env_name); !v.empty()) candidates.emplace_back(v);
+    if (const auto v = paths::env(env_name.c_str()); !v.empty()) candidates.emplace_back(v);
     const fs::path exe_dir = platform::self_executable().parent_path();
     if (!exe_dir.empty()) {
         candidates.push_back(exe_dir / ("machine-agent" + suffix));
