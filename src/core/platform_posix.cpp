@@ -151,6 +151,63 @@ std::vector<std::string> exec_candidates(const std::string& program) {
     ::_exit(127);
 }
 
+// What the child of spawn() does between vfork and exec: only async-signal-safe calls, nothing
+// written to memory the parent uses (the two share it until the exec).
+struct child_plan {
+    const std::vector<std::string>* candidates;
+    char* const* argv;
+    char* const* envp;
+    const char* cwd;
+    std::array<int, 3> stdio;
+    bool new_group;
+    int last_fd;
+    int report_fd;
+};
+
+[[noreturn]] void run_child(const child_plan& p) {
+    if (p.new_group) ::setpgid(0, 0);
+    struct sigaction dfl;
+    std::memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    sigemptyset(&dfl.sa_mask);
+    for (int s : {SIGINT, SIGTERM, SIGQUIT, SIGHUP, SIGPIPE, SIGCHLD, SIGTSTP, SIGTTIN, SIGTTOU})
+        ::sigaction(s, &dfl, nullptr);
+    for (int target = 0; target < 3; ++target) {
+        const int from = p.stdio[static_cast<std::size_t>(target)];
+        if (from == stdio_null) {
+            const int null_fd = ::open("/dev/null", target == 0 ? O_RDONLY : O_WRONLY);
+            if (null_fd < 0) child_fail(p.report_fd, errno);
+            if (null_fd != target) {
+                if (::dup2(null_fd, target) < 0) child_fail(p.report_fd, errno);
+                ::close(null_fd);
+            }
+        } else if (from == target) {
+            ::fcntl(target, F_SETFD, 0);  // dup2 onto itself would keep FD_CLOEXEC
+        } else if (from >= 0) {
+            if (::dup2(from, target) < 0) child_fail(p.report_fd, errno);
+        }
+    }
+    // Only 0-2 stay open (and the report pipe until exec).
+    for (int fd = 3; fd <= p.last_fd; ++fd)
+        if (fd != p.report_fd) ::close(fd);
+    if (p.cwd && ::chdir(p.cwd) != 0) child_fail(p.report_fd, errno);
+    sigset_t empty;
+    sigemptyset(&empty);
+    ::sigprocmask(SIG_SETMASK, &empty, nullptr);
+    // execvp's rules: go on past a candidate that is missing or not permitted, report the
+    // permission problem if nothing runs.
+    int failure = ENOENT;
+    for (const auto& c : *p.candidates) {
+        ::execve(c.c_str(), p.argv, p.envp);
+        if (errno == EACCES) failure = EACCES;
+        else if (errno != ENOENT && errno != ENOTDIR) {
+            failure = errno;
+            break;
+        }
+    }
+    child_fail(p.report_fd, failure);
+}
+
 } // namespace
 
 const char* name() { return "posix"; }
@@ -181,13 +238,10 @@ pid_t spawn(const spawn_request& r, int& error) {
         error = EINVAL;
         return -1;
     }
-    // Everything the child uses is made before fork: it may only make async-signal-safe calls.
+    // Everything the child uses is made before vfork: it may only make async-signal-safe calls.
     const std::vector<std::string> candidates = exec_candidates(r.argv[0]);
     std::vector<char*> argv = c_string_array(r.argv);
     std::vector<char*> envp = c_string_array(r.env);
-    const char* cwd = r.cwd ? r.cwd->c_str() : nullptr;
-    const std::array<int, 3> stdio = r.stdio;
-    const bool new_group = r.new_process_group;
 
     // The child reports a failed exec here (its errno); a successful exec closes it (CLOEXEC).
     int report[2];
@@ -195,56 +249,17 @@ pid_t spawn(const spawn_request& r, int& error) {
         error = errno;
         return -1;
     }
-    const int last_fd = highest_open_fd();
+    const child_plan plan{&candidates, argv.data(), envp.data(), r.cwd ? r.cwd->c_str() : nullptr, r.stdio,
+                          r.new_process_group, highest_open_fd(), report[1]};
 
     // No handler of ours may run in the child before its dispositions are reset.
     sigset_t all, previous;
     sigfillset(&all);
     ::pthread_sigmask(SIG_SETMASK, &all, &previous);
-    const pid_t pid = ::fork();
-    if (pid == 0) {
-        if (new_group) ::setpgid(0, 0);
-        struct sigaction dfl;
-        std::memset(&dfl, 0, sizeof dfl);
-        dfl.sa_handler = SIG_DFL;
-        sigemptyset(&dfl.sa_mask);
-        for (int s : {SIGINT, SIGTERM, SIGQUIT, SIGHUP, SIGPIPE, SIGCHLD, SIGTSTP, SIGTTIN, SIGTTOU})
-            ::sigaction(s, &dfl, nullptr);
-        for (int target = 0; target < 3; ++target) {
-            const int from = stdio[static_cast<std::size_t>(target)];
-            if (from == stdio_null) {
-                const int null_fd = ::open("/dev/null", target == 0 ? O_RDONLY : O_WRONLY);
-                if (null_fd < 0) child_fail(report[1], errno);
-                if (null_fd != target) {
-                    if (::dup2(null_fd, target) < 0) child_fail(report[1], errno);
-                    ::close(null_fd);
-                }
-            } else if (from == target) {
-                ::fcntl(target, F_SETFD, 0);  // dup2 onto itself would keep FD_CLOEXEC
-            } else if (from >= 0) {
-                if (::dup2(from, target) < 0) child_fail(report[1], errno);
-            }
-        }
-        // Only 0-2 stay open (and the report pipe until exec).
-        for (int fd = 3; fd <= last_fd; ++fd)
-            if (fd != report[1]) ::close(fd);
-        if (cwd && ::chdir(cwd) != 0) child_fail(report[1], errno);
-        sigset_t empty;
-        sigemptyset(&empty);
-        ::sigprocmask(SIG_SETMASK, &empty, nullptr);
-        // execvp's rules: go on past a candidate that is missing or not permitted, report the
-        // permission problem if nothing runs.
-        int failure = ENOENT;
-        for (const auto& c : candidates) {
-            ::execve(c.c_str(), argv.data(), envp.data());
-            if (errno == EACCES) failure = EACCES;
-            else if (errno != ENOENT && errno != ENOTDIR) {
-                failure = errno;
-                break;
-            }
-        }
-        child_fail(report[1], failure);
-    }
+    // vfork: the parent waits (suspended) until the child has exec'd or failed, as posix_spawn does;
+    // under load a fork's child can wait long for a CPU while the parent blocks on `report`.
+    const pid_t pid = ::vfork();
+    if (pid == 0) run_child(plan);
     const int fork_errno = errno;
     ::pthread_sigmask(SIG_SETMASK, &previous, nullptr);
     ::close(report[1]);
