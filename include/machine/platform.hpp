@@ -2,7 +2,7 @@
 // systems (macOS): the one seam between machine and the kernel's extensions. Chosen at build
 // time: src/core/platform_linux.cpp on Linux (pipe2, pidfd, posix_spawn with glibc's closefrom,
 // /proc, prctl), src/core/platform_posix.cpp elsewhere or with -DMACHINE_POSIX_ONLY=ON (pipe and
-// fcntl, a SIGCHLD handler, fork and exec closing every other descriptor, sysctl on macOS).
+// fcntl, a SIGCHLD handler, vfork and exec closing every other descriptor, sysctl on macOS).
 // Everything else in machine is plain POSIX. The guest agent runs in the Linux VM and may use
 // Linux directly.
 #pragma once

@@ -1,5 +1,5 @@
 // machine/platform.hpp with POSIX alone (macOS, the BSDs; on Linux with -DMACHINE_POSIX_ONLY=ON,
-// which is how CI tests it): pipe and fcntl, fork and exec, a SIGCHLD handler for child exits.
+// which is how CI tests it): pipe and fcntl, vfork and exec, a SIGCHLD handler for child exits.
 // What POSIX has no call for is read from macOS's sysctl, else from /proc when there is one,
 // else reported as unknown.
 #include "machine/platform.hpp"
