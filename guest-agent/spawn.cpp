@@ -15,6 +15,7 @@
 
 
 #include "files.hpp"
+#include "machine/platform.hpp"
 
 extern char** environ;
 
@@ -115,12 +116,8 @@ child_process spawn(const spawn_spec& spec) {
     }
 
     // Everything the child needs is built before fork: the child must not allocate.
-    std::vector<char*> argv;
-    for (const auto& a : spec.argv) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    std::vector<char*> envp;
-    for (const auto& e : spec.env) envp.push_back(const_cast<char*>(e.c_str()));
-    envp.push_back(nullptr);
+    std::vector<char*> argv = platform::c_string_array(spec.argv);
+    std::vector<char*> envp = platform::c_string_array(spec.env);
     std::vector<gid_t> groups;
     if (spec.as_user) groups = spec.as_user->groups;
 

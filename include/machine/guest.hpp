@@ -244,10 +244,19 @@ struct agent_files {
     std::string sha256;  // hex
 };
 
+// The architecture machine itself is built for ("x86_64", "aarch64"): its VMs' usual one.
+std::string_view native_agent_arch();
+// Lima's `arch` values there is a guest agent for: x86_64 and aarch64.
+bool known_agent_arch(std::string_view arch);
+
+// The agent for a VM of architecture `arch` (Lima's `arch`). For machine's own architecture:
 // $MACHINE_AGENT, else `machine-agent` next to this executable, else the installed one
 // (<prefix>/lib/machine/machine-agent, for <prefix>/bin/machine), else the build tree's
-// guest-agent/machine-agent. Throws machine::error saying where it looked.
-agent_files find_agent();
+// guest-agent/machine-agent; for another one the same with the architecture appended
+// ($MACHINE_AGENT_AARCH64, machine-agent-aarch64, guest-agent/machine-agent-aarch64). The file
+// must be a Linux executable for `arch`. Throws machine::error naming `vm` (when given) and
+// saying where it looked, or that there is no agent for `arch`.
+agent_files find_agent(std::string_view arch = native_agent_arch(), std::string_view vm = {});
 
 // The systemd unit (guest-agent/machine-agent.service, compiled in).
 std::string_view agent_unit();

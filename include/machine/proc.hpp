@@ -1,8 +1,8 @@
-// Child processes on the event loop: posix_spawn, pidfd, pipes.
+// Child processes on the event loop: platform::spawn, an exit watch (a pidfd on Linux), pipes.
 //
 // Guarantees: the child inherits only fds 0-2 (everything else is closed in the child, so
 // concurrent children never hold each other's pipes); stdout and stderr are read
-// concurrently; the exit is observed through a pidfd and every child is reaped; a timeout or
+// concurrently; the exit is observed through platform::open_exit_watch and every child is reaped; a timeout or
 // a cancel_signal stops the child's process group with SIGINT, then SIGTERM, then SIGKILL.
 #pragma once
 

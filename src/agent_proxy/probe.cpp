@@ -13,6 +13,7 @@
 #include "filter.hpp"
 #include "machine/agent_proxy.hpp"
 #include "machine/fd.hpp"
+#include "machine/platform.hpp"
 
 namespace machine::agent_proxy {
 
@@ -59,7 +60,7 @@ agent_probe probe(const std::filesystem::path& socket, std::chrono::milliseconds
     if (path.size() >= sizeof(sa.sun_path)) return make(st::broken, "socket path too long: " + path);
     std::memcpy(sa.sun_path, path.c_str(), path.size() + 1);
 
-    fd_closer fd{::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0)};
+    fd_closer fd{platform::open_socket(AF_UNIX, SOCK_STREAM, true)};
     if (fd.fd < 0) return make(st::broken, std::string("socket: ") + std::strerror(errno));
     if (::connect(fd.fd, reinterpret_cast<const sockaddr*>(&sa), sizeof(sa)) != 0) {
         const int e = errno;

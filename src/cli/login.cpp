@@ -15,6 +15,7 @@
 
 #include "cli.hpp"
 #include "machine/credentials.hpp"
+#include "machine/platform.hpp"
 #include "machine/text.hpp"
 #include "machine/vm.hpp"
 
@@ -55,12 +56,12 @@ std::string read_token_from_stdin(const std::string& tool) {
         if (n == 0) break;
         if (value.size() + static_cast<std::size_t>(n) > cred::max_token_bytes + 2) {
             secrets::wipe(value);
-            explicit_bzero(buf, sizeof buf);
+            platform::wipe_memory(buf, sizeof buf);
             too_long(tool);
         }
         value.append(buf, static_cast<std::size_t>(n));
     }
-    explicit_bzero(buf, sizeof buf);
+    platform::wipe_memory(buf, sizeof buf);
     return value;
 }
 

@@ -1,6 +1,6 @@
 #include "machine/hygiene.hpp"
+#include "machine/platform.hpp"
 
-#include <sys/prctl.h>
 #include <sys/resource.h>
 
 #include <cerrno>
@@ -12,8 +12,8 @@ std::string disable_core_dumps() {
     std::string failed;
     const rlimit none{0, 0};
     if (::setrlimit(RLIMIT_CORE, &none) != 0) failed = std::string("setrlimit(RLIMIT_CORE, 0): ") + std::strerror(errno);
-    if (::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0)
-        failed += (failed.empty() ? "" : "; ") + std::string("prctl(PR_SET_DUMPABLE, 0): ") + std::strerror(errno);
+    if (const std::string attach = platform::forbid_attach(); !attach.empty())
+        failed += (failed.empty() ? "" : "; ") + attach;
     return failed;
 }
 

@@ -15,6 +15,7 @@
 #include <sstream>
 
 #include "machine/error.hpp"
+#include "machine/platform.hpp"
 
 namespace machine::paths {
 
@@ -104,7 +105,7 @@ std::string read_file(const fs::path& path) {
 bool socket_accepts(const std::filesystem::path& socket) {
     sockaddr_un sa{};
     if (socket.native().size() >= sizeof(sa.sun_path)) return false;
-    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    const int fd = platform::open_socket(AF_UNIX, SOCK_STREAM, true);
     if (fd < 0) return false;
     sa.sun_family = AF_UNIX;
     std::memcpy(sa.sun_path, socket.c_str(), socket.native().size() + 1);

@@ -2,8 +2,12 @@
 // the systemd unit, (re)start the service.
 #include <unistd.h>
 
+#include <cctype>
+#include <fstream>
+
 #include "machine/guest.hpp"
 #include "machine/paths.hpp"
+#include "machine/platform.hpp"
 #include "machine/sha256.hpp"
 #include "machine/ssh.hpp"
 #include "machine/text.hpp"
@@ -20,11 +24,6 @@ namespace {
 
 constexpr const char* unit_path = "/etc/systemd/system/machine-agent.service";
 constexpr const char* defaults_path = "/etc/default/machine-agent";
-
-fs::path this_executable() {
-    std::error_code ec;
-    return fs::read_symlink("/proc/self/exe", ec);
-}
 
 // The VM user goes into a config file and a command line: refuse anything but a plain name.
 void require_plain_user_name(const std::string& user) {
@@ -67,22 +66,62 @@ awaitable<void> install_file(std::shared_ptr<ssh::session> session, std::string 
 
 std::string_view agent_unit() { return kAgentUnit; }
 
-agent_files find_agent() {
+std::string_view native_agent_arch() {
+#if defined(__aarch64__)
+    return "aarch64";
+#else
+    return "x86_64";
+#endif
+}
+
+bool known_agent_arch(std::string_view arch) { return arch == "x86_64" || arch == "aarch64"; }
+
+std::string agent_elf_arch(const fs::path& file) {
+    std::ifstream in(file, std::ios::binary);
+    unsigned char h[20] = {};
+    if (!in.read(reinterpret_cast<char*>(h), sizeof h)) return {};
+    if (h[0] != 0x7f || h[1] != 'E' || h[2] != 'L' || h[3] != 'F' || h[5] != 1) return {};  // ELF, little-endian
+    switch (h[18] | (h[19] << 8)) {
+    case 62: return "x86_64";    // EM_X86_64
+    case 183: return "aarch64";  // EM_AARCH64
+    default: return "another architecture";
+    }
+}
+
+agent_files find_agent(std::string_view arch, std::string_view vm) {
+    // Lima reports an arch for every instance it can read; one without (a test double's) is taken
+    // to be machine's own.
+    if (arch.empty()) arch = native_agent_arch();
+    const std::string for_vm = vm.empty() ? "" : "VM '" + text::sanitize_for_terminal(std::string(vm)) + "': ";
+    if (!known_agent_arch(arch))
+        throw error(for_vm + "machine has no guest agent for the architecture '" +
+                    text::sanitize_for_terminal(std::string(arch)) + "' (it has one for x86_64 and aarch64)");
+    // The host's own architecture's agent has the plain names; another's has "-ARCH" appended.
+    const bool native = arch == native_agent_arch();
+    const std::string suffix = native ? "" : "-" + std::string(arch);
+    std::string env_name = "MACHINE_AGENT";
+    for (char c : suffix) env_name += c == '-' ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
     std::vector<fs::path> candidates;
-    if (const auto v = paths::env("MACHINE_AGENT"); !v.empty()) candidates.emplace_back(v);
-    const fs::path exe_dir = this_executable().parent_path();
+    if (const auto v = paths::env(env_name.c_str()); !v.empty()) candidates.emplace_back(v);
+    const fs::path exe_dir = platform::self_executable().parent_path();
     if (!exe_dir.empty()) {
-        candidates.push_back(exe_dir / "machine-agent");
-        candidates.push_back((exe_dir / ".." / "lib" / "machine" / "machine-agent").lexically_normal());  // installed
-        candidates.push_back(exe_dir / "guest-agent" / "machine-agent");  // the build tree
+        candidates.push_back(exe_dir / ("machine-agent" + suffix));
+        candidates.push_back((exe_dir / ".." / "lib" / "machine" / ("machine-agent" + suffix)).lexically_normal());  // installed
+        candidates.push_back(exe_dir / "guest-agent" / ("machine-agent" + suffix));  // the build tree
     }
     std::string looked;
     for (const auto& c : candidates) {
-        if (::access(c.c_str(), R_OK) == 0) return agent_files{c, sha256::hex_of_file(c)};
+        if (::access(c.c_str(), R_OK) == 0) {
+            if (const auto built_for = agent_elf_arch(c); built_for != arch)
+                throw error(for_vm + "the guest agent " + c.string() + " is " +
+                            (built_for.empty() ? "not a Linux executable" : "built for " + built_for) + ", not for " +
+                            std::string(arch));
+            return agent_files{c, sha256::hex_of_file(c)};
+        }
         looked += (looked.empty() ? "" : ", ") + c.string();
     }
-    throw error("the guest agent binary (machine-agent) is missing; looked in: " + looked +
-                " (build it, or set MACHINE_AGENT)");
+    throw error(for_vm + "the guest agent binary (machine-agent" + suffix + ") is missing; looked in: " + looked +
+                " (build it, or set " + env_name + ")");
 }
 
 awaitable<deployment> ensure_agent(std::shared_ptr<ssh::session> session, const agent_files& files,

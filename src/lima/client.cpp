@@ -6,6 +6,7 @@
 #include "machine/cancel.hpp"
 #include "machine/lima.hpp"
 #include "machine/paths.hpp"
+#include "machine/platform.hpp"
 #include "machine/proc.hpp"
 #include "machine/text.hpp"
 
@@ -31,7 +32,7 @@ limactl_choice find_limactl() {
 #ifdef __linux__
     // No Lima: machine's stand-in (tools/limactl: the same CLI contract, QEMU underneath).
     std::error_code ec;
-    const fs::path exe_dir = fs::read_symlink("/proc/self/exe", ec).parent_path();
+    const fs::path exe_dir = platform::self_executable().parent_path();
     if (!ec && !exe_dir.empty()) {
         for (const fs::path& candidate : {exe_dir / ".." / "lib" / "machine" / "limactl",  // installed
                                           exe_dir / "lib" / "machine" / "limactl"}) {       // build tree

@@ -2,8 +2,6 @@
 
 #include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -25,6 +23,7 @@
 #include "machine/async.hpp"
 #include "machine/cancel.hpp"
 #include "machine/paths.hpp"
+#include "machine/platform.hpp"
 #include "machine/supervise.hpp"
 
 extern char** environ;
@@ -69,8 +68,8 @@ struct pipe_pair {
 
 pipe_pair make_pipe() {
     int fds[2];
-    // O_CLOEXEC: a sibling spawned concurrently must never inherit these (see house style §3.9).
-    if (::pipe2(fds, O_CLOEXEC) != 0) throw error(std::string("pipe2: ") + std::strerror(errno));
+    // Close-on-exec: a sibling spawned concurrently must never inherit these (see house style §3.9).
+    if (!platform::open_pipe(fds)) throw error(std::string("pipe: ") + std::strerror(errno));
     return {fd_guard(fds[0]), fd_guard(fds[1])};
 }
 
@@ -93,80 +92,39 @@ std::vector<std::string> build_environment(const command& cmd) {
 struct spawned {
     pid_t pid = -1;
     fd_guard in, out, err;  // parent ends
-    fd_guard pidfd;
-};
-
-class spawn_attributes {
-public:
-    spawn_attributes() {
-        posix_spawn_file_actions_init(&actions);
-        posix_spawnattr_init(&attr);
-    }
-    ~spawn_attributes() {
-        posix_spawn_file_actions_destroy(&actions);
-        posix_spawnattr_destroy(&attr);
-    }
-    posix_spawn_file_actions_t actions;
-    posix_spawnattr_t attr;
+    fd_guard pidfd;         // platform::open_exit_watch
 };
 
 spawned spawn_child(const command& cmd) {
     if (cmd.argv.empty()) throw spawn_error("cannot run an empty command");
-    spawn_attributes sa;
+    platform::spawn_request req;
     spawned child;
     pipe_pair in_pipe, out_pipe, err_pipe;
 
     auto wire = [&](stdio mode, int target, pipe_pair& p, bool child_reads) {
         switch (mode) {
         case stdio::inherit:
+            req.stdio[static_cast<std::size_t>(target)] = platform::stdio_inherit;
             break;
         case stdio::null:
-            posix_spawn_file_actions_addopen(&sa.actions, target, "/dev/null",
-                                             child_reads ? O_RDONLY : O_WRONLY, 0);
+            req.stdio[static_cast<std::size_t>(target)] = platform::stdio_null;
             break;
         case stdio::pipe:
             p = make_pipe();
-            posix_spawn_file_actions_adddup2(&sa.actions,
-                                             child_reads ? p.read.fd : p.write.fd, target);
+            req.stdio[static_cast<std::size_t>(target)] = child_reads ? p.read.fd : p.write.fd;
             break;
         }
     };
     wire(cmd.in, 0, in_pipe, true);
     wire(cmd.out, 1, out_pipe, false);
     wire(cmd.err, 2, err_pipe, false);
-    // Only fds 0-2 reach the child, whatever this process has open (Asio's sockets and
-    // pipes are not CLOEXEC).
-    posix_spawn_file_actions_addclosefrom_np(&sa.actions, 3);
-    if (cmd.cwd) posix_spawn_file_actions_addchdir_np(&sa.actions, cmd.cwd->c_str());
-
-    // Start the child with default dispositions and an empty mask, whatever this process
-    // ignores or blocks.
-    sigset_t defaults;
-    sigemptyset(&defaults);
-    for (int s : {SIGINT, SIGTERM, SIGQUIT, SIGHUP, SIGPIPE, SIGCHLD, SIGTSTP, SIGTTIN, SIGTTOU})
-        sigaddset(&defaults, s);
-    sigset_t empty;
-    sigemptyset(&empty);
-    posix_spawnattr_setsigdefault(&sa.attr, &defaults);
-    posix_spawnattr_setsigmask(&sa.attr, &empty);
-    short flags = POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK;
-    if (cmd.new_process_group) {
-        flags |= POSIX_SPAWN_SETPGROUP;
-        posix_spawnattr_setpgroup(&sa.attr, 0);
-    }
-    posix_spawnattr_setflags(&sa.attr, flags);
-
-    std::vector<char*> argv;
-    for (const auto& a : cmd.argv) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    std::vector<std::string> env_strings = build_environment(cmd);
-    std::vector<char*> envp;
-    for (auto& e : env_strings) envp.push_back(e.data());
-    envp.push_back(nullptr);
-
-    const int rc = ::posix_spawnp(&child.pid, argv[0], &sa.actions, &sa.attr, argv.data(),
-                                  envp.data());
-    if (rc != 0) {
+    req.argv = cmd.argv;
+    req.env = build_environment(cmd);
+    req.cwd = cmd.cwd;
+    req.new_process_group = cmd.new_process_group;
+    int rc = 0;
+    child.pid = platform::spawn(req, rc);
+    if (child.pid < 0) {
         throw spawn_error("cannot run " + cmd.argv[0] + ": " + std::strerror(rc));
     }
     ++g_live_children;
@@ -174,11 +132,7 @@ spawned spawn_child(const command& cmd) {
     child.in = std::move(in_pipe.write);
     child.out = std::move(out_pipe.read);
     child.err = std::move(err_pipe.read);
-    const long pidfd = ::syscall(SYS_pidfd_open, child.pid, 0);
-    if (pidfd >= 0) {
-        child.pidfd = fd_guard(static_cast<int>(pidfd));
-        ::fcntl(child.pidfd.fd, F_SETFD, FD_CLOEXEC);
-    }
+    child.pidfd = fd_guard(platform::open_exit_watch(child.pid));
     return child;
 }
 
@@ -231,9 +185,7 @@ awaitable<void> drain(run_state& st, asio::posix::stream_descriptor& stream, std
     }
     if (on_line && !partial.empty()) on_line(partial);
     if (secret) {
-        // Through a volatile pointer: a plain fill of a dying buffer may be optimised away.
-        volatile char* p = buffer.data();
-        for (std::size_t i = 0; i < buffer.size(); ++i) p[i] = 0;
+        platform::wipe_memory(buffer.data(), buffer.size());
     }
     stream.close();
     if (--st.open_streams == 0) st.streams_closed.notify_all();
@@ -252,7 +204,7 @@ awaitable<void> wait_and_reap(run_state& st) {
         co_await st.pidfd.async_wait(asio::posix::stream_descriptor::wait_read,
                                      as_tuple(use_awaitable));
     } else {
-        // No pidfd (Linux < 5.3): poll.
+        // No exit watch (Linux < 5.3, or the POSIX table is full): poll.
         asio::steady_timer poll(co_await asio::this_coro::executor);
         while (::waitpid(st.pid, &st.wait_status, WNOHANG) == 0) {
             poll.expires_after(20ms);

@@ -66,11 +66,11 @@ awaitable<void> exit_and_reap(watch_state& st, child_watch& w, int& status) {
 awaitable<bool> wait_exited(pid_t pid, int pidfd_raw) {
     if (pidfd_raw >= 0) {
         descriptor pidfd(co_await asio::this_coro::executor, pidfd_raw);
-        // A pidfd polls readable once the process has exited (it stays a zombie until reaped).
+        // A pidfd or platform::open_exit_watch's pipe polls readable once the process has exited (a zombie until reaped).
         auto [ec] = co_await pidfd.async_wait(descriptor::wait_read, use_nothrow);
         co_return !ec;
     }
-    // No pidfd (Linux < 5.3): poll, with WNOWAIT so that the child stays a zombie.
+    // No exit watch (Linux < 5.3, a full POSIX table): poll, with WNOWAIT so the child stays a zombie.
     for (;;) {
         siginfo_t info{};
         const int r = ::waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOHANG | WNOWAIT);

@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <limits>
 
+#include "machine/platform.hpp"
 #include "machine/protocol.hpp"
 #include "machine/text.hpp"
 
@@ -820,9 +821,7 @@ bool is_valid_secret_set_name(std::string_view set) { return text::is_valid_secr
 bool is_valid_secret_name(std::string_view name) { return text::is_valid_secret_name(name); }
 
 void wipe_secret_bytes(std::string& s) {
-    // Through a volatile pointer: a plain memset before the string dies may be optimised away.
-    volatile char* p = s.data();
-    for (std::size_t i = 0; i < s.size(); ++i) p[i] = 0;
+    platform::wipe_memory(s.data(), s.size());
     s.clear();
 }
 

@@ -3,9 +3,9 @@
 // Values are secrets: they are never copied into messages, and each is built in a buffer of
 // its final (or an upper-bound) size so that no reallocation leaves stray copies behind.
 #include <cstring>
-#include <string.h>  // explicit_bzero
 #include <unordered_map>
 
+#include "machine/platform.hpp"
 #include "machine/secrets.hpp"
 
 namespace machine::secrets {
@@ -19,7 +19,7 @@ dotenv_error::dotenv_error(const std::string& origin, std::size_t line, std::siz
       problem_(std::move(problem)) {}
 
 void zero_in_place(std::string& s) {
-    if (s.capacity() > 0) ::explicit_bzero(s.data(), s.capacity());
+    if (s.capacity() > 0) platform::wipe_memory(s.data(), s.capacity());
 }
 
 void zero_in_place(variable& v) {

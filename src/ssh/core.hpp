@@ -3,7 +3,6 @@
 
 #include <libssh/callbacks.h>
 #include <libssh/libssh.h>
-#include <string.h>  // explicit_bzero
 
 #include <cstdint>
 #include <exception>
@@ -19,6 +18,7 @@
 #include <asio/ip/tcp.hpp>
 
 #include "machine/async.hpp"
+#include "machine/platform.hpp"
 #include "machine/ssh.hpp"
 
 namespace machine::ssh::detail {
@@ -45,7 +45,7 @@ int signal_number(const std::string& name);
 // (machine::secrets::zero_in_place); ssh does not depend on it.
 inline void wipe(std::string& s) noexcept {
     s.resize(s.capacity());
-    ::explicit_bzero(s.data(), s.size());
+    platform::wipe_memory(s.data(), s.size());
     s.clear();
 }
 

@@ -1,5 +1,6 @@
 // Which SSH agent a project's VM may reach: none (forward_agent = false), the user's whole
 // agent, or, with `agent_keys`, a filtering proxy (src/agent_proxy) that offers only those keys.
+#include "machine/platform.hpp"
 #include "machine/vm.hpp"
 
 #include <sys/socket.h>
@@ -50,7 +51,7 @@ awaitable<bool> ensure_filter(const config::project& p, const fs::path& socket_p
     if (socket_path.native().size() >= sizeof(sockaddr_un{}.sun_path))
         throw error("the agent filter's socket path is too long: " + socket_path.string() +
                     " (set MACHINE_STATE_DIR to a shorter directory)");
-    std::vector<std::string> argv{fs::read_symlink("/proc/self/exe").string(), "agent-proxy",
+    std::vector<std::string> argv{platform::self_executable().string(), "agent-proxy",
                                   "--listen", socket_path.string(), "--upstream", upstream,
                                   "--vm-dir", lima::instance_dir(p.name).string()};
     for (const auto& fp : p.agent_keys) {

@@ -15,6 +15,7 @@
 #include <spdlog/spdlog.h>
 
 #include "machine/error.hpp"
+#include "machine/platform.hpp"
 
 namespace machine::vm {
 
@@ -26,17 +27,13 @@ constexpr std::size_t log_max_bytes = 1024 * 1024;
 
 void spawn_detached(const std::vector<std::string>& argv, const fs::path& log) {
     if (argv.empty()) throw error("spawn_detached: no command");
-    std::vector<char*> args;
-    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
+    std::vector<char*> args = platform::c_string_array(argv);
     // Built before fork(): the child may only make async-signal-safe calls.
     const std::string log_var = std::string(detached_log_variable) + "=";
     std::vector<std::string> env_strings{log_var + log.string()};
     for (char** e = environ; *e; ++e)
         if (!std::string_view(*e).starts_with(log_var)) env_strings.emplace_back(*e);
-    std::vector<char*> env;
-    for (auto& e : env_strings) env.push_back(e.data());
-    env.push_back(nullptr);
+    std::vector<char*> env = platform::c_string_array(env_strings);
     const int log_fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
     if (log_fd < 0) throw error("cannot open " + log.string() + ": " + std::strerror(errno));
     const int null_fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);

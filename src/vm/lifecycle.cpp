@@ -89,7 +89,7 @@ awaitable<void> boot_instance(context& ctx, lima::driver& lima, std::string name
 
 awaitable<std::shared_ptr<ssh::session>> open_guest(context& ctx, std::string name, lima::instance inst,
                                                     cancel_signal* cancel) {
-    const guest::agent_files files = guest::find_agent();
+    const guest::agent_files files = guest::find_agent(inst.arch, name);
     const fs::path ssh_config = ssh_config_of(inst);
     const ssh::endpoint ep = ssh::endpoint_from_lima_ssh_config(ssh_config);
     // The host key is recorded at the first connection after machine created the VM, and must

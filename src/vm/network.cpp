@@ -7,11 +7,11 @@
 // before the VM starts: the VM's template names its socket, and every guest connection goes
 // through it. A proxy started with another policy is replaced; only a process that is really
 // that VM's net-proxy is ever signalled.
+#include "machine/platform.hpp"
 #include "machine/vm.hpp"
 
 #include <signal.h>
 #include <sys/socket.h>
-#include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -65,20 +65,19 @@ fs::path pid_file(const std::string& name) { return project_state_dir(name) / "n
 fs::path fingerprint_file(const std::string& name) { return project_state_dir(name) / "net-proxy.policy"; }
 fs::path proxy_log(const std::string& name) { return project_state_dir(name) / "net-proxy.log"; }
 
-// Connects to the proxy's socket; the pid of the process listening on it (SO_PEERCRED), 0 when
+// Connects to the proxy's socket; the pid of the process listening on it (platform::peer_pid), 0 when
 // nothing accepts.
 int listener_pid(const fs::path& socket_path) {
     sockaddr_un addr{};
     if (socket_path.native().size() >= sizeof addr.sun_path) return 0;
-    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    const int fd = platform::open_socket(AF_UNIX, SOCK_STREAM, false);
     if (fd < 0) return 0;
     addr.sun_family = AF_UNIX;
     std::memcpy(addr.sun_path, socket_path.c_str(), socket_path.native().size());
     int pid = 0;
     if (::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0) {
-        ucred cred{};
-        socklen_t len = sizeof cred;
-        pid = ::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 && cred.pid > 0 ? cred.pid : 1;
+        pid = platform::peer_pid(fd);
+        if (pid <= 0) pid = 1;  // something listens; the system does not say what
     }
     ::close(fd);
     return pid;
@@ -105,17 +104,13 @@ std::string fingerprint_of(const std::vector<std::string>& argv) {
 }
 
 // SIGTERM to the proxy of `name` at `pid`, only when that pid is still its net-proxy (checked
-// through a pidfd, so a process given the pid meanwhile is never hit), then a short wait for it
-// to go.
+// through platform::signal_if: on Linux a pidfd, so a process given the pid meanwhile is never
+// hit), then a short wait for it to go.
 awaitable<void> stop_proxy(const std::string& name, int pid) {
     if (pid <= 0) co_return;
-    const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
-    if (pidfd < 0) co_return;
-    if (is_net_proxy_for(pid, name)) {
-        ::syscall(SYS_pidfd_send_signal, pidfd, SIGTERM, nullptr, 0);
+    if (platform::signal_if(pid, SIGTERM, [&] { return is_net_proxy_for(pid, name); })) {
         for (int i = 0; i < 100 && is_net_proxy_for(pid, name); ++i) co_await sleep_for(20ms);
     }
-    ::close(pidfd);
 }
 
 } // namespace
@@ -256,9 +251,7 @@ bool is_net_proxy_cmdline(std::string_view raw, const std::string& name) {
 
 bool is_net_proxy_for(int pid, const std::string& name) {
     if (pid <= 0) return false;
-    std::ifstream in("/proc/" + std::to_string(pid) + "/cmdline", std::ios::binary);
-    const std::string raw((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    return is_net_proxy_cmdline(raw, name);
+    return is_net_proxy_cmdline(platform::process_arguments(pid), name);
 }
 
 awaitable<void> ensure_egress_proxy(context& ctx, std::string name, net::policy rules) {
@@ -266,7 +259,7 @@ awaitable<void> ensure_egress_proxy(context& ctx, std::string name, net::policy 
     if (socket_path.native().size() >= sizeof(sockaddr_un{}.sun_path))
         throw error("the egress proxy's socket path is too long: " + socket_path.string() +
                     " (set MACHINE_STATE_DIR to a shorter directory)");
-    const auto argv = net_proxy_argv(fs::read_symlink("/proc/self/exe"), name, ctx.lima.instance_dir(name), rules);
+    const auto argv = net_proxy_argv(platform::self_executable(), name, ctx.lima.instance_dir(name), rules);
     const std::string wanted = fingerprint_of(argv);
     int pid = recorded_pid(name);
     // A proxy that lost its record (its state directory was removed) is still found by its

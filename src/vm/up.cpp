@@ -8,6 +8,7 @@
 #include "machine/async.hpp"
 #include "machine/guest.hpp"
 #include "machine/paths.hpp"
+#include "machine/platform.hpp"
 #include "machine/render.hpp"
 #include "machine/ssh.hpp"
 #include "machine/text.hpp"
@@ -236,14 +237,7 @@ awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel, co
 }
 
 int default_parallelism(const std::vector<config::project>& projects) {
-    long long available = 0;
-    std::ifstream meminfo("/proc/meminfo");
-    for (std::string key; meminfo >> key;) {
-        long long kib = 0;
-        meminfo >> kib;
-        if (key == "MemAvailable:") available = kib * 1024;
-        meminfo.ignore(64, '\n');
-    }
+    const long long available = platform::available_memory();
     if (available <= 0) return 2;
     std::vector<long long> sizes;
     for (const auto& p : projects) sizes.push_back(std::max(1LL, config::size_bytes(p.memory)));

@@ -279,7 +279,9 @@ private:
         const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
         if (left.count() <= 0) return false;
         pollfd p{fd_, POLLIN, 0};
-        if (::poll(&p, 1, static_cast<int>(left.count())) <= 0) return false;
+        const int ready = ::poll(&p, 1, static_cast<int>(left.count()));
+        if (ready < 0 && errno == EINTR) return fill(deadline);  // a SIGCHLD (the POSIX build's handler)
+        if (ready <= 0) return false;
         char tmp[65536];
         const auto n = ::recv(fd_, tmp, sizeof tmp, 0);
         if (n <= 0) {
@@ -321,7 +323,10 @@ std::uint64_t read_failures(int fd, std::uint64_t expected, std::chrono::seconds
         const auto left =
             std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
         pollfd p{fd, POLLIN, 0};
-        if (left <= 0 || ::poll(&p, 1, static_cast<int>(left)) <= 0) break;
+        if (left <= 0) break;
+        const int ready = ::poll(&p, 1, static_cast<int>(left));
+        if (ready < 0 && errno == EINTR) continue;  // a SIGCHLD (the POSIX build's handler)
+        if (ready <= 0) break;
         const auto n = ::recv(fd, buf, sizeof buf, 0);
         if (n <= 0) break;
         for (std::size_t i = 0; i < static_cast<std::size_t>(n); ++i, ++bytes)

@@ -6,6 +6,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdlib>
 #include <exception>
@@ -24,7 +25,9 @@ namespace machine::test {
 inline void kill_and_wait(int pidfd) {
     ::syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, nullptr, 0);
     pollfd p{pidfd, POLLIN, 0};
-    ::poll(&p, 1, 5000);  // readable once it has exited
+    // Readable once it has exited. EINTR: the POSIX build's SIGCHLD handler (platform_posix.cpp).
+    while (::poll(&p, 1, 5000) < 0 && errno == EINTR) {
+    }
     ::close(pidfd);
 }
 
