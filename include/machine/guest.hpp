@@ -213,11 +213,13 @@ private:
 
     asio::awaitable<std::optional<std::string>> read_chunk();
     asio::awaitable<std::optional<int>> relay_exit_status();
+    [[noreturn]] void relay_ended(std::optional<int> status);
     asio::awaitable<protocol::message> next_for(std::uint64_t id, std::uint64_t also = 0);
     asio::awaitable<protocol::message> final_for(std::uint64_t id);
     asio::awaitable<protocol::message> call(std::uint64_t id, const protocol::json& message);
     asio::awaitable<void> send(const protocol::json& message);
     asio::awaitable<void> send_line(std::string& line, bool secret);
+    asio::awaitable<void> write_line(std::string& line, bool secret);
 
     std::shared_ptr<ssh::channel> channel_;
     std::function<void(const std::string&)> on_problem_;

@@ -185,10 +185,32 @@ awaitable<std::optional<std::string>> connection::read_chunk() {
     co_return std::move(std::get<0>(r));
 }
 
+// The relay's end, once the agent's side is gone: a relay that failed (no agent listening, none
+// installed) is agent_unavailable, one that ended well means the agent hung up.
+void connection::relay_ended(std::optional<int> status) {
+    if (status && *status != 0) throw agent_unavailable(vm_, *status);
+    throw ssh::connection_lost("the guest agent closed the connection");
+}
+
+// Writes one line, as write_line. A relay that ended before the line went out (no agent: it
+// exits at once) closes the channel under the write: said as for a read that found the end.
+awaitable<void> connection::send_line(std::string& line, bool secret) {
+    bool relay_gone = false;
+    try {
+        co_await write_line(line, secret);
+    } catch (const ssh::connection_lost&) {
+        throw;
+    } catch (const error&) {
+        if (!channel_->closed_by_remote()) throw;
+        relay_gone = true;  // (no co_await in a handler)
+    }
+    if (relay_gone) relay_ended(co_await relay_exit_status());
+}
+
 // Writes one line (a `secret` one is wiped however the write ends), or times out at the
 // request's deadline: an agent that stops reading fills the SSH window, and the write would
 // wait forever.
-awaitable<void> connection::send_line(std::string& line, bool secret) {
+awaitable<void> connection::write_line(std::string& line, bool secret) {
     // `line` stays the caller's until this completes: a secret one is written from that buffer
     // and wiped (ssh::channel::write_secret), however the write ends.
     awaitable<void> write = secret ? channel_->write_secret(line) : channel_->write(std::move(line));
@@ -244,9 +266,7 @@ awaitable<pr::message> connection::next_for(std::uint64_t id, std::uint64_t also
                     on_problem_("the guest agent's last line was cut off: " + clipped(bad->message, 200));
             pending_.clear();
             // The relay's exit status tells an agent that hung up (0) from none being there.
-            const std::optional<int> status = co_await relay_exit_status();
-            if (status && *status != 0) throw agent_unavailable(vm_, *status);
-            throw ssh::connection_lost("the guest agent closed the connection");
+            relay_ended(co_await relay_exit_status());
         }
         decoder_.feed(*chunk, pending_);
     }
