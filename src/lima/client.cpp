@@ -244,10 +244,8 @@ awaitable<void> client::hibernate(std::string name) {
 }
 
 awaitable<std::optional<stand_in_image>> client::stand_in_image_status() {
-    auto argv = argv_.info();
-    const auto r = co_await invoke(std::move(argv), timeouts_.query, cancel_, env_);
-    if (!r.ok()) fail("limactl info", r);
-    co_return parse_info_guest_image(r.out);
+    const std::string info = co_await info_json();
+    co_return parse_info_guest_image(info);
 }
 
 awaitable<std::vector<instance>> client::list() {

@@ -17,6 +17,7 @@
 
 #include "machine/fd.hpp"
 #include "machine/lima.hpp"
+#include "machine/platform.hpp"
 #include "machine/text.hpp"
 
 namespace machine::lima {
@@ -39,7 +40,7 @@ public:
         sa.sun_family = AF_UNIX;
         if (path_.size() >= sizeof(sa.sun_path)) throw qmp_error("QMP socket path too long: " + path_);
         std::memcpy(sa.sun_path, path_.c_str(), path_.size() + 1);
-        fd_.fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        fd_.fd = platform::open_socket(AF_UNIX, SOCK_STREAM, true);
         if (fd_.fd < 0) throw qmp_error(std::string("socket: ") + std::strerror(errno));
         if (::connect(fd_.fd, reinterpret_cast<const sockaddr*>(&sa), sizeof(sa)) != 0) {
             const int e = errno;

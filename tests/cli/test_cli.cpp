@@ -1810,7 +1810,7 @@ const std::map<std::string, probe>& probes() {
         {"restore", {{"restore", "nosuch", "t1"}, 1, "VM 'nosuch' does not exist (run 'machine up nosuch')"}},
         {"net", {{"net", "nosuch"}, 0, "no connections recorded for 'nosuch' yet"}},
         {"login", {{"login", "--status"}, 0, "gh      not logged in"}},
-        {"logout", {{"logout", "gh"}, 0, "gh: not logged in; nothing to remove"}},
+        {"logout", {{"logout", "gh"}, 0, "gh: not logged in on this computer"}},
         {"create", {{"create", "new-one"}, 2, "pass --yes"}},
         {"init", {{"init"}, 1, "projects.toml already exists"}},
         {"doctor", {{"doctor", "--json"}, 1, "\"checks\""}},

@@ -4,7 +4,6 @@
 #include <boost/test/unit_test.hpp>
 
 #include <algorithm>
-#include <cstdlib>
 #include <fstream>
 
 #include "fake_lima_driver.hpp"
@@ -17,22 +16,10 @@ namespace lima = machine::lima;
 namespace fs = std::filesystem;
 using machine::test::co_run;
 using machine::test::fake_vm_context;
+using machine::test::state_dir;
 using strings = std::vector<std::string>;
 
 namespace {
-
-struct state_dir {
-    machine::test::temp_dir dir;
-    std::optional<std::string> previous;
-    state_dir() {
-        if (const char* v = std::getenv("MACHINE_STATE_DIR")) previous = v;
-        ::setenv("MACHINE_STATE_DIR", (dir.path / "state").c_str(), 1);
-    }
-    ~state_dir() {
-        if (previous) ::setenv("MACHINE_STATE_DIR", previous->c_str(), 1);
-        else ::unsetenv("MACHINE_STATE_DIR");
-    }
-};
 
 bool starts_with(const std::string& s, const std::string& prefix) { return s.rfind(prefix, 0) == 0; }
 
@@ -249,7 +236,7 @@ BOOST_AUTO_TEST_CASE(hibernate_then_up_resumes) {
     BOOST_TEST(w.event_starts("message web info resuming from hibernation"));
     BOOST_TEST(w.event_starts("message web info resumed from hibernation in 1.5 s"));
     BOOST_TEST(vm::hibernated_bytes(f.lima.state().instances["web"]) == 0);
-    BOOST_TEST(!fs::exists(w.state.dir.path / "state" / "web" / "hibernate.digest"));
+    BOOST_TEST(!fs::exists(w.state.of("web") / "hibernate.digest"));
 }
 
 BOOST_AUTO_TEST_CASE(a_changed_lima_yaml_boots_cold_and_says_why) {
