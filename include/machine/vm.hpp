@@ -95,6 +95,8 @@ private:
 // Waits (cancellably, saying so) until no other machine command works on `name`.
 asio::awaitable<std::unique_ptr<project_lock>> lock_project(context& ctx, std::string name,
                                                             cancel_signal* cancel);
+// Waits (cancellably, saying so) until `lock`, one of project `name`'s, is ours.
+asio::awaitable<void> wait_for_lock(context& ctx, const std::string& name, project_lock& lock, cancel_signal* cancel);
 
 // The instance's ssh.config (as `limactl list` names it, else in its directory).
 std::filesystem::path ssh_config_of(const lima::instance& inst);

@@ -35,11 +35,11 @@ struct master_identity {
     std::string text() const { return vm + agent; }
 };
 
-std::optional<master_identity> identity_of(const std::string& name, const openssh_target& t,
+std::optional<master_identity> identity_of(const ssh::host_key_pin& host_key, const openssh_target& t,
                                            const agent_environment& agent) {
     std::string pin;
     try {
-        pin = text::trim(paths::read_file(pin_of(name, false).file));
+        pin = text::trim(paths::read_file(host_key.file));
     } catch (const error&) {
         return std::nullopt;  // no pin: nothing to ride
     }
@@ -130,18 +130,16 @@ awaitable<void> verify_pin(context& ctx, const std::string& name, const lima::in
 
 awaitable<openssh_target> ssh_target(context& ctx, const std::string& name, const lima::instance& inst,
                                      const agent_environment& agent) {
-    openssh_target t{name, ssh_config_of(inst), pin_of(name, false).known_hosts, agent.forward, {}};
+    const ssh::host_key_pin pin = pin_of(name, false);  // refuses a VM without one
+    openssh_target t{name, ssh_config_of(inst), pin.known_hosts, agent.forward, {}};
     const fs::path socket = ssh_master_socket(name);
-    const auto identity = identity_of(name, t, agent);
+    const auto identity = identity_of(pin, t, agent);
     if (socket.empty() || !identity || !private_dir(socket.parent_path())) {
         co_await verify_pin(ctx, name, inst);
         co_return t;
     }
     project_lock lock(name, "ssh-master.lock");
-    while (!lock.try_lock()) {
-        if (ctx.cancel.current() != cancel_signal::none) throw interrupted_error();
-        co_await sleep_for(50ms);
-    }
+    co_await wait_for_lock(ctx, name, lock, &ctx.cancel);
     if (paths::socket_accepts(socket)) {
         const std::string recorded = recorded_identity(name);
         if (recorded == identity->text()) {
@@ -160,17 +158,16 @@ awaitable<openssh_target> ssh_target(context& ctx, const std::string& name, cons
     fs::remove(socket, ec);  // a stale one: its master is gone
     fs::remove(identity_file(name), ec);
     t.control_path = socket;
-    if (co_await open_master(name, t, agent)) {
-        paths::write_file_atomic(identity_file(name), identity->text(), 0600);
-        co_return t;
-    }
-    // OpenSSH refused: machine's own check says why when it is the key (host_key_mismatch, both
-    // fingerprints), and rewrites the pin's known_hosts on the way; otherwise a connection of
-    // our own, without a master.
-    co_await verify_pin(ctx, name, inst);
-    if (co_await open_master(name, t, agent)) {  // the pin's known_hosts was missing or stale
-        paths::write_file_atomic(identity_file(name), identity->text(), 0600);
-        co_return t;
+    for (int attempt = 1;; ++attempt) {
+        if (co_await open_master(name, t, agent)) {
+            paths::write_file_atomic(identity_file(name), identity->text(), 0600);
+            co_return t;
+        }
+        if (attempt == 2) break;
+        // OpenSSH refused: machine's own check says why when it is the key (host_key_mismatch,
+        // both fingerprints), and rewrites the pin's known_hosts on the way (it may have been
+        // missing or stale: then one more try); otherwise a connection of our own, without a master.
+        co_await verify_pin(ctx, name, inst);
     }
     t.control_path.clear();
     co_return t;

@@ -81,15 +81,19 @@ std::uint64_t project_lock::generation_of(const std::string& name) {
     return g;
 }
 
-asio::awaitable<std::unique_ptr<project_lock>> lock_project(context& ctx, std::string name,
-                                                            cancel_signal* cancel) {
-    auto lock = std::make_unique<project_lock>(name);
-    if (lock->try_lock()) co_return lock;
+asio::awaitable<void> wait_for_lock(context& ctx, const std::string& name, project_lock& lock, cancel_signal* cancel) {
+    if (lock.try_lock()) co_return;
     ctx.say(name, "waiting for another machine command working on '" + name + "'");
-    while (!lock->try_lock()) {
+    while (!lock.try_lock()) {
         if (cancel && cancel->current() != cancel_signal::none) throw interrupted_error();
         co_await sleep_for(100ms);
     }
+}
+
+asio::awaitable<std::unique_ptr<project_lock>> lock_project(context& ctx, std::string name,
+                                                            cancel_signal* cancel) {
+    auto lock = std::make_unique<project_lock>(name);
+    co_await wait_for_lock(ctx, name, *lock, cancel);
     co_return lock;
 }
 

@@ -23,7 +23,14 @@ import time
 import unittest
 
 AGENT = None  # set from the command line
-AGENT_CMD = None  # how to run it: [AGENT], or [RUNNER, AGENT] (--runner: qemu-aarch64-static for an aarch64 agent)
+RUNNER = []  # what runs it: nothing, or [qemu-aarch64-static] for an aarch64 agent (--runner)
+
+
+def agent_cmd():
+    """How to run the agent: AGENT, after RUNNER. Read at each call: suites swap AGENT for a
+    wrapper (the agent as another user)."""
+    return RUNNER + [AGENT]
+
 SANITIZED = False  # an ASan/UBSan build: memory figures mean nothing, sanitizer reports fail tests
 EMULATED = False  # run through --runner (qemu-user): its RSS is the emulator's too, so memory limits are not checked
 
@@ -195,7 +202,7 @@ class Agent:
             f.write(boot_id + "\n")
 
     def start(self, env_extra=None):
-        argv = [*AGENT_CMD, "--socket", self.socket, "--journal", self.journal, "--runtime-dir-root", self.runtime,
+        argv = [*agent_cmd(), "--socket", self.socket, "--journal", self.journal, "--runtime-dir-root", self.runtime,
                 "--boot-id-file", self.boot_id_file, "--group", MY_GROUP]
         if self.user:
             argv += ["--user", self.user]
@@ -740,28 +747,28 @@ class Events(AgentTest):
         a = self.agent()
         sub = a.client()
         rid = sub.request("subscribe", from_seq=1)
-        r = subprocess.run([*AGENT_CMD, "emit", "--socket", a.socket, "step.finished", "step=docker", "ok:=true",
+        r = subprocess.run([*agent_cmd(), "emit", "--socket", a.socket, "step.finished", "step=docker", "ok:=true",
                             "duration_ms:=8123", "note=a=b c"], capture_output=True, text=True)
         self.assertEqual(r.returncode, 0, r.stderr)
         _, events = subscribe_collect(sub, 1, 1, rid=rid)
         e = events[0]
         self.assertEqual((e["event"], e["step"], e["ok"], e["duration_ms"], e["note"]),
                          ("step.finished", "docker", True, 8123, "a=b c"))
-        r = subprocess.run([*AGENT_CMD, "emit", "Bad Name"], capture_output=True, text=True,
+        r = subprocess.run([*agent_cmd(), "emit", "Bad Name"], capture_output=True, text=True,
                            env={**os.environ, "MACHINE_AGENT_SOCKET": a.socket})
         self.assertEqual(r.returncode, 1)
         self.assertIn("event", r.stderr)
-        r = subprocess.run([*AGENT_CMD, "emit", "--socket", a.socket, "x", "seq:=5"], capture_output=True, text=True)
+        r = subprocess.run([*agent_cmd(), "emit", "--socket", a.socket, "x", "seq:=5"], capture_output=True, text=True)
         self.assertEqual(r.returncode, 1)
         self.assertIn("reserved", r.stderr)
-        r = subprocess.run([*AGENT_CMD, "emit", "--socket", os.path.join(self.tmp, "nope.sock"), "x"],
+        r = subprocess.run([*agent_cmd(), "emit", "--socket", os.path.join(self.tmp, "nope.sock"), "x"],
                            capture_output=True, text=True)
         self.assertEqual(r.returncode, 1)
         self.assertIn("cannot connect", r.stderr)
         # Twenty scripted steps in a row, as provisioning would.
         t0 = time.monotonic()
         for i in range(20):
-            subprocess.run([*AGENT_CMD, "emit", "--socket", a.socket, "step.started", f"i:={i}"], check=True)
+            subprocess.run([*agent_cmd(), "emit", "--socket", a.socket, "step.started", f"i:={i}"], check=True)
         figure("emit CLI round trip", f"{(time.monotonic() - t0) / 20 * 1000:.1f} ms")
         _, events = subscribe_collect(sub, 2, 20, rid=rid)
         self.assertEqual([e["i"] for e in events], list(range(20)))
@@ -962,13 +969,13 @@ def run_suite(suite, skip_reason=None):
     a reason (nothing runs), and each test's own (unittest's skip): the suite then runs to its
     end and, if nothing failed, still exits 77 with one line naming what was skipped and why, so
     that a skipped test cannot pass for a tested one. Failures win: exit 1."""
-    global AGENT, AGENT_CMD, SANITIZED, EMULATED
+    global AGENT, RUNNER, SANITIZED, EMULATED
     parser = argparse.ArgumentParser()
     parser.add_argument("--agent", required=True)
     parser.add_argument("--runner", help="runs the agent (an emulator for another architecture's agent)")
     args, rest = parser.parse_known_args()
     AGENT = os.path.abspath(args.agent)
-    AGENT_CMD = ([args.runner] if args.runner else []) + [AGENT]
+    RUNNER = [args.runner] if args.runner else []
     EMULATED = bool(args.runner)
     with open(AGENT, "rb") as f:
         SANITIZED = b"libasan.so" in f.read()

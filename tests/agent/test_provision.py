@@ -12,7 +12,6 @@ import pwd
 import subprocess
 import sys
 import time
-import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import test_agent as ta  # noqa: E402  (the harness: Agent, Client, AgentTest)

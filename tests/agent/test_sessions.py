@@ -21,7 +21,6 @@ import subprocess
 import sys
 import time
 import tomllib
-import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import test_agent as ta  # noqa: E402  (the harness: Agent, Client, AgentTest)

@@ -437,6 +437,15 @@ class World:
         if pin is not False:
             self.write_pin(name, pin or sshd.fingerprint)
 
+    def close_ssh_masters(self):
+        """Ends the OpenSSH masters `machine` opened for this world's VMs (as `machine down` does
+        when a VM stops), so that neither they nor their sshd sessions outlive the check."""
+        for name in sorted(os.listdir(self.state_dir)):
+            socket_path = os.path.join(self.state_dir, name, "ssh-master")
+            if os.path.exists(socket_path):
+                subprocess.run(["ssh", "-S", socket_path, "-O", "exit", "machine-master"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10)
+
     def write_pin(self, name, fingerprint):
         d = os.path.join(self.state_dir, name)
         os.makedirs(d, exist_ok=True)
@@ -721,10 +730,11 @@ def file_tail(path, size=2000):
 
 def run_suite(jobs, report, machine, then=()):
     """Runs the (name, callable) checks in parallel, then the `then` checks in parallel, notes how
-    long they took against which binary, and exits with the report's status. `then` is for checks
-    whose agent must answer within machine's own deadlines: on 2 cores, the floods of the first
-    wave (several machines, sshds and relays parsing MiBs at once) can hold a request back past
-    them, and the check would measure the host's load instead of machine (seen in CI)."""
+    long they took against which binary, and exits with the report's status. Two waves keep
+    checks that load the host (floods: several machines, sshds and relays moving MiBs at once)
+    away from checks whose agent must answer within machine's own deadlines: on 2 cores the
+    floods held requests back past them, and such a check measured the host's load, not
+    machine (seen in CI)."""
     t0 = time.monotonic()
     run_parallel(jobs, report)
     run_parallel(list(then), report)

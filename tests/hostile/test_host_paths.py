@@ -23,8 +23,6 @@ check failed; pin-master needs root and a mount namespace (common.py), else only
 """
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile

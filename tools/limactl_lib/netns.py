@@ -44,7 +44,6 @@ QEMU driver runs it (cached) for `limactl info`'s `machineEgress`.
 import asyncio
 import contextlib
 import ctypes
-import errno
 import os
 import signal
 import socket
