@@ -191,8 +191,11 @@ class StormAgent(ScriptedAgent):
         super().__init__(directory)
         self.new_boot = new_boot_each_time
         self.renders = 0
+        self.storming = threading.Event()  # set at the first subscription
 
     def on_subscribed(self, conn, sub_id):
+        self.storming.set()
+
         def storm():
             while not conn.closed and not self.stopping:
                 # Well-formed boot_ids (UUIDs, as the kernel's): a host may ignore malformed ones.
@@ -485,6 +488,8 @@ class Suite:
         c = Check(self, vm, StormAgent, projects=projects, new_boot_each_time=new_boot)
         try:
             run = c.machine("watch", vm)
+            # The storm starts at watch's subscription (on a loaded host, seconds after watch starts).
+            c.agent.storming.wait(END_LIMIT_S)
             time.sleep(STORM_S)
             alive = run.running()
             run.interrupt()
