@@ -72,6 +72,10 @@ struct project {
     int cpus = 4;
     std::string memory = "8GiB";         ///< normalized "<number><KiB|MiB|GiB|TiB>"
     std::string disk = "30GiB";
+    /// The VM's CPU architecture in Lima's names (`arch = "aarch64"`): "x86_64" or "aarch64".
+    /// nullopt (the key absent): the host's, as Lima defaults it. Another arch than the host's
+    /// is emulated (QEMU TCG): correct, and many times slower.
+    std::optional<std::string> arch;
     port_forwarding ports;
     /// CA certificates for the guest's trust store: file paths, or "host" for the host's
     /// locally added CAs (/usr/local/share/ca-certificates). Default ["host"].
@@ -196,6 +200,7 @@ std::string repo_problem(std::string_view url);        ///< one of `repos`
 std::string profile_problem(std::string_view name);    ///< one of `profiles` (its name only)
 std::string shell_problem(std::string_view shell);     ///< `shell`
 std::string cpus_problem(long long cpus);              ///< `cpus`
+std::string arch_problem(std::string_view arch);       ///< `arch`: "x86_64" or "aarch64"
 std::string size_problem(std::string_view size);       ///< `memory`, `disk`: normalize_size's forms
 
 /// projects.toml alone (no .machine.toml): parsed, or the defaults when it does not exist.

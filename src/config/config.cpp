@@ -89,6 +89,11 @@ std::string shell_problem(std::string_view shell) {
     return "expected \"zsh\" or \"bash\", got " + toml_string(shell);
 }
 
+std::string arch_problem(std::string_view arch) {
+    if (arch == "x86_64" || arch == "aarch64") return {};
+    return "expected \"x86_64\" or \"aarch64\" (Lima's names), got " + toml_string(arch);
+}
+
 std::string cpus_problem(long long cpus) {
     if (cpus < 1) return "must be at least 1, got " + std::to_string(cpus);
     if (cpus > max_cpus) return "must be at most " + std::to_string(max_cpus) + ", got " + std::to_string(cpus);
@@ -449,6 +454,9 @@ void apply_cpus(const field& f, project& p) {
     else
         p.cpus = static_cast<int>(*n);
 }
+void apply_arch(const field& f, project& p) {
+    if (auto v = detail::read_string(f, arch_problem)) p.arch = *v;
+}
 void apply_memory(const field& f, project& p) {
     if (auto v = read_size(f)) p.memory = *v;
 }
@@ -505,6 +513,7 @@ constexpr key_rule<project> project_keys[] = {
     {"cpus", apply_cpus},
     {"memory", apply_memory},
     {"disk", apply_disk},
+    {"arch", apply_arch},
     {"ports", apply_ports},
     {"host_ports", apply_host_ports},
     {"egress", apply_egress},

@@ -208,7 +208,7 @@ std::string clone_settings(const config::project& p, const host_facts& host, con
 std::string lima_yaml(const config::project& p, const host_facts& host, const fs::path& egress_socket) {
     const std::vector<std::pair<std::string, json>> values{
         {"vm_type", host.os == "darwin" ? "vz" : "qemu"},
-        {"arch", host.arch},
+        {"arch", p.arch.value_or(host.arch)},
         {"images", images(host)},
         {"cpus", p.cpus},
         {"memory", p.memory},

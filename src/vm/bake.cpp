@@ -34,6 +34,7 @@ config::project base_project(const up_target& t) {
     p.cpus = std::clamp(t.project.cpus, 1, 4);
     p.memory = "4GiB";
     p.disk = base_disk;
+    p.arch = t.project.arch;  // a clone keeps its base's arch: an aarch64 project needs an aarch64 base
     p.forward_agent = false;
     p.ports.mode = config::port_forwarding::policy::none;
     p.ca_certs = {"host"};

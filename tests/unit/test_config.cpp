@@ -29,7 +29,7 @@ const host_resources big_host{.cpus = 8, .memory_bytes = 32LL << 30};
 const std::string name_rule =
     " (use a-z, 0-9 and hyphens, starting with a letter or digit, at most 63 characters)";
 const std::string project_keys_list =
-    "repos, profiles, shell, claude_mode, forward_agent, cpus, memory, disk, ports, host_ports, egress, ca_certs, agent_keys, agent_auth, secrets, "
+    "repos, profiles, shell, claude_mode, forward_agent, cpus, memory, disk, arch, ports, host_ports, egress, ca_certs, agent_keys, agent_auth, secrets, "
     "secrets_on_up, clone_timeout";
 
 config parse(std::string_view text, const host_resources& host = big_host) {
@@ -1088,6 +1088,12 @@ BOOST_AUTO_TEST_CASE(the_rules_are_the_loaders) {
     BOOST_TEST(parse_error("[w]\ncpus = 0\n") == "projects.toml:2:1: w.cpus: " + cpus_problem(0));
     BOOST_TEST(parse_error("[w]\ncpus = 5000\n") == "projects.toml:2:1: w.cpus: " + cpus_problem(5000));
     BOOST_TEST(parse_error("[w]\nmemory = \"8GB\"\n") == "projects.toml:2:1: w.memory: " + size_problem("8GB"));
+    BOOST_TEST(parse_error("[w]\narch = \"arm64\"\n") == "projects.toml:2:1: w.arch: " + arch_problem("arm64"));
+    BOOST_TEST(parse_error("[w]\narch = 64\n").find("projects.toml:2:1: w.arch: ") == 0);
+    BOOST_TEST(arch_problem("aarch64").empty());
+    BOOST_TEST(arch_problem("x86_64").empty());
+    BOOST_TEST(parse("[w]\narch = \"aarch64\"\n").projects.at("w").arch.value_or("") == "aarch64");
+    BOOST_TEST(!parse("[w]\ncpus = 2\n").projects.at("w").arch);
     for (const auto* fine : {"git@github.com:a/b.git", "https://h/x.git"}) BOOST_TEST(repo_problem(fine).empty());
     BOOST_TEST(shell_problem("zsh").empty());
     BOOST_TEST(cpus_problem(1).empty());

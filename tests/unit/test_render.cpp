@@ -74,6 +74,18 @@ BOOST_AUTO_TEST_CASE(resources_and_vm_type_per_host) {
     BOOST_TEST(value_of(m, "arch") == "aarch64");
 }
 
+BOOST_AUTO_TEST_CASE(the_project_arch_overrides_the_hosts) {
+    auto p = sample();
+    BOOST_TEST(value_of(render::lima_yaml(p, linux_host()), "arch") == "x86_64");
+    p.arch = "aarch64";
+    const std::string y = render::lima_yaml(p, linux_host());
+    BOOST_TEST(value_of(y, "arch") == "aarch64");
+    // Every image is still listed with its own arch: Lima picks the aarch64 one.
+    bool aarch64_image = false;
+    for (const auto& img : value_of(y, "images")) aarch64_image |= img.value("arch", "") == "aarch64";
+    BOOST_TEST(aarch64_image);
+}
+
 BOOST_AUTO_TEST_CASE(agent_forwarding_follows_the_project) {
     auto p = sample();
     BOOST_TEST(render::lima_yaml(p, linux_host()).find("forwardAgent: true") != std::string::npos);

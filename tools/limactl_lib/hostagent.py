@@ -25,6 +25,8 @@ import uuid
 from . import cidata, image, logrus, netns, portfwd, qemu, sshutil, store
 
 REQUIREMENT_RETRIES = int(os.environ.get("LIMACTL_REQUIREMENT_RETRIES", "200"))
+# An emulated guest of another arch (aarch64 on x86_64 under TCG) boots several times slower.
+FOREIGN_ARCH_RETRY_FACTOR = 5
 # Lima retries every 3 s; 1 s gets the `running` event out sooner (checks are cheap ssh logins)
 REQUIREMENT_INTERVAL = 1.0
 SHUTDOWN_GRACE = float(os.environ.get("LIMACTL_SHUTDOWN_TIMEOUT", "180"))
@@ -158,7 +160,7 @@ class HostAgent:
         self.log("info", f"hostagent socket created at {self.sockpath}")
         if not os.path.exists(os.path.join(self.dir, "disk")):
             image.prepare_disk(self.name, self.dir, self.cfg)
-        accel, reason = qemu.choose_accel(os.path.join(self.dir, "kernel"))
+        accel, reason = qemu.choose_accel(os.path.join(self.dir, "kernel"), self.cfg.get("arch"))
         if accel == "tcg":
             self.log("warning", "/dev/kvm is not available. Disabling KVM. Expect very poor performance.")
             self.log("info", f"Using QEMU TCG software emulation ({reason})")
@@ -196,7 +198,7 @@ class HostAgent:
         # with a guest patching its own code on another vCPU ("accel/tcg: Always lock pages before
         # translation"): Debian 13's kernel 6.12 sometimes dies at boot with "Oops: int3" in
         # hrtimer_start_range_ns; the next boot goes through.
-        parts = ["root=/dev/vda", "rw", "console=ttyS0", "loglevel=4", "panic=1",
+        parts = ["root=/dev/vda", "rw", "console=" + qemu.console(self.cfg.get("arch")), "loglevel=4", "panic=1",
                  f"systemd.machine_id={cidata.machine_id(self.iid)}",
                  f"systemd.hostname={store.hostname_for(self.name)}"]
         extra = os.path.join(self.dir, "kernel.cmdline")
@@ -428,7 +430,10 @@ class HostAgent:
         desc, script, argv_fn, hint = req
         self.log("info", f"Waiting for the {label} requirement {i} of {n}: `{desc}`")
         last = ""
-        for _ in range(REQUIREMENT_RETRIES):
+        retries = REQUIREMENT_RETRIES
+        if "LIMACTL_REQUIREMENT_RETRIES" not in os.environ and self.cfg.get("arch", qemu.host_arch()) != qemu.host_arch():
+            retries *= FOREIGN_ARCH_RETRY_FACTOR
+        for _ in range(retries):
             if self.stop_event.is_set():
                 return "stopping"
             self.log("debug", f"executing script `{desc}`")

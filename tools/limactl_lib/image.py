@@ -44,9 +44,23 @@ def local_path(location):
     return os.path.abspath(os.path.expanduser(loc))
 
 
-def builder_image():
-    """The `current` image of tools/build-guest-image, resolved to its hash directory."""
-    current = os.path.join(guest_cache_root(), "current")
+# Per guest arch (Lima's names): the builder and the link to its latest image. x86_64 is
+# tools/build-guest-image's `current`; aarch64 is tools/build-guest-image-arm64's (a foreign
+# arch here: built through qemu-user, booted under TCG).
+_TOOLS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUILDERS = {"x86_64": ("build-guest-image", "current"), "aarch64": ("build-guest-image-arm64", "current-arm64")}
+
+
+def builder_for(arch):
+    return os.path.join(_TOOLS, BUILDERS.get(arch, BUILDERS["x86_64"])[0])
+
+
+def builder_image(arch="x86_64"):
+    """The `current` image of tools/build-guest-image (or of the arch's builder), resolved to
+    its hash directory."""
+    if arch not in BUILDERS:
+        return None
+    current = os.path.join(guest_cache_root(), BUILDERS[arch][1])
     if not os.path.islink(current) and not os.path.isdir(current):
         return None
     d = os.path.realpath(current)
@@ -58,17 +72,19 @@ def builder_image():
 
 
 # The image builder, next to the stand-in (tools/ in the source tree, lib/machine/ installed).
-BUILDER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "build-guest-image")
+BUILDER = builder_for("x86_64")
 
 
-def build_on_demand():
+def build_on_demand(arch="x86_64"):
     """Runs the image builder (a few minutes, once per recipe; a concurrent create waits on its
     lock and finds the image made), its progress lines re-logged as info. In our process group:
     whatever stops this limactl stops the build, which then removes its partial work."""
-    if not os.path.isfile(BUILDER):
+    builder = builder_for(arch)
+    if arch not in BUILDERS or not os.path.isfile(builder):
         return None
-    logrus.info(f"No stand-in guest image in `{guest_cache_root()}` yet: building it (once; a few minutes)")
-    proc = subprocess.Popen([sys.executable, "-SE", BUILDER], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+    what = "" if arch == "x86_64" else f" {arch}"
+    logrus.info(f"No stand-in{what} guest image in `{guest_cache_root()}` yet: building it (once; a few minutes)")
+    proc = subprocess.Popen([sys.executable, "-SE", builder], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, errors="replace")
     last = []
     for line in proc.stderr:
@@ -77,9 +93,9 @@ def build_on_demand():
         if line.startswith("build-guest-image: "):
             logrus.info("guest image: " + line[len("build-guest-image: "):])
     if proc.wait() != 0:
-        raise ImageError("failed to build the stand-in guest image with " + BUILDER + ": " +
+        raise ImageError("failed to build the stand-in guest image with " + builder + ": " +
                          " / ".join(x for x in last if x.strip())[-2000:])
-    return builder_image()
+    return builder_image(arch)
 
 
 def guest_image_status():
@@ -150,12 +166,13 @@ def resolve(cfg):
         raise ImageError(f"failed to download `{where}`: open {where}: no such file or directory")
     # The stand-in cannot download: remote images are replaced by the one tools/ builds, on
     # first use (as Lima downloads a template's image at its first create).
-    built = builder_image() or build_on_demand()
+    built = builder_image(arch) or build_on_demand(arch)
     if built is None:
         where = first.get("location") if first else "(none)"
+        hint = f"run {builder_for(arch)}" if arch in BUILDERS else f"the stand-in builds no `{arch}` image"
         raise ImageError(f"failed to find a usable image for arch `{arch}`: `{where}` is not a local file "
                          f"and there is no stand-in guest image in `{guest_cache_root()}` "
-                         f"(hint: run {BUILDER})")
+                         f"(hint: {hint})")
     return {"location": (first or {}).get("location", built["disk"]), "disk": built["disk"],
             "kernel": built["kernel"], "initrd": built["initrd"], "cmdline": "",
             "digest": (first or {}).get("digest", ""), "arch": arch, "fallback": True}
@@ -180,7 +197,7 @@ def prepare_disk(name, inst_dir, cfg):
                 location=str(img["location"]))
     if img["fallback"]:
         logrus.warning(f"The stand-in cannot download `{img['location']}`; using the stand-in guest image "
-                       f"`{img['disk']}` (built by tools/build-guest-image) instead")
+                       f"`{img['disk']}` (built by tools/{os.path.basename(builder_for(img['arch']))}) instead")
     else:
         logrus.info(f"Downloaded the image from `{img['location']}`")
     info = image_info(img["disk"])

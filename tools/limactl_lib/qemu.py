@@ -13,8 +13,22 @@ import time
 from . import image, units
 
 
-def qemu_binary():
+def qemu_binary(arch="x86_64"):
+    if arch == "aarch64":
+        return os.environ.get("QEMU_SYSTEM_AARCH64") or shutil.which("qemu-system-aarch64") or "qemu-system-aarch64"
     return os.environ.get("QEMU_SYSTEM_X86_64") or shutil.which("qemu-system-x86_64") or "qemu-system-x86_64"
+
+
+def host_arch():
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(os.uname().machine, os.uname().machine)
+
+
+# The guest's serial console: the PC's 16550 on q35, the PL011 on Arm's `virt` board.
+CONSOLE = {"x86_64": "ttyS0", "aarch64": "ttyAMA0"}
+
+
+def console(arch):
+    return CONSOLE.get(arch, "ttyS0")
 
 
 def _accel_cache_path():
@@ -62,8 +76,11 @@ def _probe_kvm(binary, kernel):
         return False, err
 
 
-def choose_accel(kernel):
-    """('kvm'|'tcg', reason). LIMACTL_ACCEL=kvm|tcg forces a choice (stand-in specific)."""
+def choose_accel(kernel, arch=None):
+    """('kvm'|'tcg', reason). LIMACTL_ACCEL=kvm|tcg forces a choice (stand-in specific). A guest
+    of another arch than the host's is always emulated (TCG)."""
+    if arch and arch != host_arch():
+        return "tcg", f"an {arch} guest on an {host_arch()} host is emulated"
     forced = os.environ.get("LIMACTL_ACCEL")
     if forced in ("kvm", "tcg"):
         return forced, "forced by LIMACTL_ACCEL"
@@ -143,8 +160,17 @@ def build_argv(name, inst_dir, cfg, accel, ssh_port, kernel_cmdline, mounts, bou
     p = lambda *a: os.path.join(inst_dir, *a)  # noqa: E731
     mem_mib = units.ram_in_bytes(cfg["memory"]) // (1 << 20)
     cpus = cfg["cpus"]
-    argv = [qemu_binary(), "-name", f"lima-{name}"]
-    if accel == "kvm":
+    arch = cfg.get("arch") or "x86_64"
+    argv = [qemu_binary(arch), "-name", f"lima-{name}"]
+    if arch == "aarch64":
+        # Arm's `virt` board, emulated (KVM would need an arm64 host): the same virtio-*-pci
+        # devices as on q35 (virt has a PCIe host bridge), the PL011 UART as the serial port.
+        # No firmware: the kernel is loaded directly and gets the board's device tree.
+        # pauth-impdef: QEMU's cheap pointer-authentication algorithm instead of QARMA, which
+        # costs TCG much of its speed (QEMU's own advice); the guest cannot tell.
+        argv += ["-machine", "virt", "-accel", "tcg,thread=multi,tb-size=512",
+                 "-cpu", os.environ.get("LIMACTL_TCG_CPU_AARCH64", "max,pauth-impdef=on")]
+    elif accel == "kvm":
         argv += ["-machine", "q35,accel=kvm", "-cpu", "host"]
     else:
         argv += ["-machine", "q35", "-accel", "tcg,thread=multi,tb-size=512",
