@@ -80,12 +80,24 @@ def arguments(description, extra=None):
     return ap.parse_args()
 
 
+_PORTS_GIVEN = set()
+_PORTS_LOCK = threading.Lock()
+
+
 def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    """A port on 127.0.0.1 nothing listens on, never one given before in this run: checks start
+    their sshds at once, and two given the same port would have one check talk to the other's
+    sshd (seen: a "host key changed" that was another check's key)."""
+    with _PORTS_LOCK:
+        for _ in range(100):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+            s.close()
+            if port not in _PORTS_GIVEN:
+                _PORTS_GIVEN.add(port)
+                return port
+    raise RuntimeError("no port on 127.0.0.1 that was not given before")
 
 
 def wait_port(port, timeout=10.0, proc=None):
