@@ -255,6 +255,9 @@ class ScriptedAgent:
         self.seq = 0
         self.deployment = None  # hello's `deployment` ({binary_sha256, unit_sha256, user}) when set
         self.requests = []  # (type, id) of every request seen, in order
+        # Set at the first subscription: a check times its window from there, not from the
+        # command's start (a loaded host may take seconds to get that far).
+        self.subscribed = threading.Event()
         self.connections = []
         self.lock = threading.Lock()
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -345,6 +348,7 @@ class ScriptedAgent:
     def on_subscribe(self, conn, msg):
         conn.state["sub"] = msg["id"]
         conn.send({"v": 1, "id": msg["id"], "type": "live", "seq": self.seq})
+        self.subscribed.set()
         self.on_subscribed(conn, msg["id"])
 
     def on_subscribed(self, conn, sub_id):

@@ -191,11 +191,8 @@ class StormAgent(ScriptedAgent):
         super().__init__(directory)
         self.new_boot = new_boot_each_time
         self.renders = 0
-        self.storming = threading.Event()  # set at the first subscription
 
     def on_subscribed(self, conn, sub_id):
-        self.storming.set()
-
         def storm():
             while not conn.closed and not self.stopping:
                 # Well-formed boot_ids (UUIDs, as the kernel's): a host may ignore malformed ones.
@@ -421,6 +418,7 @@ class Suite:
         try:
             run = c.machine("watch", vm)
             marks = ["MARK1", "MARK2", "MARK3", "MARK4"]
+            c.agent.subscribed.wait(END_LIMIT_S)  # the forged events follow the subscription
             deadline = time.monotonic() + 25
             while time.monotonic() < deadline and run.running():
                 text = "\n".join(run.lines())
@@ -489,7 +487,7 @@ class Suite:
         try:
             run = c.machine("watch", vm)
             # The storm starts at watch's subscription (on a loaded host, seconds after watch starts).
-            c.agent.storming.wait(END_LIMIT_S)
+            c.agent.subscribed.wait(END_LIMIT_S)
             time.sleep(STORM_S)
             alive = run.running()
             run.interrupt()
