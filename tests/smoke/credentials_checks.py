@@ -111,13 +111,16 @@ def check_credentials(tap, args, env, guest, outputs, write_project):
                "GH_TOKEN exactly", diag if got is None else json.dumps({k: bool(v) for k, v in got.items()}))
 
     # gh, offline: the token from the environment, and the environment named as its source.
-    rc, out, err = guest.run("bash", "-lc", "gh auth token | sha256sum")
+    # gh prints the token and a newline: hashed without it, as want_hashes hashes the value.
+    token_hash = 't=$(gh auth token) && printf %s "$t" | sha256sum'
+    rc, out, err = guest.run("bash", "-lc", token_hash)
     tap.result(rc == 0 and out.split()[:1] == [want_hashes(["gh"])["GH_TOKEN"]],
-               "gh auth token prints the delivered token", err[-500:])
-    r, _ = machine(args, env, "run", args.name, "--", "sh", "-c", "gh auth token | sha256sum")
+               "gh auth token prints the delivered token", "rc=%d %s" % (rc, err[-500:]))
+    r, _ = machine(args, env, "run", args.name, "--", "sh", "-c", token_hash)
     outputs += [r.stderr]
     tap.result(r.returncode == 0 and r.stdout.split()[:1] == [want_hashes(["gh"])["GH_TOKEN"]],
-               "machine run NAME -- gh ... (no login shell) has the token too", r.stderr[-500:])
+               "machine run NAME -- gh ... (no login shell) has the token too",
+               "rc=%d %s" % (r.returncode, r.stderr[-500:]))
     rc, out, err = guest.run("bash", "-lc", "timeout 60 gh auth status", timeout=120)
     tap.result("GH_TOKEN" in out + err, "gh auth status names GH_TOKEN as the token's source (offline: its check "
                "against GitHub cannot succeed here)", secrets_checks_redact(out + err))
@@ -177,18 +180,22 @@ def check_credentials(tap, args, env, guest, outputs, write_project):
     token_file = os.path.join(args.workdir, "codex-token")
     with open(token_file, "w") as f:
         f.write(TOKENS["codex"][1] + "\n")
-    r, _ = machine(args, env, "login", "codex", "--from-command", "--", "cat", token_file)
-    outputs += [r.stdout, r.stderr]
-    r, _ = machine(args, env, "up", args.name)
-    outputs += [r.stdout, r.stderr]
-    delivered = "codex delivered" in r.stdout + r.stderr
+    login, _ = machine(args, env, "login", "codex", "--from-command", "--", "cat", token_file)
+    outputs += [login.stdout, login.stderr]
+    first, _ = machine(args, env, "up", args.name)
+    outputs += [first.stdout, first.stderr]
+    delivered = "codex delivered" in first.stdout + first.stderr
     os.unlink(token_file)
     r, _ = machine(args, env, "up", args.name)
     outputs += [r.stdout, r.stderr]
     got, diag = login_shell_hashes(guest, ["OPENAI_API_KEY"])
     tap.result(delivered and r.returncode == 0 and "the VM keeps its previous codex credential" in r.stdout + r.stderr
                and got == want_hashes(["codex"]),
-               "a login whose command fails: up warns and the VM keeps the previous one", (r.stdout + r.stderr)[-1500:])
+               "a login whose command fails: up warns and the VM keeps the previous one",
+               "login: rc=%d %s\nfirst up (delivered: %s): %s\nsecond up: rc=%d %s\nOPENAI_API_KEY as expected: %s %s"
+               % (login.returncode, (login.stdout + login.stderr)[-300:], delivered,
+                  (first.stdout + first.stderr)[-600:], r.returncode, (r.stdout + r.stderr)[-600:],
+                  got == want_hashes(["codex"]), diag if got is None else ""))
 
     # Line 6: a project that does not allow a tool never has its credential.
     write_project(args, env, 'agent_auth = ["claude"]\n')
