@@ -527,7 +527,9 @@ def scan_disk_files(root, needles):
 
 def check_gone_after_restart(tap, guest):
     rc, out, err = guest.run("sudo", "-n", "sh", "-c", "ls -A /run/machine-secrets 2>/dev/null; exit 0")
-    tap.result(rc == 0 and out.strip() == "", "after the restart (secrets_on_up = false) the VM has no secrets",
+    # The agents' logins come back at every `up` by design (issue 17); the project's sets do not.
+    left = [n for n in out.split() if not n.startswith(CREDENTIAL_PREFIX)]
+    tap.result(rc == 0 and not left, "after the restart (secrets_on_up = false) the VM has none of the project's secrets",
                out + err)
 
 
