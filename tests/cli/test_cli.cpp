@@ -2254,7 +2254,7 @@ BOOST_AUTO_TEST_CASE(a_malformed_token_is_refused_and_nothing_is_stored) {
             BOOST_TEST(r.exit_code == 2);
             BOOST_TEST(contains(r.err, message), r.err);
             BOOST_TEST(contains(r.err, "nothing was stored"), r.err);
-            for (const std::string leak : {login_marker, std::string("pwned"), std::string("EVIL"), std::string("\x1b")})
+            for (const std::string& leak : {login_marker, std::string("pwned"), std::string("EVIL"), std::string("\x1b")})
                 BOOST_TEST(!contains(r.out + r.err, leak), "leaked a part of the value (" << leak.size() << " bytes)");
             BOOST_TEST(read(dir / "gh.token") == "ghp_" + login_marker);
             BOOST_TEST(read(dir / "gh.json") == json_before);
