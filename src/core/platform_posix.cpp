@@ -317,6 +317,11 @@ pid_t peer_pid(int socket_fd) {
     pid_t pid = 0;
     socklen_t len = sizeof pid;
     if (::getsockopt(socket_fd, SOL_LOCAL, LOCAL_PEERPID, &pid, &len) == 0 && pid > 0) return pid;
+#elif defined(SO_PEERCRED)
+    // Linux and the BSDs that copied it (the POSIX build on Linux, where CI runs it).
+    ucred cred{};
+    socklen_t len = sizeof cred;
+    if (::getsockopt(socket_fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 && cred.pid > 0) return cred.pid;
 #else
     (void)socket_fd;
 #endif

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <functional>
 #include <random>
 #include <sstream>
 
@@ -668,17 +669,29 @@ BOOST_AUTO_TEST_CASE(cancel_signal_ends_a_long_command,
     sshd_server sshd(as_unprivileged_user());
     const remote_process remote(sshd.user(), std::string("sleep\0" "37.25\0", 12));
     cancel_signal cancel(ctx.get_executor());
-    asio::steady_timer t(ctx, 300ms);
-    t.async_wait([&](std::error_code) { cancel.trigger(cancel_signal::graceful); });
+    // Cancelled once the command runs (its pid recorded, then 200 ms for its echo), however long
+    // the connection took on a busy host: a fixed delay fired before it had started (CI).
+    asio::steady_timer t(ctx);
+    std::chrono::steady_clock::time_point cancelled_at{};
+    std::function<void()> wait_for_start = [&] {
+        t.expires_after(remote.pid() > 0 ? 200ms : 20ms);
+        const bool started = remote.pid() > 0;
+        t.async_wait([&, started](std::error_code ec) {
+            if (ec) return;
+            if (!started) return wait_for_start();
+            cancelled_at = std::chrono::steady_clock::now();
+            cancel.trigger(cancel_signal::graceful);
+        });
+    };
+    wait_for_start();
     ssh::run_options opt;
     opt.cancel = &cancel;
-    const auto t0 = std::chrono::steady_clock::now();
     const auto r = co_run(ctx, run_with(sshd, remote.record_pid() + "echo started; exec sleep 37.25", opt));
     BOOST_TEST(r.cancelled);
     BOOST_TEST(r.out == "started\n");
     BOOST_TEST(r.exit_signal == "INT");
     BOOST_TEST(r.status() == 130);
-    BOOST_TEST(seconds_since(t0) < 3.0);
+    BOOST_TEST(seconds_since(cancelled_at) < 3.0);
     BOOST_TEST(remote.pid() > 0);
     BOOST_TEST(!remote.running());  // the remote command is gone, not just abandoned
 }
