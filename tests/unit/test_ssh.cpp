@@ -674,8 +674,8 @@ BOOST_AUTO_TEST_CASE(cancel_signal_ends_a_long_command,
     asio::steady_timer t(ctx);
     std::chrono::steady_clock::time_point cancelled_at{};
     std::function<void()> wait_for_start = [&] {
-        t.expires_after(remote.pid() > 0 ? 200ms : 20ms);
         const bool started = remote.pid() > 0;
+        t.expires_after(started ? 200ms : 20ms);
         t.async_wait([&, started](std::error_code ec) {
             if (ec) return;
             if (!started) return wait_for_start();
