@@ -361,7 +361,11 @@ class Suite:
                            run.elapsed, request, run.peak_mib()))
             why = "; ".join(common.ended_with_error(run, vm, mention=[request]))
             if request not in c.agent.request_types():
-                why += "%sthe agent never got %s" % ("; " if why else "", request)
+                # What reached the agent, and what machine said: a harness too slow to deliver
+                # the request is told apart from machine never sending it.
+                why += "%sthe agent never got %s (%d connections, requests %s; machine said: %s)" % (
+                    "; " if why else "", request, len(c.agent.connections), c.agent.request_types(),
+                    " | ".join(common.error_lines(run)[-2:]) or run.describe(4))
             self.report.check(check_name, not why, why)
         finally:
             c.close()
