@@ -1,5 +1,5 @@
 // The host's side of the guest agent (guest-agent/PROTOCOL.md): deploying it into a VM and
-// talking to it over an SSH channel to its Unix socket.
+// talking to it through a relay to its Unix socket (over SSH).
 //
 // Everything the agent sends is untrusted: lines are capped by the protocol decoder, malformed
 // lines are reported (through `on_problem`, at most one line a second plus a count) and
@@ -27,6 +27,10 @@ namespace machine::ssh {
 class session;
 class channel;
 } // namespace machine::ssh
+
+namespace machine::proc {
+class child;
+} // namespace machine::proc
 
 namespace machine::guest {
 
@@ -107,6 +111,34 @@ public:
 // background output.
 std::chrono::milliseconds provision_deadline(const protocol::provision_request& request, std::chrono::milliseconds margin);
 
+// The bytes a connection speaks the protocol over: the relay (`machine-agent relay`) in the
+// VM, reached through a channel of machine's own pinned SSH connection (libssh), or through the
+// pipes of an `ssh` client riding the VM's pinned OpenSSH master (no handshake of its own).
+class stream {
+public:
+    virtual ~stream() = default;
+    /// The next chunk; nullopt at the end. Throws ssh::connection_lost when the way to the VM died.
+    virtual asio::awaitable<std::optional<std::string>> read() = 0;
+    virtual asio::awaitable<void> write(std::string data) = 0;
+    /// write() of secret bytes, from the caller's buffer, which is wiped however the write ends.
+    virtual asio::awaitable<void> write_secret(std::string& data) = 0;
+    /// The relay's exit status once it has ended; nullopt when it cannot be known (waited for:
+    /// race it against a deadline).
+    virtual asio::awaitable<std::optional<int>> exit_status() = 0;
+    /// The relay's end closed the stream (not we).
+    virtual bool closed_by_remote() const = 0;
+    virtual void close() = 0;
+};
+
+// The relay over a channel of `session`.
+std::unique_ptr<stream> channel_stream(std::shared_ptr<ssh::channel> channel);
+// The relay over `relay`'s stdin and stdout (an `ssh` client that runs it in the VM).
+std::unique_ptr<stream> process_stream(std::unique_ptr<proc::child> relay);
+
+// The command that runs the relay in the VM, for a shell there: RELAY relay --socket SOCKET
+// (guest-agent/relay.hpp says why not a stream-local channel to the socket).
+std::string relay_command(const std::string& socket = agent_socket, const std::string& relay = agent_install_path);
+
 // One channel to the agent. Requests are sequential on a connection; open several for
 // concurrent work (channels are cheap). Every request fails with request_timeout at its
 // deadline and with agent_flood past max_bad_lines; the connection is then closed.
@@ -163,8 +195,9 @@ public:
     // Renders one set of secrets into the VM's tmpfs (PROTOCOL.md §4 `secrets.render`): the
     // file <dir>/<set>.env, owned by `request.user` (empty: the agent's VM user), replacing the
     // set atomically. The values are wiped from `request` and the JSON message once encoded, and
-    // from the encoded line once the channel has it, also when the write fails or times out
-    // (ssh::channel::write_secret; libssh's own buffers are beyond reach); no error carries one.
+    // from the encoded line once the stream has it, also when the write fails or times out
+    // (stream::write_secret; libssh's and the kernel's own buffers are beyond reach); no error
+    // carries one.
     // Deadline: deadlines().secrets_render, sending the line included.
     // Throws machine::error when the set does not fit in one protocol line (1 MiB: about
     // 760 KiB of values), agent_error when the agent refuses (`bad_request` naming the
@@ -198,9 +231,8 @@ public:
     /// result (applied, nft_found, error), not an exception.
     asio::awaitable<protocol::network_apply_result> apply_network(std::string ruleset);
 
-    // `vm` names the VM in errors.
-    connection(std::shared_ptr<ssh::channel> ch, std::function<void(const std::string&)> on_problem,
-               std::string vm = {});
+    // Over `s`, a relay already started; `vm` names the VM in errors.
+    connection(std::unique_ptr<stream> s, std::function<void(const std::string&)> on_problem, std::string vm = {});
 
 private:
     using clock = std::chrono::steady_clock;
@@ -221,7 +253,7 @@ private:
     asio::awaitable<void> send_line(std::string& line, bool secret);
     asio::awaitable<void> write_line(std::string& line, bool secret);
 
-    std::shared_ptr<ssh::channel> channel_;
+    std::unique_ptr<stream> stream_;
     std::function<void(const std::string&)> on_problem_;
     std::string vm_;
     request_deadlines deadlines_;
@@ -235,7 +267,7 @@ private:
     clock::time_point deadline_ = clock::time_point::max();
     std::chrono::milliseconds limit_{0};
     bool on_silence_ = false;
-    bool broken_ = false;  // a request timed out or was flooded: the channel is closed
+    bool broken_ = false;  // a request timed out or was flooded: the stream is closed
     std::uint64_t bad_lines_ = 0;  // in the request in flight
     text::log_limiter problems_{"the guest agent sent", "bad or unexpected line"};
 };
@@ -274,6 +306,7 @@ asio::awaitable<deployment> ensure_agent(std::shared_ptr<ssh::session> session, 
 // Opens a connection to the agent, retrying for up to `patience` while it starts.
 asio::awaitable<std::unique_ptr<connection>> connect_agent(
     std::shared_ptr<ssh::session> session, std::chrono::milliseconds patience,
-    std::function<void(const std::string&)> on_problem = {});
+    std::function<void(const std::string&)> on_problem = {}, std::string socket = agent_socket,
+    std::string relay = agent_install_path);
 
 } // namespace machine::guest

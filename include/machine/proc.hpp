@@ -6,9 +6,12 @@
 // a cancel_signal stops the child's process group with SIGINT, then SIGTERM, then SIGKILL.
 #pragma once
 
+#include <sys/types.h>
+
 #include <chrono>
 #include <filesystem>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -90,6 +93,37 @@ asio::awaitable<result> run(command cmd, run_options options);
 // run() with default options. (An overload, not a `= {}` default argument: g++ 12 corrupts a
 // brace-initialized aggregate default argument of a coroutine called inside co_await.)
 asio::awaitable<result> run(command cmd);
+
+// A child whose stdin and stdout stay open for a conversation (the guest agent's protocol over
+// an `ssh` client that rides the VM's master): `cmd.in` and `cmd.out` are pipes; its stderr is
+// /dev/null or inherited (a pipe nobody drains would block it, so one is refused). It runs in a
+// process group of its own. Used on its creator's loop only. Destroying it stops it (SIGKILL
+// to its group) and reaps it when it has not been reaped yet.
+class child {
+public:
+    /// Throws spawn_error when the program cannot be started.
+    static std::unique_ptr<child> start(asio::any_io_executor ex, command cmd);
+    ~child();
+    child(const child&) = delete;
+    child& operator=(const child&) = delete;
+
+    /// The next chunk of its stdout; nullopt at the end (it closed it, or close() was called).
+    asio::awaitable<std::optional<std::string>> read();
+    /// Writes all of `data` to its stdin; throws machine::error when it no longer reads it (its
+    /// end is closed: EPIPE) or after close(). `data` must stay alive until this completes.
+    asio::awaitable<void> write(std::string_view data);
+    /// Its status once it has exited (shell convention: the exit code, or 128 + signal), reaped.
+    asio::awaitable<int> wait();
+    /// Closes our ends of its pipes (pending reads end with nullopt, writes fail) and sends
+    /// SIGTERM to its group; wait() then reaps it.
+    void close();
+    pid_t pid() const;
+
+private:
+    struct state;
+    explicit child(std::unique_ptr<state> s);
+    std::unique_ptr<state> s_;
+};
 
 // How many children this process has spawned and not yet reaped (tests: no zombies).
 std::size_t live_children();

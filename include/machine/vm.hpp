@@ -22,6 +22,7 @@
 #include "machine/config.hpp"
 #include "machine/credentials.hpp"
 #include "machine/events.hpp"
+#include "machine/guest.hpp"
 #include "machine/lima.hpp"
 #include "machine/net.hpp"
 #include "machine/protocol.hpp"
@@ -31,6 +32,7 @@
 namespace spdlog {
 class logger;
 }
+
 
 namespace machine::vm {
 
@@ -53,6 +55,9 @@ public:
     // Starts a VM's egress proxy (prepare_network); unset: ensure_egress_proxy. Tests replace
     // it to see what would run without starting a process.
     std::function<asio::awaitable<void>(std::string name, net::policy rules)> egress_proxy;
+    // The guest agent's relay and socket in the VM (tests point them at an agent of their own).
+    std::string agent_relay = guest::agent_install_path;
+    std::string agent_socket = guest::agent_socket;
 
     void emit(events::event e) { bus.emit(std::move(e)); }
     void say(const std::string& vm, const std::string& text) { emit(events::message(vm, "info", text)); }
@@ -445,8 +450,9 @@ std::vector<std::string> openssh_master_argv(const openssh_target& t, const std:
 //
 // A fresh SSH connection costs a key exchange and an authentication: about 0.7 s under TCG. So
 // machine keeps one OpenSSH master connection per running VM (`<state>/<name>/ssh-master`, a
-// socket in the project's private state directory) and every OpenSSH session of a short command
-// rides it: `ssh`, `claude`/`codex` attaches and `run` after the first. The master is opened like
+// socket in the project's private state directory), which `up` opens at its end, and every short
+// command rides it: `ssh`, `claude`/`codex` attaches and `run`, and the guest agent's relay for
+// `sessions`, `secrets` and the logins' delivery (connect_to_agent). The master is opened like
 // every connection, checking the pinned host key (OpenSSH, StrictHostKeyChecking=yes against the
 // pin's known_hosts), and forwards the agent as the project does. Beside it, `ssh-master.id`
 // records what it was opened for (the pin, Lima's ssh.config, the forwarding and the agent
@@ -470,6 +476,15 @@ asio::awaitable<void> verify_pin(context& ctx, const std::string& name, const li
 /// both fingerprints) when the VM presents another key, machine::error when it has no pin.
 asio::awaitable<openssh_target> ssh_target(context& ctx, const std::string& name, const lima::instance& inst,
                                            const agent_environment& agent);
+
+/// A connection to running VM `name`'s guest agent: through machine's master for the VM when
+/// one runs for its pin and instance (an `ssh` client on the master runs the relay: no
+/// handshake), else over a pinned libssh connection of machine's own, waiting up to `patience`
+/// for an agent that is starting. Lines from the agent it cannot make sense of are warnings
+/// about `name`.
+asio::awaitable<std::unique_ptr<guest::connection>> connect_to_agent(context& ctx, const std::string& name,
+                                                                     const lima::instance& inst,
+                                                                     std::chrono::milliseconds patience);
 
 /// Ends the VM's master, if one runs (down, destroy): every session riding it ends too.
 asio::awaitable<void> stop_ssh_master(const std::string& name);
@@ -573,7 +588,10 @@ struct credentials_outcome {
 // current login rendered (PROTOCOL.md §8), every other tool's sets (and older logins' sets)
 // cleared. A source that fails (1Password locked, a command exiting 1) is a warning naming the
 // tool (in the outcome: the caller says it where its output goes), and the VM keeps that tool's
-// previous set. Throws for a failure of the channel.
+// previous set. Throws for a failure of the connection to the agent.
+asio::awaitable<credentials_outcome> sync_credentials(context& ctx, const config::project& project,
+                                                      guest::connection& agent, credentials_sync_options options);
+// The same over a channel of `session`.
 asio::awaitable<credentials_outcome> sync_credentials(context& ctx, const config::project& project,
                                                       std::shared_ptr<ssh::session> session,
                                                       credentials_sync_options options);

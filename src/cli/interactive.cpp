@@ -57,14 +57,13 @@ awaitable<void> deliver_credentials(context& ctx, const config::project& project
         // A login file machine refuses: sync_credentials says which.
     }
     if (!wanted) co_return;
-    const ssh::host_key_pin pin = vm::pin_of(name, false);  // refuses a VM without one
-    const ssh::endpoint ep = ssh::endpoint_from_lima_ssh_config(vm::ssh_config_of(inst));
-    auto session = co_await ssh::session::connect(ep, pin, &ctx.cancel);
+    // Through the VM's master, which the attach rides next (no handshake of its own).
+    auto agent = co_await vm::connect_to_agent(ctx.vm(), name, inst, std::chrono::seconds(10));
     // The logins the VM lacks (after a boot, a new `machine login`), read and rendered; none when
     // it has them all (one secrets.list). Never in the way of the attach: a problem is a warning.
     try {
         vm::credentials_sync_options missing;  // named: g++ 12 and a braced list in co_await
-        const vm::credentials_outcome o = co_await vm::sync_credentials(ctx.vm(), project, session, std::move(missing));
+        const vm::credentials_outcome o = co_await vm::sync_credentials(ctx.vm(), project, *agent, std::move(missing));
         // On stderr: stdout is the command's (`machine run web -- cat x > y`).
         for (const auto& w : o.warnings) std::fprintf(stderr, "machine: %s: warning: %s\n", name.c_str(), w.c_str());
         if (!o.delivered.empty() || !o.removed.empty())
@@ -75,7 +74,6 @@ awaitable<void> deliver_credentials(context& ctx, const config::project& project
         std::fprintf(stderr, "machine: %s: warning: credentials not delivered: %s\n", name.c_str(),
                      text::sanitize_for_terminal(e.what()).c_str());
     }
-    session->close();
 }
 
 awaitable<pin_outcome> repin(context& ctx, std::string name, lima::instance inst, bool replace) {
@@ -183,9 +181,9 @@ awaitable<int> cmd_agent_session(context& ctx, std::string agent, std::optional<
     const std::string name = resolve_name(ctx, name_opt);
     const config::project project = ctx.cfg().resolve(name);
     const lima::instance inst = co_await running_vm(ctx, name);
-    co_await deliver_credentials(ctx, project, inst);
     const vm::agent_environment agent_env = co_await vm::prepare_agent_forwarding(ctx.vm(), project, &inst, true);
     const vm::openssh_target target = co_await vm::ssh_target(ctx.vm(), name, inst, agent_env);
+    co_await deliver_credentials(ctx, project, inst);
     const std::vector<std::string> remote{guest::agent_install_path, "session", "attach", "--name", session,
                                           "--agent", agent, "--dir", primary_repo_dir(project)};
     std::string again = "machine " + agent + " " + name;
@@ -199,9 +197,9 @@ awaitable<int> cmd_ssh(context& ctx, std::optional<std::string> name_opt) {
     const std::string name = resolve_name(ctx, name_opt);
     const config::project project = ctx.cfg().resolve(name);
     const lima::instance inst = co_await vm::require_running(ctx.vm(), name);
-    co_await deliver_credentials(ctx, project, inst);
     const vm::agent_environment agent_env = co_await vm::prepare_agent_forwarding(ctx.vm(), project, &inst, true);
     const vm::openssh_target target = co_await vm::ssh_target(ctx.vm(), name, inst, agent_env);
+    co_await deliver_credentials(ctx, project, inst);
     // The user's login shell (zsh or bash, as configured), where `run` runs its commands.
     const std::vector<std::string> remote = in_primary_repo(project, {});
     const int status = co_await run_on_terminal(vm::openssh_argv(target, true, remote), agent_env);
@@ -213,9 +211,9 @@ awaitable<int> cmd_run(context& ctx, std::string name, std::vector<std::string> 
     if (command.empty()) throw usage_error("usage: machine run NAME -- COMMAND [ARGS...]");
     const config::project project = ctx.cfg().resolve(name);
     const lima::instance inst = co_await vm::require_running(ctx.vm(), name);
-    co_await deliver_credentials(ctx, project, inst);
     const vm::agent_environment agent_env = co_await vm::prepare_agent_forwarding(ctx.vm(), project, &inst, false);
     const vm::openssh_target target = co_await vm::ssh_target(ctx.vm(), name, inst, agent_env);
+    co_await deliver_credentials(ctx, project, inst);
     // A terminal only when both ends are one (`machine run web -- vim`); pipes stay clean.
     const bool tty = stdin_is_terminal() && stdout_is_terminal();
     const std::vector<std::string> remote = in_primary_repo(project, command);

@@ -27,10 +27,10 @@ std::string primary_repo_dir(const config::project& p);
 /// VM: run_in_dir of the project's primary_repo_dir, one choice for both.
 std::vector<std::string> in_primary_repo(const config::project& p, const std::vector<std::string>& command);
 
-/// The agents' logins the project's VM lacks, delivered on a libssh connection of machine's own
-/// that checks the pin (vm::sync_credentials): what `machine claude|codex|ssh|run` do before
-/// OpenSSH. Nothing is asked of the VM when the project receives no login; a delivery that fails
-/// is a warning, and the attach goes on.
+/// The agents' logins the project's VM lacks, delivered to its agent (vm::sync_credentials)
+/// through the VM's pinned master (vm::connect_to_agent): what `machine claude|codex|ssh|run` do
+/// once they have their target and before they run. Nothing is asked of the VM when the project
+/// receives no login; a delivery that fails is a warning, and the attach goes on.
 asio::awaitable<void> deliver_credentials(context& ctx, const config::project& project, lima::instance inst);
 
 /// What `machine pin` did: the fingerprint recorded (or found), the one it replaced.

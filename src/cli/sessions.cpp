@@ -5,7 +5,6 @@
 
 #include "cli.hpp"
 #include "machine/guest.hpp"
-#include "machine/ssh.hpp"
 #include "machine/text.hpp"
 
 namespace machine::cli {
@@ -16,10 +15,7 @@ using namespace std::chrono_literals;
 awaitable<int> cmd_sessions(context& ctx, std::optional<std::string> name_opt) {
     const std::string name = resolve_name(ctx, name_opt);
     const lima::instance inst = co_await vm::require_running(ctx.vm(), name);
-    const ssh::endpoint ep = ssh::endpoint_from_lima_ssh_config(vm::ssh_config_of(inst));
-    auto session = co_await ssh::session::connect(ep, vm::pin_of(name, false), &ctx.cancel);
-    auto on_problem = [&ctx, name](const std::string& m) { ctx.emit(events::message(name, "warning", m)); };
-    auto conn = co_await guest::connect_agent(session, 10s, on_problem);
+    auto conn = co_await vm::connect_to_agent(ctx.vm(), name, inst, 10s);
     std::vector<protocol::session_info> sessions;
     try {
         sessions = co_await conn->list_sessions();
@@ -27,7 +23,7 @@ awaitable<int> cmd_sessions(context& ctx, std::optional<std::string> name_opt) {
         if (e.code() != "unknown_type") throw;
         throw error("the agent in VM '" + name + "' predates sessions; run 'machine up " + name + "' to update it");
     }
-    session->close();
+    conn.reset();
 
     // Everything below came from the VM: the parser capped and checked it, and only
     // sanitized text reaches the terminal.

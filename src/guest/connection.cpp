@@ -1,10 +1,11 @@
-// A connection to the guest agent over an SSH channel: requests, streamed replies, events.
+// A connection to the guest agent through its relay (guest.hpp, class stream): requests,
+// streamed replies, events.
 //
 // Deadlines: every request runs inside a request_scope that names it and sets when it must be
 // answered (request_deadlines). Reads and writes race a sleep until that time (first_of), and the
 // message loop also compares the clock with it for every line, so a flood that keeps the
-// channel busy cannot keep a request alive past its deadline. A flood ends a request sooner:
-// past max_bad_lines bad or unexpected lines it fails. Either closes the channel.
+// stream busy cannot keep a request alive past its deadline. A flood ends a request sooner:
+// past max_bad_lines bad or unexpected lines it fails. Either closes the stream.
 #include <algorithm>
 #include <cstdio>
 #include <stdexcept>
@@ -104,31 +105,31 @@ private:
     connection* c_;
 };
 
-connection::connection(std::shared_ptr<ssh::channel> ch, std::function<void(const std::string&)> on_problem,
+connection::connection(std::unique_ptr<stream> s, std::function<void(const std::string&)> on_problem,
                        std::string vm)
-    : channel_(std::move(ch)), on_problem_(std::move(on_problem)), vm_(std::move(vm)),
+    : stream_(std::move(s)), on_problem_(std::move(on_problem)), vm_(std::move(vm)),
       // Agent messages may carry `id: null` (errors about lines it could not decode).
       decoder_(pr::decoder_options{pr::max_line_bytes, false}) {}
 
 connection::~connection() {
-    if (channel_) channel_->close();
+    if (stream_) stream_->close();
 }
 
 awaitable<std::unique_ptr<connection>> connection::open(std::shared_ptr<ssh::session> session,
                                                         std::function<void(const std::string&)> on_problem,
                                                         std::string socket, std::string relay) {
-    std::string command = text::shell_quote(relay) + " relay --socket " + text::shell_quote(socket);
+    std::string command = relay_command(socket, relay);
     ssh::channel_options options;
     options.discard_stderr = true;  // the relay's one line of complaint: its exit status says it
     auto ch = co_await session->exec(std::move(command), options);
-    co_return std::make_unique<connection>(std::move(ch), std::move(on_problem), session->vm_name());
+    co_return std::make_unique<connection>(channel_stream(std::move(ch)), std::move(on_problem), session->vm_name());
 }
 
-// The relay's exit status once its output ended; nullopt when the channel closed without one or
-// the session died. A hostile guest may never send it: waited for only briefly.
+// The relay's exit status once its output ended; nullopt when the stream ended without one or
+// the way to the VM died. A hostile guest may never send it: waited for only briefly.
 awaitable<std::optional<int>> connection::relay_exit_status() {
     try {
-        auto r = co_await first_of(channel_->exit_status(), sleep_for(2s));
+        auto r = co_await first_of(stream_->exit_status(), sleep_for(2s));
         if (r.index() == 0) co_return std::get<0>(r);
     } catch (const error&) {
     }
@@ -149,7 +150,7 @@ connection::request_scope connection::begin(const char* request, std::chrono::mi
 
 void connection::timed_out() {
     broken_ = true;
-    channel_->close();  // a late answer must not be taken for the next request's
+    stream_->close();  // a late answer must not be taken for the next request's
     throw request_timeout(vm_, request_ ? request_ : "a request", limit_, on_silence_);
 }
 
@@ -159,7 +160,7 @@ void connection::problem(std::string_view kind, const std::string& detail) {
         if (auto line = problems_.note(kind, detail, clock::now())) on_problem_(*line);
     if (bad_lines_ > deadlines_.max_bad_lines) {
         broken_ = true;
-        channel_->close();
+        stream_->close();
         // The error gives the count: no summary line besides it (`watch` reconnects to such an
         // agent about once a second, and each attempt would add one).
         problems_ = text::log_limiter{"the guest agent sent", "bad or unexpected line"};
@@ -174,10 +175,10 @@ void connection::flush_problems() {
 
 // The next chunk from the agent, or a timeout at the request's deadline.
 awaitable<std::optional<std::string>> connection::read_chunk() {
-    if (deadline_ == clock::time_point::max()) co_return co_await channel_->read();  // a live subscription
+    if (deadline_ == clock::time_point::max()) co_return co_await stream_->read();  // a live subscription
     if (clock::now() >= deadline_) timed_out();
     // A failed read ends the race too (and is rethrown here).
-    auto r = co_await first_of(channel_->read(), sleep_until(deadline_));
+    auto r = co_await first_of(stream_->read(), sleep_until(deadline_));
     if (r.index() == 1) {
         if (!std::get<1>(r)) aborted();
         timed_out();
@@ -193,7 +194,7 @@ void connection::relay_ended(std::optional<int> status) {
 }
 
 // Writes one line, as write_line. A relay that ended before the line went out (no agent: it
-// exits at once) closes the channel under the write: said as for a read that found the end.
+// exits at once) closes the stream under the write: said as for a read that found the end.
 awaitable<void> connection::send_line(std::string& line, bool secret) {
     bool relay_gone = false;
     try {
@@ -201,19 +202,19 @@ awaitable<void> connection::send_line(std::string& line, bool secret) {
     } catch (const ssh::connection_lost&) {
         throw;
     } catch (const error&) {
-        if (!channel_->closed_by_remote()) throw;
+        if (!stream_->closed_by_remote()) throw;
         relay_gone = true;  // (no co_await in a handler)
     }
     if (relay_gone) relay_ended(co_await relay_exit_status());
 }
 
 // Writes one line (a `secret` one is wiped however the write ends), or times out at the
-// request's deadline: an agent that stops reading fills the SSH window, and the write would
+// request's deadline: an agent that stops reading fills the SSH window or the pipe, and the write would
 // wait forever.
 awaitable<void> connection::write_line(std::string& line, bool secret) {
     // `line` stays the caller's until this completes: a secret one is written from that buffer
-    // and wiped (ssh::channel::write_secret), however the write ends.
-    awaitable<void> write = secret ? channel_->write_secret(line) : channel_->write(std::move(line));
+    // and wiped (stream::write_secret), however the write ends.
+    awaitable<void> write = secret ? stream_->write_secret(line) : stream_->write(std::move(line));
     if (deadline_ == clock::time_point::max()) {
         co_await std::move(write);
         co_return;
@@ -520,12 +521,13 @@ awaitable<pr::network_apply_result> connection::apply_network(std::string rulese
 
 awaitable<std::unique_ptr<connection>> connect_agent(std::shared_ptr<ssh::session> session,
                                                      std::chrono::milliseconds patience,
-                                                     std::function<void(const std::string&)> on_problem) {
+                                                     std::function<void(const std::string&)> on_problem,
+                                                     std::string socket, std::string relay) {
     const auto deadline = std::chrono::steady_clock::now() + patience;
     for (;;) {
         std::exception_ptr failure;
         try {
-            auto conn = co_await connection::open(session, on_problem);
+            auto conn = co_await connection::open(session, on_problem, socket, relay);
             co_return conn;
         } catch (const ssh::connection_lost&) {
             throw;  // the VM is gone: no point retrying

@@ -44,6 +44,25 @@ std::atomic<std::size_t> g_live_children{0};
 // them can keep them open forever; give it this long, then stop reading.
 constexpr auto pipe_linger = 500ms;
 
+// A child that exits before reading its stdin must not kill us with SIGPIPE.
+void ignore_sigpipe() {
+    static const bool ignored = [] { return std::signal(SIGPIPE, SIG_IGN) != SIG_ERR; }();
+    (void)ignored;
+}
+
+// Reaps `pid` (blocking: it has exited, or was sent SIGKILL) into `status`.
+void reap(pid_t pid, int& status) {
+    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    --g_live_children;
+}
+
+int shell_status(int wait_status) {
+    if (WIFEXITED(wait_status)) return WEXITSTATUS(wait_status);
+    if (WIFSIGNALED(wait_status)) return 128 + WTERMSIG(wait_status);
+    return -1;
+}
+
 struct fd_guard {
     int fd = -1;
     fd_guard() = default;
@@ -213,11 +232,11 @@ awaitable<void> wait_and_reap(run_state& st) {
         st.reaped = true;
     }
     if (!st.reaped) {
-        while (::waitpid(st.pid, &st.wait_status, 0) < 0 && errno == EINTR) {
-        }
+        reap(st.pid, st.wait_status);
         st.reaped = true;
+    } else {
+        --g_live_children;
     }
-    --g_live_children;
     if (st.open_streams > 0) {
         co_await st.streams_closed.wait_until(steady_clock::now() + pipe_linger);
         // Whatever still holds the pipes open is not our child any more.
@@ -255,6 +274,87 @@ awaitable<void> supervise_with_stdin(run_state& st, result& res, const run_optio
 
 } // namespace
 
+// --- child ----------------------------------------------------------------------------------
+
+struct child::state {
+    state(asio::any_io_executor ex, pid_t p) : in(ex), out(ex), exit_watch(ex), pid(p) {}
+    asio::posix::stream_descriptor in, out, exit_watch;
+    pid_t pid;
+    bool reaped = false;
+    int wait_status = 0;
+    std::array<char, 16384> buffer{};
+};
+
+child::child(std::unique_ptr<state> s) : s_(std::move(s)) {}
+
+std::unique_ptr<child> child::start(asio::any_io_executor ex, command cmd) {
+    ignore_sigpipe();
+    if (cmd.err == stdio::pipe) throw spawn_error("cannot run " + (cmd.argv.empty() ? std::string("a command") : cmd.argv[0]) +
+                                                  " with a stderr pipe nobody drains");
+    cmd.in = stdio::pipe;
+    cmd.out = stdio::pipe;
+    cmd.new_process_group = true;
+    spawned sp = spawn_child(cmd);
+    auto st = std::make_unique<state>(ex, sp.pid);
+    st->in.assign(sp.in.release());
+    st->out.assign(sp.out.release());
+    if (sp.pidfd.fd >= 0) st->exit_watch.assign(sp.pidfd.release());
+    return std::unique_ptr<child>(new child(std::move(st)));
+}
+
+child::~child() {
+    if (s_->reaped) return;
+    ::kill(-s_->pid, SIGKILL);  // its group: whatever it started goes too (a zombie keeps the group's id)
+    reap(s_->pid, s_->wait_status);
+}
+
+pid_t child::pid() const { return s_->pid; }
+
+awaitable<std::optional<std::string>> child::read() {
+    if (!s_->out.is_open()) co_return std::nullopt;
+    auto [ec, n] = co_await s_->out.async_read_some(asio::buffer(s_->buffer), as_tuple(use_awaitable));
+    if (ec) co_return std::nullopt;  // the end, or close(), or a cancelled read
+    co_return std::string(s_->buffer.data(), n);
+}
+
+awaitable<void> child::write(std::string_view data) {
+    if (!s_->in.is_open()) throw error("cannot write to process " + std::to_string(s_->pid) + ": its input is closed");
+    auto [ec, n] = co_await asio::async_write(s_->in, asio::buffer(data.data(), data.size()), as_tuple(use_awaitable));
+    if (ec == asio::error::operation_aborted) throw std::system_error(ec);
+    if (ec) throw error("cannot write to process " + std::to_string(s_->pid) + ": " + ec.message());
+}
+
+awaitable<int> child::wait() {
+    if (!s_->reaped) {
+        if (s_->exit_watch.is_open()) {
+            auto [ec] = co_await s_->exit_watch.async_wait(asio::posix::stream_descriptor::wait_read,
+                                                           as_tuple(use_awaitable));
+            if (ec == asio::error::operation_aborted) throw std::system_error(ec);  // not exited: no blocking reap
+        } else {
+            asio::steady_timer poll(co_await asio::this_coro::executor);
+            while (::waitpid(s_->pid, &s_->wait_status, WNOHANG) == 0) {
+                poll.expires_after(20ms);
+                auto [ec] = co_await poll.async_wait(as_tuple(use_awaitable));
+                if (ec) throw std::system_error(ec);
+            }
+            s_->reaped = true;
+            --g_live_children;
+        }
+        if (!s_->reaped) {
+            reap(s_->pid, s_->wait_status);
+            s_->reaped = true;
+        }
+    }
+    co_return shell_status(s_->wait_status);
+}
+
+void child::close() {
+    std::error_code ec;
+    s_->in.close(ec);
+    s_->out.close(ec);
+    if (!s_->reaped) ::kill(-s_->pid, SIGTERM);
+}
+
 std::size_t live_children() { return g_live_children.load(); }
 
 std::optional<std::filesystem::path> find_program(std::string_view program) {
@@ -286,9 +386,7 @@ awaitable<result> run(command cmd) {
 }
 
 awaitable<result> run(command cmd, run_options options) {
-    // A child that exits before reading its stdin must not kill us with SIGPIPE.
-    static const bool sigpipe_ignored = [] { return std::signal(SIGPIPE, SIG_IGN) != SIG_ERR; }();
-    (void)sigpipe_ignored;
+    ignore_sigpipe();
 
     auto ex = co_await asio::this_coro::executor;
     spawned child = spawn_child(cmd);
@@ -322,10 +420,8 @@ awaitable<result> run(command cmd, run_options options) {
         // Only reachable if the loop itself is being torn down: never leave a zombie.
         if (!st.reaped) {
             st.signal_child(SIGKILL);
-            while (::waitpid(st.pid, &st.wait_status, 0) < 0 && errno == EINTR) {
-            }
+            reap(st.pid, st.wait_status);
             st.reaped = true;
-            --g_live_children;
         }
         throw;
     }

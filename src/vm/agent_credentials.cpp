@@ -66,10 +66,15 @@ std::vector<std::string> credentials_for(const config::project& p, const credent
 
 awaitable<credentials_outcome> sync_credentials(context& ctx, const config::project& project,
                                                 std::shared_ptr<ssh::session> session, credentials_sync_options options) {
+    auto conn = co_await open_agent(ctx, project.name, std::move(session));
+    co_return co_await sync_credentials(ctx, project, *conn, std::move(options));
+}
+
+awaitable<credentials_outcome> sync_credentials(context& ctx, const config::project& project, guest::connection& agent,
+                                                credentials_sync_options options) {
     const std::string& name = project.name;
     const credentials::store store = options.store ? *options.store : credentials::store::at_default();
-    auto conn = co_await open_agent(ctx, name, std::move(session));
-    const std::vector<pr::secret_set_info> present = co_await agent_request(conn->list_secrets(), name);
+    const std::vector<pr::secret_set_info> present = co_await agent_request(agent.list_secrets(), name);
     const auto in_vm = [&](const std::string& set) {
         return std::any_of(present.begin(), present.end(), [&](const pr::secret_set_info& i) { return i.set == set; });
     };
@@ -114,7 +119,7 @@ awaitable<credentials_outcome> sync_credentials(context& ctx, const config::proj
                     out.kept.push_back(tool);
                     continue;
                 }
-                co_await agent_request(conn->render_secrets(std::move(request)), name);
+                co_await agent_request(agent.render_secrets(std::move(request)), name);
                 out.delivered.push_back(tool);
             }
         }
@@ -122,7 +127,7 @@ awaitable<credentials_outcome> sync_credentials(context& ctx, const config::proj
         bool removed = false;
         for (const auto& s : present) {
             if (!s.set.starts_with(tool_prefix(tool)) || s.set == wanted) continue;
-            co_await agent_request(conn->clear_secrets(s.set), name);
+            co_await agent_request(agent.clear_secrets(s.set), name);
             removed = true;
         }
         if (removed && !login) out.removed.push_back(tool);
@@ -144,14 +149,12 @@ awaitable<std::vector<removal_reach>> remove_credentials_everywhere(context& ctx
         removal_reach r;
         r.vm = inst.name;
         try {
-            const ssh::endpoint ep = ssh::endpoint_from_lima_ssh_config(ssh_config_of(inst));
-            auto session = co_await ssh::session::connect(ep, pin_of(inst.name, false), &ctx.cancel, std::chrono::seconds(10));
+            auto conn = co_await connect_to_agent(ctx, inst.name, inst, std::chrono::seconds(10));
             config::project p;
             p.name = inst.name;
             credentials_sync_options options;
             options.only_remove = tool;
-            const credentials_outcome o = co_await sync_credentials(ctx, p, session, options);
-            session->close();
+            const credentials_outcome o = co_await sync_credentials(ctx, p, *conn, options);
             r.reached = true;
             r.removed = !o.removed.empty();
         } catch (const interrupted_error&) {

@@ -122,10 +122,10 @@ std::string plural(std::size_t n, const char* one, const char* many) {
 
 std::string seconds(std::chrono::milliseconds d) { return fmt::format("{:.2f} s", static_cast<double>(d.count()) / 1000.0); }
 
-awaitable<std::shared_ptr<ssh::session>> connect(context& ctx, const std::string& name) {
+// The agent of running VM `name` (through its master when it has one: connect_to_agent).
+awaitable<std::unique_ptr<guest::connection>> agent_of(context& ctx, const std::string& name) {
     const lima::instance inst = co_await require_running(ctx, name);
-    const ssh::endpoint ep = ssh::endpoint_from_lima_ssh_config(ssh_config_of(inst));
-    co_return co_await ssh::session::connect(ep, pin_of(name, false), &ctx.cancel);
+    co_return co_await connect_to_agent(ctx, name, inst, 10s);
 }
 
 } // namespace
@@ -140,18 +140,19 @@ awaitable<std::unique_ptr<guest::connection>> open_agent(context& ctx, const std
 
 } // namespace detail
 
-awaitable<void> sync_secrets(context& ctx, const config::project& project, std::shared_ptr<ssh::session> session,
-                             secrets_sync_options options) {
+namespace {
+
+// sync_secrets over the agent's connection `conn`, which it began to open at `t_start`.
+awaitable<void> sync_secrets_with(context& ctx, const config::project& project, guest::connection& conn,
+                                  secrets_sync_options options, std::chrono::steady_clock::time_point t_start) {
     const std::string& name = project.name;
-    const auto t_start = std::chrono::steady_clock::now();
-    auto conn = co_await open_agent(ctx, name, session);
     const auto t_open = std::chrono::steady_clock::now();
-    const std::vector<pr::envrc_secrets> repos = co_await agent_request(conn->discover_secrets(), name);
+    const std::vector<pr::envrc_secrets> repos = co_await agent_request(conn.discover_secrets(), name);
     secrets_plan planned = plan_secret_sets(project, repos, options.repo);
     for (const auto& w : planned.warnings) ctx.emit(events::message(name, "warning", w));
     std::vector<planned_set>& plan = planned.sets;
     if (options.only_missing) {
-        const std::vector<pr::secret_set_info> present = co_await agent_request(conn->list_secrets(), name);
+        const std::vector<pr::secret_set_info> present = co_await agent_request(conn.list_secrets(), name);
         std::erase_if(plan, [&](const planned_set& s) {
             return std::any_of(present.begin(), present.end(), [&](const pr::secret_set_info& i) { return i.set == s.name; });
         });
@@ -177,7 +178,7 @@ awaitable<void> sync_secrets(context& ctx, const config::project& project, std::
     std::size_t total = 0;
     for (std::size_t i = 0; i < plan.size(); ++i) {
         const pr::secrets_render_result r =
-            co_await agent_request(conn->render_secrets(std::move(sets[i].request)), name);
+            co_await agent_request(conn.render_secrets(std::move(sets[i].request)), name);
         total += r.count;
         std::string line = "rendered " + plan[i].name + ": " + plural(r.count, "variable", "variables") + " in " +
                            text::sanitize_for_terminal(r.path);
@@ -198,15 +199,23 @@ awaitable<void> sync_secrets(context& ctx, const config::project& project, std::
                   std::chrono::duration_cast<std::chrono::milliseconds>(t0 - t_read).count(), since(t0).count());
 }
 
+} // namespace
+
+awaitable<void> sync_secrets(context& ctx, const config::project& project, std::shared_ptr<ssh::session> session,
+                             secrets_sync_options options) {
+    const auto t_start = std::chrono::steady_clock::now();
+    auto conn = co_await open_agent(ctx, project.name, session);
+    co_await sync_secrets_with(ctx, project, *conn, std::move(options), t_start);
+}
+
 awaitable<void> sync_secrets(context& ctx, const config::project& project, secrets_sync_options options) {
-    auto session = co_await connect(ctx, project.name);
-    co_await sync_secrets(ctx, project, session, std::move(options));
-    session->close();
+    const auto t_start = std::chrono::steady_clock::now();
+    auto conn = co_await agent_of(ctx, project.name);
+    co_await sync_secrets_with(ctx, project, *conn, std::move(options), t_start);
 }
 
 awaitable<std::vector<std::string>> clear_secrets(context& ctx, const config::project& p, std::optional<std::string> repo) {
-    auto session = co_await connect(ctx, p.name);
-    auto conn = co_await open_agent(ctx, p.name, session);
+    auto conn = co_await agent_of(ctx, p.name);
     std::vector<std::optional<std::string>> targets;
     if (!repo) {
         // Every set of the project's, not the agents' logins (machine logout removes those).
@@ -233,15 +242,13 @@ awaitable<std::vector<std::string>> clear_secrets(context& ctx, const config::pr
         const std::vector<std::string> these = co_await agent_request(conn->clear_secrets(target), p.name);
         cleared.insert(cleared.end(), these.begin(), these.end());
     }
-    session->close();
     co_return cleared;
 }
 
 awaitable<std::vector<pr::secret_set_info>> list_secrets(context& ctx, const config::project& p) {
-    auto session = co_await connect(ctx, p.name);
-    auto conn = co_await open_agent(ctx, p.name, session);
+    auto conn = co_await agent_of(ctx, p.name);
     std::vector<pr::secret_set_info> sets = co_await agent_request(conn->list_secrets(), p.name);
-    session->close();
+    conn.reset();
     // The agents' logins are not the project's secrets: `machine login --status` shows them.
     std::erase_if(sets, [](const pr::secret_set_info& s) { return is_credential_set_name(s.set); });
     co_return sets;

@@ -8,7 +8,10 @@
 
 #include <spdlog/spdlog.h>
 
+#include <asio/this_coro.hpp>
+
 #include "machine/async.hpp"
+#include "machine/guest.hpp"
 #include "machine/paths.hpp"
 #include "machine/proc.hpp"
 #include "machine/ssh.hpp"
@@ -171,6 +174,41 @@ awaitable<openssh_target> ssh_target(context& ctx, const std::string& name, cons
     }
     t.control_path.clear();
     co_return t;
+}
+
+namespace {
+
+// The target that rides machine's master for the VM, when one runs for its pin and instance
+// (whatever agent it forwards: the relay asks for none).
+std::optional<openssh_target> master_for(const std::string& name, const lima::instance& inst) {
+    const fs::path socket = ssh_master_socket(name);
+    if (socket.empty() || !private_dir(socket.parent_path()) || !paths::socket_accepts(socket)) return std::nullopt;
+    const ssh::host_key_pin pin = pin_of(name, false);
+    openssh_target t{name, ssh_config_of(inst), pin.known_hosts, false, socket};
+    const auto identity = identity_of(pin, t, agent_environment{});
+    if (!identity || !recorded_identity(name).starts_with(identity->vm)) return std::nullopt;
+    return t;
+}
+
+} // namespace
+
+awaitable<std::unique_ptr<guest::connection>> connect_to_agent(context& ctx, const std::string& name,
+                                                               const lima::instance& inst,
+                                                               std::chrono::milliseconds patience) {
+    auto on_problem = [&ctx, name](const std::string& m) { ctx.emit(events::message(name, "warning", m)); };
+    if (const auto t = master_for(name, inst)) {
+        proc::command relay;
+        relay.argv = openssh_argv(*t, false, {ctx.agent_relay, "relay", "--socket", ctx.agent_socket});
+        relay.err = proc::stdio::null;  // the relay's one line of complaint: its exit status says it
+        relay.env_unset = {"SSH_AUTH_SOCK"};
+        auto child = proc::child::start(co_await asio::this_coro::executor, std::move(relay));
+        co_return std::make_unique<guest::connection>(guest::process_stream(std::move(child)), std::move(on_problem),
+                                                      name);
+    }
+    const ssh::endpoint ep = ssh::endpoint_from_lima_ssh_config(ssh_config_of(inst));
+    auto session = co_await ssh::session::connect(ep, pin_of(name, false), &ctx.cancel);
+    co_return co_await guest::connect_agent(std::move(session), patience, std::move(on_problem), ctx.agent_socket,
+                                            ctx.agent_relay);
 }
 
 awaitable<void> stop_ssh_master(const std::string& name) {

@@ -232,6 +232,15 @@ awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel, co
         co_await deliver_credentials(ctx, project, session);
         session->close();
         if (ran > 0) co_await close_ssh_masters_after_provisioning(*existing, name);
+        // The master the short commands after this one ride (sessions, secrets, run, attaches):
+        // opened now, with the project's forwarding, so that none of them pays for a handshake.
+        try {
+            co_await ssh_target(ctx, name, *existing, agent);
+        } catch (const interrupted_error&) {
+            throw;
+        } catch (const error& e) {
+            spdlog::debug("vm={} no SSH master after up: {}", name, e.what());
+        }
     }
     ctx.emit(events::vm_done(name, "ready", since(t0)));
 }

@@ -40,7 +40,9 @@
 #include "machine/guest.hpp"
 #include "machine/net.hpp"
 #include "machine/paths.hpp"
+#include "machine/proc.hpp"
 #include "machine/ssh.hpp"
+#include "machine/vm.hpp"
 #include "machine/text.hpp"
 #include "../support/sshd.hpp"
 #include "fake_lima_driver.hpp"
@@ -1293,6 +1295,146 @@ BOOST_FIXTURE_TEST_CASE(hung_agent_to_secrets_error_with_default_deadlines, fixt
     BOOST_REQUIRE(done);
     BOOST_TEST(what == "VM 'vm': the guest agent did not answer secrets.discover within 20 s");
     BOOST_TEST_MESSAGE("FIGURE hung agent -> secrets error (SSH connect to error, default deadlines): " << seconds << " s");
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// The other way to the relay (guest::process_stream): the pipes of a process that runs it, as
+// an `ssh` client riding the VM's OpenSSH master does. Here the relay runs on this host.
+BOOST_AUTO_TEST_SUITE(guest_over_a_relay_process)
+
+std::unique_ptr<proc::child> start_relay(asio::any_io_executor ex, std::vector<std::string> argv) {
+    proc::command relay;
+    relay.argv = std::move(argv);
+    relay.err = proc::stdio::null;
+    return proc::child::start(std::move(ex), std::move(relay));
+}
+
+BOOST_FIXTURE_TEST_CASE(hello_and_run_through_a_relay_process, fixture) {
+    auto task = [&]() -> asio::awaitable<void> {
+        std::vector<std::string> argv{MACHINE_AGENT_BINARY, "relay", "--socket", agent.socket().string()};
+        guest::connection conn(guest::process_stream(start_relay(co_await asio::this_coro::executor, argv)),
+                               on_problem(), "vm");
+        const auto hello = co_await conn.hello("machine tests");
+        BOOST_TEST(hello.protocol == pr::version);
+        pr::run_request run;
+        run.argv = {"sh", "-c", "printf '%s' \"$1\"; exit 3", "sh", "a;b $(c) 'd'"};
+        run.user = sshd.user();
+        std::string out;
+        auto on_output = [&](const pr::output_chunk& c) { out += c.data; };
+        const auto result = co_await conn.run(run, on_output);
+        BOOST_TEST(result.exit_code.value_or(-1) == 3);
+        BOOST_TEST(out == "a;b $(c) 'd'");
+    };
+    machine::test::co_run(io, task());
+    BOOST_TEST(problems.empty());
+    BOOST_TEST(proc::live_children() == 0u);  // the relay was stopped and reaped with the connection
+}
+
+// As over a channel (no_agent_behind_the_relay_is_agent_unavailable_not_a_lost_vm): the relay's
+// exit status says why, and ssh's own failure (255: the master or the connection is gone) is a
+// lost connection, not a missing agent.
+BOOST_FIXTURE_TEST_CASE(a_relay_process_that_ends_says_why, fixture) {
+    std::vector<std::string> messages;
+    auto attempt = [&](std::vector<std::string> argv, std::chrono::milliseconds before_hello) -> asio::awaitable<void> {
+        guest::connection conn(guest::process_stream(start_relay(co_await asio::this_coro::executor, argv)),
+                               on_problem(), "vm");
+        co_await machine::sleep_for(before_hello);  // with a pause, the write fails, not a read
+        try {
+            co_await conn.hello("nobody there");
+            messages.push_back("(answered)");
+        } catch (const guest::agent_unavailable& e) {
+            messages.push_back(std::string(e.what()) + " [" + std::to_string(e.relay_status()) + "]");
+        } catch (const ssh::connection_lost& e) {
+            messages.push_back(std::string("lost: ") + e.what());
+        } catch (const std::exception& e) {
+            messages.push_back(std::string("wrong error: ") + e.what());
+        }
+    };
+    auto task = [&]() -> asio::awaitable<void> {
+        // Named first: a braced list inside co_await does not compile with g++ 12 (house style §4).
+        const std::vector<std::string> no_agent{MACHINE_AGENT_BINARY, "relay", "--socket",
+                                                (agent.dir.path / "absent.sock").string()};
+        const std::vector<std::string> no_relay{"sh", "-c", "exec /nonexistent/machine-agent relay"};
+        const std::vector<std::string> ssh_failed{"sh", "-c", "exit 255"};
+        for (const auto pause : {0ms, 1000ms}) {
+            co_await attempt(no_agent, pause);
+            co_await attempt(no_relay, pause);
+            co_await attempt(ssh_failed, pause);
+        }
+    };
+    machine::test::co_run(io, task());
+    BOOST_REQUIRE(messages.size() == 6u);
+    for (std::size_t i : {0u, 3u}) {
+        BOOST_TEST(messages[i].find("VM 'vm': no guest agent is listening") != std::string::npos, messages[i]);
+        BOOST_TEST(messages[i].find("[69]") != std::string::npos, messages[i]);
+    }
+    for (std::size_t i : {1u, 4u})
+        BOOST_TEST(messages[i].find("VM 'vm': the guest agent is not installed") != std::string::npos, messages[i]);
+    for (std::size_t i : {2u, 5u}) BOOST_TEST(messages[i].rfind("lost: ", 0) == 0u, messages[i]);
+    BOOST_TEST(proc::live_children() == 0u);
+}
+
+// vm::connect_to_agent rides machine's master for the VM: with the VM's SSH port closed after
+// the master opened, the agent still answers through it; a VM re-pinned since is not reached
+// through that master (a connection of its own is tried, and finds the port closed); and with
+// the master gone, neither is it.
+BOOST_FIXTURE_TEST_CASE(connect_to_agent_rides_the_vms_master, fixture) {
+    machine::test::state_dir state;
+    machine::test::fake_vm_context fake;
+    fake.ctx.agent_relay = MACHINE_AGENT_BINARY;
+    fake.ctx.agent_socket = agent.socket().string();
+    auto write_config = [&](int port) {
+        std::ofstream(state.dir.path / "ssh.config")
+            << "Host lima-web\n  IdentityFile \"" << sshd.identity_file().string()
+            << "\"\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  BatchMode yes\n  IdentitiesOnly yes\n"
+            << "  User " << sshd.user() << "\n  Hostname 127.0.0.1\n  Port " << port << "\n";
+    };
+    write_config(sshd.port());
+    lima::instance inst;
+    inst.name = "web";
+    inst.state = lima::status::running;
+    inst.ssh_config_file = (state.dir.path / "ssh.config").string();
+    fs::create_directories(state.of("web"));
+    fs::permissions(state.of("web"), fs::perms::owner_all, fs::perm_options::replace);
+    machine::test::co_run(fake.io, [&]() -> asio::awaitable<void> {  // the pin, as at the VM's creation
+        auto s = co_await ssh::session::connect(sshd.endpoint(), vm::pin_of("web", true));
+        s->close();
+    }());
+    vm::agent_environment no_agent;
+    no_agent.env.unset = {"SSH_AUTH_SOCK"};
+    struct stop_master {
+        asio::io_context& io;
+        ~stop_master() { machine::test::co_run(io, vm::stop_ssh_master("web")); }
+    } stopper{fake.io};
+    BOOST_REQUIRE(!machine::test::co_run(fake.io, vm::ssh_target(fake.ctx, "web", inst, no_agent)).control_path.empty());
+
+    write_config(machine::test::closed_port());
+    auto hello = [&]() -> std::string {
+        try {
+            return machine::test::co_run(fake.io, [&]() -> asio::awaitable<std::string> {
+                auto conn = co_await vm::connect_to_agent(fake.ctx, "web", inst, 1s);
+                const auto h = co_await conn->hello("machine tests");
+                co_return "protocol " + std::to_string(h.protocol);
+            }());
+        } catch (const std::exception& e) {
+            return std::string("failed: ") + e.what();
+        }
+    };
+    BOOST_TEST(hello() == "protocol " + std::to_string(pr::version));
+    BOOST_TEST(hello() == "protocol " + std::to_string(pr::version));
+
+    const fs::path pin = vm::pin_of("web", false).file;
+    const std::string recorded = machine::paths::read_file(pin);
+    std::ofstream(pin) << "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA ssh-ed25519\n";
+    BOOST_TEST(hello().rfind("failed: ", 0) == 0u);
+    std::ofstream(pin) << recorded;
+    BOOST_TEST(hello() == "protocol " + std::to_string(pr::version));
+
+    machine::test::co_run(fake.io, vm::stop_ssh_master("web"));
+    BOOST_TEST(hello().rfind("failed: ", 0) == 0u);
+    BOOST_TEST(problems.empty());
+    BOOST_TEST(proc::live_children() == 0u);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -1,8 +1,10 @@
 // Helpers shared by the unit tests.
 #pragma once
 
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -29,6 +31,20 @@ inline void kill_and_wait(int pidfd) {
     while (::poll(&p, 1, 5000) < 0 && errno == EINTR) {
     }
     ::close(pidfd);
+}
+
+// A TCP port on 127.0.0.1 that nothing listens on: one the kernel picked, bound and closed
+// again (free unless something takes it in between).
+inline int closed_port() {
+    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    const bool ok = fd >= 0 && ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
+                    ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0;
+    if (fd >= 0) ::close(fd);
+    return ok ? ntohs(a.sin_port) : 1;  // port 1: nothing listens there either
 }
 
 // Runs an awaitable to completion on `ctx` and returns its value (or rethrows).
