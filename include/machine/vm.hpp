@@ -589,8 +589,8 @@ struct credentials_outcome {
 // cleared. A source that fails (1Password locked, a command exiting 1) is a warning naming the
 // tool (in the outcome: the caller says it where its output goes), and the VM keeps that tool's
 // previous set. Throws for a failure of the connection to the agent.
-asio::awaitable<credentials_outcome> sync_credentials(context& ctx, const config::project& project,
-                                                      guest::connection& agent, credentials_sync_options options);
+asio::awaitable<credentials_outcome> sync_credentials(const config::project& project, guest::connection& agent,
+                                                      credentials_sync_options options);
 // The same over a channel of `session`.
 asio::awaitable<credentials_outcome> sync_credentials(context& ctx, const config::project& project,
                                                       std::shared_ptr<ssh::session> session,

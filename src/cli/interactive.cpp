@@ -63,7 +63,7 @@ awaitable<void> deliver_credentials(context& ctx, const config::project& project
     // it has them all (one secrets.list). Never in the way of the attach: a problem is a warning.
     try {
         vm::credentials_sync_options missing;  // named: g++ 12 and a braced list in co_await
-        const vm::credentials_outcome o = co_await vm::sync_credentials(ctx.vm(), project, *agent, std::move(missing));
+        const vm::credentials_outcome o = co_await vm::sync_credentials(project, *agent, std::move(missing));
         // On stderr: stdout is the command's (`machine run web -- cat x > y`).
         for (const auto& w : o.warnings) std::fprintf(stderr, "machine: %s: warning: %s\n", name.c_str(), w.c_str());
         if (!o.delivered.empty() || !o.removed.empty())

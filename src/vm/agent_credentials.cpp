@@ -67,10 +67,10 @@ std::vector<std::string> credentials_for(const config::project& p, const credent
 awaitable<credentials_outcome> sync_credentials(context& ctx, const config::project& project,
                                                 std::shared_ptr<ssh::session> session, credentials_sync_options options) {
     auto conn = co_await open_agent(ctx, project.name, std::move(session));
-    co_return co_await sync_credentials(ctx, project, *conn, std::move(options));
+    co_return co_await sync_credentials(project, *conn, std::move(options));
 }
 
-awaitable<credentials_outcome> sync_credentials(context& ctx, const config::project& project, guest::connection& agent,
+awaitable<credentials_outcome> sync_credentials(const config::project& project, guest::connection& agent,
                                                 credentials_sync_options options) {
     const std::string& name = project.name;
     const credentials::store store = options.store ? *options.store : credentials::store::at_default();
@@ -154,7 +154,7 @@ awaitable<std::vector<removal_reach>> remove_credentials_everywhere(context& ctx
             p.name = inst.name;
             credentials_sync_options options;
             options.only_remove = tool;
-            const credentials_outcome o = co_await sync_credentials(ctx, p, *conn, options);
+            const credentials_outcome o = co_await sync_credentials(p, *conn, options);
             r.reached = true;
             r.removed = !o.removed.empty();
         } catch (const interrupted_error&) {
