@@ -6,6 +6,7 @@
 #include <fstream>
 #include <string>
 
+#include "error_message.hpp"
 #include "machine/error.hpp"
 #include "machine/guest.hpp"
 #include "machine/sha256.hpp"
@@ -26,12 +27,7 @@ void write_elf(const fs::path& p, unsigned machine) {
 }
 
 std::string error_of(std::string_view arch, std::string_view vm) {
-    try {
-        guest::find_agent(arch, vm);
-    } catch (const error& e) {
-        return e.what();
-    }
-    return "no error";
+    return test::message_of([&] { guest::find_agent(arch, vm); });
 }
 
 // Sets an environment variable for one test (the sandbox starts without MACHINE_*).

@@ -16,6 +16,8 @@
 
 #include <toml++/toml.h>
 
+#include "error_message.hpp"
+
 namespace fs = std::filesystem;
 using machine::usage_error;
 using namespace machine::config;
@@ -38,21 +40,11 @@ config parse(std::string_view text, const host_resources& host = big_host) {
 
 // The message parse() fails with, or "(no error)".
 std::string parse_error(std::string_view text) {
-    try {
-        parse(text);
-    } catch (const config_error& e) {
-        return e.what();
-    }
-    return "(no error)";
+    return machine::test::message_of<config_error>([&] { parse(text); });
 }
 
 std::string resolve_error(const config& c, const std::string& name) {
-    try {
-        c.resolve(name);
-    } catch (const usage_error& e) {
-        return e.what();
-    }
-    return "(no error)";
+    return machine::test::message_of<usage_error>([&] { c.resolve(name); });
 }
 
 bool has_raw_control(std::string_view s) {
@@ -89,12 +81,7 @@ load_options options_in(const temp_dir& tmp, const fs::path& working_dir) {
 }
 
 std::string load_error(const load_options& options) {
-    try {
-        load(options);
-    } catch (const config_error& e) {
-        return e.what();
-    }
-    return "(no error)";
+    return machine::test::message_of<config_error>([&] { load(options); });
 }
 
 } // namespace
@@ -1071,12 +1058,7 @@ std::string read_all(const fs::path& p) {
 }
 
 std::string add_error(const fs::path& file, const project_draft& d) {
-    try {
-        add_project(file, d);
-    } catch (const config_error& e) {
-        return e.what();
-    }
-    return "(no error)";
+    return machine::test::message_of<config_error>([&] { add_project(file, d); });
 }
 
 BOOST_AUTO_TEST_CASE(the_rules_are_the_loaders) {

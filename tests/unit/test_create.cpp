@@ -6,6 +6,7 @@
 #include <deque>
 
 #include "create.hpp"
+#include "error_message.hpp"
 #include "machine/error.hpp"
 
 namespace cli = machine::cli;
@@ -50,15 +51,6 @@ cli::create_context context_with(std::vector<std::string> taken = {}) {
     return c;
 }
 
-template <typename F>
-std::string usage_message(F f) {
-    try {
-        f();
-    } catch (const machine::usage_error& e) {
-        return e.what();
-    }
-    return "(no error)";
-}
 
 } // namespace
 
@@ -149,7 +141,7 @@ BOOST_AUTO_TEST_CASE(bad_flags_are_usage_errors_naming_the_flag) {
         opt.name = "web";
         opt.yes = true;
         set(opt);
-        return usage_message([&] { cli::draft_project(opt, context_with({"taken"}), nullptr); });
+        return machine::test::message_of<machine::usage_error>([&] { cli::draft_project(opt, context_with({"taken"}), nullptr); });
     };
     BOOST_TEST(with([](auto& o) { o.repos = {"ok.git", "--upload-pack=x"}; }) ==
                "--repo: " + config::repo_problem("--upload-pack=x"));

@@ -9,6 +9,7 @@
 #include "fake_lima_driver.hpp"
 #include "machine/error.hpp"
 #include "machine/vm.hpp"
+#include "error_message.hpp"
 #include "test_support.hpp"
 
 namespace vm = machine::vm;
@@ -22,16 +23,6 @@ using strings = std::vector<std::string>;
 namespace {
 
 bool starts_with(const std::string& s, const std::string& prefix) { return s.rfind(prefix, 0) == 0; }
-
-template <class F>
-std::string error_of(F&& f) {
-    try {
-        f();
-    } catch (const machine::error& e) {
-        return e.what();
-    }
-    return "(no error)";
-}
 
 } // namespace
 
@@ -61,11 +52,11 @@ BOOST_AUTO_TEST_CASE(what_cannot_pause_says_why) {
     fake_vm_context f;
     f.lima.add("web", lima::status::stopped);
     f.lima.add("mac", lima::status::running).vm_type = "vz";
-    BOOST_TEST(error_of([&] { co_run(f.io, vm::pause(f.ctx, "web")); }) ==
+    BOOST_TEST(machine::test::message_of([&] { co_run(f.io, vm::pause(f.ctx, "web")); }) ==
                "VM 'web' is not running (Stopped): nothing to pause");
-    BOOST_TEST(error_of([&] { co_run(f.io, vm::pause(f.ctx, "mac")); }) ==
+    BOOST_TEST(machine::test::message_of([&] { co_run(f.io, vm::pause(f.ctx, "mac")); }) ==
                "VM 'mac' runs on Lima's vz driver, which cannot pause (only QEMU VMs can)");
-    BOOST_TEST(error_of([&] { co_run(f.io, vm::resume(f.ctx, "nosuch")); }) ==
+    BOOST_TEST(machine::test::message_of([&] { co_run(f.io, vm::resume(f.ctx, "nosuch")); }) ==
                "VM 'nosuch' does not exist (run 'machine up nosuch')");
     // vz: Lima's status, no monitor asked
     BOOST_TEST(co_run(f.io, vm::shown_status(f.ctx, f.lima.state().instances["mac"])) == "Running");
@@ -134,12 +125,12 @@ BOOST_AUTO_TEST_CASE(bad_input_is_refused_and_changes_nothing) {
     co_run(f.io, vm::snapshot_create(f.ctx, "web", "clean"));
     f.lima.state().calls.clear();
     // an unknown tag: named with the ones there are, before anything is applied
-    BOOST_TEST(error_of([&] { co_run(f.io, vm::restore(f.ctx, "web", "nope", nullptr)); }) ==
+    BOOST_TEST(machine::test::message_of([&] { co_run(f.io, vm::restore(f.ctx, "web", "nope", nullptr)); }) ==
                "VM 'web' has no snapshot 'nope' (it has: clean); nothing was changed");
-    BOOST_TEST(error_of([&] { co_run(f.io, vm::snapshot_delete(f.ctx, "web", "nope")); }) ==
+    BOOST_TEST(machine::test::message_of([&] { co_run(f.io, vm::snapshot_delete(f.ctx, "web", "nope")); }) ==
                "VM 'web' has no snapshot 'nope' (it has: clean)");
     // a tag taken twice
-    BOOST_TEST(error_of([&] { co_run(f.io, vm::snapshot_create(f.ctx, "web", "clean")); }) ==
+    BOOST_TEST(machine::test::message_of([&] { co_run(f.io, vm::snapshot_create(f.ctx, "web", "clean")); }) ==
                "VM 'web' already has a snapshot 'clean' (machine snapshot --delete web clean first)");
     for (const auto& c : f.lima.state().calls) BOOST_TEST(!starts_with(c, "snapshot apply"), c);
     for (const auto& c : f.lima.state().calls) BOOST_TEST(!starts_with(c, "snapshot create"), c);
@@ -164,7 +155,7 @@ BOOST_AUTO_TEST_CASE(a_disk_only_snapshot_on_a_running_vm_says_to_stop_it) {
     f.lima.add("web", lima::status::stopped);
     co_run(f.io, vm::snapshot_create(f.ctx, "web", "cold"));
     f.lima.state().instances["web"].state = lima::status::running;
-    const std::string e = error_of([&] { co_run(f.io, vm::restore(f.ctx, "web", "cold", nullptr)); });
+    const std::string e = machine::test::message_of([&] { co_run(f.io, vm::restore(f.ctx, "web", "cold", nullptr)); });
     BOOST_TEST(starts_with(e, "VM 'web' was not restored to 'cold': Error: This is a disk-only snapshot."), e);
     BOOST_TEST(e.find("'machine down web', then 'machine restore web cold'") != std::string::npos, e);
     // QEMU left the guest stopped (restore-vm): it was continued, as it was
@@ -273,7 +264,7 @@ BOOST_AUTO_TEST_CASE(a_lima_that_cannot_hibernate_stops_the_vm_and_says_so) {
     BOOST_TEST(f.lima.state().calls == (strings{"list web", "stop web"}), boost::test_tools::per_element());
     BOOST_TEST(w.event_starts("message web warning this Lima cannot hibernate a VM"));
     BOOST_TEST(co_run(f.io, vm::shown_status(f.ctx, f.lima.state().instances["web"])) == "Stopped");
-    BOOST_TEST(error_of([&] { co_run(f.io, vm::hibernate(f.ctx, "web")); }) ==
+    BOOST_TEST(machine::test::message_of([&] { co_run(f.io, vm::hibernate(f.ctx, "web")); }) ==
                "VM 'web' is not running (Stopped): nothing to hibernate");
 }
 

@@ -12,21 +12,13 @@
 #include "machine/forge_keys.hpp"
 #include "machine/provision.hpp"
 #include "../support/sshd.hpp"
+#include "error_message.hpp"
 #include "test_support.hpp"
 
 using namespace machine;
 using provision::catalog;
 
 namespace {
-
-std::string error_of(const std::function<void()>& f) {
-    try {
-        f();
-    } catch (const config::config_error& e) {
-        return e.what();
-    }
-    return "(no error)";
-}
 
 const char* kBase = R"(description = "the basics"
 [[step]]
@@ -122,7 +114,7 @@ BOOST_AUTO_TEST_CASE(bad_profile_files_name_file_line_column_and_key) {
     };
     for (const auto& c : cases) {
         BOOST_TEST_CONTEXT(c.text) {
-            const std::string message = error_of([&] { catalog::parse(c.text, "p", "p.toml"); });
+            const std::string message = test::message_of<config::config_error>([&] { catalog::parse(c.text, "p", "p.toml"); });
             // An egress entry's reason is net::host_pattern_problem's: only where it points is ours.
             if (std::string_view(c.message).ends_with(": ")) BOOST_TEST(message.rfind(c.message, 0) == 0u, message);
             else BOOST_TEST(message == c.message);
@@ -138,9 +130,9 @@ BOOST_AUTO_TEST_CASE(requirements_come_first_and_each_profile_once) {
 
 BOOST_AUTO_TEST_CASE(an_unknown_profile_is_a_config_error_where_it_was_written) {
     const auto c = sample_catalog();
-    BOOST_TEST(error_of([&] { provision::resolve_profiles(c, {"base", "nodd"}, at("projects.toml:3:20: web.profiles")); }) ==
+    BOOST_TEST(test::message_of<config::config_error>([&] { provision::resolve_profiles(c, {"base", "nodd"}, at("projects.toml:3:20: web.profiles")); }) ==
                "projects.toml:3:20: web.profiles[1]: unknown profile \"nodd\" (did you mean \"node\"?)");
-    BOOST_TEST(error_of([&] { provision::resolve_profiles(c, {"zzzzzzzz"}, at("x")); }) ==
+    BOOST_TEST(test::message_of<config::config_error>([&] { provision::resolve_profiles(c, {"zzzzzzzz"}, at("x")); }) ==
                "x[0]: unknown profile \"zzzzzzzz\" (known: base, git-signing, node)");
 }
 
@@ -148,7 +140,7 @@ BOOST_AUTO_TEST_CASE(requirement_cycles_are_refused) {
     catalog c;
     c.add(catalog::parse("requires = [\"b\"]\n[[step]]\nname = \"s\"\nrun = \"true\"\n", "a", "a.toml"));
     c.add(catalog::parse("requires = [\"a\"]\n[[step]]\nname = \"s\"\nrun = \"true\"\n", "b", "b.toml"));
-    BOOST_TEST(error_of([&] { provision::resolve_profiles(c, {"a"}, at("w")); }).find("cycle: a -> b -> a") != std::string::npos);
+    BOOST_TEST(test::message_of<config::config_error>([&] { provision::resolve_profiles(c, {"a"}, at("w")); }).find("cycle: a -> b -> a") != std::string::npos);
 }
 
 BOOST_AUTO_TEST_CASE(a_plan_has_argv_vectors_users_and_expanded_env) {
@@ -251,10 +243,10 @@ BOOST_AUTO_TEST_CASE(a_step_kept_out_of_the_base_may_use_project_values) {
     BOOST_TEST(other.steps[1].hash == plan.steps[1].hash);
     BOOST_TEST(provision::bakeable_prefix(c, other).steps.size() == 3u);
 
-    BOOST_TEST(error_of([] { catalog::parse("[[step]]\nname = \"x\"\nrun = \"a\"\nbake = \"no\"\n", "p", "p.toml"); }) ==
+    BOOST_TEST(test::message_of<config::config_error>([] { catalog::parse("[[step]]\nname = \"x\"\nrun = \"a\"\nbake = \"no\"\n", "p", "p.toml"); }) ==
                "p.toml:4:1: step[0].bake: expected a boolean, got \"no\"");
     // Without `bake = false` the project value is refused where it was written.
-    BOOST_TEST(error_of([] { catalog::parse("[[step]]\nname = \"x\"\nrun = \"a\"\nenv = { M = \"${claude.mode}\" }\n", "p", "p.toml"); }) ==
+    BOOST_TEST(test::message_of<config::config_error>([] { catalog::parse("[[step]]\nname = \"x\"\nrun = \"a\"\nenv = { M = \"${claude.mode}\" }\n", "p", "p.toml"); }) ==
                "p.toml:4:9: step[0].env.M: ${git.*}, ${vm.shell} and ${claude.mode} need `bake = false` (on the profile or "
                "the step): a cached base is shared by every project");
 }
@@ -419,7 +411,7 @@ BOOST_AUTO_TEST_CASE(user_profiles_add_to_and_replace_built_in_ones) {
     {
         std::ofstream(dir.path / "broken.toml") << "[[step]]\nname = \"x\"\nrun = 3\n";
     }
-    BOOST_TEST(error_of([&] { catalog::load(dir.path); }) ==
+    BOOST_TEST(test::message_of<config::config_error>([&] { catalog::load(dir.path); }) ==
                (dir.path / "broken.toml").string() + ":3:1: step[0].run: expected a string, got 3");
 }
 

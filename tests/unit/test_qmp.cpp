@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "machine/lima.hpp"
+#include "error_message.hpp"
 #include "test_support.hpp"
 
 namespace lima = machine::lima;
@@ -66,15 +67,6 @@ struct fake_monitor {
 
 const std::string greeting = R"({"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}}, "capabilities": []}})" "\n";
 
-std::string error_of(const std::function<void()>& f) {
-    try {
-        f();
-    } catch (const lima::qmp_error& e) {
-        return e.what();
-    }
-    return "(no qmp_error)";
-}
-
 } // namespace
 
 BOOST_AUTO_TEST_SUITE(lima_qmp)
@@ -103,7 +95,7 @@ BOOST_AUTO_TEST_CASE(qemus_error_is_a_qmp_error_with_its_desc_escaped) {
         m.line(fd);
         fake_monitor::send(fd, R"({"error": {"class": "GenericError", "desc": "nope \u001b[31m"}})" "\n");
     });
-    const std::string e = error_of([&] { lima::qmp_execute(m.path, R"({"execute":"cont"})", 2000ms); });
+    const std::string e = machine::test::message_of<lima::qmp_error>([&] { lima::qmp_execute(m.path, R"({"execute":"cont"})", 2000ms); });
     BOOST_TEST(e.find("QEMU: nope ") == 0u, e);
     BOOST_TEST(e.find('\x1b') == std::string::npos, e);
 }
@@ -114,7 +106,7 @@ BOOST_AUTO_TEST_CASE(a_silent_monitor_times_out) {
         (void)!::read(fd, &c, 1);  // until the client gives up and closes
     });
     const auto t0 = std::chrono::steady_clock::now();
-    const std::string e = error_of([&] { lima::qmp_execute(m.path, R"({"execute":"stop"})", 300ms); });
+    const std::string e = machine::test::message_of<lima::qmp_error>([&] { lima::qmp_execute(m.path, R"({"execute":"stop"})", 300ms); });
     BOOST_TEST(e.find("did not answer within 300 ms") != std::string::npos, e);
     const bool quick = std::chrono::steady_clock::now() - t0 < 2s;
     BOOST_TEST(quick);
@@ -126,7 +118,7 @@ BOOST_AUTO_TEST_CASE(a_line_that_never_ends_is_cut_at_64_KiB) {
         for (int i = 0; i < 64; ++i)  // 1 MiB without a newline, as long as the client reads
             if (::send(fd, chunk.data(), chunk.size(), MSG_NOSIGNAL) < 0) break;
     });
-    const std::string e = error_of([&] { lima::qmp_execute(m.path, R"({"execute":"stop"})", 5000ms); });
+    const std::string e = machine::test::message_of<lima::qmp_error>([&] { lima::qmp_execute(m.path, R"({"execute":"stop"})", 5000ms); });
     BOOST_TEST(e == "QEMU's monitor sent a line over 64 KiB");
 }
 
@@ -138,18 +130,18 @@ BOOST_AUTO_TEST_CASE(a_flood_of_events_is_cut_off) {
         for (std::size_t i = 0; i < lima::qmp_max_lines + 10; ++i) flood += R"({"event": "RTC_CHANGE"})" "\n";
         fake_monitor::send(fd, flood);
     });
-    const std::string e = error_of([&] { lima::qmp_execute(m.path, R"({"execute":"stop"})", 5000ms); });
+    const std::string e = machine::test::message_of<lima::qmp_error>([&] { lima::qmp_execute(m.path, R"({"execute":"stop"})", 5000ms); });
     BOOST_TEST(e == "QEMU's monitor sent more than 256 messages");
 }
 
 BOOST_AUTO_TEST_CASE(not_a_monitor) {
     machine::test::temp_dir dir;
     std::ofstream(dir.path / "qmp.sock") << "";  // what the fake limactl leaves while Running
-    BOOST_TEST(error_of([&] { lima::qmp_execute(dir.path / "qmp.sock", "{}", 300ms); }).find("is not a socket") !=
+    BOOST_TEST(machine::test::message_of<lima::qmp_error>([&] { lima::qmp_execute(dir.path / "qmp.sock", "{}", 300ms); }).find("is not a socket") !=
                std::string::npos);
-    BOOST_TEST(error_of([&] { lima::qmp_execute(dir.path / "missing.sock", "{}", 300ms); }).find("no QEMU monitor at") == 0u);
+    BOOST_TEST(machine::test::message_of<lima::qmp_error>([&] { lima::qmp_execute(dir.path / "missing.sock", "{}", 300ms); }).find("no QEMU monitor at") == 0u);
     fake_monitor m([](fake_monitor&, int fd) { fake_monitor::send(fd, "{\"hello\": 1}\n"); });
-    BOOST_TEST(error_of([&] { lima::qmp_execute(m.path, "{}", 1000ms); }).find("(no QMP greeting)") != std::string::npos);
+    BOOST_TEST(machine::test::message_of<lima::qmp_error>([&] { lima::qmp_execute(m.path, "{}", 1000ms); }).find("(no QMP greeting)") != std::string::npos);
 }
 
 BOOST_AUTO_TEST_CASE(reader_and_parsers) {
