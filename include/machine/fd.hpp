@@ -1,13 +1,15 @@
-// A file descriptor closed when it goes out of scope, and a poll() until a deadline: for the
-// small synchronous exchanges on a Unix socket with one deadline for the whole of them (the SSH
-// agent probe, QEMU's monitor).
+// A file descriptor closed when it goes out of scope, a poll() until a deadline and a send of
+// a whole buffer until one: for the small synchronous exchanges on a Unix socket with one
+// deadline for the whole of them (the SSH agent probe, QEMU's monitor).
 #pragma once
 
 #include <poll.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <chrono>
+#include <string_view>
 
 namespace machine {
 
@@ -34,6 +36,27 @@ inline bool poll_until(int fd, short events, std::chrono::steady_clock::time_poi
         if (rc > 0) return true;
         if (rc < 0 && errno != EINTR) return false;
     }
+}
+
+/// How send_all ended: everything went out, the deadline passed first, or send() failed (errno
+/// says why).
+enum class send_outcome { sent, timed_out, failed };
+
+/// Sends all of `data` on the non-blocking socket `fd` (never raising SIGPIPE), waiting for room
+/// until `deadline`: a peer that stops reading cannot hold the caller past it.
+inline send_outcome send_all(int fd, std::string_view data, std::chrono::steady_clock::time_point deadline) {
+    std::size_t sent = 0;
+    while (sent < data.size()) {
+        const auto n = ::send(fd, data.data() + sent, data.size() - sent, MSG_NOSIGNAL);
+        if (n > 0) {
+            sent += static_cast<std::size_t>(n);
+        } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+            if (!poll_until(fd, POLLOUT, deadline)) return send_outcome::timed_out;
+        } else {
+            return send_outcome::failed;
+        }
+    }
+    return send_outcome::sent;
 }
 
 } // namespace machine

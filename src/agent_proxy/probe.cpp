@@ -71,17 +71,10 @@ agent_probe probe(const std::filesystem::path& socket, std::chrono::milliseconds
     }
 
     const std::string request("\0\0\0\1\x0b", 5); // SSH_AGENTC_REQUEST_IDENTITIES
-    std::size_t sent = 0;
-    while (sent < request.size()) {
-        const auto n = ::send(fd.fd, request.data() + sent, request.size() - sent, MSG_NOSIGNAL);
-        if (n > 0) {
-            sent += static_cast<std::size_t>(n);
-        } else if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
-            if (!poll_until(fd.fd, POLLOUT, deadline))
-                return make(st::broken, "the agent at " + path + " does not read requests");
-        } else {
-            return make(st::broken, std::string("cannot send to the agent: ") + std::strerror(errno));
-        }
+    switch (send_all(fd.fd, request, deadline)) {
+    case send_outcome::sent: break;
+    case send_outcome::timed_out: return make(st::broken, "the agent at " + path + " does not read requests");
+    case send_outcome::failed: return make(st::broken, std::string("cannot send to the agent: ") + std::strerror(errno));
     }
 
     // Header first, then exactly the announced body (bounded by max_message_length).

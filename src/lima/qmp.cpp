@@ -52,16 +52,11 @@ public:
     void send(std::string_view text) {
         std::string line(text);
         line += '\n';
-        std::size_t sent = 0;
-        while (sent < line.size()) {
-            const auto n = ::send(fd_.fd, line.data() + sent, line.size() - sent, MSG_NOSIGNAL);
-            if (n > 0) {
-                sent += static_cast<std::size_t>(n);
-            } else if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
-                if (!poll_until(fd_.fd, POLLOUT, deadline_)) timed_out();
-            } else {
-                throw qmp_error("cannot write to QEMU's monitor: " + std::string(std::strerror(errno)));
-            }
+        switch (send_all(fd_.fd, line, deadline_)) {
+        case send_outcome::sent: return;
+        case send_outcome::timed_out: timed_out();
+        case send_outcome::failed:
+            throw qmp_error("cannot write to QEMU's monitor: " + std::string(std::strerror(errno)));
         }
     }
 
