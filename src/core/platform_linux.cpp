@@ -16,6 +16,8 @@
 #include <fstream>
 #include <iterator>
 
+#include "replaced_executable.hpp"
+
 namespace machine::platform {
 
 namespace {
@@ -125,7 +127,10 @@ std::string process_arguments(pid_t pid) {
 
 std::filesystem::path self_executable() {
     std::error_code ec;
-    return std::filesystem::read_symlink("/proc/self/exe", ec);
+    const auto target = std::filesystem::read_symlink("/proc/self/exe", ec);
+    struct stat running{};
+    if (ec || ::stat("/proc/self/exe", &running) != 0) return target;
+    return detail::replaced_executable(target, running);
 }
 
 long long available_memory() {

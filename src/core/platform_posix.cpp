@@ -27,6 +27,8 @@
 #include <sys/sysctl.h>
 #endif
 
+#include "replaced_executable.hpp"
+
 extern char** environ;
 
 namespace machine::platform {
@@ -367,7 +369,10 @@ std::filesystem::path self_executable() {
     auto p = std::filesystem::canonical(buf, ec);
     return ec ? std::filesystem::path(buf) : p;
 #else
-    return std::filesystem::read_symlink("/proc/self/exe", ec);
+    const auto target = std::filesystem::read_symlink("/proc/self/exe", ec);
+    struct stat running{};
+    if (ec || ::stat("/proc/self/exe", &running) != 0) return target;
+    return detail::replaced_executable(target, running);
 #endif
 }
 

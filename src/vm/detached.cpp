@@ -37,6 +37,9 @@ void spawn_detached(const std::vector<std::string>& argv, const fs::path& log) {
     const int log_fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
     if (log_fd < 0) throw error("cannot open " + log.string() + ": " + std::strerror(errno));
     const int null_fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+    // What the child writes to the log when exec fails, so that a caller's "see the log" finds
+    // the reason (errno's number appended: strerror is not async-signal-safe).
+    const std::string exec_failed = "cannot run " + argv[0] + ": exec failed with errno ";
     const pid_t child = ::fork();
     if (child < 0) {
         ::close(log_fd);
@@ -54,6 +57,14 @@ void spawn_detached(const std::vector<std::string>& argv, const fs::path& log) {
         sigemptyset(&none);
         ::sigprocmask(SIG_SETMASK, &none, nullptr);
         ::execve(args[0], args.data(), env.data());
+        const int e = errno;
+        char digits[16];
+        char* end = digits + sizeof digits;
+        char* p = end;
+        *--p = '\n';
+        for (int n = e > 0 ? e : 0; p == end - 1 || n > 0; n /= 10) *--p = static_cast<char>('0' + n % 10);
+        [[maybe_unused]] auto w1 = ::write(2, exec_failed.data(), exec_failed.size());
+        [[maybe_unused]] auto w2 = ::write(2, p, static_cast<std::size_t>(end - p));
         ::_exit(127);
     }
     ::close(log_fd);

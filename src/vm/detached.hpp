@@ -18,8 +18,9 @@ inline constexpr const char* detached_log_variable = "MACHINE_DETACHED_LOG";
 
 /// Starts `argv` (argv[0] a path, no shell) in its own session, detached from machine (double
 /// fork: nobody has to reap it), stdin from /dev/null, stdout and stderr appended to `log`
-/// (created 0600), with `log` in the environment as detached_log_variable. Throws
-/// machine::error when `log` cannot be opened or fork fails.
+/// (created 0600), with `log` in the environment as detached_log_variable. An exec that fails
+/// is said in `log` ("cannot run ARGV0: exec failed with errno N"). Throws machine::error when
+/// `log` cannot be opened or fork fails.
 void spawn_detached(const std::vector<std::string>& argv, const std::filesystem::path& log);
 
 /// A logger writing to `file`, capped: at 1 MiB it becomes `<stem>.1<ext>` (replacing the

@@ -19,6 +19,7 @@
 #include <thread>
 #include <vector>
 
+#include "../../src/core/replaced_executable.hpp"
 #include "machine/platform.hpp"
 #include "test_support.hpp"
 
@@ -262,6 +263,88 @@ BOOST_AUTO_TEST_CASE(wipe_memory_zeroes_every_byte) {
     std::string s(100, 'x');
     platform::wipe_memory(s.data(), s.size());
     BOOST_TEST(s == std::string(100, '\0'));
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// What a process's /proc/PID/exe reads as, and its stat (the running binary).
+namespace {
+struct exe_link {
+    std::filesystem::path target;
+    struct stat running{};
+};
+
+exe_link exe_of(pid_t pid) {
+    const std::string link = "/proc/" + std::to_string(pid) + "/exe";
+    exe_link e;
+    e.target = std::filesystem::read_symlink(link);
+    BOOST_REQUIRE(::stat(link.c_str(), &e.running) == 0);
+    return e;
+}
+
+// Waits (at most 2 s) until `pid` runs `path`: its exec is done.
+void wait_for_exec(pid_t pid, const std::filesystem::path& path) {
+    for (int i = 0; i < 200 && exe_of(pid).target != path; ++i) std::this_thread::sleep_for(10ms);
+    BOOST_REQUIRE(exe_of(pid).target == path);
+}
+
+// A child of this test, killed (by its pid) and reaped however the test ends.
+struct stopped_at_exit {
+    pid_t pid;
+    ~stopped_at_exit() {
+        ::kill(pid, SIGKILL);
+        reap(pid);
+    }
+};
+} // namespace
+
+BOOST_AUTO_TEST_SUITE(replaced_executable)
+
+// A helper machine starts from itself (the egress proxy) must start after an upgrade or a
+// rebuild replaced the binary under a running `machine up`: the kernel then names the running
+// one "PATH (deleted)", and exec of that name fails.
+BOOST_AUTO_TEST_CASE(a_binary_replaced_on_disk_is_run_again_from_its_path) {
+    if (!std::filesystem::exists("/proc/self/exe")) {
+        BOOST_TEST_MESSAGE("no /proc: self_executable asks the system (macOS) and this does not apply");
+        return;
+    }
+    test::temp_dir dir;
+    const auto tool = dir.path / "tool";
+    std::filesystem::copy_file("/bin/sleep", tool);
+    const pid_t pid = start({tool.string(), "30"});
+    const stopped_at_exit child{pid};
+    wait_for_exec(pid, tool);
+    std::filesystem::remove(tool);
+    std::filesystem::copy_file("/bin/sleep", tool);  // the upgrade
+    const exe_link e = exe_of(pid);
+    BOOST_TEST(e.target.string() == tool.string() + " (deleted)");
+    BOOST_TEST(platform::detail::replaced_executable(e.target, e.running).string() == tool.string());
+
+    // Removed and not replaced: the kernel's name stays (exec of it fails, and says so).
+    std::filesystem::remove(tool);
+    BOOST_TEST(platform::detail::replaced_executable(e.target, e.running).string() == tool.string() + " (deleted)");
+}
+
+BOOST_AUTO_TEST_CASE(a_path_that_still_leads_to_the_running_binary_is_kept) {
+    if (!std::filesystem::exists("/proc/self/exe")) return;
+    const exe_link self{std::filesystem::read_symlink("/proc/self/exe"), {}};
+    struct stat running{};
+    BOOST_REQUIRE(::stat("/proc/self/exe", &running) == 0);
+    BOOST_TEST(platform::detail::replaced_executable(self.target, running) == self.target);
+    BOOST_TEST(platform::self_executable() == self.target);
+
+    // Even when its real name ends the way the kernel marks a deleted one, and another file
+    // has the shorter name.
+    test::temp_dir dir;
+    const auto odd = dir.path / "tool (deleted)";
+    std::filesystem::copy_file("/bin/sleep", odd);
+    std::filesystem::copy_file("/bin/true", dir.path / "tool");
+    const pid_t pid = start({odd.string(), "30"});
+    const stopped_at_exit child{pid};
+    wait_for_exec(pid, odd);
+    const exe_link e = exe_of(pid);
+    BOOST_TEST(e.target.string() == odd.string());
+    BOOST_TEST(platform::detail::replaced_executable(e.target, e.running).string() == odd.string());
 }
 
 BOOST_AUTO_TEST_SUITE_END()

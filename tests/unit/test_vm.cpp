@@ -1,10 +1,15 @@
 // The workflows (src/vm) on a fake Lima (fake_lima_driver): which limactl calls bring-up, down and
 // destroy make for a VM in each state, the events they emit, the decision to clone from a cached
-// base, and which secret sets are planned. No process is started: no limactl, git or ssh.
+// base, and which secret sets are planned. No limactl, git or ssh is started (spawn_detached's
+// test forks a child whose exec fails, on purpose).
 #include <boost/test/unit_test.hpp>
 
+#include <cerrno>
+#include <chrono>
 #include <cstdlib>
 #include <fstream>
+#include <iterator>
+#include <thread>
 
 #include <asio/co_spawn.hpp>
 #include <asio/detached.hpp>
@@ -13,6 +18,7 @@
 
 #include "audit_tail.hpp"
 #include "bake.hpp"
+#include "detached.hpp"
 #include "fake_lima_driver.hpp"
 #include "instance_edits.hpp"
 #include "machine/error.hpp"
@@ -757,6 +763,28 @@ BOOST_AUTO_TEST_CASE(sizes_read_as_they_are_written) {
     BOOST_TEST(vm::size_text(2LL << 40) == "2TiB");
     BOOST_TEST(vm::size_text(1395864371) == "1.3GiB");  // "1.3GiB" as Lima lists it
     BOOST_TEST(vm::size_text(100) == "100B");
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(vm_detached)
+
+// A helper whose binary cannot be run (gone after an upgrade, say) leaves its reason in the log
+// that the caller's error names, instead of an empty file.
+BOOST_AUTO_TEST_CASE(an_exec_that_fails_is_said_in_the_log) {
+    machine::test::temp_dir dir;
+    const fs::path log = dir.path / "helper.log";
+    const std::string missing = (dir.path / "no-such-helper").string();
+    vm::spawn_detached({missing, "net-proxy"}, log);
+    const std::string want = "cannot run " + missing + ": exec failed with errno " + std::to_string(ENOENT) + "\n";
+    std::string got;
+    for (int i = 0; i < 500 && got != want; ++i) {  // the grandchild writes it: at most 5 s
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        std::ifstream in(log);
+        got.assign(std::istreambuf_iterator<char>(in), {});
+    }
+    BOOST_TEST(got == want);
+    BOOST_TEST(((fs::status(log).permissions() & fs::perms::all) == (fs::perms::owner_read | fs::perms::owner_write)));
 }
 
 BOOST_AUTO_TEST_SUITE_END()
