@@ -35,6 +35,23 @@ def _boot_id(guest):
     return guest.run("cat", "/proc/sys/kernel/random/boot_id")[1].strip()
 
 
+def _resume_evidence(directory):
+    """Why a resumed VM may have come back with another boot, in the few lines a failed check
+    shows: the guest console's kernel trouble (an Oops, a panic and the reboot panic=1 makes)
+    and the stand-in's words on the resume. CI13 saw it once, and the sandbox took the console
+    log with it."""
+    lines = []
+    for name, words in (("serial.log", ("Oops", "panic", "BUG:", "RIP:", "eboot", "Linux version")),
+                        ("ha.stderr.log", ("esum", "ibernat", "QEMU exited", "xiting"))):
+        try:
+            with open(os.path.join(directory, name), errors="replace") as f:
+                hits = [l.strip()[:200] for l in f if any(w in l for w in words)]
+        except OSError as e:
+            hits = ["(%s)" % e]
+        lines += ["%s: %s" % (name, h) for h in hits[:7]]
+    return "\n".join(lines) or "(neither the console nor the stand-in said anything about it)"
+
+
 def _lima_dir(env, name):
     home = env.get("LIMA_HOME") or os.path.expanduser("~/.lima")
     return os.path.join(home, name)
@@ -120,9 +137,11 @@ def check_hibernate(tap, args, env, guest, memory_bytes):
     tap.result(p.returncode == 0 and "resumed from hibernation" in said, "machine up resumes it (%.1fs)" % took, said)
     rc1, _, _ = guest.run("tmux", "has-session", "-t", "smoke-hib")
     rc2, out, _ = guest.run("cat", "/tmp/hib-marker")
-    tap.result(rc1 == 0 and rc2 == 0 and out.strip() == token and _boot_id(guest) == boot,
+    boot_now = _boot_id(guest)
+    tap.result(rc1 == 0 and rc2 == 0 and out.strip() == token and boot_now == boot,
                "after resume: the tmux session, the file in /tmp and the boot are the same",
-               "tmux rc=%d cat rc=%d %r" % (rc1, rc2, out))
+               "tmux rc=%d cat rc=%d %r, boot %s -> %s\n%s" % (rc1, rc2, out, boot, boot_now,
+                                                               _resume_evidence(_lima_dir(env, args.name))))
     rc, out, _ = guest.run("date", "+%s")
     skew = abs(int(out.strip() or 0) - time.time()) if rc == 0 else -1
     tap.note("FIGURE guest_clock_skew_after_resume_s=%.0f" % skew)
