@@ -366,8 +366,11 @@ awaitable<void> restore(context& ctx, const std::string& name, const std::string
         ctx.emit(events::vm_state(name, "stopped", "restored to '" + tag + "'; 'machine up " + name + "' boots it"));
         co_return;
     }
-    // The guest's clocks and TCP state went back with its memory: a new connection, then the
-    // secrets as they are now (the tmpfs holds what it held when the snapshot was taken).
+    // The guest's clocks and TCP state went back with its memory: machine's SSH master is left
+    // on a connection the guest no longer knows (what rode it would wait for its keepalive to
+    // give up), so it goes; a new connection, then the secrets as they are now (the tmpfs holds
+    // what it held when the snapshot was taken). The next up opens a master again.
+    co_await stop_ssh_master(name);
     if (ctx.agent) co_await wait_for_agent(ctx, inst);
     ctx.emit(events::step_finished(name, "restore", true, since(t0), "disk and memory"));
     if (ctx.agent && project && project->secrets_on_up) {
