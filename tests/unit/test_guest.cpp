@@ -47,6 +47,7 @@
 #include "../support/sshd.hpp"
 #include "fake_lima_driver.hpp"
 #include "guest_network.hpp"
+#include "pinned_vm.hpp"
 #include "test_support.hpp"
 
 using namespace machine;
@@ -1391,23 +1392,10 @@ BOOST_FIXTURE_TEST_CASE(connect_to_agent_rides_the_vms_master, fixture) {
             << "  User " << sshd.user() << "\n  Hostname 127.0.0.1\n  Port " << port << "\n";
     };
     write_config(sshd.port());
-    lima::instance inst;
-    inst.name = "web";
-    inst.state = lima::status::running;
-    inst.ssh_config_file = (state.dir.path / "ssh.config").string();
-    fs::create_directories(state.of("web"));
-    fs::permissions(state.of("web"), fs::perms::owner_all, fs::perm_options::replace);
-    machine::test::co_run(fake.io, [&]() -> asio::awaitable<void> {  // the pin, as at the VM's creation
-        auto s = co_await ssh::session::connect(sshd.endpoint(), vm::pin_of("web", true));
-        s->close();
-    }());
-    vm::agent_environment no_agent;
-    no_agent.env.unset = {"SSH_AUTH_SOCK"};
-    struct stop_master {
-        asio::io_context& io;
-        ~stop_master() { machine::test::co_run(io, vm::stop_ssh_master("web")); }
-    } stopper{fake.io};
-    BOOST_REQUIRE(!machine::test::co_run(fake.io, vm::ssh_target(fake.ctx, "web", inst, no_agent)).control_path.empty());
+    const machine::test::pinned_vm web(fake.io, state, "web", state.dir.path / "ssh.config");
+    const lima::instance& inst = web.inst;
+    BOOST_REQUIRE(!machine::test::co_run(fake.io, vm::ssh_target(fake.ctx, "web", inst, web.no_agent()))
+                       .control_path.empty());
 
     write_config(machine::test::closed_port());
     auto hello = [&]() -> std::string {

@@ -20,6 +20,7 @@
 #include "machine/proc.hpp"
 #include "machine/ssh.hpp"
 #include "../support/sshd.hpp"
+#include "pinned_vm.hpp"
 #include "test_support.hpp"
 
 namespace cli = machine::cli;
@@ -437,24 +438,9 @@ BOOST_AUTO_TEST_CASE(sessions_ride_one_pinned_master_per_vm) {
                           << "  BatchMode yes\n  IdentitiesOnly yes\n  User " << sshd.user()
                           << "\n  ControlMaster auto\n  ControlPath \"" << (state.dir.path / "lima.sock").string()
                           << "\"\n  ControlPersist yes\n  Hostname 127.0.0.1\n  Port " << sshd.port() << "\n";
-    machine::lima::instance inst;
-    inst.name = "web";
-    inst.state = machine::lima::status::running;
-    inst.ssh_config_file = config.string();
-    // The pin, recorded as at the VM's creation (and its known_hosts with it).
-    fs::create_directories(state.of("web"));
-    fs::permissions(state.of("web"), fs::perms::owner_all, fs::perm_options::replace);
-    machine::test::co_run(io, [&]() -> asio::awaitable<void> {
-        auto s = co_await machine::ssh::session::connect(machine::ssh::endpoint_from_lima_ssh_config(config),
-                                                         vm::pin_of("web", true));
-        s->close();
-    }());
-    vm::agent_environment no_agent;
-    no_agent.env.unset = {"SSH_AUTH_SOCK"};
-    struct stop_master {
-        asio::io_context& io;
-        ~stop_master() { machine::test::co_run(io, vm::stop_ssh_master("web")); }
-    } stopper{io};
+    const machine::test::pinned_vm web(io, state, "web", config);
+    const machine::lima::instance& inst = web.inst;
+    const vm::agent_environment no_agent = web.no_agent();
 
     const vm::openssh_target t = machine::test::co_run(io, vm::ssh_target(fake.ctx, "web", inst, no_agent));
     BOOST_TEST(t.control_path == vm::ssh_master_socket("web"));
