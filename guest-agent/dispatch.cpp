@@ -24,6 +24,8 @@ constexpr std::array requests_table{
     request_row{t::emit,             requests::emit,             slot::immediate, false, true},
     // In flight on its connection, and the one provisioning job of the agent (busy otherwise).
     request_row{t::provision,        requests::provision,        slot::in_flight, true,  true},
+    // Reads the steps' records: done at once.
+    request_row{t::provision_pending, requests::provision_pending, slot::immediate, false, true},
     request_row{t::session_register, requests::session_register, slot::immediate, true,  true},
     request_row{t::session_end,      requests::session_end,      slot::immediate, false, true},
     request_row{t::session_list,     requests::session_list,     slot::in_flight, true,  true},

@@ -85,6 +85,7 @@ void cancel(const request_call&);
 void run(const request_call&);
 void subscribe(const request_call&);
 void provision(const request_call&);
+void provision_pending(const request_call&);
 void session_register(const request_call&);
 void session_end(const request_call&);
 void session_list(const request_call&);

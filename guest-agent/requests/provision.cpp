@@ -1,4 +1,5 @@
 // provision: the step engine (provision.hpp); at most one job in the agent at a time.
+// provision.pending: which steps a provision would not skip as unchanged.
 #include "connection.hpp"
 #include "log.hpp"
 #include "provision.hpp"
@@ -46,6 +47,22 @@ void provision(const request_call& call) {
     auto st = call.conn.start_request<provision_state>(call.id, job);
     srv.provision = job;
     call.conn.spawn_request(st, provision_task(srv, call.conn.shared_from_this(), st));
+}
+
+void provision_pending(const request_call& call) {
+    auto q = proto::parse_provision_pending_request(call.message.body);
+    if (!q) return call.reply_error(q.code, q.error);
+    server& srv = call.srv;
+    steps_state& state = *srv.provision_setup_for_job().state;
+    // The file is the truth, read again as a provision does; while one runs, it keeps memory and
+    // the file the same.
+    if (!srv.provision) state.load();
+    proto::provision_pending_result r;
+    for (const auto& s : q->steps) {
+        const steps_state::record* rec = state.find(s.name);
+        if (!rec || rec->hash != s.hash) r.pending.push_back(s.name);
+    }
+    call.reply(proto::encode(proto::make_provision_pending_result(call.id, r)));
 }
 
 } // namespace machine::agent::requests

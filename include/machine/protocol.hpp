@@ -60,6 +60,7 @@ inline constexpr std::string_view session_list = "session.list";
 inline constexpr std::string_view secrets_render = "secrets.render";
 inline constexpr std::string_view secrets_clear = "secrets.clear";
 inline constexpr std::string_view secrets_list = "secrets.list";
+inline constexpr std::string_view provision_pending = "provision.pending";
 inline constexpr std::string_view secrets_discover = "secrets.discover";
 inline constexpr std::string_view network_apply = "network.apply";
 // agent messages: final
@@ -238,6 +239,9 @@ struct hello_result {
 };
 json make_hello_result(std::uint64_t id, const hello_result& r);
 parsed<hello_result> parse_hello_result(const json& body);
+/// What a host keeps of a boot_id (a record on its disk): 1-64 of [0-9A-Za-z-], as the kernel's
+/// UUIDs and the agent's "unknown" are. The VM chooses the text: anything else is not kept.
+bool is_boot_id(std::string_view id);
 
 struct run_request {
     std::vector<std::string> argv;  ///< never a shell string; argv[0] is found in PATH
@@ -374,6 +378,23 @@ struct provision_result {
 };
 json make_provision_result(std::uint64_t id, const provision_result& r);
 parsed<provision_result> parse_provision_result(const json& body);
+
+// provision.pending (PROTOCOL.md §4): which steps a provision of them would not skip as
+// unchanged, without running anything.
+struct step_identity {
+    std::string name;  ///< as provision_step::name
+    std::string hash;  ///< as provision_step::hash
+};
+struct provision_pending_request {
+    std::vector<step_identity> steps;
+};
+struct provision_pending_result {
+    std::vector<std::string> pending;  ///< in the request's order
+};
+json make_provision_pending_request(std::uint64_t id, const provision_pending_request& r);
+parsed<provision_pending_request> parse_provision_pending_request(const json& body);
+json make_provision_pending_result(std::uint64_t id, const provision_pending_result& r);
+parsed<provision_pending_result> parse_provision_pending_result(const json& body);
 
 /// Step names follow the event-name rule: 1-64 of [a-z0-9._-], starting with a letter or digit.
 inline bool is_valid_step_name(std::string_view name) { return is_valid_event_name(name); }

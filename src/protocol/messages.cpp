@@ -515,6 +515,31 @@ bool is_step_hash(std::string_view h) {
 
 constexpr std::string_view outcomes[] = {"unchanged", "satisfied", "ran", "failed", "not_run"};
 
+// A step's name and hash, by provision's rules (provision.pending names its steps alike).
+void read_step_identity(field_reader& sr, std::string& name, std::string& hash) {
+    if (auto n = sr.string("name", true)) {
+        if (!is_valid_step_name(*n))
+            sr.fail("'name' must be 1-64 characters of a-z 0-9 . _ - starting with a letter or digit");
+        name = *n;
+    }
+    if (auto h = sr.string("hash", true)) {
+        if (!is_step_hash(*h)) sr.fail("'hash' must be 1-128 characters of 0-9 a-f");
+        hash = *h;
+    }
+}
+
+// Step names are unique in a request.
+template <typename Step>
+void refuse_repeated_name(field_reader& sr, const std::vector<Step>& earlier, const std::string& name) {
+    if (!sr.ok()) return;
+    for (std::size_t k = 0; k < earlier.size(); ++k) {
+        if (earlier[k].name == name) {
+            sr.fail("'name' '" + name + "' is already used by steps[" + std::to_string(k) + "]");
+            break;
+        }
+    }
+}
+
 } // namespace
 
 json make_provision_request(std::uint64_t id, const provision_request& q) {
@@ -549,11 +574,7 @@ parsed<provision_request> parse_provision_request(const json& body) {
         if (steps->empty()) r.fail("'steps' must not be empty");
         read_objects(r, *steps, "steps", max_provision_steps, q.steps,
                      [&q](field_reader& sr, const json&, provision_step& s, std::string&) {
-            if (auto n = sr.string("name", true)) {
-                if (!is_valid_step_name(*n))
-                    sr.fail("'name' must be 1-64 characters of a-z 0-9 . _ - starting with a letter or digit");
-                s.name = *n;
-            }
+            read_step_identity(sr, s.name, s.hash);
             if (auto u = sr.string("user", true)) {
                 if (u->empty()) sr.fail("'user' must not be empty");
                 s.user = *u;
@@ -565,18 +586,58 @@ parsed<provision_request> parse_provision_request(const json& body) {
                 if (*t == 0) sr.fail("'timeout_ms' must be an integer from 1 to " + std::to_string(max_step_timeout_ms));
                 s.timeout_ms = *t;
             }
-            if (auto h = sr.string("hash", true)) {
-                if (!is_step_hash(*h)) sr.fail("'hash' must be 1-128 characters of 0-9 a-f");
-                s.hash = *h;
-            }
-            if (!sr.ok()) return;
-            for (std::size_t k = 0; k < q.steps.size(); ++k) {
-                if (q.steps[k].name == s.name) {
-                    sr.fail("'name' '" + s.name + "' is already used by steps[" + std::to_string(k) + "]");
-                    break;
-                }
-            }
+            refuse_repeated_name(sr, q.steps, s.name);
         });
+    }
+    return done(r, std::move(q));
+}
+
+json make_provision_pending_request(std::uint64_t id, const provision_pending_request& q) {
+    json j = make_request(id, type::provision_pending);
+    json steps = json::array();
+    for (const auto& s : q.steps) steps.push_back(json{{"name", s.name}, {"hash", s.hash}});
+    j["steps"] = std::move(steps);
+    return j;
+}
+
+parsed<provision_pending_request> parse_provision_pending_request(const json& body) {
+    field_reader r(body);
+    provision_pending_request q;
+    if (const json* steps = r.array("steps", true)) {
+        read_objects(r, *steps, "steps", max_provision_steps, q.steps,
+                     [&q](field_reader& sr, const json&, step_identity& s, std::string&) {
+            read_step_identity(sr, s.name, s.hash);
+            refuse_repeated_name(sr, q.steps, s.name);
+        });
+    }
+    return done(r, std::move(q));
+}
+
+json make_provision_pending_result(std::uint64_t id, const provision_pending_result& q) {
+    json j = make_envelope(id, type::result);
+    j["pending"] = q.pending;
+    return j;
+}
+
+bool is_boot_id(std::string_view id) {
+    return !id.empty() && id.size() <= 64 && std::all_of(id.begin(), id.end(), [](char c) {
+        return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-';
+    });
+}
+
+parsed<provision_pending_result> parse_provision_pending_result(const json& body) {
+    field_reader r(body);
+    provision_pending_result q;
+    if (const json* pending = r.array("pending", true)) {
+        if (pending->size() > max_provision_steps)
+            r.fail("'pending' holds more than " + std::to_string(max_provision_steps) + " steps");
+        for (std::size_t i = 0; r.ok() && i < pending->size(); ++i) {
+            const json& name = (*pending)[i];
+            if (!name.is_string() || !is_valid_step_name(name.get_ref<const std::string&>()))
+                r.fail("'pending[" + std::to_string(i) + "]' is not a step name");
+            else
+                q.pending.push_back(name.get<std::string>());
+        }
     }
     return done(r, std::move(q));
 }

@@ -283,6 +283,59 @@ class Engine(ProvisionTest):
         self.assertEqual(set(self.recorded()), {"x", "y", "z"})
 
 
+class Pending(ProvisionTest):
+    """provision.pending: what a provision would not skip as unchanged; nothing runs."""
+
+    def pending(self, client, steps):
+        r = client.call("provision.pending", steps=[{"name": s["name"], "hash": s["hash"]} for s in steps])
+        self.assertEqual(r["type"], "result", r)
+        return r["pending"]
+
+    def test_pending_names_what_a_provision_would_not_skip_and_runs_nothing(self):
+        a = self.agent()
+        c = a.client()
+        checks = os.path.join(self.tmp, "checks")
+        steps = [self.counting(n, check=sh(f"echo {n} >> {checks}; grep -qx {n} {self.counter}")) for n in ("a", "b", "c")]
+        self.assertEqual(self.pending(c, steps), ["a", "b", "c"])  # nothing recorded yet
+        self.assertFalse(os.path.exists(checks))                  # no check ran
+        self.assertTrue(self.provision(c, steps)["ok"])
+        checked = lines_of(checks)
+        seq = self.last_seq(a)
+        self.assertEqual(self.pending(c, steps), [])
+        changed = [steps[0], self.counting("b", env={"CHANGED": "1"}), steps[2]]
+        self.assertEqual(self.pending(c, changed), ["b"])
+        self.assertEqual(self.pending(c, [self.counting("new")] + steps), ["new"])
+        # The file is the truth, as for provision: a step removed from it is pending again.
+        recorded = self.recorded()
+        del recorded["c"]
+        with open(self.state, "w") as f:
+            json.dump(recorded, f)
+        self.assertEqual(self.pending(c, steps), ["c"])
+        self.assertEqual(self.pending(c, []), [])
+        self.assertEqual(lines_of(self.counter), ["a", "b", "c"])  # not one more run
+        self.assertEqual(lines_of(checks), checked)                 # nor check
+        self.assertEqual(self.events(a, seq), [])                  # nor event
+        # What pending said: c is not skipped (its check finds it done), a and b are.
+        self.assertEqual(self.outcomes(self.provision(c, steps)), [("a", "unchanged"), ("b", "unchanged"),
+                                                                   ("c", "satisfied")])
+
+    def test_bad_requests_are_refused(self):
+        a = self.agent()
+        c = a.client()
+        cases = [
+            ("no steps field", {}, "'steps'"),
+            ("bad name", {"steps": [{"name": "Bad Name", "hash": "ab"}]}, "'name'"),
+            ("bad hash", {"steps": [{"name": "s", "hash": "XYZ"}]}, "'hash'"),
+            ("duplicate", {"steps": [{"name": "s", "hash": "ab"}, {"name": "s", "hash": "cd"}]}, "already used"),
+            ("too many", {"steps": [{"name": "s%d" % i, "hash": "ab"} for i in range(513)]}, "512"),
+        ]
+        for what, fields, expected in cases:
+            with self.subTest(what):
+                r = c.call("provision.pending", **fields)
+                self.assertEqual((r["type"], r["code"]), ("error", "bad_request"), r)
+                self.assertIn(expected, r["message"])
+
+
 class Environment(ProvisionTest):
     def test_a_step_as_another_user(self):
         a = self.agent()

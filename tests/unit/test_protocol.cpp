@@ -578,6 +578,52 @@ BOOST_AUTO_TEST_CASE(provision_result_round_trips) {
     bad(R"({"v":1,"id":1,"type":"result","ok":false,"steps":[{"name":"a","outcome":"ran","tail":[1]}]})", "'tail'");
 }
 
+BOOST_AUTO_TEST_CASE(provision_pending_round_trips_and_refuses_what_is_not_a_step) {
+    proto::provision_pending_request q;
+    q.steps = {{.name = "base.packages", .hash = "9f86"}, {.name = "node.install", .hash = "4e07"}};
+    const auto line = proto::encode(proto::make_provision_pending_request(6, q));
+    const auto m = decode_one(line.substr(0, line.size() - 1));
+    BOOST_TEST(m.type == "provision.pending");
+    const auto back = proto::parse_provision_pending_request(m.body);
+    BOOST_TEST_REQUIRE(bool(back), back.error);
+    BOOST_TEST_REQUIRE(back->steps.size() == 2u);
+    BOOST_TEST(back->steps[1].name == "node.install");
+    BOOST_TEST(back->steps[1].hash == "4e07");
+
+    proto::provision_pending_result r;
+    r.pending = {"node.install"};
+    const auto rline = proto::encode(proto::make_provision_pending_result(6, r));
+    const auto parsed = proto::parse_provision_pending_result(decode_one(rline.substr(0, rline.size() - 1)).body);
+    BOOST_TEST_REQUIRE(bool(parsed), parsed.error);
+    BOOST_TEST(parsed->pending == std::vector<std::string>{"node.install"}, boost::test_tools::per_element());
+
+    auto bad_request = [](const std::string& line, const std::string& expected) {
+        const auto p = proto::parse_provision_pending_request(decode_one(line).body);
+        BOOST_TEST_CONTEXT(line) {
+            BOOST_TEST(!p);
+            BOOST_TEST(p.error.find(expected) != std::string::npos, p.error);
+        }
+    };
+    bad_request(R"({"v":1,"id":1,"type":"provision.pending"})", "missing 'steps'");
+    bad_request(R"({"v":1,"id":1,"type":"provision.pending","steps":[{"name":"a b","hash":"ab"}]})", "steps[0]: 'name'");
+    bad_request(R"({"v":1,"id":1,"type":"provision.pending","steps":[{"name":"a","hash":"AB"}]})", "steps[0]: 'hash'");
+    bad_request(R"({"v":1,"id":1,"type":"provision.pending","steps":[{"name":"a","hash":"ab"},{"name":"a","hash":"cd"}]})",
+                "steps[1]: 'name' 'a' is already used by steps[0]");
+    auto bad_result = [](const std::string& line, const std::string& expected) {
+        const auto p = proto::parse_provision_pending_result(decode_one(line).body);
+        BOOST_TEST_CONTEXT(line) {
+            BOOST_TEST(!p);
+            BOOST_TEST(p.error.find(expected) != std::string::npos, p.error);
+        }
+    };
+    bad_result(R"({"v":1,"id":1,"type":"result"})", "missing 'pending'");
+    bad_result(R"({"v":1,"id":1,"type":"result","pending":["ok","\u001b[2J"]})", "'pending[1]' is not a step name");
+    bad_result(R"({"v":1,"id":1,"type":"result","pending":[7]})", "'pending[0]' is not a step name");
+    std::string many = R"({"v":1,"id":1,"type":"result","pending":[)";
+    for (int i = 0; i < 513; ++i) many += std::string(i ? "," : "") + "\"s" + std::to_string(i) + "\"";
+    bad_result(many + "]}", "more than 512");
+}
+
 BOOST_AUTO_TEST_CASE(busy_is_a_known_code) {
     BOOST_TEST(proto::to_string(proto::errc::busy) == "busy");
     BOOST_TEST((proto::errc_from_string("busy") == proto::errc::busy));
