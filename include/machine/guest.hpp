@@ -86,7 +86,8 @@ struct request_deadlines {
     ms secrets_clear{15'000};
     ms secrets_list{15'000};
     ms secrets_discover{20'000};
-    ms network_apply{30'000};     // a small file, then `nft -f` (the agent kills it after 20 s)
+    ms network_apply{30'000};
+    ms provision_pending{15'000};     // a small file, then `nft -f` (the agent kills it after 20 s)
     ms subscribe_replay{30'000};  // silence, until the agent's `live`; none afterwards
     ms run_silence{600'000};      // silence; run() callers may pass their own
     ms provision_margin{60'000};  // on top of what the plan's own timeouts allow (provision_deadline)
@@ -183,6 +184,11 @@ public:
     // connection to follow it). A failed step is a result with ok == false, not an exception.
     // Deadline: provision_deadline(request, deadlines().provision_margin).
     asio::awaitable<protocol::provision_result> provision(protocol::provision_request request);
+
+    // The steps of `request` a provision would not skip as unchanged (PROTOCOL.md §4
+    // `provision.pending`), in its order: only names it asked about. Nothing runs in the VM.
+    // An agent older than provision.pending refuses with agent_error code "unknown_type".
+    asio::awaitable<std::vector<std::string>> pending_steps(protocol::provision_pending_request request);
 
     // Appends an event to the agent's journal; returns its seq.
     asio::awaitable<std::uint64_t> emit(protocol::emit_request request);
@@ -298,10 +304,16 @@ std::string_view agent_unit();
 // What ensure_agent() did.
 enum class deployment { already_current, installed, upgraded };
 
+// Whether the agent that said `running` in its hello is exactly `files` as the `machine-agent`
+// service for `vm_user` (what ensure_agent installs): then nothing needs to run in the VM.
+bool is_current(const protocol::deployment_info& running, const agent_files& files, const std::string& vm_user);
+
 // Makes sure the VM runs exactly `files` as its `machine-agent` service for `vm_user`:
 // compares SHA-256, uploads and installs when missing or different, (re)starts the service.
+// The running agent is asked first, through `relay` to `socket` (tests point both at their own).
 asio::awaitable<deployment> ensure_agent(std::shared_ptr<ssh::session> session, const agent_files& files,
-                                         std::string vm_user);
+                                         std::string vm_user, std::string socket = agent_socket,
+                                         std::string relay = agent_install_path);
 
 // Opens a connection to the agent, retrying for up to `patience` while it starts.
 asio::awaitable<std::unique_ptr<connection>> connect_agent(

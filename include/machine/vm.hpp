@@ -239,7 +239,8 @@ asio::awaitable<std::string> shown_status(context& ctx, const lima::instance& in
 asio::awaitable<void> pause(context& ctx, const std::string& name);
 
 /// Continues a paused VM and, with the guest agent, returns once the agent answers again
-/// (over a new SSH connection checked against the pin). "not paused" when it runs.
+/// (through machine's master for the VM, whose connection a short pause keeps; else over a new
+/// SSH connection checked against the pin). "not paused" when it runs.
 asio::awaitable<void> resume(context& ctx, const std::string& name);
 
 /// For `up` and `down` of a running VM: continues it when its QEMU is paused, saying so. A
@@ -251,6 +252,8 @@ asio::awaitable<void> resume_if_paused(context& ctx, lima::driver& lima, const s
 /// they were. Only the stand-in can (`limactl info`: machineHibernate); with another Lima, or a
 /// VM not under QEMU, it says so and stops the VM normally. The digest of the instance's
 /// lima.yaml (what QEMU runs it with) is recorded: an `up` after it changed boots cold, saying why.
+/// So is the guest's boot, as its agent says it: an `up` whose resumed guest is in another boot
+/// (it crashed and restarted right after resuming) says that its processes did not survive.
 asio::awaitable<void> hibernate(context& ctx, const std::string& name);
 
 /// The size of VM `inst`'s saved state (0: not hibernated).
@@ -258,6 +261,8 @@ std::int64_t hibernated_bytes(const lima::instance& inst);
 /// Why VM `name`'s saved state must not be resumed ("" when it may): no record of what it was
 /// saved with, or the instance's lima.yaml changed since.
 std::string hibernation_obstacle(const std::string& name, const std::filesystem::path& instance_dir);
+/// The boot VM `name` was hibernated in, as its agent said it ("" when unknown).
+std::string hibernated_boot(const std::string& name);
 /// Drops VM `name`'s saved state and machine's record of it.
 void forget_hibernation(const std::string& name, const std::filesystem::path& instance_dir);
 
@@ -338,9 +343,11 @@ bool is_net_proxy_for(int pid, const std::string& name);
 /// Makes sure VM `name` has a network machine can allow: when ctx.lima isolates VMs, starts (or
 /// replaces, saying so) its egress proxy with `rules` and returns the socket for its template;
 /// otherwise refuses an allowlist (config_error naming the project) and returns nullopt, noting
-/// once per project that host isolation is then only the guest's own firewall.
+/// once per project that host isolation is then only the guest's own firewall. A VM `listed`
+/// with an egress socket answers whether Lima isolates VMs without asking it (`limactl info`).
 asio::awaitable<std::optional<std::filesystem::path>> prepare_network(context& ctx, const std::string& name,
-                                                                      const net::policy& rules);
+                                                                      const net::policy& rules,
+                                                                      const lima::instance* listed = nullptr);
 
 /// The proxy part of prepare_network: VM `name`'s `machine net-proxy` serving `rules` on
 /// egress_socket(name), started detached (log `<state>/<name>/net-proxy.log`) and waited for,
@@ -545,11 +552,11 @@ struct secrets_sync_options {
 
 // Reads every set the project declares ([[NAME.secrets]]) and every 1Password Environment the
 // VM's repos ask for (`use op_env ID`), all of them into memory before anything is sent: a
-// source that fails renders nothing. Then one `secrets.render` per set over `session`. Says
+// source that fails renders nothing. Then one `secrets.render` per set over `agent`. Says
 // which sets it rendered and how many variables, never a value. Throws machine::error (exit 1)
 // when a source fails or nothing is there to render.
-asio::awaitable<void> sync_secrets(context& ctx, const config::project& project,
-                                   std::shared_ptr<ssh::session> session, secrets_sync_options options);
+asio::awaitable<void> sync_secrets(context& ctx, const config::project& project, guest::connection& agent,
+                                   secrets_sync_options options);
 
 // The same for the running VM of `project`, over a connection of its own (`machine secrets`).
 asio::awaitable<void> sync_secrets(context& ctx, const config::project& project, secrets_sync_options options);
@@ -590,10 +597,6 @@ struct credentials_outcome {
 // tool (in the outcome: the caller says it where its output goes), and the VM keeps that tool's
 // previous set. Throws for a failure of the connection to the agent.
 asio::awaitable<credentials_outcome> sync_credentials(const config::project& project, guest::connection& agent,
-                                                      credentials_sync_options options);
-// The same over a channel of `session`.
-asio::awaitable<credentials_outcome> sync_credentials(context& ctx, const config::project& project,
-                                                      std::shared_ptr<ssh::session> session,
                                                       credentials_sync_options options);
 
 // One running VM as `machine logout` found it.

@@ -501,6 +501,25 @@ awaitable<std::vector<pr::envrc_secrets>> connection::discover_secrets() {
     co_return std::move(r.repos);
 }
 
+awaitable<std::vector<std::string>> connection::pending_steps(pr::provision_pending_request request) {
+    const auto scope = begin("provision.pending", deadlines_.provision_pending, false);
+    const std::uint64_t id = next_id_++;
+    const pr::json message = pr::make_provision_pending_request(id, request);
+    const pr::message m = co_await call(id, message);
+    pr::provision_pending_result r = checked(pr::parse_provision_pending_result(m.body), "provision.pending result");
+    // The agent answers about the steps it was asked about, each once.
+    std::vector<std::string> pending;
+    for (auto& name : r.pending) {
+        const bool asked = std::any_of(request.steps.begin(), request.steps.end(),
+                                       [&](const pr::step_identity& s) { return s.name == name; });
+        if (!asked || std::find(pending.begin(), pending.end(), name) != pending.end())
+            throw error((vm_.empty() ? std::string() : "VM '" + vm_ + "': ") +
+                        "the guest agent answered provision.pending with a step it was not asked about");
+        pending.push_back(std::move(name));
+    }
+    co_return pending;
+}
+
 awaitable<std::vector<pr::secret_set_info>> connection::list_secrets() {
     const auto scope = begin("secrets.list", deadlines_.secrets_list, false);
     const std::uint64_t id = next_id_++;

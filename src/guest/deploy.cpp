@@ -124,8 +124,17 @@ agent_files find_agent(std::string_view arch, std::string_view vm) {
                 " (build it, or set " + env_name + ")");
 }
 
+bool is_current(const protocol::deployment_info& running, const agent_files& files, const std::string& vm_user) {
+    const bool current = running.binary_sha256 == files.sha256 && running.unit_sha256 == sha256::hex(kAgentUnit) &&
+                         running.user == vm_user;
+    if (!current)
+        spdlog::debug("guest agent differs from this machine's: binary {} unit {} user {}", running.binary_sha256,
+                      running.unit_sha256, running.user);
+    return current;
+}
+
 awaitable<deployment> ensure_agent(std::shared_ptr<ssh::session> session, const agent_files& files,
-                                   std::string vm_user) {
+                                   std::string vm_user, std::string socket, std::string relay) {
     require_plain_user_name(vm_user);
     const std::string want_unit = sha256::hex(kAgentUnit);
     const std::string want_defaults = sha256::hex(defaults_text(vm_user));
@@ -133,13 +142,9 @@ awaitable<deployment> ensure_agent(std::shared_ptr<ssh::session> session, const 
     // nothing has to run in the VM (a shell and sudo cost about a second under emulation).
     try {
         std::function<void(const std::string&)> quiet;
-        auto conn = co_await connection::open(session, quiet);
+        auto conn = co_await connection::open(session, quiet, socket, relay);
         const protocol::hello_result hello = co_await conn->hello("machine (deployment check)");
-        const auto& d = hello.deployment;
-        if (d.binary_sha256 == files.sha256 && d.unit_sha256 == want_unit && d.user == vm_user)
-            co_return deployment::already_current;
-        spdlog::debug("guest agent differs from this machine's: binary {} unit {} user {}", d.binary_sha256,
-                      d.unit_sha256, d.user);
+        if (is_current(hello.deployment, files, vm_user)) co_return deployment::already_current;
     } catch (const ssh::connection_lost&) {
         throw;  // the VM is gone
     } catch (const error&) {

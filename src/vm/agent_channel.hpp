@@ -1,6 +1,5 @@
-// The guest agent's channel as the secrets and credentials workflows open it (secrets.cpp,
-// agent_credentials.cpp): one definition of how a problem on it is reported, and of what an
-// agent too old for a request says.
+// The guest agent's requests as the secrets and credentials workflows make them (secrets.cpp,
+// agent_credentials.cpp): one definition of what an agent too old for a request says.
 #pragma once
 
 #include <memory>
@@ -12,10 +11,6 @@
 #include "machine/vm.hpp"
 
 namespace machine::vm::detail {
-
-// The agent's channel on `session`; lines it could not make sense of are warnings about `name`.
-asio::awaitable<std::unique_ptr<guest::connection>> open_agent(context& ctx, const std::string& name,
-                                                               std::shared_ptr<ssh::session> session);
 
 // A request to the agent; an agent too old to know it says how to update it.
 template <typename T>

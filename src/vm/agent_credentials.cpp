@@ -22,7 +22,6 @@ namespace machine::vm {
 namespace pr = machine::protocol;
 using asio::awaitable;
 using detail::agent_request;
-using detail::open_agent;
 
 namespace {
 
@@ -62,12 +61,6 @@ std::vector<std::string> credentials_for(const config::project& p, const credent
     for (const auto tool : agent_tools)
         if (allowed_for(p, tool) && store.find(tool)) out.emplace_back(tool);
     return out;
-}
-
-awaitable<credentials_outcome> sync_credentials(context& ctx, const config::project& project,
-                                                std::shared_ptr<ssh::session> session, credentials_sync_options options) {
-    auto conn = co_await open_agent(ctx, project.name, std::move(session));
-    co_return co_await sync_credentials(project, *conn, std::move(options));
 }
 
 awaitable<credentials_outcome> sync_credentials(const config::project& project, guest::connection& agent,

@@ -142,11 +142,14 @@ awaitable<std::string> ensure_base(context& ctx, const up_target& t, bool force,
     try {
         const fs::path no_template;
         co_await boot_instance(ctx, lima, name, fs::path(existing->dir) / "ha.stdout.log", cancel, no_template);
-        auto session = co_await open_guest(ctx, name, *existing, cancel);
-        co_await wait_until_ready(ctx, name, session);
-        co_await apply_plan(ctx, name, session, t.base, cancel);
-        co_await forget_journal(session);
-        session->close();
+        reached_guest guest = co_await open_guest(ctx, name, *existing, cancel);
+        co_await wait_until_ready(ctx, name, guest.link);
+        co_await apply_plan(ctx, name, guest.link, *guest.agent, t.base, cancel);
+        guest.agent.reset();
+        // A VM just created has no master: the link is a session of machine's own.
+        if (!guest.link.session()) throw error("the base VM '" + name + "' was reached without an SSH session of its own");
+        co_await forget_journal(guest.link.session());
+        guest.link.close();
     } catch (...) {
         failure = std::current_exception();  // cleaned up below: no co_await in a handler
     }

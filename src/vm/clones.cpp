@@ -186,7 +186,7 @@ awaitable<bool> run_clone(context& ctx, clone_run run, cancel_signal* cancel) {
 }
 
 awaitable<void> clone_repos(context& ctx, lima::instance inst, agent_environment agent, config::project p,
-                            std::shared_ptr<ssh::session> session, std::string vm_user, cancel_signal* cancel) {
+                            guest::connection& guest, std::string vm_user, cancel_signal* cancel) {
     if (p.repos.empty()) co_return;
     const std::string vm = p.name;
     std::vector<clone_target> targets;
@@ -195,24 +195,26 @@ awaitable<void> clone_repos(context& ctx, lima::instance inst, agent_environment
         if (dir.empty()) throw error(text::sanitize_for_terminal("cannot tell which directory " + url + " clones into"));
         targets.push_back({url, dir});
     }
-    auto on_problem = [&ctx, vm](const std::string& m) { ctx.emit(events::message(vm, "warning", m)); };
-    auto conn = co_await guest::connect_agent(session, 20s, on_problem);
-    std::string home;
-    // Braced lists are named first: g++ 12 cannot pass one to a coroutine in a co_await.
-    std::vector<std::string> argv_home{"printenv", "HOME"};
-    const pr::run_result home_result = co_await run_in_vm(ctx, *conn, vm, "clone", argv_home, vm_user, "", &home);
-    home = text::last_line(home);
-    if (!home_result.exit_code || *home_result.exit_code != 0 || home.empty() || home.front() != '/')
+    // One process in the VM says where the clones go (~/code, made when missing) and which are
+    // there: $HOME, then each directory of the argument list that holds a repository. The
+    // directories are its arguments, never part of the script.
+    std::vector<std::string> argv_look{
+        "sh", "-c",
+        "mkdir -p -- \"$HOME/code\" || exit 1; printf '%s\\n' \"$HOME\"; "
+        "for d; do [ -d \"$HOME/code/$d/.git\" ] && printf '%s\\n' \"$d\"; done; exit 0",
+        "sh"};
+    for (const auto& t : targets) argv_look.push_back(t.dir);
+    std::string looked;
+    const pr::run_result look = co_await run_in_vm(ctx, guest, vm, "clone", argv_look, vm_user, "", &looked);
+    const std::vector<std::string> lines = text::split_lines(looked);
+    const std::string home = lines.empty() ? std::string() : lines.front();
+    if (!look.exit_code || *look.exit_code != 0 || home.empty() || home.front() != '/')
         throw error("cannot find the home directory of " + vm_user + " in VM '" + vm + "'");
     const std::string code = home + "/code";
-    std::vector<std::string> argv_mkdir{"mkdir", "-p", "--", code};
-    co_await run_in_vm(ctx, *conn, vm, "clone", argv_mkdir, vm_user, "");
 
     for (const auto& t : targets) {
         const std::string path = code + "/" + t.dir;
-        std::vector<std::string> argv_test{"test", "-d", path + "/.git"};
-        const pr::run_result present = co_await run_in_vm(ctx, *conn, vm, "clone", argv_test, vm_user, "");
-        if (present.exit_code && *present.exit_code == 0) {
+        if (std::find(lines.begin() + 1, lines.end(), t.dir) != lines.end()) {
             ctx.say(vm, "clone " + t.dir + ": already present");
             continue;
         }
@@ -238,11 +240,11 @@ awaitable<void> clone_repos(context& ctx, lima::instance inst, agent_environment
         // Dependencies, after a fresh clone only (a present clone is the user's to manage).
         std::string package_json;
         std::vector<std::string> argv_cat{"cat", "package.json"};
-        const pr::run_result has_package = co_await run_in_vm(ctx, *conn, vm, step, argv_cat, vm_user, path, &package_json);
+        const pr::run_result has_package = co_await run_in_vm(ctx, guest, vm, step, argv_cat, vm_user, path, &package_json);
         if (!has_package.exit_code || *has_package.exit_code != 0) continue;
         std::vector<std::string> argv_pnpm{"test", "-f", "pnpm-lock.yaml"}, argv_yarn{"test", "-f", "yarn.lock"};
-        const pr::run_result pnpm_lock = co_await run_in_vm(ctx, *conn, vm, step, argv_pnpm, vm_user, path);
-        const pr::run_result yarn_lock = co_await run_in_vm(ctx, *conn, vm, step, argv_yarn, vm_user, path);
+        const pr::run_result pnpm_lock = co_await run_in_vm(ctx, guest, vm, step, argv_pnpm, vm_user, path);
+        const pr::run_result yarn_lock = co_await run_in_vm(ctx, guest, vm, step, argv_yarn, vm_user, path);
         const deps_install install =
             deps_install_command(package_json, pnpm_lock.exit_code == 0, yarn_lock.exit_code == 0);
         const std::string& pm = install.manager;
@@ -252,7 +254,7 @@ awaitable<void> clone_repos(context& ctx, lima::instance inst, agent_environment
         std::string why;
         try {
             const pr::run_result installed =
-                co_await run_in_vm(ctx, *conn, vm, deps_step, install.argv, vm_user, path, nullptr, install.env);
+                co_await run_in_vm(ctx, guest, vm, deps_step, install.argv, vm_user, path, nullptr, install.env);
             if (!installed.exit_code || *installed.exit_code != 0) why = pm + " install failed";
         } catch (const guest::agent_error& e) {
             if (e.code() != "spawn_failed") throw;

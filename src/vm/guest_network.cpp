@@ -78,11 +78,4 @@ awaitable<guest_rules_state> install_guest_rules(context& ctx, std::string vm, g
                             : "install nftables in the VM (the base profile does), then `machine up " + vm + "`");
 }
 
-awaitable<guest_rules_state> install_guest_rules(context& ctx, std::string vm, std::shared_ptr<ssh::session> session,
-                                                 net::policy policy, guest_rules_options opt) {
-    auto on_problem = [&ctx, vm](const std::string& p) { ctx.emit(events::message(vm, "warning", p)); };
-    auto conn = co_await guest::connect_agent(session, 20s, on_problem);
-    co_return co_await install_guest_rules(ctx, std::move(vm), *conn, std::move(policy), opt);
-}
-
 } // namespace machine::vm

@@ -51,9 +51,4 @@ std::vector<std::string> host_interface_addresses();
 asio::awaitable<guest_rules_state> install_guest_rules(context& ctx, std::string vm, guest::connection& conn,
                                                        net::policy policy, guest_rules_options opt);
 
-/// The same on a new channel of `session` to the agent.
-asio::awaitable<guest_rules_state> install_guest_rules(context& ctx, std::string vm,
-                                                       std::shared_ptr<ssh::session> session, net::policy policy,
-                                                       guest_rules_options opt);
-
 } // namespace machine::vm

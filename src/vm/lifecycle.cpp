@@ -87,37 +87,55 @@ awaitable<void> boot_instance(context& ctx, lima::driver& lima, std::string name
     ctx.emit(events::step_finished(name, create_from.empty() ? "boot" : "create+boot", true, since(tb)));
 }
 
-awaitable<std::shared_ptr<ssh::session>> open_guest(context& ctx, std::string name, lima::instance inst,
-                                                    cancel_signal* cancel) {
+awaitable<reached_guest> open_guest(context& ctx, std::string name, lima::instance inst, cancel_signal* cancel) {
     const guest::agent_files files = guest::find_agent(inst.arch, name);
-    const fs::path ssh_config = ssh_config_of(inst);
-    const ssh::endpoint ep = ssh::endpoint_from_lima_ssh_config(ssh_config);
+    const ssh::endpoint ep = ssh::endpoint_from_lima_ssh_config(ssh_config_of(inst));
+    ctx.emit(events::step_started(name, "agent"));
+    const auto t0 = std::chrono::steady_clock::now();
+    if (auto master = guest_link::over_master(ctx, name, inst)) {
+        std::optional<reached_guest> reached;
+        try {
+            auto conn = co_await master->connect(0s);
+            const protocol::hello_result hello = co_await conn->hello("machine " MACHINE_VERSION);
+            if (guest::is_current(hello.deployment, files, ep.user))
+                reached = reached_guest{std::move(*master), std::move(conn), hello.boot_id};
+        } catch (const interrupted_error&) {
+            throw;
+        } catch (const error& e) {
+            spdlog::debug("vm={} no current agent through the SSH master ({}); a connection of machine's own", name,
+                          e.what());
+        }
+        if (reached) {
+            ctx.emit(events::step_finished(name, "agent", true, since(t0), "up to date"));
+            co_return std::move(*reached);
+        }
+    }
     // The host key is recorded at the first connection after machine created the VM, and must
     // match on every later one; a VM without a pin otherwise is refused (machine pin NAME).
     const bool first = new_vm_key_expected(name);
     const ssh::host_key_pin pin = pin_of(name, first);
-
-    ctx.emit(events::step_started(name, "agent"));
-    auto t0 = std::chrono::steady_clock::now();
     auto session = co_await ssh::session::connect(ep, pin, cancel);
     if (first) new_vm_key_pinned(name);
-    const guest::deployment deployed = co_await guest::ensure_agent(session, files, ep.user);
+    const guest::deployment deployed =
+        co_await guest::ensure_agent(session, files, ep.user, ctx.agent_socket, ctx.agent_relay);
+    guest_link link = guest_link::over(ctx, name, std::move(session));
+    auto conn = co_await link.connect(20s);  // an agent just (re)started may take a moment
+    const protocol::hello_result hello = co_await conn->hello("machine " MACHINE_VERSION);
     ctx.emit(events::step_finished(name, "agent", true, since(t0),
                                    deployed == guest::deployment::installed  ? "installed"
                                    : deployed == guest::deployment::upgraded ? "upgraded"
                                                                              : "up to date"));
-    co_return session;
+    co_return reached_guest{std::move(link), std::move(conn), hello.boot_id};
 }
 
 // After boot: the agent says the VM is ready (systemd reached its default target, the user's
 // session exists), instead of us polling for it.
 std::string restart_hint(const std::string& name) { return "machine down " + name + " && machine up " + name; }
 
-awaitable<void> wait_until_ready(context& ctx, std::string name, std::shared_ptr<ssh::session> session) {
+awaitable<void> wait_until_ready(context& ctx, std::string name, const guest_link& link) {
     ctx.emit(events::step_started(name, "ready"));
     const auto t0 = std::chrono::steady_clock::now();
-    auto on_problem = [&ctx, name](const std::string& p) { ctx.emit(events::message(name, "warning", p)); };
-    auto conn = co_await guest::connect_agent(session, 20s, on_problem);
+    auto conn = co_await link.connect(20s);
     const protocol::hello_result hello = co_await conn->hello("machine " MACHINE_VERSION);
     bool booted = false, user_ready = false;
     auto on_event = [&](const protocol::event_record& e) {

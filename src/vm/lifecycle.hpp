@@ -8,11 +8,9 @@
 
 #include <asio/awaitable.hpp>
 
+#include "machine/guest.hpp"
 #include "machine/vm.hpp"
-
-namespace machine::ssh {
-class session;
-}
+#include "guest_link.hpp"
 
 namespace machine::vm {
 
@@ -26,11 +24,19 @@ asio::awaitable<void> boot_instance(context& ctx, lima::driver& lima, std::strin
                                     std::filesystem::path ha_log, cancel_signal* cancel,
                                     std::filesystem::path create_from);
 
-/// An SSH session to the VM (host key pinned in the VM's state directory) with our guest
-/// agent installed and current. The key is recorded only when machine created the VM
-/// (expect_new_vm_key); a VM without a pin is refused, naming `machine pin NAME`.
-asio::awaitable<std::shared_ptr<ssh::session>> open_guest(context& ctx, std::string name, lima::instance inst,
-                                                          cancel_signal* cancel);
+/// A running VM's guest agent, current, and the way to it.
+struct reached_guest {
+    guest_link link;
+    std::unique_ptr<guest::connection> agent;  ///< for requests one after another
+    std::string boot_id;                       ///< the VM's boot, as its agent said it
+};
+
+/// The VM's guest agent, installed or upgraded when it is not this machine's (step "agent").
+/// A VM with machine's SSH master (it ran since an earlier up) is reached through it, without a
+/// handshake, as long as its agent is current; otherwise over a libssh session of machine's own.
+/// The host key is pinned: recorded only when machine created the VM (expect_new_vm_key); a VM
+/// without a pin otherwise is refused, naming `machine pin NAME`.
+asio::awaitable<reached_guest> open_guest(context& ctx, std::string name, lima::instance inst, cancel_signal* cancel);
 
 /// What a warning about a setting that applies at the VM's next start tells the user to run:
 /// "machine down NAME && machine up NAME" (one wording for every such warning).
@@ -39,9 +45,9 @@ std::string restart_hint(const std::string& name);
 /// Sets the guest's clock from the host's through its agent (as root), saying by how much it was
 /// off when that is 2 s or more: after a pause, a hibernation or a snapshot's memory the guest's
 /// clock is where it stood (the guest has no time sync of its own). A failure is a warning.
-asio::awaitable<void> sync_guest_clock(context& ctx, std::shared_ptr<ssh::session> session, const std::string& name);
+asio::awaitable<void> sync_guest_clock(context& ctx, guest::connection& agent, const std::string& name);
 
 /// Waits until the agent reports this boot's boot.finished and user.ready.
-asio::awaitable<void> wait_until_ready(context& ctx, std::string name, std::shared_ptr<ssh::session> session);
+asio::awaitable<void> wait_until_ready(context& ctx, std::string name, const guest_link& link);
 
 } // namespace machine::vm

@@ -307,8 +307,11 @@ awaitable<void> stop_egress_proxy(const std::string& name) {
     fs::remove(fingerprint_file(name), ec);
 }
 
-awaitable<std::optional<fs::path>> prepare_network(context& ctx, const std::string& name, const net::policy& rules) {
-    const bool isolating = co_await ctx.lima.isolates_network();
+awaitable<std::optional<fs::path>> prepare_network(context& ctx, const std::string& name, const net::policy& rules,
+                                                   const lima::instance* listed) {
+    // Only a Lima that isolates VMs knows the egress socket its list shows (the stand-in).
+    bool isolating = listed && !listed->egress_socket.empty();
+    if (!isolating) isolating = co_await ctx.lima.isolates_network();
     if (!isolating) {
         if (rules.allow)
             throw config::config_error(

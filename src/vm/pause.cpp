@@ -42,14 +42,13 @@ awaitable<lima::instance> running_qemu_vm(context& ctx, const std::string& name,
     co_return std::move(*inst);
 }
 
-// Until the VM's guest agent answers, over a new connection checked against the pin; then the
-// guest's clock is set from the host's (it stood still while the VM was paused or saved).
+// Until the VM's guest agent answers (through machine's master for the VM: a pause keeps its
+// TCP connection, and it needs no handshake; else over a connection checked against the pin);
+// then the guest's clock is set from the host's (it stood still while the VM was paused or saved).
 awaitable<void> wait_for_agent(context& ctx, const lima::instance& inst) {
     const std::string& name = inst.name;
-    const ssh::endpoint ep = ssh::endpoint_from_lima_ssh_config(ssh_config_of(inst));
-    auto session = co_await ssh::session::connect(ep, pin_of(name, false), &ctx.cancel);
-    co_await sync_guest_clock(ctx, session, name);
-    session->close();
+    auto conn = co_await connect_to_agent(ctx, name, inst, 20s);
+    co_await sync_guest_clock(ctx, *conn, name);
 }
 
 // HMP's errors arrive as limactl warnings "output: ..." with exit status 0.
@@ -110,12 +109,25 @@ awaitable<void> clear_secrets_before_saving(context& ctx, const std::string& nam
                           "' renders them again");
 }
 
+// The boot the VM is in, as its agent says it; "" without an agent or when it cannot be asked
+// (only a record: a hibernation does not need it).
+awaitable<std::string> boot_of(context& ctx, const lima::instance& inst) {
+    if (!ctx.agent) co_return std::string();
+    try {
+        auto conn = co_await connect_to_agent(ctx, inst.name, inst, 10s);
+        const protocol::hello_result hello = co_await conn->hello("machine " MACHINE_VERSION);
+        if (protocol::is_boot_id(hello.boot_id)) co_return hello.boot_id;
+    } catch (const interrupted_error&) {
+        throw;
+    } catch (const error& e) {
+        spdlog::debug("vm={} its boot is unknown: {}", inst.name, e.what());
+    }
+    co_return std::string();
+}
+
 } // namespace
 
-awaitable<void> sync_guest_clock(context& ctx, std::shared_ptr<ssh::session> session, const std::string& name) {
-    auto on_problem = [&ctx, name](const std::string& m) { ctx.emit(events::message(name, "warning", m)); };
-    auto conn = co_await guest::connect_agent(session, 20s, on_problem);
-    co_await conn->hello("machine " MACHINE_VERSION);
+awaitable<void> sync_guest_clock(context& ctx, guest::connection& agent, const std::string& name) {
     const double host = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
     char stamp[64];
     std::snprintf(stamp, sizeof stamp, "@%.3f", host);
@@ -127,7 +139,7 @@ awaitable<void> sync_guest_clock(context& ctx, std::shared_ptr<ssh::session> ses
     auto on_output = [&out](const protocol::output_chunk& c) {
         if (c.stream == "stdout" && out.size() < 256) out += c.data.substr(0, 256);
     };
-    const protocol::run_result r = co_await conn->run(request, on_output, 30s);
+    const protocol::run_result r = co_await agent.run(request, on_output, 30s);
     if (!r.exit_code || *r.exit_code != 0) {
         ctx.emit(events::message(name, "warning", "the VM's clock could not be set from this computer's"));
         co_return;
@@ -230,13 +242,15 @@ awaitable<void> hibernate(context& ctx, const std::string& name) {
     }
     co_await resume_if_paused(ctx, ctx.lima, name);  // its agent must answer
     co_await clear_secrets_before_saving(ctx, name, "hibernation");
+    const std::string boot = co_await boot_of(ctx, *inst);
     // What QEMU will be started with again: resuming needs the same.
     const std::filesystem::path yaml = std::filesystem::path(inst->dir) / "lima.yaml";
     const std::string digest = sha256::hex_of_file(yaml);
     const auto t0 = std::chrono::steady_clock::now();
     ctx.emit(events::step_started(name, "hibernate"));
     co_await ctx.lima.hibernate(name);
-    paths::write_file_atomic(project_state_dir(name) / "hibernate.digest", digest + "\n", 0600);
+    // hibernate.digest: the lima.yaml's digest, then the guest's boot.
+    paths::write_file_atomic(project_state_dir(name) / "hibernate.digest", digest + "\n" + boot + "\n", 0600);
     co_await stop_egress_proxy(name);
     const std::int64_t bytes = hibernated_bytes(*inst);
     char detail[160];
@@ -259,6 +273,14 @@ std::string hibernation_obstacle(const std::string& name, const std::filesystem:
     }
     if (now != recorded) return "its lima.yaml changed since it was hibernated";
     return {};
+}
+
+std::string hibernated_boot(const std::string& name) {
+    std::ifstream in(project_state_dir(name) / "hibernate.digest");
+    std::string digest, boot;
+    std::getline(in, digest);
+    std::getline(in, boot);
+    return protocol::is_boot_id(boot) ? boot : std::string();
 }
 
 void forget_hibernation(const std::string& name, const std::filesystem::path& instance_dir) {

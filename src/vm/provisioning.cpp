@@ -142,6 +142,24 @@ pr::provision_request provision_request_of(const std::string& vm, const provisio
     return request;
 }
 
+// Whether the agent would skip every step of `plan` as unchanged since it last succeeded (a
+// re-up): then nothing runs, and nothing needs following. An agent that cannot say: no.
+awaitable<bool> all_unchanged(guest::connection& agent, const provision::plan& plan) {
+    pr::provision_pending_request request;
+    for (const auto& s : plan.steps) request.steps.push_back(pr::step_identity{s.name, s.hash});
+    try {
+        const std::vector<std::string> pending = co_await agent.pending_steps(std::move(request));
+        co_return pending.empty();
+    } catch (const guest::agent_error& e) {
+        if (e.code() != "unknown_type") throw;
+    }
+    co_return false;
+}
+
+std::string in_place(std::size_t steps) {
+    return steps == 1 ? std::string("its 1 step in place") : "all " + std::to_string(steps) + " steps in place";
+}
+
 }  // namespace
 
 provision::catalog load_catalog() { return provision::catalog::load(paths::config_dir() / "profiles"); }
@@ -186,14 +204,18 @@ std::string repo_dir_name(std::string_view url) {
     return ok ? std::string(name) : std::string();
 }
 
-awaitable<std::size_t> apply_plan(context& ctx, const std::string& vm, std::shared_ptr<ssh::session> session,
-                                  const provision::plan& plan, cancel_signal* cancel) {
+awaitable<std::size_t> apply_plan(context& ctx, const std::string& vm, const guest_link& link,
+                                  guest::connection& agent, const provision::plan& plan, cancel_signal* cancel) {
     if (plan.steps.empty()) co_return 0;
-    auto on_problem = [&ctx, vm](const std::string& p) { ctx.emit(events::message(vm, "warning", p)); };
-    // Two channels: one follows the journal (live progress), the other carries the request.
-    auto events_conn = co_await guest::connect_agent(session, 20s, on_problem);
+    const auto t_asked = std::chrono::steady_clock::now();
+    if (co_await all_unchanged(agent, plan)) {
+        ctx.emit(events::step_finished(vm, "provision", true, since(t_asked), in_place(plan.steps.size())));
+        co_return 0;
+    }
+    // Two connections: one follows the journal (live progress), the other carries the request.
+    auto events_conn = co_await link.connect(20s);
     const pr::hello_result hello = co_await events_conn->hello("machine " MACHINE_VERSION);
-    auto request_conn = co_await guest::connect_agent(session, 20s, on_problem);
+    auto request_conn = co_await link.connect(20s);
 
     pr::provision_request request = provision_request_of(vm, plan);
     const auto t0 = std::chrono::steady_clock::now();
@@ -205,8 +227,9 @@ awaitable<std::size_t> apply_plan(context& ctx, const std::string& vm, std::shar
                                                                  hello.journal.last_seq, reporter, result),
                                           interrupt.until_above(cancel_signal::none));
         if (outcome.index() == 1) {
-            // Closing the session ends our channels: the agent stops the running step.
-            session->close();
+            // The request's connection ends: the agent stops the running step.
+            request_conn.reset();
+            events_conn.reset();
             throw interrupted_error();
         }
     } catch (const ssh::connection_lost& e) {
@@ -241,8 +264,7 @@ awaitable<std::size_t> apply_plan(context& ctx, const std::string& vm, std::shar
     if (result.cancelled) throw interrupted_error();
     std::string summary;
     if (ran.empty()) {
-        const std::size_t n = result.steps.size();
-        summary = n == 1 ? std::string("its 1 step in place") : "all " + std::to_string(n) + " steps in place";
+        summary = in_place(result.steps.size());
     } else {
         summary = "applied ";
         for (std::size_t i = 0; i < ran.size(); ++i) summary += (i ? ", " : "") + ran[i];

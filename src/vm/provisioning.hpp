@@ -16,10 +16,7 @@
 
 #include "machine/provision.hpp"
 #include "machine/vm.hpp"
-
-namespace machine::ssh {
-class session;
-}
+#include "guest_link.hpp"
 
 namespace machine::vm {
 
@@ -45,17 +42,18 @@ asio::awaitable<void> check_repos_reachable(context& ctx, const config::project&
 
 /// Applies `plan` through the guest agent, reporting each step as it starts and ends; returns
 /// how many steps ran. Throws when a step fails, naming it (and the full disk, when that is why).
-asio::awaitable<std::size_t> apply_plan(context& ctx, const std::string& vm, std::shared_ptr<ssh::session> session,
-                                 const provision::plan& plan, cancel_signal* cancel);
+/// `agent` first asks whether any step would run (a re-up: none, and that is all); the
+/// provisioning and its progress take two more connections over `link`.
+asio::awaitable<std::size_t> apply_plan(context& ctx, const std::string& vm, const guest_link& link,
+                                        guest::connection& agent, const provision::plan& plan, cancel_signal* cancel);
 
 /// Clones the project's repos that are not in ~/code yet, then installs their dependencies.
 /// Each clone runs through OpenSSH pinned to the VM's key with a connection of its own
 /// (openssh_argv), forwarding `agent` when the project does (git in the VM authenticates with
 /// it); it may take the project's clone_timeout, and its progress becomes step output.
-/// `session` (already verified against the pin) reaches the guest agent for the rest.
+/// `guest` (the VM's agent) checks what is there and installs the dependencies.
 asio::awaitable<void> clone_repos(context& ctx, lima::instance inst, agent_environment agent, config::project p,
-                                  std::shared_ptr<ssh::session> session, std::string vm_user,
-                                  cancel_signal* cancel);
+                                  guest::connection& guest, std::string vm_user, cancel_signal* cancel);
 
 /// One clone as `clone_repos` runs it (through OpenSSH: openssh_argv of clone_command).
 struct clone_run {

@@ -29,7 +29,6 @@ namespace pr = machine::protocol;
 using asio::awaitable;
 using namespace std::chrono_literals;
 using detail::agent_request;
-using detail::open_agent;
 
 namespace {
 
@@ -128,20 +127,6 @@ awaitable<std::unique_ptr<guest::connection>> agent_of(context& ctx, const std::
     co_return co_await connect_to_agent(ctx, name, inst, 10s);
 }
 
-} // namespace
-
-namespace detail {
-
-awaitable<std::unique_ptr<guest::connection>> open_agent(context& ctx, const std::string& name,
-                                                          std::shared_ptr<ssh::session> session) {
-    auto on_problem = [&ctx, name](const std::string& m) { ctx.emit(events::message(name, "warning", m)); };
-    co_return co_await guest::connect_agent(std::move(session), 10s, on_problem);
-}
-
-} // namespace detail
-
-namespace {
-
 // sync_secrets over the agent's connection `conn`, which it began to open at `t_start`.
 awaitable<void> sync_secrets_with(context& ctx, const config::project& project, guest::connection& conn,
                                   secrets_sync_options options, std::chrono::steady_clock::time_point t_start) {
@@ -201,11 +186,9 @@ awaitable<void> sync_secrets_with(context& ctx, const config::project& project, 
 
 } // namespace
 
-awaitable<void> sync_secrets(context& ctx, const config::project& project, std::shared_ptr<ssh::session> session,
+awaitable<void> sync_secrets(context& ctx, const config::project& project, guest::connection& agent,
                              secrets_sync_options options) {
-    const auto t_start = std::chrono::steady_clock::now();
-    auto conn = co_await open_agent(ctx, project.name, session);
-    co_await sync_secrets_with(ctx, project, *conn, std::move(options), t_start);
+    co_await sync_secrets_with(ctx, project, agent, std::move(options), std::chrono::steady_clock::now());
 }
 
 awaitable<void> sync_secrets(context& ctx, const config::project& project, secrets_sync_options options) {

@@ -17,6 +17,7 @@
 #include "machine/ssh.hpp"
 #include "machine/text.hpp"
 #include "machine/vm.hpp"
+#include "guest_link.hpp"
 
 namespace machine::vm {
 
@@ -176,10 +177,6 @@ awaitable<openssh_target> ssh_target(context& ctx, const std::string& name, cons
     co_return t;
 }
 
-namespace {
-
-// The target that rides machine's master for the VM, when one runs for its pin and instance
-// (whatever agent it forwards: the relay asks for none).
 std::optional<openssh_target> master_for(const std::string& name, const lima::instance& inst) {
     const fs::path socket = ssh_master_socket(name);
     if (socket.empty() || !private_dir(socket.parent_path()) || !paths::socket_accepts(socket)) return std::nullopt;
@@ -190,25 +187,11 @@ std::optional<openssh_target> master_for(const std::string& name, const lima::in
     return t;
 }
 
-} // namespace
-
 awaitable<std::unique_ptr<guest::connection>> connect_to_agent(context& ctx, const std::string& name,
                                                                const lima::instance& inst,
                                                                std::chrono::milliseconds patience) {
-    auto on_problem = [&ctx, name](const std::string& m) { ctx.emit(events::message(name, "warning", m)); };
-    if (const auto t = master_for(name, inst)) {
-        proc::command relay;
-        relay.argv = openssh_argv(*t, false, {ctx.agent_relay, "relay", "--socket", ctx.agent_socket});
-        relay.err = proc::stdio::null;  // the relay's one line of complaint: its exit status says it
-        relay.env_unset = {"SSH_AUTH_SOCK"};
-        auto child = proc::child::start(co_await asio::this_coro::executor, std::move(relay));
-        co_return std::make_unique<guest::connection>(guest::process_stream(std::move(child)), std::move(on_problem),
-                                                      name);
-    }
-    const ssh::endpoint ep = ssh::endpoint_from_lima_ssh_config(ssh_config_of(inst));
-    auto session = co_await ssh::session::connect(ep, pin_of(name, false), &ctx.cancel);
-    co_return co_await guest::connect_agent(std::move(session), patience, std::move(on_problem), ctx.agent_socket,
-                                            ctx.agent_relay);
+    const guest_link link = co_await guest_link::open(ctx, name, inst, &ctx.cancel);
+    co_return co_await link.connect(patience);
 }
 
 awaitable<void> stop_ssh_master(const std::string& name) {

@@ -15,6 +15,7 @@
 #include "machine/vm.hpp"
 #include "guest_network.hpp"
 #include "instance_edits.hpp"
+#include "guest_link.hpp"
 #include "lifecycle.hpp"
 #include "provisioning.hpp"
 #include "tasks.hpp"
@@ -29,11 +30,11 @@ namespace {
 
 // The agents' logins the project may receive, read again and rendered (PROTOCOL.md §8):
 // "credentials: claude, gh delivered". A failure is a warning: the VM is up all the same.
-awaitable<void> deliver_credentials(context& ctx, const config::project& project, std::shared_ptr<ssh::session> session) {
+awaitable<void> deliver_credentials(context& ctx, const config::project& project, guest::connection& agent) {
     try {
         credentials_sync_options options;
         options.reread = true;
-        const credentials_outcome o = co_await sync_credentials(ctx, project, std::move(session), options);
+        const credentials_outcome o = co_await sync_credentials(project, agent, options);
         for (const auto& w : o.warnings) ctx.emit(events::message(project.name, "warning", w));
         if (const std::string said = describe(o); !said.empty()) ctx.say(project.name, said);
     } catch (const interrupted_error&) {
@@ -112,7 +113,8 @@ awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel, co
     // The VM's network before it starts: with a Lima that isolates VMs, its egress proxy serves
     // the project's policy (a running VM's too, so a changed policy applies at once). An
     // allowlist this Lima cannot enforce fails here, before anything is created.
-    const std::optional<fs::path> egress = co_await prepare_network(ctx, name, target.network);
+    const lima::instance* listed = existing ? &*existing : nullptr;
+    const std::optional<fs::path> egress = co_await prepare_network(ctx, name, target.network, listed);
     if (const std::string said = describe_egress(target.network, target.allowed); !said.empty()) ctx.say(name, said);
     const fs::path egress_socket_path = egress.value_or(fs::path());
     // A VM made before its Lima isolated VMs (or whose socket moved) gets its egress at its next
@@ -136,6 +138,8 @@ awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel, co
     }
     if (started) *started = was_running ? "" : existing ? "booted" : "created";
     bool resumed = false;
+    std::string resumed_in;   // "resumed from hibernation in 2.1 s", said once the guest is checked
+    std::string boot_saved;   // the boot it was hibernated in, as its agent said it
     fs::path create_from;  // set when the start creates the VM from the project's template
     if (!existing) {
         // Nothing is created for a project whose code cannot be fetched.
@@ -171,7 +175,7 @@ awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel, co
     if (!was_running) {
         // Again just before the boot: a base baked meanwhile can take longer than a proxy waits for
         // its VM's host agent to appear (it ends without one), and the guest must find it serving.
-        if (egress) co_await prepare_network(ctx, name, target.network);
+        if (egress) co_await prepare_network(ctx, name, target.network, listed);
         co_await edit_before_start(ctx, lima, name, before_start);
         const fs::path dir = existing ? fs::path(existing->dir) : lima.instance_dir(name);
         if (hibernated) {
@@ -186,13 +190,15 @@ awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel, co
         co_await boot_instance(ctx, lima, name, dir / "ha.stdout.log", cancel, create_from);
         if (hibernated) {
             const auto outcome = lima::read_hibernate_outcome(dir);
+            boot_saved = hibernated_boot(name);
             forget_hibernation(name, dir);  // the state was used or dropped by the start; the record goes too
             if (outcome && outcome->resumed) {
                 resumed = true;
                 if (started) *started = "resumed";
                 char took[32];
                 std::snprintf(took, sizeof took, "%.1f s", outcome->took_seconds);
-                ctx.say(name, std::string("resumed from hibernation in ") + took);
+                resumed_in = std::string("resumed from hibernation in ") + took;
+                if (!ctx.agent) ctx.say(name, resumed_in);
             } else {
                 ctx.emit(events::message(name, "warning",
                                          "the hibernated state could not be resumed (" +
@@ -204,11 +210,22 @@ awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel, co
     if (ctx.agent) {
         if (!existing) existing = co_await lima.find(name);  // created by the start: its SSH settings
         if (!existing) throw error("limactl start succeeded but instance '" + name + "' is not listed");
-        auto session = co_await open_guest(ctx, name, *existing, cancel);
+        reached_guest guest = co_await open_guest(ctx, name, *existing, cancel);
+        // QEMU resumed the saved state, but a guest that crashed right after (and restarted:
+        // panic=1) is in another boot: it lost what it ran, and is ready only when that boot is.
+        if (resumed && !boot_saved.empty() && guest.boot_id != boot_saved) {
+            resumed = false;
+            if (started) *started = "booted";
+            ctx.emit(events::message(name, "warning",
+                                     "VM '" + name + "' restarted right after resuming from hibernation: its "
+                                     "processes and /tmp did not survive"));
+        } else if (resumed) {
+            ctx.say(name, resumed_in);
+        }
         // A resumed VM is in the boot it was hibernated in, ready then: its readiness events may
         // be far back in the agent's journal.
-        if (!was_running && !resumed) co_await wait_until_ready(ctx, name, session);
-        if (resumed) co_await sync_guest_clock(ctx, session, name);
+        if (!was_running && !resumed) co_await wait_until_ready(ctx, name, guest.link);
+        if (resumed) co_await sync_guest_clock(ctx, *guest.agent, name);
         // The network rules go in before provisioning runs anything; a VM without nft yet gets
         // them once the base profile has installed it.
         guest_rules_options rules_opt;
@@ -216,21 +233,22 @@ awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel, co
         rules_opt.isolated_outside = egress.has_value();
         rules_opt.host_addresses = host_interface_addresses();
         const net::policy& rules_policy = target.network;
-        const guest_rules_state rules = co_await install_guest_rules(ctx, name, session, rules_policy, rules_opt);
-        std::size_t ran = co_await apply_plan(ctx, name, session, target.plan, cancel);
+        const guest_rules_state rules = co_await install_guest_rules(ctx, name, *guest.agent, rules_policy, rules_opt);
+        std::size_t ran = co_await apply_plan(ctx, name, guest.link, *guest.agent, target.plan, cancel);
         if (rules == guest_rules_state::waiting_for_nft) {
             rules_opt.nft_may_come = false;
-            co_await install_guest_rules(ctx, name, session, rules_policy, rules_opt);
+            co_await install_guest_rules(ctx, name, *guest.agent, rules_policy, rules_opt);
         }
-        co_await clone_repos(ctx, *existing, agent, project, session, render::vm_user, cancel);
-        ran += co_await apply_plan(ctx, name, session, target.after_clone, cancel);
+        co_await clone_repos(ctx, *existing, agent, project, *guest.agent, render::vm_user, cancel);
+        ran += co_await apply_plan(ctx, name, guest.link, *guest.agent, target.after_clone, cancel);
         if (project.secrets_on_up) {
             secrets_sync_options every_set;
             every_set.required = false;
-            co_await sync_secrets(ctx, project, session, every_set);
+            co_await sync_secrets(ctx, project, *guest.agent, every_set);
         }
-        co_await deliver_credentials(ctx, project, session);
-        session->close();
+        co_await deliver_credentials(ctx, project, *guest.agent);
+        guest.agent.reset();
+        guest.link.close();
         if (ran > 0) co_await close_ssh_masters_after_provisioning(*existing, name);
         // The master the short commands after this one ride (sessions, secrets, run, attaches):
         // opened now, with the project's forwarding, so that none of them pays for a handshake.

@@ -12,6 +12,7 @@
 #include <spdlog/spdlog.h>
 
 #include "audit_tail.hpp"
+#include "guest_link.hpp"
 #include "render_gate.hpp"
 #include "tasks.hpp"
 #include "machine/async.hpp"
@@ -207,16 +208,19 @@ awaitable<void> rerender_secrets(context& ctx, config::project project, fs::path
         const auto lock = co_await lock_project(ctx, name, &ctx.cancel);
         const ssh::endpoint ep = ssh::endpoint_from_lima_ssh_config(ssh_config);
         auto session = co_await ssh::session::connect(ep, pin_of(name, false), &ctx.cancel, 10s);
+        guest_link link = guest_link::over(ctx, name, std::move(session));
+        auto agent = co_await link.connect(10s);
         credentials_sync_options logins;  // what the VM lacks: after a boot, everything
-        const credentials_outcome o = co_await sync_credentials(ctx, project, session, std::move(logins));
+        const credentials_outcome o = co_await sync_credentials(project, *agent, std::move(logins));
         for (const auto& w : o.warnings) ctx.emit(events::message(name, "warning", w));
         if (const std::string said = describe(o); !said.empty()) ctx.say(name, said + " after the boot");
         if (project.secrets_on_up) {
             secrets_sync_options missing;
             missing.only_missing = true;
-            co_await sync_secrets(ctx, project, session, missing);
+            co_await sync_secrets(ctx, project, *agent, missing);
         }
-        session->close();
+        agent.reset();
+        link.close();
     } catch (const interrupted_error&) {
         throw;
     } catch (const std::exception& e) {

@@ -374,7 +374,7 @@ class Basics(AgentTest):
         self.assertEqual(r["type"], "result")
         self.assertEqual(r["protocol"], 1)
         self.assertEqual(set(r["capabilities"]), {"run", "cancel", "health", "subscribe", "emit", "provision",
-                                                 "session.register", "session.end", "session.list",
+                                                 "provision.pending", "session.register", "session.end", "session.list",
                                                  "secrets.render", "secrets.clear", "secrets.list",
                                                  "secrets.discover", "network.apply"})
         self.assertEqual(r["boot_id"], "11111111-2222-3333-4444-555555555555")

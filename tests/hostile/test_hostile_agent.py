@@ -18,6 +18,8 @@ plays one hostile guest:
            declare: `op` is never run for it, and a warning names the file, the line and the entry
   up       `up` on a running VM whose agent hangs on hello, or floods once asked to provision
            (its deployment confined to the sshd's own mount namespace): exit 1 naming the VM
+  pending  `up` on a running VM whose agent says no step is pending: no provision is sent; one
+           that names a step it was not asked about: exit 1 naming the VM, nothing provisioned
 
 Every check prints FIGURE lines (peak RSS, time to the error, counts). TAP-like output; exit
 status 1 when a check failed, 77 (skipped) when not root or without unshare/sshd.
@@ -208,6 +210,17 @@ class StormAgent(ScriptedAgent):
         with self.lock:
             self.renders += 1
         super().on_secrets_render(conn, msg)
+
+
+class PendingAgent(ScriptedAgent):
+    """Answers `provision.pending` with `pending`, whatever it was asked about."""
+
+    def __init__(self, directory, pending):
+        super().__init__(directory)
+        self.pending = pending
+
+    def on_provision_pending(self, conn, msg):
+        conn.result(msg["id"], pending=self.pending)
 
 
 UNDECLARED = "zz9undeclared0000"
@@ -657,6 +670,50 @@ class Suite:
             self.report.check(name, not why, why)
         finally:
             c.close()
+
+    def up_with_pending(self, vm, pending):
+        """`up` of a running VM whose current agent answers provision.pending with `pending`:
+        (the run, the request types the agent got), or None when the check cannot run."""
+        agent_binary = self.agent_binary("pending: " + vm)
+        if agent_binary is None:
+            return None
+        c = Check(self, vm, PendingAgent, projects="[%s]\nforward_agent = false\n" % vm,
+                  vm_root=self.confined_vm_root(agent_binary), pending=pending)
+        try:
+            c.agent.deployment = {"binary_sha256": hashlib.sha256(agent_binary).hexdigest(),
+                                  "unit_sha256": hashlib.sha256(self.agent_unit()).hexdigest(), "user": "root"}
+            run = c.machine("up", vm, env={"MACHINE_AGENT": self.args.agent}).wait(UP_END_LIMIT_S)
+            c.show(run)
+            return run, c.agent.request_types()
+        finally:
+            c.close()
+
+    def check_up_pending_none(self):
+        name = "pending: a re-up whose agent says no step is pending sends no provision and ends ready"
+        seen = self.up_with_pending("pending-none", [])
+        if seen is None:
+            return
+        run, requests = seen
+        self.figure("machine up pending-none: exit %s after %.1f s; requests: %s" % (run.rc, run.elapsed, ", ".join(requests)))
+        why = []
+        if run.rc != 0:
+            why.append("exit %s: %s" % (run.rc, run.describe(4)))
+        if "provision.pending" not in requests:
+            why.append("the agent was never asked provision.pending (requests: %s): the check did not run" % ", ".join(requests))
+        if "provision" in requests:
+            why.append("a provision was sent although nothing was pending")
+        self.report.check(name, not why, "; ".join(why))
+
+    def check_up_pending_forged(self):
+        name = "pending: an agent naming a step it was not asked about fails up naming the VM, and nothing is provisioned"
+        seen = self.up_with_pending("pending-forged", ["zz-not-asked"])
+        if seen is None:
+            return
+        run, requests = seen
+        why = common.ended_with_error(run, "pending-forged", mention=("not asked about",))
+        if "provision" in requests:
+            why.append("a provision was sent after a forged answer")
+        self.report.check(name, not why, "; ".join(why))
 
     def check_undeclared_other(self):
         self.undeclared(True)

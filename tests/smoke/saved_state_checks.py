@@ -142,6 +142,13 @@ def check_hibernate(tap, args, env, guest, memory_bytes):
                "after resume: the tmux session, the file in /tmp and the boot are the same",
                "tmux rc=%d cat rc=%d %r, boot %s -> %s\n%s" % (rc1, rc2, out, boot, boot_now,
                                                                _resume_evidence(_lima_dir(env, args.name))))
+    # What up said matches the boot it left: a guest that restarted right after resuming (seen
+    # once under TCG) is said to have restarted, not to have resumed.
+    restarted = "restarted right after resuming from hibernation" in said
+    resumed = "resumed from hibernation in" in said
+    tap.result(boot_now != "" and (resumed, restarted) == ((True, False) if boot_now == boot else (False, True)),
+               "up's words match the boot it finds (%s)" % ("the same" if boot_now == boot else "another"),
+               "boot %s -> %s; up said: %s" % (boot, boot_now, said[-600:]))
     rc, out, _ = guest.run("date", "+%s")
     skew = abs(int(out.strip() or 0) - time.time()) if rc == 0 else -1
     tap.note("FIGURE guest_clock_skew_after_resume_s=%.0f" % skew)

@@ -49,7 +49,10 @@ awaitable<std::string> fake_lima_driver::version() {
 }
 
 // A property of the Lima, not a call to record: the real client asks once per process.
-awaitable<bool> fake_lima_driver::isolates_network() { co_return world_->isolates_network; }
+awaitable<bool> fake_lima_driver::isolates_network() {
+    ++world_->info_asked;
+    co_return world_->isolates_network;
+}
 
 awaitable<std::vector<lima::instance>> fake_lima_driver::list() {
     call("list", {});

@@ -30,6 +30,7 @@ public:
         std::vector<lima::ha_event> boot_events;             // what follow_host_agent reports during a start
         std::vector<lima::environment> environments;         // set_environment, in order
         bool isolates_network = false;                       // what `limactl info` would say
+        int info_asked = 0;                                  // isolates_network() calls
         std::map<std::string, std::string> run_states;       // QEMU's (QMP); a running instance without one: "running"
         std::map<std::string, std::vector<std::string>> snapshots;  // tags per instance
         std::set<std::string> disk_only;

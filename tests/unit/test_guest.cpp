@@ -102,6 +102,10 @@ struct host_agent {
         group = group.substr(0, group.find('\n'));
         const std::string passwd = (dir.path / "passwd").string();
         if (user_home) write_passwd_with_home(passwd, user, *user_home);
+        // Installed as a deployment of this machine's would be: its hello says the unit's hash.
+        const std::string unit = (dir.path / "machine-agent.service").string();
+        const std::string steps = (dir.path / "steps.json").string();  // never the host's /var/lib
+        std::ofstream(unit) << guest::agent_unit();
         write_fake_nft();
         const std::string rules = network_rules().string(), nft = (dir.path / "nft").string();
         pid = ::fork();
@@ -117,7 +121,7 @@ struct host_agent {
             ::execl(MACHINE_AGENT_BINARY, "machine-agent", "--socket", socket().c_str(), "--journal",
                     (dir.path / "journal.jsonl").c_str(), "--user", user.c_str(), "--group", group.c_str(),
                     "--secrets-dir", secrets.dir.c_str(), "--no-systemd", "--network-rules", rules.c_str(), "--nft",
-                    nft.c_str(), nullptr);
+                    nft.c_str(), "--unit-file", unit.c_str(), "--steps-state", steps.c_str(), nullptr);
             ::_exit(127);
         }
         for (int i = 0; i < 200 && !fs::exists(socket()); ++i) ::usleep(10000);
@@ -1432,6 +1436,142 @@ BOOST_FIXTURE_TEST_CASE(connect_to_agent_rides_the_vms_master, fixture) {
     BOOST_TEST(hello().rfind("failed: ", 0) == 0u);
     BOOST_TEST(problems.empty());
     BOOST_TEST(proc::live_children() == 0u);
+}
+
+// A re-up of a running VM rides machine's master: with the VM's SSH port closed once the first
+// up has provisioned (and reopened the master its step's new groups need), the second up still
+// finds the agent current, installs the rules, asks which steps are pending and, none pending,
+// provisions nothing. A VM listed with an egress socket says that Lima isolates VMs: `limactl
+// info` is not asked.
+BOOST_FIXTURE_TEST_CASE(a_re_up_rides_the_vms_master_and_provisions_only_what_is_pending, fixture) {
+    machine::test::state_dir state;
+    machine::test::fake_vm_context fake;
+    fake.ctx.agent = true;
+    fake.ctx.agent_relay = MACHINE_AGENT_BINARY;
+    fake.ctx.agent_socket = agent.socket().string();
+    fake.ctx.egress_proxy = [](std::string, net::policy) -> asio::awaitable<void> { co_return; };
+    ::setenv("MACHINE_AGENT", MACHINE_AGENT_BINARY, 1);  // the deployment the agent's hello must match
+    auto write_config = [&](int port) {
+        std::ofstream(state.dir.path / "ssh.config")
+            << "Host lima-web\n  IdentityFile \"" << sshd.identity_file().string()
+            << "\"\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  BatchMode yes\n  IdentitiesOnly yes\n"
+            << "  User " << sshd.user() << "\n  Hostname 127.0.0.1\n  Port " << port << "\n";
+    };
+    write_config(sshd.port());
+    const machine::test::pinned_vm web(fake.io, state, "web", state.dir.path / "ssh.config");
+    lima::instance& listed = fake.lima.add("web", lima::status::running);
+    listed.ssh_config_file = web.inst.ssh_config_file;
+    listed.egress_socket = vm::egress_socket("web").string();
+    fake.lima.state().isolates_network = true;
+    vm::up_target t;
+    t.project.name = "web";
+    t.project.configured = true;
+    t.project.forward_agent = false;
+    machine::provision::planned_step mark;
+    mark.name = "web.mark";
+    mark.user = sshd.user();
+    mark.run = {"sh", "-c", "echo ran >> \"$1\"", "sh", (state.dir.path / "ran").string()};
+    mark.timeout_ms = 10000;
+    mark.hash = "ab12";
+    t.plan.steps = {mark};
+    auto finished = [&](const std::string& what) {
+        const auto lines = fake.events->lines();
+        return std::count_if(lines.begin(), lines.end(), [&](const std::string& l) {
+            return l.rfind("step.finished web " + what, 0) == 0;
+        });
+    };
+    machine::test::co_run(fake.io, vm::up_one(fake.ctx, t, &fake.cancel, nullptr));
+    BOOST_TEST(finished("agent ok up to date") == 1);
+    BOOST_TEST(finished("firewall ok") == 1);
+    BOOST_TEST(finished("provision ok applied web.mark") == 1);
+    BOOST_REQUIRE(machine::paths::socket_accepts(vm::ssh_master_socket("web")));
+    write_config(machine::test::closed_port());
+    machine::test::co_run(fake.io, vm::up_one(fake.ctx, t, &fake.cancel, nullptr));
+    BOOST_TEST(finished("agent ok up to date") == 2);
+    BOOST_TEST(finished("provision ok its 1 step in place") == 1);
+    BOOST_TEST(machine::paths::read_file(state.dir.path / "ran") == "ran\n");  // once
+    // The second up sent no provision at all (one would journal its start, and skip the step).
+    const std::string journal = machine::paths::read_file(agent.dir.path / "journal.jsonl");
+    std::size_t provisions = 0;
+    for (auto at = journal.find("\"provision.started\""); at != std::string::npos;
+         at = journal.find("\"provision.started\"", at + 1))
+        ++provisions;
+    BOOST_TEST(provisions == 1u);
+    BOOST_TEST(fake.lima.state().info_asked == 0);
+    ::unsetenv("MACHINE_AGENT");
+    BOOST_TEST(problems.empty());
+}
+
+// `up` of a hibernated VM believes its agent about the boot: the same boot as at the hibernation
+// is a resume; another one (the guest crashed right after resuming and restarted) is said plainly,
+// reported as a boot, and waited for like one.
+BOOST_FIXTURE_TEST_CASE(a_resumed_guest_in_another_boot_is_said_to_have_restarted, fixture) {
+    machine::test::state_dir state;
+    machine::test::temp_dir lima_home;
+    machine::test::fake_vm_context fake;
+    fake.ctx.agent = true;
+    fake.ctx.agent_relay = MACHINE_AGENT_BINARY;
+    fake.ctx.agent_socket = agent.socket().string();
+    ::setenv("MACHINE_AGENT", MACHINE_AGENT_BINARY, 1);
+    std::ofstream(state.dir.path / "ssh.config")
+        << "Host lima-web\n  IdentityFile \"" << sshd.identity_file().string()
+        << "\"\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  BatchMode yes\n  IdentitiesOnly yes\n"
+        << "  User " << sshd.user() << "\n  Hostname 127.0.0.1\n  Port " << sshd.port() << "\n";
+    const machine::test::pinned_vm web(fake.io, state, "web", state.dir.path / "ssh.config");
+    fake.lima.state().lima_home = lima_home.path;
+    fake.lima.state().can_hibernate = true;
+    fake.lima.add("web", lima::status::running).ssh_config_file = web.inst.ssh_config_file;
+    fs::create_directories(lima_home.path / "web");
+    std::ofstream(lima_home.path / "web" / "lima.yaml") << "cpus: 2\n";
+
+    // This boot's readiness, as a booted guest's agent would have journaled it.
+    const std::array<const char*, 2> readiness{"boot.finished", "user.ready"};
+    const std::string boot = machine::test::co_run(fake.io, [&]() -> asio::awaitable<std::string> {
+        auto conn = co_await vm::connect_to_agent(fake.ctx, "web", web.inst, 1s);
+        const auto h = co_await conn->hello("machine tests");
+        for (const char* event : readiness) {
+            pr::emit_request e;
+            e.event = event;
+            e.fields = pr::json{{"boot_id", h.boot_id}};
+            co_await conn->emit(std::move(e));
+        }
+        co_return h.boot_id;
+    }());
+    vm::up_target t;
+    t.project.name = "web";
+    t.project.configured = true;
+    t.project.forward_agent = false;
+    auto said = [&](const std::string& text) {
+        const auto lines = fake.events->lines();
+        return std::any_of(lines.begin(), lines.end(), [&](const std::string& l) { return l.find(text) != std::string::npos; });
+    };
+
+    machine::test::co_run(fake.io, vm::hibernate(fake.ctx, "web"));
+    BOOST_TEST(vm::hibernated_boot("web") == boot);
+    std::string started;
+    machine::test::co_run(fake.io, vm::up_one(fake.ctx, t, &fake.cancel, nullptr, &started));
+    BOOST_TEST(started == "resumed");
+    BOOST_TEST(said("resumed from hibernation in"));
+    BOOST_TEST(!said("restarted right after resuming"));
+
+    machine::test::co_run(fake.io, vm::hibernate(fake.ctx, "web"));
+    const fs::path record = state.of("web") / "hibernate.digest";
+    const std::string digest = machine::paths::read_file(record).substr(0, 64);
+    std::ofstream(record) << digest << "\n0b5e55ed-0000-4000-8000-000000000000\n";  // saved in another boot
+    fake.events->seen.clear();
+    machine::test::co_run(fake.io, vm::up_one(fake.ctx, t, &fake.cancel, nullptr, &started));
+    BOOST_TEST(started == "booted");
+    BOOST_TEST(said("VM 'web' restarted right after resuming from hibernation: its processes and /tmp did not survive"));
+    BOOST_TEST(!said("resumed from hibernation in"));
+    BOOST_TEST(said("step.finished web ready ok"));  // waited for, as after a boot
+
+    // What the VM says its boot is goes to the host's disk only when it looks like one.
+    std::ofstream(record) << digest << "\nevil\nsecond line\n";
+    BOOST_TEST(vm::hibernated_boot("web") == "evil");
+    std::ofstream(record) << digest << "\n../../etc/passwd\n";
+    BOOST_TEST(vm::hibernated_boot("web").empty());
+    ::unsetenv("MACHINE_AGENT");
+    BOOST_TEST(problems.empty());
 }
 
 BOOST_AUTO_TEST_SUITE_END()
