@@ -305,15 +305,15 @@ std::string_view agent_unit();
 enum class deployment { already_current, installed, upgraded };
 
 // Whether the agent that said `running` in its hello is exactly `files` as the `machine-agent`
-// service for `vm_user` (what ensure_agent installs): then nothing needs to run in the VM.
+// service for `vm_user` (what ensure_agent installs): then nothing needs to run in the VM (a
+// shell and sudo cost about a second under emulation). Ask it before ensure_agent.
 bool is_current(const protocol::deployment_info& running, const agent_files& files, const std::string& vm_user);
 
 // Makes sure the VM runs exactly `files` as its `machine-agent` service for `vm_user`:
-// compares SHA-256, uploads and installs when missing or different, (re)starts the service.
-// The running agent is asked first, through `relay` to `socket` (tests point both at their own).
+// compares the installed files' SHA-256, uploads and installs when missing or different,
+// (re)starts the service.
 asio::awaitable<deployment> ensure_agent(std::shared_ptr<ssh::session> session, const agent_files& files,
-                                         std::string vm_user, std::string socket = agent_socket,
-                                         std::string relay = agent_install_path);
+                                         std::string vm_user);
 
 // Opens a connection to the agent, retrying for up to `patience` while it starts.
 asio::awaitable<std::unique_ptr<connection>> connect_agent(

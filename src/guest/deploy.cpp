@@ -134,22 +134,10 @@ bool is_current(const protocol::deployment_info& running, const agent_files& fil
 }
 
 awaitable<deployment> ensure_agent(std::shared_ptr<ssh::session> session, const agent_files& files,
-                                   std::string vm_user, std::string socket, std::string relay) {
+                                   std::string vm_user) {
     require_plain_user_name(vm_user);
     const std::string want_unit = sha256::hex(kAgentUnit);
     const std::string want_defaults = sha256::hex(defaults_text(vm_user));
-    // Fast path: a running agent that reports exactly this binary, unit and user is current, and
-    // nothing has to run in the VM (a shell and sudo cost about a second under emulation).
-    try {
-        std::function<void(const std::string&)> quiet;
-        auto conn = co_await connection::open(session, quiet, socket, relay);
-        const protocol::hello_result hello = co_await conn->hello("machine (deployment check)");
-        if (is_current(hello.deployment, files, vm_user)) co_return deployment::already_current;
-    } catch (const ssh::connection_lost&) {
-        throw;  // the VM is gone
-    } catch (const error&) {
-        // no agent listening (not installed yet, or stopped): look at the files
-    }
     // What is installed: three hashes (missing files print nothing) and whether it runs.
     const std::string probe = std::string("sha256sum ") + agent_install_path + " " + unit_path + " " +
                               defaults_path + " 2>/dev/null; systemctl is-active machine-agent 2>/dev/null; true";

@@ -87,27 +87,42 @@ awaitable<void> boot_instance(context& ctx, lima::driver& lima, std::string name
     ctx.emit(events::step_finished(name, create_from.empty() ? "boot" : "create+boot", true, since(tb)));
 }
 
+namespace {
+
+struct greeted_agent {
+    std::unique_ptr<guest::connection> conn;
+    protocol::hello_result hello;
+};
+
+// A connection to the agent through `link`, and its hello, when that agent is exactly this
+// machine's (guest::is_current: nothing to deploy); nullopt when it is not, or not there.
+awaitable<std::optional<greeted_agent>> current_agent(const std::string& name, const guest_link& link,
+                                                       const guest::agent_files& files, const std::string& user) {
+    try {
+        auto conn = co_await link.connect(0s);
+        protocol::hello_result hello = co_await conn->hello("machine " MACHINE_VERSION);
+        if (guest::is_current(hello.deployment, files, user)) co_return greeted_agent{std::move(conn), std::move(hello)};
+    } catch (const interrupted_error&) {
+        throw;
+    } catch (const error& e) {
+        spdlog::debug("vm={} no current agent {}: {}", name, link.rides_master() ? "through the SSH master" : "yet",
+                      e.what());
+    }
+    co_return std::nullopt;
+}
+
+} // namespace
+
 awaitable<reached_guest> open_guest(context& ctx, std::string name, lima::instance inst, cancel_signal* cancel) {
     const guest::agent_files files = guest::find_agent(inst.arch, name);
     const ssh::endpoint ep = ssh::endpoint_from_lima_ssh_config(ssh_config_of(inst));
     ctx.emit(events::step_started(name, "agent"));
     const auto t0 = std::chrono::steady_clock::now();
+    // A VM that ran since an earlier up: its master leads to a current agent without a handshake.
     if (auto master = guest_link::over_master(ctx, name, inst)) {
-        std::optional<reached_guest> reached;
-        try {
-            auto conn = co_await master->connect(0s);
-            const protocol::hello_result hello = co_await conn->hello("machine " MACHINE_VERSION);
-            if (guest::is_current(hello.deployment, files, ep.user))
-                reached = reached_guest{std::move(*master), std::move(conn), hello.boot_id};
-        } catch (const interrupted_error&) {
-            throw;
-        } catch (const error& e) {
-            spdlog::debug("vm={} no current agent through the SSH master ({}); a connection of machine's own", name,
-                          e.what());
-        }
-        if (reached) {
+        if (auto agent = co_await current_agent(name, *master, files, ep.user)) {
             ctx.emit(events::step_finished(name, "agent", true, since(t0), "up to date"));
-            co_return std::move(*reached);
+            co_return reached_guest{std::move(*master), std::move(agent->conn), agent->hello.boot_id};
         }
     }
     // The host key is recorded at the first connection after machine created the VM, and must
@@ -116,16 +131,20 @@ awaitable<reached_guest> open_guest(context& ctx, std::string name, lima::instan
     const ssh::host_key_pin pin = pin_of(name, first);
     auto session = co_await ssh::session::connect(ep, pin, cancel);
     if (first) new_vm_key_pinned(name);
-    const guest::deployment deployed =
-        co_await guest::ensure_agent(session, files, ep.user, ctx.agent_socket, ctx.agent_relay);
-    guest_link link = guest_link::over(ctx, name, std::move(session));
-    auto conn = co_await link.connect(20s);  // an agent just (re)started may take a moment
-    const protocol::hello_result hello = co_await conn->hello("machine " MACHINE_VERSION);
+    guest_link link = guest_link::over(ctx, name, session);
+    std::optional<greeted_agent> agent = co_await current_agent(name, link, files, ep.user);
+    guest::deployment deployed = guest::deployment::already_current;
+    if (!agent) {
+        deployed = co_await guest::ensure_agent(session, files, ep.user);
+        auto conn = co_await link.connect(20s);  // an agent just (re)started may take a moment
+        protocol::hello_result hello = co_await conn->hello("machine " MACHINE_VERSION);
+        agent = greeted_agent{std::move(conn), std::move(hello)};
+    }
     ctx.emit(events::step_finished(name, "agent", true, since(t0),
                                    deployed == guest::deployment::installed  ? "installed"
                                    : deployed == guest::deployment::upgraded ? "upgraded"
                                                                              : "up to date"));
-    co_return reached_guest{std::move(link), std::move(conn), hello.boot_id};
+    co_return reached_guest{std::move(link), std::move(agent->conn), agent->hello.boot_id};
 }
 
 // After boot: the agent says the VM is ready (systemd reached its default target, the user's

@@ -210,6 +210,14 @@ struct fixture {
     }
 };
 
+// Lima's ssh.config for instance "web" of a fake VM whose sshd is `sshd`, listening on `port`.
+void write_ssh_config(const fs::path& file, const machine::test::sshd_server& sshd, int port) {
+    std::ofstream(file) << "Host lima-web\n  IdentityFile \"" << sshd.identity_file().string()
+                        << "\"\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  BatchMode yes\n"
+                        << "  IdentitiesOnly yes\n  User " << sshd.user() << "\n  Hostname 127.0.0.1\n  Port " << port
+                        << "\n";
+}
+
 asio::awaitable<std::shared_ptr<ssh::session>> connect(const machine::test::sshd_server& sshd) {
     auto s = co_await ssh::session::connect(sshd.endpoint(), sshd.pin("vm", true));
     co_return s;
@@ -1389,12 +1397,7 @@ BOOST_FIXTURE_TEST_CASE(connect_to_agent_rides_the_vms_master, fixture) {
     machine::test::fake_vm_context fake;
     fake.ctx.agent_relay = MACHINE_AGENT_BINARY;
     fake.ctx.agent_socket = agent.socket().string();
-    auto write_config = [&](int port) {
-        std::ofstream(state.dir.path / "ssh.config")
-            << "Host lima-web\n  IdentityFile \"" << sshd.identity_file().string()
-            << "\"\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  BatchMode yes\n  IdentitiesOnly yes\n"
-            << "  User " << sshd.user() << "\n  Hostname 127.0.0.1\n  Port " << port << "\n";
-    };
+    auto write_config = [&](int port) { write_ssh_config(state.dir.path / "ssh.config", sshd, port); };
     write_config(sshd.port());
     const machine::test::pinned_vm web(fake.io, state, "web", state.dir.path / "ssh.config");
     const lima::instance& inst = web.inst;
@@ -1451,12 +1454,7 @@ BOOST_FIXTURE_TEST_CASE(a_re_up_rides_the_vms_master_and_provisions_only_what_is
     fake.ctx.agent_socket = agent.socket().string();
     fake.ctx.egress_proxy = [](std::string, net::policy) -> asio::awaitable<void> { co_return; };
     ::setenv("MACHINE_AGENT", MACHINE_AGENT_BINARY, 1);  // the deployment the agent's hello must match
-    auto write_config = [&](int port) {
-        std::ofstream(state.dir.path / "ssh.config")
-            << "Host lima-web\n  IdentityFile \"" << sshd.identity_file().string()
-            << "\"\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  BatchMode yes\n  IdentitiesOnly yes\n"
-            << "  User " << sshd.user() << "\n  Hostname 127.0.0.1\n  Port " << port << "\n";
-    };
+    auto write_config = [&](int port) { write_ssh_config(state.dir.path / "ssh.config", sshd, port); };
     write_config(sshd.port());
     const machine::test::pinned_vm web(fake.io, state, "web", state.dir.path / "ssh.config");
     lima::instance& listed = fake.lima.add("web", lima::status::running);
@@ -1513,10 +1511,7 @@ BOOST_FIXTURE_TEST_CASE(a_resumed_guest_in_another_boot_is_said_to_have_restarte
     fake.ctx.agent_relay = MACHINE_AGENT_BINARY;
     fake.ctx.agent_socket = agent.socket().string();
     ::setenv("MACHINE_AGENT", MACHINE_AGENT_BINARY, 1);
-    std::ofstream(state.dir.path / "ssh.config")
-        << "Host lima-web\n  IdentityFile \"" << sshd.identity_file().string()
-        << "\"\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  BatchMode yes\n  IdentitiesOnly yes\n"
-        << "  User " << sshd.user() << "\n  Hostname 127.0.0.1\n  Port " << sshd.port() << "\n";
+    write_ssh_config(state.dir.path / "ssh.config", sshd, sshd.port());
     const machine::test::pinned_vm web(fake.io, state, "web", state.dir.path / "ssh.config");
     fake.lima.state().lima_home = lima_home.path;
     fake.lima.state().can_hibernate = true;
