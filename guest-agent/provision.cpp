@@ -316,8 +316,7 @@ awaitable<protocol::step_outcome> provision_job::run_step(std::size_t index) {
 
     // 1. Unchanged since it last succeeded: no process at all.
     if (!request_.force) {
-        const auto* rec = setup_.state->find(step.name);
-        if (rec && rec->hash == step.hash) {
+        if (setup_.state->unchanged(step.name, step.hash)) {
             o.outcome = "unchanged";
             auto f = fields_for(step.name);
             f["reason"] = "unchanged";

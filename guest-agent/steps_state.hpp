@@ -34,6 +34,12 @@ public:
     /// The record for `name`, or nullptr.
     const record* find(std::string_view name) const;
 
+    /// Whether `name` last succeeded with exactly `hash`: a provision skips it ("unchanged").
+    bool unchanged(std::string_view name, std::string_view hash) const {
+        const record* rec = find(name);
+        return rec && rec->hash == hash;
+    }
+
     /// Records a success and writes the file. On failure returns strerror's text ("No space left
     /// on device") and `name` is left unrecorded, in memory and (as far as we know) on disk.
     std::optional<std::string> record_success(const std::string& name, std::string hash, std::string at);

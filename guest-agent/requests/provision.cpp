@@ -58,10 +58,8 @@ void provision_pending(const request_call& call) {
     // the file the same.
     if (!srv.provision) state.load();
     proto::provision_pending_result r;
-    for (const auto& s : q->steps) {
-        const steps_state::record* rec = state.find(s.name);
-        if (!rec || rec->hash != s.hash) r.pending.push_back(s.name);
-    }
+    for (const auto& s : q->steps)
+        if (!state.unchanged(s.name, s.hash)) r.pending.push_back(s.name);
     call.reply(proto::encode(proto::make_provision_pending_result(call.id, r)));
 }
 

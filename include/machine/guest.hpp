@@ -86,8 +86,8 @@ struct request_deadlines {
     ms secrets_clear{15'000};
     ms secrets_list{15'000};
     ms secrets_discover{20'000};
-    ms network_apply{30'000};
-    ms provision_pending{15'000};     // a small file, then `nft -f` (the agent kills it after 20 s)
+    ms network_apply{30'000};     // a small file, then `nft -f` (the agent kills it after 20 s)
+    ms provision_pending{15'000}; // reads the steps' record
     ms subscribe_replay{30'000};  // silence, until the agent's `live`; none afterwards
     ms run_silence{600'000};      // silence; run() callers may pass their own
     ms provision_margin{60'000};  // on top of what the plan's own timeouts allow (provision_deadline)

@@ -109,6 +109,24 @@ awaitable<void> clear_secrets_before_saving(context& ctx, const std::string& nam
                           "' renders them again");
 }
 
+// machine's record of a hibernation, `<state>/<name>/hibernate.digest`: the digest of the
+// instance's lima.yaml when it was saved, then the guest's boot as its agent said it.
+std::filesystem::path hibernation_record_file(const std::string& name) {
+    return project_state_dir(name) / "hibernate.digest";
+}
+
+struct hibernation_record {
+    std::string digest, boot;  // "" when missing
+};
+
+hibernation_record read_hibernation_record(const std::string& name) {
+    hibernation_record r;
+    std::ifstream in(hibernation_record_file(name));
+    std::getline(in, r.digest);
+    std::getline(in, r.boot);
+    return r;
+}
+
 // The boot the VM is in, as its agent says it; "" without an agent or when it cannot be asked
 // (only a record: a hibernation does not need it).
 awaitable<std::string> boot_of(context& ctx, const lima::instance& inst) {
@@ -249,8 +267,7 @@ awaitable<void> hibernate(context& ctx, const std::string& name) {
     const auto t0 = std::chrono::steady_clock::now();
     ctx.emit(events::step_started(name, "hibernate"));
     co_await ctx.lima.hibernate(name);
-    // hibernate.digest: the lima.yaml's digest, then the guest's boot.
-    paths::write_file_atomic(project_state_dir(name) / "hibernate.digest", digest + "\n" + boot + "\n", 0600);
+    paths::write_file_atomic(hibernation_record_file(name), digest + "\n" + boot + "\n", 0600);
     co_await stop_egress_proxy(name);
     const std::int64_t bytes = hibernated_bytes(*inst);
     char detail[160];
@@ -261,9 +278,7 @@ awaitable<void> hibernate(context& ctx, const std::string& name) {
 }
 
 std::string hibernation_obstacle(const std::string& name, const std::filesystem::path& instance_dir) {
-    std::string recorded;
-    std::ifstream in(project_state_dir(name) / "hibernate.digest");
-    std::getline(in, recorded);
+    const std::string recorded = read_hibernation_record(name).digest;
     if (recorded.empty()) return "machine has no record of what it was saved with";
     std::string now;
     try {
@@ -276,17 +291,14 @@ std::string hibernation_obstacle(const std::string& name, const std::filesystem:
 }
 
 std::string hibernated_boot(const std::string& name) {
-    std::ifstream in(project_state_dir(name) / "hibernate.digest");
-    std::string digest, boot;
-    std::getline(in, digest);
-    std::getline(in, boot);
+    std::string boot = read_hibernation_record(name).boot;
     return protocol::is_boot_id(boot) ? boot : std::string();
 }
 
 void forget_hibernation(const std::string& name, const std::filesystem::path& instance_dir) {
     lima::discard_hibernate_state(instance_dir);
     std::error_code ec;
-    std::filesystem::remove(project_state_dir(name) / "hibernate.digest", ec);
+    std::filesystem::remove(hibernation_record_file(name), ec);
 }
 
 bool is_valid_snapshot_tag(std::string_view tag) {
