@@ -744,18 +744,18 @@ def file_tail(path, size=2000):
         return ""
 
 
-def run_suite(jobs, report, machine, then=()):
-    """Runs the (name, callable) checks in parallel, then the `then` checks in parallel, notes how
-    long they took against which binary, and exits with the report's status. Two waves keep
-    checks that load the host (floods: several machines, sshds and relays moving MiBs at once)
-    away from checks whose agent must answer within machine's own deadlines: on 2 cores the
-    floods held requests back past them, and such a check measured the host's load, not
-    machine (seen in CI)."""
+def run_suite(jobs, report, machine, *then):
+    """Runs the (name, callable) checks in parallel, then each list of `then` checks in parallel
+    in turn, notes how long they took against which binary, and exits with the report's status.
+    Waves keep checks that load the host (floods: several machines, sshds and relays moving MiBs
+    at once; `up`s: dozens of SSH round trips each) away from checks whose agent must answer
+    within machine's own deadlines: on 2 cores they held requests back past them, and such a
+    check measured the host's load, not machine (seen in CI)."""
     t0 = time.monotonic()
-    then = list(then)
-    run_parallel(jobs, report)
-    run_parallel(then, report)
-    report.note("%d checks in %.1f s against %s" % (len(jobs) + len(then), time.monotonic() - t0, machine))
+    waves = [list(jobs)] + [list(w) for w in then]
+    for wave in waves:
+        run_parallel(wave, report)
+    report.note("%d checks in %.1f s against %s" % (sum(len(w) for w in waves), time.monotonic() - t0, machine))
     sys.exit(report.finish())
 
 
