@@ -96,6 +96,7 @@ std::uint64_t ms_since(std::chrono::steady_clock::time_point t0) {
 server::server(asio::io_context& io, server_options options)
     : io_(io), options_(std::move(options)), journal_(options_.journal_path, options_.journal_limits),
       steps_(options_.steps_state_path), secrets_(io.get_executor(), secrets_setup_for_store()),
+      network_(options_.nft, options_.network_rules),
       sessions_([this](std::string_view event, const proto::json& fields) { append_event(event, fields); }),
       acceptor_(io), signals_(io, SIGTERM, SIGINT), events_(io.get_executor()), sync_timer_(io),
       started_(std::chrono::steady_clock::now()) {}
@@ -313,8 +314,7 @@ void server::report_network(const network_outcome& outcome, std::string_view tri
 }
 
 awaitable<void> server::apply_network_then_notify() {
-    const network_outcome outcome =
-        co_await apply_network_rules(options_.nft, options_.network_rules, std::chrono::seconds(20));
+    const network_outcome outcome = co_await network_.apply_file(std::chrono::seconds(20));
     report_network(outcome, "start");
     if (options_.systemd) sd_notify("READY=1");
 }

@@ -50,6 +50,7 @@ public:
     provision_setup provision_setup_for_job();
     secrets_store& secrets() { return secrets_; }
     session_registry& sessions() { return sessions_; }
+    network_rules& network() { return network_; }
     protocol::hello_result hello() const;
     /// Journals and logs what became of machine's network rules (`trigger`: "start" or
     /// "request"): network.applied, or network.failed with nft's complaint.
@@ -77,6 +78,7 @@ private:
     journal journal_;
     steps_state steps_;
     secrets_store secrets_;
+    network_rules network_;
     session_registry sessions_;
     asio::local::stream_protocol::acceptor acceptor_;
     asio::signal_set signals_;

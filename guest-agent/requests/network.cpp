@@ -29,18 +29,19 @@ struct network_state : request_state {
 // `srv` by reference: the server outlives every connection's requests (see run_command).
 awaitable<void> applying(server& srv, std::shared_ptr<connection> c, std::shared_ptr<network_state> st,
                          std::string ruleset) {
-    const std::string path = srv.options().network_rules;
+    network_rules& rules = srv.network();
+    network_outcome outcome;
     try {
-        write_network_rules(path, ruleset);
+        outcome = co_await rules.apply(std::move(ruleset), nft_limit, &st->nft);
     } catch (const std::exception& e) {
         log::error(std::string("network.apply: ") + e.what());
         c->post_final(*st, proto::encode(proto::make_error(st->id, proto::errc::internal, e.what())));
         co_return;
     }
-    const network_outcome outcome = co_await apply_network_rules(srv.options().nft, path, nft_limit, &st->nft);
-    srv.report_network(outcome, "request");
+    // In place already: nothing happened, nothing to journal.
+    if (!outcome.kept) srv.report_network(outcome, "request");
     proto::network_apply_result r;
-    r.path = path;
+    r.path = rules.path();
     r.applied = outcome.applied;
     r.nft_found = outcome.nft_found;
     r.error = outcome.error;

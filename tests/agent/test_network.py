@@ -7,6 +7,7 @@ touches this host's firewall.
 Run: python3 test_network.py --agent PATH [unittest args]   (ctest runs it as `agent_network`)
 """
 import os
+import shlex
 import shutil
 import stat
 import subprocess
@@ -154,6 +155,61 @@ class NetworkRules(ta.AgentTest):
         r = c.call("network.apply", ruleset=good.replace("reject with tcp reset", "rejekt"))
         self.assertFalse(r["applied"])
         self.assertIn("network.nft:6:", r["error"])  # nft's own pointer to the line
+
+    @unittest.skipUnless(real_nft_in_a_namespace() and shutil.which("nsenter"),
+                         "needs nft, nsenter and unprivileged network namespaces")
+    def test_rules_in_place_are_not_applied_again_until_nftables_changes(self):
+        # The agent in a network namespace of its own, as root in the VM: its nft is the real one
+        # (logged), and what else changes nftables there is played with nsenter.
+        log = os.path.join(self.tmp, "nft.log")
+        nft = self.script("nft", f'echo "args: $*" >> {log}\nexec nft "$@"\n')
+        wrapper = self.script("agent-in-a-namespace", f'exec unshare -rn {shlex.quote(ta.AGENT)} "$@"\n')
+        saved, ta.AGENT = ta.AGENT, wrapper
+        self.addCleanup(setattr, ta, "AGENT", saved)
+        a = self.agent(extra=["--nft", nft])
+        c = a.client()
+
+        def runs():
+            if not os.path.exists(log):
+                return 0
+            with open(log) as f:
+                return f.read().count("args: ")
+
+        def in_namespace(*argv):
+            return subprocess.run(["nsenter", "-t", str(a.proc.pid), "-U", "-n", "--preserve-credentials", *argv],
+                                  capture_output=True, text=True, check=True).stdout
+
+        def apply(ruleset, expect_runs, why):
+            r = c.call("network.apply", ruleset=ruleset)
+            self.assertEqual((r["type"], r["applied"], r.get("error")), ("result", True, None), r)
+            self.assertEqual(runs(), expect_runs, why)
+            with open(self.rules_path()) as f:
+                self.assertEqual(f.read(), ruleset, why)
+
+        good = ("table inet machine_host_isolation\ndelete table inet machine_host_isolation\n"
+                "table inet machine_host_isolation {\n\tchain output {\n"
+                "\t\ttype filter hook output priority -150; policy accept;\n"
+                "\t\tip daddr 192.168.5.2 tcp dport != { 5432 } reject with tcp reset\n\t}\n}\n")
+        apply(good, 1, "the first apply runs nft")
+        apply(good, 1, "the same rules, nftables unchanged since: nft does not run")
+        self.assertEqual([e["event"] for e in self.network_events(a)], ["network.applied"])  # nothing happened
+        in_namespace("nft", "flush", "ruleset")  # root in the VM removes the table
+        apply(good, 2, "a flushed table is applied again")
+        self.assertIn("machine_host_isolation", in_namespace("nft", "list", "ruleset"))
+        in_namespace("nft", "add", "table", "inet", "docker_like")  # any other change
+        apply(good, 3, "another change to nftables: nft runs again")
+        other = good.replace("5432", "5433")
+        apply(other, 4, "other rules run nft")
+        apply(other, 4, "and are then in place")
+        with open(self.rules_path(), "w") as f:
+            f.write("# edited in the VM\n")
+        apply(other, 4, "an edited file is written again; the table itself did not change")
+        # A new start applies the file (a new boot: here a new namespace) and remembers it.
+        a.stop()
+        a.start()
+        ta.wait_until(lambda: runs() == 5, 5, "the file applied at start", interval=0.05)
+        c = a.client()
+        apply(other, 5, "what the start applied is in place")
 
 
 def main():
