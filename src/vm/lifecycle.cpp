@@ -89,42 +89,71 @@ awaitable<void> boot_instance(context& ctx, lima::driver& lima, std::string name
 
 namespace {
 
-struct greeted_agent {
-    std::unique_ptr<guest::connection> conn;
-    protocol::hello_result hello;
-};
-
-// A connection to the agent through `link`, and its hello, when that agent is exactly this
-// machine's (guest::is_current: nothing to deploy); nullopt when it is not, or not there.
-awaitable<std::optional<greeted_agent>> current_agent(const std::string& name, const guest_link& link,
-                                                       const guest::agent_files& files, const std::string& user) {
+// A connection to the agent through `link`, and its hello; nullopt when no agent answers.
+awaitable<std::optional<greeted_agent>> greet(const std::string& name, const guest_link& link) {
     try {
         auto conn = co_await link.connect(0s);
         protocol::hello_result hello = co_await conn->hello("machine " MACHINE_VERSION);
-        if (guest::is_current(hello.deployment, files, user)) co_return greeted_agent{std::move(conn), std::move(hello)};
+        co_return greeted_agent{std::move(conn), std::move(hello)};
     } catch (const interrupted_error&) {
         throw;
     } catch (const error& e) {
-        spdlog::debug("vm={} no current agent {}: {}", name, link.rides_master() ? "through the SSH master" : "yet",
-                      e.what());
+        spdlog::debug("vm={} no agent {}: {}", name, link.rides_master() ? "through the SSH master" : "yet", e.what());
     }
     co_return std::nullopt;
 }
 
+// `greeted`, when that agent is exactly this machine's (guest::is_current: nothing to deploy).
+std::optional<greeted_agent> if_current(const std::string& name, std::optional<greeted_agent> greeted,
+                                        const guest::agent_files& files, const std::string& user) {
+    if (greeted && guest::is_current(greeted->hello.deployment, files, user)) return greeted;
+    if (greeted) spdlog::debug("vm={} its agent is not this machine's: deploying", name);
+    return std::nullopt;
+}
+
 } // namespace
 
-awaitable<reached_guest> open_guest(context& ctx, std::string name, lima::instance inst, cancel_signal* cancel) {
+awaitable<master_hello> hello_over_master(context& ctx, std::string name, lima::driver& lima) {
+    master_hello out;
+    lima::instance assumed;  // where Lima keeps the instance of that name, as the list will say
+    assumed.name = name;
+    assumed.dir = lima.instance_dir(name).string();
+    out.ssh_config = ssh_config_of(assumed);
+    out.link = guest_link::over_master(ctx, name, assumed);
+    if (!out.link) co_return out;
+    try {
+        // A paused VM answers nothing: `up` resumes it first and asks then.
+        if (cpus_stopped(co_await lima.run_state(name))) {
+            out.link.reset();
+            co_return out;
+        }
+    } catch (const error& e) {
+        spdlog::debug("vm={} QEMU's run state unknown ({}): asking its agent", name, e.what());
+    }
+    out.agent = co_await greet(name, *out.link);
+    co_return out;
+}
+
+awaitable<reached_guest> open_guest(context& ctx, std::string name, lima::instance inst, cancel_signal* cancel,
+                                    master_hello* asked) {
     const guest::agent_files files = guest::find_agent(inst.arch, name);
     const ssh::endpoint ep = ssh::endpoint_from_lima_ssh_config(ssh_config_of(inst));
     ctx.emit(events::step_started(name, "agent"));
     const auto t0 = std::chrono::steady_clock::now();
     // A VM that ran since an earlier up: its master leads to a current agent without a handshake.
-    if (auto master = guest_link::over_master(ctx, name, inst)) {
-        if (auto agent = co_await current_agent(name, *master, files, ep.user)) {
-            ctx.emit(events::step_finished(name, "agent", true, since(t0), "up to date"));
-            co_return reached_guest{std::move(*master), std::move(agent->conn), agent->hello.boot_id};
-        }
+    std::optional<guest_link> master;
+    std::optional<greeted_agent> agent;
+    if (asked && asked->link && asked->ssh_config == ssh_config_of(inst)) {
+        master = std::move(asked->link);
+        agent = std::move(asked->agent);
+    } else if ((master = guest_link::over_master(ctx, name, inst))) {
+        agent = co_await greet(name, *master);
     }
+    if (master && (agent = if_current(name, std::move(agent), files, ep.user))) {
+        ctx.emit(events::step_finished(name, "agent", true, since(t0), "up to date"));
+        co_return reached_guest{std::move(*master), std::move(agent->conn), agent->hello.boot_id};
+    }
+    agent.reset();  // its relay ends here
     // The host key is recorded at the first connection after machine created the VM, and must
     // match on every later one; a VM without a pin otherwise is refused (machine pin NAME).
     const bool first = new_vm_key_expected(name);
@@ -132,7 +161,7 @@ awaitable<reached_guest> open_guest(context& ctx, std::string name, lima::instan
     auto session = co_await ssh::session::connect(ep, pin, cancel);
     if (first) new_vm_key_pinned(name);
     guest_link link = guest_link::over(ctx, name, session);
-    std::optional<greeted_agent> agent = co_await current_agent(name, link, files, ep.user);
+    agent = if_current(name, co_await greet(name, link), files, ep.user);
     guest::deployment deployed = guest::deployment::already_current;
     if (!agent) {
         deployed = co_await guest::ensure_agent(session, files, ep.user);

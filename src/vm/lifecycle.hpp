@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include <asio/awaitable.hpp>
@@ -31,12 +32,30 @@ struct reached_guest {
     std::string boot_id;                       ///< the VM's boot, as its agent said it
 };
 
+/// A connection to the guest agent and its hello.
+struct greeted_agent {
+    std::unique_ptr<guest::connection> conn;
+    protocol::hello_result hello;
+};
+
+/// The agent's hello through the VM's master, asked before the VM is listed: `up` asks while
+/// `limactl list` runs (each takes ~0.1 s under emulation), for the instance Lima keeps under
+/// the name's directory. open_guest uses it only for a listed instance with the same ssh.config.
+struct master_hello {
+    std::filesystem::path ssh_config;     ///< of the instance the master was found for
+    std::optional<guest_link> link;       ///< nullopt: no master serves it, or the VM is paused (asked again later)
+    std::optional<greeted_agent> agent;   ///< nullopt: no agent answered through it
+};
+asio::awaitable<master_hello> hello_over_master(context& ctx, std::string name, lima::driver& lima);
+
 /// The VM's guest agent, installed or upgraded when it is not this machine's (step "agent").
 /// A VM with machine's SSH master (it ran since an earlier up) is reached through it, without a
 /// handshake, as long as its agent is current; otherwise over a libssh session of machine's own.
 /// The host key is pinned: recorded only when machine created the VM (expect_new_vm_key); a VM
-/// without a pin otherwise is refused, naming `machine pin NAME`.
-asio::awaitable<reached_guest> open_guest(context& ctx, std::string name, lima::instance inst, cancel_signal* cancel);
+/// without a pin otherwise is refused, naming `machine pin NAME`. `asked` (may be null): what
+/// hello_over_master found before the VM was listed, used instead of asking again.
+asio::awaitable<reached_guest> open_guest(context& ctx, std::string name, lima::instance inst, cancel_signal* cancel,
+                                          master_hello* asked = nullptr);
 
 /// What a warning about a setting that applies at the VM's next start tells the user to run:
 /// "machine down NAME && machine up NAME" (one wording for every such warning).

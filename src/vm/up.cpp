@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <fstream>
 
+#include <asio/experimental/awaitable_operators.hpp>
 #include <asio/this_coro.hpp>
 #include <spdlog/spdlog.h>
 
@@ -24,6 +25,7 @@ namespace machine::vm {
 
 namespace fs = std::filesystem;
 using asio::awaitable;
+using namespace asio::experimental::awaitable_operators;
 using namespace std::chrono_literals;
 
 namespace {
@@ -82,10 +84,20 @@ awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel, co
     lima::driver& lima = *driver;
     const auto lock = co_await lock_project(ctx, name, cancel);
     std::optional<lima::instance> existing;
-    if (seen && lock->generation() == seen->generation && since(seen->at) < 5s)
+    // A running VM's agent is asked through its master while Lima lists it (open_guest then
+    // checks that it is the instance listed): a re-up of a ready VM waits for one, not both.
+    master_hello asked;
+    if (seen && lock->generation() == seen->generation && since(seen->at) < 5s) {
         existing = seen->instance;
-    else
+    } else if (ctx.agent) {
+        auto listing = lima.find(name);  // named first: house style §4
+        auto asking = hello_over_master(ctx, name, lima);
+        auto both = co_await (std::move(listing) && std::move(asking));
+        existing = std::move(std::get<0>(both));
+        asked = std::move(std::get<1>(both));
+    } else {
         existing = co_await lima.find(name);
+    }
     const bool was_running = existing && existing->state == lima::status::running;
     // A paused VM answers nothing: continue it first (its SSH and tmux sessions are as they were).
     if (was_running && runs_on_qemu(*existing)) co_await resume_if_paused(ctx, lima, name);
@@ -210,7 +222,8 @@ awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel, co
     if (ctx.agent) {
         if (!existing) existing = co_await lima.find(name);  // created by the start: its SSH settings
         if (!existing) throw error("limactl start succeeded but instance '" + name + "' is not listed");
-        reached_guest guest = co_await open_guest(ctx, name, *existing, cancel);
+        master_hello* asked_early = was_running ? &asked : nullptr;  // a VM started by this up has a new master
+        reached_guest guest = co_await open_guest(ctx, name, *existing, cancel, asked_early);
         // QEMU resumed the saved state, but a guest that crashed right after (and restarted:
         // panic=1) is in another boot: it lost what it ran, and is ready only when that boot is.
         if (resumed && !boot_saved.empty() && guest.boot_id != boot_saved) {

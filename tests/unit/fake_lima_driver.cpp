@@ -63,6 +63,7 @@ awaitable<std::vector<lima::instance>> fake_lima_driver::list() {
 
 awaitable<std::optional<lima::instance>> fake_lima_driver::find(std::string name) {
     call("list", {name});
+    if (world_->while_listing) co_await world_->while_listing();
     const auto it = world_->instances.find(name);
     if (it == world_->instances.end()) co_return std::nullopt;
     co_return it->second;

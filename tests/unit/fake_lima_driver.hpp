@@ -4,6 +4,7 @@
 #pragma once
 
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <set>
@@ -33,8 +34,10 @@ public:
         int info_asked = 0;                                  // isolates_network() calls
         std::map<std::string, std::string> run_states;       // QEMU's (QMP); a running instance without one: "running"
         std::map<std::string, std::vector<std::string>> snapshots;  // tags per instance
-        std::set<std::string> disk_only;
-        bool can_hibernate = false;                          // what `limactl info` would say                     // tags taken while stopped: QEMU cannot load them online
+        std::set<std::string> disk_only;                     // tags taken while stopped: QEMU cannot load them online
+        bool can_hibernate = false;                          // what `limactl info` would say
+        // Run by find() before it answers: a test watches what happens while Lima lists.
+        std::function<asio::awaitable<void>()> while_listing;
     };
 
     explicit fake_lima_driver(std::shared_ptr<world> w = std::make_shared<world>()) : world_(std::move(w)) {}

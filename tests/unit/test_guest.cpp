@@ -1448,16 +1448,22 @@ BOOST_FIXTURE_TEST_CASE(connect_to_agent_rides_the_vms_master, fixture) {
 // info` is not asked.
 BOOST_FIXTURE_TEST_CASE(a_re_up_rides_the_vms_master_and_provisions_only_what_is_pending, fixture) {
     machine::test::state_dir state;
+    machine::test::temp_dir lima_home;
     machine::test::fake_vm_context fake;
     fake.ctx.agent = true;
     fake.ctx.agent_relay = MACHINE_AGENT_BINARY;
     fake.ctx.agent_socket = agent.socket().string();
     fake.ctx.egress_proxy = [](std::string, net::policy) -> asio::awaitable<void> { co_return; };
     ::setenv("MACHINE_AGENT", MACHINE_AGENT_BINARY, 1);  // the deployment the agent's hello must match
-    auto write_config = [&](int port) { write_ssh_config(state.dir.path / "ssh.config", sshd, port); };
+    // Where Lima keeps an instance: its directory under LIMA_HOME, its ssh.config in it.
+    fake.lima.state().lima_home = lima_home.path;
+    const fs::path dir = lima_home.path / "web";
+    fs::create_directories(dir);
+    auto write_config = [&](int port) { write_ssh_config(dir / "ssh.config", sshd, port); };
     write_config(sshd.port());
-    const machine::test::pinned_vm web(fake.io, state, "web", state.dir.path / "ssh.config");
+    const machine::test::pinned_vm web(fake.io, state, "web", dir / "ssh.config");
     lima::instance& listed = fake.lima.add("web", lima::status::running);
+    listed.dir = dir.string();
     listed.ssh_config_file = web.inst.ssh_config_file;
     listed.egress_socket = vm::egress_socket("web").string();
     fake.lima.state().isolates_network = true;
@@ -1484,7 +1490,18 @@ BOOST_FIXTURE_TEST_CASE(a_re_up_rides_the_vms_master_and_provisions_only_what_is
     BOOST_TEST(finished("provision ok applied web.mark") == 1);
     BOOST_REQUIRE(machine::paths::socket_accepts(vm::ssh_master_socket("web")));
     write_config(machine::test::closed_port());
+    // The agent is asked through the master while Lima lists the VM: its relay runs before the
+    // list answers (this list waits up to 10 s for one).
+    bool relay_while_listing = false;
+    fake.lima.state().while_listing = [&]() -> asio::awaitable<void> {
+        for (int i = 0; i < 1000 && !relay_while_listing; ++i) {
+            relay_while_listing = machine::proc::live_children() > 0;
+            if (!relay_while_listing) co_await machine::sleep_for(10ms);
+        }
+    };
     machine::test::co_run(fake.io, vm::up_one(fake.ctx, t, &fake.cancel, nullptr));
+    fake.lima.state().while_listing = nullptr;
+    BOOST_TEST(relay_while_listing);
     BOOST_TEST(finished("agent ok up to date") == 2);
     BOOST_TEST(finished("provision ok its 1 step in place") == 1);
     BOOST_TEST(machine::paths::read_file(state.dir.path / "ran") == "ran\n");  // once
