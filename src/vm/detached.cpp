@@ -40,6 +40,8 @@ void spawn_detached(const std::vector<std::string>& argv, const fs::path& log) {
     // What the child writes to the log when exec fails, so that a caller's "see the log" finds
     // the reason (errno's number appended: strerror is not async-signal-safe).
     const std::string exec_failed = "cannot run " + argv[0] + ": exec failed with errno ";
+    const long open_max = ::sysconf(_SC_OPEN_MAX);
+    const int max_fd = open_max > 0 && open_max < (1 << 20) ? static_cast<int>(open_max) : (1 << 16);
     const pid_t child = ::fork();
     if (child < 0) {
         ::close(log_fd);
@@ -53,6 +55,11 @@ void spawn_detached(const std::vector<std::string>& argv, const fs::path& log) {
         if (null_fd >= 0) ::dup2(null_fd, 0);
         ::dup2(log_fd, 1);
         ::dup2(log_fd, 2);
+        // Nothing else of machine's lives on in the helper: Asio's pipes and libssh's sockets are
+        // not close-on-exec, and a pipe's write end kept open here would keep its reader (machine,
+        // waiting for a sibling's output to end) waiting as long as the helper serves.
+        if (::close_range(3, ~0U, 0) != 0)
+            for (int fd = 3; fd < max_fd; ++fd) ::close(fd);
         sigset_t none;
         sigemptyset(&none);
         ::sigprocmask(SIG_SETMASK, &none, nullptr);

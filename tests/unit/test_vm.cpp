@@ -4,11 +4,16 @@
 // test forks a child whose exec fails, on purpose).
 #include <boost/test/unit_test.hpp>
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
 #include <iterator>
+#include <sstream>
 #include <thread>
 
 #include <asio/co_spawn.hpp>
@@ -785,6 +790,40 @@ BOOST_AUTO_TEST_CASE(an_exec_that_fails_is_said_in_the_log) {
     }
     BOOST_TEST(got == want);
     BOOST_TEST(((fs::status(log).permissions() & fs::perms::all) == (fs::perms::owner_read | fs::perms::owner_write)));
+}
+
+// The helper inherits nothing of machine's but its log and /dev/null: a descriptor left
+// inheritable (Asio's pipes, libssh's sockets are) would keep a pipe's reader waiting for an
+// end that never comes while the helper serves.
+BOOST_AUTO_TEST_CASE(a_helper_inherits_no_descriptor_of_machines) {
+    machine::test::temp_dir dir;
+    const fs::path log = dir.path / "helper.log";
+    const fs::path listed = dir.path / "fds";
+    int ends[2];
+    BOOST_REQUIRE(::pipe(ends) == 0);  // not close-on-exec, as Asio's are
+    // Numbered apart from anything the helper opens itself.
+    const int leak[2] = {::fcntl(ends[0], F_DUPFD, 200), ::fcntl(ends[1], F_DUPFD, 200)};
+    ::close(ends[0]);
+    ::close(ends[1]);
+    BOOST_REQUIRE(leak[0] >= 200);
+    BOOST_REQUIRE(leak[1] >= 200);
+    const std::string script = "ls /proc/self/fd > \"$1.tmp\"; mv \"$1.tmp\" \"$1\"";
+    vm::spawn_detached({"/bin/sh", "-c", script, "sh", listed.string()}, log);
+    std::string fds;
+    for (int i = 0; i < 500 && fds.empty(); ++i) {  // the grandchild writes it: at most 5 s
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        std::ifstream in(listed);
+        fds.assign(std::istreambuf_iterator<char>(in), {});
+    }
+    ::close(leak[0]);
+    ::close(leak[1]);
+    // ls's own directory descriptor is the one above 2.
+    std::vector<int> open;
+    std::istringstream in(fds);
+    for (int fd; in >> fd;) open.push_back(fd);
+    BOOST_TEST_REQUIRE(!open.empty());
+    BOOST_TEST(std::count(open.begin(), open.end(), leak[0]) + std::count(open.begin(), open.end(), leak[1]) == 0);
+    BOOST_TEST(open.size() <= 4u, "open in the helper: " << fds);
 }
 
 BOOST_AUTO_TEST_SUITE_END()
