@@ -99,8 +99,10 @@ awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel, co
         existing = co_await lima.find(name);
     }
     const bool was_running = existing && existing->state == lima::status::running;
+    if (!was_running) asked = master_hello{};  // nothing to ride: its relay, if any, ends now
     // A paused VM answers nothing: continue it first (its SSH and tmux sessions are as they were).
-    if (was_running && runs_on_qemu(*existing)) co_await resume_if_paused(ctx, lima, name);
+    // One whose agent just answered is not paused.
+    if (was_running && runs_on_qemu(*existing) && !asked.agent) co_await resume_if_paused(ctx, lima, name);
     // cpus, memory and disk change only when the VM starts, and a disk only grows: a smaller one
     // is refused here, before anything runs.
     if (existing) {
@@ -222,8 +224,7 @@ awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel, co
     if (ctx.agent) {
         if (!existing) existing = co_await lima.find(name);  // created by the start: its SSH settings
         if (!existing) throw error("limactl start succeeded but instance '" + name + "' is not listed");
-        master_hello* asked_early = was_running ? &asked : nullptr;  // a VM started by this up has a new master
-        reached_guest guest = co_await open_guest(ctx, name, *existing, cancel, asked_early);
+        reached_guest guest = co_await open_guest(ctx, name, *existing, cancel, &asked);
         // QEMU resumed the saved state, but a guest that crashed right after (and restarted:
         // panic=1) is in another boot: it lost what it ran, and is ready only when that boot is.
         if (resumed && !boot_saved.empty() && guest.boot_id != boot_saved) {

@@ -1513,6 +1513,13 @@ BOOST_FIXTURE_TEST_CASE(a_re_up_rides_the_vms_master_and_provisions_only_what_is
         ++provisions;
     BOOST_TEST(provisions == 1u);
     BOOST_TEST(fake.lima.state().info_asked == 0);
+    // A paused VM is continued before its agent is asked (a paused guest would not answer).
+    fake.lima.state().run_states["web"] = "paused";
+    machine::test::co_run(fake.io, vm::up_one(fake.ctx, t, &fake.cancel, nullptr));
+    const auto& calls = fake.lima.state().calls;
+    BOOST_TEST(std::count(calls.begin(), calls.end(), "qmp cont web") == 1);
+    BOOST_TEST(fake.lima.state().run_states["web"] == "running");
+    BOOST_TEST(finished("agent ok up to date") == 3);
     ::unsetenv("MACHINE_AGENT");
     BOOST_TEST(problems.empty());
 }
