@@ -6,6 +6,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "machine/text.hpp"
+
 namespace machine::vm {
 
 using asio::awaitable;
@@ -63,6 +65,13 @@ std::vector<setting_change> resource_changes(const config::project& p, const lim
         out.push_back({"disk", size_text(inst.disk_bytes), p.disk, ".disk = " + json(p.disk).dump()});
     }
     return out;
+}
+
+std::string arch_change_warning(const config::project& p, const lima::instance& inst) {
+    if (!p.arch || inst.arch.empty() || *p.arch == inst.arch) return {};
+    return "the VM is " + text::sanitize_for_terminal(inst.arch) + "; arch = \"" + *p.arch +
+           "\" applies only to a new VM: machine destroy " + p.name + " && machine up " + p.name +
+           " (its disk starts over)";
 }
 
 std::vector<setting_change> changes_before_start(const config::project& p, const lima::instance& inst,

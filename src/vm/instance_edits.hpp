@@ -28,6 +28,10 @@ struct setting_change {
 /// grows: config_error (exit 2) naming the project and both sizes when `p` asks for less.
 std::vector<setting_change> resource_changes(const config::project& p, const lima::instance& inst);
 
+/// What to tell the user when the project asks for another CPU architecture than the VM's
+/// (`arch`): no start changes it, only a new VM. Empty when they match, or either is not known.
+std::string arch_change_warning(const config::project& p, const lima::instance& inst);
+
 /// Everything a stopped `inst` needs before it starts: resource_changes, then agent forwarding
 /// when the project changed `forward_agent`, then the egress socket when machine serves the VM
 /// one (`egress_socket` not empty) and the instance names another.

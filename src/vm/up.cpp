@@ -110,6 +110,8 @@ awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel, co
         if (was_running && !resources.empty())
             ctx.emit(events::message(name, "warning",
                                      describe_changes(resources) + " apply when the VM restarts: " + restart_hint(name)));
+        if (const std::string arch = arch_change_warning(project, *existing); !arch.empty())
+            ctx.emit(events::message(name, "warning", arch));
     }
     agent_environment agent;
     {

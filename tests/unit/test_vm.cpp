@@ -711,6 +711,32 @@ BOOST_AUTO_TEST_CASE(a_running_vm_whose_resources_differ_is_told_the_restart_and
     BOOST_TEST(f.lima.state().instances["web"].cpus == 2);
 }
 
+// No start changes a VM's architecture: asking for another one is said at every up, with the
+// way to get it, and the VM comes up as it is.
+BOOST_AUTO_TEST_CASE(another_arch_is_said_to_need_a_new_vm) {
+    for (const lima::status s : {lima::status::stopped, lima::status::running}) {
+        state_dir state;
+        network_context f(true);
+        small_vm(f.lima, s).arch = "x86_64";
+        vm::up_target t = target("web", "30GiB");
+        t.project.cpus = 2;
+        t.project.memory = "4GiB";
+        t.project.arch = "aarch64";
+        co_run(f.io, vm::up_one(f.ctx, t, &f.cancel, nullptr));
+        BOOST_TEST(contains(f.events->lines(), "message web warning the VM is x86_64; arch = \"aarch64\" applies only "
+                                               "to a new VM: machine destroy web && machine up web (its disk starts over)"));
+        BOOST_TEST(contains(f.events->lines(), "vm.done web ready"));
+    }
+    lima::instance inst;
+    config::project p;
+    p.name = "web";
+    BOOST_TEST(vm::arch_change_warning(p, inst).empty());  // neither known
+    p.arch = "aarch64";
+    BOOST_TEST(vm::arch_change_warning(p, inst).empty());  // Lima listed none
+    inst.arch = "aarch64";
+    BOOST_TEST(vm::arch_change_warning(p, inst).empty());
+}
+
 BOOST_AUTO_TEST_CASE(a_smaller_disk_is_a_config_error_and_nothing_runs) {
     for (const lima::status s : {lima::status::stopped, lima::status::running}) {
         state_dir state;
