@@ -31,9 +31,9 @@ limactl_choice find_limactl() {
     if (auto found = proc::find_program("limactl")) return {*found, "limactl in PATH"};
 #ifdef __linux__
     // No Lima: machine's stand-in (tools/limactl: the same CLI contract, QEMU underneath).
-    std::error_code ec;
+    std::error_code ec;  // is_directory's (no throw): access() has found the candidate already
     const fs::path exe_dir = platform::self_executable().parent_path();
-    if (!ec && !exe_dir.empty()) {
+    if (!exe_dir.empty()) {
         for (const fs::path& candidate : {exe_dir / ".." / "lib" / "machine" / "limactl",  // installed
                                           exe_dir / "lib" / "machine" / "limactl"}) {       // build tree
             if (::access(candidate.c_str(), X_OK) == 0 && !fs::is_directory(candidate, ec))
