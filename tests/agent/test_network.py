@@ -207,7 +207,10 @@ class NetworkRules(ta.AgentTest):
         # A new start applies the file (a new boot: here a new namespace) and remembers it.
         a.stop()
         a.start()
-        ta.wait_until(lambda: runs() == 5, 5, "the file applied at start", interval=0.05)
+        # Its event is journalled once nft is done (the wrapper logs before nft even runs).
+        ta.wait_until(lambda: [e for e in self.network_events(a) if e["trigger"] == "start"], 5,
+                      "network.applied at start", interval=0.05)
+        self.assertEqual(runs(), 5)
         c = a.client()
         apply(other, 5, "what the start applied is in place")
 
