@@ -493,6 +493,14 @@ asio::awaitable<std::unique_ptr<guest::connection>> connect_to_agent(context& ct
                                                                      const lima::instance& inst,
                                                                      std::chrono::milliseconds patience);
 
+/// connect_to_agent for a command that has only the VM's name (`sessions`, `secrets`): the VM is
+/// listed (it must be running, else machine::error naming it) while a relay over its master
+/// starts, so the command waits for one of them, not both. The relay is used only when the
+/// listed instance is the one it assumed (Lima's directory for the name); else, and without a
+/// master, connect_to_agent.
+asio::awaitable<std::unique_ptr<guest::connection>> connect_to_running_agent(context& ctx, const std::string& name,
+                                                                             std::chrono::milliseconds patience);
+
 /// Ends the VM's master, if one runs (down, destroy): every session riding it ends too.
 asio::awaitable<void> stop_ssh_master(const std::string& name);
 

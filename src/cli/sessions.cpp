@@ -14,8 +14,7 @@ using namespace std::chrono_literals;
 
 awaitable<int> cmd_sessions(context& ctx, std::optional<std::string> name_opt) {
     const std::string name = resolve_name(ctx, name_opt);
-    const lima::instance inst = co_await vm::require_running(ctx.vm(), name);
-    auto conn = co_await vm::connect_to_agent(ctx.vm(), name, inst, 10s);
+    auto conn = co_await vm::connect_to_running_agent(ctx.vm(), name, 10s);
     std::vector<protocol::session_info> sessions;
     try {
         sessions = co_await conn->list_sessions();

@@ -10,6 +10,13 @@ namespace machine::vm {
 
 using asio::awaitable;
 
+lima::instance assumed_instance(const lima::driver& lima, const std::string& name) {
+    lima::instance assumed;
+    assumed.name = name;
+    assumed.dir = lima.instance_dir(name).string();
+    return assumed;
+}
+
 std::optional<guest_link> guest_link::over_master(context& ctx, const std::string& name, const lima::instance& inst) {
     auto target = master_for(name, inst);
     if (!target) return std::nullopt;

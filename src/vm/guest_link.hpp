@@ -24,6 +24,11 @@ namespace machine::vm {
 /// (whatever agent it forwards: the relay asks for none); nullopt otherwise.
 std::optional<openssh_target> master_for(const std::string& name, const lima::instance& inst);
 
+/// The instance Lima keeps under `name` (its directory under LIMA_HOME, the ssh.config in it), as
+/// `limactl list` will show it: what a command that reaches the VM while Lima lists it assumes,
+/// and checks against the listed instance (ssh_config_of) before it uses what it reached.
+lima::instance assumed_instance(const lima::driver& lima, const std::string& name);
+
 class guest_link {
 public:
     /// Riding the VM's master; nullopt when none serves it.

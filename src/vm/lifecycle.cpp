@@ -115,9 +115,7 @@ std::optional<greeted_agent> if_current(const std::string& name, std::optional<g
 
 awaitable<master_hello> hello_over_master(context& ctx, std::string name, lima::driver& lima) {
     master_hello out;
-    lima::instance assumed;  // where Lima keeps the instance of that name, as the list will say
-    assumed.name = name;
-    assumed.dir = lima.instance_dir(name).string();
+    const lima::instance assumed = assumed_instance(lima, name);
     out.ssh_config = ssh_config_of(assumed);
     out.link = guest_link::over_master(ctx, name, assumed);
     if (!out.link) co_return out;

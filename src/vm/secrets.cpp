@@ -121,10 +121,9 @@ std::string plural(std::size_t n, const char* one, const char* many) {
 
 std::string seconds(std::chrono::milliseconds d) { return fmt::format("{:.2f} s", static_cast<double>(d.count()) / 1000.0); }
 
-// The agent of running VM `name` (through its master when it has one: connect_to_agent).
+// The agent of running VM `name` (through its master when it has one, started while it is listed).
 awaitable<std::unique_ptr<guest::connection>> agent_of(context& ctx, const std::string& name) {
-    const lima::instance inst = co_await require_running(ctx, name);
-    co_return co_await connect_to_agent(ctx, name, inst, 10s);
+    co_return co_await connect_to_running_agent(ctx, name, 10s);
 }
 
 // sync_secrets over the agent's connection `conn`, which it began to open at `t_start`.

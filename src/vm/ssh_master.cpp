@@ -8,6 +8,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <asio/experimental/awaitable_operators.hpp>
 #include <asio/this_coro.hpp>
 
 #include "machine/async.hpp"
@@ -192,6 +193,44 @@ awaitable<std::unique_ptr<guest::connection>> connect_to_agent(context& ctx, con
                                                                std::chrono::milliseconds patience) {
     const guest_link link = co_await guest_link::open(ctx, name, inst, &ctx.cancel);
     co_return co_await link.connect(patience);
+}
+
+namespace {
+
+// A relay over the master serving the instance Lima keeps under `name`, started before the VM is
+// listed; no connection when no master serves it.
+struct relay_before_listing {
+    fs::path ssh_config;  // of the instance it assumed
+    std::unique_ptr<guest::connection> conn;
+};
+
+awaitable<relay_before_listing> start_relay_before_listing(context& ctx, std::string name) {
+    relay_before_listing out;
+    const lima::instance assumed = assumed_instance(ctx.lima, name);
+    out.ssh_config = ssh_config_of(assumed);
+    try {
+        if (auto link = guest_link::over_master(ctx, name, assumed)) out.conn = co_await link->connect(0s);
+    } catch (const interrupted_error&) {
+        throw;
+    } catch (const error& e) {
+        spdlog::debug("vm={} no relay before listing: {}", name, e.what());
+    }
+    co_return out;
+}
+
+} // namespace
+
+awaitable<std::unique_ptr<guest::connection>> connect_to_running_agent(context& ctx, const std::string& name,
+                                                                       std::chrono::milliseconds patience) {
+    using namespace asio::experimental::awaitable_operators;
+    auto listing = require_running(ctx, name);  // named first: house style §4
+    auto relaying = start_relay_before_listing(ctx, name);
+    auto both = co_await (std::move(listing) && std::move(relaying));
+    const lima::instance inst = std::move(std::get<0>(both));
+    relay_before_listing early = std::move(std::get<1>(both));
+    if (early.conn && early.ssh_config == ssh_config_of(inst)) co_return std::move(early.conn);
+    early.conn.reset();  // another instance than the one assumed: its relay ends
+    co_return co_await connect_to_agent(ctx, name, inst, patience);
 }
 
 awaitable<void> stop_ssh_master(const std::string& name) {

@@ -1520,6 +1520,34 @@ BOOST_FIXTURE_TEST_CASE(a_re_up_rides_the_vms_master_and_provisions_only_what_is
     BOOST_TEST(std::count(calls.begin(), calls.end(), "qmp cont web") == 1);
     BOOST_TEST(fake.lima.state().run_states["web"] == "running");
     BOOST_TEST(finished("agent ok up to date") == 3);
+    // `sessions` and `secrets` start their relay over the master while Lima lists the VM too.
+    relay_while_listing = false;
+    fake.lima.state().while_listing = [&]() -> asio::awaitable<void> {
+        for (int i = 0; i < 1000 && !relay_while_listing; ++i) {
+            relay_while_listing = machine::proc::live_children() > 0;
+            if (!relay_while_listing) co_await machine::sleep_for(10ms);
+        }
+    };
+    const auto sessions = machine::test::co_run(fake.io, [&]() -> asio::awaitable<std::size_t> {
+        auto conn = co_await vm::connect_to_running_agent(fake.ctx, "web", 1s);
+        co_return (co_await conn->list_sessions()).size();
+    }());
+    fake.lima.state().while_listing = nullptr;
+    BOOST_TEST(relay_while_listing);
+    BOOST_TEST(sessions == 0u);
+    // Another instance listed under the name than the one the relay assumed (its ssh.config
+    // elsewhere): not that relay, nor the master opened for the other; the listed instance is
+    // reached as its ssh.config says, and here its port is closed.
+    const fs::path elsewhere = lima_home.path / "elsewhere";
+    fs::create_directories(elsewhere);
+    fs::copy_file(dir / "ssh.config", elsewhere / "ssh.config");
+    listed.dir = elsewhere.string();
+    listed.ssh_config_file = (elsewhere / "ssh.config").string();
+    BOOST_CHECK_THROW(machine::test::co_run(fake.io, [&]() -> asio::awaitable<void> {
+                          auto conn = co_await vm::connect_to_running_agent(fake.ctx, "web", 1s);
+                          co_await conn->list_sessions();
+                      }()),
+                      machine::error);
     ::unsetenv("MACHINE_AGENT");
     BOOST_TEST(problems.empty());
 }
