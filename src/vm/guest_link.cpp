@@ -10,11 +10,11 @@ namespace machine::vm {
 
 using asio::awaitable;
 
-lima::instance assumed_instance(const lima::driver& lima, const std::string& name) {
+master_before_listing find_master_before_listing(context& ctx, const lima::driver& lima, const std::string& name) {
     lima::instance assumed;
     assumed.name = name;
     assumed.dir = lima.instance_dir(name).string();
-    return assumed;
+    return master_before_listing{ssh_config_of(assumed), guest_link::over_master(ctx, name, assumed)};
 }
 
 std::optional<guest_link> guest_link::over_master(context& ctx, const std::string& name, const lima::instance& inst) {

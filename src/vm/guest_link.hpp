@@ -6,6 +6,7 @@
 #pragma once
 
 #include <chrono>
+#include <filesystem>
 #include <memory>
 #include <optional>
 #include <string>
@@ -23,11 +24,6 @@ namespace machine::vm {
 /// The target that rides machine's master for the VM, when one runs for its pin and instance
 /// (whatever agent it forwards: the relay asks for none); nullopt otherwise.
 std::optional<openssh_target> master_for(const std::string& name, const lima::instance& inst);
-
-/// The instance Lima keeps under `name` (its directory under LIMA_HOME, the ssh.config in it), as
-/// `limactl list` will show it: what a command that reaches the VM while Lima lists it assumes,
-/// and checks against the listed instance (ssh_config_of) before it uses what it reached.
-lima::instance assumed_instance(const lima::driver& lima, const std::string& name);
 
 class guest_link {
 public:
@@ -59,5 +55,16 @@ private:
     std::optional<openssh_target> master_;
     std::shared_ptr<ssh::session> session_;
 };
+
+/// The master for a VM, found before `limactl list` answers: a command that reaches the VM while
+/// Lima lists it assumes the instance Lima keeps under the name (its directory under LIMA_HOME,
+/// the ssh.config in it), and uses what it reached only if the listed instance is that one.
+struct master_before_listing {
+    std::filesystem::path ssh_config;  ///< of the instance assumed
+    std::optional<guest_link> link;    ///< nullopt: no master serves it
+    /// The link, found for `listed`'s ssh.config: what it reached may be used for `listed`.
+    bool serves(const lima::instance& listed) const { return link && ssh_config == ssh_config_of(listed); }
+};
+master_before_listing find_master_before_listing(context& ctx, const lima::driver& lima, const std::string& name);
 
 } // namespace machine::vm

@@ -114,21 +114,18 @@ std::optional<greeted_agent> if_current(const std::string& name, std::optional<g
 } // namespace
 
 awaitable<master_hello> hello_over_master(context& ctx, std::string name, lima::driver& lima) {
-    master_hello out;
-    const lima::instance assumed = assumed_instance(lima, name);
-    out.ssh_config = ssh_config_of(assumed);
-    out.link = guest_link::over_master(ctx, name, assumed);
-    if (!out.link) co_return out;
+    master_hello out{find_master_before_listing(ctx, lima, name), std::nullopt};
+    if (!out.master.link) co_return out;
     try {
         // A paused VM answers nothing: `up` resumes it first and asks then.
         if (cpus_stopped(co_await lima.run_state(name))) {
-            out.link.reset();
+            out.master.link.reset();
             co_return out;
         }
     } catch (const error& e) {
         spdlog::debug("vm={} QEMU's run state unknown ({}): asking its agent", name, e.what());
     }
-    out.agent = co_await greet(name, *out.link);
+    out.agent = co_await greet(name, *out.master.link);
     co_return out;
 }
 
@@ -141,8 +138,8 @@ awaitable<reached_guest> open_guest(context& ctx, std::string name, lima::instan
     // A VM that ran since an earlier up: its master leads to a current agent without a handshake.
     std::optional<guest_link> master;
     std::optional<greeted_agent> agent;
-    if (asked && asked->link && asked->ssh_config == ssh_config_of(inst)) {
-        master = std::move(asked->link);
+    if (asked && asked->master.serves(inst)) {
+        master = std::move(asked->master.link);
         agent = std::move(asked->agent);
     } else if ((master = guest_link::over_master(ctx, name, inst))) {
         agent = co_await greet(name, *master);

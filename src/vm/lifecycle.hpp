@@ -42,9 +42,8 @@ struct greeted_agent {
 /// `limactl list` runs (each takes ~0.1 s under emulation), for the instance Lima keeps under
 /// the name's directory. open_guest uses it only for a listed instance with the same ssh.config.
 struct master_hello {
-    std::filesystem::path ssh_config;     ///< of the instance the master was found for
-    std::optional<guest_link> link;       ///< nullopt: no master serves it, or the VM is paused (asked again later)
-    std::optional<greeted_agent> agent;   ///< nullopt: no agent answered through it
+    master_before_listing master;        ///< its link reset when the VM is paused (asked again later)
+    std::optional<greeted_agent> agent;  ///< nullopt: no agent answered through it
 };
 asio::awaitable<master_hello> hello_over_master(context& ctx, std::string name, lima::driver& lima);
 

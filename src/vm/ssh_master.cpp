@@ -197,19 +197,16 @@ awaitable<std::unique_ptr<guest::connection>> connect_to_agent(context& ctx, con
 
 namespace {
 
-// A relay over the master serving the instance Lima keeps under `name`, started before the VM is
-// listed; no connection when no master serves it.
+// A relay over the master found before the VM is listed; no connection when no master serves it.
 struct relay_before_listing {
-    fs::path ssh_config;  // of the instance it assumed
+    master_before_listing master;
     std::unique_ptr<guest::connection> conn;
 };
 
 awaitable<relay_before_listing> start_relay_before_listing(context& ctx, std::string name) {
-    relay_before_listing out;
-    const lima::instance assumed = assumed_instance(ctx.lima, name);
-    out.ssh_config = ssh_config_of(assumed);
+    relay_before_listing out{find_master_before_listing(ctx, ctx.lima, name), nullptr};
     try {
-        if (auto link = guest_link::over_master(ctx, name, assumed)) out.conn = co_await link->connect(0s);
+        if (out.master.link) out.conn = co_await out.master.link->connect(0s);
     } catch (const interrupted_error&) {
         throw;
     } catch (const error& e) {
@@ -228,7 +225,7 @@ awaitable<std::unique_ptr<guest::connection>> connect_to_running_agent(context& 
     auto both = co_await (std::move(listing) && std::move(relaying));
     const lima::instance inst = std::move(std::get<0>(both));
     relay_before_listing early = std::move(std::get<1>(both));
-    if (early.conn && early.ssh_config == ssh_config_of(inst)) co_return std::move(early.conn);
+    if (early.conn && early.master.serves(inst)) co_return std::move(early.conn);
     early.conn.reset();  // another instance than the one assumed: its relay ends
     co_return co_await connect_to_agent(ctx, name, inst, patience);
 }

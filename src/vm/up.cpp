@@ -99,7 +99,8 @@ awaitable<void> up_one(context& ctx, up_target target, cancel_signal* cancel, co
         existing = co_await lima.find(name);
     }
     const bool was_running = existing && existing->state == lima::status::running;
-    if (!was_running) asked = master_hello{};  // nothing to ride: its relay, if any, ends now
+    // Not running, or another instance than the one asked: its relay, if any, ends now.
+    if (!was_running || !asked.master.serves(*existing)) asked = master_hello{};
     // A paused VM answers nothing: continue it first (its SSH and tmux sessions are as they were).
     // One whose agent just answered is not paused.
     if (was_running && runs_on_qemu(*existing) && !asked.agent) co_await resume_if_paused(ctx, lima, name);
